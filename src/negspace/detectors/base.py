@@ -1,0 +1,62 @@
+"""What every detector shares: input checks and the image-level entry point."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from negspace.encoders import ClipEncoder
+
+
+def as_unit_rows(features: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
+    """Validate a ``(N, D)`` feature matrix and return it L2-normalised as float32.
+
+    Features from :class:`~negspace.encoders.ClipEncoder` are already unit-norm; normalising
+    again is cheap and protects users who pass raw embeddings.
+    """
+    array = np.asarray(features, dtype=np.float32)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (N, D), got shape {array.shape}")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(f"{name} have dimension {array.shape[1]}, expected {dim}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contain NaN or infinity")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError(f"{name} contain an all-zero row")
+    return array / norms
+
+
+class Detector(ABC):
+    """A zero-shot OOD detector. Scores are **higher for in-distribution** samples."""
+
+    encoder: ClipEncoder | None = None
+
+    @abstractmethod
+    def score_features(self, image_features: np.ndarray) -> np.ndarray:
+        """Score a batch of image features ``(B, D)``; returns ``(B,)`` float64."""
+
+    def score_images(self, images: Sequence[Image], batch_size: int = 64) -> np.ndarray:
+        """Encode PIL images with the detector's encoder, then :meth:`score_features`."""
+        if self.encoder is None:
+            raise RuntimeError(
+                f"{type(self).__name__} was built from features and has no encoder; "
+                "use score_features, or build it with from_encoder(...)"
+            )
+        return self.score_features(self.encoder.encode_images(images, batch_size=batch_size))
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyper-parameters the detector was built with (for printing and reproducing)."""
+        return {}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items())
+        return f"{type(self).__name__}({params})"

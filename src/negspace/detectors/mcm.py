@@ -1,0 +1,58 @@
+"""MCM: Maximum Concept Matching (Ming et al., "Delving into Out-of-Distribution Detection with
+Vision-Language Representations", NeurIPS 2022).
+
+    S_mcm(v) = max_i softmax_i(cos(v, t_i) / T)
+
+over the ``K`` ID label features only, with ``T = 1`` on raw cosines (paper default) and the ID
+prompt ``a photo of a {}.``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from negspace.detectors.base import Detector, as_unit_rows
+from negspace.scoring import max_softmax
+
+if TYPE_CHECKING:
+    from negspace.encoders import ClipEncoder
+
+MCM_TEMPLATE = "a photo of a {}."
+
+
+class MCM(Detector):
+    """Maximum softmax probability over the ID labels at temperature ``temperature``."""
+
+    def __init__(self, id_text_features: np.ndarray, temperature: float = 1.0) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.id_text_features = as_unit_rows(id_text_features, "ID text features")
+        self.temperature = float(temperature)
+
+    @classmethod
+    def from_features(cls, id_text_features: np.ndarray, temperature: float = 1.0) -> MCM:
+        """Build from ``(K, D)`` ID text features (no encoder needed)."""
+        return cls(id_text_features, temperature=temperature)
+
+    @classmethod
+    def from_encoder(
+        cls,
+        encoder: ClipEncoder,
+        class_names: Sequence[str],
+        temperature: float = 1.0,
+        template: str = MCM_TEMPLATE,
+    ) -> MCM:
+        """Encode ``class_names`` with ``template`` and keep the encoder for :meth:`score_images`."""
+        detector = cls(encoder.encode_texts(list(class_names), template=template), temperature)
+        detector.encoder = encoder
+        return detector
+
+    def score_features(self, image_features: np.ndarray) -> np.ndarray:
+        image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
+        return max_softmax(image @ self.id_text_features.T / self.temperature)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"n_classes": len(self.id_text_features), "temperature": self.temperature}

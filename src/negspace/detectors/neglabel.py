@@ -1,0 +1,110 @@
+"""NegLabel (Jiang et al., "Negative Label Guided OOD Detection with Pretrained Vision-Language
+Models", ICLR 2024).
+
+The score is the ID softmax mass over ``ID ∪ negatives`` at ``τ = 0.01``, averaged over ``G``
+seeded groups of negatives (SPEC sections 1 and 3)::
+
+    S_nl(v) = (1/G) Σ_g  Σ_i e^{cos(v,t_i)/τ} / (Σ_i e^{cos(v,t_i)/τ} + Σ_{j∈g} e^{cos(v,t-_j)/τ})
+
+The negatives are mined from WordNet by :func:`negspace.corpus.mining.mine_negative_labels`.
+ID names and nouns are prompted ``The nice {}.``, adjectives ``This is a {} photo.``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from negspace.detectors.base import Detector, as_unit_rows
+from negspace.scoring import DEFAULT_TAU, group_order, grouped_id_mass
+
+if TYPE_CHECKING:
+    from negspace.corpus.mining import MinedNegatives
+    from negspace.encoders import ClipEncoder
+
+NEGLABEL_ID_TEMPLATE = "The nice {}."
+DEFAULT_GROUPS = 100
+
+
+class NegLabel(Detector):
+    """Grouped negative-label score with a fixed bank of negative text features.
+
+    Attributes:
+        neg_labels: the negative label strings in bank order, when known.
+        group_index_: indices of the bank in group order (the seeded permutation).
+    """
+
+    def __init__(
+        self,
+        id_text_features: np.ndarray,
+        neg_text_features: np.ndarray,
+        tau: float = DEFAULT_TAU,
+        groups: int = DEFAULT_GROUPS,
+        seed: int = 0,
+        neg_labels: Sequence[str] | None = None,
+    ) -> None:
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        self.id_text_features = as_unit_rows(id_text_features, "ID text features")
+        dim = self.id_text_features.shape[1]
+        self.neg_text_features = as_unit_rows(neg_text_features, "negative text features", dim)
+        n_neg = len(self.neg_text_features)
+        if neg_labels is not None and len(neg_labels) != n_neg:
+            raise ValueError(f"{len(neg_labels)} negative labels for {n_neg} negative features")
+        if not 1 <= groups <= n_neg:
+            raise ValueError(f"groups must be between 1 and the {n_neg} negative labels, got {groups}")
+        self.tau = float(tau)
+        self.groups = int(groups)
+        self.seed = int(seed)
+        self.neg_labels = list(neg_labels) if neg_labels is not None else None
+        self.group_index_ = group_order(n_neg, self.groups, self.seed)
+        # The bank is stored in group order once, so scoring is a matmul and a reshape.
+        self._grouped_bank = self.neg_text_features[self.group_index_]
+
+    @classmethod
+    def from_features(
+        cls,
+        id_text_features: np.ndarray,
+        neg_text_features: np.ndarray,
+        tau: float = DEFAULT_TAU,
+        groups: int = DEFAULT_GROUPS,
+        seed: int = 0,
+    ) -> NegLabel:
+        """Build from ``(K, D)`` ID and ``(M, D)`` negative text features (no encoder needed)."""
+        return cls(id_text_features, neg_text_features, tau=tau, groups=groups, seed=seed)
+
+    @classmethod
+    def from_mined(
+        cls,
+        encoder: ClipEncoder,
+        class_names: Sequence[str],
+        mined: MinedNegatives,
+        tau: float = DEFAULT_TAU,
+        groups: int = DEFAULT_GROUPS,
+        seed: int = 0,
+    ) -> NegLabel:
+        """Build from mined negatives; ID names are encoded with ``The nice {}.``."""
+        id_features = encoder.encode_texts(list(class_names), template=NEGLABEL_ID_TEMPLATE)
+        detector = cls(id_features, mined.features, tau, groups, seed, neg_labels=mined.labels)
+        detector.encoder = encoder
+        return detector
+
+    def id_and_negative_cosines(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(B, K)`` cosines to the ID labels and ``(B, M')`` to the bank in group order."""
+        image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
+        return image @ self.id_text_features.T, image @ self._grouped_bank.T
+
+    def score_features(self, image_features: np.ndarray) -> np.ndarray:
+        id_cos, neg_cos = self.id_and_negative_cosines(image_features)
+        return grouped_id_mass(id_cos, neg_cos, self.groups, self.tau)
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "n_classes": len(self.id_text_features),
+            "n_negatives": len(self.neg_text_features),
+            "tau": self.tau,
+            "groups": self.groups,
+            "seed": self.seed,
+        }

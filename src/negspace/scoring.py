@@ -1,0 +1,92 @@
+"""The shared core of every negative-label method (SPEC section 1), as pure log-space functions.
+
+For an image feature ``v``, ID text features ``t_i`` and negative text features ``t-_j`` (all
+L2-normalised), the negative-label score is the softmax mass on the ID labels over ``ID ∪ T-``::
+
+    S(v; T-) = Σ_i exp(cos(v, t_i)/τ) / (Σ_i exp(cos(v, t_i)/τ) + Σ_j exp(cos(v, t-_j)/τ))
+
+which is exactly ``sigmoid(LSE_i(cos_i/τ) − LSE_j(cos-_j/τ))``. Computing it that way never
+exponentiates ``cos/τ`` (``e^100`` at τ = 0.01 is near the float32 limit) and stays exact when one
+side's mass underflows.
+
+Grouping (Jiang et al., "Negative Label Guided OOD Detection with Pretrained Vision-Language
+Models", ICLR 2024): the bank is cut to a multiple of ``G``, permuted by a seeded
+``torch.randperm`` on the CPU (reproducing the reference implementations' groups), split into
+``G`` consecutive groups, and the ``G`` scores are averaged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.special import expit
+
+DEFAULT_TAU = 0.01
+
+
+def log_sum_exp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable ``log Σ exp(x)`` along ``axis`` (max-shifted)."""
+    peak = np.max(x, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    total = np.sum(np.exp(x - peak), axis=axis, keepdims=True)
+    with np.errstate(divide="ignore"):  # an all -inf row is log(0) = -inf, as it should be
+        return np.squeeze(np.log(total) + peak, axis=axis)
+
+
+def id_mass(id_cos: np.ndarray, neg_cos: np.ndarray, tau: float = DEFAULT_TAU) -> np.ndarray:
+    """Ungrouped negative-label score ``S(v; T-)`` for a batch.
+
+    Args:
+        id_cos: ``(B, K)`` cosine similarities to the ID labels.
+        neg_cos: ``(B, M)`` cosine similarities to the negative labels (``M`` may be 0).
+        tau: softmax temperature on cosines.
+
+    Returns:
+        ``(B,)`` float64 scores in ``[0, 1]``; 1 when ``M == 0``.
+    """
+    id_lse = log_sum_exp(np.asarray(id_cos, dtype=np.float64) / tau)
+    if neg_cos.shape[-1] == 0:
+        return np.ones_like(id_lse)
+    neg_lse = log_sum_exp(np.asarray(neg_cos, dtype=np.float64) / tau)
+    return expit(id_lse - neg_lse)
+
+
+def grouped_id_mass(
+    id_cos: np.ndarray, neg_cos: np.ndarray, groups: int, tau: float = DEFAULT_TAU
+) -> np.ndarray:
+    """Mean over ``groups`` consecutive groups of the negative-label score.
+
+    ``neg_cos`` must already be in group order (see :func:`group_order`) with a column count that
+    is a multiple of ``groups``: column block ``g`` is group ``g``. Then::
+
+        S_G(v) = (1/G) Σ_g sigmoid(LSE(id_cos/τ) − LSE(neg_cos[:, block g]/τ))
+    """
+    batch, n_neg = neg_cos.shape
+    if groups < 1 or n_neg % groups:
+        raise ValueError(f"{n_neg} negative columns cannot be split into {groups} equal groups")
+    id_lse = log_sum_exp(np.asarray(id_cos, dtype=np.float64) / tau)
+    blocks = np.asarray(neg_cos, dtype=np.float64).reshape(batch, groups, n_neg // groups) / tau
+    neg_lse = log_sum_exp(blocks, axis=-1)
+    return expit(id_lse[:, None] - neg_lse).mean(axis=1)
+
+
+def group_order(n_neg: int, groups: int, seed: int = 0) -> np.ndarray:
+    """Indices that put a bank of ``n_neg`` negatives into NegLabel's group order.
+
+    The last ``n_neg mod groups`` negatives are dropped, the rest permuted with
+    ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))``; consecutive blocks of
+    the result are the groups. A local generator keeps the global RNG untouched.
+    """
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if n_neg < groups:
+        raise ValueError(f"cannot form {groups} groups from {n_neg} negative labels")
+    kept = n_neg - n_neg % groups
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(kept, generator=generator).numpy()
+
+
+def max_softmax(logits: np.ndarray) -> np.ndarray:
+    """``max_i softmax_i(logits)`` per row, computed as ``exp(max − LSE)``."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return np.exp(np.max(logits, axis=-1) - log_sum_exp(logits))

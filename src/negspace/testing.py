@@ -1,0 +1,162 @@
+"""A synthetic CLIP-like feature world whose answers are known, for tests and examples.
+
+No weights can be trusted offline, so detection quality is checked here: on features built to
+have the geometry the methods assume.
+
+- ``K`` ID classes, each a random unit text direction ``t_i``. ID images of class ``i`` are
+  ``normalise(c·t_i + √(1−c²)·u)`` with ``u`` random, so ``cos(v, t_i) ≈ c`` (CLIP's typical
+  image-text cosine is about 0.3).
+- A corpus of candidate words: random unit directions, plus a few near-synonyms of each ID
+  class (which mining must reject).
+- Far-OOD concepts: directions mixing two corpus words far from the ID classes with a novel
+  direction; far-OOD images sit
+  near them, far from every ID class. The concept's text (e.g. ``"far concept 3"``) and feature
+  are given, as an MLLM description of such images would be.
+- Near-OOD concepts: each mixes one ID class direction with a novel direction, so its images look
+  like that class; given with their text and the ID class they resemble.
+
+Everything is drawn from one seeded generator: the same arguments give the same world.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class SyntheticWorld:
+    """Features (float32, unit rows) and names of one synthetic world; see the module doc."""
+
+    class_names: list[str]
+    id_text_features: np.ndarray
+    corpus_words: list[str]
+    corpus_features: np.ndarray
+    id_image_features: np.ndarray
+    id_image_labels: np.ndarray
+    far_concepts: list[str]
+    far_concept_features: np.ndarray
+    far_ood_features: np.ndarray
+    far_ood_concept: np.ndarray
+    near_concepts: list[str]
+    near_concept_features: np.ndarray
+    near_concept_parent: np.ndarray
+    near_ood_features: np.ndarray
+    near_ood_concept: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.id_text_features.shape[1])
+
+    def negatives(self, count: int) -> tuple[list[str], np.ndarray]:
+        """The ``count`` corpus words least similar to the ID classes (a stand-in for mining)."""
+        similarity = np.percentile(self.corpus_features @ self.id_text_features.T, 95, axis=1)
+        keep = np.argsort(similarity, kind="stable")[:count]
+        return [self.corpus_words[i] for i in keep], self.corpus_features[keep]
+
+
+def _images_near(
+    rng: np.random.Generator,
+    centres: np.ndarray,
+    which: np.ndarray,
+    signal: tuple[float, float],
+    lure: np.ndarray | None = None,
+    lure_signal: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
+    """Unit images with cosine ~ U(signal) to their centre, plus an optional lure direction each."""
+    n, dim = len(which), centres.shape[1]
+    strength = rng.uniform(*signal, size=(n, 1))
+    mix = strength * centres[which]
+    if lure is not None:
+        lure_strength = rng.uniform(*lure_signal, size=(n, 1))
+        mix = mix + lure_strength * lure
+        strength = np.sqrt(strength**2 + lure_strength**2)
+    noise = _unit(rng.standard_normal((n, dim)))
+    return _unit(mix + np.sqrt(np.clip(1.0 - strength**2, 0.0, None)) * noise).astype(np.float32)
+
+
+def make_world(
+    dim: int = 512,
+    n_classes: int = 20,
+    n_corpus: int = 2000,
+    synonyms_per_class: int = 3,
+    n_per_class: int = 25,
+    n_far_concepts: int = 5,
+    n_near_concepts: int = 4,
+    n_per_concept: int = 100,
+    image_signal: tuple[float, float] = (0.22, 0.38),
+    far_lure_signal: tuple[float, float] = (0.1, 0.3),
+    far_corpus_share: float = 0.8,
+    near_parent_share: float = 0.75,
+    seed: int = 0,
+) -> SyntheticWorld:
+    """Draw a world.
+
+    Args:
+        dim: feature dimension.
+        n_classes: number of ID classes ``K``.
+        n_corpus: random corpus words (near-synonyms of the ID classes are added on top).
+        synonyms_per_class: corpus words placed close to each ID class.
+        n_per_class: ID images per class.
+        n_far_concepts / n_near_concepts: OOD concepts of each kind.
+        n_per_concept: OOD images per concept.
+        image_signal: range of the cosine between an image and its own class or concept.
+        far_lure_signal: range of the cosine between a far-OOD image and one random ID class
+            (real far-OOD images often look a little like some ID class, which fools MCM).
+        far_corpus_share: how much of a far concept's direction is shared with corpus words
+            (the rest is novel, i.e. only a description of the images can capture it).
+        near_parent_share: how much of a near concept's direction is its parent ID class.
+    """
+    rng = np.random.default_rng(seed)
+    id_text = _unit(rng.standard_normal((n_classes, dim)))
+    random_words = _unit(rng.standard_normal((n_corpus, dim)))
+    parents = np.repeat(np.arange(n_classes), synonyms_per_class)
+    synonyms = _unit(0.9 * id_text[parents] + 0.1 * _unit(rng.standard_normal((len(parents), dim))))
+    corpus = np.concatenate([random_words, synonyms]).astype(np.float32)
+    corpus_words = [f"word {i}" for i in range(n_corpus)] + [
+        f"synonym {k} of class {p}" for k, p in enumerate(parents)
+    ]
+
+    # Far concepts are built from words far from every ID class, as real far-OOD concepts are:
+    # those are the words negative-label mining keeps.
+    farthest_half = np.argsort(np.percentile(random_words @ id_text.T, 95, axis=1))[: n_corpus // 2]
+    far_anchor = np.stack(
+        [_unit(corpus[rng.choice(farthest_half, 2, replace=False)].sum(0)) for _ in range(n_far_concepts)]
+    )
+    far_novel = _unit(rng.standard_normal((n_far_concepts, dim)))
+    far_concepts = _unit(far_corpus_share * far_anchor + np.sqrt(1 - far_corpus_share**2) * far_novel)
+
+    near_parent = rng.choice(n_classes, n_near_concepts, replace=False)
+    near_novel = _unit(rng.standard_normal((n_near_concepts, dim)))
+    near_concepts = _unit(
+        near_parent_share * id_text[near_parent] + np.sqrt(1 - near_parent_share**2) * near_novel
+    )
+
+    id_labels = np.repeat(np.arange(n_classes), n_per_class)
+    far_which = np.repeat(np.arange(n_far_concepts), n_per_concept)
+    near_which = np.repeat(np.arange(n_near_concepts), n_per_concept)
+    return SyntheticWorld(
+        class_names=[f"class {i}" for i in range(n_classes)],
+        id_text_features=id_text.astype(np.float32),
+        corpus_words=corpus_words,
+        corpus_features=corpus,
+        id_image_features=_images_near(rng, id_text, id_labels, image_signal),
+        id_image_labels=id_labels,
+        far_concepts=[f"far concept {i}" for i in range(n_far_concepts)],
+        far_concept_features=far_concepts.astype(np.float32),
+        far_ood_features=_images_near(
+            rng, far_concepts, far_which, image_signal,
+            lure=id_text[rng.integers(0, n_classes, len(far_which))], lure_signal=far_lure_signal,
+        ),
+        far_ood_concept=far_which,
+        near_concepts=[f"near concept {i}" for i in range(n_near_concepts)],
+        near_concept_features=near_concepts.astype(np.float32),
+        near_concept_parent=near_parent,
+        near_ood_features=_images_near(rng, near_concepts, near_which, image_signal),
+        near_ood_concept=near_which,
+    )

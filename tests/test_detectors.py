@@ -1,0 +1,123 @@
+"""MCM and NegLabel on the synthetic feature world, and their feature-level API."""
+
+import numpy as np
+import pytest
+
+from negspace import testing
+from negspace.detectors.mcm import MCM
+from negspace.detectors.neglabel import NegLabel
+from negspace.metrics import auroc, compute_all
+from negspace.scoring import max_softmax
+
+
+@pytest.fixture(scope="module")
+def world():
+    return testing.make_world(seed=0)
+
+
+@pytest.fixture(scope="module")
+def detectors(world):
+    _, negatives = world.negatives(1000)
+    return {
+        "mcm": MCM.from_features(world.id_text_features, temperature=1.0),
+        "neglabel": NegLabel.from_features(world.id_text_features, negatives, tau=0.01, groups=10, seed=0),
+    }
+
+
+def test_world_is_reproducible_and_unit_norm():
+    a, b = testing.make_world(seed=3, n_corpus=300), testing.make_world(seed=3, n_corpus=300)
+    np.testing.assert_array_equal(a.far_ood_features, b.far_ood_features)
+    for name in ("id_text_features", "corpus_features", "id_image_features", "far_ood_features", "near_ood_features"):
+        np.testing.assert_allclose(np.linalg.norm(getattr(a, name), axis=1), 1.0, atol=1e-5)
+    assert not np.array_equal(a.id_image_features, testing.make_world(seed=4, n_corpus=300).id_image_features)
+
+
+def test_world_has_the_promised_geometry(world):
+    own = np.sum(world.id_image_features * world.id_text_features[world.id_image_labels], axis=1)
+    assert 0.2 < own.mean() < 0.4
+    near_parent = world.id_text_features[world.near_concept_parent]
+    assert np.all(np.sum(world.near_concept_features * near_parent, axis=1) > 0.7)
+    assert np.max(world.far_concept_features @ world.id_text_features.T) < 0.3
+    # Mining a world's negatives must reject the planted synonyms of ID classes.
+    words, _ = world.negatives(1000)
+    assert not any(w.startswith("synonym") for w in words)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_neglabel_beats_mcm_on_far_ood(seed):
+    world = testing.make_world(seed=seed)
+    _, negatives = world.negatives(1000)
+    mcm = MCM.from_features(world.id_text_features)
+    neglabel = NegLabel.from_features(world.id_text_features, negatives, groups=10)
+    results = {}
+    for name, det in (("mcm", mcm), ("neglabel", neglabel)):
+        results[name] = compute_all(det.score_features(world.id_image_features), det.score_features(world.far_ood_features))
+    assert results["neglabel"].auroc > results["mcm"].auroc + 0.03
+    assert results["neglabel"].fpr95 < results["mcm"].fpr95 - 0.1
+
+
+def test_near_ood_is_hard_for_both(world, detectors):
+    for det in detectors.values():
+        near = auroc(det.score_features(world.id_image_features), det.score_features(world.near_ood_features))
+        far = auroc(det.score_features(world.id_image_features), det.score_features(world.far_ood_features))
+        assert 0.6 < near < far
+
+
+def test_mcm_score_is_max_softmax_of_cosines(world):
+    feats = world.id_image_features[:10]
+    for temperature in (1.0, 0.05):
+        det = MCM.from_features(world.id_text_features, temperature=temperature)
+        expected = max_softmax(feats @ world.id_text_features.T / temperature)
+        np.testing.assert_allclose(det.score_features(feats), expected, rtol=1e-6)
+
+
+def test_scores_are_batch_independent_and_in_unit_interval(world, detectors):
+    feats = np.concatenate([world.id_image_features[:50], world.far_ood_features[:50]])
+    for det in detectors.values():
+        whole = det.score_features(feats)
+        parts = np.concatenate([det.score_features(feats[:7]), det.score_features(feats[7:])])
+        np.testing.assert_allclose(whole, parts, rtol=1e-5, atol=1e-6)  # float32 BLAS blocking
+        assert np.all((whole >= 0) & (whole <= 1))
+
+
+def test_neglabel_seed_controls_grouping(world):
+    _, negatives = world.negatives(1000)
+    feats = world.far_ood_features[:20]
+    a = NegLabel.from_features(world.id_text_features, negatives, groups=10, seed=0).score_features(feats)
+    b = NegLabel.from_features(world.id_text_features, negatives, groups=10, seed=0).score_features(feats)
+    c = NegLabel.from_features(world.id_text_features, negatives, groups=10, seed=1).score_features(feats)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_one_group_equals_plain_softmax_mass(world):
+    _, negatives = world.negatives(200)
+    det = NegLabel.from_features(world.id_text_features, negatives, groups=1)
+    feats = world.id_image_features[:5].astype(np.float64)
+    logits = np.exp(np.concatenate([feats @ world.id_text_features.T, feats @ negatives.T], 1) / 0.01)
+    expected = logits[:, : len(world.id_text_features)].sum(1) / logits.sum(1)
+    np.testing.assert_allclose(det.score_features(feats), expected, rtol=1e-5)
+
+
+def test_unnormalised_input_is_normalised(world, detectors):
+    feats = world.id_image_features[:5]
+    for det in detectors.values():
+        np.testing.assert_allclose(det.score_features(3.5 * feats), det.score_features(feats), rtol=1e-6)
+
+
+def test_bad_inputs_give_clear_errors(world):
+    with pytest.raises(ValueError, match="dimension"):
+        MCM.from_features(world.id_text_features).score_features(np.ones((2, 7)))
+    with pytest.raises(ValueError, match="NaN"):
+        MCM.from_features(world.id_text_features).score_features(np.full((1, world.dim), np.nan))
+    with pytest.raises(ValueError, match="groups"):
+        NegLabel.from_features(world.id_text_features, world.corpus_features[:50], groups=100)
+    with pytest.raises(ValueError, match="temperature"):
+        MCM.from_features(world.id_text_features, temperature=0)
+    with pytest.raises(RuntimeError, match="score_features"):
+        MCM.from_features(world.id_text_features).score_images([])
+
+
+def test_repr_shows_parameters(detectors):
+    assert "groups=10" in repr(detectors["neglabel"])
+    assert "temperature=1.0" in repr(detectors["mcm"])
