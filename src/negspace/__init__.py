@@ -1,0 +1,53 @@
+"""negspace: zero-shot out-of-distribution detection with vision-language models.
+
+Scores are **higher for in-distribution** samples. The feature-level API needs no model::
+
+    from negspace import NegLabel, testing
+    world = testing.make_world()
+    labels, negatives = world.negatives(1000)
+    det = NegLabel.from_features(world.id_text_features, negatives, groups=10)
+    scores = det.score_features(world.far_ood_features)
+
+With a CLIP model (``load_encoder``), detectors are built from class names and score images.
+"""
+
+from negspace.classnames import load_class_names
+from negspace.corpus.mining import MiningConfig, mine_negative_labels
+from negspace.corpus.wordnet import load_wordnet_corpus
+from negspace.detectors.mcm import MCM
+from negspace.detectors.neglabel import NegLabel
+from negspace.encoders import ClipEncoder, load_encoder
+from negspace.errors import NegspaceError
+from negspace.metrics import (
+    StreamingOODMetrics,
+    aupr_in,
+    aupr_out,
+    auroc,
+    compute_all,
+    fpr95,
+    fpr95_ood,
+)
+from negspace.scoring import grouped_id_mass, id_mass
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MCM",
+    "ClipEncoder",
+    "MiningConfig",
+    "NegLabel",
+    "NegspaceError",
+    "StreamingOODMetrics",
+    "aupr_in",
+    "aupr_out",
+    "auroc",
+    "compute_all",
+    "fpr95",
+    "fpr95_ood",
+    "grouped_id_mass",
+    "id_mass",
+    "load_class_names",
+    "load_encoder",
+    "load_wordnet_corpus",
+    "mine_negative_labels",
+]

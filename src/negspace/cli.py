@@ -1,0 +1,242 @@
+"""The ``negspace`` command line: ``eval``, ``mine`` and ``demo-data``.
+
+Errors a user can fix (a bad path, missing weights, a malformed class list) are printed as one
+sentence on stderr with exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from negspace.classnames import load_class_names
+from negspace.corpus.labelfile import read_label_file, write_label_file
+from negspace.corpus.mining import (
+    ADJECTIVE_TEMPLATE,
+    NOUN_TEMPLATE,
+    SPLITS,
+    MinedNegatives,
+    MiningConfig,
+    mine_negative_labels,
+)
+from negspace.corpus.wordnet import SELECTIONS
+from negspace.data import parse_named_set
+from negspace.detectors.base import Detector
+from negspace.detectors.mcm import MCM
+from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
+from negspace.encoders import PREPROCESS_CHOICES, ClipEncoder, load_encoder
+from negspace.errors import NegspaceError
+from negspace.evaluate import encode_set, evaluate_detector, open_set
+from negspace.report import format_table, write_report
+from negspace.scoring import DEFAULT_TAU
+
+log = logging.getLogger("negspace")
+
+DEFAULT_MODEL = "openclip:ViT-B-16/openai"
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=DEFAULT_MODEL, help="openclip:ARCH/PRETRAINED or hf:NAME_OR_PATH (default: %(default)s)")
+    group.add_argument("--weights", type=Path, help="local weights file or folder, used instead of downloading")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    group.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="model", help="image transform (default: %(default)s)")
+    group.add_argument("--cache-dir", type=Path, help="feature cache folder (default: $NEGSPACE_CACHE_DIR or the XDG cache)")
+    group.add_argument("--no-cache", action="store_true", help="encode everything afresh, write no cache")
+
+
+def _add_mining_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("negative-label mining (NegLabel)")
+    group.add_argument("--corpus", choices=SELECTIONS, default="neglabel", help="WordNet selection (default: %(default)s)")
+    group.add_argument("--num-negatives", type=int, default=10_000, help="M, labels kept (default: %(default)s)")
+    group.add_argument("--percentile", type=float, default=95.0, help="percentile of ID similarity (default: %(default)s)")
+    group.add_argument("--split", choices=SPLITS, default="proportional", help="how M is split between nouns and adjectives")
+    group.add_argument("--per-part-fraction", type=float, default=0.15, help="fraction per part with --split per_part")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    parser = argparse.ArgumentParser(prog="negspace", description="Zero-shot OOD detection with vision-language models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ev = commands.add_parser("eval", parents=[common], help="score ID and OOD sets and report AUROC / FPR95 / AUPR")
+    ev.add_argument("--method", choices=sorted(METHODS), required=True)
+    ev.add_argument("--classes", required=True, help="'imagenet' or a text file with one class name per line")
+    ev.add_argument("--id", dest="id_set", required=True, help="ID images: folder, path list, LIST:ROOT, or .npy features")
+    ev.add_argument("--ood", action="append", required=True, metavar="NAME=PATH", help="an OOD set (repeatable)")
+    ev.add_argument("--batch-size", type=int, default=256, help="images per batch (default: %(default)s)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the negative-label grouping (default: %(default)s)")
+    ev.add_argument("--out", type=Path, help="results folder (default: runs/METHOD-TIMESTAMP)")
+    _add_model_options(ev)
+    method = ev.add_argument_group("method parameters")
+    method.add_argument("--temperature", type=float, default=1.0, help="MCM softmax temperature (default: %(default)s)")
+    method.add_argument("--tau", type=float, default=DEFAULT_TAU, help="NegLabel temperature (default: %(default)s)")
+    method.add_argument("--groups", type=int, default=DEFAULT_GROUPS, help="NegLabel groups G (default: %(default)s)")
+    method.add_argument("--negatives", type=Path, help="negative-label file from 'negspace mine' (skips mining)")
+    _add_mining_options(ev)
+    ev.set_defaults(run=run_eval)
+
+    mine = commands.add_parser("mine", parents=[common], help="mine NegLabel negative labels and write them to a file")
+    mine.add_argument("--classes", required=True, help="'imagenet' or a text file with one class name per line")
+    mine.add_argument("-o", "--output", type=Path, required=True, help="label file to write")
+    _add_model_options(mine)
+    _add_mining_options(mine)
+    mine.set_defaults(run=run_mine)
+
+    demo = commands.add_parser("demo-data", parents=[common], help="write a tiny ID/OOD image set (real photos vs. patterns)")
+    demo.add_argument("folder", type=Path, help="where to write id/ and ood/")
+    demo.set_defaults(run=run_demo_data)
+    return parser
+
+
+def _encoder(args: argparse.Namespace) -> ClipEncoder:
+    return load_encoder(
+        args.model,
+        weights=args.weights,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        preprocess=args.preprocess,
+    )
+
+
+def _mining_config(args: argparse.Namespace) -> MiningConfig:
+    try:
+        return MiningConfig(args.num_negatives, args.percentile, args.split, args.per_part_fraction, args.corpus)
+    except ValueError as err:
+        raise NegspaceError(f"Invalid mining option: {err}.") from None
+
+
+def _mining_cache_dir(args: argparse.Namespace) -> Path | None:
+    if args.no_cache:
+        return None
+    from negspace.cache import default_cache_dir
+
+    return args.cache_dir or default_cache_dir()
+
+
+def _negatives(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequence[str]) -> MinedNegatives:
+    progress = not args.quiet
+    if args.negatives is None:
+        return mine_negative_labels(encoder, class_names, _mining_config(args), _mining_cache_dir(args), progress)
+    nouns, adjectives = read_label_file(args.negatives)
+    features = [encoder.encode_texts(nouns, template=NOUN_TEMPLATE, progress=progress)]
+    if adjectives:
+        features.append(encoder.encode_texts(adjectives, template=ADJECTIVE_TEMPLATE, progress=progress))
+    return MinedNegatives(nouns + adjectives, np.concatenate(features), len(nouns), len(adjectives))
+
+
+def build_mcm(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequence[str]) -> Detector:
+    return MCM.from_encoder(encoder, class_names, temperature=args.temperature)
+
+
+def build_neglabel(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequence[str]) -> Detector:
+    mined = _negatives(args, encoder, class_names)
+    if args.groups > len(mined.labels):
+        raise NegspaceError(f"--groups {args.groups} is larger than the {len(mined.labels)} negative labels.")
+    return NegLabel.from_mined(encoder, class_names, mined, tau=args.tau, groups=args.groups, seed=args.seed)
+
+
+# The CLI's method names; each builder returns a ready detector.
+METHODS: dict[str, Callable[[argparse.Namespace, ClipEncoder, Sequence[str]], Detector]] = {
+    "mcm": build_mcm,
+    "neglabel": build_neglabel,
+}
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise NegspaceError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    classes = load_class_names(args.classes)
+    # Every set is opened before the model loads: a wrong path fails in a second.
+    id_source = open_set(args.id_set, name="id")
+    ood_sources = []
+    for item in args.ood:
+        name, path = parse_named_set(item)
+        ood_sources.append(open_set(path, name=name))
+    names = [s.name for s in ood_sources]
+    if len(set(names)) != len(names) or "average" in names:
+        raise NegspaceError(f"OOD set names must be unique and not 'average': {names}.")
+
+    started = time.perf_counter()
+    encoder = _encoder(args)
+    detector = METHODS[args.method](args, encoder, classes.names)
+    progress = not args.quiet
+    id_set = encode_set(id_source, encoder, args.batch_size, progress)
+    ood_sets = [encode_set(s, encoder, args.batch_size, progress) for s in ood_sources]
+    evaluation = evaluate_detector(detector.score_features, id_set, ood_sets, args.batch_size)
+    evaluation.info = {
+        "method": args.method,
+        "params": detector.get_params(),
+        "model": args.model,
+        "weights_fingerprint": encoder.fingerprint,
+        "preprocess": args.preprocess,
+        "classes": classes.source,
+        "n_classes": len(classes),
+        "class_list_problems": list(classes.problems),
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    out_dir = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    write_report(evaluation, out_dir)
+    print(format_table(evaluation))
+    skipped = sum(len(s.skipped) for s in [id_set, *ood_sets])
+    if skipped:
+        print(f"\n{skipped} unreadable file(s) skipped; listed in {out_dir / 'metrics.json'}")
+    print(f"\nResults written to {out_dir}")
+    return 0
+
+
+def run_mine(args: argparse.Namespace) -> int:
+    classes = load_class_names(args.classes)
+    config = _mining_config(args)
+    encoder = _encoder(args)
+    mined = mine_negative_labels(encoder, classes.names, config, _mining_cache_dir(args), not args.quiet)
+    settings = json.dumps({"model": args.model, "classes": classes.source, **config.__dict__})
+    write_label_file(args.output, mined.nouns, mined.adjectives, comment=settings)
+    print(f"{len(mined.nouns)} nouns and {len(mined.adjectives)} adjectives written to {args.output}")
+    return 0
+
+
+def run_demo_data(args: argparse.Namespace) -> int:
+    from negspace.demo import write_demo_data
+
+    id_dir, ood_dir = write_demo_data(args.folder)
+    print(f"ID images (photos) in {id_dir}, OOD images (patterns) in {ood_dir}")
+    return 0
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("negspace: %(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return args.run(args)
+    except NegspaceError as err:
+        print(f"negspace: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("negspace: interrupted; finished work is cached and will be reused", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Evaluation: turn image sets (or precomputed features) into scores and metrics.
+
+The order of work is chosen for the user's sake: every data set is opened and checked before the
+model loads, so a typo in a path fails in a second, not after a minute of loading weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from negspace.data import ImageSet, open_image_set
+from negspace.errors import DatasetError
+from negspace.metrics import OODResult, compute_all
+
+if TYPE_CHECKING:
+    from negspace.encoders import ClipEncoder
+
+log = logging.getLogger(__name__)
+
+METRIC_NAMES = ("auroc", "fpr95", "fpr95_ood", "aupr_in", "aupr_out")
+
+
+@dataclass(frozen=True)
+class FeatureFile:
+    """A precomputed ``(N, D)`` feature matrix stored as ``.npy``."""
+
+    name: str
+    path: Path
+
+
+@dataclass
+class EncodedSet:
+    """Features of one evaluation set, with the sample ids they belong to and what was skipped."""
+
+    name: str
+    features: np.ndarray
+    sample_ids: list[str]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def _check_feature_file(path: Path, name: str) -> FeatureFile:
+    if not path.is_file():
+        raise DatasetError(f"Feature file {path} for set {name!r} does not exist.")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise DatasetError(f"Feature file {path} for set {name!r} is not a readable .npy array ({err}).") from None
+    if array.ndim != 2 or array.shape[0] == 0:
+        raise DatasetError(f"Feature file {path} for set {name!r} must hold a non-empty (N, D) array, got shape {array.shape}.")
+    return FeatureFile(name, path)
+
+
+def open_set(spec: str | Path, name: str) -> ImageSet | FeatureFile:
+    """Open an image set or a ``.npy`` feature file; raises :class:`DatasetError` if unusable."""
+    path = Path(spec)
+    if path.suffix.lower() == ".npy":
+        return _check_feature_file(path, name)
+    return open_image_set(spec, name=name)
+
+
+def encode_set(
+    source: ImageSet | FeatureFile,
+    encoder: ClipEncoder | None,
+    batch_size: int,
+    progress: bool = True,
+) -> EncodedSet:
+    """Features for one opened set: loaded from ``.npy`` or encoded (and cached) from images."""
+    if isinstance(source, FeatureFile):
+        features = np.load(source.path, allow_pickle=False).astype(np.float32)
+        if encoder is not None and features.shape[1] != encoder.dim:
+            raise DatasetError(
+                f"Feature file {source.path} has dimension {features.shape[1]} but the model "
+                f"{encoder.spec} gives {encoder.dim}."
+            )
+        return EncodedSet(source.name, features, [f"{source.path.name}[{i}]" for i in range(len(features))])
+    if encoder is None:
+        raise ValueError("an encoder is needed to encode image files")
+    log.info("encoding %d images of %s", len(source.paths), source.name)
+    encoding = encoder.encode_image_files(source.paths, batch_size=batch_size, progress=progress)
+    skipped = [{"path": str(s.path), "reason": s.reason} for s in encoding.skipped]
+    if skipped:
+        log.warning("%s: %d unreadable file(s) skipped", source.name, len(skipped))
+    if len(encoding.features) == 0:
+        raise DatasetError(f"No image of set {source.name!r} could be read ({len(skipped)} unreadable).")
+    return EncodedSet(source.name, encoding.features, [str(p) for p in encoding.paths], skipped)
+
+
+@dataclass
+class Evaluation:
+    """Scores and metrics of one detector on one ID set against named OOD sets."""
+
+    id_set: EncodedSet
+    ood_sets: list[EncodedSet]
+    id_scores: np.ndarray
+    ood_scores: dict[str, np.ndarray]
+    results: dict[str, OODResult]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def average(self) -> dict[str, float]:
+        """Unweighted mean of each metric over the OOD sets (as the papers report)."""
+        return {
+            metric: float(np.mean([getattr(r, metric) for r in self.results.values()]))
+            for metric in METRIC_NAMES
+        }
+
+
+def evaluate_detector(
+    score: Callable[[np.ndarray], np.ndarray],
+    id_set: EncodedSet,
+    ood_sets: list[EncodedSet],
+    batch_size: int = 256,
+) -> Evaluation:
+    """Score the ID set and every OOD set with a stateless ``score`` function, batch by batch."""
+    id_scores = score_in_batches(score, id_set.features, batch_size)
+    ood_scores = {s.name: score_in_batches(score, s.features, batch_size) for s in ood_sets}
+    results = {name: compute_all(id_scores, scores) for name, scores in ood_scores.items()}
+    return Evaluation(id_set, ood_sets, id_scores, ood_scores, results)
+
+
+def score_in_batches(score: Callable[[np.ndarray], np.ndarray], features: np.ndarray, batch_size: int) -> np.ndarray:
+    """Apply ``score`` to consecutive batches of ``features``; bounded memory for large sets."""
+    parts = [score(features[start : start + batch_size]) for start in range(0, len(features), batch_size)]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def summarise_skipped(sets: Mapping[str, EncodedSet]) -> dict[str, list[dict[str, str]]]:
+    """The unreadable files of every set that had any."""
+    return {name: s.skipped for name, s in sets.items() if s.skipped}

@@ -1,0 +1,180 @@
+"""Writing an evaluation out: the console table, metrics.json, results.md/.csv, scores, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from negspace.evaluate import METRIC_NAMES, Evaluation, summarise_skipped
+from negspace.metrics import threshold_at_id_recall
+
+log = logging.getLogger(__name__)
+
+COLUMN_TITLES = {
+    "auroc": "AUROC",
+    "fpr95": "FPR95 (ID+)",
+    "fpr95_ood": "FPR95 (OOD+)",
+    "aupr_in": "AUPR-In",
+    "aupr_out": "AUPR-Out",
+}
+
+
+def table_rows(evaluation: Evaluation) -> list[tuple[str, dict[str, float]]]:
+    """``(set name, metrics)`` per OOD set, then ``("average", ...)``; metrics as fractions."""
+    rows = [(name, {m: getattr(r, m) for m in METRIC_NAMES}) for name, r in evaluation.results.items()]
+    return rows + [("average", evaluation.average())]
+
+
+def format_table(evaluation: Evaluation) -> str:
+    """A fixed-width console table, rates in percent (the papers' unit)."""
+    rows = table_rows(evaluation)
+    width = max(len("OOD set"), *(len(name) for name, _ in rows))
+    header = f"{'OOD set':<{width}}  " + "  ".join(f"{COLUMN_TITLES[m]:>12}" for m in METRIC_NAMES)
+    lines = [header, "-" * len(header)]
+    for name, metrics in rows:
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{100 * metrics[m]:>12.2f}" for m in METRIC_NAMES))
+    return "\n".join(lines)
+
+
+def markdown_table(evaluation: Evaluation) -> str:
+    rows = table_rows(evaluation)
+    lines = [
+        "| OOD set | " + " | ".join(COLUMN_TITLES[m] for m in METRIC_NAMES) + " |",
+        "|---|" + "---:|" * len(METRIC_NAMES),
+    ]
+    for name, metrics in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{100 * metrics[m]:.2f}" for m in METRIC_NAMES) + " |")
+    return "\n".join(lines)
+
+
+def metrics_document(evaluation: Evaluation) -> dict[str, Any]:
+    """Everything needed to reproduce and audit a run, as plain JSON types."""
+    sets = {evaluation.id_set.name: evaluation.id_set, **{s.name: s for s in evaluation.ood_sets}}
+    return {
+        **evaluation.info,
+        "metric_units": "fractions in [0, 1]; fpr95 = OOD accepted at 95% ID recall (ID positive); "
+        "fpr95_ood = ID rejected at 95% OOD recall (OOD positive)",
+        "id_set": {"name": evaluation.id_set.name, "n": len(evaluation.id_scores)},
+        "ood": {name: r.as_dict() for name, r in evaluation.results.items()},
+        "average": evaluation.average(),
+        "threshold_95_id_recall": threshold_at_id_recall(evaluation.id_scores),
+        "skipped_files": summarise_skipped(sets),
+        "n_skipped": sum(len(s.skipped) for s in sets.values()),
+    }
+
+
+def write_scores_csv(evaluation: Evaluation, path: Path) -> None:
+    """One row per sample: set, whether it is ID, its id (path), its score."""
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["set", "is_id", "sample", "score"])
+        for encoded, scores, is_id in [(evaluation.id_set, evaluation.id_scores, 1)] + [
+            (s, evaluation.ood_scores[s.name], 0) for s in evaluation.ood_sets
+        ]:
+            for sample, score in zip(encoded.sample_ids, scores):
+                writer.writerow([encoded.name, is_id, sample, f"{score:.8g}"])
+
+
+def write_results_csv(evaluation: Evaluation, path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["ood_set", *METRIC_NAMES])
+        for name, metrics in table_rows(evaluation):
+            writer.writerow([name, *(f"{metrics[m]:.6f}" for m in METRIC_NAMES)])
+
+
+def write_results_md(evaluation: Evaluation, path: Path) -> None:
+    info = evaluation.info
+    lines = [
+        f"# negspace eval: {info.get('method', '?')}",
+        "",
+        f"- model: `{info.get('model', '?')}`",
+        f"- ID set: `{evaluation.id_set.name}` ({len(evaluation.id_scores)} samples)",
+        f"- seed: {info.get('seed', '?')}",
+        "- rates in percent; FPR95 (ID+) = OOD accepted at 95% ID recall, "
+        "FPR95 (OOD+) = ID rejected at 95% OOD recall",
+        "",
+        markdown_table(evaluation),
+        "",
+    ]
+    skipped = summarise_skipped({s.name: s for s in [evaluation.id_set, *evaluation.ood_sets]})
+    if skipped:
+        lines += ["## Skipped files", ""]
+        for name, files in skipped.items():
+            lines += [f"- `{name}`: `{f['path']}`: {f['reason']}" for f in files]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def plot_histograms(evaluation: Evaluation, out_dir: Path) -> list[Path]:
+    """One PNG per OOD set: ID and OOD score histograms with the 95%-ID-recall threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threshold = threshold_at_id_recall(evaluation.id_scores)
+    written = []
+    for name, ood in evaluation.ood_scores.items():
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        both = np.concatenate([evaluation.id_scores, ood])
+        bins = np.linspace(both.min(), both.max(), 51) if both.max() > both.min() else 10
+        ax.hist(evaluation.id_scores, bins=bins, alpha=0.6, density=True, label=f"ID ({evaluation.id_set.name})")
+        ax.hist(ood, bins=bins, alpha=0.6, density=True, label=f"OOD ({name})")
+        ax.axvline(threshold, color="black", linestyle="--", label=f"95% ID recall: {threshold:.3g}")
+        ax.set_xlabel("score (higher = more in-distribution)")
+        ax.set_ylabel("density")
+        ax.set_title(f"{evaluation.info.get('method', '')}: {evaluation.id_set.name} vs {name}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"hist_{name}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_roc(evaluation: Evaluation, out_dir: Path) -> Path:
+    """ROC curves (ID positive) of every OOD set in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    for name, ood in evaluation.ood_scores.items():
+        labels = np.concatenate([np.ones(len(evaluation.id_scores)), np.zeros(len(ood))])
+        fpr, tpr, _ = roc_curve(labels, np.concatenate([evaluation.id_scores, ood]))
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * evaluation.results[name].auroc:.1f})")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+    ax.axhline(0.95, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("OOD accepted (false positive rate)")
+    ax.set_ylabel("ID accepted (true positive rate)")
+    ax.set_title(f"ROC: {evaluation.info.get('method', '')}, ID = {evaluation.id_set.name}")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = out_dir / "roc.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
+    """Write every output file of ``negspace eval`` into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / "metrics.json"
+    metrics_path.write_text(json.dumps(metrics_document(evaluation), indent=2), encoding="utf-8")
+    written = [metrics_path, out_dir / "results.md", out_dir / "results.csv", out_dir / "scores.csv"]
+    write_results_md(evaluation, written[1])
+    write_results_csv(evaluation, written[2])
+    write_scores_csv(evaluation, written[3])
+    written += plot_histograms(evaluation, out_dir)
+    written.append(plot_roc(evaluation, out_dir))
+    log.info("wrote %d files to %s", len(written), out_dir)
+    return written

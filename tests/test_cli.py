@@ -1,0 +1,146 @@
+"""``negspace`` end to end: real PNG files, a random-weight model loaded from disk, every output."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from negspace.cli import main
+from negspace.corpus.labelfile import read_label_file
+
+OUTPUTS = ["metrics.json", "results.md", "results.csv", "scores.csv", "roc.png"]
+
+
+@pytest.fixture(scope="module")
+def image_sets(tmp_path_factory) -> dict[str, Path]:
+    """ID: 6 colour photos-to-be, one grayscale, one corrupt file; OOD: 6 noise images."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    id_dir, ood_dir = root / "id", root / "ood"
+    (id_dir / "sub").mkdir(parents=True)
+    ood_dir.mkdir()
+    for k in range(6):
+        colour = np.zeros((40, 48, 3), np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)
+        Image.fromarray(colour).save(id_dir / ("sub" if k % 2 else ".") / f"img_{k}.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8), mode="L").save(id_dir / "gray.png")
+    (id_dir / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(ood_dir / f"noise_{k}.png")
+    classes = root / "classes.txt"
+    classes.write_text("red square\ngreen square\nblue square\n", encoding="utf-8")
+    return {"id": id_dir, "ood": ood_dir, "classes": classes, "root": root}
+
+
+def _model_args(model) -> list[str]:
+    return ["--model", model.spec, "--weights", str(model.weights), "--device", "cpu", "-q"]
+
+
+def _run_eval(tmp_path, image_sets, model, method: str, *extra: str) -> Path:
+    out = tmp_path / method
+    code = main(
+        [
+            "eval", "--method", method, "--classes", str(image_sets["classes"]),
+            "--id", str(image_sets["id"]), "--ood", f"noise={image_sets['ood']}",
+            "--out", str(out), "--batch-size", "4", *_model_args(model), *extra,
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def _check_outputs(out: Path, n_id: int, n_ood: int) -> dict:
+    for name in OUTPUTS + ["hist_noise.png"]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    with Image.open(out / "roc.png") as png:
+        assert png.format == "PNG" and png.size[0] >= 300
+    metrics = json.loads((out / "metrics.json").read_text())
+    noise = metrics["ood"]["noise"]
+    assert (noise["n_id"], noise["n_ood"]) == (n_id, n_ood)
+    assert 0.0 <= noise["auroc"] <= 1.0 and 0.0 <= noise["fpr95"] <= 1.0
+    with (out / "scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n_id + n_ood
+    assert sum(r["is_id"] == "1" for r in rows) == n_id
+    return metrics
+
+
+def test_eval_mcm_on_png_folders_reports_the_corrupt_file(tmp_path, image_sets, tiny_openclip, capsys):
+    out = _run_eval(tmp_path, image_sets, tiny_openclip, "mcm")
+    metrics = _check_outputs(out, n_id=7, n_ood=6)  # 8 ID files, the corrupt one skipped
+    skipped = metrics["skipped_files"]["id"]
+    assert [Path(s["path"]).name for s in skipped] == ["corrupt.png"]
+    assert metrics["n_skipped"] == 1 and metrics["method"] == "mcm"
+    printed = capsys.readouterr().out
+    assert "noise" in printed and "average" in printed and "1 unreadable file(s) skipped" in printed
+    assert "corrupt.png" in (out / "results.md").read_text()
+
+
+def test_mine_then_eval_neglabel(tmp_path, image_sets, tiny_openclip, capsys):
+    labels = tmp_path / "labels.txt"
+    code = main(["mine", "--classes", str(image_sets["classes"]), "-o", str(labels), *_model_args(tiny_openclip)])
+    assert code == 0
+    nouns, adjectives = read_label_file(labels)
+    assert (len(nouns), len(adjectives)) == (8_265, 1_735)
+    assert len(set(nouns + adjectives)) == 10_000
+    assert not {"red square", "green square"} & set(nouns)
+
+    out = _run_eval(tmp_path, image_sets, tiny_openclip, "neglabel", "--negatives", str(labels))
+    metrics = _check_outputs(out, n_id=7, n_ood=6)
+    assert metrics["params"]["n_negatives"] == 10_000 and metrics["params"]["groups"] == 100
+
+    # Mining inside eval (cached by now) gives the very same scores as the mined file.
+    again = _run_eval(tmp_path / "again", image_sets, tiny_openclip, "neglabel")
+    assert (again / "scores.csv").read_text() == (out / "scores.csv").read_text()
+
+
+def test_eval_accepts_precomputed_features(tmp_path, image_sets, tiny_openclip):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "id.npy", rng.standard_normal((20, 32)).astype(np.float32))
+    np.save(tmp_path / "ood.npy", rng.standard_normal((15, 32)).astype(np.float32))
+    out = tmp_path / "npy"
+    code = main(
+        ["eval", "--method", "mcm", "--classes", str(image_sets["classes"]), "--id", str(tmp_path / "id.npy"),
+         "--ood", f"far={tmp_path / 'ood.npy'}", "--out", str(out), *_model_args(tiny_openclip)]
+    )
+    assert code == 0
+    assert json.loads((out / "metrics.json").read_text())["ood"]["far"]["n_ood"] == 15
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "negspace.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_missing_weights_is_one_sentence_naming_weights_flag(tmp_path, image_sets):
+    result = _cli("eval", "--method", "mcm", "--classes", "imagenet", "--id", str(image_sets["id"]),
+                  "--ood", f"noise={image_sets['ood']}", "--weights", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "--weights" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("negspace: error:") == 1
+
+
+def test_missing_or_empty_data_fails_before_the_model_loads(tmp_path, image_sets):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # The model spec is unloadable: reaching the data error first proves the order.
+    for id_set in (tmp_path / "missing", empty):
+        result = _cli("eval", "--method", "mcm", "--classes", "imagenet", "--id", str(id_set),
+                      "--ood", f"noise={image_sets['ood']}", "--model", "openclip:NoSuchArch/none")
+        assert result.returncode == 2, result.stderr
+        assert str(id_set.name) in result.stderr and "Traceback" not in result.stderr
+        assert "NoSuchArch" not in result.stderr
+
+
+def test_demo_data_writes_real_photos_and_patterns(tmp_path):
+    assert main(["demo-data", str(tmp_path / "demo")]) == 0
+    photos = sorted((tmp_path / "demo" / "id").iterdir())
+    patterns = sorted((tmp_path / "demo" / "ood").iterdir())
+    assert len(photos) == 12 and len(patterns) == 12
+    with Image.open(photos[0]) as first:
+        assert first.mode == "RGB" and min(first.size) >= 200
