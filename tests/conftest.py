@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import pytest
+# huggingface_hub reads this once, at import: set it before anything imports it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -14,6 +18,5 @@ from fixtures_models import tiny_hf_clip, tiny_openclip  # noqa: E402,F401  (pyt
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """Never touch the user's cache; never reach for the network hub."""
+    """Never touch the user's feature cache."""
     monkeypatch.setenv("NEGSPACE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "negspace-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

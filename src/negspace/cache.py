@@ -1,0 +1,295 @@
+"""On-disk feature cache: a small SQLite key -> float32 vector store.
+
+Encoders cache one row per text and per image, keyed by a SHA-256 of everything that determines
+the feature (model spec, weights fingerprint, template or preprocessing, text or file content).
+SQLite in WAL mode gives what the cache needs without a server:
+
+* each :meth:`FeatureStore.put_many` call is one transaction, so a run killed mid-way leaves the
+  batches it committed intact and nothing half-written;
+* several processes may read and write the same file at once (writers wait on a busy timeout);
+* readers never block writers.
+
+The cache folder is :func:`default_cache_dir` unless the caller passes one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from negspace.errors import NegspaceError
+
+__all__ = [
+    "FeatureStore",
+    "default_cache_dir",
+    "file_sha256",
+    "make_key",
+    "weights_fingerprint",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File name of the feature database inside a cache folder.
+FEATURES_DB = "features.sqlite3"
+
+_SCHEMA_VERSION = 1
+# SQLite's limit on bound parameters is 32766 since 3.32 but 999 before; stay well below both.
+_IN_CHUNK = 900
+# Seconds a writer waits for another process's transaction before giving up.
+_BUSY_TIMEOUT_S = 60.0
+_HASH_BLOCK = 1 << 20
+# Files in a model folder that the torch loaders never read (TensorFlow, Flax, ONNX and Rust
+# weights, docs): leaving them out of the fingerprint saves hashing gigabytes for nothing.
+_UNUSED_SUFFIXES = frozenset({".h5", ".msgpack", ".onnx", ".ot", ".md"})
+
+
+def default_cache_dir() -> Path:
+    """Return the cache folder: ``$NEGSPACE_CACHE_DIR``, else ``$XDG_CACHE_HOME/negspace``,
+    else ``~/.cache/negspace``. The folder is not created here."""
+    explicit = os.environ.get("NEGSPACE_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg).expanduser() / "negspace"
+    return Path.home() / ".cache" / "negspace"
+
+
+def make_key(**parts: Any) -> str:
+    """Hash keyword parts (JSON-serialisable values) into a stable hex key.
+
+    Keys are order-independent in the keyword names, so ``make_key(kind="text", text="cat")``
+    equals ``make_key(text="cat", kind="text")``.
+    """
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class FeatureStore:
+    """A SQLite-backed map from string keys to 1-D float32 vectors.
+
+    Args:
+        path: the database file (created with its parent folders if missing). Use
+            :meth:`in_dir` to open the standard file inside a cache folder.
+
+    The store is safe to use from several processes at once. Inside one process it may be shared
+    by threads (calls are serialised by a lock), and it reopens its connection after a fork.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser()
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        self._connect()
+
+    @classmethod
+    def in_dir(cls, cache_dir: Path | str | None = None) -> FeatureStore:
+        """Open the feature database inside ``cache_dir`` (default: :func:`default_cache_dir`)."""
+        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        return cls(folder / FEATURES_DB)
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        # A connection must not cross a fork: reopen in the child.
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE) so that a
+            # writer takes the write lock up front and waits on the busy timeout instead of
+            # failing on a read->write lock upgrade.
+            conn = sqlite3.connect(
+                self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode NORMAL never corrupts the database; a power cut may only lose the last
+            # commits, which a re-run recomputes.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS features "
+                    "(key TEXT PRIMARY KEY, dim INTEGER NOT NULL, data BLOB NOT NULL)"
+                )
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                )
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            raise NegspaceError(
+                f"The feature cache {self.path} cannot be opened ({exc}); delete it or choose "
+                "another folder with --cache-dir or NEGSPACE_CACHE_DIR."
+            ) from exc
+        except OSError as exc:
+            raise NegspaceError(
+                f"The feature cache folder {self.path.parent} cannot be created ({exc.strerror}); "
+                "choose another with --cache-dir or NEGSPACE_CACHE_DIR."
+            ) from exc
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def close(self) -> None:
+        """Close the connection (the store reopens it if used again)."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable for multiprocessing: the child opens its own connection.
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r})"
+
+    # -- features -----------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Number of cached feature rows."""
+        with self._lock:
+            (count,) = self._connect().execute("SELECT COUNT(*) FROM features").fetchone()
+        return int(count)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self.get_many([key])
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """Return ``{key: vector}`` for the keys present (missing keys are simply absent)."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            conn = self._connect()
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT key, dim, data FROM features WHERE key IN ({marks})", chunk
+                )
+                for key, dim, data in rows:
+                    vec = np.frombuffer(data, dtype="<f4")
+                    if vec.shape[0] != dim:  # never expected; treat as a miss, it gets rewritten
+                        logger.warning("Ignoring a malformed cache row in %s", self.path)
+                        continue
+                    found[key] = vec.astype(np.float32)  # native-endian, writable copy
+        return found
+
+    def put_many(self, items: Mapping[str, np.ndarray]) -> None:
+        """Store all ``items`` in one transaction: either every row lands or none does."""
+        if not items:
+            return
+        rows = []
+        for key, value in items.items():
+            vec = np.asarray(value, dtype="<f4")
+            if vec.ndim != 1:
+                raise ValueError(f"cache values must be 1-D vectors, got shape {vec.shape}")
+            rows.append((key, int(vec.shape[0]), vec.tobytes()))
+        with self._lock:
+            self._write("INSERT OR REPLACE INTO features (key, dim, data) VALUES (?, ?, ?)", rows)
+
+    def clear(self) -> None:
+        """Delete every cached feature and memo."""
+        with self._lock:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM features")
+                conn.execute("DELETE FROM meta")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    # -- small memo table (e.g. weights fingerprints) ------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        """Return the memo stored under ``key``, or None."""
+        with self._lock:
+            row = self._connect().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put_meta(self, key: str, value: str) -> None:
+        """Store a memo string under ``key``."""
+        with self._lock:
+            self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(key, value)])
+
+    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+# -- content hashing ------------------------------------------------------------------------------
+
+_FILE_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path | str, store: FeatureStore | None = None) -> str:
+    """SHA-256 of a file's bytes, memoised by (absolute path, size, mtime_ns).
+
+    The memo lives in this process and, when ``store`` is given, in its meta table, so a large
+    checkpoint is hashed once per machine rather than once per run.
+    """
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    memo_key = (str(p), st.st_size, st.st_mtime_ns)
+    digest = _FILE_HASH_MEMO.get(memo_key)
+    store_key = "sha256:" + json.dumps(memo_key)
+    if digest is None and store is not None:
+        digest = store.get_meta(store_key)
+    if digest is None:
+        h = hashlib.sha256()
+        with p.open("rb") as fh:
+            while block := fh.read(_HASH_BLOCK):
+                h.update(block)
+        digest = h.hexdigest()
+        if store is not None:
+            store.put_meta(store_key, digest)
+    _FILE_HASH_MEMO[memo_key] = digest
+    return digest
+
+
+def weights_fingerprint(path: Path | str, store: FeatureStore | None = None) -> str:
+    """Fingerprint local weights: a file's SHA-256, or for a folder a hash over its top-level
+    files (config, tokenizer, weights), each hashed with :func:`file_sha256`."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        h = hashlib.sha256()
+        for child in sorted(p.iterdir()):
+            if (
+                child.is_file()
+                and not child.name.startswith(".")
+                and child.suffix.lower() not in _UNUSED_SUFFIXES
+            ):
+                h.update(f"{child.name}\0{file_sha256(child, store)}\n".encode())
+        return "dir-sha256:" + h.hexdigest()
+    return "sha256:" + file_sha256(p, store)

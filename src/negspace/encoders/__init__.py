@@ -1,0 +1,88 @@
+"""CLIP encoders: one front end (:class:`ClipEncoder`) over open_clip and transformers models.
+
+    >>> enc = load_encoder("openclip:ViT-B-16/openai")                       # doctest: +SKIP
+    >>> text = enc.encode_texts(["cat", "dog"], template="a photo of a {}.")  # doctest: +SKIP
+    >>> imgs = enc.encode_image_files(paths)                                   # doctest: +SKIP
+
+Features are float32 numpy arrays with L2-normalised rows. Text and image-file features are
+cached on disk (see :mod:`negspace.cache`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from negspace.cache import FeatureStore
+from negspace.encoders.base import (
+    SPEC_FORMS,
+    Backend,
+    ClipEncoder,
+    ImageEncoding,
+    SkippedFile,
+    resolve_device,
+)
+from negspace.encoders.preprocess import PREPROCESS_CHOICES, check_preprocess
+from negspace.errors import NegspaceError
+
+__all__ = [
+    "PREPROCESS_CHOICES",
+    "ClipEncoder",
+    "ImageEncoding",
+    "SkippedFile",
+    "load_encoder",
+    "resolve_device",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def load_encoder(
+    spec: str,
+    weights: str | Path | None = None,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    preprocess: str = "model",
+) -> ClipEncoder:
+    """Load a CLIP model and wrap it as a :class:`ClipEncoder`.
+
+    Args:
+        spec: ``openclip:ARCH/PRETRAINED`` (e.g. ``openclip:ViT-B-16/openai``; ARCH may also be
+            a model-config JSON path, or ``hf-hub:ORG/REPO``) or ``hf:NAME_OR_PATH`` (a hub id
+            or a ``save_pretrained`` folder; needs ``pip install "negspace[hf]"``).
+        weights: a local checkpoint file (open_clip) or folder (either backend) used instead of
+            downloading; what ``--weights`` sets.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or
+            ``"cuda:N"``. Models run in fp16 on CUDA, fp32 elsewhere.
+        cache_dir: folder of the feature cache (default :func:`negspace.cache.default_cache_dir`).
+        use_cache: False encodes everything afresh and writes nothing to disk.
+        preprocess: ``"model"`` (the library's eval transform) or ``"openood"`` (resize 256
+            bicubic, centre crop 224, for a 224-pixel model).
+
+    Raises:
+        NegspaceError: malformed spec, unknown architecture, unavailable device.
+        WeightsUnavailableError: the weights can be neither downloaded nor read locally.
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise NegspaceError(f"Model spec {spec!r} is not valid; use {SPEC_FORMS}.")
+    kind, rest = spec.split(":", 1)
+    kind = kind.strip().lower()
+    check_preprocess(preprocess)
+    dev = resolve_device(device)
+    weights_path = Path(weights).expanduser() if weights is not None else None
+    store = FeatureStore.in_dir(cache_dir) if use_cache else None
+
+    backend: Backend
+    if kind == "openclip":
+        from negspace.encoders.openclip_backend import load_openclip
+
+        backend, fingerprint = load_openclip(spec, rest, weights_path, dev, store, preprocess)
+    elif kind == "hf":
+        from negspace.encoders.hf_backend import load_hf
+
+        backend, fingerprint = load_hf(spec, rest, weights_path, dev, store, preprocess)
+    else:
+        raise NegspaceError(f"Unknown model kind {kind!r} in {spec!r}; use {SPEC_FORMS}.")
+    logger.info("Loaded %s on %s (weights %s)", spec, dev, fingerprint)
+    return ClipEncoder(backend, spec=spec, fingerprint=fingerprint, device=dev, store=store)

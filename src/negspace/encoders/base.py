@@ -1,0 +1,373 @@
+"""The CLIP encoder front end shared by every backend: batching, normalisation and caching.
+
+A backend (open_clip, transformers) only knows how to turn a batch of strings or a batch of PIL
+images into raw embeddings. :class:`ClipEncoder` does the rest: it applies the prompt template,
+splits work into batches with a progress bar, L2-normalises in float32, reads and writes the
+per-item cache, and skips unreadable image files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from negspace.cache import FeatureStore, make_key
+from negspace.errors import NegspaceError, UnreadableImageError
+
+__all__ = ["SPEC_FORMS", "Backend", "ClipEncoder", "ImageEncoding", "SkippedFile", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# Threads that read and decode image files while the model works; PIL and file reads release
+# the GIL, so decoding keeps pace with a GPU.
+_IO_WORKERS = min(8, os.cpu_count() or 1)
+
+#: The accepted model spec forms, quoted in error messages.
+SPEC_FORMS = (
+    "openclip:ARCH/PRETRAINED (e.g. openclip:ViT-B-16/openai), openclip:CONFIG.json/none with "
+    "--weights, openclip:hf-hub:ORG/REPO, or hf:NAME_OR_PATH"
+)
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """An input file that could not be encoded, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class ImageEncoding:
+    """Features of the readable files among the inputs.
+
+    Attributes:
+        features: ``(n_kept, D)`` float32, rows L2-normalised.
+        paths: the kept files, in input order (the input minus ``skipped``).
+        skipped: files that could not be read, with the reason.
+    """
+
+    features: np.ndarray
+    paths: list[Path]
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+class Backend(Protocol):
+    """What a model library must provide; outputs are raw (unnormalised) embeddings."""
+
+    #: Identifies the image transform, so image features are cached per preprocessing.
+    preprocess_id: str
+    #: Embedding width.
+    dim: int
+
+    def encode_text_batch(self, texts: list[str]) -> torch.Tensor:
+        """Embed already-templated texts, returning a ``(B, D)`` tensor."""
+        ...
+
+    def encode_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        """Preprocess and embed RGB images, returning a ``(B, D)`` tensor."""
+        ...
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` into a usable device.
+
+    ``"auto"`` picks CUDA when available, else the CPU. Asking for a device this machine lacks is
+    a :class:`NegspaceError` rather than a later, obscure torch error.
+    """
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise NegspaceError(f"Unknown device {device!r}; use auto, cpu, cuda or cuda:N.") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NegspaceError(
+                f"Device {device!r} was asked for but this machine has no usable CUDA GPU "
+                "(or torch was built without CUDA); use --device cpu or --device auto."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise NegspaceError(
+                f"Device {device!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)."
+            )
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise NegspaceError(f"Device {device!r} is not available on this machine.")
+    elif dev.type != "cpu":
+        raise NegspaceError(f"Unsupported device {device!r}; use auto, cpu, cuda or cuda:N.")
+    return dev
+
+
+def _batches(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise NegspaceError(f"batch size must be a positive integer, got {batch_size}.")
+
+
+def _normalise(features: torch.Tensor) -> np.ndarray:
+    """Rows to unit L2 norm, computed in float32 (fp16 features would lose precision)."""
+    feats = features.detach().float()
+    feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return feats.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _check_template(template: str) -> None:
+    """A prompt template needs exactly one ``{}`` slot for the text."""
+    try:
+        a, b = template.format("\x00a"), template.format("\x00b")
+    except (IndexError, KeyError, ValueError) as exc:
+        raise NegspaceError(
+            f"Prompt template {template!r} is not valid; it must contain one {{}} where the "
+            "text goes, e.g. 'a photo of a {}.'."
+        ) from exc
+    if a == b:
+        raise NegspaceError(
+            f"Prompt template {template!r} has no {{}} slot for the text, "
+            "e.g. 'a photo of a {}.'."
+        )
+
+
+class ClipEncoder:
+    """A CLIP-style dual encoder giving L2-normalised float32 features, with an on-disk cache.
+
+    Build one with :func:`negspace.encoders.load_encoder`; the constructor is for backends.
+
+    Attributes:
+        spec: the model spec it was loaded from, e.g. ``"openclip:ViT-B-16/openai"``.
+        fingerprint: identifies the exact weights (file hash, or hub revision).
+        device: where the model runs.
+        dim: embedding width ``D``.
+        preprocess_id: identifies the image preprocessing (part of image cache keys).
+        store: the feature cache, or None when caching is off.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        spec: str,
+        fingerprint: str,
+        device: torch.device,
+        store: FeatureStore | None,
+    ) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.fingerprint = fingerprint
+        self.device = device
+        self.store = store
+        self.dim = int(backend.dim)
+        self.preprocess_id = backend.preprocess_id
+
+    def __repr__(self) -> str:
+        cache = None if self.store is None else str(self.store.path)
+        return (
+            f"ClipEncoder(spec={self.spec!r}, device={str(self.device)!r}, dim={self.dim}, "
+            f"cache={cache!r})"
+        )
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def text_key(self, text: str, template: str = "{}") -> str:
+        """Cache key of one text under one template."""
+        return make_key(
+            kind="text", spec=self.spec, fingerprint=self.fingerprint, template=template, text=text
+        )
+
+    def image_key(self, content_sha256: str) -> str:
+        """Cache key of one image file, given the SHA-256 of its bytes."""
+        return make_key(
+            kind="image",
+            spec=self.spec,
+            fingerprint=self.fingerprint,
+            preprocess=self.preprocess_id,
+            content=content_sha256,
+        )
+
+    # -- texts --------------------------------------------------------------------------------
+
+    def encode_texts(
+        self,
+        texts: Sequence[str],
+        template: str = "{}",
+        batch_size: int = 256,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Encode ``template.format(text)`` for each text.
+
+        Each text is cached on its own, so a killed run resumes where it stopped and texts shared
+        between runs (class names, corpus words) are encoded once. Duplicates are encoded once.
+
+        Returns:
+            ``(len(texts), D)`` float32, rows L2-normalised, in input order.
+        """
+        _check_batch_size(batch_size)
+        _check_template(template)
+        texts = [str(t) for t in texts]
+        unique = list(dict.fromkeys(texts))
+        found: dict[str, np.ndarray] = {}
+        keys: dict[str, str] = {}
+        if self.store is not None:
+            keys = {t: self.text_key(t, template) for t in unique}
+            cached = self.store.get_many(keys.values())
+            found = {t: cached[k] for t, k in keys.items() if k in cached}
+        todo = [t for t in unique if t not in found]
+        if todo:
+            logger.debug("Encoding %d texts (%d cached)", len(todo), len(found))
+            with tqdm(
+                total=len(todo),
+                desc="Encoding texts",
+                unit="text",
+                disable=not progress or len(todo) <= batch_size,
+                leave=False,
+            ) as bar:
+                for batch in _batches(todo, batch_size):
+                    prompts = [template.format(t) for t in batch]
+                    with torch.inference_mode():
+                        feats = _normalise(self.backend.encode_text_batch(prompts))
+                    new = dict(zip(batch, feats, strict=True))
+                    if self.store is not None:
+                        # One transaction per batch: a killed run keeps every finished batch.
+                        self.store.put_many({keys[t]: f for t, f in new.items()})
+                    found.update(new)
+                    bar.update(len(batch))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
+
+    # -- images -------------------------------------------------------------------------------
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+        """Encode in-memory PIL images (not cached: there is no file to key them by).
+
+        Returns:
+            ``(len(images), D)`` float32, rows L2-normalised.
+        """
+        _check_batch_size(batch_size)
+        chunks = [self._encode_pil(list(batch)) for batch in _batches(images, batch_size)]
+        if not chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def _encode_pil(self, images: list[Image.Image]) -> np.ndarray:
+        rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+        with torch.inference_mode():
+            return _normalise(self.backend.encode_image_batch(rgb))
+
+    def encode_image_files(
+        self,
+        paths: Sequence[Path | str],
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> ImageEncoding:
+        """Encode image files, caching each under the hash of its bytes.
+
+        Files are streamed in chunks: hashed, looked up in the cache, and the misses decoded
+        (in threads) and encoded in batches of ``batch_size``, each batch committed to the cache
+        at once. Files that cannot be read or decoded are skipped, logged and listed in the
+        result; they never stop the run.
+        """
+        from negspace.data import load_rgb  # imported here: data depends on nothing of ours
+
+        _check_batch_size(batch_size)
+        files = [Path(p) for p in paths]
+        features = np.zeros((len(files), self.dim), dtype=np.float32)
+        skipped: dict[int, SkippedFile] = {}
+        pending: list[tuple[int, str]] = []  # (input index, cache key) awaiting the model
+        n_cached = 0
+
+        def load(path: Path) -> Image.Image | str:
+            try:
+                return load_rgb(path)
+            except UnreadableImageError as exc:
+                return exc.reason
+
+        def encode_pending(pool: ThreadPoolExecutor, bar: tqdm) -> None:
+            batch = pending[:batch_size]
+            del pending[:batch_size]
+            images = list(pool.map(load, [files[i] for i, _ in batch]))
+            done: dict[str, np.ndarray] = {}
+            kept = []
+            for (i, key), im in zip(batch, images, strict=True):
+                if isinstance(im, str):  # the reason it could not be decoded
+                    skipped[i] = SkippedFile(files[i], im)
+                else:
+                    kept.append((i, key, im))
+            if kept:
+                feats = self._encode_pil([im for _, _, im in kept])
+                for (i, key, _), feat in zip(kept, feats, strict=True):
+                    features[i] = feat
+                    done[key] = feat
+                if self.store is not None:
+                    # One transaction per batch: a killed run keeps every finished batch.
+                    self.store.put_many(done)
+            bar.update(len(batch))
+
+        with (
+            ThreadPoolExecutor(max_workers=_IO_WORKERS) as pool,
+            tqdm(
+                total=len(files),
+                desc="Encoding images",
+                unit="img",
+                disable=not progress or len(files) <= batch_size,
+                leave=False,
+            ) as bar,
+        ):
+            for chunk in _batches(range(len(files)), batch_size):
+                digests = list(pool.map(_try_sha256, [files[i] for i in chunk]))
+                keyed: list[tuple[int, str]] = []
+                for i, digest in zip(chunk, digests, strict=True):
+                    if isinstance(digest, OSError):
+                        skipped[i] = SkippedFile(files[i], digest.strerror or str(digest))
+                        bar.update(1)
+                    else:
+                        keyed.append((i, self.image_key(digest)))
+                cached = self.store.get_many(k for _, k in keyed) if self.store is not None else {}
+                for i, key in keyed:
+                    if key in cached:
+                        features[i] = cached[key]
+                        n_cached += 1
+                        bar.update(1)
+                    else:
+                        pending.append((i, key))
+                while len(pending) >= batch_size:
+                    encode_pending(pool, bar)
+            while pending:
+                encode_pending(pool, bar)
+
+        logger.debug("Encoded %d image files (%d from cache)", len(files), n_cached)
+        for i in sorted(skipped):
+            logger.warning("Skipping unreadable image %s: %s", skipped[i].path, skipped[i].reason)
+        kept_idx = [i for i in range(len(files)) if i not in skipped]
+        return ImageEncoding(
+            features=features[kept_idx],
+            paths=[files[i] for i in kept_idx],
+            skipped=[skipped[i] for i in sorted(skipped)],
+        )
+
+
+def _try_sha256(path: Path) -> str | OSError:
+    """SHA-256 of a file's content (image files are small enough to read whole)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        return exc

@@ -1,0 +1,480 @@
+"""Encoders on tiny random-weight models saved to disk and loaded the way a user loads them."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# The tiny_openclip / tiny_hf_clip fixtures come from fixtures_models via conftest.py.
+from fixtures_models import TINY_DIM, SavedModel
+from PIL import Image
+
+from negspace.cache import FeatureStore
+from negspace.data import load_rgb
+from negspace.encoders import ClipEncoder, ImageEncoding, SkippedFile, _weights, load_encoder
+from negspace.errors import NegspaceError, WeightsUnavailableError
+
+TEXTS = ["cat", "a dog", "tabby cat", "school bus", "an aircraft carrier", "x", "zebra", "cat"]
+
+
+@pytest.fixture(params=["openclip", "hf"])
+def saved(request: pytest.FixtureRequest) -> SavedModel:
+    """Each test taking ``saved`` runs once per backend."""
+    name = "tiny_openclip" if request.param == "openclip" else "tiny_hf_clip"
+    return request.getfixturevalue(name)
+
+
+def _load(saved: SavedModel, cache_dir: Path | None = None, **kw: object) -> ClipEncoder:
+    return load_encoder(
+        saved.spec,
+        weights=saved.weights,
+        device="cpu",
+        cache_dir=cache_dir,
+        use_cache=cache_dir is not None,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+class Counter:
+    """Wraps a backend method and records what it was asked to encode."""
+
+    def __init__(self, encoder: ClipEncoder, method: str, fail_on_call: int | None = None):
+        self.calls: list[int] = []
+        self.items: list[object] = []
+        self._inner = getattr(encoder.backend, method)
+        self._fail_on_call = fail_on_call
+        setattr(encoder.backend, method, self)
+
+    def __call__(self, batch: list) -> torch.Tensor:
+        if self._fail_on_call is not None and len(self.calls) + 1 == self._fail_on_call:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-run
+        self.calls.append(len(batch))
+        self.items.extend(batch)
+        return self._inner(batch)
+
+
+def _unit(x: np.ndarray) -> None:
+    assert x.dtype == np.float32
+    assert np.isfinite(x).all()
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+
+
+def _images(n: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    sizes = [(40, 50), (32, 32), (64, 20), (25, 70)]
+    return [
+        Image.fromarray(rng.integers(0, 256, (*sizes[i % 4], 3), dtype=np.uint8)) for i in range(n)
+    ]
+
+
+@pytest.fixture
+def image_files(tmp_path: Path) -> list[Path]:
+    """Four PNGs (one grayscale), one corrupt file and one missing path."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    paths = []
+    for i, im in enumerate(_images(4)):
+        p = folder / f"img{i}.png"
+        (im.convert("L") if i == 1 else im).save(p)
+        paths.append(p)
+    corrupt = folder / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
+    return [*paths[:2], corrupt, *paths[2:], folder / "missing.png"]
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def test_loads_through_user_path(saved: SavedModel, tmp_path: Path) -> None:
+    enc = _load(saved, tmp_path / "cache")
+    assert enc.dim == TINY_DIM
+    assert enc.device == torch.device("cpu")
+    assert enc.spec == saved.spec
+    assert enc.store is not None and enc.store.path.parent == tmp_path / "cache"
+    assert enc.preprocess_id
+    if saved.weights is not None:  # a file: its content hash
+        digest = hashlib.sha256(saved.weights.read_bytes()).hexdigest()
+        assert enc.fingerprint == f"sha256:{digest}"
+    else:  # a save_pretrained folder
+        assert enc.fingerprint.startswith("dir-sha256:")
+    assert not enc.backend.model.training
+    assert "ClipEncoder(" in repr(enc)
+
+
+def test_weights_are_really_loaded(tiny_openclip: SavedModel, tmp_path: Path) -> None:
+    # Random init differs per seed; equal features prove the saved state dict was loaded.
+    a = _load(tiny_openclip).encode_texts(["cat"])
+    b = _load(tiny_openclip).encode_texts(["cat"])
+    np.testing.assert_array_equal(a, b)
+    import fixtures_models
+
+    other = fixtures_models.save_tiny_openclip(tmp_path / "other", seed=1)
+    c = _load(other).encode_texts(["cat"])
+    assert not np.allclose(a, c)
+
+
+def test_openclip_weights_folder_with_one_checkpoint(tiny_openclip: SavedModel) -> None:
+    enc = load_encoder(tiny_openclip.spec, weights=tiny_openclip.folder, use_cache=False)
+    ref = _load(tiny_openclip).encode_texts(["cat"])
+    np.testing.assert_allclose(enc.encode_texts(["cat"]), ref, atol=1e-6)
+
+
+def test_openclip_registered_arch_name(tiny_openclip: SavedModel) -> None:
+    # A config registered with open_clip is then usable by name, like a built-in.
+    import open_clip
+
+    open_clip.add_model_config(tiny_openclip.folder / "negspace-tiny-clip.json")
+    enc = load_encoder(
+        "openclip:negspace-tiny-clip/none", weights=tiny_openclip.weights, use_cache=False
+    )
+    ref = _load(tiny_openclip).encode_texts(["cat"])
+    np.testing.assert_allclose(enc.encode_texts(["cat"]), ref, atol=1e-6)
+
+
+# -- texts ------------------------------------------------------------------------------------
+
+
+def test_text_features_unit_norm_and_batch_invariant(saved: SavedModel) -> None:
+    enc = _load(saved)
+    whole = enc.encode_texts(TEXTS, batch_size=256, progress=False)
+    assert whole.shape == (len(TEXTS), TINY_DIM)
+    _unit(whole)
+    small = enc.encode_texts(TEXTS, batch_size=3, progress=True)
+    np.testing.assert_allclose(small, whole, atol=1e-5)
+    one_by_one = np.concatenate([enc.encode_texts([t]) for t in TEXTS])
+    np.testing.assert_allclose(one_by_one, whole, atol=1e-5)
+    np.testing.assert_array_equal(whole[0], whole[-1])  # duplicate text, same row
+    assert not np.allclose(whole[0], whole[1])
+
+
+def test_template_is_applied(saved: SavedModel) -> None:
+    enc = _load(saved)
+    templated = enc.encode_texts(["cat", "dog"], template="a photo of a {}.")
+    direct = enc.encode_texts(["a photo of a cat.", "a photo of a dog."])
+    np.testing.assert_allclose(templated, direct, atol=1e-5)
+    for bad in ["a photo", "a {0} {1}", "{name}"]:
+        with pytest.raises(NegspaceError, match="template"):
+            enc.encode_texts(["cat"], template=bad)
+
+
+def test_empty_inputs(saved: SavedModel) -> None:
+    enc = _load(saved)
+    assert enc.encode_texts([]).shape == (0, TINY_DIM)
+    assert enc.encode_images([]).shape == (0, TINY_DIM)
+    res = enc.encode_image_files([])
+    assert res.features.shape == (0, TINY_DIM) and res.paths == [] and res.skipped == []
+    with pytest.raises(NegspaceError, match="batch size"):
+        enc.encode_texts(["cat"], batch_size=0)
+
+
+def test_text_cache_hit_across_loads(saved: SavedModel, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    enc = _load(saved, cache_dir)
+    counter = Counter(enc, "encode_text_batch")
+    first = enc.encode_texts(TEXTS, batch_size=3, progress=False)
+    assert sorted(counter.items) == sorted(set(TEXTS))  # duplicates encoded once
+    assert enc.store is not None and enc.store.count() == len(set(TEXTS))
+
+    again = _load(saved, cache_dir)  # a new run: same spec and weights, same keys
+    counter2 = Counter(again, "encode_text_batch")
+    np.testing.assert_array_equal(again.encode_texts(TEXTS), first)
+    assert counter2.calls == []
+
+    # Another template is another key; shared texts in a later call are reused.
+    again.encode_texts(["cat"], template="a photo of a {}.")
+    again.encode_texts(["cat", "new words"])
+    assert counter2.items == ["a photo of a cat.", "new words"]
+
+
+def test_killed_run_resumes(saved: SavedModel, tmp_path: Path) -> None:
+    texts = [f"word number {i}" for i in range(10)]
+    reference = _load(saved).encode_texts(texts)
+
+    enc = _load(saved, tmp_path / "cache")
+    Counter(enc, "encode_text_batch", fail_on_call=3)
+    with pytest.raises(KeyboardInterrupt):
+        enc.encode_texts(texts, batch_size=3)
+    assert enc.store is not None and enc.store.count() == 6  # two whole batches committed
+
+    rerun = _load(saved, tmp_path / "cache")
+    counter = Counter(rerun, "encode_text_batch")
+    np.testing.assert_allclose(rerun.encode_texts(texts, batch_size=3), reference, atol=1e-6)
+    assert counter.items == texts[6:]
+
+
+def test_partial_cache_from_put_many(saved: SavedModel, tmp_path: Path) -> None:
+    texts = [f"label {i}" for i in range(7)]
+    enc = _load(saved, tmp_path / "cache")
+    reference = _load(saved).encode_texts(texts)
+    assert enc.store is not None
+    enc.store.put_many({enc.text_key(t): reference[i] for i, t in enumerate(texts[:4])})
+    counter = Counter(enc, "encode_text_batch")
+    np.testing.assert_allclose(enc.encode_texts(texts), reference, atol=1e-6)
+    assert counter.items == texts[4:]
+
+
+def test_use_cache_false_writes_nothing(
+    saved: SavedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEGSPACE_CACHE_DIR", str(tmp_path / "default"))
+    enc = load_encoder(saved.spec, weights=saved.weights, use_cache=False)
+    assert enc.store is None
+    enc.encode_texts(["cat"])
+    assert not (tmp_path / "default").exists()
+    cached = load_encoder(saved.spec, weights=saved.weights)  # default folder from the env
+    assert cached.store is not None
+    assert cached.store.path.parent == tmp_path / "default"
+
+
+# -- images -----------------------------------------------------------------------------------
+
+
+def test_image_features_unit_norm_and_batch_invariant(saved: SavedModel) -> None:
+    enc = _load(saved)
+    images = _images(5)
+    whole = enc.encode_images(images, batch_size=64)
+    assert whole.shape == (5, TINY_DIM)
+    _unit(whole)
+    np.testing.assert_allclose(enc.encode_images(images, batch_size=2), whole, atol=1e-5)
+    # Non-RGB input is converted, not rejected.
+    gray = enc.encode_images([images[0].convert("L")])
+    _unit(gray)
+
+
+def test_image_files_skip_unreadable_and_cache(
+    saved: SavedModel, tmp_path: Path, image_files: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    enc = _load(saved, tmp_path / "cache")
+    counter = Counter(enc, "encode_image_batch")
+    with caplog.at_level("WARNING"):
+        res = enc.encode_image_files(image_files, batch_size=2)
+    assert isinstance(res, ImageEncoding)
+    good = [p for p in image_files if p.name.startswith("img")]
+    assert res.paths == good  # input order, minus the skipped
+    assert [s.path.name for s in res.skipped] == ["corrupt.png", "missing.png"]
+    assert all(isinstance(s, SkippedFile) and s.reason for s in res.skipped)
+    assert "corrupt.png" in caplog.text and "missing.png" in caplog.text
+    _unit(res.features)
+    assert res.features.shape == (4, TINY_DIM)
+    assert sum(counter.calls) == 4
+
+    # Same features as encoding the decoded images directly.
+    direct = enc.encode_images([load_rgb(p) for p in good])
+    np.testing.assert_allclose(res.features, direct, atol=1e-5)
+
+    # Second run: every readable file comes from the cache; a renamed copy too (content key).
+    copy = tmp_path / "renamed.png"
+    shutil.copy(good[0], copy)
+    again = _load(saved, tmp_path / "cache")
+    counter2 = Counter(again, "encode_image_batch")
+    res2 = again.encode_image_files([*image_files, copy], progress=False)
+    assert counter2.calls == []
+    np.testing.assert_array_equal(res2.features[:4], res.features)
+    np.testing.assert_array_equal(res2.features[4], res.features[0])
+    assert len(res2.skipped) == 2
+
+
+def test_image_cache_follows_file_content(saved: SavedModel, tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    _images(1, seed=1)[0].save(path)
+    enc = _load(saved, tmp_path / "cache")
+    before = enc.encode_image_files([path]).features
+    _images(1, seed=2)[0].save(path)  # same name, new pixels: must not hit the old row
+    after = enc.encode_image_files([path]).features
+    assert not np.allclose(before, after)
+
+
+def test_openood_preprocessing(saved: SavedModel, tmp_path: Path) -> None:
+    model_pp = _load(saved, tmp_path / "cache")
+    openood = _load(saved, tmp_path / "cache", preprocess="openood")
+    assert openood.preprocess_id.startswith("openood:")
+    assert openood.preprocess_id != model_pp.preprocess_id
+    path = tmp_path / "wide.png"
+    _images(3)[2].save(path)  # 64x20: the two pipelines crop it differently
+    a = model_pp.encode_image_files([path]).features
+    b = openood.encode_image_files([path]).features
+    _unit(b)
+    assert not np.allclose(a, b)  # different preprocessing, different cache rows
+    with pytest.raises(NegspaceError, match="preprocessing"):
+        _load(saved, preprocess="bogus")
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def _one_clear_sentence(exc: BaseException) -> str:
+    msg = str(exc)
+    assert "\n" not in msg and "Traceback" not in msg
+    assert "--weights" in msg
+    return msg
+
+
+def test_missing_weights_path(saved: SavedModel, tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_encoder(saved.spec, weights=tmp_path / "nope.pt", use_cache=False)
+    assert "nope.pt" in _one_clear_sentence(info.value)
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_encoder(f"hf:{tmp_path / 'no-such-folder'}", use_cache=False)
+    _one_clear_sentence(info.value)
+
+
+def test_corrupt_weights_file(tiny_openclip: SavedModel, tmp_path: Path) -> None:
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(tiny_openclip.weights.read_bytes()[:5000])  # truncated checkpoint
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_encoder(tiny_openclip.spec, weights=bad, use_cache=False)
+    assert "corrupt.pt" in _one_clear_sentence(info.value)
+
+
+def test_mismatched_weights_file(
+    tiny_openclip: SavedModel, tiny_hf_clip: SavedModel, tmp_path: Path
+) -> None:
+    # A real checkpoint of another model: clear error, not a state-dict dump.
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_encoder(
+            tiny_openclip.spec, weights=tiny_hf_clip.folder / "model.safetensors", use_cache=False
+        )
+    assert len(_one_clear_sentence(info.value)) < 400
+
+
+def test_broken_hf_folder(tiny_hf_clip: SavedModel, tmp_path: Path) -> None:
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_hf_clip.folder, folder)
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_encoder(f"hf:{folder}", use_cache=False)
+    _one_clear_sentence(info.value)
+
+
+@pytest.fixture
+def offline_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """HF_HUB_OFFLINE=1 with an empty hub cache (huggingface_hub reads the env at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    yield
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "openclip:ViT-B-16/openai",
+        "openclip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+        "hf:openai/clip-vit-base-patch16",
+    ],
+)
+def test_offline_hub_is_one_clear_sentence(offline_hub: None, spec: str) -> None:
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_encoder(spec, use_cache=False)
+    msg = _one_clear_sentence(info.value)
+    assert spec in msg and "hub" in msg
+
+
+def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # No offline flag, but no network: the probe switches to cache-only instead of retrying.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(_weights, "_probe", lambda url, timeout: False)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_encoder("openclip:ViT-B-16/openai", use_cache=False)
+    assert "unreachable" in _one_clear_sentence(info.value)
+    assert constants.HF_HUB_OFFLINE is False  # the temporary offline switch was undone
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("ViT-B-16", "not valid"),
+        ("clip:ViT-B-16/openai", "Unknown model kind"),
+        ("openclip:ViT-Q-99/openai", "Unknown open_clip architecture"),
+        ("openclip:ViT-B-16/no-such-tag", "Unknown pretrained tag"),
+        ("openclip:/no/such/config.json", "does not exist"),
+        ("openclip:", "names no architecture"),
+        ("hf:", "names no model"),
+    ],
+)
+def test_bad_specs(spec: str, match: str) -> None:
+    with pytest.raises(NegspaceError, match=match) as info:
+        load_encoder(spec, use_cache=False)
+    assert not isinstance(info.value, WeightsUnavailableError)
+    assert "\n" not in str(info.value)
+
+
+def test_config_json_that_is_not_a_model_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "x.json"
+    cfg.write_text('{"hello": 1}')
+    with pytest.raises(NegspaceError, match="not an open_clip model config"):
+        load_encoder(f"openclip:{cfg}/none", use_cache=False)
+
+
+def test_no_tag_and_no_weights(tiny_openclip: SavedModel) -> None:
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_encoder(tiny_openclip.spec, use_cache=False)
+    _one_clear_sentence(info.value)
+
+
+# -- devices and optional dependencies --------------------------------------------------------
+
+
+def test_cuda_requested_without_cuda(
+    tiny_openclip: SavedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(NegspaceError, match="CUDA"):
+        load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, device="cuda")
+    with pytest.raises(NegspaceError, match="device"):
+        load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, device="tpu")
+    enc = load_encoder(
+        tiny_openclip.spec, weights=tiny_openclip.weights, device="auto", use_cache=False
+    )
+    assert enc.device.type == "cpu"
+
+
+def test_missing_transformers(tiny_hf_clip: SavedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
+    with pytest.raises(NegspaceError, match=r'pip install "negspace\[hf\]"'):
+        load_encoder(tiny_hf_clip.spec, use_cache=False)
+
+
+def test_store_is_shared_feature_store(tiny_openclip: SavedModel, tmp_path: Path) -> None:
+    enc = _load(tiny_openclip, tmp_path / "cache")
+    assert isinstance(enc.store, FeatureStore)
+
+
+def test_pretrained_tag_settings_apply_to_local_weights(
+    tiny_openclip: SavedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ViT-B-16/openai was trained with QuickGELU and CLIP's mean/std: a downloaded checkpoint
+    # given with --weights must be built the same way (open_clip 3.x only warns otherwise).
+    import open_clip
+
+    class StopError(Exception):
+        pass
+
+    seen: dict[str, object] = {}
+
+    def fake_create(name: str, **kwargs: object) -> None:
+        seen.update(kwargs, name=name)
+        raise StopError
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", fake_create)
+    with pytest.raises(StopError):
+        load_encoder("openclip:ViT-B-16/openai", weights=tiny_openclip.weights, use_cache=False)
+    tag = open_clip.get_pretrained_cfg("ViT-B-16", "openai")
+    assert seen["name"] == "ViT-B-16"
+    assert seen["pretrained"] == str(tiny_openclip.weights)
+    assert seen["force_quick_gelu"] is True
+    assert seen["image_mean"] == tag["mean"] and seen["image_std"] == tag["std"]
