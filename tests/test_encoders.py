@@ -478,3 +478,20 @@ def test_pretrained_tag_settings_apply_to_local_weights(
     assert seen["pretrained"] == str(tiny_openclip.weights)
     assert seen["force_quick_gelu"] is True
     assert seen["image_mean"] == tag["mean"] and seen["image_std"] == tag["std"]
+
+
+def test_trimmed_text_forward_equals_full_forward(tiny_openclip):
+    """Dropping padding past the longest prompt must not change open_clip text features."""
+    import torch
+
+    from negspace.encoders.openclip_backend import _can_trim_padding, _encode_text_trimmed
+
+    encoder = load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, use_cache=False)
+    model, tokenizer = encoder.backend.model, encoder.backend.tokenizer
+    assert _can_trim_padding(model)
+    tokens = tokenizer(["The nice cat.", "This is a very gilded and old photo.", "x"])
+    with torch.inference_mode():
+        full = model.encode_text(tokens)
+        trimmed = _encode_text_trimmed(model, tokens)
+    assert (tokens[:, 12:] == 0).all()  # the batch really had padding to drop
+    torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-6)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from negspace.data import ImageSet, open_image_set
+from negspace.detectors.base import OnlineDetector, StreamBatch
 from negspace.errors import DatasetError
 from negspace.metrics import OODResult, compute_all
 
@@ -101,6 +102,11 @@ class Evaluation:
     ood_scores: dict[str, np.ndarray]
     results: dict[str, OODResult]
     info: dict[str, Any] = field(default_factory=dict)
+    stream_id_scores: dict[str, np.ndarray] | None = None
+
+    def id_scores_for(self, ood_name: str) -> np.ndarray:
+        """The ID scores compared with one OOD set (its own stream's, for test-time methods)."""
+        return self.stream_id_scores[ood_name] if self.stream_id_scores else self.id_scores
 
     def average(self) -> dict[str, float]:
         """Unweighted mean of each metric over the OOD sets (as the papers report)."""
@@ -132,3 +138,49 @@ def score_in_batches(score: Callable[[np.ndarray], np.ndarray], features: np.nda
 def summarise_skipped(sets: Mapping[str, EncodedSet]) -> dict[str, list[dict[str, str]]]:
     """The unreadable files of every set that had any."""
     return {name: s.skipped for name, s in sets.items() if s.skipped}
+
+
+def stream_order(n_id: int, n_ood: int, seed: int) -> np.ndarray:
+    """The shuffled order of an ``ID ∪ OOD`` stream: indices < ``n_id`` are ID samples."""
+    return np.random.default_rng(seed).permutation(n_id + n_ood)
+
+
+def evaluate_stream(
+    detector: OnlineDetector,
+    id_set: EncodedSet,
+    ood_sets: list[EncodedSet],
+    batch_size: int = 256,
+    seed: int = 0,
+    pass_images: bool = False,
+) -> Evaluation:
+    """The stream protocol of test-time methods (SPEC section 7).
+
+    For each OOD set: reset the detector, shuffle ``ID ∪ OOD`` with ``seed``, score it in batches
+    of ``batch_size`` (each batch with the state left by the previous ones), and compute the
+    metrics. ID scores therefore differ per OOD set; the ID scores reported (and plotted) are
+    those of the first OOD set's stream, and every set's own are in ``info["stream_id_scores"]``.
+    With ``pass_images`` each batch also carries its image paths (for detectors that need pixels).
+    """
+    ood_scores: dict[str, np.ndarray] = {}
+    id_scores_per_set: dict[str, np.ndarray] = {}
+    results: dict[str, OODResult] = {}
+    for ood in ood_sets:
+        detector.reset()
+        features = np.concatenate([id_set.features, ood.features])
+        samples = id_set.sample_ids + ood.sample_ids
+        order = stream_order(len(id_set.features), len(ood.features), seed)
+        chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        batches = [
+            StreamBatch(features[chunk], [Path(samples[i]) for i in chunk] if pass_images else None)
+            for chunk in chunks
+        ]
+        scores = np.empty(len(order), dtype=np.float64)
+        scores[order] = np.concatenate(detector.score_stream(batches))
+        id_scores_per_set[ood.name] = scores[: len(id_set.features)]
+        ood_scores[ood.name] = scores[len(id_set.features) :]
+        results[ood.name] = compute_all(id_scores_per_set[ood.name], ood_scores[ood.name])
+    first = ood_sets[0].name
+    evaluation = Evaluation(id_set, ood_sets, id_scores_per_set[first], ood_scores, results)
+    evaluation.stream_id_scores = id_scores_per_set
+    evaluation.info["stream"] = {"seed": seed, "batch_size": batch_size, "reset_between_ood_sets": True}
+    return evaluation

@@ -62,22 +62,35 @@ def metrics_document(evaluation: Evaluation) -> dict[str, Any]:
         "id_set": {"name": evaluation.id_set.name, "n": len(evaluation.id_scores)},
         "ood": {name: r.as_dict() for name, r in evaluation.results.items()},
         "average": evaluation.average(),
-        "threshold_95_id_recall": threshold_at_id_recall(evaluation.id_scores),
+        "threshold_95_id_recall": {
+            name: threshold_at_id_recall(evaluation.id_scores_for(name)) for name in evaluation.results
+        },
         "skipped_files": summarise_skipped(sets),
         "n_skipped": sum(len(s.skipped) for s in sets.values()),
     }
 
 
 def write_scores_csv(evaluation: Evaluation, path: Path) -> None:
-    """One row per sample: set, whether it is ID, its id (path), its score."""
+    """One row per sample and stream: set, stream, whether it is ID, its id (path), its score.
+
+    ``stream`` names the OOD set whose ``ID ∪ OOD`` stream produced the score; static methods
+    score ID once, so their ID rows have an empty ``stream``.
+    """
+    id_set = evaluation.id_set
     with path.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
-        writer.writerow(["set", "is_id", "sample", "score"])
-        for encoded, scores, is_id in [(evaluation.id_set, evaluation.id_scores, 1)] + [
-            (s, evaluation.ood_scores[s.name], 0) for s in evaluation.ood_sets
-        ]:
-            for sample, score in zip(encoded.sample_ids, scores):
-                writer.writerow([encoded.name, is_id, sample, f"{score:.8g}"])
+        writer.writerow(["set", "stream", "is_id", "sample", "score"])
+
+        def rows(name: str, stream: str, is_id: int, samples: list[str], scores: np.ndarray) -> None:
+            writer.writerows([name, stream, is_id, s, f"{v:.8g}"] for s, v in zip(samples, scores))
+
+        if evaluation.stream_id_scores is None:
+            rows(id_set.name, "", 1, id_set.sample_ids, evaluation.id_scores)
+        for ood in evaluation.ood_sets:
+            if evaluation.stream_id_scores is not None:
+                rows(id_set.name, ood.name, 1, id_set.sample_ids, evaluation.stream_id_scores[ood.name])
+            stream = ood.name if evaluation.stream_id_scores is not None else ""
+            rows(ood.name, stream, 0, ood.sample_ids, evaluation.ood_scores[ood.name])
 
 
 def write_results_csv(evaluation: Evaluation, path: Path) -> None:
@@ -118,13 +131,14 @@ def plot_histograms(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    threshold = threshold_at_id_recall(evaluation.id_scores)
     written = []
     for name, ood in evaluation.ood_scores.items():
+        id_scores = evaluation.id_scores_for(name)
+        threshold = threshold_at_id_recall(id_scores)
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        both = np.concatenate([evaluation.id_scores, ood])
+        both = np.concatenate([id_scores, ood])
         bins = np.linspace(both.min(), both.max(), 51) if both.max() > both.min() else 10
-        ax.hist(evaluation.id_scores, bins=bins, alpha=0.6, density=True, label=f"ID ({evaluation.id_set.name})")
+        ax.hist(id_scores, bins=bins, alpha=0.6, density=True, label=f"ID ({evaluation.id_set.name})")
         ax.hist(ood, bins=bins, alpha=0.6, density=True, label=f"OOD ({name})")
         ax.axvline(threshold, color="black", linestyle="--", label=f"95% ID recall: {threshold:.3g}")
         ax.set_xlabel("score (higher = more in-distribution)")
@@ -149,8 +163,9 @@ def plot_roc(evaluation: Evaluation, out_dir: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     for name, ood in evaluation.ood_scores.items():
-        labels = np.concatenate([np.ones(len(evaluation.id_scores)), np.zeros(len(ood))])
-        fpr, tpr, _ = roc_curve(labels, np.concatenate([evaluation.id_scores, ood]))
+        id_scores = evaluation.id_scores_for(name)
+        labels = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood))])
+        fpr, tpr, _ = roc_curve(labels, np.concatenate([id_scores, ood]))
         ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * evaluation.results[name].auroc:.1f})")
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
     ax.axhline(0.95, color="black", linewidth=0.8, linestyle="--")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -60,3 +61,31 @@ class Detector(ABC):
     def __repr__(self) -> str:
         params = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items())
         return f"{type(self).__name__}({params})"
+
+
+@dataclass(frozen=True)
+class StreamBatch:
+    """One batch of a test stream: features and, for detectors that look at pixels, the images."""
+
+    features: np.ndarray
+    images: Sequence[Any] | None = None
+
+
+class OnlineDetector(Detector):
+    """A test-time detector with state: each batch is scored, then the state is updated.
+
+    ``reset()`` restores the initial state exactly (the stream protocol resets between OOD sets).
+    Subclasses that need the whole stream (e.g. a two-pass mode) override :meth:`score_stream`.
+    """
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget everything learned from the stream."""
+
+    @abstractmethod
+    def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
+        """Score one batch with the current state, then update the state from it."""
+
+    def score_stream(self, batches: Sequence[StreamBatch]) -> list[np.ndarray]:
+        """Score a whole stream in order; returns one score array per batch."""
+        return [self.score_features(batch.features, images=batch.images) for batch in batches]

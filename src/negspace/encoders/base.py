@@ -230,7 +230,8 @@ class ClipEncoder:
             keys = {t: self.text_key(t, template) for t in unique}
             cached = self.store.get_many(keys.values())
             found = {t: cached[k] for t, k in keys.items() if k in cached}
-        todo = [t for t in unique if t not in found]
+        # Similar lengths share a batch, so backends that trim padding do less work.
+        todo = sorted((t for t in unique if t not in found), key=len)
         if todo:
             logger.debug("Encoding %d texts (%d cached)", len(todo), len(found))
             with tqdm(

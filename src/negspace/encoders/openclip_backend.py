@@ -134,6 +134,45 @@ def _checkpoint_in_folder(folder: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
+def _can_trim_padding(model: Any) -> bool:
+    """Whether padding can be dropped from ``model``'s text input without changing its features.
+
+    True for the classic ``open_clip.CLIP`` text tower with a causal mask and EOT/EOS pooling:
+    the pooled position attends only to earlier tokens, so the padding after the longest text of
+    a batch never influences it.
+    """
+    import open_clip
+
+    return (
+        type(model) is open_clip.CLIP
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+    )
+
+
+def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens)`` computed on the first ``L`` positions only.
+
+    ``L`` is one past the last non-padding token of the batch. CLIP pads every prompt to 77
+    tokens while a WordNet prompt needs about 8, so this makes corpus encoding several times
+    faster on a CPU; the result equals the full forward (tested).
+    """
+    from open_clip.transformer import text_global_pool
+
+    length = int((tokens != 0).any(dim=0).nonzero().max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is None:
+        return x
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection
+
+
 class OpenClipBackend:
     """Raw open_clip embeddings (see :class:`negspace.encoders.base.Backend`)."""
 
@@ -157,6 +196,8 @@ class OpenClipBackend:
 
     def encode_text_batch(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts).to(self.device)
+        if _can_trim_padding(self.model):
+            return _encode_text_trimmed(self.model, tokens)
         return self.model.encode_text(tokens)
 
     def encode_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
