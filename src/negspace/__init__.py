@@ -16,7 +16,6 @@ from negspace.corpus.mining import MiningConfig, mine_negative_labels
 from negspace.corpus.wordnet import load_wordnet_corpus
 from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import NegLabel
-from negspace.encoders import ClipEncoder, load_encoder
 from negspace.errors import NegspaceError
 from negspace.metrics import (
     StreamingOODMetrics,
@@ -30,6 +29,19 @@ from negspace.metrics import (
 from negspace.scoring import grouped_id_mass, id_mass
 
 __version__ = "0.1.0"
+
+# The encoders pull in open_clip and torchvision (seconds of import time); feature-level users
+# never need them, so they are imported on first use.
+_LAZY = {"ClipEncoder": "negspace.encoders", "load_encoder": "negspace.encoders"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'negspace' has no attribute {name!r}")
+
 
 __all__ = [
     "MCM",

@@ -18,7 +18,6 @@ Models", ICLR 2024): the bank is cut to a multiple of ``G``, permuted by a seede
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.special import expit
 
 DEFAULT_TAU = 0.01
@@ -89,6 +88,8 @@ def group_order(n_neg: int, groups: int, seed: int = 0) -> np.ndarray:
         raise ValueError(f"groups must be >= 1, got {groups}")
     if n_neg < groups:
         raise ValueError(f"cannot form {groups} groups from {n_neg} negative labels")
+    import torch  # only for its randperm stream; keeps `import negspace` light
+
     kept = n_neg - n_neg % groups
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(kept, generator=generator).numpy()
