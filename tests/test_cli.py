@@ -144,3 +144,31 @@ def test_demo_data_writes_real_photos_and_patterns(tmp_path):
     assert len(photos) == 12 and len(patterns) == 12
     with Image.open(photos[0]) as first:
         assert first.mode == "RGB" and min(first.size) >= 200
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("tanl", ["--tanl-beta", "200", "--tanl-queue-length", "20"]),
+        ("adaneg", ["--num-negatives", "500", "--adaneg-proxy", "sample"]),
+    ],
+)
+def test_eval_test_time_methods_follow_the_stream_protocol(tmp_path, image_sets, tiny_openclip, method, options):
+    out = _run_eval(tmp_path, image_sets, tiny_openclip, method, *options)
+    metrics = _check_outputs_stream(out, n_id=7, n_ood=6)
+    assert metrics["stream"] == {"seed": 0, "batch_size": 4, "reset_between_ood_sets": True}
+    assert metrics["method"] == method
+    # The same seed gives the same stream and the same scores.
+    again = _run_eval(tmp_path / "again", image_sets, tiny_openclip, method, *options)
+    assert (again / "scores.csv").read_text() == (out / "scores.csv").read_text()
+
+
+def _check_outputs_stream(out: Path, n_id: int, n_ood: int) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in OUTPUTS + ["hist_noise.png"]:
+        assert (out / name).is_file(), name
+    with (out / "scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n_id + n_ood and {r["stream"] for r in rows} == {"noise"}
+    assert metrics["ood"]["noise"]["n_id"] == n_id
+    return metrics

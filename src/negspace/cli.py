@@ -28,12 +28,14 @@ from negspace.corpus.mining import (
 )
 from negspace.corpus.wordnet import SELECTIONS
 from negspace.data import parse_named_set
-from negspace.detectors.base import Detector
+from negspace.detectors.adaneg import AdaNeg
+from negspace.detectors.base import Detector, OnlineDetector
 from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
+from negspace.detectors.tanl import TANL
 from negspace.encoders import PREPROCESS_CHOICES, ClipEncoder, load_encoder
 from negspace.errors import NegspaceError
-from negspace.evaluate import encode_set, evaluate_detector, open_set
+from negspace.evaluate import encode_set, evaluate_detector, evaluate_stream, open_set
 from negspace.report import format_table, write_report
 from negspace.scoring import DEFAULT_TAU
 
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--id", dest="id_set", required=True, help="ID images: folder, path list, LIST:ROOT, or .npy features")
     ev.add_argument("--ood", action="append", required=True, metavar="NAME=PATH", help="an OOD set (repeatable)")
     ev.add_argument("--batch-size", type=int, default=256, help="images per batch (default: %(default)s)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the negative-label grouping (default: %(default)s)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the grouping and of the test stream's shuffle (default: %(default)s)")
     ev.add_argument("--out", type=Path, help="results folder (default: runs/METHOD-TIMESTAMP)")
     _add_model_options(ev)
     method = ev.add_argument_group("method parameters")
@@ -82,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--tau", type=float, default=DEFAULT_TAU, help="NegLabel temperature (default: %(default)s)")
     method.add_argument("--groups", type=int, default=DEFAULT_GROUPS, help="NegLabel groups G (default: %(default)s)")
     method.add_argument("--negatives", type=Path, help="negative-label file from 'negspace mine' (skips mining)")
+    tanl = ev.add_argument_group("TANL (test-time activated negative labels)")
+    tanl.add_argument("--tanl-corpus", choices=SELECTIONS, default="neglabel", help="label pool (default: %(default)s)")
+    tanl.add_argument("--tanl-alpha", type=float, default=0.0, help="history vs batch activation, 1 = distribution-adaptive (default: %(default)s)")
+    tanl.add_argument("--tanl-beta", type=int, default=1000, help="activated labels kept (default: %(default)s)")
+    tanl.add_argument("--tanl-step", type=int, default=1, help="activation-aware score step s (default: %(default)s)")
+    tanl.add_argument("--tanl-queue-length", type=int, default=300, help="confident ID/OOD queue length (default: %(default)s)")
+    tanl.add_argument("--tanl-g", type=float, default=0.5, help="confidence margin around the Otsu threshold (default: %(default)s)")
+    tanl.add_argument("--tanl-otsu-window", type=int, default=20_000, help="scores kept for Otsu (default: %(default)s)")
+    adaneg = ev.add_argument_group("AdaNeg (adaptive negative proxies)")
+    adaneg.add_argument("--adaneg-proxy", choices=("task", "sample"), default="task", help="proxy kind (default: %(default)s)")
+    adaneg.add_argument("--adaneg-memory-length", type=int, default=10, help="slots per label, slot 0 = text (default: %(default)s)")
+    adaneg.add_argument("--adaneg-gamma", type=float, default=0.5, help="caching threshold (default: %(default)s)")
+    adaneg.add_argument("--adaneg-g", type=float, default=0.5, help="caching margin (default: %(default)s)")
+    adaneg.add_argument("--adaneg-groups", type=int, default=5, help="groups of the AdaNeg score (default: %(default)s)")
+    adaneg.add_argument("--adaneg-sample-scale", type=float, default=5.5, help="sample-adaptive weight scale (default: %(default)s)")
+    adaneg.add_argument("--adaneg-nl-weight", type=float, default=0.1, help="weight of the NegLabel term (default: %(default)s)")
     _add_mining_options(ev)
     ev.set_defaults(run=run_eval)
 
@@ -146,10 +164,47 @@ def build_neglabel(args: argparse.Namespace, encoder: ClipEncoder, class_names: 
     return NegLabel.from_mined(encoder, class_names, mined, tau=args.tau, groups=args.groups, seed=args.seed)
 
 
+def build_tanl(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequence[str]) -> Detector:
+    return TANL.from_encoder(
+        encoder,
+        class_names,
+        corpus=args.tanl_corpus,
+        progress=not args.quiet,
+        tau=args.tau,
+        queue_length=args.tanl_queue_length,
+        alpha=args.tanl_alpha,
+        beta=args.tanl_beta,
+        step=args.tanl_step,
+        g=args.tanl_g,
+        otsu_window=args.tanl_otsu_window,
+        seed=args.seed,
+    )
+
+
+def build_adaneg(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequence[str]) -> Detector:
+    return AdaNeg.from_encoder(
+        encoder,
+        class_names,
+        mined=_negatives(args, encoder, class_names),
+        progress=not args.quiet,
+        tau=args.tau,
+        memory_length=args.adaneg_memory_length,
+        gamma=args.adaneg_gamma,
+        g=args.adaneg_g,
+        groups=args.adaneg_groups,
+        proxy=args.adaneg_proxy,
+        sample_weight_scale=args.adaneg_sample_scale,
+        nl_weight=args.adaneg_nl_weight,
+        seed=args.seed,
+    )
+
+
 # The CLI's method names; each builder returns a ready detector.
 METHODS: dict[str, Callable[[argparse.Namespace, ClipEncoder, Sequence[str]], Detector]] = {
     "mcm": build_mcm,
     "neglabel": build_neglabel,
+    "tanl": build_tanl,
+    "adaneg": build_adaneg,
 }
 
 
@@ -169,11 +224,17 @@ def run_eval(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     encoder = _encoder(args)
-    detector = METHODS[args.method](args, encoder, classes.names)
+    try:
+        detector = METHODS[args.method](args, encoder, classes.names)
+    except ValueError as err:  # parameter combinations only the detector can judge
+        raise NegspaceError(f"Invalid {args.method} setting: {err}.") from None
     progress = not args.quiet
     id_set = encode_set(id_source, encoder, args.batch_size, progress)
     ood_sets = [encode_set(s, encoder, args.batch_size, progress) for s in ood_sources]
-    evaluation = evaluate_detector(detector.score_features, id_set, ood_sets, args.batch_size)
+    if isinstance(detector, OnlineDetector):
+        evaluation = evaluate_stream(detector, id_set, ood_sets, args.batch_size, args.seed)
+    else:
+        evaluation = evaluate_detector(detector.score_features, id_set, ood_sets, args.batch_size)
     evaluation.info = {
         "method": args.method,
         "params": detector.get_params(),
@@ -185,6 +246,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "class_list_problems": list(classes.problems),
         "seed": args.seed,
         "batch_size": args.batch_size,
+        **evaluation.info,
         "seconds": round(time.perf_counter() - started, 3),
     }
     out_dir = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"

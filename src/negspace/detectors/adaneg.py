@@ -1,0 +1,381 @@
+"""AdaNeg: adaptive negative proxies built from test features.
+
+Paper: Zhang & Zhang, "AdaNeg: Adaptive Negative Proxy Guided OOD Detection with
+Vision-Language Models", NeurIPS 2024 (official code github.com/YBZh/OpenOOD-VLM). SPEC section 6.
+
+Every label (the ``K`` ID classes and the ``M`` NegLabel negatives) owns a memory of ``L = 10``
+slots; slot 0 holds the label's text feature and is never replaced, so at most ``L − 1`` test
+features are stored per label. ``S_nl`` is the section-1 score over the negatives grouped with
+``G = 5`` (NegLabel's seeded permutation, :func:`negspace.scoring.group_order`).
+
+**Caching, before scoring.** With ``γ = 0.5``, ``g = 0.5``: a test feature with
+``S_nl > γ + g(1 − γ)`` is cached under its predicted ID class (argmax of the ID logits), one with
+``S_nl < γ − g·γ`` under its argmax negative label (over all ``M``). A full memory replaces its
+highest-entropy slot (slot 0 excluded; ties: the lowest slot index) when the newcomer's entropy
+is lower. Entropy is that of the softmax of the ID logits (ID-cached) or of the negative logits
+(OOD-cached), ``cos/τ``. Samples are written one at a time in batch order; this is vectorised
+by *rounds*: round ``r`` writes, for every label at once, the ``r``-th newcomer of that label in
+the batch (labels within a round are distinct, so their updates commute). The number of rounds
+is the largest number of newcomers one label gets in a batch, not the number of samples.
+
+**Proxies.** Task-adaptive (default): ``p_l = normalise(mean of the filled slots of l)``.
+Sample-adaptive: ``p_l(v) = normalise(Σ_s w_s m_{l,s})`` with ``w_s = exp(−5.5·(1 − cos(v, m_{l,s})))``
+over the filled slots; its cosine is computed as ``Σ_s w_s c_s / sqrt(wᵀ G_l w)`` with the
+per-label Gram matrix ``G_l`` (kept up to date in the state), so no ``B × N × D`` tensor is built.
+
+**Score**::
+
+    S(v) = S_G5(v; ID proxies, negative proxies) + 0.1 · S_nl(v)
+
+i.e. the grouped section-1 score with proxies in place of the text features, plus ``nl_weight``
+times NegLabel's. Memory is a fixed ``(K + M, L, D)`` array: it does not grow with the stream.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from negspace.detectors.base import OnlineDetector, as_unit_rows
+from negspace.scoring import DEFAULT_TAU, group_order, grouped_id_mass, log_sum_exp
+
+if TYPE_CHECKING:
+    from negspace.corpus.mining import MinedNegatives, MiningConfig
+    from negspace.encoders import ClipEncoder
+
+ID_TEMPLATE = "The nice {}."
+PROXIES = ("task", "sample")
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def softmax_entropy(logits: np.ndarray) -> np.ndarray:
+    """Entropy of ``softmax(logits)`` per row, ``LSE(z) − Σ p·z`` (stable at any scale)."""
+    z = np.asarray(logits, dtype=np.float64)
+    lse = log_sum_exp(z)
+    p = np.exp(z - lse[:, None])
+    return np.maximum(lse - np.sum(p * z, axis=1), 0.0)
+
+
+def write_to_memory(
+    memory: np.ndarray,
+    filled: np.ndarray,
+    entropy: np.ndarray,
+    labels: np.ndarray,
+    entropies: np.ndarray,
+    features: np.ndarray,
+) -> np.ndarray:
+    """Write samples into the memories, in order, with the entropy replacement rule (in place).
+
+    Args:
+        memory: ``(N, L, D)`` slots; slot 0 is the label's text feature.
+        filled: ``(N,)`` filled slots per label (>= 1, slot 0 included).
+        entropy: ``(N, L)`` entropies of the slots (slot 0 is 0).
+        labels, entropies, features: the samples, in batch order.
+
+    Returns:
+        The labels whose memory changed (unique, sorted).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return labels
+    slots = memory.shape[1]
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    run_start = np.repeat(starts, np.diff(np.r_[starts, len(labels)]))
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[order] = np.arange(len(labels)) - run_start
+    touched = np.zeros(len(labels), dtype=bool)
+    for r in range(int(rank.max()) + 1):  # rounds, not samples: labels in a round are distinct
+        pick = np.flatnonzero(rank == r)
+        lab, ent, feat = labels[pick], entropies[pick], features[pick]
+        free = filled[lab] < slots
+        if np.any(free):
+            fl, slot = lab[free], filled[lab[free]]
+            memory[fl, slot] = feat[free]
+            entropy[fl, slot] = ent[free]
+            filled[fl] += 1
+            touched[pick[free]] = True
+        full = ~free
+        if slots > 1 and np.any(full):
+            fl = lab[full]
+            worst = 1 + np.argmax(entropy[fl, 1:], axis=1)  # slot 0 is never replaced
+            better = ent[full] < entropy[fl, worst]
+            fl, worst = fl[better], worst[better]
+            memory[fl, worst] = feat[full][better]
+            entropy[fl, worst] = ent[full][better]
+            touched[pick[np.flatnonzero(full)[better]]] = True
+    return np.unique(labels[touched])
+
+
+def task_proxies(memory: np.ndarray, filled: np.ndarray) -> np.ndarray:
+    """``normalise(mean of the filled slots)`` per label, ``(n, D)`` float32."""
+    mask = np.arange(memory.shape[1])[None, :] < filled[:, None]
+    total = np.einsum("nl,nld->nd", mask.astype(memory.dtype), memory)
+    return (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+
+
+def sample_adaptive_cosines(
+    features: np.ndarray,
+    memory: np.ndarray,
+    filled: np.ndarray,
+    gram: np.ndarray,
+    scale: float = 5.5,
+    labels: np.ndarray | None = None,
+) -> np.ndarray:
+    """``cos(v, p_l(v))`` for sample-adaptive proxies, ``(B, len(labels))`` float64.
+
+    ``p_l(v) ∝ Σ_s w_s m_{l,s}``, ``w_s = exp(−scale·(1 − cos(v, m_{l,s})))`` over the filled slots
+    of label ``l`` (all labels when ``labels`` is None). Only filled slots are multiplied with the
+    batch; a label that holds just its text feature costs one dot product (its proxy is the text).
+    """
+    n_all, slots, dim = memory.shape
+    labels = np.arange(n_all) if labels is None else np.asarray(labels)
+    single = filled[labels] <= 1
+    if np.any(single):  # a label holding only its text feature: the proxy is that feature
+        out = np.empty((len(features), len(labels)), dtype=np.float64)
+        out[:, single] = features @ memory[labels[single], 0].T
+        if not np.all(single):
+            out[:, ~single] = sample_adaptive_cosines(features, memory, filled, gram, scale, labels[~single])
+        return out
+    n = len(labels)
+    mask = np.arange(slots)[None, :] < filled[labels][:, None]  # (n, L)
+    local = np.flatnonzero(mask)  # positions in the (n, L) grid
+    rows = labels[local // slots] * slots + local % slots  # rows of memory.reshape(-1, D)
+    c = np.zeros((len(features), n * slots), dtype=np.float64)
+    c[:, local] = features @ memory.reshape(n_all * slots, dim)[rows].T
+    c = c.reshape(len(features), n, slots)
+    w = np.exp(-scale * (1.0 - c)) * mask[None]
+    numerator = np.sum(w * c, axis=2)
+    # ||Σ_s w_s m_s||² = wᵀ G w per (sample, label), as one batched matmul over labels.
+    w_by_label = np.ascontiguousarray(w.transpose(1, 0, 2))  # (n, B, L)
+    gw = np.matmul(w_by_label, gram[labels].astype(np.float64))  # G is symmetric
+    norm2 = np.sum(gw * w_by_label, axis=2).T
+    return numerator / np.sqrt(np.maximum(norm2, 1e-300))
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class AdaNegState:
+    """The label memories; fixed size whatever the stream length."""
+
+    memory: np.ndarray  # (K + M, L, D) float32
+    filled: np.ndarray  # (K + M,) int64, slot 0 included
+    entropy: np.ndarray  # (K + M, L) float64
+    proxies: np.ndarray  # (K + M, D) float32, task-adaptive proxies
+    gram: np.ndarray | None  # (K + M, L, L) float32, sample-adaptive mode only
+    batches: int = 0
+    cached: int = 0
+
+
+# --------------------------------------------------------------------------- detector
+
+
+class AdaNeg(OnlineDetector):
+    """Adaptive negative proxies (see the module docstring).
+
+    Attributes:
+        state_: the current :class:`AdaNegState`; ``reset()`` restores the initial one exactly.
+        group_index_: the seeded group order of the negative bank (``G = groups``).
+    """
+
+    def __init__(
+        self,
+        id_text_features: np.ndarray,
+        neg_text_features: np.ndarray,
+        tau: float = DEFAULT_TAU,
+        memory_length: int = 10,
+        gamma: float = 0.5,
+        g: float = 0.5,
+        groups: int = 5,
+        proxy: str = "task",
+        sample_weight_scale: float = 5.5,
+        nl_weight: float = 0.1,
+        seed: int = 0,
+        chunk_size: int = 1000,
+        neg_labels: Sequence[str] | None = None,
+    ) -> None:
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        if memory_length < 1:
+            raise ValueError(f"memory_length must be >= 1 (slot 0 is the text feature), got {memory_length}")
+        if proxy not in PROXIES:
+            raise ValueError(f"proxy must be one of {PROXIES}, got {proxy!r}")
+        if not 0.0 <= gamma <= 1.0 or not 0.0 <= g <= 1.0:
+            raise ValueError(f"gamma and g must be in [0, 1], got {gamma} and {g}")
+        self.id_text_features = as_unit_rows(id_text_features, "ID text features")
+        dim = self.id_text_features.shape[1]
+        self.neg_text_features = as_unit_rows(neg_text_features, "negative text features", dim)
+        n_neg = len(self.neg_text_features)
+        if not 1 <= groups <= n_neg:
+            raise ValueError(f"groups must be between 1 and the {n_neg} negative labels, got {groups}")
+        if neg_labels is not None and len(neg_labels) != n_neg:
+            raise ValueError(f"{len(neg_labels)} negative labels for {n_neg} negative features")
+        self.tau = float(tau)
+        self.memory_length = int(memory_length)
+        self.gamma = float(gamma)
+        self.g = float(g)
+        self.groups = int(groups)
+        self.proxy = proxy
+        self.sample_weight_scale = float(sample_weight_scale)
+        self.nl_weight = float(nl_weight)
+        self.seed = int(seed)
+        self.chunk_size = int(chunk_size)
+        self.neg_labels = list(neg_labels) if neg_labels is not None else None
+        self.group_index_ = group_order(n_neg, self.groups, self.seed)
+        self._grouped_bank = self.neg_text_features[self.group_index_]
+        self._initial_state = self._build_initial_state()
+        self.state_ = copy.deepcopy(self._initial_state)
+
+    @classmethod
+    def from_features(
+        cls,
+        id_text_features: np.ndarray,
+        neg_text_features: np.ndarray,
+        tau: float = DEFAULT_TAU,
+        memory_length: int = 10,
+        gamma: float = 0.5,
+        g: float = 0.5,
+        groups: int = 5,
+        proxy: str = "task",
+        sample_weight_scale: float = 5.5,
+        nl_weight: float = 0.1,
+        seed: int = 0,
+    ) -> AdaNeg:
+        """Build from ``(K, D)`` ID and ``(M, D)`` negative text features (no encoder needed)."""
+        return cls(
+            id_text_features, neg_text_features, tau=tau, memory_length=memory_length, gamma=gamma,
+            g=g, groups=groups, proxy=proxy, sample_weight_scale=sample_weight_scale,
+            nl_weight=nl_weight, seed=seed,
+        )
+
+    @classmethod
+    def from_encoder(
+        cls,
+        encoder: ClipEncoder,
+        class_names: Sequence[str],
+        mined: MinedNegatives | None = None,
+        mining_config: MiningConfig | None = None,
+        progress: bool = True,
+        **params: Any,
+    ) -> AdaNeg:
+        """Build on NegLabel's mined negatives (mined here with ``mining_config`` if not given).
+
+        ID names are encoded with ``The nice {}.``; ``params`` are :meth:`from_features`'s.
+        """
+        if mined is None:
+            from negspace.cache import default_cache_dir
+            from negspace.corpus.mining import MiningConfig, mine_negative_labels
+
+            mined = mine_negative_labels(
+                encoder, class_names, mining_config or MiningConfig(), cache_dir=default_cache_dir(), progress=progress
+            )
+        id_features = encoder.encode_texts(list(class_names), template=ID_TEMPLATE, progress=progress)
+        detector = cls(id_features, mined.features, neg_labels=mined.labels, **params)
+        detector.encoder = encoder
+        return detector
+
+    # ------------------------------------------------------------------ internals
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.id_text_features)
+
+    def _build_initial_state(self) -> AdaNegState:
+        text = np.concatenate([self.id_text_features, self.neg_text_features])
+        n, dim = text.shape
+        memory = np.zeros((n, self.memory_length, dim), dtype=np.float32)
+        memory[:, 0] = text
+        gram = None
+        if self.proxy == "sample":
+            gram = np.zeros((n, self.memory_length, self.memory_length), dtype=np.float32)
+            gram[:, 0, 0] = np.einsum("nd,nd->n", text, text)
+        return AdaNegState(
+            memory=memory,
+            filled=np.ones(n, dtype=np.int64),
+            entropy=np.zeros((n, self.memory_length), dtype=np.float64),
+            proxies=text.copy(),
+            gram=gram,
+        )
+
+    def _cache(self, features: np.ndarray, id_cos: np.ndarray, neg_cos: np.ndarray, s_nl: np.ndarray) -> None:
+        state = self.state_
+        is_id = s_nl > self.gamma + self.g * (1.0 - self.gamma)
+        is_ood = s_nl < self.gamma - self.g * self.gamma
+        chosen = np.flatnonzero(is_id | is_ood)  # batch order
+        if len(chosen) == 0:
+            return
+        labels = np.empty(len(chosen), dtype=np.int64)
+        entropies = np.empty(len(chosen), dtype=np.float64)
+        as_id = is_id[chosen]
+        idx_id, idx_ood = chosen[as_id], chosen[~as_id]
+        labels[as_id] = np.argmax(id_cos[idx_id], axis=1)
+        entropies[as_id] = softmax_entropy(id_cos[idx_id] / self.tau)
+        labels[~as_id] = self.n_classes + np.argmax(neg_cos[idx_ood], axis=1)
+        entropies[~as_id] = softmax_entropy(neg_cos[idx_ood] / self.tau)
+        touched = write_to_memory(state.memory, state.filled, state.entropy, labels, entropies, features[chosen])
+        state.cached += len(chosen)
+        if len(touched):
+            state.proxies[touched] = task_proxies(state.memory[touched], state.filled[touched])
+            if state.gram is not None:
+                block = state.memory[touched]
+                state.gram[touched] = np.einsum("nsd,ntd->nst", block, block)
+
+    def _proxy_cosines(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        state = self.state_
+        if self.proxy == "task":
+            return features @ state.proxies[labels].T
+        assert state.gram is not None
+        parts = [
+            sample_adaptive_cosines(
+                features, state.memory, state.filled, state.gram, self.sample_weight_scale, part
+            )
+            for part in (labels[i : i + self.chunk_size] for i in range(0, len(labels), self.chunk_size))
+        ]
+        return np.concatenate(parts, axis=1)
+
+    # ------------------------------------------------------------------ public API
+
+    def reset(self) -> None:
+        """Restore the initial memories (text features only) exactly."""
+        self.state_ = copy.deepcopy(self._initial_state)
+
+    def neglabel_score(self, image_features: np.ndarray) -> np.ndarray:
+        """``S_nl`` with ``G = groups`` (the caching criterion and the ``nl_weight`` term)."""
+        features = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
+        return grouped_id_mass(features @ self.id_text_features.T, features @ self._grouped_bank.T, self.groups, self.tau)
+
+    def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
+        """Cache the batch's confident samples, then score it against the updated proxies."""
+        features = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
+        id_cos = features @ self.id_text_features.T
+        neg_cos = features @ self.neg_text_features.T
+        s_nl = grouped_id_mass(id_cos, neg_cos[:, self.group_index_], self.groups, self.tau)
+        self._cache(features, id_cos, neg_cos, s_nl)
+        id_proxy_cos = self._proxy_cosines(features, np.arange(self.n_classes))
+        neg_proxy_cos = self._proxy_cosines(features, self.n_classes + self.group_index_)
+        self.state_.batches += 1
+        return grouped_id_mass(id_proxy_cos, neg_proxy_cos, self.groups, self.tau) + self.nl_weight * s_nl
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "n_classes": self.n_classes,
+            "n_negatives": len(self.neg_text_features),
+            "tau": self.tau,
+            "memory_length": self.memory_length,
+            "gamma": self.gamma,
+            "g": self.g,
+            "groups": self.groups,
+            "proxy": self.proxy,
+            "sample_weight_scale": self.sample_weight_scale,
+            "nl_weight": self.nl_weight,
+            "seed": self.seed,
+        }

@@ -1,0 +1,403 @@
+"""TANL: test-time activated negative labels.
+
+Paper: "Activation Matters: Test-time Activated Negative Labels for OOD Detection with
+Vision-Language Models" (TANL; official code github.com/YBZh/OpenOOD-VLM). SPEC section 5.
+
+The label pool ``P`` is the whole corpus (~70k WordNet words, not only NegLabel's 10k). The
+*activation* of pool label ``j`` on an image ``v`` is its softmax probability over ``ID ∪ P``::
+
+    p_j(v) = exp(cos(v, t_j)/τ) / (Σ_{i∈ID} exp(cos(v, t_i)/τ) + Σ_{k∈P} exp(cos(v, t_k)/τ))
+
+Two FIFO queues (length ``queue_length = 300``) hold activation rows ``p(v)`` of confident-ID and
+confident-OOD samples; the ID queue starts from the ID text features used as pseudo images
+(seeded shuffle, last 300 kept), the OOD queue from 15 noise images (:mod:`.noise`). Per batch::
+
+    A_j = α·(mean_OODqueue p_j − mean_IDqueue p_j) + (1 − α)·(mean_confOOD(batch) p_j − mean_confID(batch) p_j)
+
+(``α = 1`` distribution-adaptive, ``α = 0`` batch-adaptive, the default; an empty confident set
+of the batch falls back to its queue mean, as in the official code). The top ``β = 1000`` labels
+by ``A``, in decreasing activation, give the **activation-aware score** with step ``s``::
+
+    S_aa(v) = (1/n) Σ_{k=1..n} S(v; top-m_k),   m_k = min(k·s, β),  n = ⌈β/s⌉
+
+where ``S(v; T)`` is the section-1 ID mass over ``ID ∪ T``. It is computed for all ``m`` at once
+from a cumulative log-sum-exp over the ranked labels (``np.logaddexp.accumulate``), so one batch
+costs one ``B × β`` pass, never ``β`` softmaxes.
+
+Confident samples are chosen with the *queue-only* score (labels ranked by the queue activation
+alone). Those scores enter a fixed window of the last ``otsu_window = 20000`` scores (seeded with
+the scores of the ID text features and the noise features); Otsu's threshold ``t`` over the
+window (scan 0.00..0.99, ties take the middle candidate) splits them: confident ID
+``S > t + g(1 − t)``, confident OOD ``S < t − g·t`` (``g = 0.5``). The confident samples' rows
+enter the queues after the batch is scored. Queues and window are fixed-size ring buffers, so
+memory does not grow with the stream.
+
+``beta`` larger than the pool is clipped to the pool size with a logged warning.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy.special import expit
+
+from negspace.detectors.base import OnlineDetector, as_unit_rows
+from negspace.scoring import DEFAULT_TAU, log_sum_exp
+
+if TYPE_CHECKING:
+    from negspace.encoders import ClipEncoder
+
+log = logging.getLogger(__name__)
+
+ID_TEMPLATE = "The nice {}."
+CORPUS_CHOICES = ("neglabel", "all")
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def activation_aware_score(
+    id_cos: np.ndarray, ranked_neg_cos: np.ndarray, tau: float = DEFAULT_TAU, step: int = 1
+) -> np.ndarray:
+    """``S_aa``: mean over ``m ∈ {s, 2s, ..., β}`` of the ID mass over ``ID ∪ top-m labels``.
+
+    Args:
+        id_cos: ``(B, K)`` cosines to the ID labels.
+        ranked_neg_cos: ``(B, β)`` cosines to the selected labels, **most activated first**.
+        tau: softmax temperature.
+        step: ``s``; when ``β`` is not a multiple of ``s`` the last prefix is all ``β`` labels
+            (``m_k = min(k·s, β)``, as the official slicing does).
+
+    Returns:
+        ``(B,)`` float64 in ``[0, 1]``. Log-space throughout: ``S_m = sigmoid(LSE_ID − LSE_{1..m})``
+        with the prefix log-sum-exps from one cumulative ``logaddexp`` (exact at any ``tau``).
+    """
+    beta = ranked_neg_cos.shape[1]
+    if beta == 0:
+        return np.ones(len(id_cos))
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    id_lse = log_sum_exp(id_cos, scale=1.0 / tau)
+    prefix_lse = np.logaddexp.accumulate(np.asarray(ranked_neg_cos, dtype=np.float64) / tau, axis=1)
+    columns = np.minimum(np.arange(step, beta + step, step), beta) - 1
+    return expit(id_lse[:, None] - prefix_lse[:, columns]).mean(axis=1)
+
+
+def otsu_threshold(scores: np.ndarray, step: float = 0.01) -> float:
+    """Otsu's threshold on scores in ``[0, 1]``, scanning ``0, step, ..., 1 − step``.
+
+    The criterion of a threshold ``t`` is the weighted within-class variance
+    ``w0·var(S < t) + w1·var(S ≥ t)`` (infinite when a class is empty). Among the thresholds with
+    the minimum criterion the middle one is taken (index ``len // 2`` of the candidates), as in
+    the official code. Vectorised with prefix sums over the sorted scores.
+    """
+    x = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    n = len(x)
+    thresholds = np.arange(int(round(1.0 / step))) * step
+    if n == 0:
+        return float(thresholds[len(thresholds) // 2])
+    centred = x - x.mean()
+    s1 = np.concatenate([[0.0], np.cumsum(centred)])
+    s2 = np.concatenate([[0.0], np.cumsum(centred**2)])
+    k = np.searchsorted(x, thresholds, side="left")  # size of the lower class
+    with np.errstate(divide="ignore", invalid="ignore"):
+        within_low = s2[k] - s1[k] ** 2 / k
+        within_high = (s2[n] - s2[k]) - (s1[n] - s1[k]) ** 2 / (n - k)
+    criterion = np.where((k == 0) | (k == n), np.inf, np.maximum(within_low + within_high, 0.0) / n)
+    candidates = np.flatnonzero(criterion == criterion.min())
+    return float(thresholds[candidates[len(candidates) // 2]])
+
+
+def top_labels(activation: np.ndarray, beta: int) -> np.ndarray:
+    """Indices of the ``beta`` largest activations, largest first (ties: lower index first)."""
+    n = len(activation)
+    beta = min(beta, n)
+    top = np.argpartition(-activation, beta - 1)[:beta] if beta < n else np.arange(n)
+    return top[np.lexsort((top, -activation[top]))]
+
+
+def activation_rows(
+    features: np.ndarray, id_text: np.ndarray, pool_text: np.ndarray, tau: float
+) -> np.ndarray:
+    """``(N, P)`` float32 softmax probabilities of the pool labels over ``ID ∪ pool``."""
+    pool_logits = features @ pool_text.T
+    pool_logits /= tau
+    id_logits = features @ id_text.T
+    id_logits /= tau
+    total = np.logaddexp(log_sum_exp(id_logits), log_sum_exp(pool_logits))
+    pool_logits -= total[:, None].astype(np.float32)
+    np.exp(pool_logits, out=pool_logits)
+    return pool_logits
+
+
+# --------------------------------------------------------------------------- state
+
+
+class RingBuffer:
+    """A fixed-size FIFO of rows (a numpy array, never a growing list).
+
+    ``push`` writes rows over the oldest ones; ``rows()`` gives the filled rows (in storage
+    order, which is all that means and thresholds need).
+    """
+
+    def __init__(self, capacity: int, width: int | None, dtype: Any) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        shape = (capacity,) if width is None else (capacity, width)
+        self.data = np.zeros(shape, dtype=dtype)
+        self.count = 0
+        self.head = 0
+
+    @property
+    def capacity(self) -> int:
+        return len(self.data)
+
+    def push(self, rows: np.ndarray) -> None:
+        n = len(rows)
+        if n == 0:
+            return
+        keep = min(n, self.capacity)
+        index = (self.head + np.arange(n - keep, n)) % self.capacity
+        self.data[index] = rows[n - keep :]
+        self.head = int((self.head + n) % self.capacity)
+        self.count = min(self.count + n, self.capacity)
+
+    def rows(self) -> np.ndarray:
+        return self.data[: self.count]
+
+    def mean(self) -> np.ndarray:
+        return self.rows().mean(axis=0, dtype=np.float64)
+
+
+@dataclass
+class TANLState:
+    """Everything TANL learns from the stream; fixed size whatever the stream length."""
+
+    id_queue: RingBuffer
+    ood_queue: RingBuffer
+    window: RingBuffer
+    threshold: float = float("nan")
+    batches: int = 0
+
+
+# --------------------------------------------------------------------------- detector
+
+
+class TANL(OnlineDetector):
+    """Test-time activated negative labels over the whole corpus (see the module docstring).
+
+    Attributes:
+        state_: the current :class:`TANLState`; ``reset()`` restores the initial one exactly.
+        pool_labels: the pool's words in feature order, when known.
+    """
+
+    def __init__(
+        self,
+        id_text_features: np.ndarray,
+        pool_text_features: np.ndarray,
+        noise_image_features: np.ndarray,
+        tau: float = DEFAULT_TAU,
+        queue_length: int = 300,
+        alpha: float = 0.0,
+        beta: int = 1000,
+        step: int = 1,
+        g: float = 0.5,
+        otsu_window: int = 20000,
+        otsu_step: float = 0.01,
+        seed: int = 0,
+        chunk_size: int = 64,
+        pool_labels: Sequence[str] | None = None,
+    ) -> None:
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if not 0.0 <= g <= 1.0:
+            raise ValueError(f"g must be in [0, 1], got {g}")
+        if beta < 1 or step < 1 or queue_length < 1 or otsu_window < 1 or chunk_size < 1:
+            raise ValueError("beta, step, queue_length, otsu_window and chunk_size must be >= 1")
+        self.id_text_features = as_unit_rows(id_text_features, "ID text features")
+        dim = self.id_text_features.shape[1]
+        self.pool_text_features = as_unit_rows(pool_text_features, "pool text features", dim)
+        self.noise_image_features = as_unit_rows(noise_image_features, "noise image features", dim)
+        n_pool = len(self.pool_text_features)
+        if pool_labels is not None and len(pool_labels) != n_pool:
+            raise ValueError(f"{len(pool_labels)} pool labels for {n_pool} pool features")
+        if beta > n_pool:
+            log.warning("beta = %d is larger than the pool of %d labels; using all %d", beta, n_pool, n_pool)
+        self.tau = float(tau)
+        self.queue_length = int(queue_length)
+        self.alpha = float(alpha)
+        self.beta_requested = int(beta)
+        self.beta = min(int(beta), n_pool)
+        self.step = int(step)
+        self.g = float(g)
+        self.otsu_window = int(otsu_window)
+        self.otsu_step = float(otsu_step)
+        self.seed = int(seed)
+        self.chunk_size = int(chunk_size)
+        self.pool_labels = list(pool_labels) if pool_labels is not None else None
+        self._initial_state = self._build_initial_state()
+        self.state_ = copy.deepcopy(self._initial_state)
+
+    # ------------------------------------------------------------------ builders
+
+    @classmethod
+    def from_features(
+        cls,
+        id_text_features: np.ndarray,
+        pool_text_features: np.ndarray,
+        noise_image_features: np.ndarray,
+        tau: float = DEFAULT_TAU,
+        queue_length: int = 300,
+        alpha: float = 0.0,
+        beta: int = 1000,
+        step: int = 1,
+        g: float = 0.5,
+        otsu_window: int = 20000,
+        otsu_step: float = 0.01,
+        seed: int = 0,
+    ) -> TANL:
+        """Build from ``(K, D)`` ID text, ``(P, D)`` pool text and ``(N, D)`` noise image features."""
+        return cls(
+            id_text_features, pool_text_features, noise_image_features, tau=tau,
+            queue_length=queue_length, alpha=alpha, beta=beta, step=step, g=g,
+            otsu_window=otsu_window, otsu_step=otsu_step, seed=seed,
+        )
+
+    @classmethod
+    def from_encoder(
+        cls,
+        encoder: ClipEncoder,
+        class_names: Sequence[str],
+        corpus: str = "neglabel",
+        noise_seed: int = 0,
+        progress: bool = True,
+        **params: Any,
+    ) -> TANL:
+        """Encode the ID names, the whole WordNet corpus and the 15 noise images, then build.
+
+        ``corpus="neglabel"`` (default) is the ~72k-word NegLabel corpus (SPEC section 3, the
+        "~70k candidates" of SPEC section 5); ``"all"`` is all of WordNet. Exact ID names are
+        removed. ID names and nouns use ``The nice {}.``, adjectives ``This is a {} photo.``.
+        ``params`` are the keyword arguments of :meth:`from_features`.
+        """
+        from negspace.corpus.mining import ADJECTIVE_TEMPLATE, NOUN_TEMPLATE
+        from negspace.corpus.wordnet import load_wordnet_corpus
+        from negspace.detectors.noise import make_noise_images
+
+        if corpus not in CORPUS_CHOICES:
+            raise ValueError(f"corpus must be one of {CORPUS_CHOICES}, got {corpus!r}")
+        words = load_wordnet_corpus(corpus, exclude=class_names)
+        id_features = encoder.encode_texts(list(class_names), template=ID_TEMPLATE, progress=progress)
+        pool = np.concatenate(
+            [
+                encoder.encode_texts(list(words.nouns), template=NOUN_TEMPLATE, progress=progress),
+                encoder.encode_texts(list(words.adjectives), template=ADJECTIVE_TEMPLATE, progress=progress),
+            ]
+        )
+        noise = encoder.encode_images(make_noise_images(seed=noise_seed))
+        detector = cls(id_features, pool, noise, pool_labels=list(words.nouns) + list(words.adjectives), **params)
+        detector.encoder = encoder
+        return detector
+
+    # ------------------------------------------------------------------ internals
+
+    def _rows(self, features: np.ndarray) -> np.ndarray:
+        return activation_rows(features, self.id_text_features, self.pool_text_features, self.tau)
+
+    def _score_with(self, features: np.ndarray, id_cos: np.ndarray, activation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        top = top_labels(activation, self.beta)
+        ranked = features @ self.pool_text_features[top].T
+        return activation_aware_score(id_cos, ranked, self.tau, self.step), top
+
+    def _build_initial_state(self) -> TANLState:
+        rng = np.random.default_rng(self.seed)
+        n_pool = len(self.pool_text_features)
+        id_queue = RingBuffer(self.queue_length, n_pool, np.float32)
+        ood_queue = RingBuffer(self.queue_length, n_pool, np.float32)
+        # Only the last queue_length rows of the shuffled pseudo images survive the initial push.
+        id_order = rng.permutation(len(self.id_text_features))[-self.queue_length :]
+        noise_order = rng.permutation(len(self.noise_image_features))[-self.queue_length :]
+        for start in range(0, len(id_order), self.chunk_size):
+            id_queue.push(self._rows(self.id_text_features[id_order[start : start + self.chunk_size]]))
+        ood_queue.push(self._rows(self.noise_image_features[noise_order]))
+        activation = ood_queue.mean() - id_queue.mean()
+        window = RingBuffer(self.otsu_window, None, np.float64)
+        for probes in (self.id_text_features, self.noise_image_features):
+            for start in range(0, len(probes), self.chunk_size * 4):
+                chunk = probes[start : start + self.chunk_size * 4]
+                window.push(self._score_with(chunk, chunk @ self.id_text_features.T, activation)[0])
+        return TANLState(id_queue, ood_queue, window)
+
+    # ------------------------------------------------------------------ public API
+
+    def reset(self) -> None:
+        """Restore the initial queues and Otsu window exactly."""
+        self.state_ = copy.deepcopy(self._initial_state)
+
+    def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
+        """Score a batch with the current state, then push its confident rows into the queues."""
+        features = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
+        state = self.state_
+        id_cos = features @ self.id_text_features.T
+        queue_pos, queue_neg = state.id_queue.mean(), state.ood_queue.mean()
+        queue_activation = queue_neg - queue_pos
+        queue_score, _ = self._score_with(features, id_cos, queue_activation)
+
+        state.window.push(queue_score)
+        t = otsu_threshold(state.window.rows(), self.otsu_step)
+        state.threshold = t
+        confident_id = queue_score > t + self.g * (1.0 - t)
+        confident_ood = queue_score < t - self.g * t
+
+        sum_pos = np.zeros(len(self.pool_text_features))
+        sum_neg = np.zeros(len(self.pool_text_features))
+        new_pos: list[np.ndarray] = []
+        new_neg: list[np.ndarray] = []
+        confident = np.flatnonzero(confident_id | confident_ood)
+        for start in range(0, len(confident), self.chunk_size):
+            index = confident[start : start + self.chunk_size]
+            rows = self._rows(features[index])
+            is_id = confident_id[index]
+            sum_pos += rows[is_id].sum(axis=0, dtype=np.float64)
+            sum_neg += rows[~is_id].sum(axis=0, dtype=np.float64)
+            new_pos.append(rows[is_id])
+            new_neg.append(rows[~is_id])
+        n_pos, n_neg = int(confident_id.sum()), int(confident_ood.sum())
+        batch_pos = sum_pos / n_pos if n_pos else queue_pos
+        batch_neg = sum_neg / n_neg if n_neg else queue_neg
+
+        if self.alpha == 1.0 or (n_pos == 0 and n_neg == 0):
+            scores = queue_score  # A is the queue activation itself
+        else:
+            activation = self.alpha * queue_activation + (1.0 - self.alpha) * (batch_neg - batch_pos)
+            scores, _ = self._score_with(features, id_cos, activation)
+
+        for rows in new_pos:
+            state.id_queue.push(rows)
+        for rows in new_neg:
+            state.ood_queue.push(rows)
+        state.batches += 1
+        return scores
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "n_classes": len(self.id_text_features),
+            "n_pool": len(self.pool_text_features),
+            "n_noise": len(self.noise_image_features),
+            "tau": self.tau,
+            "queue_length": self.queue_length,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "step": self.step,
+            "g": self.g,
+            "otsu_window": self.otsu_window,
+            "otsu_step": self.otsu_step,
+            "seed": self.seed,
+        }
