@@ -1,0 +1,369 @@
+"""A persistent MLLM response cache: never pay twice for the same answer.
+
+:class:`CachedMLLM` wraps any backend. Each request is keyed by the SHA-256 of (backend
+``model_id``, every message's role and parts, with each image's bytes reduced to their SHA-256,
+generation parameters); answers live in a SQLite file (WAL mode, busy timeout), so several
+processes may share it and it survives restarts. Failed requests (``None``) are not cached: the
+next run asks again. Re-running the same evaluation therefore makes zero MLLM calls.
+
+Image content hashes: a file path hashes the file's bytes (memoised by path, size and mtime); an
+in-memory PIL image hashes its PNG encoding. The same picture given once as a file and once as a
+PIL image gets two keys; that only costs one extra call.
+
+:func:`cache_stats` and :func:`clear_cache` back ``negspace cache {stats,clear}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from PIL.Image import Image
+
+from negspace.cache import FEATURES_DB, default_cache_dir, file_sha256
+from negspace.errors import NegspaceError
+from negspace.mllm.protocol import MLLM, ChatRequest, ImagePart, MLLMStats
+
+__all__ = [
+    "MLLM_DB",
+    "CachedMLLM",
+    "ResponseStore",
+    "cache_stats",
+    "clear_cache",
+    "format_cache_stats",
+    "request_key",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File name of the MLLM response database inside a cache folder.
+MLLM_DB = "mllm.sqlite3"
+_KEY_VERSION = 1
+_BUSY_TIMEOUT_S = 60.0
+_IN_CHUNK = 900
+
+
+def _image_sha256(image: Path | str | Image) -> str:
+    if isinstance(image, (str, Path)):
+        return file_sha256(image)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def request_key(model_id: str, request: ChatRequest) -> str:
+    """The cache key of one request to one model (hex SHA-256)."""
+    messages = []
+    for msg in request.messages:
+        parts: list[dict[str, str]] = []
+        for part in msg.content:
+            if isinstance(part, ImagePart):
+                parts.append({"type": "image", "sha256": _image_sha256(part.image)})
+            else:
+                parts.append({"type": "text", "text": part.text})
+        messages.append({"role": msg.role, "content": parts})
+    payload = {
+        "v": _KEY_VERSION,
+        "model": model_id,
+        "messages": messages,
+        "params": asdict(request.params),
+    }
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class ResponseStore:
+    """SQLite map from request key to answer text, shared safely by threads and processes."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser()
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        with self._lock:
+            self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
+                    "answer TEXT NOT NULL, created REAL NOT NULL)"
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as exc:
+            raise NegspaceError(
+                f"The MLLM response cache {self.path} cannot be opened ({exc}); delete it or choose "
+                "another folder with --cache-dir or NEGSPACE_CACHE_DIR."
+            ) from exc
+        except OSError as exc:
+            raise NegspaceError(
+                f"The MLLM cache folder {self.path.parent} cannot be created ({exc.strerror}); "
+                "choose another with --cache-dir or NEGSPACE_CACHE_DIR."
+            ) from exc
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, str]:
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, str] = {}
+        with self._lock:
+            conn = self._connect()
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for key, answer in conn.execute(
+                    f"SELECT key, answer FROM responses WHERE key IN ({marks})", chunk
+                ):
+                    found[key] = answer
+        return found
+
+    def put_many(self, model: str, items: dict[str, str]) -> None:
+        """Store answers in one transaction."""
+        if not items:
+            return
+        now = time.time()
+        rows = [(k, model, v, now) for k, v in items.items()]
+        with self._lock:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO responses (key, model, answer, created) VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def count(self) -> int:
+        with self._lock:
+            (n,) = self._connect().execute("SELECT COUNT(*) FROM responses").fetchone()
+        return int(n)
+
+
+class CachedMLLM:
+    """Any MLLM behind a persistent response cache (see the module docstring).
+
+    ``stats`` is this wrapper's own :class:`MLLMStats`: ``cache_hits`` counted here, ``calls``,
+    ``retries`` and ``failures`` added from the backend after each :meth:`generate`, and
+    ``rejected_answers`` left to the caller. Identical requests within one batch go to the
+    backend once.
+    """
+
+    def __init__(
+        self, backend: MLLM, cache_path: Path | str | None = None, chunk_size: int = 64
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.backend = backend
+        self.chunk_size = int(chunk_size)
+        self.model_id = backend.model_id
+        self.cache_path = Path(cache_path) if cache_path is not None else default_cache_dir() / MLLM_DB
+        self.store = ResponseStore(self.cache_path)
+        self.stats = MLLMStats()
+
+    def __repr__(self) -> str:
+        return f"CachedMLLM({self.backend!r}, cache_path={str(self.cache_path)!r})"
+
+    def check(self) -> None:
+        check = getattr(self.backend, "check", None)
+        if callable(check):
+            check()
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[str | None]:
+        requests = list(requests)
+        if not requests:
+            return []
+        keys: list[str | None] = []
+        for req in requests:
+            try:
+                keys.append(request_key(self.model_id, req))
+            except OSError as err:  # an unreadable image: let the backend fail it and count it
+                logger.warning("MLLM request not cached: %s", err)
+                keys.append(None)
+        cached = self.store.get_many([k for k in keys if k is not None])
+        answers: list[str | None] = [None] * len(requests)
+        todo: dict[str, list[int]] = {}
+        uncacheable: list[int] = []
+        for i, key in enumerate(keys):
+            if key is not None and key in cached:
+                answers[i] = cached[key]
+                self.stats.cache_hits += 1
+            elif key is None:
+                uncacheable.append(i)
+            else:
+                todo.setdefault(key, []).append(i)
+        # Misses go to the backend in chunks (concurrency happens inside a chunk); each chunk's
+        # answers are committed before the next starts, so a killed run keeps what it paid for.
+        jobs: list[tuple[str | None, list[int]]] = [(k, idx) for k, idx in todo.items()]
+        jobs += [(None, [i]) for i in uncacheable]
+        for start in range(0, len(jobs), self.chunk_size):
+            chunk = jobs[start : start + self.chunk_size]
+            before = MLLMStats(**self.backend.stats.as_dict())
+            results = self.backend.generate([requests[idx[0]] for _, idx in chunk])
+            after = self.backend.stats
+            self.stats.calls += after.calls - before.calls
+            self.stats.retries += after.retries - before.retries
+            self.stats.failures += after.failures - before.failures
+            fresh: dict[str, str] = {}
+            for (key, idx), answer in zip(chunk, results):
+                for i in idx:
+                    answers[i] = answer
+                if key is not None and answer is not None:
+                    fresh[key] = answer
+            self.store.put_many(self.model_id, fresh)
+        return answers
+
+
+# -- CLI helpers ----------------------------------------------------------------------------------
+
+
+def _db_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists())
+
+
+def _readonly(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S)
+    conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+    return conn
+
+
+def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
+    return row is not None
+
+
+def cache_stats(cache_dir: Path | str | None = None) -> dict[str, Any]:
+    """Entries and size on disk of the feature cache and the MLLM cache in ``cache_dir``.
+
+    Returns ``{"cache_dir": str, "features": {...}, "mllm": {...}}``; each part has ``path``,
+    ``exists``, ``entries``, ``size_bytes``; the MLLM part also ``per_model`` (model id -> count).
+    Reads only; a missing file reports zero entries.
+    """
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    out: dict[str, Any] = {"cache_dir": str(folder)}
+    for name, db, table in (("features", FEATURES_DB, "features"), ("mllm", MLLM_DB, "responses")):
+        path = folder / db
+        info: dict[str, Any] = {"path": str(path), "exists": path.exists(), "entries": 0, "size_bytes": 0}
+        if name == "mllm":
+            info["per_model"] = {}
+        if path.exists():
+            info["size_bytes"] = _db_size(path)
+            try:
+                conn = _readonly(path)
+                try:
+                    if _table_exists(conn, table):
+                        (info["entries"],) = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+                        if name == "mllm":
+                            info["per_model"] = dict(
+                                conn.execute(
+                                    "SELECT model, COUNT(*) FROM responses GROUP BY model ORDER BY model"
+                                ).fetchall()
+                            )
+                finally:
+                    conn.close()
+            except sqlite3.DatabaseError as exc:
+                info["error"] = str(exc)
+        out[name] = info
+    return out
+
+
+def clear_cache(cache_dir: Path | str | None = None, what: str = "all") -> dict[str, int]:
+    """Delete the cached entries of ``what`` (``"all"``, ``"features"`` or ``"mllm"``).
+
+    Rows are deleted in a transaction and the file is vacuumed, so a process using the cache at
+    the same time keeps working. Returns the number of rows removed per cache.
+    """
+    if what not in ("all", "features", "mllm"):
+        raise NegspaceError(f"Unknown cache {what!r}; choose all, features or mllm.")
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    removed: dict[str, int] = {}
+    targets = {"features": (FEATURES_DB, ("features", "meta")), "mllm": (MLLM_DB, ("responses",))}
+    for name, (db, tables) in targets.items():
+        if what not in ("all", name):
+            continue
+        path = folder / db
+        removed[name] = 0
+        if not path.exists():
+            continue
+        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for table in tables:
+                    if _table_exists(conn, table):
+                        n = conn.execute(f"DELETE FROM {table}").rowcount
+                        if table != "meta":
+                            removed[name] += max(n, 0)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("VACUUM")
+            except sqlite3.OperationalError as exc:  # another process holds it; space comes back later
+                logger.info("Could not vacuum %s: %s", path, exc)
+        finally:
+            conn.close()
+    return removed
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def format_cache_stats(stats: dict[str, Any]) -> str:
+    """The text ``negspace cache stats`` prints for a :func:`cache_stats` result."""
+    lines = [f"cache folder: {stats['cache_dir']}"]
+    for name, title in (("features", "features"), ("mllm", "MLLM answers")):
+        info = stats[name]
+        state = "" if info["exists"] else " (no file yet)"
+        lines.append(f"{title}: {info['entries']} entries, {_human(info['size_bytes'])}{state}  {info['path']}")
+        for model, count in info.get("per_model", {}).items():
+            lines.append(f"    {model}: {count}")
+        if "error" in info:
+            lines.append(f"    cannot be read: {info['error']}")
+    return "\n".join(lines)
