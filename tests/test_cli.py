@@ -172,3 +172,66 @@ def _check_outputs_stream(out: Path, n_id: int, n_ood: int) -> dict:
     assert len(rows) == n_id + n_ood and {r["stream"] for r in rows} == {"noise"}
     assert metrics["ood"]["noise"]["n_id"] == n_id
     return metrics
+
+
+@pytest.fixture
+def mllm_server():
+    """A real OpenAI-compatible chat server on 127.0.0.1 with scripted, messy-but-usable answers."""
+    from pytest_httpserver import HTTPServer
+    from werkzeug.wrappers import Response
+
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    chat_requests: list[dict] = []
+
+    def chat(request):
+        payload = json.loads(request.data)
+        chat_requests.append(payload)
+        content = payload["messages"][-1]["content"]
+        text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+        has_image = not isinstance(content, str) and any(p["type"] == "image_url" for p in content)
+        if "Give five" in text:
+            answer = "1. **crimson tile**\n2) mosaic\n3: stained glass\n- red brick\n5. ruby"
+        else:
+            assert has_image and payload["model"] == "tiny-vlm"
+            answer = "A field of colourful static noise."
+        body = {"id": "x", "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
+        return Response(json.dumps(body), content_type="application/json")
+
+    server.expect_request("/v1/models").respond_with_json({"data": [{"id": "tiny-vlm"}]})
+    server.expect_request("/v1/chat/completions", method="POST").respond_with_handler(chat)
+    yield server, chat_requests
+    server.stop()
+
+
+def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path, image_sets, tiny_openclip, mllm_server):
+    server, chat_requests = mllm_server
+    mllm = ["--mllm", f"openai:{server.url_for('/v1')}/tiny-vlm", "--mllm-timeout", "10"]
+    options = ["--num-negatives", "500", "--ants-mode", "two-pass", "--ants-schedule", "scaled", *mllm]
+    out = _run_eval(tmp_path, image_sets, tiny_openclip, "ants", *options)
+    metrics = _check_outputs_stream(out, n_id=7, n_ood=6)
+    info = metrics["ants"]["noise"]
+    assert metrics["mllm_calls"] == info["mllm_calls"] == len(chat_requests) > 0
+    assert info["ens_size"] >= 1 and "a field of colourful static noise" in (out / "negative_space" / "noise" / "ens_texts.json").read_text().lower()
+    with (out / "explanations.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows and rows[0]["ood_set"] == "noise" and rows[0]["source"] in {"ens", "vsnl", "corpus"}
+
+    # The same run again: every answer comes from the MLLM cache, the scores are identical.
+    sent = len(chat_requests)
+    again = _run_eval(tmp_path / "again", image_sets, tiny_openclip, "ants", *options)
+    assert len(chat_requests) == sent
+    assert (again / "scores.csv").read_text() == (out / "scores.csv").read_text()
+
+    # The saved space scores without any MLLM.
+    reused = _run_eval(tmp_path / "reused", image_sets, tiny_openclip, "ants", "--negative-space", str(out / "negative_space" / "noise"))
+    assert json.loads((reused / "metrics.json").read_text())["mllm_calls"] == 0
+    assert len(chat_requests) == sent
+
+
+def test_eval_ants_without_an_mllm_is_one_clear_error(tmp_path, image_sets, tiny_openclip, capsys):
+    code = main(["eval", "--method", "ants", "--classes", str(image_sets["classes"]), "--id", str(image_sets["id"]),
+                 "--ood", f"noise={image_sets['ood']}", "--out", str(tmp_path / "o"), *_model_args(tiny_openclip)])
+    assert code == 2
+    assert "--mllm" in capsys.readouterr().err

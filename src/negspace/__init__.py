@@ -14,8 +14,12 @@ With a CLIP model (``load_encoder``), detectors are built from class names and s
 from negspace.classnames import load_class_names
 from negspace.corpus.mining import MiningConfig, mine_negative_labels
 from negspace.corpus.wordnet import load_wordnet_corpus
+from negspace.detectors.adaneg import AdaNeg
+from negspace.detectors.ants import ANTS
+from negspace.detectors.ants_state import ANTSConfig
 from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import NegLabel
+from negspace.detectors.tanl import TANL
 from negspace.errors import NegspaceError
 from negspace.metrics import (
     StreamingOODMetrics,
@@ -32,7 +36,11 @@ __version__ = "0.1.0"
 
 # The encoders pull in open_clip and torchvision (seconds of import time); feature-level users
 # never need them, so they are imported on first use.
-_LAZY = {"ClipEncoder": "negspace.encoders", "load_encoder": "negspace.encoders"}
+_LAZY = {
+    "ClipEncoder": "negspace.encoders",
+    "load_encoder": "negspace.encoders",
+    "load_mllm": "negspace.mllm",
+}
 
 
 def __getattr__(name: str) -> object:
@@ -44,7 +52,11 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "ANTS",
     "MCM",
+    "TANL",
+    "ANTSConfig",
+    "AdaNeg",
     "ClipEncoder",
     "MiningConfig",
     "NegLabel",
@@ -60,6 +72,7 @@ __all__ = [
     "id_mass",
     "load_class_names",
     "load_encoder",
+    "load_mllm",
     "load_wordnet_corpus",
     "mine_negative_labels",
 ]

@@ -12,10 +12,12 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from negspace import cli_ants
 from negspace.classnames import load_class_names
 from negspace.corpus.labelfile import read_label_file, write_label_file
 from negspace.corpus.mining import (
@@ -29,6 +31,7 @@ from negspace.corpus.mining import (
 from negspace.corpus.wordnet import SELECTIONS
 from negspace.data import parse_named_set
 from negspace.detectors.adaneg import AdaNeg
+from negspace.detectors.ants import ANTS
 from negspace.detectors.base import Detector, OnlineDetector
 from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
@@ -100,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     adaneg.add_argument("--adaneg-groups", type=int, default=5, help="groups of the AdaNeg score (default: %(default)s)")
     adaneg.add_argument("--adaneg-sample-scale", type=float, default=5.5, help="sample-adaptive weight scale (default: %(default)s)")
     adaneg.add_argument("--adaneg-nl-weight", type=float, default=0.1, help="weight of the NegLabel term (default: %(default)s)")
+    cli_ants.add_ants_options(ev)
+    cli_ants.add_mllm_options(ev)
     _add_mining_options(ev)
     ev.set_defaults(run=run_eval)
 
@@ -109,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(mine)
     _add_mining_options(mine)
     mine.set_defaults(run=run_mine)
+
+    cache = commands.add_parser("cache", parents=[common], help="inspect or clear the feature and MLLM caches")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    stats = cache_commands.add_parser("stats", help="entries and size of each cache")
+    stats.add_argument("--cache-dir", type=Path, help="cache folder (default: $NEGSPACE_CACHE_DIR or the XDG cache)")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(run=run_cache_stats)
+    clear = cache_commands.add_parser("clear", help="delete cached features and/or MLLM answers")
+    clear.add_argument("--cache-dir", type=Path, help="cache folder (default: $NEGSPACE_CACHE_DIR or the XDG cache)")
+    clear.add_argument("--what", choices=("all", "features", "mllm"), default="all", help="which cache (default: %(default)s)")
+    clear.set_defaults(run=run_cache_clear)
 
     demo = commands.add_parser("demo-data", parents=[common], help="write a tiny ID/OOD image set (real photos vs. patterns)")
     demo.add_argument("folder", type=Path, help="where to write id/ and ood/")
@@ -153,18 +169,40 @@ def _negatives(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequ
     return MinedNegatives(nouns + adjectives, np.concatenate(features), len(nouns), len(adjectives))
 
 
-def build_mcm(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequence[str]) -> Detector:
-    return MCM.from_encoder(encoder, class_names, temperature=args.temperature)
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method builder may use: the options, the model, the classes, the stream length."""
+
+    args: argparse.Namespace
+    encoder: ClipEncoder
+    class_names: Sequence[str]
+    stream_size: int
 
 
-def build_neglabel(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequence[str]) -> Detector:
-    mined = _negatives(args, encoder, class_names)
-    if args.groups > len(mined.labels):
-        raise NegspaceError(f"--groups {args.groups} is larger than the {len(mined.labels)} negative labels.")
-    return NegLabel.from_mined(encoder, class_names, mined, tau=args.tau, groups=args.groups, seed=args.seed)
+def _checked_negatives(ctx: BuildContext) -> MinedNegatives:
+    mined = _negatives(ctx.args, ctx.encoder, ctx.class_names)
+    if ctx.args.groups > len(mined.labels):
+        raise NegspaceError(f"--groups {ctx.args.groups} is larger than the {len(mined.labels)} negative labels.")
+    return mined
 
 
-def build_tanl(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequence[str]) -> Detector:
+def build_mcm(ctx: BuildContext) -> Detector:
+    return MCM.from_encoder(ctx.encoder, ctx.class_names, temperature=ctx.args.temperature)
+
+
+def build_neglabel(ctx: BuildContext) -> Detector:
+    args = ctx.args
+    mined = _checked_negatives(ctx)
+    return NegLabel.from_mined(ctx.encoder, ctx.class_names, mined, tau=args.tau, groups=args.groups, seed=args.seed)
+
+
+def build_ants(ctx: BuildContext) -> Detector:
+    mined = _checked_negatives(ctx) if ctx.args.negative_space is None else None
+    return cli_ants.build_ants(ctx.args, ctx.encoder, ctx.class_names, mined, ctx.stream_size)
+
+
+def build_tanl(ctx: BuildContext) -> Detector:
+    args, encoder, class_names = ctx.args, ctx.encoder, ctx.class_names
     return TANL.from_encoder(
         encoder,
         class_names,
@@ -181,11 +219,12 @@ def build_tanl(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequ
     )
 
 
-def build_adaneg(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequence[str]) -> Detector:
+def build_adaneg(ctx: BuildContext) -> Detector:
+    args = ctx.args
     return AdaNeg.from_encoder(
-        encoder,
-        class_names,
-        mined=_negatives(args, encoder, class_names),
+        ctx.encoder,
+        ctx.class_names,
+        mined=_negatives(args, ctx.encoder, ctx.class_names),
         progress=not args.quiet,
         tau=args.tau,
         memory_length=args.adaneg_memory_length,
@@ -200,9 +239,10 @@ def build_adaneg(args: argparse.Namespace, encoder: ClipEncoder, class_names: Se
 
 
 # The CLI's method names; each builder returns a ready detector.
-METHODS: dict[str, Callable[[argparse.Namespace, ClipEncoder, Sequence[str]], Detector]] = {
+METHODS: dict[str, Callable[[BuildContext], Detector]] = {
     "mcm": build_mcm,
     "neglabel": build_neglabel,
+    "ants": build_ants,
     "tanl": build_tanl,
     "adaneg": build_adaneg,
 }
@@ -224,15 +264,21 @@ def run_eval(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     encoder = _encoder(args)
+    stream_size = len(id_source) + max(len(s) for s in ood_sources)
     try:
-        detector = METHODS[args.method](args, encoder, classes.names)
+        detector = METHODS[args.method](BuildContext(args, encoder, classes.names, stream_size))
     except ValueError as err:  # parameter combinations only the detector can judge
         raise NegspaceError(f"Invalid {args.method} setting: {err}.") from None
     progress = not args.quiet
     id_set = encode_set(id_source, encoder, args.batch_size, progress)
     ood_sets = [encode_set(s, encoder, args.batch_size, progress) for s in ood_sources]
+    out_dir = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    recorder = cli_ants.StreamRecorder(out_dir, args.explanations) if isinstance(detector, ANTS) else None
     if isinstance(detector, OnlineDetector):
-        evaluation = evaluate_stream(detector, id_set, ood_sets, args.batch_size, args.seed)
+        needs_images = isinstance(detector, ANTS) and not detector.frozen
+        evaluation = evaluate_stream(
+            detector, id_set, ood_sets, args.batch_size, args.seed, pass_images=needs_images, after_stream=recorder
+        )
     else:
         evaluation = evaluate_detector(detector.score_features, id_set, ood_sets, args.batch_size)
     evaluation.info = {
@@ -247,9 +293,9 @@ def run_eval(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "batch_size": args.batch_size,
         **evaluation.info,
+        **(recorder.write() if recorder is not None else {}),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    out_dir = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     write_report(evaluation, out_dir)
     print(format_table(evaluation))
     skipped = sum(len(s.skipped) for s in [id_set, *ood_sets])
@@ -267,6 +313,22 @@ def run_mine(args: argparse.Namespace) -> int:
     settings = json.dumps({"model": args.model, "classes": classes.source, **config.__dict__})
     write_label_file(args.output, mined.nouns, mined.adjectives, comment=settings)
     print(f"{len(mined.nouns)} nouns and {len(mined.adjectives)} adjectives written to {args.output}")
+    return 0
+
+
+def run_cache_stats(args: argparse.Namespace) -> int:
+    from negspace.mllm.response_cache import cache_stats, format_cache_stats
+
+    stats = cache_stats(args.cache_dir)
+    print(json.dumps(stats, indent=2) if args.json else format_cache_stats(stats))
+    return 0
+
+
+def run_cache_clear(args: argparse.Namespace) -> int:
+    from negspace.mllm.response_cache import clear_cache
+
+    removed = clear_cache(args.cache_dir, args.what)
+    print(", ".join(f"{name}: {count} entries removed" for name, count in removed.items()) or "nothing to clear")
     return 0
 
 

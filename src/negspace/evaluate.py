@@ -33,6 +33,10 @@ class FeatureFile:
 
     name: str
     path: Path
+    n_rows: int
+
+    def __len__(self) -> int:
+        return self.n_rows
 
 
 @dataclass
@@ -54,7 +58,7 @@ def _check_feature_file(path: Path, name: str) -> FeatureFile:
         raise DatasetError(f"Feature file {path} for set {name!r} is not a readable .npy array ({err}).") from None
     if array.ndim != 2 or array.shape[0] == 0:
         raise DatasetError(f"Feature file {path} for set {name!r} must hold a non-empty (N, D) array, got shape {array.shape}.")
-    return FeatureFile(name, path)
+    return FeatureFile(name, path, int(array.shape[0]))
 
 
 def open_set(spec: str | Path, name: str) -> ImageSet | FeatureFile:
@@ -152,6 +156,7 @@ def evaluate_stream(
     batch_size: int = 256,
     seed: int = 0,
     pass_images: bool = False,
+    after_stream: Callable[[str, OnlineDetector, EncodedSet, np.ndarray], None] | None = None,
 ) -> Evaluation:
     """The stream protocol of test-time methods (SPEC section 7).
 
@@ -160,6 +165,9 @@ def evaluate_stream(
     metrics. ID scores therefore differ per OOD set; the ID scores reported (and plotted) are
     those of the first OOD set's stream, and every set's own are in ``info["stream_id_scores"]``.
     With ``pass_images`` each batch also carries its image paths (for detectors that need pixels).
+    ``after_stream(ood_name, detector, stream_set, scores)`` runs after each set's stream, before
+    the next reset: the place to save or explain what the detector learned from that stream
+    (``stream_set`` holds the ID then OOD features and sample ids, ``scores`` align with them).
     """
     ood_scores: dict[str, np.ndarray] = {}
     id_scores_per_set: dict[str, np.ndarray] = {}
@@ -176,6 +184,8 @@ def evaluate_stream(
         ]
         scores = np.empty(len(order), dtype=np.float64)
         scores[order] = np.concatenate(detector.score_stream(batches))
+        if after_stream is not None:
+            after_stream(ood.name, detector, EncodedSet(ood.name, features, samples), scores)
         id_scores_per_set[ood.name] = scores[: len(id_set.features)]
         ood_scores[ood.name] = scores[len(id_set.features) :]
         results[ood.name] = compute_all(id_scores_per_set[ood.name], ood_scores[ood.name])

@@ -1,0 +1,142 @@
+"""The ANTS part of ``negspace eval``: MLLM and ANTS options, the builder, and what each stream
+leaves behind (the learned negative space, explanations, MLLM accounting)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from negspace.detectors.ants import ANTS
+from negspace.detectors.ants_io import write_explanations_csv
+from negspace.detectors.ants_state import scaled_schedule
+from negspace.errors import NegspaceError
+from negspace.evaluate import EncodedSet
+
+log = logging.getLogger(__name__)
+
+
+def add_mllm_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multimodal LLM (ANTS)")
+    group.add_argument("--mllm", help="openai:BASE_URL/MODEL (any OpenAI-compatible server) or hf:NAME_OR_PATH")
+    group.add_argument("--mllm-text", help="a separate model for text-only prompts (VSNL); default: --mllm")
+    group.add_argument("--mllm-concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
+    group.add_argument("--mllm-timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
+    group.add_argument("--mllm-retries", type=int, default=4, help="retries per request (default: %(default)s)")
+    group.add_argument("--mllm-image-size", type=int, default=448, help="longest side sent, px (default: %(default)s)")
+    group.add_argument("--mllm-api-key-env", default="OPENAI_API_KEY", help="env variable with the API key (default: %(default)s)")
+    group.add_argument("--mllm-batch-size", type=int, default=8, help="batch of a local hf: model (default: %(default)s)")
+    group.add_argument("--no-mllm-cache", action="store_true", help="do not reuse or store MLLM answers")
+
+
+def add_ants_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("ANTS (adaptive negative textual space)")
+    group.add_argument("--ants-mode", choices=("online", "two-pass"), default="online",
+                       help="online = the paper; two-pass = banks from the whole set, order-independent (default: %(default)s)")
+    group.add_argument("--ants-score", choices=("ada", "ens", "vsnl", "neglabel"), default="ada", help="score (default: %(default)s)")
+    group.add_argument("--ants-lam", type=float, help="fixed weight of ENS vs VSNL (ablation); default adaptive")
+    group.add_argument("--ants-threshold", choices=("paper", "histogram"), default="paper", help="negative-image threshold rule")
+    group.add_argument("--ants-similar-classes", choices=("frequency", "history_top40"), default="frequency",
+                       help="visually similar ID-class rule (default: %(default)s)")
+    group.add_argument("--ants-schedule", choices=("default", "scaled"), default="default",
+                       help="'scaled' fits the bank-update schedule to a stream smaller than ImageNet's")
+    group.add_argument("--ants-diversity", choices=("none", "kcenter"), default="none",
+                       help="describe a k-center spread of the negatives instead of all (default: %(default)s)")
+    group.add_argument("--ants-diversity-size", type=int, default=50, help="negatives described per update with kcenter")
+    group.add_argument("--max-mllm-calls", type=int, default=2000, help="MLLM requests per stream (default: %(default)s)")
+    group.add_argument("--ants-request-batch", type=int, default=64, help="MLLM requests sent together (default: %(default)s)")
+    group.add_argument("--negative-space", type=Path, help="score with a saved negative space (no MLLM needed)")
+    group.add_argument("--explanations", type=int, default=100, help="most OOD-looking images explained per set (default: %(default)s)")
+
+
+def load_mllm_from_args(args: argparse.Namespace) -> Any:
+    from negspace.mllm import load_mllm
+
+    return load_mllm(
+        args.mllm,
+        text_spec=args.mllm_text,
+        cache=not (args.no_mllm_cache or args.no_cache),
+        cache_dir=args.cache_dir,
+        image_size=args.mllm_image_size,
+        max_concurrency=args.mllm_concurrency,
+        timeout=args.mllm_timeout,
+        retries=args.mllm_retries,
+        api_key_env=args.mllm_api_key_env,
+        device=args.device,
+        batch_size=args.mllm_batch_size,
+    )
+
+
+def _load_space(args: argparse.Namespace, encoder: Any, class_names: Sequence[str]) -> ANTS:
+    try:
+        detector = ANTS.load(args.negative_space, text_encoder=encoder)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise NegspaceError(f"Cannot load the negative space {args.negative_space}: {err}.") from None
+    if list(detector.class_names) != list(class_names):
+        raise NegspaceError(f"The negative space {args.negative_space} was learned for other classes than --classes {args.classes}.")
+    if detector.id_text_features.shape[1] != encoder.dim:
+        raise NegspaceError(f"The negative space {args.negative_space} has dimension {detector.id_text_features.shape[1]}, the model {encoder.dim}.")
+    detector.encoder = encoder
+    return detector
+
+
+def build_ants(args: argparse.Namespace, encoder: Any, class_names: Sequence[str], mined: Any, n_stream: int) -> ANTS:
+    """ANTS from the command line: a saved space (frozen), or a fresh one with an MLLM."""
+    if args.negative_space is not None:
+        return _load_space(args, encoder, class_names)
+    if args.mllm is None and args.ants_score != "neglabel":
+        raise NegspaceError("ANTS needs a multimodal LLM: pass --mllm SPEC (see 'Using an MLLM' in the README) or --negative-space DIR.")
+    mllm = load_mllm_from_args(args) if args.mllm is not None else None
+    schedule = scaled_schedule(n_stream, args.batch_size) if args.ants_schedule == "scaled" else {}
+    return ANTS.from_encoder(
+        encoder,
+        class_names,
+        mined,
+        mllm,
+        tau=args.tau,
+        groups=args.groups,
+        seed=args.seed,
+        two_pass=args.ants_mode == "two-pass",
+        mode=args.ants_score,
+        lam=args.ants_lam,
+        threshold=args.ants_threshold,
+        similar_classes=args.ants_similar_classes,
+        max_mllm_calls=args.max_mllm_calls,
+        mllm_batch_size=args.ants_request_batch,
+        diversity=None if args.ants_diversity == "none" else args.ants_diversity,
+        diversity_size=args.ants_diversity_size,
+        **schedule,
+    )
+
+
+@dataclass
+class StreamRecorder:
+    """Keeps what ANTS learned from each OOD set's stream before the next reset.
+
+    Saves each set's negative space under ``out_dir/negative_space/NAME`` (reusable with
+    ``--negative-space``), collects the explanations of the most OOD-looking images and the run
+    accounting (MLLM calls, bank sizes, lam) per set.
+    """
+
+    out_dir: Path
+    n_explained: int = 100
+    run_info: dict[str, Any] = field(default_factory=dict)
+    explanation_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, ood_name: str, detector: Any, stream: EncodedSet, scores: np.ndarray) -> None:
+        detector.save(self.out_dir / "negative_space" / ood_name)
+        self.run_info[ood_name] = detector.run_info()
+        rows = detector.explanation_rows(stream.features, stream.sample_ids, scores=scores, n_images=self.n_explained)
+        self.explanation_rows += [{"ood_set": ood_name, **row} for row in rows]
+
+    def write(self) -> dict[str, Any]:
+        """Write ``explanations.csv``; return the accounting for ``metrics.json``."""
+        if self.explanation_rows:
+            write_explanations_csv(self.out_dir / "explanations.csv", self.explanation_rows)
+        calls = sum(info.get("mllm_calls", 0) for info in self.run_info.values())
+        return {"ants": self.run_info, "mllm_calls": calls}

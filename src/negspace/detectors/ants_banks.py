@@ -1,0 +1,188 @@
+"""How ANTS grows its banks with the MLLM: describing negatives (ENS, Eq. 7-8) and asking for
+visually similar labels (VSNL, Eq. 12-13), within a request budget, never raising on bad answers.
+
+A mixin of :class:`negspace.detectors.ants.ANTS` (kept apart to keep each file readable); it uses
+the detector's ``config``, ``state``, ``mllm``, ``text_encoder`` and ``class_names``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from negspace.detectors.ants_state import kcenter_greedy
+from negspace.detectors.base import as_unit_rows
+from negspace.mllm.prompts import describe_request, parse_class_list, parse_description, vsnl_request
+from negspace.mllm.protocol import GenerationParams
+
+log = logging.getLogger("negspace.detectors.ants")
+
+VSNL_TEMPLATE = "The nice {}."
+ENS_TEMPLATE = "{}"
+
+
+def _name_key(name: str) -> str:
+    """Comparison form of a class name: case-folded, ``_``/``-`` as spaces, no article, singular."""
+    key = re.sub(r"\s+", " ", name.casefold().replace("_", " ").replace("-", " ")).strip(" .,;:!?\"'")
+    key = re.sub(r"^(?:a|an|the) ", "", key)
+    if key.endswith("ies") and len(key) > 4:
+        return key[:-3] + "y"
+    if key.endswith(("ches", "shes", "sses", "xes")):
+        return key[:-2]
+    if key.endswith("s") and not key.endswith("ss") and len(key) > 3:
+        return key[:-1]
+    return key
+
+
+class BankBuilder:
+    """ENS and VSNL updates through the MLLM (mixin; see the module doc)."""
+
+    config: Any
+    state: Any
+    mllm: Any
+    text_encoder: Any
+    class_names: list[str]
+    mllm_calls_total: int
+
+    def _log_once(self, key: str, message: str) -> None:  # pragma: no cover - defined by ANTS
+        raise NotImplementedError
+
+    def _id_name_keys(self) -> frozenset[str]:
+        keys = getattr(self, "_id_keys_cache", None)
+        if keys is None:
+            keys = frozenset(_name_key(c) for c in self.class_names)
+            self._id_keys_cache = keys
+        return keys
+
+    def _select(self, features: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+        """Which negatives to describe: all, lowest ``S_nl`` first; or a k-center spread."""
+        order = np.argsort(scores, kind="stable")
+        if self.config.diversity == "kcenter":
+            return order[kcenter_greedy(features[order], k, first=0)]
+        return order
+
+    def _describe(self, features: np.ndarray, preds: np.ndarray, scores: np.ndarray,
+                  images: Sequence[Any], k: int) -> list[str]:
+        chosen = self._select(features, scores, k)
+        chosen = chosen[: self._budget_left()]
+        requests = [describe_request(images[i], self.class_names[preds[i]], self._params()) for i in chosen]
+        answers = self._generate(requests)
+        sentences = []
+        for i, answer in zip(chosen, answers):
+            if answer is None:
+                continue
+            text = parse_description(answer, self.class_names[preds[i]], self.config.description_words)
+            if text is None:
+                self._reject(answer)
+                continue
+            sentences.append(text)
+        return sentences
+
+    def _add_sentences(self, sentences: list[str]) -> None:
+        """Clean-dedupe (case-insensitive, against the bank too), encode without template, append."""
+        seen = {t.casefold() for t in self.state.ens_texts}
+        new: list[str] = []
+        for text in sentences:
+            key = text.casefold()
+            if key not in seen:
+                seen.add(key)
+                new.append(text)
+        if not new:
+            return
+        features = self._encode(new, ENS_TEMPLATE)
+        self.state.add_ens(new, features)
+
+    def _update_vsnl(self, classes: list[int]) -> None:
+        """VSNL update (Eq. 12): ask for the classes of ``Y'`` not yet answered; bank = ``Y'``'s labels."""
+        st = self.state
+        if st.budget_exhausted:
+            return
+        missing = [c for c in classes if c not in st.vsnl_answers][: self._budget_left()]
+        if missing:
+            answers = self._generate([vsnl_request(self.class_names[c], self._params()) for c in missing])
+            parsed: dict[int, list[str]] = {}
+            for c, answer in zip(missing, answers):
+                if answer is None:
+                    continue  # not cached: asked again at the next update if still in Y'
+                # The parser compares with each excluded name (slow for K = 1000), so it gets the
+                # asked class only; the other ID names are dropped with a normalised-name set.
+                names = parse_class_list(answer, [self.class_names[c]], k=4 * self.config.vsnl_per_class)
+                names = [n for n in names if _name_key(n) not in self._id_name_keys()]
+                names = names[: self.config.vsnl_per_class]
+                if not names:
+                    self._reject(answer)
+                parsed[c] = names
+            to_encode = sorted({n for names in parsed.values() for n in names})
+            encoded = dict(zip(to_encode, self._encode(to_encode, VSNL_TEMPLATE))) if to_encode else {}
+            for c, names in parsed.items():
+                st.vsnl_answers[c] = names
+                st.vsnl_answer_features[c] = (np.stack([encoded[n] for n in names]) if names
+                                              else np.zeros((0, st.dim), np.float32))
+        active = [c for c in classes if c in st.vsnl_answers]
+        texts: list[str] = []
+        rows: list[np.ndarray] = []
+        seen: set[str] = set()
+        for c in active:
+            for name, row in zip(st.vsnl_answers[c], st.vsnl_answer_features[c]):
+                if name.casefold() not in seen:
+                    seen.add(name.casefold())
+                    texts.append(name)
+                    rows.append(row)
+        st.vsnl_classes = active
+        st.vsnl_texts = texts
+        st.vsnl_features = np.stack(rows).astype(np.float32) if rows else None
+        st.vsnl_updates += 1
+        st.version += 1
+
+    # -- MLLM plumbing --------------------------------------------------------------------------
+
+    def _params(self) -> GenerationParams:
+        return GenerationParams(max_tokens=self.config.max_tokens, temperature=0.0, seed=self.config.seed)
+
+    def _budget_left(self) -> int:
+        return max(0, self.config.max_mllm_calls - self.state.mllm_requests)
+
+    def _generate(self, requests: list[Any]) -> list[str | None]:
+        """Send requests in batches of ``mllm_batch_size``; never raises; enforces the budget."""
+        if self.mllm is None:
+            self._log_once("no-mllm", "ANTS has no MLLM; its banks stay as they are")
+            return [None] * len(requests)
+        answers: list[str | None] = []
+        size = self.config.mllm_batch_size
+        for start in range(0, len(requests), size):
+            chunk = requests[start : start + size]
+            self.state.mllm_requests += len(chunk)
+            self.mllm_calls_total += len(chunk)
+            try:
+                got = list(self.mllm.generate(chunk))
+                if len(got) != len(chunk):
+                    raise ValueError(f"{len(got)} answers for {len(chunk)} requests")
+            except Exception as err:  # a broken backend must not end the run
+                log.warning("ANTS: MLLM generate failed (%s); continuing with the banks it has", err)
+                got = [None] * len(chunk)
+            failed = sum(a is None for a in got)
+            if failed:
+                self.state.failed_answers += failed
+                log.info("ANTS: %d of %d MLLM requests failed", failed, len(chunk))
+            answers.extend(got)
+        if self.state.mllm_requests >= self.config.max_mllm_calls and not self.state.budget_exhausted:
+            self.state.budget_exhausted = True
+            log.warning("ANTS: MLLM budget of %d requests reached; the negative banks are frozen",
+                        self.config.max_mllm_calls)
+        return answers
+
+    def _reject(self, answer: str) -> None:
+        self.state.rejected_answers += 1
+        if self.mllm is not None and hasattr(self.mllm, "stats"):
+            self.mllm.stats.rejected_answers += 1
+        log.debug("ANTS: unusable MLLM answer %r", answer[:200])
+
+    def _encode(self, texts: list[str], template: str) -> np.ndarray:
+        if self.text_encoder is None:
+            raise RuntimeError("ANTS needs a text encoder to grow its banks (pass text_encoder=...)")
+        rows = self.text_encoder.encode_texts(texts, template=template, progress=False)
+        return as_unit_rows(rows, "MLLM text features", self.state.dim)

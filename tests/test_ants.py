@@ -1,0 +1,423 @@
+"""ANTS in the synthetic world, with a scripted MLLM and a text encoder that knows the world."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from negspace.detectors.ants import ANTS
+from negspace.detectors.ants_state import (
+    ANTSState,
+    exact_paper_negatives,
+    histogram_add,
+    histogram_quantile,
+    histogram_threshold,
+    kcenter_greedy,
+    scaled_schedule,
+)
+from negspace.detectors.base import StreamBatch
+from negspace.detectors.neglabel import NegLabel
+from negspace.evaluate import stream_order
+from negspace.metrics import auroc
+from negspace.mllm.protocol import MLLM, ImagePart, MLLMStats, TextPart
+from negspace.testing import make_world
+
+# K = 20 here: delta = 0.25 keeps 5 similar classes (0.08 would keep 2 of the 4 near parents)
+SCHEDULE = {"min_candidates": 20, "vsnl_start": 1, "vsnl_every": 2, "groups": 10, "delta": 0.25}
+BATCH = 50
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world()
+
+
+@pytest.fixture(scope="module")
+def corpus(world):
+    return world.negatives(1000)
+
+
+class ScriptedMLLM:
+    """Deterministic answers from the image path / class name in the request (the MLLM protocol).
+
+    Descriptions: a far-OOD image ``far/<concept>_<i>.png`` is described by its concept's text;
+    ID and near-OOD images get an image-specific ordinary sentence. VSNL: the near concepts whose
+    parent is the asked class, else made-up names.
+    """
+
+    model_id = "scripted"
+
+    def __init__(self, world, behaviour: str = "good") -> None:
+        self.world = world
+        self.behaviour = behaviour
+        self.stats = MLLMStats()
+        self.received = 0
+        self.generate_calls = 0
+
+    def generate(self, requests):
+        self.generate_calls += 1
+        self.received += len(requests)
+        self.stats.calls += len(requests)
+        if self.behaviour == "raise":
+            raise RuntimeError("backend exploded")
+        answers = []
+        for request in requests:
+            parts = [p for m in request.messages for p in m.content]
+            image = next((p.image for p in parts if isinstance(p, ImagePart)), None)
+            text = " ".join(p.text for p in parts if isinstance(p, TextPart))
+            if self.behaviour == "none":
+                self.stats.failures += 1
+                answers.append(None)
+            elif self.behaviour == "garbage":
+                answers.append(["", "I'm sorry, I can't help with that.", "!!! ???", "1. 2. 3."][self.received % 4])
+            elif image is not None:
+                answers.append(self._describe(Path(image)))
+            else:
+                answers.append(self._similar(text))
+        return answers
+
+    def _describe(self, path: Path) -> str:
+        concept, index = (int(x) for x in path.stem.split("_"))
+        if path.parent.name == "far":
+            return f"{self.world.far_concepts[concept]}."
+        return f"An ordinary picture number {path.parent.name} {index}"
+
+    def _similar(self, prompt: str) -> str:
+        name = re.search(r"share visual features with (.+?), excluding", prompt).group(1)
+        cls = self.world.class_names.index(name)
+        near = [self.world.near_concepts[j] for j in np.flatnonzero(self.world.near_concept_parent == cls)]
+        # another ID class (plural, capitalised) first: VSNL must drop it
+        other = self.world.class_names[(cls + 1) % len(self.world.class_names)].capitalize() + "s"
+        names = [other] + (near or [f"gadget {cls} {k}" for k in "abcde"])
+        return "\n".join(f"{i}. {n}" for i, n in enumerate(names, start=1))
+
+
+class StubEncoder:
+    """Maps the world's texts to their vectors; any other text to a unit vector seeded by its hash."""
+
+    def __init__(self, world) -> None:
+        self.dim = world.dim
+        self.known = dict(zip(world.far_concepts, world.far_concept_features))
+        self.known.update(zip(world.near_concepts, world.near_concept_features))
+        self.known.update(zip(world.class_names, world.id_text_features))
+        self.calls = 0
+
+    def encode_texts(self, texts, template="{}", progress=True):
+        self.calls += 1
+        rows = []
+        for text in texts:
+            if text in self.known:
+                rows.append(self.known[text])
+                continue
+            seed = int(hashlib.sha256(template.format(text).encode()).hexdigest()[:12], 16)
+            v = np.random.default_rng(seed).standard_normal(self.dim)
+            rows.append(v / np.linalg.norm(v))
+        return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dim)
+
+
+def build(world, corpus, mllm=None, **kw):
+    labels, features = corpus
+    options = {**SCHEDULE, **kw}
+    return ANTS.from_features(world.id_text_features, features, StubEncoder(world),
+                              mllm if mllm is not None else ScriptedMLLM(world), world.class_names,
+                              neg_labels=labels, **options)
+
+
+def stream(world, kind: str, seed: int = 0, batch: int = BATCH):
+    """``(batches, n_id)``: ID images then OOD images of ``kind``, shuffled with ``seed``."""
+    ood = world.far_ood_features if kind == "far" else world.near_ood_features
+    concept = world.far_ood_concept if kind == "far" else world.near_ood_concept
+    features = np.concatenate([world.id_image_features, ood])
+    paths = [Path(f"id/{c}_{i}.png") for i, c in enumerate(world.id_image_labels)]
+    paths += [Path(f"{kind}/{c}_{i}.png") for i, c in enumerate(concept)]
+    order = stream_order(len(world.id_image_features), len(ood), seed)
+    batches = [StreamBatch(features[order[s : s + batch]], [paths[i] for i in order[s : s + batch]])
+               for s in range(0, len(order), batch)]
+    return batches, order
+
+
+def run(det, world, kind, seed=0, batch=BATCH):
+    batches, order = stream(world, kind, seed, batch)
+    scores = np.empty(len(order))
+    scores[order] = np.concatenate(det.score_stream(batches))
+    n_id = len(world.id_image_features)
+    return scores[:n_id], scores[n_id:]
+
+
+def neglabel_stream(world, corpus, kind, seed=0):
+    """NegLabel on the same batches (float32 matmuls depend slightly on the batch's rows)."""
+    det = NegLabel.from_features(world.id_text_features, corpus[1], groups=10)
+    batches, order = stream(world, kind, seed)
+    scores = np.empty(len(order))
+    scores[order] = np.concatenate([det.score_features(b.features) for b in batches])
+    n_id = len(world.id_image_features)
+    return scores[:n_id], scores[n_id:]
+
+
+def neglabel_auroc(world, corpus, kind):
+    det = NegLabel.from_features(world.id_text_features, corpus[1], groups=10)
+    ood = world.far_ood_features if kind == "far" else world.near_ood_features
+    return auroc(det.score_features(world.id_image_features), det.score_features(ood))
+
+
+# -- the method works ------------------------------------------------------------------------------
+
+
+def test_ens_improves_far_ood_over_neglabel(world, corpus):
+    base = neglabel_auroc(world, corpus, "far")
+    for mode in ("ens", "ada"):
+        det = build(world, corpus, mode=mode)
+        id_s, ood_s = run(det, world, "far")
+        assert det.state.ens_count > 0
+        assert set(world.far_concepts) <= {t.rstrip(".") for t in det.state.ens_texts}
+        assert auroc(id_s, ood_s) > base + 0.01, (mode, auroc(id_s, ood_s), base)
+
+
+def test_vsnl_improves_near_ood_over_neglabel(world, corpus):
+    base = neglabel_auroc(world, corpus, "near")
+    det = build(world, corpus, mode="vsnl")
+    id_s, ood_s = run(det, world, "near")
+    assert set(world.near_concepts) <= set(det.state.vsnl_texts)
+    assert not {t.casefold().rstrip("s") for t in det.state.vsnl_texts} & set(world.class_names)
+    assert auroc(id_s, ood_s) > base + 0.01, (auroc(id_s, ood_s), base)
+
+
+def test_lam_rises_on_far_and_falls_on_near(world, corpus):
+    far = build(world, corpus)
+    run(far, world, "far")
+    near = build(world, corpus)
+    run(near, world, "near")
+    assert far.lam > 0.5 > near.lam, (far.lam, near.lam)
+    assert 0.0 <= near.lam <= far.lam <= 1.0
+
+
+def test_two_pass_lam_and_quality(world, corpus):
+    far = build(world, corpus, two_pass=True)
+    id_s, ood_s = run(far, world, "far")
+    near = build(world, corpus, two_pass=True)
+    run(near, world, "near")
+    assert far.lam > 0.5 > near.lam
+    assert auroc(id_s, ood_s) > neglabel_auroc(world, corpus, "far") + 0.01
+
+
+def test_no_negatives_gives_neglabel_scores(world, corpus):
+    mllm = ScriptedMLLM(world)
+    det = build(world, corpus, mllm=mllm, gamma0=1e-12)
+    id_s, ood_s = run(det, world, "far")
+    ref_id, ref_ood = neglabel_stream(world, corpus, "far")
+    np.testing.assert_array_equal(id_s, ref_id)
+    np.testing.assert_array_equal(ood_s, ref_ood)
+    assert det.lam == 0.5 and mllm.received == 0
+    assert det.state.n_negatives == 0
+
+
+def test_fixed_lam_and_neglabel_mode(world, corpus):
+    det = build(world, corpus, lam=1.0)
+    run(det, world, "far")
+    assert det.lam == 1.0
+    nl = build(world, corpus, mode="neglabel")
+    id_s, _ = run(nl, world, "far")
+    np.testing.assert_array_equal(id_s, neglabel_stream(world, corpus, "far")[0])
+    assert nl.mllm_calls == 0
+
+
+# -- determinism and order ---------------------------------------------------------------------------
+
+
+def test_two_pass_identical_under_any_permutation(world, corpus):
+    results = []
+    for seed, batch in ((0, 50), (1, 50), (2, 37), (3, 256)):
+        det = build(world, corpus, two_pass=True, diversity="kcenter", diversity_size=7)
+        results.append(np.concatenate(run(det, world, "far", seed=seed, batch=batch)))
+        texts = det.state.ens_texts
+        if seed == 0:
+            first_texts = texts
+        assert texts == first_texts
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
+
+
+def test_online_identical_for_same_seed(world, corpus):
+    a = np.concatenate(run(build(world, corpus), world, "far", seed=5))
+    b = np.concatenate(run(build(world, corpus), world, "far", seed=5))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_reset_restores_initial_state(world, corpus):
+    det = build(world, corpus)
+    first = np.concatenate(run(det, world, "near"))
+    det.reset()
+    assert det.state.ens_count == 0 and det.state.n_negatives == 0
+    np.testing.assert_array_equal(first, np.concatenate(run(det, world, "near")))
+
+
+# -- MLLM budget and failures ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_mllm_budget_never_exceeded(world, corpus, two_pass, caplog):
+    mllm = ScriptedMLLM(world)
+    det = build(world, corpus, mllm=mllm, max_mllm_calls=7, mllm_batch_size=3, two_pass=two_pass)
+    with caplog.at_level(logging.WARNING, logger="negspace.detectors.ants"):
+        id_s, ood_s = run(det, world, "far")
+    assert mllm.received <= 7 and det.mllm_calls == mllm.received
+    assert det.state.budget_exhausted
+    assert sum("budget" in r.message for r in caplog.records) == 1
+    assert np.all(np.isfinite(id_s)) and np.all(np.isfinite(ood_s))
+    assert mllm.generate_calls >= 3  # batched in threes
+
+
+def test_requests_are_batched(world, corpus):
+    mllm = ScriptedMLLM(world)
+    det = build(world, corpus, mllm=mllm, mllm_batch_size=64)
+    run(det, world, "far")
+    assert mllm.received > mllm.generate_calls  # several requests per generate call
+    assert det.run_info()["mllm_calls"] == mllm.received
+
+
+@pytest.mark.parametrize("behaviour", ["none", "garbage", "raise"])
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_failing_mllm_leaves_ants_working(world, corpus, behaviour, two_pass):
+    mllm = ScriptedMLLM(world, behaviour)
+    det = build(world, corpus, mllm=mllm, two_pass=two_pass)
+    id_s, ood_s = run(det, world, "far")
+    assert np.all(np.isfinite(id_s)) and np.all(np.isfinite(ood_s))
+    assert det.state.ens_count == 0 and len(det.state.vsnl_texts) == 0
+    assert 0.0 <= det.lam <= 1.0
+    if behaviour == "garbage":
+        assert det.state.rejected_answers > 0 and mllm.stats.rejected_answers == det.state.rejected_answers
+    else:
+        assert det.state.failed_answers > 0
+
+
+def test_no_mllm_and_no_images_do_not_crash(world, corpus):
+    det = ANTS.from_features(world.id_text_features, corpus[1], StubEncoder(world), None, world.class_names,
+                             **SCHEDULE)
+    run(det, world, "far")
+    det2 = build(world, corpus)
+    for s in range(0, 300, 50):
+        det2.score_features(world.far_ood_features[s : s + 50])  # no images
+    assert det2.state.ens_count == 0
+
+
+# -- bounded state, diversity ------------------------------------------------------------------------------
+
+
+def test_state_is_bounded(world, corpus):
+    det = build(world, corpus, ens_size=3, mode="ens")
+    batches, _ = stream(world, "far")
+    for batch in batches:
+        det.score_features(batch.features, images=batch.images)
+        assert det.state.ens_count <= 3
+        assert det.state.pending_count < det.config.min_candidates + BATCH
+        assert len(det.state.vsnl_answers) <= len(world.class_names)
+    assert len(det.state.ens_features) == 3
+    assert det.state.score_hist.shape == (det.config.histogram_bins,)
+
+
+def test_ens_keeps_newest():
+    st = ANTSState(dim=2, n_classes=1, histogram_bins=10, threshold=0.5, ens_capacity=3)
+    eye = np.eye(2, dtype=np.float32)
+    for i in range(5):
+        st.add_ens([f"s{i}"], eye[i % 2][None])
+    assert st.ens_texts == ["s2", "s3", "s4"]
+    st.add_ens(["a", "b", "c", "d"], np.repeat(eye[:1], 4, 0))
+    assert st.ens_texts == ["b", "c", "d"]
+
+
+def test_diversity_selection_makes_fewer_calls(world, corpus):
+    full, spread = ScriptedMLLM(world), ScriptedMLLM(world)
+    a = build(world, corpus, mllm=full, mode="ens")
+    b = build(world, corpus, mllm=spread, mode="ens", diversity="kcenter", diversity_size=5)
+    _, ood_a = run(a, world, "far")
+    id_b, ood_b = run(b, world, "far")
+    assert spread.received < full.received / 2
+    assert set(world.far_concepts) <= {t.rstrip(".") for t in b.state.ens_texts}
+    assert auroc(id_b, ood_b) > neglabel_auroc(world, corpus, "far")
+
+
+def test_histogram_threshold_and_history_rule_run(world, corpus):
+    det = build(world, corpus, threshold="histogram", similar_classes="history_top40")
+    id_s, ood_s = run(det, world, "far")
+    assert det.state.threshold != 0.8 and det.state.ens_count > 0
+    assert np.all(np.isfinite(id_s))
+
+
+# -- persistence and explanations ------------------------------------------------------------------------------
+
+
+def test_save_load_gives_identical_scores(world, corpus, tmp_path):
+    det = build(world, corpus)
+    batches, _ = stream(world, "far")
+    for batch in batches[:12]:
+        det.score_features(batch.features, images=batch.images)
+    det.save(tmp_path / "space")
+    # a loaded space with the same MLLM continues exactly like the original ...
+    cont = ANTS.load(tmp_path / "space", text_encoder=StubEncoder(world), mllm=ScriptedMLLM(world))
+    for batch in batches[12:]:
+        np.testing.assert_array_equal(det.score_features(batch.features, images=batch.images),
+                                      cont.score_features(batch.features, images=batch.images))
+    # ... and a frozen one (no MLLM, no encoder) scores another stream like the frozen original
+    det.freeze()
+    det.save(tmp_path / "final")
+    loaded = ANTS.load(tmp_path / "final")
+    assert loaded.frozen and loaded.state.ens_texts == det.state.ens_texts
+    near, _ = stream(world, "near")
+    for batch in near:
+        np.testing.assert_array_equal(det.score_features(batch.features), loaded.score_features(batch.features))
+    assert (loaded.space_mllm_calls, loaded.mllm_calls) == (det.mllm_calls, 0)  # history vs this run
+
+
+def test_explain_names_the_planted_far_concept(world, corpus):
+    det = build(world, corpus, two_pass=True)
+    run(det, world, "far")
+    explanations = det.explain(world.far_ood_features, top=3)
+    assert all(len(e) == 3 for e in explanations)
+    hits = [e[0][0].rstrip(".") == world.far_concepts[c] and e[0][1] == "ens"
+            for e, c in zip(explanations, world.far_ood_concept)]
+    assert np.mean(hits) > 0.9
+    ids = [f"far/{i}" for i in range(len(world.far_ood_features))]
+    rows = det.explanation_rows(world.far_ood_features, ids, n_images=4, top=2)
+    assert len(rows) == 8 and {r["source"] for r in rows} <= {"ens", "vsnl", "corpus"}
+
+
+def test_short_stream_warns(world, corpus, caplog):
+    det = build(world, corpus, min_candidates=200, vsnl_start=10, vsnl_every=40)
+    batches, _ = stream(world, "far", batch=256)
+    with caplog.at_level(logging.WARNING, logger="negspace.detectors.ants"):
+        det.score_stream(batches[:3])
+    assert any("two-pass" in r.message for r in caplog.records)
+
+
+# -- the pure rules ----------------------------------------------------------------------------------------
+
+
+def test_threshold_rules():
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.uniform(0.0, 0.3, 500), rng.uniform(0.95, 1.0, 1500)])
+    hist = np.zeros(1000, dtype=np.int64)
+    histogram_add(hist, scores)
+    cand = scores[scores < 0.9]
+    assert abs(histogram_quantile(hist, 0.5, upper=0.9) - np.quantile(cand, 0.5)) < 0.002
+    mask, gamma = exact_paper_negatives(scores, 0.9, 0.5)
+    assert mask.sum() == 250 and gamma == np.sort(cand)[249]
+    assert histogram_threshold(hist, 0.5) < 0.3
+    assert exact_paper_negatives(np.ones(5), 0.9, 0.5)[1] is None
+
+
+def test_kcenter_spreads():
+    pts = np.asarray([[1, 0], [0.99, 0.141], [0, 1], [-1, 0]], dtype=np.float32)
+    pts /= np.linalg.norm(pts, axis=1, keepdims=True)
+    assert sorted(kcenter_greedy(pts, 3, first=0).tolist()) == [0, 2, 3]
+
+
+def test_scaled_schedule_and_protocol(world):
+    assert scaled_schedule(60_000, 256) == {"min_candidates": 200, "vsnl_start": 10, "vsnl_every": 40}
+    small = scaled_schedule(1_000, 50)
+    assert small["min_candidates"] < 200 and small["vsnl_every"] < 40
+    assert isinstance(ScriptedMLLM(world), MLLM)
