@@ -30,6 +30,7 @@ from negspace.errors import NegspaceError
 
 __all__ = [
     "FeatureStore",
+    "open_shared_sqlite",
     "default_cache_dir",
     "file_sha256",
     "make_key",
@@ -74,6 +75,42 @@ def make_key(**parts: Any) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def open_shared_sqlite(path: Path, schema: Iterable[str], what: str) -> sqlite3.Connection:
+    """Open a SQLite file that threads and processes share, creating ``schema`` if needed.
+
+    WAL journal (readers never block writers), a busy timeout (writers wait for each other),
+    ``synchronous=NORMAL`` (never corrupt in WAL mode; a power cut may lose only the last
+    commits, which a re-run recomputes). Transactions are opened by the caller (BEGIN IMMEDIATE),
+    so a writer takes the write lock up front instead of failing on a read-to-write upgrade.
+    ``what`` names the cache in the one-sentence errors.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in schema:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.DatabaseError as exc:
+        raise NegspaceError(
+            f"The {what} {path} cannot be opened ({exc}); delete it or choose another folder "
+            "with --cache-dir or NEGSPACE_CACHE_DIR."
+        ) from exc
+    except OSError as exc:
+        raise NegspaceError(
+            f"The {what} folder {path.parent} cannot be created ({exc.strerror}); choose another "
+            "with --cache-dir or NEGSPACE_CACHE_DIR."
+        ) from exc
+    return conn
+
+
 class FeatureStore:
     """A SQLite-backed map from string keys to 1-D float32 vectors.
 
@@ -104,43 +141,16 @@ class FeatureStore:
         # A connection must not cross a fork: reopen in the child.
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE) so that a
-            # writer takes the write lock up front and waits on the busy timeout instead of
-            # failing on a read->write lock upgrade.
-            conn = sqlite3.connect(
-                self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            # In WAL mode NORMAL never corrupts the database; a power cut may only lose the last
-            # commits, which a re-run recomputes.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS features "
-                    "(key TEXT PRIMARY KEY, dim INTEGER NOT NULL, data BLOB NOT NULL)"
-                )
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-                )
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except sqlite3.DatabaseError as exc:
-            raise NegspaceError(
-                f"The feature cache {self.path} cannot be opened ({exc}); delete it or choose "
-                "another folder with --cache-dir or NEGSPACE_CACHE_DIR."
-            ) from exc
-        except OSError as exc:
-            raise NegspaceError(
-                f"The feature cache folder {self.path.parent} cannot be created ({exc.strerror}); "
-                "choose another with --cache-dir or NEGSPACE_CACHE_DIR."
-            ) from exc
+        conn = open_shared_sqlite(
+            self.path,
+            [
+                "CREATE TABLE IF NOT EXISTS features "
+                "(key TEXT PRIMARY KEY, dim INTEGER NOT NULL, data BLOB NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                f"PRAGMA user_version = {_SCHEMA_VERSION}",
+            ],
+            what="feature cache",
+        )
         self._conn, self._pid = conn, os.getpid()
         return conn
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from PIL.Image import Image
 
-from negspace.cache import FEATURES_DB, default_cache_dir, file_sha256
+from negspace.cache import FEATURES_DB, default_cache_dir, file_sha256, open_shared_sqlite
 from negspace.errors import NegspaceError
 from negspace.mllm.protocol import MLLM, ChatRequest, ImagePart, MLLMStats
 
@@ -94,36 +94,17 @@ class ResponseStore:
             self._connect()
 
     def _connect(self) -> sqlite3.Connection:
+        # A connection must not cross a fork: reopen in the child.
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
-                    "answer TEXT NOT NULL, created REAL NOT NULL)"
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except sqlite3.DatabaseError as exc:
-            raise NegspaceError(
-                f"The MLLM response cache {self.path} cannot be opened ({exc}); delete it or choose "
-                "another folder with --cache-dir or NEGSPACE_CACHE_DIR."
-            ) from exc
-        except OSError as exc:
-            raise NegspaceError(
-                f"The MLLM cache folder {self.path.parent} cannot be created ({exc.strerror}); "
-                "choose another with --cache-dir or NEGSPACE_CACHE_DIR."
-            ) from exc
+        conn = open_shared_sqlite(
+            self.path,
+            [
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
+                "answer TEXT NOT NULL, created REAL NOT NULL)"
+            ],
+            what="MLLM response cache",
+        )
         self._conn, self._pid = conn, os.getpid()
         return conn
 
