@@ -212,7 +212,7 @@ def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path,
     out = _run_eval(tmp_path, image_sets, tiny_openclip, "ants", *options)
     metrics = _check_outputs_stream(out, n_id=7, n_ood=6)
     info = metrics["ants"]["noise"]
-    assert metrics["mllm_calls"] == info["mllm_calls"] == len(chat_requests) > 0
+    assert metrics["mllm_calls"] == metrics["mllm_requests"] == info["mllm_calls"] == len(chat_requests) > 0
     assert info["ens_size"] >= 1 and "a field of colourful static noise" in (out / "negative_space" / "noise" / "ens_texts.json").read_text().lower()
     with (out / "explanations.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -223,11 +223,21 @@ def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path,
     again = _run_eval(tmp_path / "again", image_sets, tiny_openclip, "ants", *options)
     assert len(chat_requests) == sent
     assert (again / "scores.csv").read_text() == (out / "scores.csv").read_text()
+    cached = json.loads((again / "metrics.json").read_text())
+    assert (cached["mllm_calls"], cached["mllm_requests"]) == (0, sent)
+    assert cached["mllm_stats"]["cache_hits"] == sent
 
     # The saved space scores without any MLLM.
-    reused = _run_eval(tmp_path / "reused", image_sets, tiny_openclip, "ants", "--negative-space", str(out / "negative_space" / "noise"))
-    assert json.loads((reused / "metrics.json").read_text())["mllm_calls"] == 0
+    space = str(out / "negative_space" / "noise")
+    reused = _run_eval(tmp_path / "reused", image_sets, tiny_openclip, "ants", "--negative-space", space)
+    reused_metrics = json.loads((reused / "metrics.json").read_text())
+    assert reused_metrics["mllm_requests"] == 0 and reused_metrics["params"]["mode"] == "ada"
     assert len(chat_requests) == sent
+    # Score-time options apply to a loaded space; learning options are reported as ignored.
+    ablation = _run_eval(tmp_path / "ablation", image_sets, tiny_openclip, "ants", "--negative-space", space,
+                         "--ants-score", "ens", "--ants-lam", "0.3", "--groups", "10")
+    params = json.loads((ablation / "metrics.json").read_text())["params"]
+    assert (params["mode"], params["lam"], params["groups"]) == ("ens", 0.3, 100)
 
 
 def test_eval_ants_without_an_mllm_is_one_clear_error(tmp_path, image_sets, tiny_openclip, capsys):
@@ -235,3 +245,21 @@ def test_eval_ants_without_an_mllm_is_one_clear_error(tmp_path, image_sets, tiny
                  "--ood", f"noise={image_sets['ood']}", "--out", str(tmp_path / "o"), *_model_args(tiny_openclip)])
     assert code == 2
     assert "--mllm" in capsys.readouterr().err
+
+
+def test_ants_on_feature_files_warns_and_keeps_working(tmp_path, image_sets, tiny_openclip, mllm_server, capsys):
+    server, chat_requests = mllm_server
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "id.npy", rng.standard_normal((30, 32)).astype(np.float32))
+    np.save(tmp_path / "ood.npy", rng.standard_normal((20, 32)).astype(np.float32))
+    out = tmp_path / "npy-ants"
+    code = main(
+        ["eval", "--method", "ants", "--classes", str(image_sets["classes"]), "--id", str(tmp_path / "id.npy"),
+         "--ood", f"far={tmp_path / 'ood.npy'}", "--out", str(out), "--num-negatives", "500",
+         "--ants-schedule", "scaled", "--mllm", f"openai:{server.url_for('/v1')}/tiny-vlm", *_model_args(tiny_openclip)]
+    )
+    assert code == 0
+    assert "only the VSNL bank" in capsys.readouterr().err
+    # No image was ever sent: every request that reached the server is a text-only VSNL prompt.
+    assert all(isinstance(r["messages"][-1]["content"], str) or
+               all(p["type"] == "text" for p in r["messages"][-1]["content"]) for r in chat_requests)

@@ -38,7 +38,7 @@ from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
 from negspace.detectors.tanl import TANL
 from negspace.encoders import PREPROCESS_CHOICES, ClipEncoder, load_encoder
 from negspace.errors import NegspaceError
-from negspace.evaluate import encode_set, evaluate_detector, evaluate_stream, open_set
+from negspace.evaluate import FeatureFile, encode_set, evaluate_detector, evaluate_stream, open_set
 from negspace.report import format_table, write_report
 from negspace.scoring import DEFAULT_TAU
 
@@ -207,6 +207,7 @@ def build_tanl(ctx: BuildContext) -> Detector:
         encoder,
         class_names,
         corpus=args.tanl_corpus,
+        noise_seed=args.seed,
         progress=not args.quiet,
         tau=args.tau,
         queue_length=args.tanl_queue_length,
@@ -276,6 +277,10 @@ def run_eval(args: argparse.Namespace) -> int:
     recorder = cli_ants.StreamRecorder(out_dir, args.explanations) if isinstance(detector, ANTS) else None
     if isinstance(detector, OnlineDetector):
         needs_images = isinstance(detector, ANTS) and not detector.frozen
+        if needs_images and any(isinstance(s, FeatureFile) for s in [id_source, *ood_sources]):
+            log.warning("ANTS describes images with the MLLM: with .npy features there are none to send, "
+                        "so only the VSNL bank (text prompts) can grow")
+            needs_images = False
         evaluation = evaluate_stream(
             detector, id_set, ood_sets, args.batch_size, args.seed, pass_images=needs_images, after_stream=recorder
         )
@@ -293,7 +298,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "batch_size": args.batch_size,
         **evaluation.info,
-        **(recorder.write() if recorder is not None else {}),
+        **(recorder.write(getattr(detector, "mllm", None)) if recorder is not None else {}),
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_report(evaluation, out_dir)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,8 @@ def add_ants_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("ANTS (adaptive negative textual space)")
     group.add_argument("--ants-mode", choices=("online", "two-pass"), default="online",
                        help="online = the paper; two-pass = banks from the whole set, order-independent (default: %(default)s)")
-    group.add_argument("--ants-score", choices=("ada", "ens", "vsnl", "neglabel"), default="ada", help="score (default: %(default)s)")
+    group.add_argument("--ants-score", choices=("ada", "ens", "vsnl", "neglabel"),
+                       help="score (default: ada; with --negative-space: as saved)")
     group.add_argument("--ants-lam", type=float, help="fixed weight of ENS vs VSNL (ablation); default adaptive")
     group.add_argument("--ants-threshold", choices=("paper", "histogram"), default="paper", help="negative-image threshold rule")
     group.add_argument("--ants-similar-classes", choices=("frequency", "history_top40"), default="frequency",
@@ -72,15 +73,36 @@ def load_mllm_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+# Options that shape how a space is learned: a loaded space keeps its own and says so.
+_LEARNING_OPTIONS = {
+    "ants_mode": "online", "ants_threshold": "paper", "ants_similar_classes": "frequency",
+    "ants_schedule": "default", "ants_diversity": "none", "tau": 0.01, "groups": 100,
+}
+
+
 def _load_space(args: argparse.Namespace, encoder: Any, class_names: Sequence[str]) -> ANTS:
+    """A saved space: frozen, or learning further when ``--mllm`` is given.
+
+    ``--ants-score`` and ``--ants-lam`` apply to it; options that shaped the learning are the
+    saved ones (a warning names any that was given and is ignored).
+    """
+    mllm = load_mllm_from_args(args) if args.mllm is not None else None
     try:
-        detector = ANTS.load(args.negative_space, text_encoder=encoder)
+        detector = ANTS.load(args.negative_space, text_encoder=encoder, mllm=mllm)
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise NegspaceError(f"Cannot load the negative space {args.negative_space}: {err}.") from None
     if list(detector.class_names) != list(class_names):
         raise NegspaceError(f"The negative space {args.negative_space} was learned for other classes than --classes {args.classes}.")
     if detector.id_text_features.shape[1] != encoder.dim:
         raise NegspaceError(f"The negative space {args.negative_space} has dimension {detector.id_text_features.shape[1]}, the model {encoder.dim}.")
+    ignored = [f"--{name.replace('_', '-')}" for name, default in _LEARNING_OPTIONS.items() if getattr(args, name) != default]
+    if ignored:
+        log.warning("%s ignored: the negative space %s keeps the settings it was learned with", ", ".join(ignored), args.negative_space)
+    overrides = {"mode": args.ants_score} if args.ants_score is not None else {}
+    if args.ants_lam is not None:
+        overrides["lam"] = args.ants_lam
+    if overrides:
+        detector.config = replace(detector.config, **overrides)
     detector.encoder = encoder
     return detector
 
@@ -89,7 +111,8 @@ def build_ants(args: argparse.Namespace, encoder: Any, class_names: Sequence[str
     """ANTS from the command line: a saved space (frozen), or a fresh one with an MLLM."""
     if args.negative_space is not None:
         return _load_space(args, encoder, class_names)
-    if args.mllm is None and args.ants_score != "neglabel":
+    score = args.ants_score or "ada"
+    if args.mllm is None and score != "neglabel":
         raise NegspaceError("ANTS needs a multimodal LLM: pass --mllm SPEC (see 'Using an MLLM' in the README) or --negative-space DIR.")
     mllm = load_mllm_from_args(args) if args.mllm is not None else None
     schedule = scaled_schedule(n_stream, args.batch_size) if args.ants_schedule == "scaled" else {}
@@ -102,7 +125,7 @@ def build_ants(args: argparse.Namespace, encoder: Any, class_names: Sequence[str
         groups=args.groups,
         seed=args.seed,
         two_pass=args.ants_mode == "two-pass",
-        mode=args.ants_score,
+        mode=score,
         lam=args.ants_lam,
         threshold=args.ants_threshold,
         similar_classes=args.ants_similar_classes,
@@ -134,9 +157,19 @@ class StreamRecorder:
         rows = detector.explanation_rows(stream.features, stream.sample_ids, scores=scores, n_images=self.n_explained)
         self.explanation_rows += [{"ood_set": ood_name, **row} for row in rows]
 
-    def write(self) -> dict[str, Any]:
-        """Write ``explanations.csv``; return the accounting for ``metrics.json``."""
+    def write(self, mllm: Any = None) -> dict[str, Any]:
+        """Write ``explanations.csv``; return the accounting for ``metrics.json``.
+
+        ``mllm_requests`` counts what ANTS asked for (every stream, cached answers included);
+        ``mllm_calls`` what reached the model (cache hits excluded), from the backend's stats.
+        """
         if self.explanation_rows:
             write_explanations_csv(self.out_dir / "explanations.csv", self.explanation_rows)
-        calls = sum(info.get("mllm_calls", 0) for info in self.run_info.values())
-        return {"ants": self.run_info, "mllm_calls": calls}
+        requests = sum(info.get("mllm_calls", 0) for info in self.run_info.values())
+        stats = mllm.stats.as_dict() if mllm is not None and hasattr(mllm, "stats") else None
+        return {
+            "ants": self.run_info,
+            "mllm_requests": requests,
+            "mllm_calls": stats["calls"] if stats else 0,
+            "mllm_stats": stats,
+        }
