@@ -263,3 +263,31 @@ def test_ants_on_feature_files_warns_and_keeps_working(tmp_path, image_sets, tin
     # No image was ever sent: every request that reached the server is a text-only VSNL prompt.
     assert all(isinstance(r["messages"][-1]["content"], str) or
                all(p["type"] == "text" for p in r["messages"][-1]["content"]) for r in chat_requests)
+
+
+def test_bad_feature_file_and_unwritable_out_fail_early_with_one_sentence(tmp_path, image_sets):
+    bad = np.ones((5, 8), dtype=np.float32)
+    bad[3] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    result = _cli("eval", "--method", "mcm", "--classes", "imagenet", "--id", str(tmp_path / "bad.npy"),
+                  "--ood", f"noise={image_sets['ood']}", "--model", "openclip:NoSuchArch/none")
+    assert result.returncode == 2 and "row 3" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "taken").write_text("a file, not a folder")
+    result = _cli("eval", "--method", "mcm", "--classes", "imagenet", "--id", str(image_sets["id"]),
+                  "--ood", f"noise={image_sets['ood']}", "--out", str(tmp_path / "taken" / "run"),
+                  "--model", "openclip:NoSuchArch/none")
+    assert result.returncode == 2 and "results folder" in result.stderr and "NoSuchArch" not in result.stderr
+
+
+def test_mllm_server_down_fails_before_the_model_loads(tmp_path, image_sets):
+    import socket
+
+    with socket.socket() as sock:  # a port with nobody listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = _cli("eval", "--method", "ants", "--classes", "imagenet", "--id", str(image_sets["id"]),
+                  "--ood", f"noise={image_sets['ood']}", "--out", str(tmp_path / "o"),
+                  "--mllm", f"openai:http://127.0.0.1:{port}/v1/some-vlm", "--model", "openclip:NoSuchArch/none")
+    assert result.returncode == 2, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "NoSuchArch" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -143,7 +143,10 @@ def test_cache_stats_and_clear(tmp_path):
     assert clear_cache(tmp_path, "mllm") == {"mllm": 3}
     st = cache_stats(tmp_path)
     assert st["mllm"]["entries"] == 0 and st["features"]["entries"] == 2
-    assert clear_cache(tmp_path, "all") == {"features": 2, "mllm": 0}
+    (tmp_path / "mined").mkdir()
+    (tmp_path / "mined" / "labels.json").write_text("{}", encoding="utf-8")
+    assert clear_cache(tmp_path, "all") == {"features": 2, "mllm": 0, "mined label lists": 1}
+    assert not (tmp_path / "mined" / "labels.json").exists()
     assert cache_stats(tmp_path)["features"]["entries"] == 0
     assert store.get_many(["k1"]) == {}  # the open store still works
     store.put_many({"k3": np.ones(2)})
@@ -222,3 +225,9 @@ def test_cache_across_two_processes_and_a_restart(server, tmp_path):
     assert len(server.log) == first_run
     assert rc["stats"]["calls"] == 0 and rc["stats"]["cache_hits"] == 31
     assert rc["answers"][:20] == ra["answers"][:20] and rc["answers"][-1] == ra["answers"][-1]
+
+
+def test_clearing_a_damaged_cache_is_one_clear_error(tmp_path):
+    (tmp_path / "mllm.sqlite3").write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(NegspaceError, match="damaged"):
+        clear_cache(tmp_path, "mllm")

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -177,6 +178,7 @@ class BuildContext:
     encoder: ClipEncoder
     class_names: Sequence[str]
     stream_size: int
+    mllm: Any = None
 
 
 def _checked_negatives(ctx: BuildContext) -> MinedNegatives:
@@ -198,7 +200,7 @@ def build_neglabel(ctx: BuildContext) -> Detector:
 
 def build_ants(ctx: BuildContext) -> Detector:
     mined = _checked_negatives(ctx) if ctx.args.negative_space is None else None
-    return cli_ants.build_ants(ctx.args, ctx.encoder, ctx.class_names, mined, ctx.stream_size)
+    return cli_ants.build_ants(ctx.args, ctx.encoder, ctx.class_names, mined, ctx.stream_size, ctx.mllm)
 
 
 def build_tanl(ctx: BuildContext) -> Detector:
@@ -262,18 +264,25 @@ def run_eval(args: argparse.Namespace) -> int:
     names = [s.name for s in ood_sources]
     if len(set(names)) != len(names) or "average" in names:
         raise NegspaceError(f"OOD set names must be unique and not 'average': {names}.")
+    out_dir = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:  # before any work: a results folder that cannot be written must not cost a run
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NegspaceError(f"Cannot create the results folder {out_dir} ({err.strerror}).") from None
+    # The MLLM is checked before the model loads and the corpus is mined: a server that is down
+    # fails in a second.
+    mllm = cli_ants.load_mllm_from_args(args) if args.method == "ants" and args.mllm else None
 
     started = time.perf_counter()
     encoder = _encoder(args)
     stream_size = len(id_source) + max(len(s) for s in ood_sources)
     try:
-        detector = METHODS[args.method](BuildContext(args, encoder, classes.names, stream_size))
+        detector = METHODS[args.method](BuildContext(args, encoder, classes.names, stream_size, mllm))
     except ValueError as err:  # parameter combinations only the detector can judge
         raise NegspaceError(f"Invalid {args.method} setting: {err}.") from None
     progress = not args.quiet
     id_set = encode_set(id_source, encoder, args.batch_size, progress)
     ood_sets = [encode_set(s, encoder, args.batch_size, progress) for s in ood_sources]
-    out_dir = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     recorder = cli_ants.StreamRecorder(out_dir, args.explanations) if isinstance(detector, ANTS) else None
     if isinstance(detector, OnlineDetector):
         needs_images = isinstance(detector, ANTS) and not detector.frozen

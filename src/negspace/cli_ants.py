@@ -80,13 +80,12 @@ _LEARNING_OPTIONS = {
 }
 
 
-def _load_space(args: argparse.Namespace, encoder: Any, class_names: Sequence[str]) -> ANTS:
+def _load_space(args: argparse.Namespace, encoder: Any, class_names: Sequence[str], mllm: Any) -> ANTS:
     """A saved space: frozen, or learning further when ``--mllm`` is given.
 
     ``--ants-score`` and ``--ants-lam`` apply to it; options that shaped the learning are the
     saved ones (a warning names any that was given and is ignored).
     """
-    mllm = load_mllm_from_args(args) if args.mllm is not None else None
     try:
         detector = ANTS.load(args.negative_space, text_encoder=encoder, mllm=mllm)
     except (FileNotFoundError, ValueError, KeyError) as err:
@@ -107,14 +106,15 @@ def _load_space(args: argparse.Namespace, encoder: Any, class_names: Sequence[st
     return detector
 
 
-def build_ants(args: argparse.Namespace, encoder: Any, class_names: Sequence[str], mined: Any, n_stream: int) -> ANTS:
-    """ANTS from the command line: a saved space (frozen), or a fresh one with an MLLM."""
+def build_ants(args: argparse.Namespace, encoder: Any, class_names: Sequence[str], mined: Any, n_stream: int,
+               mllm: Any = None) -> ANTS:
+    """ANTS from the command line: a saved space (frozen, or learning on with ``mllm``), or a
+    fresh one that learns with ``mllm`` (loaded and checked by the caller from ``--mllm``)."""
     if args.negative_space is not None:
-        return _load_space(args, encoder, class_names)
+        return _load_space(args, encoder, class_names, mllm)
     score = args.ants_score or "ada"
     if args.mllm is None and score != "neglabel":
         raise NegspaceError("ANTS needs a multimodal LLM: pass --mllm SPEC (see 'Using an MLLM' in the README) or --negative-space DIR.")
-    mllm = load_mllm_from_args(args) if args.mllm is not None else None
     schedule = scaled_schedule(n_stream, args.batch_size) if args.ants_schedule == "scaled" else {}
     return ANTS.from_encoder(
         encoder,

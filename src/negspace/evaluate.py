@@ -58,6 +58,17 @@ def _check_feature_file(path: Path, name: str) -> FeatureFile:
         raise DatasetError(f"Feature file {path} for set {name!r} is not a readable .npy array ({err}).") from None
     if array.ndim != 2 or array.shape[0] == 0:
         raise DatasetError(f"Feature file {path} for set {name!r} must hold a non-empty (N, D) array, got shape {array.shape}.")
+    if not np.issubdtype(array.dtype, np.number):
+        raise DatasetError(f"Feature file {path} for set {name!r} holds {array.dtype} values, not numbers.")
+    # Checked chunk by chunk so a large memory-mapped file is never loaded twice at once.
+    for start in range(0, array.shape[0], 65_536):
+        chunk = np.asarray(array[start : start + 65_536], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(chunk).all(axis=1) | ~chunk.any(axis=1))
+        if bad.size:
+            raise DatasetError(
+                f"Feature file {path} for set {name!r} has {bad.size} row(s) that are all zero or not "
+                f"finite (first: row {start + int(bad[0])})."
+            )
     return FeatureFile(name, path, int(array.shape[0]))
 
 

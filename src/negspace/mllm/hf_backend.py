@@ -111,8 +111,12 @@ class HFVisionChatBackend:
         dtype: str | None = None,
     ) -> None:
         import torch
-        import transformers
-        from transformers import AutoProcessor
+
+        try:
+            import transformers
+            from transformers import AutoProcessor
+        except ImportError:
+            raise NegspaceError('A local hf: MLLM needs transformers: pip install "negspace[hf]".') from None
 
         try:
             from transformers import AutoModelForImageTextToText as AutoVLM
@@ -153,7 +157,8 @@ class HFVisionChatBackend:
             tok.padding_side = "left"
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
-        self.model_id = f"hf:{self.name_or_path}"
+        # The answer depends on the pixels the model saw, so the image size is part of the identity.
+        self.model_id = f"hf:{self.name_or_path}?image_size={self.image_size}"
         self.stats = MLLMStats()
 
     def __repr__(self) -> str:

@@ -201,7 +201,8 @@ class OpenAIChatBackend:
         self.stats = MLLMStats()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self.model_id = f"openai:{self.model}@{self.base_url}"
+        # The answer depends on the pixels sent, so the image size is part of the cache identity.
+        self.model_id = f"openai:{self.model}@{self.base_url}?image_size={self.image_size}"
 
     def __repr__(self) -> str:
         return f"OpenAIChatBackend(base_url={self.base_url!r}, model={self.model!r})"
@@ -376,7 +377,7 @@ class OpenAIChatBackend:
             reason = getattr(err, "reason", err)
             raise NegspaceError(
                 f"No MLLM server answers at {self.base_url} ({reason}); start one (e.g. "
-                f"`vllm serve {self.model} --port 8000`, see docs/using-an-mllm.md) or fix the "
+                f"`vllm serve {self.model} --port 8000`, see 'Using an MLLM' in the README) or fix the "
                 "URL in --mllm."
             ) from err
         if status == 200:

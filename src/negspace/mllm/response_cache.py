@@ -304,26 +304,42 @@ def clear_cache(cache_dir: Path | str | None = None, what: str = "all") -> dict[
         removed[name] = 0
         if not path.exists():
             continue
-        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for table in tables:
-                    if _table_exists(conn, table):
-                        n = conn.execute(f"DELETE FROM {table}").rowcount
-                        if table != "meta":
-                            removed[name] += max(n, 0)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("VACUUM")
-            except sqlite3.OperationalError as exc:  # another process holds it; space comes back later
-                logger.info("Could not vacuum %s: %s", path, exc)
-        finally:
-            conn.close()
+            removed[name] = _clear_tables(path, tables)
+        except sqlite3.DatabaseError as exc:
+            raise NegspaceError(f"The cache file {path} is damaged ({exc}); delete it by hand.") from None
+    if what in ("all", "features"):
+        # Mined NegLabel lists are derived from the features: they go with them.
+        mined = sorted((folder / "mined").glob("*.json")) if (folder / "mined").is_dir() else []
+        for path in mined:
+            path.unlink(missing_ok=True)
+        removed["mined label lists"] = len(mined)
+    return removed
+
+
+def _clear_tables(path: Path, tables: Sequence[str]) -> int:
+    """Delete every row of ``tables`` in one transaction, then vacuum; returns the rows removed."""
+    removed = 0
+    conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in tables:
+                if _table_exists(conn, table):
+                    n = conn.execute(f"DELETE FROM {table}").rowcount
+                    if table != "meta":
+                        removed += max(n, 0)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("VACUUM")
+        except sqlite3.OperationalError as exc:  # another process holds it; space comes back later
+            logger.info("Could not vacuum %s: %s", path, exc)
+    finally:
+        conn.close()
     return removed
 
 
