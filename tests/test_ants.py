@@ -421,3 +421,46 @@ def test_scaled_schedule_and_protocol(world):
     small = scaled_schedule(1_000, 50)
     assert small["min_candidates"] < 200 and small["vsnl_every"] < 40
     assert isinstance(ScriptedMLLM(world), MLLM)
+
+
+class SlowMLLM(ScriptedMLLM):
+    """The scripted answers, each generate call taking ``delay`` seconds."""
+
+    def __init__(self, world, delay: float) -> None:
+        super().__init__(world)
+        self.delay = delay
+
+    def generate(self, requests):
+        import time
+
+        time.sleep(self.delay)
+        return super().generate(requests)
+
+
+def test_mllm_answers_arrive_at_a_fixed_batch_whatever_the_mllm_speed(world, corpus):
+    """Background MLLM work changes the banks at batch t + lag, so speed never changes scores,
+    and lag 1 (background) reproduces the blocking schedule (lag 0) exactly."""
+    blocking = np.concatenate(run(build(world, corpus, mllm_lag=0), world, "far"))
+    background = np.concatenate(run(build(world, corpus, mllm_lag=1), world, "far"))
+    slow = np.concatenate(run(build(world, corpus, SlowMLLM(world, 0.05), mllm_lag=1), world, "far"))
+    np.testing.assert_array_equal(blocking, background)
+    np.testing.assert_array_equal(blocking, slow)
+
+
+def test_scoring_does_not_wait_for_the_mllm(world, corpus):
+    import time
+
+    det = build(world, corpus, SlowMLLM(world, 1.0), mllm_lag=3)
+    batches, _ = stream(world, "far")
+    waited = []
+    for batch in batches:
+        start = time.perf_counter()
+        det.score_features(batch.features, images=batch.images)
+        waited.append(time.perf_counter() - start)
+        if det._jobs:
+            break
+    assert det._jobs, "no MLLM work was started"
+    assert waited[-1] < 0.5  # the batch that asked returned while the MLLM still worked
+    det.wait_for_mllm()
+    assert not det._jobs and det.state.ens_updates + det.state.vsnl_updates >= 1
+    assert det.state.mllm_requests <= det.config.max_mllm_calls

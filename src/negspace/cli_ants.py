@@ -51,6 +51,9 @@ def add_ants_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ants-diversity-size", type=int, default=50, help="negatives described per update with kcenter")
     group.add_argument("--max-mllm-calls", type=int, default=2000, help="MLLM requests per stream (default: %(default)s)")
     group.add_argument("--ants-request-batch", type=int, default=64, help="MLLM requests sent together (default: %(default)s)")
+    group.add_argument("--ants-mllm-lag", type=int, default=1,
+                       help="online: MLLM answers reach the banks before batch t+LAG, scoring goes on meanwhile; "
+                            "1 = the paper's timing, 0 = wait for the answers (default: %(default)s)")
     group.add_argument("--negative-space", type=Path, help="score with a saved negative space (no MLLM needed)")
     group.add_argument("--explanations", type=int, default=100, help="most OOD-looking images explained per set (default: %(default)s)")
 
@@ -131,6 +134,7 @@ def build_ants(args: argparse.Namespace, encoder: Any, class_names: Sequence[str
         similar_classes=args.ants_similar_classes,
         max_mllm_calls=args.max_mllm_calls,
         mllm_batch_size=args.ants_request_batch,
+        mllm_lag=args.ants_mllm_lag,
         diversity=None if args.ants_diversity == "none" else args.ants_diversity,
         diversity_size=args.ants_diversity_size,
         **schedule,

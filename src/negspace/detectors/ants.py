@@ -47,6 +47,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -123,6 +124,9 @@ class ANTS(BankBuilder, OnlineDetector):
         self._bank_cache: dict[str, tuple[int, np.ndarray, int]] = {}
         self._logged: set[str] = set()
         self.mllm_calls_total = 0  # requests over every run (reset() does not clear it)
+        self._jobs = deque()
+        self._executor = None
+        self._vsnl_wanted = []
         self.state = self._fresh_state()
         self._initial_state = copy.deepcopy(self.state)
 
@@ -172,8 +176,14 @@ class ANTS(BankBuilder, OnlineDetector):
 
     def reset(self) -> None:
         """Restore the state the detector started with (empty banks, or the loaded space)."""
+        self._discard_pending_answers()
+        self._vsnl_wanted = []
         self.state = copy.deepcopy(self._initial_state)
         self._bank_cache.clear()
+
+    def wait_for_mllm(self) -> None:
+        """Apply every answer still being worked on in the background (end of a stream)."""
+        self._apply_due_answers(wait_all=True)
 
     def freeze(self) -> None:
         """Stop learning: later batches are scored with the current banks and ``lam``."""
@@ -251,6 +261,7 @@ class ANTS(BankBuilder, OnlineDetector):
         sent to the MLLM; without them the ENS bank cannot grow. A frozen or two-pass detector
         only scores (two-pass learns in :meth:`score_stream`).
         """
+        self._apply_due_answers()
         parts = self._components(image_features)
         scores = self._fuse(parts)
         if not (self.frozen or self.config.two_pass or self.config.mode == "neglabel"):
@@ -325,10 +336,8 @@ class ANTS(BankBuilder, OnlineDetector):
             keep = [i for i in range(len(images)) if images[i] is not None]
             if keep:
                 keep_arr = np.asarray(keep)
-                sentences = self._describe(features[keep_arr], preds[keep_arr], scores[keep_arr],
-                                           [images[i] for i in keep], cfg.diversity_size)
-                self._add_sentences(sentences)
-                st.ens_updates += 1
+                self._describe(features[keep_arr], preds[keep_arr], scores[keep_arr],
+                               [images[i] for i in keep], cfg.diversity_size)
 
     def _log_once(self, key: str, message: str) -> None:
         if key not in self._logged:
@@ -354,6 +363,7 @@ class ANTS(BankBuilder, OnlineDetector):
         if not self.config.two_pass:
             self._warn_short_stream(batches)
             scores = super().score_stream(batches)
+            self.wait_for_mllm()
             self._warn_empty_banks(sum(len(b.features) for b in batches), len(batches))
             return scores
         features = np.concatenate([as_unit_rows(b.features, "image features", self.state.dim) for b in batches])
@@ -398,10 +408,7 @@ class ANTS(BankBuilder, OnlineDetector):
         with_image = np.asarray([i for i in index if images[i] is not None], dtype=np.int64)
         if cfg.uses_ens and len(with_image) and not st.budget_exhausted:
             k = math.ceil(len(index) / cfg.min_candidates) * cfg.diversity_size
-            sentences = self._describe(feats[with_image], pred[with_image], s_nl[with_image],
-                                       [images[i] for i in with_image], k)
-            self._add_sentences(sentences)
-            st.ens_updates += 1
+            self._describe(feats[with_image], pred[with_image], s_nl[with_image], [images[i] for i in with_image], k)
         elif cfg.uses_ens and len(index) and not len(with_image):
             self._log_once("no-images", "ANTS two-pass got no images; the ENS bank cannot be built")
         if len(index):
@@ -485,6 +492,7 @@ class ANTS(BankBuilder, OnlineDetector):
         """Write the negative space as plain files (see :mod:`negspace.detectors.ants_io`)."""
         from negspace.detectors.ants_io import save_ants
 
+        self.wait_for_mllm()
         return save_ants(self, directory)
 
     @classmethod

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,10 @@ class BankBuilder:
     text_encoder: Any
     class_names: list[str]
     mllm_calls_total: int
+    # Background MLLM work of the online mode: (due batch count, answers, how to apply them).
+    _jobs: deque[tuple[int, Future, Callable[[list[str | None]], None]]]
+    _executor: ThreadPoolExecutor | None
+    _vsnl_wanted: list[int]
 
     def _log_once(self, key: str, message: str) -> None:  # pragma: no cover - defined by ANTS
         raise NotImplementedError
@@ -66,21 +72,28 @@ class BankBuilder:
         return order
 
     def _describe(self, features: np.ndarray, preds: np.ndarray, scores: np.ndarray,
-                  images: Sequence[Any], k: int) -> list[str]:
+                  images: Sequence[Any], k: int) -> None:
+        """ENS update (Eq. 7-8): describe up to ``k`` negatives; the parsed sentences join the bank
+        when the answers are applied (at once, or ``mllm_lag`` batches later; see :meth:`_ask`)."""
         chosen = self._select(features, scores, k)
         chosen = chosen[: self._budget_left()]
-        requests = [describe_request(images[i], self.class_names[preds[i]], self._params()) for i in chosen]
-        answers = self._generate(requests)
-        sentences = []
-        for i, answer in zip(chosen, answers):
-            if answer is None:
-                continue
-            text = parse_description(answer, self.class_names[preds[i]], self.config.description_words)
-            if text is None:
-                self._reject(answer)
-                continue
-            sentences.append(text)
-        return sentences
+        excluded = [self.class_names[preds[i]] for i in chosen]
+        requests = [describe_request(images[i], name, self._params()) for i, name in zip(chosen, excluded)]
+
+        def apply(answers: list[str | None]) -> None:
+            sentences = []
+            for name, answer in zip(excluded, answers):
+                if answer is None:
+                    continue
+                text = parse_description(answer, name, self.config.description_words)
+                if text is None:
+                    self._reject(answer)
+                    continue
+                sentences.append(text)
+            self._add_sentences(sentences)
+            self.state.ens_updates += 1
+
+        self._ask(requests, apply)
 
     def _add_sentences(self, sentences: list[str]) -> None:
         """Clean-dedupe (case-insensitive, against the bank too), encode without template, append."""
@@ -97,13 +110,18 @@ class BankBuilder:
         self.state.add_ens(new, features)
 
     def _update_vsnl(self, classes: list[int]) -> None:
-        """VSNL update (Eq. 12): ask for the classes of ``Y'`` not yet answered; bank = ``Y'``'s labels."""
+        """VSNL update (Eq. 12): ask for the classes of ``Y'`` not yet answered; bank = ``Y'``'s labels.
+
+        The bank is rebuilt at once from the answers already cached (classes that left ``Y'``
+        drop out now) and again when the new answers are applied.
+        """
         st = self.state
         if st.budget_exhausted:
             return
+        self._vsnl_wanted = list(classes)
         missing = [c for c in classes if c not in st.vsnl_answers][: self._budget_left()]
-        if missing:
-            answers = self._generate([vsnl_request(self.class_names[c], self._params()) for c in missing])
+
+        def apply(answers: list[str | None]) -> None:
             parsed: dict[int, list[str]] = {}
             for c, answer in zip(missing, answers):
                 if answer is None:
@@ -122,6 +140,18 @@ class BankBuilder:
                 st.vsnl_answers[c] = names
                 st.vsnl_answer_features[c] = (np.stack([encoded[n] for n in names]) if names
                                               else np.zeros((0, st.dim), np.float32))
+            self._rebuild_vsnl(self._vsnl_wanted)
+            st.vsnl_updates += 1
+
+        self._rebuild_vsnl(classes)
+        if missing:
+            self._ask([vsnl_request(self.class_names[c], self._params()) for c in missing], apply)
+        else:
+            apply([])
+
+    def _rebuild_vsnl(self, classes: list[int]) -> None:
+        """The VSNL bank: the answered labels of ``classes``, de-duplicated, in class order."""
+        st = self.state
         active = [c for c in classes if c in st.vsnl_answers]
         texts: list[str] = []
         rows: list[np.ndarray] = []
@@ -135,7 +165,6 @@ class BankBuilder:
         st.vsnl_classes = active
         st.vsnl_texts = texts
         st.vsnl_features = np.stack(rows).astype(np.float32) if rows else None
-        st.vsnl_updates += 1
         st.version += 1
 
     # -- MLLM plumbing --------------------------------------------------------------------------
@@ -146,8 +175,47 @@ class BankBuilder:
     def _budget_left(self) -> int:
         return max(0, self.config.max_mllm_calls - self.state.mllm_requests)
 
-    def _generate(self, requests: list[Any]) -> list[str | None]:
-        """Send requests in batches of ``mllm_batch_size``; never raises; enforces the budget."""
+    def _ask(self, requests: list[Any], apply: Callable[[list[str | None]], None]) -> None:
+        """Send ``requests`` to the MLLM and hand the answers (``None`` = failed) to ``apply``.
+
+        Online with ``mllm_lag >= 1`` the MLLM works in a background thread and ``apply`` runs on
+        the scoring thread before batch ``t + mllm_lag`` is scored (``t`` = the batch that asked):
+        scoring never waits on the MLLM before then, and the point where a bank changes does not
+        depend on how fast the MLLM answers, so scores stay reproducible. ``mllm_lag = 1`` is the
+        paper's timing. Two-pass and ``mllm_lag = 0`` apply at once (blocking).
+        """
+        self._account(len(requests))
+        if self.config.mllm_lag >= 1 and not self.config.two_pass and self.mllm is not None:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ants-mllm")
+            due = self.state.batches_seen + self.config.mllm_lag - 1
+            self._jobs.append((due, self._executor.submit(self._send, requests), apply))
+        else:
+            apply(self._count_failures(self._send(requests)))
+
+    def _apply_due_answers(self, wait_all: bool = False) -> None:
+        """Apply the background answers that are due (all of them with ``wait_all``), in order."""
+        while self._jobs and (wait_all or self._jobs[0][0] <= self.state.batches_seen):
+            _, future, apply = self._jobs.popleft()
+            apply(self._count_failures(future.result()))
+
+    def _discard_pending_answers(self) -> None:
+        """Forget background work (``reset()``): wait for it to end, drop its answers."""
+        while self._jobs:
+            self._jobs.popleft()[1].result()
+
+    def _account(self, n_requests: int) -> None:
+        st = self.state
+        st.mllm_requests += n_requests
+        self.mllm_calls_total += n_requests
+        if n_requests and st.mllm_requests >= self.config.max_mllm_calls and not st.budget_exhausted:
+            st.budget_exhausted = True
+            log.warning("ANTS: MLLM budget of %d requests reached; the negative banks are frozen",
+                        self.config.max_mllm_calls)
+
+    def _send(self, requests: list[Any]) -> list[str | None]:
+        """The MLLM I/O alone, in batches of ``mllm_batch_size``; never raises, touches no state
+        (it may run in the background thread)."""
         if self.mllm is None:
             self._log_once("no-mllm", "ANTS has no MLLM; its banks stay as they are")
             return [None] * len(requests)
@@ -155,8 +223,6 @@ class BankBuilder:
         size = self.config.mllm_batch_size
         for start in range(0, len(requests), size):
             chunk = requests[start : start + size]
-            self.state.mllm_requests += len(chunk)
-            self.mllm_calls_total += len(chunk)
             try:
                 got = list(self.mllm.generate(chunk))
                 if len(got) != len(chunk):
@@ -164,15 +230,14 @@ class BankBuilder:
             except Exception as err:  # a broken backend must not end the run
                 log.warning("ANTS: MLLM generate failed (%s); continuing with the banks it has", err)
                 got = [None] * len(chunk)
-            failed = sum(a is None for a in got)
-            if failed:
-                self.state.failed_answers += failed
-                log.info("ANTS: %d of %d MLLM requests failed", failed, len(chunk))
             answers.extend(got)
-        if self.state.mllm_requests >= self.config.max_mllm_calls and not self.state.budget_exhausted:
-            self.state.budget_exhausted = True
-            log.warning("ANTS: MLLM budget of %d requests reached; the negative banks are frozen",
-                        self.config.max_mllm_calls)
+        return answers
+
+    def _count_failures(self, answers: list[str | None]) -> list[str | None]:
+        failed = sum(a is None for a in answers)
+        if failed:
+            self.state.failed_answers += failed
+            log.info("ANTS: %d of %d MLLM requests failed", failed, len(answers))
         return answers
 
     def _reject(self, answer: str) -> None:

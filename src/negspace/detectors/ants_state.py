@@ -55,12 +55,15 @@ class ANTSConfig:
     two_pass: bool = False
     max_mllm_calls: int = 2000  # generate requests per run (per reset)
     mllm_batch_size: int = 64  # requests per generate call
+    mllm_lag: int = 1  # online: answers change the banks before batch t + lag; 0 = block until answered
     diversity: str | None = None  # "kcenter": describe a spread subset of each pool
     diversity_size: int = 50  # negatives described per ENS update with diversity
     description_words: int = 8
     max_tokens: int = 64
 
     def __post_init__(self) -> None:
+        if self.mllm_lag < 0:
+            raise ValueError(f"mllm_lag must be >= 0, got {self.mllm_lag}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.threshold not in THRESHOLDS:
