@@ -291,3 +291,13 @@ def test_mllm_server_down_fails_before_the_model_loads(tmp_path, image_sets):
     assert result.returncode == 2, result.stderr
     assert f"127.0.0.1:{port}" in result.stderr and "NoSuchArch" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_eval_ants_online_streams_with_background_mllm(tmp_path, image_sets, tiny_openclip, mllm_server):
+    server, chat_requests = mllm_server
+    out = _run_eval(tmp_path, image_sets, tiny_openclip, "ants", "--num-negatives", "500", "--ants-schedule", "scaled",
+                    "--mllm", f"openai:{server.url_for('/v1')}/tiny-vlm")
+    metrics = _check_outputs_stream(out, n_id=7, n_ood=6)
+    info = metrics["ants"]["noise"]
+    assert info["vsnl_updates"] >= 1 and metrics["mllm_requests"] == len(chat_requests) > 0
+    assert (out / "negative_space" / "noise" / "vsnl.json").is_file()
