@@ -3,6 +3,8 @@ a config with random weights, saved with save_pretrained and loaded back as a us
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -59,11 +61,107 @@ def test_load_rgb_never_upscales():
     assert load_rgb(Image.new("P", (30, 40)), 448).size == (30, 40)
 
 
-def test_missing_model_is_one_clear_sentence(tmp_path):
+def _one_sentence(exc: BaseException, *needles: str) -> str:
+    msg = str(exc)
+    assert "\n" not in msg and "Traceback" not in msg and len(msg) < 500, msg
+    for needle in needles:
+        assert needle in msg, msg
+    return msg
+
+
+@pytest.fixture
+def empty_hub_cache(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_offline_hub_model_fails_fast(empty_hub_cache):
+    # conftest sets HF_HUB_OFFLINE=1: a hub id that is not cached fails at once, in one sentence.
+    from negspace.errors import WeightsUnavailableError
     from negspace.mllm.loading import load_mllm
 
-    with pytest.raises(NegspaceError, match=r"cannot be loaded.*hf:/path/to/model"):
-        load_mllm(f"hf:{tmp_path / 'nope'}", cache=False, device="cpu")
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_mllm("hf:nosuch/model", cache=False, device="cpu")
+    assert time.monotonic() - start < 10
+    _one_sentence(info.value, "hf:nosuch/model", "HF_HUB_OFFLINE", "hf:/path/to/folder")
+
+
+def test_unreachable_hub_fails_fast_without_hub_chatter(monkeypatch, empty_hub_cache, capfd):
+    # No offline flag, but no network: the encoders' probe switches this load to cache-only
+    # instead of letting huggingface_hub retry for half a minute.
+    from huggingface_hub import constants
+
+    from negspace.encoders import _weights
+    from negspace.errors import WeightsUnavailableError
+    from negspace.mllm.loading import load_mllm
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(_weights, "_probe", lambda url, timeout: False)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    start = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_mllm("hf:nosuch/model", cache=False, device="cpu")
+    assert time.monotonic() - start < 10
+    _one_sentence(info.value, "hf:nosuch/model", "unreachable", "hf:/path/to/folder")
+    assert constants.HF_HUB_OFFLINE is False  # the temporary offline switch was undone
+    err = capfd.readouterr().err
+    assert "Retrying" not in err and "huggingface.co" not in err
+
+
+def test_cached_hub_model_loads_offline(empty_hub_cache):
+    # The fast offline failure must not refuse a model that is in the hub cache.
+    from negspace.mllm.loading import load_mllm
+
+    repo = empty_hub_cache / "models--negspace--tiny-chat"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    try:
+        save_tiny_qwen2_text(repo / "snapshots" / ("0" * 40))
+    except (ImportError, AttributeError, TypeError) as err:
+        pytest.skip(f"cannot build a tiny Qwen2 with this transformers version: {err}")
+    mllm = load_mllm("hf:negspace/tiny-chat", cache=False, device="cpu")
+    assert mllm.text_only and mllm.model_id.startswith("hf:negspace/tiny-chat")
+
+
+@pytest.mark.parametrize("spec", ["/no/such/negspace/model", "./no/such/model", "~/no-such-negspace-model",
+                                  "a/b/c", "../no-such-model"])
+def test_missing_folder_says_so(spec, tmp_path, monkeypatch):
+    from negspace.mllm.loading import load_mllm
+
+    monkeypatch.chdir(tmp_path)
+    start = time.monotonic()
+    with pytest.raises(NegspaceError) as info:
+        load_mllm(f"hf:{spec}", cache=False, device="cpu")
+    assert time.monotonic() - start < 10
+    _one_sentence(info.value, "folder", "does not exist", spec, "hf:/path/to/folder")
+
+
+def test_folder_without_a_model(tmp_path, tiny_qwen):
+    from negspace.mllm.loading import load_mllm
+
+    def fails(path: Path, *needles: str) -> None:
+        with pytest.raises(NegspaceError) as info:
+            load_mllm(f"hf:{path}", cache=False, device="cpu")
+        _one_sentence(info.value, str(path), "hf:/path/to/folder", *needles)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails(empty, "no config.json")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    fails(junk, "no model transformers can load")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_qwen, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    fails(broken, "no model transformers can load")
+    a_file = tmp_path / "model.bin"
+    a_file.write_bytes(b"x")
+    fails(a_file, "not a folder")
 
 
 # -- a tiny Qwen2-VL, built offline ---------------------------------------------------------------

@@ -44,7 +44,7 @@ def _load_errors() -> tuple[type[BaseException], ...]:
 LOAD_ERRORS = _load_errors()
 
 # Exception type names (anywhere in the chain) that mean "could not reach the hub".
-_UNREACHABLE = {
+UNREACHABLE_ERRORS = {
     "OfflineModeIsEnabled",
     "LocalEntryNotFoundError",
     "ConnectionError",
@@ -57,7 +57,7 @@ _UNREACHABLE = {
     "gaierror",
     "ProxyError",
 }
-_NOT_ON_HUB = {
+NOT_ON_HUB_ERRORS = {
     "RepositoryNotFoundError",
     "GatedRepoError",
     "RevisionNotFoundError",
@@ -66,7 +66,7 @@ _NOT_ON_HUB = {
 }
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     cur: BaseException | None = exc
     while cur is not None and cur not in seen:
@@ -155,12 +155,12 @@ def hub_error(
 ) -> WeightsUnavailableError:
     """The error for weights that had to come from the hub and did not."""
     logger.debug("Hub download for %s failed", spec, exc_info=exc)
-    names = {type(e).__name__ for e in _chain(exc)}
+    names = {type(e).__name__ for e in exception_chain(exc)}
     if access is not None and access.reason:
         reason = f"{access.reason}, they are not in the local hub cache and no local file was given"
-    elif names & _UNREACHABLE:
+    elif names & UNREACHABLE_ERRORS:
         reason = "the hub is unreachable and no local file was given"
-    elif names & _NOT_ON_HUB:
+    elif names & NOT_ON_HUB_ERRORS:
         reason = "the hub has no such model (or it is private) and no local file was given"
     else:
         reason = f"downloading them failed ({short_reason(exc)}) and no local file was given"

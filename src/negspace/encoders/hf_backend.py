@@ -34,7 +34,7 @@ __all__ = ["HFClipBackend", "load_hf"]
 
 logger = logging.getLogger(__name__)
 
-_PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 
 
 def _import_transformers() -> Any:
@@ -111,7 +111,7 @@ def _source(spec: str, name: str, weights: Path | None) -> tuple[str | Path, boo
     local = Path(name).expanduser()
     if local.exists():
         return local, True
-    if name.startswith(_PATH_PREFIXES):
+    if name.startswith(PATH_PREFIXES):
         raise missing_path_error(spec, local)
     return name, False
 

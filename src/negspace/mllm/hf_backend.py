@@ -17,7 +17,10 @@ chat templates expect, plus the list of RGB images in order; it is pure and test
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,91 @@ def build_hf_messages(
     return messages, images
 
 
+# A hub id: NAME or ORG/NAME (what huggingface_hub accepts); anything else with a slash is a path.
+_HUB_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
+_FOLDER_HINT = "pass hf:/path/to/folder naming a folder written by save_pretrained"
+
+
+def _looks_like_path(name: str) -> bool:
+    from negspace.encoders.hf_backend import PATH_PREFIXES
+
+    if name.startswith(PATH_PREFIXES):
+        return True
+    seps = {os.sep, os.altsep or os.sep}
+    return any(sep in name for sep in seps) and not _HUB_ID.match(name)
+
+
+def _folder_name(name: str, folder: Path) -> str:
+    """The folder as the user wrote it, and where that resolved to if it differs."""
+    return str(folder) if str(folder) == name else f"{folder} (from hf:{name})"
+
+
+def _source(name: str) -> tuple[str, bool]:
+    """What to pass to ``from_pretrained``, and whether it is a local folder."""
+    if not name:
+        raise NegspaceError("The MLLM spec 'hf:' names no model; use hf:NAME_OR_PATH.")
+    local = Path(name).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise NegspaceError(
+                f"The MLLM hf:{name} names {local}, which is a file, not a folder; {_FOLDER_HINT}."
+            )
+        return str(local), True
+    if _looks_like_path(name):
+        raise NegspaceError(f"The MLLM folder {_folder_name(name, local.absolute())} does not exist; {_FOLDER_HINT}.")
+    return name, False
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Is the model's config.json in the local hub cache (where transformers looks too)?"""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001  (an odd id or cache: let transformers decide)
+        return True
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """The first sentence of an exception's message, trimmed (transformers writes paragraphs)."""
+    from negspace.encoders._weights import short_reason
+
+    return short_reason(exc).split(". ")[0].rstrip(".")
+
+
+def _hub_error(name: str, hub: Any, exc: BaseException | None = None) -> WeightsUnavailableError:
+    """One sentence for a hub id that could not be loaded."""
+    from negspace.encoders._weights import NOT_ON_HUB_ERRORS, UNREACHABLE_ERRORS, exception_chain
+
+    names = {type(e).__name__ for e in exception_chain(exc)} if exc is not None else set()
+    if exc is not None:
+        logger.debug("Loading hf:%s from the hub failed", name, exc_info=exc)
+    if hub.reason:
+        reason = f"{hub.reason} and it is not in the local hub cache"
+    elif names & UNREACHABLE_ERRORS:
+        reason = "the hub is unreachable and it is not in the local hub cache"
+    elif names & NOT_ON_HUB_ERRORS:
+        reason = "the hub has no such model (or it is private; check the name)"
+    else:
+        reason = f"downloading it failed ({_first_sentence(exc)})" if exc is not None else "it failed"
+    return WeightsUnavailableError(
+        f"Could not load the MLLM hf:{name}: {reason}; download it on a machine with access "
+        f"(e.g. hf download {name} --local-dir DIR) and pass that folder as hf:/path/to/folder."
+    )
+
+
+def _folder_error(name: str, folder: Path, exc: BaseException) -> WeightsUnavailableError:
+    """One sentence for a local folder that holds no loadable model."""
+    logger.debug("Loading hf:%s from %s failed", name, folder, exc_info=exc)
+    why = "no config.json" if not (folder / "config.json").is_file() else (
+        f"no model transformers can load ({_first_sentence(exc)})"
+    )
+    return WeightsUnavailableError(
+        f"The MLLM folder {_folder_name(name, folder)} holds {why}; {_FOLDER_HINT} with the "
+        "model and its processor or tokenizer."
+    )
+
+
 def _resolve_device(device: str) -> str:
     import torch
 
@@ -110,47 +198,58 @@ class HFVisionChatBackend:
         image_size: int = 448,
         dtype: str | None = None,
     ) -> None:
+        # Cheap checks first: a missing folder is reported before torch and transformers load.
+        name = str(name_or_path).strip()
+        source, is_local = _source(name)
+        load_kw: dict[str, Any] = {"local_files_only": True} if is_local else {}
+
         import torch
 
-        try:
-            import transformers
-            from transformers import AutoProcessor
-        except ImportError:
-            raise NegspaceError('A local hf: MLLM needs transformers: pip install "negspace[hf]".') from None
+        from negspace.encoders._weights import LOAD_ERRORS, HubAccess, hub_access
 
-        try:
-            from transformers import AutoModelForImageTextToText as AutoVLM
-        except ImportError:  # transformers < 4.46
-            from transformers import AutoModelForVision2Seq as AutoVLM
-
-        self.name_or_path = str(name_or_path)
+        self.name_or_path = name
         self.device = _resolve_device(device)
         self.batch_size = int(batch_size)
         self.image_size = int(image_size)
-        torch_dtype = getattr(torch, dtype) if dtype else (
-            torch.float16 if self.device.startswith("cuda") else torch.float32
-        )
-        # transformers renamed torch_dtype to dtype in 4.56
-        major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-        dtype_kw = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch_dtype}
         self.text_only = False
-        try:
+        # Off the network (or HF_HUB_OFFLINE) the hub is used cache-only for this load, so a
+        # missing model fails at once instead of after huggingface_hub's retries.
+        with nullcontext(HubAccess()) if is_local else hub_access() as hub:
+            if hub.reason and not _in_hub_cache(name):
+                raise _hub_error(name, hub)  # before importing transformers' model code
             try:
-                self.model = AutoVLM.from_pretrained(self.name_or_path, **dtype_kw)
-                self.processor = AutoProcessor.from_pretrained(self.name_or_path)
-            except ValueError:
-                # Not a vision-language architecture: a text-only chat model (for --mllm-text).
-                from transformers import AutoModelForCausalLM, AutoTokenizer
+                import transformers
+                from transformers import AutoProcessor
+            except ImportError:
+                raise NegspaceError(
+                    'A local hf: MLLM needs transformers: pip install "negspace[hf]".'
+                ) from None
+            try:
+                from transformers import AutoModelForImageTextToText as AutoVLM
+            except ImportError:  # transformers < 4.46
+                from transformers import AutoModelForVision2Seq as AutoVLM
 
-                self.model = AutoModelForCausalLM.from_pretrained(self.name_or_path, **dtype_kw)
-                self.processor = AutoTokenizer.from_pretrained(self.name_or_path)
-                self.text_only = True
-        except (OSError, ValueError) as err:
-            raise WeightsUnavailableError(
-                f"The model {self.name_or_path!r} cannot be loaded ({str(err).splitlines()[0]}); "
-                "give a local save_pretrained folder as --mllm hf:/path/to/model, or go online once "
-                "to fetch it."
-            ) from err
+            torch_dtype = getattr(torch, dtype) if dtype else (
+                torch.float16 if self.device.startswith("cuda") else torch.float32
+            )
+            # transformers renamed torch_dtype to dtype in 4.56
+            major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+            dtype_kw = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch_dtype}
+            try:
+                try:
+                    self.model = AutoVLM.from_pretrained(source, **load_kw, **dtype_kw)
+                    self.processor = AutoProcessor.from_pretrained(source, **load_kw)
+                except ValueError:
+                    # Not a vision-language architecture: a text-only chat model (for --mllm-text).
+                    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                    self.model = AutoModelForCausalLM.from_pretrained(source, **load_kw, **dtype_kw)
+                    self.processor = AutoTokenizer.from_pretrained(source, **load_kw)
+                    self.text_only = True
+            except LOAD_ERRORS as err:
+                if is_local:
+                    raise _folder_error(name, Path(source), err) from err
+                raise _hub_error(name, hub, err) from err
         self.model.to(self.device).eval()
         tok = self.processor if self.text_only else getattr(self.processor, "tokenizer", None)
         if tok is not None:
