@@ -8,16 +8,23 @@ numpy allocates while scoring one batch (tracemalloc), for MCM, NegLabel, and th
 detectors TANL (label pool of ``--pool`` words, top ``--beta``) and AdaNeg (``--negatives``
 negatives, memories of 10 slots). The online detectors update their state with every batch they
 score, as in a stream; their fixed-size state (queues, memories) is allocated at construction and
-is listed separately, not in the per-batch peak.
+is listed separately, not in the per-batch peak:
+
+- ``state MiB``: every array the detector holds in its state objects (``state_`` and any other
+  non-array attribute, e.g. a kept copy of the initial state), each counted once;
+- ``held MiB``: all memory the constructor allocated and the detector still holds (tracemalloc),
+  i.e. the state plus the detector's own unit-norm copies of its text features.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_info
@@ -43,6 +50,53 @@ def fill_every_memory(detector: AdaNeg, rng: np.random.Generator) -> None:
     state.proxies[:] = task_proxies(state.memory, state.filled)
     if state.gram is not None:
         state.gram[:] = np.einsum("nsd,ntd->nst", state.memory, state.memory)
+
+
+def _arrays_in(value: Any, seen: set[int]) -> Iterator[np.ndarray]:
+    """The numpy arrays reachable from ``value`` (through attributes, lists, dicts), once each."""
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _arrays_in(item, seen)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _arrays_in(item, seen)
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        for item in vars(value).values():
+            yield from _arrays_in(item, seen)
+
+
+def state_mib(detector: Any) -> float:
+    """MiB of the arrays held in the detector's state objects (its non-array attributes).
+
+    Counts ``state_`` and anything else kept beside it (a snapshot of the initial state would be
+    counted too); the plain feature matrices the detector keeps as attributes are not state.
+    Arrays sharing one buffer (views) count once.
+    """
+    seen: set[int] = set()
+    buffers: dict[int, int] = {}
+    for name, value in vars(detector).items():
+        if isinstance(value, np.ndarray) or name == "encoder":
+            continue
+        for array in _arrays_in(value, seen):
+            base = array
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            buffers[id(base)] = base.nbytes
+    return sum(buffers.values()) / 2**20
+
+
+def build_held(build: Callable[[], Any]) -> tuple[Any, float]:
+    """Build a detector and return it with the MiB its construction allocated and it still holds."""
+    tracemalloc.start()
+    detector = build()
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return detector, held / 2**20
 
 
 def measure(score: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, repeats: int) -> tuple[float, float]:
@@ -80,35 +134,31 @@ def main() -> None:
         "NegLabel (G=100)": NegLabel.from_features(id_text, negatives, groups=100),
         "NegLabel (G=1)": NegLabel.from_features(id_text, negatives, groups=1),
     }
-    state_mib: dict[str, float] = {}
+    state: dict[str, tuple[float, float]] = {}  # name -> (state MiB, held MiB)
     if not args.skip_online:
         pool = unit_rows(rng, args.pool, args.dim)
         noise = unit_rows(rng, 15, args.dim)
-        tanl = TANL.from_features(id_text, pool, noise, beta=args.beta)
-        state_mib[f"TANL (P={args.pool // 1000}k)"] = sum(
-            q.data.nbytes for q in (tanl.state_.id_queue, tanl.state_.ood_queue, tanl.state_.window)
-        ) / 2**20
-        detectors[f"TANL (P={args.pool // 1000}k)"] = tanl
+        name = f"TANL (P={args.pool // 1000}k)"
+        tanl, held = build_held(functools.partial(TANL.from_features, id_text, pool, noise, beta=args.beta))
+        state[name] = (state_mib(tanl), held)
+        detectors[name] = tanl
         for proxy in ("task", "sample"):
-            adaneg = AdaNeg.from_features(id_text, negatives, proxy=proxy)
+            adaneg, held = build_held(functools.partial(AdaNeg.from_features, id_text, negatives, proxy=proxy))
             name = f"AdaNeg ({proxy})"
-            state = adaneg.state_
-            state_mib[name] = sum(
-                a.nbytes for a in (state.memory, state.filled, state.entropy, state.proxies, state.gram) if a is not None
-            ) / 2**20
+            state[name] = (state_mib(adaneg), held)
             detectors[name] = adaneg
         # Worst case of a long stream: every label's memory full (sample-adaptive pays per filled slot).
-        full = AdaNeg.from_features(id_text, negatives, proxy="sample")
-        fill_every_memory(full, rng)
-        state_mib["AdaNeg (sample, full)"] = state_mib["AdaNeg (sample)"]
+        full, held = build_held(functools.partial(AdaNeg.from_features, id_text, negatives, proxy="sample"))
+        fill_every_memory(full, rng)  # writes into the state in place: same size
+        state["AdaNeg (sample, full)"] = (state_mib(full), held)
         detectors["AdaNeg (sample, full)"] = full
     blas = ", ".join(f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info())
     print(f"batch {args.batch}, D {args.dim}, K {args.classes}, M {args.negatives}; BLAS: {blas}")
-    print(f"{'detector':<18} {'images/s':>12} {'ms/batch':>10} {'peak MiB/batch':>15} {'state MiB':>10}")
+    print(f"{'detector':<18} {'images/s':>12} {'ms/batch':>10} {'peak MiB/batch':>15} {'state MiB':>10} {'held MiB':>9}")
     for name, det in detectors.items():
         rate, peak = measure(det.score_features, batch, args.repeats)
-        state = f"{state_mib[name]:>10.1f}" if name in state_mib else f"{'-':>10}"
-        print(f"{name:<18} {rate:>12,.0f} {1000 * args.batch / rate:>10.2f} {peak:>15.1f} {state}")
+        sizes = f"{state[name][0]:>10.1f} {state[name][1]:>9.1f}" if name in state else f"{'-':>10} {'-':>9}"
+        print(f"{name:<18} {rate:>12,.0f} {1000 * args.batch / rate:>10.2f} {peak:>15.1f} {sizes}")
 
 
 if __name__ == "__main__":

@@ -24,33 +24,24 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
+WORLD = dict(n_corpus=3000, n_classes=20, n_per_class=25, n_per_concept=100, seed=0)
+
+
 @pytest.fixture(scope="module")
 def world():
-    return make_world(n_corpus=3000, n_classes=20, n_per_class=25, n_per_concept=100, seed=0)
+    return make_world(**WORLD)
 
 
 @pytest.fixture(scope="module")
-def clip_like(world):
-    """The world's images with CLIP's image-side structure added.
+def clip_world():
+    """The same world (same texts, corpus, concepts) with CLIP's image-side structure.
 
-    make_world's images of one class share only the text direction (image-image cosine ~0.1),
-    while real CLIP image features of one class are far closer to each other (~0.5-0.7) than to
-    their text (~0.3), and all images share a modality-gap direction. AdaNeg's premise (test
-    images are better proxies than texts) needs that structure, so each class/concept gets a
-    shared image direction and every image the common gap direction.
+    AdaNeg's premise (test images are better proxies than texts) needs images of one class to be
+    closer to each other than to their text, and a modality gap shared by all images; the plain
+    world has neither (image-image cosine ~0.1) and there AdaNeg does not beat NegLabel. See
+    ``image_cluster`` and ``modality_gap`` of :func:`negspace.testing.make_world`.
     """
-    rng = np.random.default_rng(7)
-    gap = _unit(rng.standard_normal(world.dim))
-
-    def cluster(features, which, n):
-        directions = _unit(rng.standard_normal((n, world.dim)))
-        return _unit(features + 0.8 * directions[which] + 0.5 * gap)
-
-    return {
-        "id": cluster(world.id_image_features, world.id_image_labels, len(world.class_names)),
-        "far": cluster(world.far_ood_features, world.far_ood_concept, len(world.far_concepts)),
-        "near": cluster(world.near_ood_features, world.near_ood_concept, len(world.near_concepts)),
-    }
+    return make_world(**WORLD, image_cluster=0.8, modality_gap=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -173,9 +164,10 @@ def test_caching_happens_before_scoring(world, negatives):
 
 
 @pytest.mark.parametrize("proxy", ["task", "sample"])
-def test_adaneg_beats_neglabel_on_far_ood_in_the_stream(world, clip_like, negatives, proxy):
-    id_set = EncodedSet("id", clip_like["id"], [f"i{i}" for i in range(len(clip_like["id"]))])
-    far = EncodedSet("far", clip_like["far"], [f"f{i}" for i in range(len(clip_like["far"]))])
+def test_adaneg_beats_neglabel_on_far_ood_in_the_stream(clip_world, negatives, proxy):
+    world = clip_world  # same texts and negatives as `world`
+    id_set = EncodedSet("id", world.id_image_features, [f"i{i}" for i in range(len(world.id_image_features))])
+    far = EncodedSet("far", world.far_ood_features, [f"f{i}" for i in range(len(world.far_ood_features))])
     neglabel = NegLabel.from_features(world.id_text_features, negatives, groups=10)
     base = evaluate_detector(neglabel.score_features, id_set, [far], batch_size=64).results["far"]
     det = AdaNeg.from_features(world.id_text_features, negatives, proxy=proxy)
@@ -184,9 +176,10 @@ def test_adaneg_beats_neglabel_on_far_ood_in_the_stream(world, clip_like, negati
     assert result.fpr95 < base.fpr95
 
 
-def test_memories_stay_bounded_over_a_long_stream(world, clip_like, negatives):
+def test_memories_stay_bounded_over_a_long_stream(clip_world, negatives):
+    world = clip_world
     det = AdaNeg.from_features(world.id_text_features, negatives, memory_length=4)
-    stream = np.concatenate([clip_like["id"], clip_like["far"]])
+    stream = np.concatenate([world.id_image_features, world.far_ood_features])
     rng = np.random.default_rng(0)
     shape = det.state_.memory.shape
     text = det.state_.memory[:, 0].copy()
@@ -198,8 +191,9 @@ def test_memories_stay_bounded_over_a_long_stream(world, clip_like, negatives):
 
 
 @pytest.mark.parametrize("proxy", ["task", "sample"])
-def test_same_seed_same_scores_and_reset_restores_state(world, clip_like, negatives, proxy):
-    stream = np.concatenate([clip_like["id"], clip_like["far"]])
+def test_same_seed_same_scores_and_reset_restores_state(clip_world, negatives, proxy):
+    world = clip_world
+    stream = np.concatenate([world.id_image_features, world.far_ood_features])
     stream = stream[np.random.default_rng(5).permutation(len(stream))][:256]
     batches = [stream[i : i + 64] for i in range(0, len(stream), 64)]
 

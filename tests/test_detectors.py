@@ -43,6 +43,50 @@ def test_world_has_the_promised_geometry(world):
     assert not any(w.startswith("synonym") for w in words)
 
 
+def _same_class_and_gap_cosines(world):
+    x, labels = world.id_image_features, world.id_image_labels
+    cos = x @ x.T
+    same = (labels[:, None] == labels[None, :]) & ~np.eye(len(labels), dtype=bool)
+    return cos[same].mean(), cos[labels[:, None] != labels[None, :]].mean(), (x @ world.far_ood_features.T).mean()
+
+
+def test_world_image_structure_parameters():
+    plain = testing.make_world(seed=1, n_corpus=300)
+    # Defaults (0, 0) are the plain world, bit for bit, and the plain world's draws are pinned.
+    explicit = testing.make_world(seed=1, n_corpus=300, image_cluster=0.0, modality_gap=0.0)
+    for name, value in vars(plain).items():
+        np.testing.assert_array_equal(getattr(explicit, name), value)
+    np.testing.assert_allclose(
+        testing.make_world().id_image_features[:2, :3],
+        [[-0.01426394, -0.02545122, 0.02766702], [0.00094587, 0.00082779, 0.01553985]],
+        rtol=1e-5,
+    )
+    base_same, base_other, base_far = _same_class_and_gap_cosines(plain)
+    assert base_same < 0.15 and abs(base_other) < 0.03 and abs(base_far) < 0.03
+
+    clustered = testing.make_world(seed=1, n_corpus=300, image_cluster=0.8)
+    gapped = testing.make_world(seed=1, n_corpus=300, modality_gap=0.5)
+    # Only the images change: texts, corpus, concepts and labels are the plain world's.
+    for world in (clustered, gapped):
+        for name in ("id_text_features", "corpus_features", "far_concept_features", "near_concept_features",
+                     "id_image_labels", "far_ood_concept", "near_concept_parent"):
+            np.testing.assert_array_equal(getattr(world, name), getattr(plain, name))
+        for name in ("id_image_features", "far_ood_features", "near_ood_features"):
+            np.testing.assert_allclose(np.linalg.norm(getattr(world, name), axis=1), 1.0, atol=1e-5)
+    # image_cluster: images of one class get much closer; other classes and OOD stay apart.
+    same, other, far = _same_class_and_gap_cosines(clustered)
+    assert same > base_same + 0.25 and abs(other) < 0.03 and abs(far) < 0.03
+    # modality_gap: every pair of images gets closer alike, ID-OOD included.
+    same, other, far = _same_class_and_gap_cosines(gapped)
+    assert other > base_other + 0.15 and far > base_far + 0.15
+    assert same - other == pytest.approx(base_same - base_other, abs=0.05)
+    # Images keep a CLIP-like cosine (~0.2-0.3) to their own text.
+    own = np.sum(clustered.id_image_features * clustered.id_text_features[clustered.id_image_labels], axis=1)
+    assert 0.15 < own.mean() < 0.3
+    with pytest.raises(ValueError, match="image_cluster"):
+        testing.make_world(n_corpus=300, image_cluster=-1.0)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_neglabel_beats_mcm_on_far_ood(seed):
     world = testing.make_world(seed=seed)

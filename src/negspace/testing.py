@@ -14,8 +14,18 @@ have the geometry the methods assume.
   are given, as an MLLM description of such images would be.
 - Near-OOD concepts: each mixes one ID class direction with a novel direction, so its images look
   like that class; given with their text and the ID class they resemble.
+- Optional CLIP image-side structure (off by default). With the defaults, images of one class
+  share only their text direction (image-image cosine ~0.1), while real CLIP image features of one
+  class are far closer to each other (~0.5-0.7) than to their text (~0.3), and all CLIP images
+  share a modality-gap direction. ``image_cluster`` adds a shared random *image* direction per ID
+  class and per OOD concept, ``modality_gap`` one direction common to every image:
+  ``image = normalise(v + image_cluster·d_class + modality_gap·g)``. Methods that use test images
+  as proxies (AdaNeg) need that structure; text-only scores mostly do not.
 
-Everything is drawn from one seeded generator: the same arguments give the same world.
+Everything is drawn from one seeded generator: the same arguments give the same world. The
+image-structure directions come from a second generator spawned from the same seed, so turning
+them on changes the images only: texts, corpus, concepts and labels stay identical, and with both
+strengths 0 (the default) the world is bit-identical to a world drawn without them.
 """
 
 from __future__ import annotations
@@ -93,6 +103,8 @@ def make_world(
     far_lure_signal: tuple[float, float] = (0.1, 0.3),
     far_corpus_share: float = 0.8,
     near_parent_share: float = 0.75,
+    image_cluster: float = 0.0,
+    modality_gap: float = 0.0,
     seed: int = 0,
 ) -> SyntheticWorld:
     """Draw a world.
@@ -111,7 +123,16 @@ def make_world(
         far_corpus_share: how much of a far concept's direction is shared with corpus words
             (the rest is novel, i.e. only a description of the images can capture it).
         near_parent_share: how much of a near concept's direction is its parent ID class.
+        image_cluster: weight of a shared random unit image direction per ID class, far concept
+            and near concept, added to each of its images before renormalising (0: none). At 0.8
+            with ``modality_gap=0.5``, same-class image cosines rise from ~0.1 to ~0.5 and the
+            image-text cosine falls from ~0.3 to ~0.2, roughly CLIP's image geometry.
+        modality_gap: weight of one random unit direction added to every image (ID and OOD) before
+            renormalising (0: none); it raises every image-image cosine alike.
+        seed: seed of the world; the same arguments give the same world.
     """
+    if image_cluster < 0 or modality_gap < 0:
+        raise ValueError(f"image_cluster and modality_gap must be >= 0, got {image_cluster} and {modality_gap}")
     rng = np.random.default_rng(seed)
     id_text = _unit(rng.standard_normal((n_classes, dim)))
     random_words = _unit(rng.standard_normal((n_corpus, dim)))
@@ -140,23 +161,38 @@ def make_world(
     id_labels = np.repeat(np.arange(n_classes), n_per_class)
     far_which = np.repeat(np.arange(n_far_concepts), n_per_concept)
     near_which = np.repeat(np.arange(n_near_concepts), n_per_concept)
+    id_images = _images_near(rng, id_text, id_labels, image_signal)
+    far_images = _images_near(
+        rng, far_concepts, far_which, image_signal,
+        lure=id_text[rng.integers(0, n_classes, len(far_which))], lure_signal=far_lure_signal,
+    )
+    near_images = _images_near(rng, near_concepts, near_which, image_signal)
+    if image_cluster or modality_gap:
+        # A second generator, so the structure never shifts the draws above (texts, corpus, ...).
+        structure = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+        gap = _unit(structure.standard_normal(dim))
+
+        def structured(images: np.ndarray, which: np.ndarray, n_groups: int) -> np.ndarray:
+            directions = _unit(structure.standard_normal((n_groups, dim)))
+            return _unit(images + image_cluster * directions[which] + modality_gap * gap).astype(np.float32)
+
+        id_images = structured(id_images, id_labels, n_classes)
+        far_images = structured(far_images, far_which, n_far_concepts)
+        near_images = structured(near_images, near_which, n_near_concepts)
     return SyntheticWorld(
         class_names=[f"class {i}" for i in range(n_classes)],
         id_text_features=id_text.astype(np.float32),
         corpus_words=corpus_words,
         corpus_features=corpus,
-        id_image_features=_images_near(rng, id_text, id_labels, image_signal),
+        id_image_features=id_images,
         id_image_labels=id_labels,
         far_concepts=[f"far concept {i}" for i in range(n_far_concepts)],
         far_concept_features=far_concepts.astype(np.float32),
-        far_ood_features=_images_near(
-            rng, far_concepts, far_which, image_signal,
-            lure=id_text[rng.integers(0, n_classes, len(far_which))], lure_signal=far_lure_signal,
-        ),
+        far_ood_features=far_images,
         far_ood_concept=far_which,
         near_concepts=[f"near concept {i}" for i in range(n_near_concepts)],
         near_concept_features=near_concepts.astype(np.float32),
         near_concept_parent=near_parent,
-        near_ood_features=_images_near(rng, near_concepts, near_which, image_signal),
+        near_ood_features=near_images,
         near_ood_concept=near_which,
     )

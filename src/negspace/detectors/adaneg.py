@@ -33,7 +33,6 @@ times NegLabel's. Memory is a fixed ``(K + M, L, D)`` array: it does not grow wi
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -183,7 +182,7 @@ class AdaNeg(OnlineDetector):
     """Adaptive negative proxies (see the module docstring).
 
     Attributes:
-        state_: the current :class:`AdaNegState`; ``reset()`` restores the initial one exactly.
+        state_: the current :class:`AdaNegState`; ``reset()`` rebuilds the initial one exactly.
         group_index_: the seeded group order of the negative bank (``G = groups``).
     """
 
@@ -232,8 +231,8 @@ class AdaNeg(OnlineDetector):
         self.neg_labels = list(neg_labels) if neg_labels is not None else None
         self.group_index_ = group_order(n_neg, self.groups, self.seed)
         self._grouped_bank = self.neg_text_features[self.group_index_]
-        self._initial_state = self._build_initial_state()
-        self.state_ = copy.deepcopy(self._initial_state)
+        # No copy of the initial state is kept (it is as large as the state): reset() rebuilds it.
+        self.state_ = self._build_initial_state()
 
     @classmethod
     def from_features(
@@ -345,8 +344,14 @@ class AdaNeg(OnlineDetector):
     # ------------------------------------------------------------------ public API
 
     def reset(self) -> None:
-        """Restore the initial memories (text features only) exactly."""
-        self.state_ = copy.deepcopy(self._initial_state)
+        """Restore the initial memories (text features only) exactly.
+
+        The initial state is rebuilt from the text features (:meth:`_build_initial_state` only
+        allocates and copies them), not copied from a kept snapshot, so the detector holds one
+        state, not two; the old state is released first, so a reset never holds two either.
+        """
+        del self.state_
+        self.state_ = self._build_initial_state()
 
     def neglabel_score(self, image_features: np.ndarray) -> np.ndarray:
         """``S_nl`` with ``G = groups`` (the caching criterion and the ``nl_weight`` term)."""
