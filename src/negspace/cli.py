@@ -30,7 +30,7 @@ from negspace.corpus.mining import (
     mine_negative_labels,
 )
 from negspace.corpus.wordnet import SELECTIONS
-from negspace.data import parse_named_set
+from negspace.data import ImageSet, parse_named_set
 from negspace.detectors.adaneg import AdaNeg
 from negspace.detectors.ants import ANTS
 from negspace.detectors.base import Detector, OnlineDetector
@@ -39,7 +39,15 @@ from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
 from negspace.detectors.tanl import TANL
 from negspace.encoders import PREPROCESS_CHOICES, ClipEncoder, load_encoder
 from negspace.errors import NegspaceError
-from negspace.evaluate import FeatureFile, encode_set, evaluate_detector, evaluate_stream, open_set
+from negspace.evaluate import (
+    EncodedSet,
+    Evaluation,
+    FeatureFile,
+    encode_set,
+    evaluate_detector,
+    evaluate_stream,
+    open_set,
+)
 from negspace.report import format_table, write_report
 from negspace.scoring import DEFAULT_TAU
 
@@ -251,11 +259,8 @@ METHODS: dict[str, Callable[[BuildContext], Detector]] = {
 }
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise NegspaceError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    classes = load_class_names(args.classes)
-    # Every set is opened before the model loads: a wrong path fails in a second.
+def _open_sets(args: argparse.Namespace) -> tuple[ImageSet | FeatureFile, list[ImageSet | FeatureFile]]:
+    """Open and check every set before the model loads: a wrong path fails in a second."""
     id_source = open_set(args.id_set, name="id")
     ood_sources = []
     for item in args.ood:
@@ -264,6 +269,35 @@ def run_eval(args: argparse.Namespace) -> int:
     names = [s.name for s in ood_sources]
     if len(set(names)) != len(names) or "average" in names:
         raise NegspaceError(f"OOD set names must be unique and not 'average': {names}.")
+    return id_source, ood_sources
+
+
+def _score(
+    detector: Detector,
+    id_set: EncodedSet,
+    ood_sets: list[EncodedSet],
+    args: argparse.Namespace,
+    has_pixels: bool,
+    recorder: cli_ants.StreamRecorder | None,
+) -> Evaluation:
+    """Static detectors score each set once; test-time ones follow the stream protocol."""
+    if not isinstance(detector, OnlineDetector):
+        return evaluate_detector(detector.score_features, id_set, ood_sets, args.batch_size)
+    needs_images = isinstance(detector, ANTS) and not detector.frozen
+    if needs_images and not has_pixels:
+        log.warning("ANTS describes images with the MLLM: with .npy features there are none to send, "
+                    "so only the VSNL bank (text prompts) can grow")
+        needs_images = False
+    return evaluate_stream(
+        detector, id_set, ood_sets, args.batch_size, args.seed, pass_images=needs_images, after_stream=recorder
+    )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise NegspaceError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    classes = load_class_names(args.classes)
+    id_source, ood_sources = _open_sets(args)
     out_dir = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:  # before any work: a results folder that cannot be written must not cost a run
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -284,17 +318,8 @@ def run_eval(args: argparse.Namespace) -> int:
     id_set = encode_set(id_source, encoder, args.batch_size, progress)
     ood_sets = [encode_set(s, encoder, args.batch_size, progress) for s in ood_sources]
     recorder = cli_ants.StreamRecorder(out_dir, args.explanations) if isinstance(detector, ANTS) else None
-    if isinstance(detector, OnlineDetector):
-        needs_images = isinstance(detector, ANTS) and not detector.frozen
-        if needs_images and any(isinstance(s, FeatureFile) for s in [id_source, *ood_sources]):
-            log.warning("ANTS describes images with the MLLM: with .npy features there are none to send, "
-                        "so only the VSNL bank (text prompts) can grow")
-            needs_images = False
-        evaluation = evaluate_stream(
-            detector, id_set, ood_sets, args.batch_size, args.seed, pass_images=needs_images, after_stream=recorder
-        )
-    else:
-        evaluation = evaluate_detector(detector.score_features, id_set, ood_sets, args.batch_size)
+    has_pixels = not any(isinstance(s, FeatureFile) for s in [id_source, *ood_sources])
+    evaluation = _score(detector, id_set, ood_sets, args, has_pixels, recorder)
     evaluation.info = {
         "method": args.method,
         "params": detector.get_params(),
