@@ -464,3 +464,14 @@ def test_scoring_does_not_wait_for_the_mllm(world, corpus):
     det.wait_for_mllm()
     assert not det._jobs and det.state.ens_updates + det.state.vsnl_updates >= 1
     assert det.state.mllm_requests <= det.config.max_mllm_calls
+
+
+def test_ens_leaves_budget_for_vsnl(world, corpus):
+    """A budget smaller than the stream's negatives: ENS stops at its share, VSNL still asks."""
+    mllm = ScriptedMLLM(world)
+    reserve = int(np.ceil(SCHEDULE.get("delta", 0.08) * len(world.class_names)))
+    det = build(world, corpus, mllm=mllm, max_mllm_calls=reserve + 6, vsnl_start=4)
+    run(det, world, "near")
+    assert mllm.received <= reserve + 6
+    # Every class of Y' got its answer (without the reserve, ENS took one of those requests).
+    assert len(det.state.vsnl_answers) == reserve and det.state.vsnl_updates >= 1

@@ -8,6 +8,7 @@ the detector's ``config``, ``state``, ``mllm``, ``text_encoder`` and ``class_nam
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -76,7 +77,10 @@ class BankBuilder:
         """ENS update (Eq. 7-8): describe up to ``k`` negatives; the parsed sentences join the bank
         when the answers are applied (at once, or ``mllm_lag`` batches later; see :meth:`_ask`)."""
         chosen = self._select(features, scores, k)
-        chosen = chosen[: self._budget_left()]
+        chosen = chosen[: self._ens_budget_left()]
+        if not len(chosen):
+            self._log_once("ens-budget", "ANTS: the ENS share of the MLLM budget is used; the rest is kept for VSNL")
+            return
         excluded = [self.class_names[preds[i]] for i in chosen]
         requests = [describe_request(images[i], name, self._params()) for i, name in zip(chosen, excluded)]
 
@@ -174,6 +178,20 @@ class BankBuilder:
 
     def _budget_left(self) -> int:
         return max(0, self.config.max_mllm_calls - self.state.mllm_requests)
+
+    def _vsnl_reserve(self) -> int:
+        """Requests kept for VSNL until it has asked about ``ceil(delta K)`` classes.
+
+        ENS could otherwise spend the whole budget on descriptions before the first VSNL update
+        (ENS asks once per negative, VSNL once per similar class), leaving near-OOD uncovered.
+        """
+        if not self.config.uses_vsnl:
+            return 0
+        wanted = min(math.ceil(self.config.delta * len(self.class_names)), self.config.max_mllm_calls // 2)
+        return max(0, wanted - len(self.state.vsnl_answers))
+
+    def _ens_budget_left(self) -> int:
+        return max(0, self._budget_left() - self._vsnl_reserve())
 
     def _ask(self, requests: list[Any], apply: Callable[[list[str | None]], None]) -> None:
         """Send ``requests`` to the MLLM and hand the answers (``None`` = failed) to ``apply``.
