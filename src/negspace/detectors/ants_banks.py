@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,19 +27,6 @@ VSNL_TEMPLATE = "The nice {}."
 ENS_TEMPLATE = "{}"
 
 
-def _name_key(name: str) -> str:
-    """Comparison form of a class name: case-folded, ``_``/``-`` as spaces, no article, singular."""
-    key = re.sub(r"\s+", " ", name.casefold().replace("_", " ").replace("-", " ")).strip(" .,;:!?\"'")
-    key = re.sub(r"^(?:a|an|the) ", "", key)
-    if key.endswith("ies") and len(key) > 4:
-        return key[:-3] + "y"
-    if key.endswith(("ches", "shes", "sses", "xes")):
-        return key[:-2]
-    if key.endswith("s") and not key.endswith("ss") and len(key) > 3:
-        return key[:-1]
-    return key
-
-
 class BankBuilder:
     """ENS and VSNL updates through the MLLM (mixin; see the module doc)."""
 
@@ -57,13 +43,6 @@ class BankBuilder:
 
     def _log_once(self, key: str, message: str) -> None:  # pragma: no cover - defined by ANTS
         raise NotImplementedError
-
-    def _id_name_keys(self) -> frozenset[str]:
-        keys = getattr(self, "_id_keys_cache", None)
-        if keys is None:
-            keys = frozenset(_name_key(c) for c in self.class_names)
-            self._id_keys_cache = keys
-        return keys
 
     def _select(self, features: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
         """Which negatives to describe: all, lowest ``S_nl`` first; or a k-center spread."""
@@ -130,11 +109,8 @@ class BankBuilder:
             for c, answer in zip(missing, answers):
                 if answer is None:
                     continue  # not cached: asked again at the next update if still in Y'
-                # The parser compares with each excluded name (slow for K = 1000), so it gets the
-                # asked class only; the other ID names are dropped with a normalised-name set.
-                names = parse_class_list(answer, [self.class_names[c]], k=4 * self.config.vsnl_per_class)
-                names = [n for n in names if _name_key(n) not in self._id_name_keys()]
-                names = names[: self.config.vsnl_per_class]
+                # Every ID name is excluded (not only the asked class): an ID name is no negative.
+                names = parse_class_list(answer, self.class_names, k=self.config.vsnl_per_class)
                 if not names:
                     self._reject(answer)
                 parsed[c] = names
