@@ -256,3 +256,33 @@ def test_weights_fingerprint_file_and_folder(tmp_path: Path) -> None:
     (folder / "README.md").write_text("docs")
     assert weights_fingerprint(folder) == changed  # unused formats and docs are not hashed
     assert weights_fingerprint(folder / "model.safetensors").startswith("sha256:")
+
+
+def _create_fresh_stores(root: str, barrier, rounds: int, failures) -> None:
+    from negspace.cache import open_shared_sqlite
+
+    for r in range(rounds):
+        barrier.wait()  # every process creates the same fresh file at the same moment
+        try:
+            open_shared_sqlite(Path(root) / f"db{r}.sqlite3", ["CREATE TABLE IF NOT EXISTS t (k TEXT)"], "cache").close()
+        except Exception:
+            with failures.get_lock():
+                failures.value += 1
+
+
+def test_processes_creating_one_fresh_store_together_all_succeed(tmp_path):
+    """Turning a new file to WAL races between its creators (SQLite says "database is locked"
+    without waiting); opening retries it, so none fails. Without the retry about 2% failed."""
+    context = multiprocessing.get_context("spawn")
+    n, rounds = 6, 20
+    barrier, failures = context.Barrier(n), context.Value("i", 0)
+    workers = [
+        context.Process(target=_create_fresh_stores, args=(str(tmp_path), barrier, rounds, failures))
+        for _ in range(n)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert [w.exitcode for w in workers] == [0] * n
+    assert failures.value == 0

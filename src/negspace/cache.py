@@ -20,6 +20,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -86,18 +87,7 @@ def open_shared_sqlite(path: Path, schema: Iterable[str], what: str) -> sqlite3.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in schema:
-                conn.execute(statement)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        conn = _connect_with_retry(path, list(schema))
     except sqlite3.DatabaseError as exc:
         raise NegspaceError(
             f"The {what} {path} cannot be opened ({exc}); delete it or choose another folder "
@@ -109,6 +99,38 @@ def open_shared_sqlite(path: Path, schema: Iterable[str], what: str) -> sqlite3.
             "with --cache-dir or NEGSPACE_CACHE_DIR."
         ) from exc
     return conn
+
+
+def _connect_with_retry(path: Path, schema: list[str]) -> sqlite3.Connection:
+    # Switching a new file to WAL needs an exclusive lock and SQLite reports "database is
+    # locked" at once, without its busy handler, when two processes create the file together:
+    # retry that for up to the busy timeout.
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    delay = 0.01
+    while True:
+        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in schema:
+                    conn.execute(statement)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        except BaseException:
+            conn.close()
+            raise
 
 
 class FeatureStore:
