@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from negspace.errors import NegspaceError
 
 __all__ = [
     "FeatureStore",
+    "SharedSQLiteStore",
     "open_shared_sqlite",
     "default_cache_dir",
     "file_sha256",
@@ -133,46 +134,29 @@ def _connect_with_retry(path: Path, schema: list[str]) -> sqlite3.Connection:
             raise
 
 
-class FeatureStore:
-    """A SQLite-backed map from string keys to 1-D float32 vectors.
+class SharedSQLiteStore:
+    """A SQLite file shared by threads and processes: one connection per process, opened on
+    first use (and again after a fork), calls serialised by a lock, picklable by path.
 
-    Args:
-        path: the database file (created with its parent folders if missing). Use
-            :meth:`in_dir` to open the standard file inside a cache folder.
-
-    The store is safe to use from several processes at once. Inside one process it may be shared
-    by threads (calls are serialised by a lock), and it reopens its connection after a fork.
+    Subclasses name their tables in ``SCHEMA`` and the cache in ``WHAT`` (for error sentences).
     """
+
+    SCHEMA: tuple[str, ...] = ()
+    WHAT = "cache"
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path).expanduser()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
-        self._connect()
-
-    @classmethod
-    def in_dir(cls, cache_dir: Path | str | None = None) -> FeatureStore:
-        """Open the feature database inside ``cache_dir`` (default: :func:`default_cache_dir`)."""
-        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        return cls(folder / FEATURES_DB)
-
-    # -- connection ---------------------------------------------------------------------------
+        with self._lock:
+            self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         # A connection must not cross a fork: reopen in the child.
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
-        conn = open_shared_sqlite(
-            self.path,
-            [
-                "CREATE TABLE IF NOT EXISTS features "
-                "(key TEXT PRIMARY KEY, dim INTEGER NOT NULL, data BLOB NOT NULL)",
-                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-                f"PRAGMA user_version = {_SCHEMA_VERSION}",
-            ],
-            what="feature cache",
-        )
+        conn = open_shared_sqlite(self.path, self.SCHEMA, what=self.WHAT)
         self._conn, self._pid = conn, os.getpid()
         return conn
 
@@ -183,7 +167,7 @@ class FeatureStore:
                 self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> FeatureStore:
+    def __enter__(self: _Store) -> _Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -197,7 +181,35 @@ class FeatureStore:
         self.__init__(state["path"])  # type: ignore[misc]
 
     def __repr__(self) -> str:
-        return f"FeatureStore({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+
+_Store = TypeVar("_Store", bound=SharedSQLiteStore)
+
+
+class FeatureStore(SharedSQLiteStore):
+    """A SQLite-backed map from string keys to 1-D float32 vectors.
+
+    Args:
+        path: the database file (created with its parent folders if missing). Use
+            :meth:`in_dir` to open the standard file inside a cache folder.
+
+    The store is safe to use from several processes at once. Inside one process it may be shared
+    by threads (calls are serialised by a lock), and it reopens its connection after a fork.
+    """
+
+    SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, dim INTEGER NOT NULL, data BLOB NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"PRAGMA user_version = {_SCHEMA_VERSION}",
+    )
+    WHAT = "feature cache"
+
+    @classmethod
+    def in_dir(cls, cache_dir: Path | str | None = None) -> FeatureStore:
+        """Open the feature database inside ``cache_dir`` (default: :func:`default_cache_dir`)."""
+        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        return cls(folder / FEATURES_DB)
 
     # -- features -----------------------------------------------------------------------------
 

@@ -19,9 +19,7 @@ import hashlib
 import io
 import json
 import logging
-import os
 import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -30,7 +28,7 @@ from typing import Any
 
 from PIL.Image import Image
 
-from negspace.cache import FEATURES_DB, default_cache_dir, file_sha256, open_shared_sqlite
+from negspace.cache import FEATURES_DB, SharedSQLiteStore, default_cache_dir, file_sha256
 from negspace.errors import NegspaceError
 from negspace.mllm.protocol import MLLM, ChatRequest, ImagePart, MLLMStats
 
@@ -82,43 +80,14 @@ def request_key(model_id: str, request: ChatRequest) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class ResponseStore:
+class ResponseStore(SharedSQLiteStore):
     """SQLite map from request key to answer text, shared safely by threads and processes."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path).expanduser()
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid = -1
-        with self._lock:
-            self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        # A connection must not cross a fork: reopen in the child.
-        if self._conn is not None and self._pid == os.getpid():
-            return self._conn
-        conn = open_shared_sqlite(
-            self.path,
-            [
-                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
-                "answer TEXT NOT NULL, created REAL NOT NULL)"
-            ],
-            what="MLLM response cache",
-        )
-        self._conn, self._pid = conn, os.getpid()
-        return conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])  # type: ignore[misc]
+    SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
+        "answer TEXT NOT NULL, created REAL NOT NULL)",
+    )
+    WHAT = "MLLM response cache"
 
     def get_many(self, keys: Sequence[str]) -> dict[str, str]:
         wanted = list(dict.fromkeys(keys))
