@@ -230,7 +230,6 @@ class AdaNeg(OnlineDetector):
         self.chunk_size = int(chunk_size)
         self.neg_labels = list(neg_labels) if neg_labels is not None else None
         self.group_index_ = group_order(n_neg, self.groups, self.seed)
-        self._grouped_bank = self.neg_text_features[self.group_index_]
         # No copy of the initial state is kept (it is as large as the state): reset() rebuilds it.
         self.state_ = self._build_initial_state()
 
@@ -356,14 +355,17 @@ class AdaNeg(OnlineDetector):
     def neglabel_score(self, image_features: np.ndarray) -> np.ndarray:
         """``S_nl`` with ``G = groups`` (the caching criterion and the ``nl_weight`` term)."""
         features = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
-        return grouped_id_mass(features @ self.id_text_features.T, features @ self._grouped_bank.T, self.groups, self.tau)
+        return self._neglabel_from_cosines(features @ self.id_text_features.T, features @ self.neg_text_features.T)
+
+    def _neglabel_from_cosines(self, id_cos: np.ndarray, neg_cos: np.ndarray) -> np.ndarray:
+        return grouped_id_mass(id_cos, neg_cos[:, self.group_index_], self.groups, self.tau)
 
     def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
         """Cache the batch's confident samples, then score it against the updated proxies."""
         features = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
         id_cos = features @ self.id_text_features.T
         neg_cos = features @ self.neg_text_features.T
-        s_nl = grouped_id_mass(id_cos, neg_cos[:, self.group_index_], self.groups, self.tau)
+        s_nl = self._neglabel_from_cosines(id_cos, neg_cos)
         self._cache(features, id_cos, neg_cos, s_nl)
         id_proxy_cos = self._proxy_cosines(features, np.arange(self.n_classes))
         neg_proxy_cos = self._proxy_cosines(features, self.n_classes + self.group_index_)
