@@ -7,6 +7,7 @@ sentence on stderr with exit status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import sys
@@ -54,6 +55,12 @@ from negspace.scoring import DEFAULT_TAU
 log = logging.getLogger("negspace")
 
 DEFAULT_MODEL = "openclip:ViT-B-16/openai"
+_MINING = MiningConfig()
+
+
+def default_of(function: Callable[..., Any], name: str) -> Any:
+    """A parameter's default, read from the signature: the CLI never restates a paper default."""
+    return inspect.signature(function).parameters[name].default
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -68,10 +75,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_mining_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("negative-label mining (NegLabel)")
-    group.add_argument("--corpus", choices=SELECTIONS, default="neglabel", help="WordNet selection (default: %(default)s)")
-    group.add_argument("--num-negatives", type=int, default=10_000, help="M, labels kept (default: %(default)s)")
-    group.add_argument("--percentile", type=float, default=95.0, help="percentile of ID similarity (default: %(default)s)")
-    group.add_argument("--split", choices=SPLITS, default="proportional", help="how M is split between nouns and adjectives")
+    group.add_argument("--corpus", choices=SELECTIONS, default=_MINING.corpus, help="WordNet selection (default: %(default)s)")
+    group.add_argument("--num-negatives", type=int, default=_MINING.num_negatives, help="M, labels kept (default: %(default)s)")
+    group.add_argument("--percentile", type=float, default=_MINING.percentile, help="percentile of ID similarity (default: %(default)s)")
+    group.add_argument("--split", choices=SPLITS, default=_MINING.split, help="how M is split between nouns and adjectives")
     group.add_argument("--per-part-fraction", type=float, default=0.15, help="fraction per part with --split per_part")
 
 
@@ -92,26 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, help="results folder (default: runs/METHOD-TIMESTAMP)")
     _add_model_options(ev)
     method = ev.add_argument_group("method parameters")
-    method.add_argument("--temperature", type=float, default=1.0, help="MCM softmax temperature (default: %(default)s)")
+    method.add_argument("--temperature", type=float, default=default_of(MCM.__init__, "temperature"), help="MCM softmax temperature (default: %(default)s)")
     method.add_argument("--tau", type=float, default=DEFAULT_TAU, help="NegLabel temperature (default: %(default)s)")
     method.add_argument("--groups", type=int, default=DEFAULT_GROUPS, help="NegLabel groups G (default: %(default)s)")
     method.add_argument("--negatives", type=Path, help="negative-label file from 'negspace mine' (skips mining)")
     tanl = ev.add_argument_group("TANL (test-time activated negative labels)")
-    tanl.add_argument("--tanl-corpus", choices=SELECTIONS, default="neglabel", help="label pool (default: %(default)s)")
-    tanl.add_argument("--tanl-alpha", type=float, default=0.0, help="history vs batch activation, 1 = distribution-adaptive (default: %(default)s)")
-    tanl.add_argument("--tanl-beta", type=int, default=1000, help="activated labels kept (default: %(default)s)")
-    tanl.add_argument("--tanl-step", type=int, default=1, help="activation-aware score step s (default: %(default)s)")
-    tanl.add_argument("--tanl-queue-length", type=int, default=300, help="confident ID/OOD queue length (default: %(default)s)")
-    tanl.add_argument("--tanl-g", type=float, default=0.5, help="confidence margin around the Otsu threshold (default: %(default)s)")
-    tanl.add_argument("--tanl-otsu-window", type=int, default=20_000, help="scores kept for Otsu (default: %(default)s)")
+    tanl.add_argument("--tanl-corpus", choices=SELECTIONS, default=default_of(TANL.from_encoder, "corpus"), help="label pool (default: %(default)s)")
+    tanl.add_argument("--tanl-alpha", type=float, default=default_of(TANL.from_features, "alpha"), help="history vs batch activation, 1 = distribution-adaptive (default: %(default)s)")
+    tanl.add_argument("--tanl-beta", type=int, default=default_of(TANL.from_features, "beta"), help="activated labels kept (default: %(default)s)")
+    tanl.add_argument("--tanl-step", type=int, default=default_of(TANL.from_features, "step"), help="activation-aware score step s (default: %(default)s)")
+    tanl.add_argument("--tanl-queue-length", type=int, default=default_of(TANL.from_features, "queue_length"), help="confident ID/OOD queue length (default: %(default)s)")
+    tanl.add_argument("--tanl-g", type=float, default=default_of(TANL.from_features, "g"), help="confidence margin around the Otsu threshold (default: %(default)s)")
+    tanl.add_argument("--tanl-otsu-window", type=int, default=default_of(TANL.from_features, "otsu_window"), help="scores kept for Otsu (default: %(default)s)")
     adaneg = ev.add_argument_group("AdaNeg (adaptive negative proxies)")
-    adaneg.add_argument("--adaneg-proxy", choices=("task", "sample"), default="task", help="proxy kind (default: %(default)s)")
-    adaneg.add_argument("--adaneg-memory-length", type=int, default=10, help="slots per label, slot 0 = text (default: %(default)s)")
-    adaneg.add_argument("--adaneg-gamma", type=float, default=0.5, help="caching threshold (default: %(default)s)")
-    adaneg.add_argument("--adaneg-g", type=float, default=0.5, help="caching margin (default: %(default)s)")
-    adaneg.add_argument("--adaneg-groups", type=int, default=5, help="groups of the AdaNeg score (default: %(default)s)")
-    adaneg.add_argument("--adaneg-sample-scale", type=float, default=5.5, help="sample-adaptive weight scale (default: %(default)s)")
-    adaneg.add_argument("--adaneg-nl-weight", type=float, default=0.1, help="weight of the NegLabel term (default: %(default)s)")
+    adaneg.add_argument("--adaneg-proxy", choices=("task", "sample"), default=default_of(AdaNeg.from_features, "proxy"), help="proxy kind (default: %(default)s)")
+    adaneg.add_argument("--adaneg-memory-length", type=int, default=default_of(AdaNeg.from_features, "memory_length"), help="slots per label, slot 0 = text (default: %(default)s)")
+    adaneg.add_argument("--adaneg-gamma", type=float, default=default_of(AdaNeg.from_features, "gamma"), help="caching threshold (default: %(default)s)")
+    adaneg.add_argument("--adaneg-g", type=float, default=default_of(AdaNeg.from_features, "g"), help="caching margin (default: %(default)s)")
+    adaneg.add_argument("--adaneg-groups", type=int, default=default_of(AdaNeg.from_features, "groups"), help="groups of the AdaNeg score (default: %(default)s)")
+    adaneg.add_argument("--adaneg-sample-scale", type=float, default=default_of(AdaNeg.from_features, "sample_weight_scale"), help="sample-adaptive weight scale (default: %(default)s)")
+    adaneg.add_argument("--adaneg-nl-weight", type=float, default=default_of(AdaNeg.from_features, "nl_weight"), help="weight of the NegLabel term (default: %(default)s)")
     cli_ants.add_ants_options(ev)
     cli_ants.add_mllm_options(ev)
     _add_mining_options(ev)

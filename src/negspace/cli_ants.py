@@ -14,11 +14,12 @@ import numpy as np
 
 from negspace.detectors.ants import ANTS
 from negspace.detectors.ants_io import write_explanations_csv
-from negspace.detectors.ants_state import scaled_schedule
+from negspace.detectors.ants_state import ANTSConfig, scaled_schedule
 from negspace.errors import NegspaceError
 from negspace.evaluate import EncodedSet
 
 log = logging.getLogger(__name__)
+_ANTS = ANTSConfig()  # the paper defaults, read by the options below
 
 
 def add_mllm_options(parser: argparse.ArgumentParser) -> None:
@@ -41,17 +42,17 @@ def add_ants_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ants-score", choices=("ada", "ens", "vsnl", "neglabel"),
                        help="score (default: ada; with --negative-space: as saved)")
     group.add_argument("--ants-lam", type=float, help="fixed weight of ENS vs VSNL (ablation); default adaptive")
-    group.add_argument("--ants-threshold", choices=("paper", "histogram"), default="paper", help="negative-image threshold rule")
-    group.add_argument("--ants-similar-classes", choices=("frequency", "history_top40"), default="frequency",
+    group.add_argument("--ants-threshold", choices=("paper", "histogram"), default=_ANTS.threshold, help="negative-image threshold rule")
+    group.add_argument("--ants-similar-classes", choices=("frequency", "history_top40"), default=_ANTS.similar_classes,
                        help="visually similar ID-class rule (default: %(default)s)")
     group.add_argument("--ants-schedule", choices=("default", "scaled"), default="default",
                        help="'scaled' fits the bank-update schedule to a stream smaller than ImageNet's")
     group.add_argument("--ants-diversity", choices=("none", "kcenter"), default="none",
                        help="describe a k-center spread of the negatives instead of all (default: %(default)s)")
-    group.add_argument("--ants-diversity-size", type=int, default=50, help="negatives described per update with kcenter")
-    group.add_argument("--max-mllm-calls", type=int, default=2000, help="MLLM requests per stream (default: %(default)s)")
-    group.add_argument("--ants-request-batch", type=int, default=64, help="MLLM requests sent together (default: %(default)s)")
-    group.add_argument("--ants-mllm-lag", type=int, default=1,
+    group.add_argument("--ants-diversity-size", type=int, default=_ANTS.diversity_size, help="negatives described per update with kcenter")
+    group.add_argument("--max-mllm-calls", type=int, default=_ANTS.max_mllm_calls, help="MLLM requests per stream (default: %(default)s)")
+    group.add_argument("--ants-request-batch", type=int, default=_ANTS.mllm_batch_size, help="MLLM requests sent together (default: %(default)s)")
+    group.add_argument("--ants-mllm-lag", type=int, default=_ANTS.mllm_lag,
                        help="online: MLLM answers reach the banks before batch t+LAG, scoring goes on meanwhile; "
                             "1 = the paper's timing, 0 = wait for the answers (default: %(default)s)")
     group.add_argument("--negative-space", type=Path, help="score with a saved negative space (no MLLM needed)")
@@ -77,9 +78,9 @@ def load_mllm_from_args(args: argparse.Namespace) -> Any:
 
 
 # Options that shape how a space is learned: a loaded space keeps its own and says so.
-_LEARNING_OPTIONS = {
-    "ants_mode": "online", "ants_threshold": "paper", "ants_similar_classes": "frequency",
-    "ants_schedule": "default", "ants_diversity": "none", "tau": 0.01, "groups": 100,
+_LEARNING_DEFAULTS = {
+    "ants_mode": "online", "ants_threshold": _ANTS.threshold, "ants_similar_classes": _ANTS.similar_classes,
+    "ants_schedule": "default", "ants_diversity": "none", "tau": _ANTS.tau, "groups": _ANTS.groups,
 }
 
 
@@ -97,7 +98,7 @@ def _load_space(args: argparse.Namespace, encoder: Any, class_names: Sequence[st
         raise NegspaceError(f"The negative space {args.negative_space} was learned for other classes than --classes {args.classes}.")
     if detector.id_text_features.shape[1] != encoder.dim:
         raise NegspaceError(f"The negative space {args.negative_space} has dimension {detector.id_text_features.shape[1]}, the model {encoder.dim}.")
-    ignored = [f"--{name.replace('_', '-')}" for name, default in _LEARNING_OPTIONS.items() if getattr(args, name) != default]
+    ignored = [f"--{name.replace('_', '-')}" for name, default in _LEARNING_DEFAULTS.items() if getattr(args, name) != default]
     if ignored:
         log.warning("%s ignored: the negative space %s keeps the settings it was learned with", ", ".join(ignored), args.negative_space)
     overrides = {"mode": args.ants_score} if args.ants_score is not None else {}
