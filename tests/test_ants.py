@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from negspace.detectors.ants import ANTS
-from negspace.detectors.ants_state import (
-    ANTSState,
+from negspace.detectors.ants_config import ANTSConfig
+from negspace.detectors.ants_rules import (
     exact_paper_negatives,
     histogram_add,
     histogram_quantile,
@@ -20,6 +20,7 @@ from negspace.detectors.ants_state import (
     kcenter_greedy,
     scaled_schedule,
 )
+from negspace.detectors.ants_state import ANTSState
 from negspace.detectors.base import StreamBatch
 from negspace.detectors.neglabel import NegLabel
 from negspace.evaluate import stream_order
@@ -213,7 +214,7 @@ def test_no_negatives_gives_neglabel_scores(world, corpus):
     np.testing.assert_array_equal(id_s, ref_id)
     np.testing.assert_array_equal(ood_s, ref_ood)
     assert det.lam == 0.5 and mllm.received == 0
-    assert det.state.n_negatives == 0
+    assert det.state.negatives_mined == 0
 
 
 def test_fixed_lam_and_neglabel_mode(world, corpus):
@@ -252,7 +253,7 @@ def test_reset_restores_initial_state(world, corpus):
     det = build(world, corpus)
     first = np.concatenate(run(det, world, "near"))
     det.reset()
-    assert det.state.ens_count == 0 and det.state.n_negatives == 0
+    assert det.state.ens_count == 0 and det.state.negatives_mined == 0
     np.testing.assert_array_equal(first, np.concatenate(run(det, world, "near")))
 
 
@@ -320,14 +321,19 @@ def test_state_is_bounded(world, corpus):
     assert det.state.score_hist.shape == (det.config.histogram_bins,)
 
 
-def test_ens_keeps_newest():
-    st = ANTSState(dim=2, n_classes=1, histogram_bins=10, threshold=0.5, ens_capacity=3)
+def test_ens_keeps_newest_in_either_order():
     eye = np.eye(2, dtype=np.float32)
-    for i in range(5):
-        st.add_ens([f"s{i}"], eye[i % 2][None])
-    assert st.ens_texts == ["s2", "s3", "s4"]
-    st.add_ens(["a", "b", "c", "d"], np.repeat(eye[:1], 4, 0))
+    for prepend, expected in ((False, ["s2", "s3", "s4"]), (True, ["s4", "s3", "s2"])):
+        st = ANTSState.fresh(ANTSConfig(ens_size=3), dim=2, n_classes=1)
+        for i in range(5):
+            st.add_ens([f"s{i}"], eye[i % 2][None], np.zeros(1), prepend=prepend)
+        assert st.ens_texts == expected
+        assert st.ens_bank.shape == (3, 2) and st.ens_version == 5
+    st = ANTSState.fresh(ANTSConfig(ens_size=3), dim=2, n_classes=1)
+    st.add_ens(["a", "b", "c", "d"], np.repeat(eye[:1], 4, 0), np.zeros(4), prepend=False)
     assert st.ens_texts == ["b", "c", "d"]
+    st.add_ens(["e", "f"], np.repeat(eye[1:], 2, 0), np.zeros(2), prepend=True)  # new first, oldest dropped
+    assert st.ens_texts == ["e", "f", "b"]
 
 
 def test_diversity_selection_makes_fewer_calls(world, corpus):
@@ -438,13 +444,14 @@ class SlowMLLM(ScriptedMLLM):
 
 
 def test_mllm_answers_arrive_at_a_fixed_batch_whatever_the_mllm_speed(world, corpus):
-    """Background MLLM work changes the banks at batch t + lag, so speed never changes scores,
-    and lag 1 (background) reproduces the blocking schedule (lag 0) exactly."""
+    """Background MLLM work changes the banks at batch t + lag, so speed never changes scores;
+    lag 0 (default) scores a batch after its own updates, so it differs from lag 1."""
     blocking = np.concatenate(run(build(world, corpus, mllm_lag=0), world, "far"))
     background = np.concatenate(run(build(world, corpus, mllm_lag=1), world, "far"))
     slow = np.concatenate(run(build(world, corpus, SlowMLLM(world, 0.05), mllm_lag=1), world, "far"))
-    np.testing.assert_array_equal(blocking, background)
-    np.testing.assert_array_equal(blocking, slow)
+    np.testing.assert_array_equal(background, slow)
+    assert not np.array_equal(blocking, background)
+    assert ANTSConfig().mllm_lag == 0
 
 
 def test_scoring_does_not_wait_for_the_mllm(world, corpus):

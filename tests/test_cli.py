@@ -213,7 +213,7 @@ def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path,
     metrics = _check_outputs_stream(out, n_id=7, n_ood=6)
     info = metrics["ants"]["noise"]
     assert metrics["mllm_calls"] == metrics["mllm_requests"] == info["mllm_calls"] == len(chat_requests) > 0
-    assert info["ens_size"] >= 1 and "a field of colourful static noise" in (out / "negative_space" / "noise" / "ens_texts.json").read_text().lower()
+    assert info["ens_size"] >= 1 and "a field of colourful static noise" in (out / "negative_space" / "noise" / "state.json").read_text().lower()
     with (out / "explanations.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert rows and rows[0]["ood_set"] == "noise" and rows[0]["source"] in {"ens", "vsnl", "corpus"}
@@ -300,4 +300,4 @@ def test_eval_ants_online_streams_with_background_mllm(tmp_path, image_sets, tin
     metrics = _check_outputs_stream(out, n_id=7, n_ood=6)
     info = metrics["ants"]["noise"]
     assert info["vsnl_updates"] >= 1 and metrics["mllm_requests"] == len(chat_requests) > 0
-    assert (out / "negative_space" / "noise" / "vsnl.json").is_file()
+    assert (out / "negative_space" / "noise" / "state.json").is_file()

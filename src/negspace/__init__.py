@@ -16,7 +16,7 @@ from negspace.corpus.mining import MiningConfig, mine_negative_labels
 from negspace.corpus.wordnet import load_wordnet_corpus
 from negspace.detectors.adaneg import AdaNeg
 from negspace.detectors.ants import ANTS
-from negspace.detectors.ants_state import ANTSConfig
+from negspace.detectors.ants_config import ANTSConfig
 from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import NegLabel
 from negspace.detectors.tanl import TANL

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from negspace.detectors.ants import ANTS
-from negspace.detectors.ants_io import write_explanations_csv
-from negspace.detectors.ants_state import ANTSConfig, scaled_schedule
+from negspace.detectors.ants_explain import write_explanations_csv
+from negspace.detectors.ants_config import ANTSConfig
+from negspace.detectors.ants_rules import scaled_schedule
 from negspace.errors import NegspaceError
 from negspace.evaluate import EncodedSet
 

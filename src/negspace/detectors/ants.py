@@ -8,38 +8,35 @@ Over a test stream, ANTS grows two negative banks with a multimodal LLM and fuse
     ENS    = MLLM descriptions of negative images ("... Do not include the class name {H(x)}.")
     Y'     = top delta*K ID classes by prediction frequency among negatives
     VSNL   = MLLM "five class names that share visual features with {c}" for c in Y'
-    S_ens  = S(v; ENS),  S_vsnl = S(v; VSNL)          (section-1 score, groups of fixed size)
-    lam    = (1 - a) / ((1 - a) + (1 - b)),  a / b = mean S_ens / S_vsnl over the negatives
+    S_ens  = S(v; ENS),  S_vsnl = S(v; VSNL)       (section-1 score, target group size 100)
+    lam    = (1 - a) / ((1 - a) + (1 - b)),  a / b = mean S_ens / S_vsnl over the negatives (Eq. 15)
     S_ada  = lam * S_ens + (1 - lam) * S_vsnl          (a missing bank falls back to S_nl)
 
-**Online mode** (the paper): :meth:`ANTS.score_features` scores a batch with the banks as they
-are, then updates the state. **Two-pass mode** (``two_pass=True``): :meth:`ANTS.score_stream`
-builds the banks from the whole stream first, then scores every image with the final banks; the
-scores depend only on the set of (feature, image) pairs, not on their order (see
-:meth:`ANTS.score_stream` for exactly what is invariant).
+**Online mode** (the paper): per batch, the base score, the negatives, the ENS and VSNL updates,
+then the batch is scored with the **updated** banks and fused (SPEC 4 step 9, the authors'
+order; ``mllm_lag >= 1`` instead lets the MLLM work in the background and changes the banks
+before batch ``t + lag``). **Two-pass mode** (``two_pass=True``): :meth:`ANTS.score_stream`
+builds the banks from the whole stream first, then scores every image with the final banks.
 
-State is bounded (:class:`~negspace.detectors.ants_state.ANTSState`), MLLM work has a budget
-(``max_mllm_calls`` requests per run; reaching it freezes the banks), and a learned space can be
-saved and reused without an MLLM (:meth:`ANTS.save`, :meth:`ANTS.load`).
+``lam`` (``lam_rule="paper"``) is Eq. 15 with the banks as they are now, over the newest
+``lam_sample`` negatives (their features are kept, and ``a``, ``b`` recomputed whenever a bank
+changes), so it moves as the banks fit the stream. ``lam_rule="authors"`` is the authors' running
+mean of balanced scores over every sample; :meth:`ANTSConfig.authors` gathers all of the
+authors' rules (their code produced the published numbers). ``ens_score="activation"`` is the
+authors' activation-aware ENS score (SPEC 4 step 11).
 
 Choices where the paper leaves room (SPEC section 4 is followed otherwise):
 
 - Online mining (``threshold="paper"``): Eq. 5-6 are applied to the whole history, kept as a
   fixed-bin histogram of ``S_nl``: ``gamma*`` is the ``eta`` quantile of all past scores below
   ``gamma0`` (current batch included), and a batch's negatives are its images with
-  ``S_nl <= gamma*``. Re-applying Eq. 6 to the candidates below the *previous* ``gamma*`` would
-  shrink the threshold at every update until nothing is left, so candidates are always taken
-  below ``gamma0``. ``threshold="histogram"`` is the authors' rule (start 0.8, updated at each
-  ENS update from bins of 0.1).
-- ``a`` and ``b`` are running means of ``S_ens`` / ``S_vsnl`` over every negative, as scored
-  when it was seen (``S_nl`` where a bank did not exist yet); two-pass uses the final banks.
-- The changing banks are grouped with a fixed group size (``group_size`` = 100): the newest
-  ``floor(n / 100) * 100`` rows, permuted by :func:`negspace.scoring.group_order`; a bank of at
-  most 100 rows is scored ungrouped.
-- VSNL answers are cached per class (at most ``K`` entries); the bank holds the labels of the
-  classes currently in ``Y'``, deduplicated case-insensitively. Failed requests are not cached.
+  ``S_nl <= gamma*``. Candidates are always taken below ``gamma0`` (re-applying Eq. 6 below the
+  previous ``gamma*`` would shrink it at every update until nothing is left).
+- VSNL answers are cached per class (at most ``K`` entries); failed requests are not cached.
 - MLLM budget: ``max_mllm_calls`` counts requests sent by this detector since the last
-  :meth:`reset` (``mllm_calls_total`` counts across resets).
+  :meth:`reset` (``mllm_calls_total`` counts across resets); ``None`` = no limit.
+- At the end of a stream the negatives still pooled (fewer than ``min_candidates``) are described
+  too (``describe_leftovers``), so the saved space wastes no mined negative.
 """
 
 from __future__ import annotations
@@ -49,25 +46,35 @@ import logging
 import math
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from negspace.detectors import ants_explain
 from negspace.detectors.ants_banks import BankBuilder
-from negspace.detectors.ants_state import (
-    ANTSConfig,
-    ANTSState,
+from negspace.detectors.ants_config import ANTSConfig
+from negspace.detectors.ants_io import SavedSpace, read_space, save_space
+from negspace.detectors.ants_rules import (
+    activation_ens_score,
+    activation_threshold,
+    changing_bank_groups,
+    changing_bank_score,
+    crossfit_lam,
     exact_paper_negatives,
+    frequency_classes,
+    fusion_weight,
     histogram_add,
     histogram_threshold,
     paper_threshold,
     scaled_schedule,
-    similar_classes,
+    top_counts,
 )
+from negspace.detectors.ants_state import ANTSState
 from negspace.detectors.base import OnlineDetector, StreamBatch, as_unit_rows
 from negspace.mllm.protocol import MLLM
-from negspace.scoring import group_order, grouped_id_mass, id_mass
+from negspace.scoring import group_order, grouped_id_mass
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives
@@ -86,11 +93,22 @@ class TextEncoder(Protocol):
     def encode_texts(self, texts: Sequence[str], template: str = "{}", progress: bool = True) -> np.ndarray: ...
 
 
+@dataclass
+class _Base:
+    """What every score of a batch starts from."""
+
+    image: np.ndarray  # unit rows
+    id_cos: np.ndarray
+    s_nl: np.ndarray
+    pred: np.ndarray
+
+
 class ANTS(BankBuilder, OnlineDetector):
     """Adaptive negative textual space; scores are higher for in-distribution samples.
 
     Build with :meth:`from_features` (features and a text encoder) or :meth:`from_encoder`
-    (a CLIP encoder and mined negatives). All hyper-parameters are :class:`ANTSConfig` fields.
+    (a CLIP encoder and mined negatives). All hyper-parameters are :class:`ANTSConfig` fields;
+    ``ANTSConfig.authors(...)`` reproduces the authors' code.
     """
 
     def __init__(
@@ -119,16 +137,20 @@ class ANTS(BankBuilder, OnlineDetector):
         self.mllm = mllm
         self.frozen = False  # a frozen detector scores with its banks and never updates them
         self.space_mllm_calls = 0  # MLLM requests that built a loaded space (0 for a fresh one)
-        self._corpus_order = group_order(len(self.neg_text_features), self.config.groups, self.config.seed)
-        self._grouped_corpus = self.neg_text_features[self._corpus_order]
-        self._bank_cache: dict[str, tuple[int, np.ndarray, int]] = {}
+        self._set_corpus(self.neg_text_features)
+        self._groupings: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
+        self._crossfit: tuple[tuple[int, int], float | None] | None = None
         self._logged: set[str] = set()
         self.mllm_calls_total = 0  # requests over every run (reset() does not clear it)
         self._jobs = deque()
         self._executor = None
         self._vsnl_wanted = []
-        self.state = self._fresh_state()
+        self.state = ANTSState.fresh(self.config, dim, len(self.id_text_features))
         self._initial_state = copy.deepcopy(self.state)
+
+    def _set_corpus(self, features: np.ndarray) -> None:
+        self.neg_text_features = features
+        self._grouped_corpus = features[group_order(len(features), self.config.groups, self.config.seed)]
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -142,133 +164,136 @@ class ANTS(BankBuilder, OnlineDetector):
         class_names: Sequence[str],
         *,
         neg_labels: Sequence[str] | None = None,
-        **config: Any,
+        config: ANTSConfig | None = None,
+        **fields: Any,
     ) -> ANTS:
         """Build from ``(K, D)`` ID and ``(M, D)`` corpus negative text features.
 
         ``text_encoder.encode_texts(texts, template=..., progress=...)`` encodes the MLLM's
-        sentences (no template) and labels (``The nice {}.``); ``config`` are
-        :class:`ANTSConfig` fields (``tau``, ``groups``, ``mode``, ``two_pass``, ...).
+        sentences (no template) and labels (``The nice {}.``). ``config`` (default
+        ``ANTSConfig()``; e.g. ``ANTSConfig.authors()``) with ``fields`` replacing any of its
+        fields (``tau``, ``groups``, ``mode``, ``two_pass``, ...).
         """
         return cls(id_text_features, neg_text_features, text_encoder, mllm, class_names,
-                   ANTSConfig(**config), neg_labels=neg_labels)
+                   replace(config or ANTSConfig(), **fields), neg_labels=neg_labels)
 
     @classmethod
     def from_encoder(
-        cls, encoder: Any, class_names: Sequence[str], mined: MinedNegatives, mllm: MLLM | None, **config: Any
+        cls, encoder: Any, class_names: Sequence[str], mined: MinedNegatives, mllm: MLLM | None,
+        config: ANTSConfig | None = None, **fields: Any,
     ) -> ANTS:
         """Build on a CLIP encoder: ID names as ``The nice {}.``, the mined NegLabel bank."""
         id_features = encoder.encode_texts(list(class_names), template=ID_TEMPLATE)
-        det = cls(id_features, mined.features, encoder, mllm, class_names, ANTSConfig(**config),
-                  neg_labels=mined.labels)
+        det = cls(id_features, mined.features, encoder, mllm, class_names,
+                  replace(config or ANTSConfig(), **fields), neg_labels=mined.labels)
         det.encoder = encoder
         return det
-
-    def _fresh_state(self) -> ANTSState:
-        cfg = self.config
-        return ANTSState(
-            dim=self.id_text_features.shape[1],
-            n_classes=len(self.id_text_features),
-            histogram_bins=cfg.histogram_bins,
-            threshold=cfg.histogram_start if cfg.threshold == "histogram" else math.nan,
-            ens_capacity=cfg.ens_size,
-        )
 
     def reset(self) -> None:
         """Restore the state the detector started with (empty banks, or the loaded space)."""
         self._discard_pending_answers()
         self._vsnl_wanted = []
         self.state = copy.deepcopy(self._initial_state)
-        self._bank_cache.clear()
+        self._crossfit = None
 
     def wait_for_mllm(self) -> None:
-        """Apply every answer still being worked on in the background (end of a stream)."""
+        """Apply every answer still being worked on in the background."""
         self._apply_due_answers(wait_all=True)
 
     def freeze(self) -> None:
         """Stop learning: later batches are scored with the current banks and ``lam``."""
         self.frozen = True
 
+    @property
+    def learning(self) -> bool:
+        """Whether :meth:`score_features` updates the state (online, not frozen, a bank in use)."""
+        return not (self.frozen or self.config.two_pass or self.config.mode == "neglabel")
+
     # -- scoring --------------------------------------------------------------------------------
 
-    def _grouped_bank(self, name: str, bank: np.ndarray) -> tuple[np.ndarray, int]:
-        """The bank in group order with fixed group size (newest rows kept), cached per version."""
-        cached = self._bank_cache.get(name)
-        if cached is not None and cached[0] == self.state.version:
-            return cached[1], cached[2]
-        size = self.config.group_size
-        n = len(bank)
-        if n <= size:
-            grouped, groups = bank, 1
-        else:
-            groups = n // size
-            used = groups * size
-            grouped = bank[n - used :][group_order(used, groups, self.config.seed)]
-        self._bank_cache[name] = (self.state.version, grouped, groups)
-        return grouped, groups
+    def _grouping(self, n: int, size: int) -> tuple[np.ndarray, int]:
+        key = (n, size)
+        if key not in self._groupings:
+            self._groupings[key] = changing_bank_groups(n, size, self.config.seed)
+        return self._groupings[key]
 
-    def _bank_score(self, name: str, bank: np.ndarray, image: np.ndarray, id_cos: np.ndarray) -> np.ndarray | None:
-        if len(bank) == 0:
-            return None
-        grouped, groups = self._grouped_bank(name, bank)
-        cos = image @ grouped.T
-        if groups == 1:
-            return id_mass(id_cos, cos, self.config.tau)
-        return grouped_id_mass(id_cos, cos, groups, self.config.tau)
+    def _bank_score(self, id_cos: np.ndarray, bank_cos: np.ndarray, size: int | None = None) -> np.ndarray:
+        order, groups = self._grouping(bank_cos.shape[1], size or self.config.group_size)
+        return changing_bank_score(id_cos, bank_cos, order, groups, self.config.tau)
 
-    def _components(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        """``S_nl``, ``S_ens``, ``S_vsnl`` (with fallback), the prediction, and the unit features."""
+    def _base(self, features: np.ndarray) -> _Base:
         image = as_unit_rows(features, "image features", self.id_text_features.shape[1])
         id_cos = image @ self.id_text_features.T
         s_nl = grouped_id_mass(id_cos, image @ self._grouped_corpus.T, self.config.groups, self.config.tau)
-        s_ens = s_vsnl = None
-        if self.config.uses_ens:
-            s_ens = self._bank_score("ens", self.state.ens_bank, image, id_cos)
-        if self.config.uses_vsnl:
-            s_vsnl = self._bank_score("vsnl", self.state.vsnl_bank, image, id_cos)
-        return {
-            "image": image,
-            "pred": np.argmax(id_cos, axis=1),
-            "nl": s_nl,
-            "ens": s_nl if s_ens is None else s_ens,
-            "vsnl": s_nl if s_vsnl is None else s_vsnl,
-        }
+        return _Base(image, id_cos, s_nl, np.argmax(id_cos, axis=1))
 
-    @property
-    def lam(self) -> float:
-        """The current fusion weight (fixed ``lam`` if configured)."""
-        return self.state.lam(self.config.lam)
+    def _bank_parts(self, base: _Base, window: str = "peek") -> dict[str, np.ndarray]:
+        """``S_ens`` (grouped and as scored), ``S_vsnl`` and their cosines; a missing bank is ``S_nl``.
+
+        ``window`` says how the activation-aware ENS score uses its window of past scores:
+        ``"push"`` adds the batch first (online learning), ``"peek"`` uses window and batch
+        without storing (a frozen detector), ``"fixed"`` the window as it is (two-pass scoring),
+        ``"skip"``: no activation-aware score (``S_ens`` is the grouped one).
+        """
+        st, cfg = self.state, self.config
+        parts: dict[str, np.ndarray] = {"nl": base.s_nl, "ens_grouped": base.s_nl, "ens": base.s_nl,
+                                        "vsnl": base.s_nl}
+        if st.ens_count:
+            ens_cos = base.image @ st.ens_bank.T
+            parts["ens_cos"] = ens_cos
+            parts["ens_grouped"] = parts["ens"] = self._bank_score(base.id_cos, ens_cos)
+            if cfg.ens_score == "activation" and window != "skip":
+                parts["ens"] = self._activation_score(base, ens_cos, parts["ens_grouped"], window)
+        if len(st.vsnl_texts):
+            parts["vsnl_cos"] = base.image @ st.vsnl_bank.T
+            parts["vsnl"] = self._bank_score(base.id_cos, parts["vsnl_cos"])
+        return parts
+
+    def _activation_score(self, base: _Base, ens_cos: np.ndarray, grouped: np.ndarray, window: str) -> np.ndarray:
+        ring = self.state.activation_window
+        if window == "push":
+            ring.push(grouped)
+            past = ring.rows()
+        elif window == "peek":
+            past = np.concatenate([ring.rows(), grouped])[-ring.capacity :]
+        else:
+            past = ring.rows() if ring.count else grouped
+        cfg = self.config
+        score = activation_ens_score(base.id_cos, ens_cos, grouped, activation_threshold(past),
+                                     gap=cfg.activation_gap, negatives=cfg.activation_negatives,
+                                     step=cfg.activation_step, tau=cfg.tau)
+        return grouped if score is None else score
 
     def _fuse(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         mode = self.config.mode
         if mode == "neglabel":
             return parts["nl"]
-        if mode == "ens":
-            return parts["ens"]
-        if mode == "vsnl":
-            return parts["vsnl"]
+        if mode in ("ens", "vsnl"):
+            return parts[mode]
         lam = self.lam
         return lam * parts["ens"] + (1.0 - lam) * parts["vsnl"]
 
     def score_fixed(self, features: np.ndarray) -> np.ndarray:
         """Score with the current banks and ``lam``; never updates the state."""
-        return self._fuse(self._components(features))
+        return self._fuse(self._bank_parts(self._base(features), "peek"))
 
     def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
-        """Online ANTS: score the batch with the banks as they are, then update the state.
+        """Online ANTS on one batch: mine, update the banks, score with them, fuse (SPEC 4 step 9).
 
         ``images`` (paths or PIL images, aligned with the rows) are needed only for the negatives
         sent to the MLLM; without them the ENS bank cannot grow. A frozen or two-pass detector
         only scores (two-pass learns in :meth:`score_stream`).
         """
+        if not self.learning:
+            return self.score_fixed(image_features)
+        if images is not None and len(images) != len(image_features):
+            raise ValueError(f"{len(images)} images for a batch of {len(image_features)} features")
         self._apply_due_answers()
-        parts = self._components(image_features)
-        scores = self._fuse(parts)
-        if not (self.frozen or self.config.two_pass or self.config.mode == "neglabel"):
-            if images is not None and len(images) != len(scores):
-                raise ValueError(f"{len(images)} images for a batch of {len(scores)} features")
-            self._update(parts, images)
-        return scores
+        base = self._base(image_features)
+        negatives, halves = self._mine(base, images)
+        parts = self._bank_parts(base, "push")
+        self._track(base, parts, negatives, halves)
+        return self._fuse(parts)
 
     def score_images(self, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         """Encode PIL images with the detector's encoder and score them as one online batch."""
@@ -276,68 +301,195 @@ class ANTS(BankBuilder, OnlineDetector):
             raise RuntimeError("ANTS was built from features; use score_features or from_encoder(...)")
         return self.score_features(self.encoder.encode_images(images, batch_size=batch_size), images=images)
 
+    # -- the fusion weight ----------------------------------------------------------------------
+
+    @property
+    def lam(self) -> float:
+        """The current fusion weight (fixed ``lam`` if configured; see :meth:`lam_terms`)."""
+        return self.lam_terms()[2]
+
+    def lam_terms(self) -> tuple[float | None, float | None, float]:
+        """``(a, b, lam)`` of Eq. 15 under ``lam_rule`` (``a``, ``b`` ``None`` when nothing is known).
+
+        ``paper``: ``a``, ``b`` = mean ``S_ens``, ``S_vsnl`` (grouped) of the newest
+        ``lam_sample`` negatives with the current banks. ``authors``: running means over every
+        sample so far of the balanced scores. ``crossfit``: the paper's ``a``, ``b`` with the
+        ``lam`` of :func:`~negspace.detectors.ants_rules.crossfit_lam` (the paper's where it has
+        no answer).
+        """
+        cfg, st = self.config, self.state
+        if cfg.lam_rule == "authors":
+            if st.balanced_count == 0:
+                return None, None, 0.5 if cfg.lam is None else float(cfg.lam)
+            a, b = st.balanced_sum_ens / st.balanced_count, st.balanced_sum_vsnl / st.balanced_count
+        else:
+            self._refresh_sample()
+            if st.neg_sample.count == 0:
+                return None, None, 0.5 if cfg.lam is None else float(cfg.lam)
+            scores = st.neg_sample_scores.rows()
+            a, b = float(scores[:, 1].mean()), float(scores[:, 2].mean())
+        if cfg.lam is not None:
+            return a, b, float(cfg.lam)
+        lam = self._crossfit_lam() if cfg.lam_rule == "crossfit" else None
+        return a, b, fusion_weight(a, b) if lam is None else lam
+
+    def _sample_scores(self, features: np.ndarray) -> np.ndarray:
+        """``(n, 3)``: ``S_nl``, grouped ``S_ens``, ``S_vsnl`` of rows with the current banks."""
+        out = np.empty((len(features), 3))
+        for start in range(0, len(features), _CHUNK):
+            parts = self._bank_parts(self._base(features[start : start + _CHUNK]), "skip")
+            out[start : start + _CHUNK] = np.stack([parts["nl"], parts["ens_grouped"], parts["vsnl"]], axis=1)
+        return out
+
+    def _refresh_sample(self) -> None:
+        """Re-score the kept negatives when a bank changed since they were scored."""
+        st = self.state
+        if (st.sample_ens_version, st.sample_vsnl_version) == (st.ens_version, st.vsnl_version):
+            return
+        if st.neg_sample.count:
+            st.neg_sample_scores.data[: st.neg_sample.count] = self._sample_scores(st.neg_sample.rows())
+        st.sample_ens_version, st.sample_vsnl_version = st.ens_version, st.vsnl_version
+
+    def _crossfit_lam(self) -> float | None:
+        """Cross-fitted ``lam``, recomputed when a bank changes (see ``lam_rule="crossfit"``)."""
+        st = self.state
+        key = (st.ens_version, st.vsnl_version)
+        if self._crossfit is not None and self._crossfit[0] == key:
+            return self._crossfit[1]
+        lam = None
+        if st.id_sample is not None and st.id_sample.count and st.neg_sample.count and st.ens_count:
+            id_scores = self._sample_scores(st.id_sample.rows())
+            negatives = st.neg_sample.rows()
+            neg_scores = self._sample_scores(negatives)
+            half = st.neg_sample_half.rows()
+            base = self._base(negatives)
+            ens_cos = base.image @ st.ens_bank.T
+            held_out = neg_scores[:, 0].copy()  # S_nl where the other half described nothing
+            for h in (0, 1):
+                rows, cols = np.flatnonzero(half == h), np.flatnonzero(st.ens_halves & (1 << (1 - h)))
+                if len(rows) and len(cols):
+                    held_out[rows] = self._bank_score(base.id_cos[rows], ens_cos[np.ix_(rows, cols)])
+            lam = crossfit_lam(id_scores[:, 1], id_scores[:, 2], held_out, neg_scores[:, 2])
+        self._crossfit = (key, lam)
+        return lam
+
+    def _track(self, base: _Base, parts: dict[str, np.ndarray], negatives: np.ndarray, halves: np.ndarray) -> None:
+        """After a batch is scored: the samples and sums ``lam`` is computed from."""
+        st, cfg = self.state, self.config
+        if cfg.lam_rule == "authors" and cfg.mode == "ada":
+            ens_bal, vsnl_bal = self._balanced(base, parts)
+            st.balanced_sum_ens += float(ens_bal.sum())
+            st.balanced_sum_vsnl += float(vsnl_bal.sum())
+            st.balanced_count += len(ens_bal)
+        self._refresh_sample()  # rows kept so far, with the banks that scored this batch
+        index = np.flatnonzero(negatives)
+        if len(index):
+            st.neg_sample.push(base.image[index])
+            st.neg_sample_scores.push(np.stack([parts["nl"], parts["ens_grouped"], parts["vsnl"]], axis=1)[index])
+            st.neg_sample_half.push(halves)
+        if st.id_sample is not None:
+            st.id_sample.push(base.image[base.s_nl >= cfg.gamma0])
+
+    def _balanced(self, base: _Base, parts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The authors' balanced scores: ENS with group size ``balanced_group_size``; VSNL with its
+        labels repeated ``vsnl_balance_repeats`` times first; ``S_nl`` for a missing bank."""
+        size = self.config.balanced_group_size
+        ens = self._bank_score(base.id_cos, parts["ens_cos"], size) if "ens_cos" in parts else base.s_nl
+        if "vsnl_cos" not in parts:
+            return ens, base.s_nl
+        repeated = np.tile(parts["vsnl_cos"], (1, self.config.vsnl_balance_repeats))
+        return ens, self._bank_score(base.id_cos, repeated, size)
+
     # -- online update --------------------------------------------------------------------------
 
-    def _update(self, parts: dict[str, np.ndarray], images: Sequence[Any] | None) -> None:
+    @property
+    def _ens_stopped(self) -> bool:
+        stop = self.config.ens_stop_step
+        return stop is not None and self.state.ens_updates >= stop
+
+    def _mine(self, base: _Base, images: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Eq. 5-6 on the batch, the pool and its ENS update, the VSNL schedule.
+
+        Returns the batch's negative mask and each negative's half (alternating by mining order;
+        the crossfit rule scores a half with the other half's descriptions).
+        """
         st, cfg = self.state, self.config
-        s_nl, pred = parts["nl"], parts["pred"]
+        s_nl, pred = base.s_nl, base.pred
         st.batches_seen += 1
+        np.minimum.at(st.first_seen, pred, st.images_seen + np.arange(len(pred)))
         st.images_seen += len(s_nl)
         histogram_add(st.score_hist, s_nl)
+        if st.score_history is not None:
+            st.score_history.push(s_nl.astype(np.float32))
         st.all_pred_counts += np.bincount(pred, minlength=st.n_classes)
         if cfg.threshold == "paper":
             gamma = paper_threshold(st.score_hist, cfg.gamma0, cfg.eta)
             if gamma is not None:
                 st.threshold = gamma
             negatives = (s_nl < cfg.gamma0) & (s_nl <= st.threshold) if gamma is not None else np.zeros(len(s_nl), bool)
-        else:
+        else:  # the authors: below the threshold of the last ENS update
             negatives = s_nl < st.threshold
-        if negatives.any():
-            st.sum_ens += float(parts["ens"][negatives].sum())
-            st.sum_vsnl += float(parts["vsnl"][negatives].sum())
-            st.n_negatives += int(negatives.sum())
-            st.neg_pred_counts += np.bincount(pred[negatives], minlength=st.n_classes)
-            self._pool(parts, negatives, images)
-        if st.pending_count >= cfg.min_candidates:
-            self._flush_pool()
+        index = np.flatnonzero(negatives)
+        halves = ((st.negatives_mined + np.arange(len(index))) % 2).astype(np.int8)
+        st.negatives_mined += len(index)
+        st.neg_pred_counts += np.bincount(pred[index], minlength=st.n_classes)
+        if not self._ens_stopped:
+            self._pool(base, index, halves, images)
+            pending = st.pending_count
+            if pending > cfg.min_candidates or (cfg.ens_trigger == "at_least" and pending == cfg.min_candidates):
+                self._flush_pool()
         if (cfg.uses_vsnl and st.batches_seen >= cfg.vsnl_start
                 and (st.batches_seen - cfg.vsnl_start) % cfg.vsnl_every == 0):
-            self._update_vsnl(similar_classes(st, cfg))
+            self._update_vsnl(self.similar_classes())
+        return negatives, halves
 
-    def _pool(self, parts: dict[str, np.ndarray], negatives: np.ndarray, images: Sequence[Any] | None) -> None:
+    def similar_classes(self) -> list[int]:
+        """``Y'``: Eq. 10-11 (``frequency``) or the authors' most predicted classes so far."""
+        st, cfg = self.state, self.config
+        if cfg.similar_classes == "history_top40":
+            return top_counts(st.all_pred_counts, cfg.history_top, st.first_seen)
+        return frequency_classes(st.neg_pred_counts, cfg.delta)
+
+    def _pool(self, base: _Base, index: np.ndarray, halves: np.ndarray, images: Sequence[Any] | None) -> None:
         """Queue negatives for the next ENS update (the histogram rule also counts them for its
         threshold update, so it queues them even when nothing will be described)."""
         st, cfg = self.state, self.config
         describable = cfg.uses_ens and not st.budget_exhausted and images is not None
-        if cfg.uses_ens and images is None:
+        if cfg.uses_ens and images is None and len(index):
             self._log_once("no-images", "ANTS got negatives without images; the ENS bank cannot grow "
                            "(pass images= to score_features)")
-        if not (describable or cfg.threshold == "histogram"):
+        if cfg.uses_ens and st.budget_exhausted:
+            st.negatives_undescribed_budget += len(index)
+        if not (describable or cfg.threshold == "histogram") or not len(index):
             return
-        index = np.flatnonzero(negatives)
-        st.pending_features.append(parts["image"][index])
+        st.pending_features.append(base.image[index])
         st.pending_images.extend([images[i] for i in index] if describable else [None] * len(index))
-        st.pending_preds.append(parts["pred"][index])
-        st.pending_scores.append(parts["nl"][index])
+        st.pending_preds.append(base.pred[index])
+        st.pending_scores.append(base.s_nl[index])
+        st.pending_halves.append(halves)
 
     def _flush_pool(self) -> None:
-        """ENS update (Eq. 7): describe the pooled negatives, then start a new pool."""
+        """ENS update (Eq. 7): (histogram rule) a new threshold, then describe the pooled negatives."""
         st, cfg = self.state, self.config
-        features = np.concatenate(st.pending_features)
-        preds = np.concatenate(st.pending_preds)
-        scores = np.concatenate(st.pending_scores)
-        images = list(st.pending_images)
-        st.clear_pending()
+        features, preds, scores, halves, images = st.take_pending()
+        st.ens_updates += 1
         if cfg.threshold == "histogram":  # the authors update their threshold at this point
-            gamma = histogram_threshold(st.score_hist, cfg.eta, cfg.histogram_coarse_width)
+            gamma = histogram_threshold(st.score_history.rows(), cfg.eta, cfg.histogram_coarse_width)
             if gamma is not None:
                 st.threshold = gamma
-        if cfg.uses_ens and not st.budget_exhausted:
-            keep = [i for i in range(len(images)) if images[i] is not None]
-            if keep:
-                keep_arr = np.asarray(keep)
-                self._describe(features[keep_arr], preds[keep_arr], scores[keep_arr],
-                               [images[i] for i in keep], cfg.diversity_size)
+        keep = np.asarray([i for i, img in enumerate(images) if img is not None], dtype=np.int64)
+        if cfg.uses_ens and not st.budget_exhausted and len(keep):
+            k = cfg.diversity_size if cfg.diversity else None
+            self._describe(features[keep], preds[keep], scores[keep], halves[keep], [images[i] for i in keep], k)
+
+    def finish_stream(self) -> None:
+        """End of a stream: describe the negatives still pooled (``describe_leftovers``), apply
+        every answer still in the background."""
+        st, cfg = self.state, self.config
+        if (self.learning and cfg.describe_leftovers and cfg.uses_ens and not self._ens_stopped
+                and any(img is not None for img in st.pending_images)):
+            self._flush_pool()
+        self.wait_for_mllm()
 
     def _log_once(self, key: str, message: str) -> None:
         if key not in self._logged:
@@ -346,25 +498,29 @@ class ANTS(BankBuilder, OnlineDetector):
 
     # -- streams --------------------------------------------------------------------------------
 
-    def score_stream(self, batches: Sequence[StreamBatch]) -> list[np.ndarray]:
+    def score_stream(self, batches: Sequence[StreamBatch], finish: bool = True) -> list[np.ndarray]:
         """Score a whole stream: online (batch by batch) or two-pass.
 
+        Online, ``finish`` (default) ends the stream with :meth:`finish_stream`; pass ``False``
+        when the stream goes on in a later call (a sequential evaluation).
+
         Two-pass (``two_pass=True``): pass 1 computes ``S_nl`` for every image, mines the negatives
-        from all scores at once (Eq. 5-6 exactly, ties kept), builds ``Y'`` and the VSNL bank from
-        them, and describes the negatives (lowest ``S_nl`` first, or a k-center spread of
-        ``ceil(n_neg / min_candidates) * diversity_size``) within the budget; ``a`` and ``b`` are
-        the means over the negatives with the final banks (``math.fsum``). Pass 2 scores every
-        image with the final banks. Both passes visit the images in a canonical order (sorted by
-        feature bytes) in fixed chunks, so scores, banks and MLLM requests depend only on the set
-        of (feature, image) pairs: any permutation of the stream gives bit-identical scores.
-        Not invariant: images with byte-identical features but different pixels (their relative
-        order follows the stream), and a non-deterministic MLLM (sampling, a changing server).
+        from all scores at once (Eq. 5-6 exactly, ties kept; or the histogram rule over all
+        scores), builds ``Y'`` and the VSNL bank from them, and describes every negative (or a
+        k-center spread of ``ceil(n_neg / min_candidates) * diversity_size``) within the budget;
+        ``lam`` comes from the final banks. Pass 2 scores every image with the final banks. Both
+        passes visit the images in a canonical order (sorted by feature bytes) in fixed chunks,
+        so scores, banks and MLLM requests depend only on the set of (feature, image) pairs: any
+        permutation of the stream gives bit-identical scores. Not invariant: images with
+        byte-identical features but different pixels (their relative order follows the stream),
+        and a non-deterministic MLLM (sampling, a changing server).
         """
         if not self.config.two_pass:
             self._warn_short_stream(batches)
             scores = super().score_stream(batches)
-            self.wait_for_mllm()
-            self._warn_empty_banks(sum(len(b.features) for b in batches), len(batches))
+            if finish:
+                self.finish_stream()
+                self._warn_empty_banks(sum(len(b.features) for b in batches), len(batches))
             return scores
         features = np.concatenate([as_unit_rows(b.features, "image features", self.state.dim) for b in batches])
         images: list[Any] = []
@@ -376,7 +532,9 @@ class ANTS(BankBuilder, OnlineDetector):
         images_c = [images[i] for i in canon]
         if not self.frozen and self.config.mode != "neglabel":
             self._build_two_pass(feats_c, images_c)
-        scores_c = np.concatenate([self.score_fixed(feats_c[s : s + _CHUNK]) for s in range(0, len(feats_c), _CHUNK)])
+        window = "fixed" if self.config.ens_score == "activation" else "peek"
+        scores_c = np.concatenate([self._fuse(self._bank_parts(self._base(feats_c[s : s + _CHUNK]), window))
+                                   for s in range(0, len(feats_c), _CHUNK)])
         scores = np.empty_like(scores_c)
         scores[canon] = scores_c
         out, start = [], 0
@@ -387,41 +545,62 @@ class ANTS(BankBuilder, OnlineDetector):
 
     def _build_two_pass(self, feats: np.ndarray, images: list[Any]) -> None:
         st, cfg = self.state, self.config
-        chunks = [self._components(feats[s : s + _CHUNK]) for s in range(0, len(feats), _CHUNK)]
-        s_nl = np.concatenate([c["nl"] for c in chunks])
-        pred = np.concatenate([c["pred"] for c in chunks])
+        bases = [self._base(feats[s : s + _CHUNK]) for s in range(0, len(feats), _CHUNK)]
+        s_nl = np.concatenate([b.s_nl for b in bases])
+        pred = np.concatenate([b.pred for b in bases])
         st.batches_seen += 1
+        np.minimum.at(st.first_seen, pred, st.images_seen + np.arange(len(pred)))
         st.images_seen += len(s_nl)
         histogram_add(st.score_hist, s_nl)
         st.all_pred_counts += np.bincount(pred, minlength=st.n_classes)
         if cfg.threshold == "paper":
             negatives, gamma = exact_paper_negatives(s_nl, cfg.gamma0, cfg.eta)
         else:
-            gamma = histogram_threshold(st.score_hist, cfg.eta, cfg.histogram_coarse_width)
+            st.score_history.push(s_nl.astype(np.float32))
+            gamma = histogram_threshold(st.score_history.rows(), cfg.eta, cfg.histogram_coarse_width)
             negatives = s_nl < gamma if gamma is not None else np.zeros(len(s_nl), bool)
         if gamma is not None:
             st.threshold = gamma
         index = np.flatnonzero(negatives)
+        halves = (np.arange(len(index)) % 2).astype(np.int8)
+        st.negatives_mined += len(index)
         st.neg_pred_counts += np.bincount(pred[index], minlength=st.n_classes)
         if len(index) and cfg.uses_vsnl:
-            self._update_vsnl(similar_classes(st, cfg))
-        with_image = np.asarray([i for i in index if images[i] is not None], dtype=np.int64)
-        if cfg.uses_ens and len(with_image) and not st.budget_exhausted:
-            k = math.ceil(len(index) / cfg.min_candidates) * cfg.diversity_size
-            self._describe(feats[with_image], pred[with_image], s_nl[with_image], [images[i] for i in with_image], k)
-        elif cfg.uses_ens and len(index) and not len(with_image):
-            self._log_once("no-images", "ANTS two-pass got no images; the ENS bank cannot be built")
-        if len(index):
-            parts = [self._components(feats[index[s : s + _CHUNK]]) for s in range(0, len(index), _CHUNK)]
-            st.sum_ens = math.fsum(np.concatenate([p["ens"] for p in parts]).tolist())
-            st.sum_vsnl = math.fsum(np.concatenate([p["vsnl"] for p in parts]).tolist())
-            st.n_negatives = len(index)
+            self._update_vsnl(self.similar_classes())
+        has_image = np.asarray([images[i] is not None for i in index], dtype=bool)
+        if cfg.uses_ens and has_image.any() and not st.budget_exhausted:
+            use = index[has_image]
+            k = math.ceil(len(index) / cfg.min_candidates) * cfg.diversity_size if cfg.diversity else None
+            st.ens_updates += 1
+            self._describe(feats[use], pred[use], s_nl[use], halves[has_image], [images[i] for i in use], k)
+        elif cfg.uses_ens and len(index):
+            if st.budget_exhausted:
+                st.negatives_undescribed_budget += len(index)
+            else:
+                self._log_once("no-images", "ANTS two-pass got no images; the ENS bank cannot be built")
+        # lam and the activation window from the final banks
+        keep = index[-cfg.lam_sample :]
+        st.neg_sample.push(feats[keep])
+        st.neg_sample_scores.push(np.zeros((len(keep), 3)))
+        st.neg_sample_half.push(halves[-cfg.lam_sample :])
+        st.sample_ens_version = st.sample_vsnl_version = -1  # scored on first use
+        if st.id_sample is not None:
+            st.id_sample.push(feats[s_nl >= cfg.gamma0])
+        for base in bases:
+            parts = self._bank_parts(base, "skip")
+            if st.activation_window is not None and "ens_cos" in parts:
+                st.activation_window.push(parts["ens_grouped"])
+            if cfg.lam_rule == "authors" and cfg.mode == "ada":
+                ens_bal, vsnl_bal = self._balanced(base, parts)
+                st.balanced_sum_ens += math.fsum(ens_bal.tolist())
+                st.balanced_sum_vsnl += math.fsum(vsnl_bal.tolist())
+                st.balanced_count += len(ens_bal)
 
     def _warn_short_stream(self, batches: Sequence[StreamBatch]) -> None:
         cfg = self.config
-        if self.frozen or cfg.mode == "neglabel":
+        if not self.learning:
             return
-        if cfg.uses_vsnl and len(batches) < cfg.vsnl_start:
+        if cfg.uses_vsnl and len(batches) < cfg.vsnl_start and self.state.batches_seen == 0:
             n = sum(len(b.features) for b in batches)
             log.warning("ANTS: the stream has %d batches but VSNL starts at batch %d, so the VSNL bank stays "
                         "empty; use two-pass mode or a schedule scaled to the stream, e.g. %s",
@@ -429,13 +608,13 @@ class ANTS(BankBuilder, OnlineDetector):
 
     def _warn_empty_banks(self, n_images: int, n_batches: int) -> None:
         st, cfg = self.state, self.config
-        if self.frozen or cfg.mode == "neglabel" or cfg.two_pass:
+        if not self.learning:
             return
-        if cfg.uses_ens and st.ens_updates == 0 and not st.budget_exhausted:
+        if cfg.uses_ens and st.ens_updates == 0 and not st.budget_exhausted and not self._ens_stopped:
             batch = max(1, round(n_images / max(1, n_batches)))
             log.warning("ANTS: only %d negatives were found in %d images, fewer than min_candidates=%d, so the "
                         "ENS bank stayed empty; the stream is too short for the schedule: use two-pass mode "
-                        "or a schedule scaled to the stream, e.g. %s", st.n_negatives, n_images,
+                        "or a schedule scaled to the stream, e.g. %s", st.negatives_mined, n_images,
                         cfg.min_candidates, scaled_schedule(n_images, batch))
 
     # -- reporting ------------------------------------------------------------------------------
@@ -448,11 +627,14 @@ class ANTS(BankBuilder, OnlineDetector):
     def run_info(self) -> dict[str, Any]:
         """What the run learned and cost, for ``metrics.json``."""
         st = self.state
+        a, b, lam = self.lam_terms()
         info = {
             "mllm_calls": st.mllm_requests,
             "mllm_calls_total": self.mllm_calls_total,
             "mllm_failed_answers": st.failed_answers,
             "mllm_rejected_answers": st.rejected_answers,
+            "ens_answers_class_name_removed": st.ens_names_removed,
+            "vsnl_id_names_removed": st.vsnl_id_names_removed,
             "mllm_budget": self.config.max_mllm_calls,
             "mllm_budget_exhausted": st.budget_exhausted,
             "ens_size": st.ens_count,
@@ -460,9 +642,16 @@ class ANTS(BankBuilder, OnlineDetector):
             "vsnl_classes": [self.class_names[c] for c in st.vsnl_classes],
             "ens_updates": st.ens_updates,
             "vsnl_updates": st.vsnl_updates,
-            "negatives": st.n_negatives,
+            "negatives_mined": st.negatives_mined,
+            "negatives_described": st.negatives_described,
+            "negatives_undescribed_budget": st.negatives_undescribed_budget,
+            "negatives_not_selected": st.negatives_not_selected,
+            "negatives_pooled": st.pending_count,
             "threshold": None if math.isnan(st.threshold) else st.threshold,
-            "lam": self.lam,
+            "lam_rule": self.config.lam_rule,
+            "a": a,
+            "b": b,
+            "lam": lam,
             "frozen": self.frozen,
             "loaded_space_mllm_calls": self.space_mllm_calls,
         }
@@ -475,37 +664,40 @@ class ANTS(BankBuilder, OnlineDetector):
         return {"n_classes": len(self.id_text_features), "n_negatives": len(self.neg_text_features),
                 **self.config.as_dict()}
 
-    # -- explanations and persistence (ants_io) ----------------------------------------------------
+    # -- explanations and persistence -------------------------------------------------------------
 
     def explain(self, features: np.ndarray, top: int = 5) -> list[list[tuple[str, str, float]]]:
-        """Per image, the ``top`` negative texts that pulled it toward OOD: ``(text, source, weight)``.
+        """Per image, the ``top`` negative texts that pulled it toward OOD: ``(text, source, weight)``
+        (see :func:`negspace.detectors.ants_explain.explain`)."""
+        return ants_explain.explain(self, features, top=top)
 
-        ``weight`` is the text's softmax mass over ``ID ∪ its bank`` (ungrouped), times the
-        weight of that bank in the fused score (``lam`` for ENS, ``1 - lam`` for VSNL, the rest
-        for the corpus bank a missing bank falls back to). Sources: ``ens``, ``vsnl``, ``corpus``.
-        """
-        from negspace.detectors.ants_io import explain
-
-        return explain(self, features, top=top)
+    def explanation_rows(self, features: np.ndarray, sample_ids: Sequence[str], scores: np.ndarray | None = None,
+                         n_images: int = 100, top: int = 5) -> list[dict[str, Any]]:
+        """Rows for ``explanations.csv``: the ``n_images`` lowest-scoring samples and their texts."""
+        return ants_explain.explanation_rows(self, features, sample_ids, scores, n_images=n_images, top=top)
 
     def save(self, directory: str | Path) -> Path:
         """Write the negative space as plain files (see :mod:`negspace.detectors.ants_io`)."""
-        from negspace.detectors.ants_io import save_ants
-
         self.wait_for_mllm()
-        return save_ants(self, directory)
+        self._refresh_sample()
+        return save_space(directory, SavedSpace(self.config, self.class_names, self.neg_labels,
+                                                self.id_text_features, self.neg_text_features, self.state,
+                                                self.frozen))
 
     @classmethod
     def load(cls, directory: str | Path, text_encoder: TextEncoder | None = None, mllm: MLLM | None = None,
              frozen: bool | None = None) -> ANTS:
         """Load a saved space; with no MLLM (default) it is frozen: it scores, never learns."""
-        from negspace.detectors.ants_io import load_ants
-
-        return load_ants(cls, directory, text_encoder=text_encoder, mllm=mllm, frozen=frozen)
-
-    def explanation_rows(self, features: np.ndarray, sample_ids: Sequence[str], scores: np.ndarray | None = None,
-                         n_images: int = 100, top: int = 5) -> list[dict[str, Any]]:
-        """Rows for ``explanations.csv``: the ``n_images`` lowest-scoring samples and their texts."""
-        from negspace.detectors.ants_io import explanation_rows
-
-        return explanation_rows(self, features, sample_ids, scores, n_images=n_images, top=top)
+        space = read_space(directory)
+        det = cls(space.id_text_features, space.neg_text_features, text_encoder, mllm, space.class_names,
+                  space.config, neg_labels=space.neg_labels)
+        # as_unit_rows re-normalises (x / |x| with |x| ~ 1 +- 1 ulp): restore the saved rows exactly
+        det.id_text_features = space.id_text_features
+        det._set_corpus(space.neg_text_features)
+        det.state = space.state
+        det.frozen = (mllm is None) if frozen is None else bool(frozen)
+        # What building the space cost is history; this run's budget and count start at zero.
+        det.space_mllm_calls = det.state.mllm_requests
+        det.state.mllm_requests = 0
+        det._initial_state = copy.deepcopy(det.state)
+        return det

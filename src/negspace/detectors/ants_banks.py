@@ -1,7 +1,7 @@
 """How ANTS grows its banks with the MLLM: describing negatives (ENS, Eq. 7-8) and asking for
 visually similar labels (VSNL, Eq. 12-13), within a request budget, never raising on bad answers.
 
-A mixin of :class:`negspace.detectors.ants.ANTS` (kept apart to keep each file readable); it uses
+A mixin of :class:`negspace.detectors.ants.ANTS` (kept apart so each file has one job); it uses
 the detector's ``config``, ``state``, ``mllm``, ``text_encoder`` and ``class_names``.
 """
 
@@ -16,22 +16,25 @@ from typing import Any
 
 import numpy as np
 
-from negspace.detectors.ants_state import kcenter_greedy
+from negspace.detectors.ants_config import ANTSConfig
+from negspace.detectors.ants_rules import kcenter_greedy
+from negspace.detectors.ants_state import ANTSState
 from negspace.detectors.base import as_unit_rows
-from negspace.mllm.prompts import describe_request, parse_class_list, parse_description, vsnl_request
+from negspace.mllm.prompts import describe_request, read_class_list, read_description, vsnl_request
 from negspace.mllm.protocol import GenerationParams
 
 log = logging.getLogger("negspace.detectors.ants")
 
 VSNL_TEMPLATE = "The nice {}."
 ENS_TEMPLATE = "{}"
+_UNLIMITED = 1 << 62
 
 
 class BankBuilder:
     """ENS and VSNL updates through the MLLM (mixin; see the module doc)."""
 
-    config: Any
-    state: Any
+    config: ANTSConfig
+    state: ANTSState
     mllm: Any
     text_encoder: Any
     class_names: list[str]
@@ -44,63 +47,92 @@ class BankBuilder:
     def _log_once(self, key: str, message: str) -> None:  # pragma: no cover - defined by ANTS
         raise NotImplementedError
 
-    def _select(self, features: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-        """Which negatives to describe: all, lowest ``S_nl`` first; or a k-center spread."""
-        order = np.argsort(scores, kind="stable")
-        if self.config.diversity == "kcenter":
+    # -- ENS ------------------------------------------------------------------------------------
+
+    def _select(self, features: np.ndarray, scores: np.ndarray, k: int | None) -> np.ndarray:
+        """Which negatives to describe, in the order they are sent: all (lowest ``S_nl`` first,
+        or in stream order), or a k-center spread of ``k``."""
+        cfg = self.config
+        order = np.argsort(scores, kind="stable") if cfg.describe_order == "lowest" else np.arange(len(scores))
+        if cfg.diversity == "kcenter" and k is not None:
             return order[kcenter_greedy(features[order], k, first=0)]
         return order
 
-    def _describe(self, features: np.ndarray, preds: np.ndarray, scores: np.ndarray,
-                  images: Sequence[Any], k: int) -> None:
-        """ENS update (Eq. 7-8): describe up to ``k`` negatives; the parsed sentences join the bank
+    def _describe(self, features: np.ndarray, preds: np.ndarray, scores: np.ndarray, halves: np.ndarray,
+                  images: Sequence[Any], k: int | None) -> None:
+        """ENS update (Eq. 7-8): describe the selected negatives; the parsed sentences join the bank
         when the answers are applied (at once, or ``mllm_lag`` batches later; see :meth:`_ask`)."""
-        chosen = self._select(features, scores, k)
-        chosen = chosen[: self._ens_budget_left()]
+        st = self.state
+        selected = self._select(features, scores, k)
+        chosen = selected[: self._ens_budget_left()]
+        st.negatives_not_selected += len(scores) - len(selected)
+        st.negatives_undescribed_budget += len(selected) - len(chosen)
+        st.negatives_described += len(chosen)
         if not len(chosen):
             self._log_once("ens-budget", "ANTS: the ENS share of the MLLM budget is used; the rest is kept for VSNL")
             return
         excluded = [self.class_names[preds[i]] for i in chosen]
+        sources = halves[chosen]
         requests = [describe_request(images[i], name, self._params()) for i, name in zip(chosen, excluded)]
 
         def apply(answers: list[str | None]) -> None:
-            sentences = []
-            for name, answer in zip(excluded, answers):
+            cfg = self.config
+            sentences, kept_halves = [], []
+            for name, half, answer in zip(excluded, sources, answers):
                 if answer is None:
                     continue
-                text = parse_description(answer, name, self.config.description_words)
-                if text is None:
+                read = read_description(answer, name, cfg.description_words, cfg.strip_class_names)
+                if read is None:
                     self._reject(answer)
                     continue
-                sentences.append(text)
-            self._add_sentences(sentences)
-            self.state.ens_updates += 1
+                st.ens_names_removed += read[1]
+                sentences.append(read[0])
+                kept_halves.append(half)
+            self._add_sentences(sentences, kept_halves)
 
         self._ask(requests, apply)
 
-    def _add_sentences(self, sentences: list[str]) -> None:
-        """Clean-dedupe (case-insensitive, against the bank too), encode without template, append."""
-        seen = {t.casefold() for t in self.state.ens_texts}
+    def _add_sentences(self, sentences: list[str], halves: list[int]) -> None:
+        """De-duplicate (case-insensitive; within the update, and against the bank unless
+        ``ens_dedupe="update"``), encode without template, add to the bank.
+
+        Each sentence remembers which halves of the negatives produced it (a bit each, for the
+        crossfit ``lam``); a duplicate adds its half to the sentence it repeats.
+        """
+        st = self.state
+        index = {t.casefold(): i for i, t in enumerate(st.ens_texts)} if self.config.ens_dedupe == "bank" else {}
         new: list[str] = []
-        for text in sentences:
-            key = text.casefold()
-            if key not in seen:
-                seen.add(key)
+        sources: list[int] = []
+        fresh: dict[str, int] = {}
+        for text, half in zip(sentences, halves):
+            key, bit = text.casefold(), 1 << int(half)
+            if key in fresh:
+                sources[fresh[key]] |= bit
+            elif key in index:
+                st.ens_halves[index[key]] |= bit
+            else:
+                fresh[key] = len(new)
                 new.append(text)
-        if not new:
-            return
-        features = self._encode(new, ENS_TEMPLATE)
-        self.state.add_ens(new, features)
+                sources.append(bit)
+        if new:
+            st.add_ens(new, self._encode(new, ENS_TEMPLATE), np.asarray(sources),
+                       prepend=self.config.ens_order == "prepend")
+
+    # -- VSNL -----------------------------------------------------------------------------------
 
     def _update_vsnl(self, classes: list[int]) -> None:
-        """VSNL update (Eq. 12): ask for the classes of ``Y'`` not yet answered; bank = ``Y'``'s labels.
+        """VSNL update (Eq. 12): ask for the classes of ``Y'`` not answered yet; bank = ``Y'``'s labels.
 
-        The bank is rebuilt at once from the answers already cached (classes that left ``Y'``
-        drop out now) and again when the new answers are applied.
+        With ``vsnl_cache="forget"`` classes that left ``Y'`` lose their answers first. The bank is
+        rebuilt at once from the answers already cached (classes that left ``Y'`` drop out now)
+        and again when the new answers are applied.
         """
         st = self.state
         if st.budget_exhausted:
             return
+        if self.config.vsnl_cache == "forget":
+            for c in [c for c in st.vsnl_answers if c not in classes]:
+                del st.vsnl_answers[c], st.vsnl_answer_features[c]
         self._vsnl_wanted = list(classes)
         missing = [c for c in classes if c not in st.vsnl_answers][: self._budget_left()]
 
@@ -110,8 +142,10 @@ class BankBuilder:
                 if answer is None:
                     continue  # not cached: asked again at the next update if still in Y'
                 # Every ID name is excluded (not only the asked class): an ID name is no negative.
-                names = parse_class_list(answer, self.class_names, k=self.config.vsnl_per_class)
-                if not names:
+                names, dropped = read_class_list(answer, self.class_names, k=self.config.vsnl_per_class)
+                if names:
+                    st.vsnl_id_names_removed += dropped
+                else:
                     self._reject(answer)
                 parsed[c] = names
             to_encode = sorted({n for names in parsed.values() for n in names})
@@ -130,9 +164,14 @@ class BankBuilder:
             apply([])
 
     def _rebuild_vsnl(self, classes: list[int]) -> None:
-        """The VSNL bank: the answered labels of ``classes``, de-duplicated, in class order."""
+        """The VSNL bank: the answered labels of ``classes``, de-duplicated (case-insensitive),
+        in ``Y'`` order (``vsnl_cache="keep"``) or the cache's insertion order (``"forget"``)."""
         st = self.state
-        active = [c for c in classes if c in st.vsnl_answers]
+        wanted = set(classes)
+        if self.config.vsnl_cache == "forget":
+            active = [c for c in st.vsnl_answers if c in wanted]
+        else:
+            active = [c for c in classes if c in st.vsnl_answers]
         texts: list[str] = []
         rows: list[np.ndarray] = []
         seen: set[str] = set()
@@ -144,8 +183,8 @@ class BankBuilder:
                     rows.append(row)
         st.vsnl_classes = active
         st.vsnl_texts = texts
-        st.vsnl_features = np.stack(rows).astype(np.float32) if rows else None
-        st.version += 1
+        st.vsnl_features = np.stack(rows).astype(np.float32) if rows else np.zeros((0, st.dim), np.float32)
+        st.vsnl_version += 1
 
     # -- MLLM plumbing --------------------------------------------------------------------------
 
@@ -153,6 +192,8 @@ class BankBuilder:
         return GenerationParams(max_tokens=self.config.max_tokens, temperature=0.0, seed=self.config.seed)
 
     def _budget_left(self) -> int:
+        if self.config.max_mllm_calls is None:
+            return _UNLIMITED
         return max(0, self.config.max_mllm_calls - self.state.mllm_requests)
 
     def _vsnl_reserve(self) -> int:
@@ -161,7 +202,7 @@ class BankBuilder:
         ENS could otherwise spend the whole budget on descriptions before the first VSNL update
         (ENS asks once per negative, VSNL once per similar class), leaving near-OOD uncovered.
         """
-        if not self.config.uses_vsnl:
+        if not self.config.uses_vsnl or self.config.max_mllm_calls is None:
             return 0
         wanted = min(math.ceil(self.config.delta * len(self.class_names)), self.config.max_mllm_calls // 2)
         return max(0, wanted - len(self.state.vsnl_answers))
@@ -172,11 +213,12 @@ class BankBuilder:
     def _ask(self, requests: list[Any], apply: Callable[[list[str | None]], None]) -> None:
         """Send ``requests`` to the MLLM and hand the answers (``None`` = failed) to ``apply``.
 
-        Online with ``mllm_lag >= 1`` the MLLM works in a background thread and ``apply`` runs on
-        the scoring thread before batch ``t + mllm_lag`` is scored (``t`` = the batch that asked):
-        scoring never waits on the MLLM before then, and the point where a bank changes does not
-        depend on how fast the MLLM answers, so scores stay reproducible. ``mllm_lag = 1`` is the
-        paper's timing. Two-pass and ``mllm_lag = 0`` apply at once (blocking).
+        ``mllm_lag = 0`` (default) and two-pass apply at once (blocking): the batch that asked is
+        scored with the updated banks, as in the authors' code. Online with ``mllm_lag >= 1`` the
+        MLLM works in a background thread and ``apply`` runs on the scoring thread before batch
+        ``t + mllm_lag`` is scored (``t`` = the batch that asked): scoring never waits on the MLLM
+        before then, and the point where a bank changes does not depend on how fast the MLLM
+        answers, so scores stay reproducible.
         """
         self._account(len(requests))
         if self.config.mllm_lag >= 1 and not self.config.two_pass and self.mllm is not None:
@@ -199,13 +241,12 @@ class BankBuilder:
             self._jobs.popleft()[1].result()
 
     def _account(self, n_requests: int) -> None:
-        st = self.state
+        st, budget = self.state, self.config.max_mllm_calls
         st.mllm_requests += n_requests
         self.mllm_calls_total += n_requests
-        if n_requests and st.mllm_requests >= self.config.max_mllm_calls and not st.budget_exhausted:
+        if budget is not None and n_requests and st.mllm_requests >= budget and not st.budget_exhausted:
             st.budget_exhausted = True
-            log.warning("ANTS: MLLM budget of %d requests reached; the negative banks are frozen",
-                        self.config.max_mllm_calls)
+            log.warning("ANTS: MLLM budget of %d requests reached; the negative banks are frozen", budget)
 
     def _send(self, requests: list[Any]) -> list[str | None]:
         """The MLLM I/O alone, in batches of ``mllm_batch_size``; never raises, touches no state

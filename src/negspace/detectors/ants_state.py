@@ -1,143 +1,85 @@
-"""ANTS configuration, bounded state and the small pure rules it uses (SPEC section 4).
+"""What ANTS learns from a stream: one bounded dataclass, and its plain-file form.
 
-Kept apart from :mod:`negspace.detectors.ants` so the detector file stays readable:
-
-- :class:`ANTSConfig`: every constant of SPEC section 4 as a field with its default.
-- :class:`ANTSState`: everything ANTS learns from a stream. Its size never grows with the stream:
-  the ENS bank holds at most ``ens_size`` rows (newest kept), the VSNL answers at most one entry
-  per ID class, the score history is a fixed-bin histogram, prediction counts are ``K``-vectors,
-  the means are running sums, and the pool of negatives waiting for the MLLM is flushed whenever
-  it reaches ``min_candidates`` (so it never exceeds ``min_candidates + batch size``).
-- :func:`paper_threshold`, :func:`histogram_threshold`: the two negative-image mining rules.
-- :func:`similar_classes`: the visually similar ID classes ``Y'`` (Eq. 10-11, or the authors'
-  top-40 over all predictions).
-- :func:`kcenter_greedy`: diversity selection of the negatives sent to the MLLM.
+Nothing in :class:`ANTSState` grows with the stream: the ENS bank holds at most ``ens_size``
+rows, the VSNL answers at most one entry per ID class, the score history is a fixed-bin histogram
+(paper rule) or a ring of the newest base scores (histogram rule), prediction counts are
+``K``-vectors, the negatives behind ``lam`` and the activation-aware ENS window are rings, and the
+pool of negatives waiting for the MLLM is flushed whenever it reaches ``min_candidates`` (so it
+never exceeds ``min_candidates + batch size``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-MODES = ("ada", "ens", "vsnl", "neglabel")
-THRESHOLDS = ("paper", "histogram")
-SIMILAR_CLASS_RULES = ("frequency", "history_top40")
-DIVERSITY = (None, "kcenter")
+from negspace.detectors.ants_config import ANTSConfig
+from negspace.detectors.ring import RingBuffer
+
+# Counters and scalars saved as JSON, restored as they were.
+SCALARS = (
+    "threshold", "batches_seen", "images_seen", "ens_updates", "vsnl_updates", "mllm_requests",
+    "failed_answers", "rejected_answers", "ens_names_removed", "vsnl_id_names_removed", "negatives_mined",
+    "negatives_described", "negatives_undescribed_budget", "negatives_not_selected", "budget_exhausted",
+    "ens_version", "vsnl_version", "sample_ens_version", "sample_vsnl_version", "balanced_sum_ens",
+    "balanced_sum_vsnl", "balanced_count",
+)
+RINGS = ("score_history", "neg_sample", "neg_sample_scores", "neg_sample_half", "id_sample", "activation_window")
+ARRAYS = ("score_hist", "neg_pred_counts", "all_pred_counts", "first_seen", "ens_features", "ens_halves",
+          "vsnl_features")
 
 
-@dataclass(frozen=True)
-class ANTSConfig:
-    """Hyper-parameters of ANTS; defaults from SPEC section 4 (ImageNet-scale streams)."""
-
-    tau: float = 0.01
-    groups: int = 100  # NegLabel grouping of the corpus bank (fixed count)
-    seed: int = 0
-    gamma0: float = 0.9  # Eq. 5 candidate threshold
-    eta: float = 0.5  # Eq. 6 selection ratio
-    threshold: str = "paper"  # or "histogram" (the authors' code)
-    histogram_start: float = 0.8  # histogram rule: initial threshold
-    histogram_coarse_width: float = 0.1  # histogram rule: bin width of the jump search
-    histogram_bins: int = 1000  # fine bins of the score histogram over [0, 1]
-    ens_size: int = 10_000  # M: ENS bank capacity, newest kept
-    group_size: int = 100  # fixed group size for the changing banks (ENS, VSNL)
-    delta: float = 0.08  # Eq. 10 ratio of ID classes in Y'
-    similar_classes: str = "frequency"  # or "history_top40" (the authors' code)
-    history_top: int = 40  # classes kept by the history rule
-    vsnl_per_class: int = 5
-    min_candidates: int = 200  # ENS update when this many new negatives wait
-    vsnl_every: int = 40  # VSNL update period in batches ...
-    vsnl_start: int = 10  # ... starting at this batch (1-based)
-    mode: str = "ada"
-    lam: float | None = None  # fixed lam (ablations, paper Table 3); None = adaptive
-    two_pass: bool = False
-    max_mllm_calls: int = 2000  # generate requests per run (per reset)
-    mllm_batch_size: int = 64  # requests per generate call
-    mllm_lag: int = 1  # online: answers change the banks before batch t + lag; 0 = block until answered
-    diversity: str | None = None  # "kcenter": describe a spread subset of each pool
-    diversity_size: int = 50  # negatives described per ENS update with diversity
-    description_words: int = 8
-    max_tokens: int = 64
-
-    def __post_init__(self) -> None:
-        if self.mllm_lag < 0:
-            raise ValueError(f"mllm_lag must be >= 0, got {self.mllm_lag}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.threshold not in THRESHOLDS:
-            raise ValueError(f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
-        if self.similar_classes not in SIMILAR_CLASS_RULES:
-            raise ValueError(f"similar_classes must be one of {SIMILAR_CLASS_RULES}, got {self.similar_classes!r}")
-        if self.diversity not in DIVERSITY:
-            raise ValueError(f"diversity must be one of {DIVERSITY}, got {self.diversity!r}")
-        if self.tau <= 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
-        if not 0 < self.eta <= 1:
-            raise ValueError(f"eta must be in (0, 1], got {self.eta}")
-        if not 0 < self.delta <= 1:
-            raise ValueError(f"delta must be in (0, 1], got {self.delta}")
-        if not 0 < self.gamma0 <= 1:
-            raise ValueError(f"gamma0 must be in (0, 1], got {self.gamma0}")
-        if self.lam is not None and not 0 <= self.lam <= 1:
-            raise ValueError(f"lam must be in [0, 1] or None, got {self.lam}")
-        for name in ("ens_size", "group_size", "min_candidates", "vsnl_every", "vsnl_start",
-                     "mllm_batch_size", "diversity_size", "histogram_bins", "vsnl_per_class",
-                     "history_top", "description_words", "max_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_mllm_calls < 0:
-            raise ValueError(f"max_mllm_calls must be >= 0, got {self.max_mllm_calls}")
-
-    @property
-    def uses_ens(self) -> bool:
-        return self.mode in ("ada", "ens")
-
-    @property
-    def uses_vsnl(self) -> bool:
-        return self.mode in ("ada", "vsnl")
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ANTSConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+def _ring(capacity: int, width: int | None, dtype: Any) -> RingBuffer:
+    return RingBuffer(capacity, width, dtype)
 
 
 @dataclass
 class ANTSState:
-    """What ANTS has learned from the stream; bounded (see the module doc)."""
+    """Everything ANTS has learned; bounded (see the module doc). Build with :meth:`fresh`."""
 
     dim: int
     n_classes: int
-    histogram_bins: int
-    threshold: float  # gamma*: paper rule nan until the first candidate; histogram rule 0.8
-    # ENS bank: fixed-capacity rows, the first ens_count used, oldest first.
+    threshold: float  # gamma*: paper rule nan until the first candidate; histogram rule its start
     ens_capacity: int
+    # ENS bank in bank order (see ANTSConfig.ens_order); ens_halves: bit h set when a negative of
+    # half h produced the sentence (crossfit lam).
     ens_texts: list[str] = field(default_factory=list)
-    ens_features: np.ndarray | None = None  # (ens_capacity, D) once the first sentence arrives
-    # VSNL: parsed answers per ID class (a cache, at most K entries), the active classes Y'.
+    ens_features: np.ndarray = None  # type: ignore[assignment]
+    ens_halves: np.ndarray = None  # type: ignore[assignment]
+    # VSNL: parsed answers per ID class (insertion ordered, at most K), the active classes Y'.
     vsnl_answers: dict[int, list[str]] = field(default_factory=dict)
     vsnl_answer_features: dict[int, np.ndarray] = field(default_factory=dict)
     vsnl_classes: list[int] = field(default_factory=list)
     vsnl_texts: list[str] = field(default_factory=list)
-    vsnl_features: np.ndarray | None = None
-    # histories as fixed-size counts
+    vsnl_features: np.ndarray = None  # type: ignore[assignment]
+    # histories as fixed-size counts and rings
     score_hist: np.ndarray = None  # type: ignore[assignment]
+    score_history: RingBuffer | None = None
     neg_pred_counts: np.ndarray = None  # type: ignore[assignment]
     all_pred_counts: np.ndarray = None  # type: ignore[assignment]
-    # running means for lam
-    sum_ens: float = 0.0
-    sum_vsnl: float = 0.0
-    n_negatives: int = 0
+    first_seen: np.ndarray = None  # type: ignore[assignment]  # stream position of each class's first prediction
+    # lam: newest negatives (features; S_nl, S_ens, S_vsnl with the banks of sample_*_version; half),
+    # confident-ID samples (crossfit), the authors' running sums of balanced scores
+    neg_sample: RingBuffer = None  # type: ignore[assignment]
+    neg_sample_scores: RingBuffer = None  # type: ignore[assignment]
+    neg_sample_half: RingBuffer = None  # type: ignore[assignment]
+    id_sample: RingBuffer | None = None
+    sample_ens_version: int = 0
+    sample_vsnl_version: int = 0
+    balanced_sum_ens: float = 0.0
+    balanced_sum_vsnl: float = 0.0
+    balanced_count: int = 0
+    activation_window: RingBuffer | None = None
     # negatives waiting for a description (flushed at min_candidates)
     pending_features: list[np.ndarray] = field(default_factory=list)
     pending_images: list[Any] = field(default_factory=list)
     pending_preds: list[np.ndarray] = field(default_factory=list)
     pending_scores: list[np.ndarray] = field(default_factory=list)
+    pending_halves: list[np.ndarray] = field(default_factory=list)
     # counters
     batches_seen: int = 0
     images_seen: int = 0
@@ -145,17 +87,43 @@ class ANTSState:
     vsnl_updates: int = 0
     mllm_requests: int = 0
     failed_answers: int = 0
-    rejected_answers: int = 0
+    rejected_answers: int = 0  # answers unusable as a whole
+    ens_names_removed: int = 0  # descriptions kept after the predicted class name was cut out
+    vsnl_id_names_removed: int = 0  # ID class names dropped from VSNL answers that were kept
+    negatives_mined: int = 0
+    negatives_described: int = 0  # sent to the MLLM for a description
+    negatives_undescribed_budget: int = 0  # mined while ENS could grow, never described: budget
+    negatives_not_selected: int = 0  # left out by the diversity selection
     budget_exhausted: bool = False
-    version: int = 0  # bumped on every bank change (invalidates grouped-bank caches)
+    ens_version: int = 0  # bumped on every bank change
+    vsnl_version: int = 0
 
-    def __post_init__(self) -> None:
-        if self.score_hist is None:
-            self.score_hist = np.zeros(self.histogram_bins, dtype=np.int64)
-        if self.neg_pred_counts is None:
-            self.neg_pred_counts = np.zeros(self.n_classes, dtype=np.int64)
-        if self.all_pred_counts is None:
-            self.all_pred_counts = np.zeros(self.n_classes, dtype=np.int64)
+    @classmethod
+    def fresh(cls, config: ANTSConfig, dim: int, n_classes: int) -> ANTSState:
+        """The empty state of a detector with ``config``."""
+        histogram = config.threshold == "histogram"
+        return cls(
+            dim=dim,
+            n_classes=n_classes,
+            threshold=config.histogram_start if histogram else math.nan,
+            ens_capacity=config.ens_size,
+            ens_features=np.zeros((0, dim), np.float32),
+            ens_halves=np.zeros(0, np.int8),
+            vsnl_features=np.zeros((0, dim), np.float32),
+            score_hist=np.zeros(config.histogram_bins, np.int64),
+            score_history=_ring(config.score_history, None, np.float32) if histogram else None,
+            neg_pred_counts=np.zeros(n_classes, np.int64),
+            all_pred_counts=np.zeros(n_classes, np.int64),
+            first_seen=np.full(n_classes, np.iinfo(np.int64).max, np.int64),
+            neg_sample=_ring(config.lam_sample, dim, np.float32),
+            neg_sample_scores=_ring(config.lam_sample, 3, np.float64),
+            neg_sample_half=_ring(config.lam_sample, None, np.int8),
+            id_sample=_ring(config.lam_sample, dim, np.float32) if config.lam_rule == "crossfit" else None,
+            activation_window=_ring(config.activation_window, None, np.float64)
+            if config.ens_score == "activation" else None,
+        )
+
+    # -- banks ----------------------------------------------------------------------------------
 
     @property
     def ens_count(self) -> int:
@@ -163,180 +131,114 @@ class ANTSState:
 
     @property
     def ens_bank(self) -> np.ndarray:
-        """``(n, D)`` ENS features in use, oldest first."""
-        if self.ens_features is None:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.ens_features[: self.ens_count]
+        """``(n, D)`` ENS features in bank order."""
+        return self.ens_features
 
     @property
     def vsnl_bank(self) -> np.ndarray:
-        if self.vsnl_features is None:
-            return np.zeros((0, self.dim), dtype=np.float32)
         return self.vsnl_features
+
+    def add_ens(self, texts: list[str], features: np.ndarray, halves: np.ndarray, prepend: bool) -> None:
+        """Add sentences after (or, ``prepend``, before) the bank; over capacity the oldest go."""
+        if not texts:
+            return
+        features = np.asarray(features, dtype=np.float32)
+        halves = np.asarray(halves, dtype=np.int8)
+        cap = self.ens_capacity
+        if prepend:  # newest first: the oldest are at the end
+            self.ens_texts = (list(texts) + self.ens_texts)[:cap]
+            self.ens_features = np.concatenate([features, self.ens_features])[:cap]
+            self.ens_halves = np.concatenate([halves, self.ens_halves])[:cap]
+        else:
+            self.ens_texts = (self.ens_texts + list(texts))[-cap:]
+            self.ens_features = np.concatenate([self.ens_features, features])[-cap:]
+            self.ens_halves = np.concatenate([self.ens_halves, halves])[-cap:]
+        self.ens_version += 1
+
+    # -- the pool of negatives waiting for the MLLM -----------------------------------------------
 
     @property
     def pending_count(self) -> int:
         return int(sum(len(p) for p in self.pending_preds))
 
-    def clear_pending(self) -> None:
-        self.pending_features.clear()
-        self.pending_images.clear()
-        self.pending_preds.clear()
-        self.pending_scores.clear()
+    def pooled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Any]]:
+        """The pooled negatives in stream order: features, predictions, S_nl, halves, images."""
+        def joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+            return np.concatenate(parts) if parts else empty
 
-    def add_ens(self, texts: list[str], features: np.ndarray) -> None:
-        """Append sentences; when over capacity the *oldest* are dropped (newest kept)."""
-        if not texts:
-            return
-        features = np.asarray(features, dtype=np.float32)
-        if len(texts) >= self.ens_capacity:  # only the newest capacity rows survive
-            texts, features = texts[-self.ens_capacity :], features[-self.ens_capacity :]
-        if self.ens_features is None:
-            self.ens_features = np.zeros((self.ens_capacity, self.dim), dtype=np.float32)
-        n, k = self.ens_count, len(texts)
-        overflow = max(0, n + k - self.ens_capacity)
-        if overflow:
-            keep = n - overflow
-            self.ens_features[:keep] = self.ens_features[overflow:n].copy()
-            self.ens_texts = self.ens_texts[overflow:]
-            n = keep
-        self.ens_features[n : n + k] = features
-        self.ens_texts = self.ens_texts + list(texts)
-        self.version += 1
+        return (joined(self.pending_features, np.zeros((0, self.dim), np.float32)),
+                joined(self.pending_preds, np.zeros(0, np.int64)),
+                joined(self.pending_scores, np.zeros(0)),
+                joined(self.pending_halves, np.zeros(0, np.int8)),
+                list(self.pending_images))
 
-    def lam(self, fixed: float | None = None) -> float:
-        """``lam = (1 - a) / ((1 - a) + (1 - b))``; 0.5 with no negatives or a zero denominator."""
-        if fixed is not None:
-            return float(fixed)
-        if self.n_negatives == 0:
-            return 0.5
-        a = self.sum_ens / self.n_negatives
-        b = self.sum_vsnl / self.n_negatives
-        num, den = 1.0 - a, (1.0 - a) + (1.0 - b)
-        if not den > 1e-12:
-            return 0.5
-        return float(min(1.0, max(0.0, num / den)))
+    def take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Any]]:
+        """:meth:`pooled`, then an empty pool."""
+        pooled = self.pooled()
+        for pool in (self.pending_features, self.pending_images, self.pending_preds, self.pending_scores,
+                     self.pending_halves):
+            pool.clear()
+        return pooled
 
+    # -- plain files ------------------------------------------------------------------------------
 
-# -- score histogram and thresholds ---------------------------------------------------------------
+    def to_files(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``(json_document, arrays)``: the whole state as JSON types and named arrays.
 
+        Pooled negatives are kept only when their images are paths (in-memory images are not
+        saved; the pool is then dropped and ``pending_dropped`` says how many).
+        """
+        doc: dict[str, Any] = {name: getattr(self, name) for name in SCALARS}
+        doc["threshold"] = None if math.isnan(self.threshold) else self.threshold
+        doc.update(dim=self.dim, n_classes=self.n_classes, ens_capacity=self.ens_capacity,
+                   ens_texts=self.ens_texts, vsnl_classes=self.vsnl_classes, vsnl_texts=self.vsnl_texts,
+                   vsnl_answers=[[c, names] for c, names in self.vsnl_answers.items()])
+        arrays = {name: getattr(self, name) for name in ARRAYS}
+        for c, rows in self.vsnl_answer_features.items():
+            arrays[f"vsnl_answer.{c}"] = rows
+        doc["rings"] = {}
+        for name in RINGS:
+            ring = getattr(self, name)
+            if ring is not None:
+                doc["rings"][name] = {"capacity": ring.capacity, "head": ring.head, "count": ring.count}
+                arrays[f"ring.{name}"] = ring.rows()
+        savable = all(img is None or isinstance(img, (str, Path)) for img in self.pending_images)
+        doc["pending_dropped"] = 0 if savable else self.pending_count
+        doc["pending_images"] = [None if i is None else str(i) for i in self.pending_images] if savable else []
+        features, preds, scores, halves, _ = self.pooled()
+        if not savable:
+            features, preds, scores, halves = features[:0], preds[:0], scores[:0], halves[:0]
+        arrays.update(pending_features=features, pending_preds=preds, pending_scores=scores, pending_halves=halves)
+        return doc, arrays
 
-def histogram_add(hist: np.ndarray, scores: np.ndarray) -> None:
-    """Add scores in ``[0, 1]`` to a fixed-bin histogram in place (order independent)."""
-    bins = len(hist)
-    index = np.clip((np.asarray(scores, dtype=np.float64) * bins).astype(np.int64), 0, bins - 1)
-    hist += np.bincount(index, minlength=bins)
-
-
-def histogram_quantile(hist: np.ndarray, q: float, upper: float = 1.0) -> float | None:
-    """The ``q`` quantile of the scores in ``hist`` below ``upper``, interpolated within a bin.
-
-    Returns ``None`` when no score lies below ``upper``.
-    """
-    bins = len(hist)
-    last = int(math.ceil(upper * bins - 1e-9))  # bins [0, last) lie below upper
-    counts = hist[: max(0, min(last, bins))].astype(np.float64)
-    total = counts.sum()
-    if total <= 0:
-        return None
-    target = q * total
-    cumulative = np.cumsum(counts)
-    index = int(np.searchsorted(cumulative, target - 1e-9))
-    index = min(index, len(counts) - 1)
-    before = cumulative[index - 1] if index > 0 else 0.0
-    inside = (target - before) / counts[index] if counts[index] > 0 else 1.0
-    value = (index + min(1.0, max(0.0, inside))) / bins
-    return float(min(value, upper))
-
-
-def paper_threshold(hist: np.ndarray, gamma0: float, eta: float) -> float | None:
-    """Eq. 5-6 on the score history: candidates ``S < gamma0``; ``gamma*`` is the score below which
-    the fraction ``eta`` of them lies (the max ``S`` over the negatives)."""
-    return histogram_quantile(hist, eta, upper=gamma0)
-
-
-def histogram_threshold(hist: np.ndarray, eta: float, coarse_width: float = 0.1) -> float | None:
-    """The authors' rule: bins of ``coarse_width``; the upper edge of the bin after the largest jump
-    in counts bounds the scores; ``gamma*`` is their ``eta`` percentile."""
-    bins = len(hist)
-    per = max(1, int(round(coarse_width * bins)))
-    n_coarse = int(math.ceil(bins / per))
-    coarse = np.add.reduceat(hist, np.arange(0, bins, per))[:n_coarse]
-    if coarse.sum() == 0 or len(coarse) < 2:
-        return None
-    jump = int(np.argmax(np.abs(np.diff(coarse))))
-    upper = min(1.0, (jump + 1) * per / bins)
-    return histogram_quantile(hist, eta, upper=upper)
-
-
-def exact_paper_negatives(scores: np.ndarray, gamma0: float, eta: float) -> tuple[np.ndarray, float | None]:
-    """Eq. 5-6 on a whole set at once (two-pass): the mask of negatives and ``gamma*``.
-
-    The ``ceil(eta * n)`` lowest candidates; ties at ``gamma*`` are all kept, so the result
-    depends only on the multiset of scores (permutation invariant).
-    """
-    candidates = scores < gamma0
-    n = int(candidates.sum())
-    if n == 0:
-        return np.zeros(len(scores), dtype=bool), None
-    k = max(1, int(math.ceil(eta * n)))
-    gamma = float(np.partition(scores[candidates], k - 1)[k - 1])
-    return candidates & (scores <= gamma), gamma
-
-
-# -- visually similar ID classes --------------------------------------------------------------------
-
-
-def top_counts(counts: np.ndarray, k: int) -> list[int]:
-    """Indices of the ``k`` largest positive counts; ties by class index (deterministic)."""
-    order = np.lexsort((np.arange(len(counts)), -counts))
-    return [int(i) for i in order[:k] if counts[i] > 0]
-
-
-def similar_classes(state: ANTSState, config: ANTSConfig) -> list[int]:
-    """``Y'``: top ``delta*K`` classes by prediction frequency among negatives (Eq. 10-11), or the
-    authors' ``history_top`` most predicted classes over all past images."""
-    if config.similar_classes == "history_top40":
-        return top_counts(state.all_pred_counts, config.history_top)
-    k = max(1, int(round(config.delta * state.n_classes)))
-    return top_counts(state.neg_pred_counts, k)
-
-
-# -- diversity selection ------------------------------------------------------------------------------
-
-
-def kcenter_greedy(features: np.ndarray, k: int, first: int = 0) -> np.ndarray:
-    """Greedy k-center on unit rows (cosine distance): a spread subset of ``k`` indices.
-
-    Starts at ``first``; each step adds the row farthest from the chosen ones (ties: lowest
-    index). Deterministic, ``O(n k D)``.
-    """
-    n = len(features)
-    if k >= n:
-        return np.arange(n)
-    chosen = [int(first)]
-    distance = 1.0 - features @ features[first]
-    distance[first] = -np.inf
-    for _ in range(k - 1):
-        nxt = int(np.argmax(distance))
-        chosen.append(nxt)
-        distance = np.minimum(distance, 1.0 - features @ features[nxt])
-        distance[chosen] = -np.inf
-    return np.asarray(chosen, dtype=np.int64)
-
-
-def scaled_schedule(n_images: int, batch_size: int = 256, reference_images: int = 60_000) -> dict[str, int]:
-    """A schedule scaled from the ImageNet-scale defaults to a stream of ``n_images``.
-
-    The defaults (200 negatives per ENS update, VSNL every 40 batches from batch 10) fit about
-    60,000 images in batches of 256; this keeps the same number of updates per stream.
-    """
-    ref_batches = reference_images / 256
-    n_batches = max(1, math.ceil(n_images / batch_size))
-    image_factor = n_images / reference_images
-    batch_factor = n_batches / ref_batches
-    return {
-        "min_candidates": max(10, int(round(200 * image_factor))),
-        "vsnl_start": max(1, int(round(10 * batch_factor))),
-        "vsnl_every": max(1, int(round(40 * batch_factor))),
-    }
+    @classmethod
+    def from_files(cls, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> ANTSState:
+        """Rebuild a state written by :meth:`to_files`."""
+        state = cls(dim=int(doc["dim"]), n_classes=int(doc["n_classes"]), threshold=math.nan,
+                    ens_capacity=int(doc["ens_capacity"]))
+        for name in SCALARS:
+            setattr(state, name, doc[name])
+        state.threshold = math.nan if doc["threshold"] is None else float(doc["threshold"])
+        for name in ARRAYS:
+            setattr(state, name, np.asarray(arrays[name]))
+        state.ens_features = state.ens_features.astype(np.float32).reshape(-1, state.dim)
+        state.vsnl_features = state.vsnl_features.astype(np.float32).reshape(-1, state.dim)
+        state.ens_texts = list(doc["ens_texts"])
+        state.vsnl_classes = [int(c) for c in doc["vsnl_classes"]]
+        state.vsnl_texts = list(doc["vsnl_texts"])
+        for c, names in doc["vsnl_answers"]:
+            state.vsnl_answers[int(c)] = list(names)
+            state.vsnl_answer_features[int(c)] = np.asarray(arrays[f"vsnl_answer.{c}"], np.float32).reshape(-1, state.dim)
+        for name, meta in doc["rings"].items():
+            rows = np.asarray(arrays[f"ring.{name}"])
+            ring = RingBuffer(int(meta["capacity"]), rows.shape[1] if rows.ndim == 2 else None, rows.dtype)
+            ring.data[: len(rows)] = rows
+            ring.head, ring.count = int(meta["head"]), int(meta["count"])
+            setattr(state, name, ring)
+        if len(arrays["pending_preds"]):
+            state.pending_features.append(np.asarray(arrays["pending_features"], np.float32))
+            state.pending_preds.append(np.asarray(arrays["pending_preds"], np.int64))
+            state.pending_scores.append(np.asarray(arrays["pending_scores"], np.float64))
+            state.pending_halves.append(np.asarray(arrays["pending_halves"], np.int8))
+            state.pending_images.extend(None if p is None else Path(p) for p in doc["pending_images"])
+        return state

@@ -86,6 +86,10 @@ class OnlineDetector(Detector):
     def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
         """Score one batch with the current state, then update the state from it."""
 
-    def score_stream(self, batches: Sequence[StreamBatch]) -> list[np.ndarray]:
-        """Score a whole stream in order; returns one score array per batch."""
+    def score_stream(self, batches: Sequence[StreamBatch], finish: bool = True) -> list[np.ndarray]:
+        """Score a whole stream in order; returns one score array per batch.
+
+        ``finish=False`` says the stream goes on in a later call (a detector with end-of-stream
+        work, such as ANTS describing its last pooled negatives, then leaves it for later).
+        """
         return [self.score_features(batch.features, images=batch.images) for batch in batches]

@@ -46,6 +46,7 @@ import numpy as np
 from scipy.special import expit
 
 from negspace.detectors.base import OnlineDetector, as_unit_rows
+from negspace.detectors.ring import RingBuffer
 from negspace.scoring import DEFAULT_TAU, log_sum_exp
 
 if TYPE_CHECKING:
@@ -87,14 +88,18 @@ def activation_aware_score(
     return expit(id_lse[:, None] - prefix_lse[:, columns]).mean(axis=1)
 
 
-def otsu_threshold(scores: np.ndarray, step: float = 0.01) -> float:
+def otsu_threshold(scores: np.ndarray, step: float = 0.01, ties: str = "middle") -> float:
     """Otsu's threshold on scores in ``[0, 1]``, scanning ``0, step, ..., 1 − step``.
 
     The criterion of a threshold ``t`` is the weighted within-class variance
     ``w0·var(S < t) + w1·var(S ≥ t)`` (infinite when a class is empty). Among the thresholds with
     the minimum criterion the middle one is taken (index ``len // 2`` of the candidates), as in
-    the official code. Vectorised with prefix sums over the sorted scores.
+    the official TANL code; ``ties="first"`` takes the first one and, when no threshold splits the
+    scores, returns their (lower) median, as the ANTS authors' activation-aware ENS does (SPEC 4
+    step 11). Vectorised with prefix sums over the sorted scores.
     """
+    if ties not in ("middle", "first"):
+        raise ValueError(f"ties must be 'middle' or 'first', got {ties!r}")
     x = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     n = len(x)
     thresholds = np.arange(int(round(1.0 / step))) * step
@@ -108,6 +113,10 @@ def otsu_threshold(scores: np.ndarray, step: float = 0.01) -> float:
         within_low = s2[k] - s1[k] ** 2 / k
         within_high = (s2[n] - s2[k]) - (s1[n] - s1[k]) ** 2 / (n - k)
     criterion = np.where((k == 0) | (k == n), np.inf, np.maximum(within_low + within_high, 0.0) / n)
+    if ties == "first":
+        if not np.isfinite(criterion).any():
+            return float(x[(n - 1) // 2])
+        return float(thresholds[int(np.argmin(criterion))])
     candidates = np.flatnonzero(criterion == criterion.min())
     return float(thresholds[candidates[len(candidates) // 2]])
 
@@ -135,42 +144,6 @@ def activation_rows(
 
 
 # --------------------------------------------------------------------------- state
-
-
-class RingBuffer:
-    """A fixed-size FIFO of rows (a numpy array, never a growing list).
-
-    ``push`` writes rows over the oldest ones; ``rows()`` gives the filled rows (in storage
-    order, which is all that means and thresholds need).
-    """
-
-    def __init__(self, capacity: int, width: int | None, dtype: Any) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        shape = (capacity,) if width is None else (capacity, width)
-        self.data = np.zeros(shape, dtype=dtype)
-        self.count = 0
-        self.head = 0
-
-    @property
-    def capacity(self) -> int:
-        return len(self.data)
-
-    def push(self, rows: np.ndarray) -> None:
-        n = len(rows)
-        if n == 0:
-            return
-        keep = min(n, self.capacity)
-        index = (self.head + np.arange(n - keep, n)) % self.capacity
-        self.data[index] = rows[n - keep :]
-        self.head = int((self.head + n) % self.capacity)
-        self.count = min(self.count + n, self.capacity)
-
-    def rows(self) -> np.ndarray:
-        return self.data[: self.count]
-
-    def mean(self) -> np.ndarray:
-        return self.rows().mean(axis=0, dtype=np.float64)
 
 
 @dataclass

@@ -230,18 +230,26 @@ def _excluded_pattern(excluded: str) -> re.Pattern[str] | None:
 
 
 def parse_description(
-    answer: str | bytes | None, excluded: str, max_words: int = 8
+    answer: str | bytes | None, excluded: str, max_words: int | None = 8
 ) -> str | None:
-    """Clean an ENS description; ``None`` when the answer is unusable.
+    """Clean an ENS description; ``None`` when the answer is unusable (see :func:`read_description`)."""
+    read = read_description(answer, excluded, max_words)
+    return None if read is None else read[0]
+
+
+def read_description(
+    answer: str | bytes | None, excluded: str, max_words: int | None = 8, strip_class_name: bool = True
+) -> tuple[str, bool] | None:
+    """Clean an ENS description: ``(text, whether the class name was cut out)``, ``None`` if unusable.
 
     Steps: decode and drop control / replacement characters; drop markdown; skip preamble lines
     ("Sure! Here is a description:") and take the first real line; drop lead-ins such as
     "Description:"; drop surrounding quotes; reject refusals; remove the excluded class name
     (with its article and plural ending) and keep the rest if it still has at least two words
-    (otherwise ``None``); collapse spaces; drop edge punctuation and the trailing period; cut to
-    ``max_words`` words.
+    (otherwise ``None``), unless ``strip_class_name`` is off; collapse spaces; drop edge
+    punctuation and the trailing period; cut to ``max_words`` words (``None``: no cut).
     """
-    if max_words < 1:
+    if max_words is not None and max_words < 1:
         raise ValueError(f"max_words must be at least 1, got {max_words}")
     lines = _lines(clean_text(answer))
     if not lines:
@@ -264,8 +272,9 @@ def parse_description(
     text = text.strip(_EDGE_PUNCT)
     if not text or is_refusal(text):
         return None
-    pattern = _excluded_pattern(excluded) if excluded else None
-    if pattern is not None and pattern.search(text):
+    pattern = _excluded_pattern(excluded) if excluded and strip_class_name else None
+    removed = pattern is not None and pattern.search(text) is not None
+    if removed:
         text = _squash(pattern.sub(" ", text))
         text = re.sub(r"\s+([,.;:!?])", r"\1", text)
         text = re.sub(r"^(?:[,.;:!?]\s*)+", "", text)
@@ -273,12 +282,12 @@ def parse_description(
         if len(text.split()) < 2:
             return None
     words = text.split()
-    if len(words) > max_words:
+    if max_words is not None and len(words) > max_words:
         words = words[:max_words]
     text = " ".join(words).strip(_EDGE_PUNCT)
     if not _WORD.search(text):
         return None
-    return text
+    return text, removed
 
 
 # -- class lists ----------------------------------------------------------------------------------
@@ -319,7 +328,15 @@ def _clean_item(item: str) -> str:
 def parse_class_list(
     answer: str | bytes | None, excluded: Iterable[str], k: int = 5
 ) -> list[str]:
-    """Parse a VSNL answer into at most ``k`` class names (``[]`` when nothing is usable).
+    """Parse a VSNL answer into at most ``k`` class names (see :func:`read_class_list`)."""
+    return read_class_list(answer, excluded, k)[0]
+
+
+def read_class_list(
+    answer: str | bytes | None, excluded: Iterable[str], k: int = 5
+) -> tuple[list[str], int]:
+    """Parse a VSNL answer: at most ``k`` class names (``[]`` when nothing is usable) and how many
+    excluded names were dropped on the way.
 
     Accepts "1. name", "2) name", "3: name", "(4) name", "- name", "* name", markdown, and
     unnumbered lists separated by commas or lines; drops preamble and closing sentences,
@@ -327,14 +344,15 @@ def parse_class_list(
     tolerant) to any excluded name, and duplicates (case-insensitive, first kept).
     """
     if k < 1:
-        return []
+        return [], 0
     excluded_keys = {_name_key(e) for e in excluded if isinstance(e, str) and e.strip()} - {""}
     lines = _lines(clean_text(answer), drop_headings=True)
     if not lines or is_refusal(lines[0]) and len(lines) == 1:
-        return []
+        return [], 0
     if is_refusal(lines[0]) and not any(_NUMBER.match(ln) or _BULLET.match(ln) for ln in lines):
-        return []
+        return [], 0
     names: list[str] = []
+    dropped = 0
     seen: set[str] = set()
     for raw in _split_items(lines):
         if _PREAMBLE_LINE.match(raw) and (raw.rstrip().endswith(":") or len(raw.split()) > 3):
@@ -348,6 +366,7 @@ def parse_class_list(
             continue
         key = _name_key(name)
         if key in excluded_keys:
+            dropped += 1
             continue
         if key in seen:
             continue
@@ -355,4 +374,4 @@ def parse_class_list(
         names.append(name)
         if len(names) >= k:
             break
-    return names
+    return names, dropped
