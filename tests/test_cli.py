@@ -156,11 +156,27 @@ def test_demo_data_writes_real_photos_and_patterns(tmp_path):
 def test_eval_test_time_methods_follow_the_stream_protocol(tmp_path, image_sets, tiny_openclip, method, options):
     out = _run_eval(tmp_path, image_sets, tiny_openclip, method, *options)
     metrics = _check_outputs_stream(out, n_id=7, n_ood=6)
-    assert metrics["stream"] == {"seed": 0, "batch_size": 4, "reset_between_ood_sets": True}
+    assert metrics["stream"] == {"mode": "per-set", "seed": 0, "batch_size": 4, "reset_between_ood_sets": True,
+                                 "order": ["noise"]}
     assert metrics["method"] == method
     # The same seed gives the same stream and the same scores.
     again = _run_eval(tmp_path / "again", image_sets, tiny_openclip, method, *options)
     assert (again / "scores.csv").read_text() == (out / "scores.csv").read_text()
+
+
+def test_eval_mixed_stream_reports_each_set_and_the_whole_stream(tmp_path, image_sets, tiny_openclip, capsys):
+    code = main(["eval", "--method", "tanl", "--classes", str(image_sets["classes"]), "--id", str(image_sets["id"]),
+                 "--ood", f"noise={image_sets['ood']}", "--ood", f"again={image_sets['ood']}", "--stream", "mixed",
+                 "--out", str(tmp_path / "mixed"), "--batch-size", "4", "--tanl-beta", "200",
+                 *_model_args(tiny_openclip)])
+    assert code == 0
+    assert "whole stream" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "mixed" / "metrics.json").read_text())
+    assert metrics["stream"]["mode"] == "mixed" and not metrics["stream"]["reset_between_ood_sets"]
+    assert (metrics["whole_stream"]["n_id"], metrics["whole_stream"]["n_ood"]) == (7, 12)
+    with (tmp_path / "mixed" / "scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 + 12 and {r["stream"] for r in rows} == {"mixed"}  # ID rows once
 
 
 def _check_outputs_stream(out: Path, n_id: int, n_ood: int) -> dict:
@@ -238,6 +254,27 @@ def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path,
                          "--ants-score", "ens", "--ants-lam", "0.3", "--groups", "10")
     params = json.loads((ablation / "metrics.json").read_text())["params"]
     assert (params["mode"], params["lam"], params["groups"]) == ("ens", 0.3, 100)
+
+
+def test_eval_ants_authors_preset_with_overrides_and_lam_report(tmp_path, image_sets, tiny_openclip, mllm_server):
+    server, _ = mllm_server
+    out = _run_eval(tmp_path, image_sets, tiny_openclip, "ants", "--num-negatives", "500", "--ants-schedule", "scaled",
+                    "--ants-preset", "authors", "--ants-ens-stop-step", "3",
+                    "--mllm", f"openai:{server.url_for('/v1')}/tiny-vlm")
+    metrics = json.loads((out / "metrics.json").read_text())
+    params = metrics["params"]
+    assert (params["lam_rule"], params["threshold"], params["ens_order"], params["similar_classes"]) == (
+        "authors", "histogram", "prepend", "history_top40")
+    assert params["ens_stop_step"] == 3 and params["max_mllm_calls"] is None and params["mllm_lag"] == 0
+    info = metrics["ants"]["noise"]
+    assert {"a", "b", "lam", "negatives_mined", "negatives_described", "vsnl_id_names_removed"} <= set(info)
+    assert 0.0 <= info["lam"] <= 1.0
+    paper = _run_eval(tmp_path / "paper", image_sets, tiny_openclip, "ants", "--num-negatives", "500",
+                      "--ants-schedule", "scaled", "--ants-lam-rule", "crossfit", "--ants-mllm-lag", "1",
+                      "--mllm", f"openai:{server.url_for('/v1')}/tiny-vlm")
+    params = json.loads((paper / "metrics.json").read_text())["params"]
+    assert (params["lam_rule"], params["threshold"], params["mllm_lag"], params["max_mllm_calls"]) == (
+        "crossfit", "paper", 1, 2000)
 
 
 def test_eval_ants_without_an_mllm_is_one_clear_error(tmp_path, image_sets, tiny_openclip, capsys):

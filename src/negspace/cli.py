@@ -41,6 +41,7 @@ from negspace.detectors.tanl import TANL
 from negspace.encoders import PREPROCESS_CHOICES, ClipEncoder, load_encoder
 from negspace.errors import NegspaceError
 from negspace.evaluate import (
+    STREAM_MODES,
     EncodedSet,
     Evaluation,
     FeatureFile,
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=256, help="images per batch (default: %(default)s)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the grouping and of the test stream's shuffle (default: %(default)s)")
     ev.add_argument("--out", type=Path, help="results folder (default: runs/METHOD-TIMESTAMP)")
+    ev.add_argument("--stream", choices=STREAM_MODES, default="per-set",
+                    help="test-time methods: per-set = one ID+OOD stream per OOD set, reset between them (the papers); "
+                         "sequential = the same streams one after another, no reset (temporal shift); "
+                         "mixed = ID and every OOD set in one stream (default: %(default)s)")
     _add_model_options(ev)
     method = ev.add_argument_group("method parameters")
     method.add_argument("--temperature", type=float, default=default_of(MCM.__init__, "temperature"), help="MCM softmax temperature (default: %(default)s)")
@@ -289,6 +294,8 @@ def _score(
 ) -> Evaluation:
     """Static detectors score each set once; test-time ones follow the stream protocol."""
     if not isinstance(detector, OnlineDetector):
+        if args.stream != "per-set":
+            log.warning("--stream %s ignored: %s scores every image on its own, with no stream", args.stream, args.method)
         return evaluate_detector(detector.score_features, id_set, ood_sets, args.batch_size)
     needs_images = isinstance(detector, ANTS) and not detector.frozen
     if needs_images and not has_pixels:
@@ -296,7 +303,8 @@ def _score(
                     "so only the VSNL bank (text prompts) can grow")
         needs_images = False
     return evaluate_stream(
-        detector, id_set, ood_sets, args.batch_size, args.seed, pass_images=needs_images, after_stream=recorder
+        detector, id_set, ood_sets, args.batch_size, args.seed, pass_images=needs_images, after_stream=recorder,
+        mode=args.stream,
     )
 
 

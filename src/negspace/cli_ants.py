@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from negspace.detectors.ants import ANTS
-from negspace.detectors.ants_explain import write_explanations_csv
 from negspace.detectors.ants_config import ANTSConfig
+from negspace.detectors.ants_explain import write_explanations_csv
 from negspace.detectors.ants_rules import scaled_schedule
 from negspace.errors import NegspaceError
 from negspace.evaluate import EncodedSet
@@ -38,24 +38,39 @@ def add_mllm_options(parser: argparse.ArgumentParser) -> None:
 
 def add_ants_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("ANTS (adaptive negative textual space)")
+    group.add_argument("--ants-preset", choices=("paper", "authors"), default="paper",
+                       help="'paper' = SPEC defaults; 'authors' = every rule of the authors' code, to reproduce "
+                            "their numbers (options below override the preset) (default: %(default)s)")
     group.add_argument("--ants-mode", choices=("online", "two-pass"), default="online",
                        help="online = the paper; two-pass = banks from the whole set, order-independent (default: %(default)s)")
     group.add_argument("--ants-score", choices=("ada", "ens", "vsnl", "neglabel"),
                        help="score (default: ada; with --negative-space: as saved)")
     group.add_argument("--ants-lam", type=float, help="fixed weight of ENS vs VSNL (ablation); default adaptive")
-    group.add_argument("--ants-threshold", choices=("paper", "histogram"), default=_ANTS.threshold, help="negative-image threshold rule")
-    group.add_argument("--ants-similar-classes", choices=("frequency", "history_top40"), default=_ANTS.similar_classes,
-                       help="visually similar ID-class rule (default: %(default)s)")
+    group.add_argument("--ants-lam-rule", choices=("paper", "authors", "crossfit"),
+                       help=f"adaptive lam: Eq. 15 with the current banks, the authors' running mean, or the "
+                            f"experimental crossfit (default: {_ANTS.lam_rule}; authors preset: authors)")
+    group.add_argument("--ants-threshold", choices=("paper", "histogram"),
+                       help=f"negative-image threshold rule (default: {_ANTS.threshold})")
+    group.add_argument("--ants-similar-classes", choices=("frequency", "history_top40"),
+                       help=f"visually similar ID-class rule (default: {_ANTS.similar_classes})")
+    group.add_argument("--ants-ens-score", choices=("grouped", "activation"),
+                       help=f"ENS score: grouped, or the authors' activation-aware one (default: {_ANTS.ens_score})")
+    group.add_argument("--ants-activation-negatives", type=int,
+                       help=f"activation-aware ENS: sentences kept (default: {_ANTS.activation_negatives})")
+    group.add_argument("--ants-ens-stop-step", type=int, help="at most this many ENS updates (default: no limit; authors: 20)")
+    group.add_argument("--ants-no-strip-class-names", dest="ants_strip_class_names", action="store_const", const=False,
+                       help="keep the predicted class name in descriptions (the authors' preset does)")
     group.add_argument("--ants-schedule", choices=("default", "scaled"), default="default",
                        help="'scaled' fits the bank-update schedule to a stream smaller than ImageNet's")
     group.add_argument("--ants-diversity", choices=("none", "kcenter"), default="none",
                        help="describe a k-center spread of the negatives instead of all (default: %(default)s)")
     group.add_argument("--ants-diversity-size", type=int, default=_ANTS.diversity_size, help="negatives described per update with kcenter")
-    group.add_argument("--max-mllm-calls", type=int, default=_ANTS.max_mllm_calls, help="MLLM requests per stream (default: %(default)s)")
+    group.add_argument("--max-mllm-calls", type=int, help=f"MLLM requests per stream (default: {_ANTS.max_mllm_calls}; authors: no limit)")
     group.add_argument("--ants-request-batch", type=int, default=_ANTS.mllm_batch_size, help="MLLM requests sent together (default: %(default)s)")
-    group.add_argument("--ants-mllm-lag", type=int, default=_ANTS.mllm_lag,
-                       help="online: MLLM answers reach the banks before batch t+LAG, scoring goes on meanwhile; "
-                            "1 = the paper's timing, 0 = wait for the answers (default: %(default)s)")
+    group.add_argument("--ants-mllm-lag", type=int,
+                       help=f"online: 0 = a batch is scored after its own bank updates (the authors' order); N >= 1 = "
+                            f"the MLLM works in the background and its answers reach the banks before batch t+N "
+                            f"(default: {_ANTS.mllm_lag})")
     group.add_argument("--negative-space", type=Path, help="score with a saved negative space (no MLLM needed)")
     group.add_argument("--explanations", type=int, default=100, help="most OOD-looking images explained per set (default: %(default)s)")
 
@@ -78,10 +93,17 @@ def load_mllm_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-# Options that shape how a space is learned: a loaded space keeps its own and says so.
+# ANTSConfig fields set by an option only when the option is given (otherwise the preset's value).
+_PRESET_OPTIONS = {
+    "ants_threshold": "threshold", "ants_similar_classes": "similar_classes", "ants_lam_rule": "lam_rule",
+    "ants_ens_score": "ens_score", "ants_activation_negatives": "activation_negatives",
+    "ants_ens_stop_step": "ens_stop_step", "ants_strip_class_names": "strip_class_names",
+    "max_mllm_calls": "max_mllm_calls", "ants_mllm_lag": "mllm_lag",
+}
+# Other options that shape how a space is learned, with their defaults: a loaded space keeps its own.
 _LEARNING_DEFAULTS = {
-    "ants_mode": "online", "ants_threshold": _ANTS.threshold, "ants_similar_classes": _ANTS.similar_classes,
-    "ants_schedule": "default", "ants_diversity": "none", "tau": _ANTS.tau, "groups": _ANTS.groups,
+    "ants_mode": "online", "ants_preset": "paper", "ants_schedule": "default", "ants_diversity": "none",
+    "tau": _ANTS.tau, "groups": _ANTS.groups,
 }
 
 
@@ -100,6 +122,7 @@ def _load_space(args: argparse.Namespace, encoder: Any, class_names: Sequence[st
     if detector.id_text_features.shape[1] != encoder.dim:
         raise NegspaceError(f"The negative space {args.negative_space} has dimension {detector.id_text_features.shape[1]}, the model {encoder.dim}.")
     ignored = [f"--{name.replace('_', '-')}" for name, default in _LEARNING_DEFAULTS.items() if getattr(args, name) != default]
+    ignored += [f"--{name.replace('_', '-')}" for name in _PRESET_OPTIONS if getattr(args, name) is not None]
     if ignored:
         log.warning("%s ignored: the negative space %s keeps the settings it was learned with", ", ".join(ignored), args.negative_space)
     overrides = {"mode": args.ants_score} if args.ants_score is not None else {}
@@ -121,26 +144,22 @@ def build_ants(args: argparse.Namespace, encoder: Any, class_names: Sequence[str
     if args.mllm is None and score != "neglabel":
         raise NegspaceError("ANTS needs a multimodal LLM: pass --mllm SPEC (see 'Using an MLLM' in the README) or --negative-space DIR.")
     schedule = scaled_schedule(n_stream, args.batch_size) if args.ants_schedule == "scaled" else {}
-    return ANTS.from_encoder(
-        encoder,
-        class_names,
-        mined,
-        mllm,
+    given = {field: getattr(args, option) for option, field in _PRESET_OPTIONS.items() if getattr(args, option) is not None}
+    preset = ANTSConfig.authors if args.ants_preset == "authors" else ANTSConfig
+    config = preset(
         tau=args.tau,
         groups=args.groups,
         seed=args.seed,
         two_pass=args.ants_mode == "two-pass",
         mode=score,
         lam=args.ants_lam,
-        threshold=args.ants_threshold,
-        similar_classes=args.ants_similar_classes,
-        max_mllm_calls=args.max_mllm_calls,
         mllm_batch_size=args.ants_request_batch,
-        mllm_lag=args.ants_mllm_lag,
         diversity=None if args.ants_diversity == "none" else args.ants_diversity,
         diversity_size=args.ants_diversity_size,
         **schedule,
+        **given,
     )
+    return ANTS.from_encoder(encoder, class_names, mined, mllm, config=config)
 
 
 @dataclass

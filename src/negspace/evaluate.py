@@ -118,6 +118,8 @@ class Evaluation:
     results: dict[str, OODResult]
     info: dict[str, Any] = field(default_factory=dict)
     stream_id_scores: dict[str, np.ndarray] | None = None
+    stream_of: dict[str, str] | None = None  # OOD set -> the stream that scored it (test-time methods)
+    whole: OODResult | None = None  # every ID score of every stream against every OOD score
 
     def id_scores_for(self, ood_name: str) -> np.ndarray:
         """The ID scores compared with one OOD set (its own stream's, for test-time methods)."""
@@ -160,6 +162,25 @@ def stream_order(n_id: int, n_ood: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n_id + n_ood)
 
 
+STREAM_MODES = ("per-set", "sequential", "mixed")
+
+
+def _batches(features: np.ndarray, samples: list[str], order: np.ndarray, batch_size: int,
+             pass_images: bool) -> list[StreamBatch]:
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    return [StreamBatch(features[chunk], [Path(samples[i]) for i in chunk] if pass_images else None)
+            for chunk in chunks]
+
+
+def _score_segment(detector: OnlineDetector, features: np.ndarray, samples: list[str], order: np.ndarray,
+                   batch_size: int, pass_images: bool, finish: bool) -> np.ndarray:
+    """Scores of one shuffled segment, aligned with ``features``."""
+    scores = np.empty(len(order), dtype=np.float64)
+    batches = _batches(features, samples, order, batch_size, pass_images)
+    scores[order] = np.concatenate(detector.score_stream(batches, finish=finish))
+    return scores
+
+
 def evaluate_stream(
     detector: OnlineDetector,
     id_set: EncodedSet,
@@ -168,40 +189,67 @@ def evaluate_stream(
     seed: int = 0,
     pass_images: bool = False,
     after_stream: Callable[[str, OnlineDetector, EncodedSet, np.ndarray], None] | None = None,
+    mode: str = "per-set",
 ) -> Evaluation:
-    """The stream protocol of test-time methods (SPEC section 7).
+    """The stream protocols of test-time methods (SPEC section 7).
 
-    For each OOD set: reset the detector, shuffle ``ID ∪ OOD`` with ``seed``, score it in batches
-    of ``batch_size`` (each batch with the state left by the previous ones), and compute the
-    metrics. ID scores therefore differ per OOD set; the ID scores reported (and plotted) are
-    those of the first OOD set's stream, and every set's own are in ``info["stream_id_scores"]``.
-    With ``pass_images`` each batch also carries its image paths (for detectors that need pixels).
-    ``after_stream(ood_name, detector, stream_set, scores)`` runs after each set's stream, before
-    the next reset: the place to save or explain what the detector learned from that stream
-    (``stream_set`` holds the ID then OOD features and sample ids, ``scores`` align with them).
+    - ``per-set`` (the papers' protocol): for each OOD set, reset the detector, shuffle
+      ``ID ∪ OOD`` with ``seed`` and score it in batches of ``batch_size``.
+    - ``sequential`` (the ANTS paper's temporal-shift study): the same segments, one per OOD set
+      in the order given, met one after another with **no reset** (what was learned on one
+      segment is carried into the next).
+    - ``mixed`` (an open world): ID and every OOD set in one stream shuffled with ``seed``.
+
+    Each batch is scored with the state left by the previous ones. Metrics are computed per OOD
+    set (against the ID scores of the stream, or segment, it was scored in) and for the whole
+    stream (``Evaluation.whole``: every ID score against every OOD score). The ID scores
+    reported (and plotted) are those of the first stream; each set's own are in
+    ``stream_id_scores``. With ``pass_images`` each batch also carries its image paths.
+    ``after_stream(name, detector, stream_set, scores)`` runs after each stream or segment (the
+    place to save or explain what the detector learned): ``stream_set`` holds its ID then OOD
+    features and sample ids, ``scores`` align with them.
     """
-    ood_scores: dict[str, np.ndarray] = {}
+    if mode not in STREAM_MODES:
+        raise ValueError(f"stream mode must be one of {STREAM_MODES}, got {mode!r}")
+    n_id = len(id_set.features)
     id_scores_per_set: dict[str, np.ndarray] = {}
-    results: dict[str, OODResult] = {}
-    for ood in ood_sets:
-        detector.reset()
-        features = np.concatenate([id_set.features, ood.features])
-        samples = id_set.sample_ids + ood.sample_ids
-        order = stream_order(len(id_set.features), len(ood.features), seed)
-        chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        batches = [
-            StreamBatch(features[chunk], [Path(samples[i]) for i in chunk] if pass_images else None)
-            for chunk in chunks
-        ]
-        scores = np.empty(len(order), dtype=np.float64)
-        scores[order] = np.concatenate(detector.score_stream(batches))
+    ood_scores: dict[str, np.ndarray] = {}
+    stream_of: dict[str, str] = {}
+    detector.reset()
+    if mode == "mixed":
+        features = np.concatenate([id_set.features, *(s.features for s in ood_sets)])
+        samples = id_set.sample_ids + [sid for s in ood_sets for sid in s.sample_ids]
+        order = stream_order(n_id, len(features) - n_id, seed)
+        scores = _score_segment(detector, features, samples, order, batch_size, pass_images, finish=True)
         if after_stream is not None:
-            after_stream(ood.name, detector, EncodedSet(ood.name, features, samples), scores)
-        id_scores_per_set[ood.name] = scores[: len(id_set.features)]
-        ood_scores[ood.name] = scores[len(id_set.features) :]
-        results[ood.name] = compute_all(id_scores_per_set[ood.name], ood_scores[ood.name])
+            after_stream("mixed", detector, EncodedSet("mixed", features, samples), scores)
+        start = n_id
+        for ood in ood_sets:
+            id_scores_per_set[ood.name] = scores[:n_id]
+            ood_scores[ood.name] = scores[start : start + len(ood.features)]
+            stream_of[ood.name] = "mixed"
+            start += len(ood.features)
+    else:
+        for k, ood in enumerate(ood_sets):
+            if mode == "per-set" and k:
+                detector.reset()
+            features = np.concatenate([id_set.features, ood.features])
+            samples = id_set.sample_ids + ood.sample_ids
+            order = stream_order(n_id, len(ood.features), seed)
+            last = mode == "per-set" or k == len(ood_sets) - 1
+            scores = _score_segment(detector, features, samples, order, batch_size, pass_images, finish=last)
+            if after_stream is not None:
+                after_stream(ood.name, detector, EncodedSet(ood.name, features, samples), scores)
+            id_scores_per_set[ood.name] = scores[:n_id]
+            ood_scores[ood.name] = scores[n_id:]
+            stream_of[ood.name] = ood.name
+    results = {name: compute_all(id_scores_per_set[name], ood_scores[name]) for name in ood_scores}
+    distinct = {stream: id_scores_per_set[name] for name, stream in stream_of.items()}
+    whole = compute_all(np.concatenate(list(distinct.values())), np.concatenate(list(ood_scores.values())))
     first = ood_sets[0].name
-    evaluation = Evaluation(id_set, ood_sets, id_scores_per_set[first], ood_scores, results)
-    evaluation.stream_id_scores = id_scores_per_set
-    evaluation.info["stream"] = {"seed": seed, "batch_size": batch_size, "reset_between_ood_sets": True}
+    evaluation = Evaluation(id_set, ood_sets, id_scores_per_set[first], ood_scores, results,
+                            stream_id_scores=id_scores_per_set, stream_of=stream_of, whole=whole)
+    evaluation.info["stream"] = {"mode": mode, "seed": seed, "batch_size": batch_size,
+                                 "reset_between_ood_sets": mode == "per-set",
+                                 "order": [s.name for s in ood_sets]}
     return evaluation

@@ -25,9 +25,13 @@ COLUMN_TITLES = {
 
 
 def table_rows(evaluation: Evaluation) -> list[tuple[str, dict[str, float]]]:
-    """``(set name, metrics)`` per OOD set, then ``("average", ...)``; metrics as fractions."""
+    """``(set name, metrics)`` per OOD set, then ``("average", ...)`` and, for test-time methods,
+    ``("whole stream", ...)`` (every ID score against every OOD score); metrics as fractions."""
     rows = [(name, {m: getattr(r, m) for m in METRIC_NAMES}) for name, r in evaluation.results.items()]
-    return rows + [("average", evaluation.average())]
+    rows.append(("average", evaluation.average()))
+    if evaluation.whole is not None:
+        rows.append(("whole stream", {m: getattr(evaluation.whole, m) for m in METRIC_NAMES}))
+    return rows
 
 
 def format_table(evaluation: Evaluation) -> str:
@@ -62,6 +66,7 @@ def metrics_document(evaluation: Evaluation) -> dict[str, Any]:
         "id_set": {"name": evaluation.id_set.name, "n": len(evaluation.id_scores)},
         "ood": {name: r.as_dict() for name, r in evaluation.results.items()},
         "average": evaluation.average(),
+        "whole_stream": evaluation.whole.as_dict() if evaluation.whole is not None else None,
         "threshold_95_id_recall": {
             name: threshold_at_id_recall(evaluation.id_scores_for(name)) for name in evaluation.results
         },
@@ -73,8 +78,9 @@ def metrics_document(evaluation: Evaluation) -> dict[str, Any]:
 def write_scores_csv(evaluation: Evaluation, path: Path) -> None:
     """One row per sample and stream: set, stream, whether it is ID, its id (path), its score.
 
-    ``stream`` names the OOD set whose ``ID ∪ OOD`` stream produced the score; static methods
-    score ID once, so their ID rows have an empty ``stream``.
+    ``stream`` names the stream that produced the score: the OOD set's own ``ID ∪ OOD`` stream
+    (or segment, ``--stream per-set|sequential``) or ``mixed``; static methods score ID once, so
+    their ID rows have an empty ``stream``.
     """
     id_set = evaluation.id_set
     with path.open("w", newline="", encoding="utf-8") as out:
@@ -86,10 +92,14 @@ def write_scores_csv(evaluation: Evaluation, path: Path) -> None:
 
         if evaluation.stream_id_scores is None:
             rows(id_set.name, "", 1, id_set.sample_ids, evaluation.id_scores)
+        written: set[str] = set()
         for ood in evaluation.ood_sets:
+            stream = ""
             if evaluation.stream_id_scores is not None:
-                rows(id_set.name, ood.name, 1, id_set.sample_ids, evaluation.stream_id_scores[ood.name])
-            stream = ood.name if evaluation.stream_id_scores is not None else ""
+                stream = (evaluation.stream_of or {}).get(ood.name, ood.name)
+                if stream not in written:  # a mixed stream holds its ID samples once
+                    written.add(stream)
+                    rows(id_set.name, stream, 1, id_set.sample_ids, evaluation.stream_id_scores[ood.name])
             rows(ood.name, stream, 0, ood.sample_ids, evaluation.ood_scores[ood.name])
 
 
