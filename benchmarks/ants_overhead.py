@@ -105,7 +105,8 @@ def scoring_overhead(args: argparse.Namespace) -> None:
     neglabel = NegLabel.from_features(id_text, corpus)
     det = ANTS.from_features(id_text, corpus, TableEncoder(args.dim), NoOpMLLM(), [f"c{i}" for i in range(args.classes)],
                              ens_size=args.ens, max_mllm_calls=10**9)
-    det.state.add_ens([f"s{i}" for i in range(args.ens)], unit_rows(rng, args.ens, args.dim))
+    det.state.add_ens([f"s{i}" for i in range(args.ens)], unit_rows(rng, args.ens, args.dim), np.ones(args.ens),
+                      prepend=False)
     det._update_vsnl(list(range(80)))  # 80 = 0.08 * 1000 classes, 5 labels each
     assert det.state.ens_count == args.ens
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +18,12 @@ from negspace.detectors.ants_rules import (
     scaled_schedule,
 )
 from negspace.detectors.ants_state import ANTSState
-from negspace.detectors.base import StreamBatch
 from negspace.detectors.neglabel import NegLabel
-from negspace.evaluate import stream_order
 from negspace.metrics import auroc
-from negspace.mllm.protocol import MLLM, ImagePart, MLLMStats, TextPart
-from negspace.testing import make_world
+from negspace.mllm.protocol import MLLM
+from negspace.testing import WorldMLLM as ScriptedMLLM
+from negspace.testing import WorldTextEncoder as StubEncoder
+from negspace.testing import make_world, world_stream
 
 # K = 20 here: delta = 0.25 keeps 5 similar classes (0.08 would keep 2 of the 4 near parents)
 SCHEDULE = {"min_candidates": 20, "vsnl_start": 1, "vsnl_every": 2, "groups": 10, "delta": 0.25}
@@ -43,84 +40,6 @@ def corpus(world):
     return world.negatives(1000)
 
 
-class ScriptedMLLM:
-    """Deterministic answers from the image path / class name in the request (the MLLM protocol).
-
-    Descriptions: a far-OOD image ``far/<concept>_<i>.png`` is described by its concept's text;
-    ID and near-OOD images get an image-specific ordinary sentence. VSNL: the near concepts whose
-    parent is the asked class, else made-up names.
-    """
-
-    model_id = "scripted"
-
-    def __init__(self, world, behaviour: str = "good") -> None:
-        self.world = world
-        self.behaviour = behaviour
-        self.stats = MLLMStats()
-        self.received = 0
-        self.generate_calls = 0
-
-    def generate(self, requests):
-        self.generate_calls += 1
-        self.received += len(requests)
-        self.stats.calls += len(requests)
-        if self.behaviour == "raise":
-            raise RuntimeError("backend exploded")
-        answers = []
-        for request in requests:
-            parts = [p for m in request.messages for p in m.content]
-            image = next((p.image for p in parts if isinstance(p, ImagePart)), None)
-            text = " ".join(p.text for p in parts if isinstance(p, TextPart))
-            if self.behaviour == "none":
-                self.stats.failures += 1
-                answers.append(None)
-            elif self.behaviour == "garbage":
-                answers.append(["", "I'm sorry, I can't help with that.", "!!! ???", "1. 2. 3."][self.received % 4])
-            elif image is not None:
-                answers.append(self._describe(Path(image)))
-            else:
-                answers.append(self._similar(text))
-        return answers
-
-    def _describe(self, path: Path) -> str:
-        concept, index = (int(x) for x in path.stem.split("_"))
-        if path.parent.name == "far":
-            return f"{self.world.far_concepts[concept]}."
-        return f"An ordinary picture number {path.parent.name} {index}"
-
-    def _similar(self, prompt: str) -> str:
-        name = re.search(r"share visual features with (.+?), excluding", prompt).group(1)
-        cls = self.world.class_names.index(name)
-        near = [self.world.near_concepts[j] for j in np.flatnonzero(self.world.near_concept_parent == cls)]
-        # another ID class (plural, capitalised) first: VSNL must drop it
-        other = self.world.class_names[(cls + 1) % len(self.world.class_names)].capitalize() + "s"
-        names = [other] + (near or [f"gadget {cls} {k}" for k in "abcde"])
-        return "\n".join(f"{i}. {n}" for i, n in enumerate(names, start=1))
-
-
-class StubEncoder:
-    """Maps the world's texts to their vectors; any other text to a unit vector seeded by its hash."""
-
-    def __init__(self, world) -> None:
-        self.dim = world.dim
-        self.known = dict(zip(world.far_concepts, world.far_concept_features))
-        self.known.update(zip(world.near_concepts, world.near_concept_features))
-        self.known.update(zip(world.class_names, world.id_text_features))
-        self.calls = 0
-
-    def encode_texts(self, texts, template="{}", progress=True):
-        self.calls += 1
-        rows = []
-        for text in texts:
-            if text in self.known:
-                rows.append(self.known[text])
-                continue
-            seed = int(hashlib.sha256(template.format(text).encode()).hexdigest()[:12], 16)
-            v = np.random.default_rng(seed).standard_normal(self.dim)
-            rows.append(v / np.linalg.norm(v))
-        return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dim)
-
-
 def build(world, corpus, mllm=None, **kw):
     labels, features = corpus
     options = {**SCHEDULE, **kw}
@@ -130,16 +49,8 @@ def build(world, corpus, mllm=None, **kw):
 
 
 def stream(world, kind: str, seed: int = 0, batch: int = BATCH):
-    """``(batches, n_id)``: ID images then OOD images of ``kind``, shuffled with ``seed``."""
-    ood = world.far_ood_features if kind == "far" else world.near_ood_features
-    concept = world.far_ood_concept if kind == "far" else world.near_ood_concept
-    features = np.concatenate([world.id_image_features, ood])
-    paths = [Path(f"id/{c}_{i}.png") for i, c in enumerate(world.id_image_labels)]
-    paths += [Path(f"{kind}/{c}_{i}.png") for i, c in enumerate(concept)]
-    order = stream_order(len(world.id_image_features), len(ood), seed)
-    batches = [StreamBatch(features[order[s : s + batch]], [paths[i] for i in order[s : s + batch]])
-               for s in range(0, len(order), batch)]
-    return batches, order
+    """``(batches, order)``: ID images then OOD images of ``kind``, shuffled with ``seed``."""
+    return world_stream(world, kind, seed, batch)
 
 
 def run(det, world, kind, seed=0, batch=BATCH):

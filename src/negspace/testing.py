@@ -30,9 +30,16 @@ strengths 0 (the default) the world is bit-identical to a world drawn without th
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from negspace.mllm.protocol import ImagePart, MLLMStats, TextPart
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -196,3 +203,114 @@ def make_world(
         near_ood_features=near_images,
         near_ood_concept=near_which,
     )
+
+
+# -- a scripted MLLM, a text encoder and streams for ANTS on a world ------------------------------
+
+
+class WorldMLLM:
+    """A scripted MLLM (the :class:`negspace.mllm.protocol.MLLM` protocol) that knows a world.
+
+    Deterministic answers from the image path or class name in the request. Descriptions: a far-OOD
+    image ``far/<concept>_<i>.png`` (see :func:`world_stream`) is described by its concept's text;
+    ID and near-OOD images get an image-specific ordinary sentence. VSNL: another ID class name
+    (which ANTS must drop), then the near concepts whose parent is the asked class, else made-up
+    names. ``behaviour``: ``"good"``, ``"none"`` (every request fails), ``"garbage"`` (unusable
+    answers) or ``"raise"`` (the backend raises).
+    """
+
+    model_id = "scripted"
+
+    def __init__(self, world: SyntheticWorld, behaviour: str = "good") -> None:
+        self.world = world
+        self.behaviour = behaviour
+        self.stats = MLLMStats()
+        self.received = 0
+        self.generate_calls = 0
+
+    def generate(self, requests: Sequence[Any]) -> list[str | None]:
+        self.generate_calls += 1
+        self.received += len(requests)
+        self.stats.calls += len(requests)
+        if self.behaviour == "raise":
+            raise RuntimeError("backend exploded")
+        answers: list[str | None] = []
+        for request in requests:
+            parts = [p for m in request.messages for p in m.content]
+            image = next((p.image for p in parts if isinstance(p, ImagePart)), None)
+            text = " ".join(p.text for p in parts if isinstance(p, TextPart))
+            if self.behaviour == "none":
+                self.stats.failures += 1
+                answers.append(None)
+            elif self.behaviour == "garbage":
+                answers.append(["", "I'm sorry, I can't help with that.", "!!! ???", "1. 2. 3."][self.received % 4])
+            elif image is not None:
+                answers.append(self._describe(Path(image)))
+            else:
+                answers.append(self._similar(text))
+        return answers
+
+    def _describe(self, path: Path) -> str:
+        concept, index = (int(x) for x in path.stem.split("_"))
+        if path.parent.name == "far":
+            return f"{self.world.far_concepts[concept]}."
+        return f"An ordinary picture number {path.parent.name} {index}"
+
+    def _similar(self, prompt: str) -> str:
+        name = re.search(r"share visual features with (.+?), excluding", prompt).group(1)
+        cls = self.world.class_names.index(name)
+        near = [self.world.near_concepts[j] for j in np.flatnonzero(self.world.near_concept_parent == cls)]
+        # another ID class (plural, capitalised) first: VSNL must drop it
+        other = self.world.class_names[(cls + 1) % len(self.world.class_names)].capitalize() + "s"
+        names = [other] + (near or [f"gadget {cls} {k}" for k in "abcde"])
+        return "\n".join(f"{i}. {n}" for i, n in enumerate(names, start=1))
+
+
+class WorldTextEncoder:
+    """A text encoder for a world: its texts map to their vectors, any other text to a unit vector
+    seeded by the hash of the prompt (so ANTS's banks can be built without a CLIP model)."""
+
+    def __init__(self, world: SyntheticWorld) -> None:
+        self.dim = world.dim
+        self.known = dict(zip(world.far_concepts, world.far_concept_features))
+        self.known.update(zip(world.near_concepts, world.near_concept_features))
+        self.known.update(zip(world.class_names, world.id_text_features))
+        self.calls = 0
+
+    def encode_texts(self, texts: Sequence[str], template: str = "{}", progress: bool = True) -> np.ndarray:
+        self.calls += 1
+        rows = []
+        for text in texts:
+            if text in self.known:
+                rows.append(self.known[text])
+                continue
+            seed = int(hashlib.sha256(template.format(text).encode()).hexdigest()[:12], 16)
+            v = np.random.default_rng(seed).standard_normal(self.dim)
+            rows.append(v / np.linalg.norm(v))
+        return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dim)
+
+
+def world_stream(world: SyntheticWorld, kind: str, seed: int = 0, batch_size: int = 50) -> tuple[list[Any], np.ndarray]:
+    """A shuffled test stream of a world: ``(batches, order)``.
+
+    ``kind`` is ``"far"`` or ``"near"`` (ID then that OOD set) or ``"mixed"`` (ID, far, near).
+    ``batches`` are :class:`~negspace.detectors.base.StreamBatch` with paths ``id/<class>_<i>.png``,
+    ``far/<concept>_<i>.png``, ``near/<concept>_<i>.png`` (what :class:`WorldMLLM` reads);
+    ``order[j]`` is the index, in the concatenation ID, OOD, of the ``j``-th streamed image.
+    """
+    from negspace.detectors.base import StreamBatch
+    from negspace.evaluate import stream_order
+
+    parts = {"far": [("far", world.far_ood_features, world.far_ood_concept)],
+             "near": [("near", world.near_ood_features, world.near_ood_concept)]}
+    parts["mixed"] = parts["far"] + parts["near"]
+    if kind not in parts:
+        raise ValueError(f"kind must be 'far', 'near' or 'mixed', got {kind!r}")
+    features = np.concatenate([world.id_image_features, *(f for _, f, _ in parts[kind])])
+    paths = [Path(f"id/{c}_{i}.png") for i, c in enumerate(world.id_image_labels)]
+    for name, _, concept in parts[kind]:
+        paths += [Path(f"{name}/{c}_{i}.png") for i, c in enumerate(concept)]
+    order = stream_order(len(world.id_image_features), len(features) - len(world.id_image_features), seed)
+    batches = [StreamBatch(features[order[s : s + batch_size]], [paths[i] for i in order[s : s + batch_size]])
+               for s in range(0, len(order), batch_size)]
+    return batches, order

@@ -333,21 +333,26 @@ class ANTS(BankBuilder, OnlineDetector):
         lam = self._crossfit_lam() if cfg.lam_rule == "crossfit" else None
         return a, b, fusion_weight(a, b) if lam is None else lam
 
-    def _sample_scores(self, features: np.ndarray) -> np.ndarray:
-        """``(n, 3)``: ``S_nl``, grouped ``S_ens``, ``S_vsnl`` of rows with the current banks."""
-        out = np.empty((len(features), 3))
-        for start in range(0, len(features), _CHUNK):
-            parts = self._bank_parts(self._base(features[start : start + _CHUNK]), "skip")
-            out[start : start + _CHUNK] = np.stack([parts["nl"], parts["ens_grouped"], parts["vsnl"]], axis=1)
-        return out
+    def _rescore(self, rows: np.ndarray, scores: np.ndarray, ens: bool = True, vsnl: bool = True) -> None:
+        """Write the grouped ``S_ens`` (column 1) and ``S_vsnl`` (column 2) of unit ``rows`` with the
+        current banks into ``scores``, in chunks; column 0 (``S_nl``) is the fallback of a missing bank."""
+        st = self.state
+        for start in range(0, len(rows), _CHUNK):
+            image = rows[start : start + _CHUNK]
+            block = scores[start : start + _CHUNK]
+            id_cos = image @ self.id_text_features.T
+            for column, wanted, bank in ((1, ens, st.ens_bank), (2, vsnl, st.vsnl_bank)):
+                if wanted:
+                    block[:, column] = self._bank_score(id_cos, image @ bank.T) if len(bank) else block[:, 0]
 
     def _refresh_sample(self) -> None:
-        """Re-score the kept negatives when a bank changed since they were scored."""
+        """Re-score the kept negatives with a bank that changed since they were scored."""
         st = self.state
-        if (st.sample_ens_version, st.sample_vsnl_version) == (st.ens_version, st.vsnl_version):
+        ens, vsnl = st.sample_ens_version != st.ens_version, st.sample_vsnl_version != st.vsnl_version
+        if not (ens or vsnl):
             return
         if st.neg_sample.count:
-            st.neg_sample_scores.data[: st.neg_sample.count] = self._sample_scores(st.neg_sample.rows())
+            self._rescore(st.neg_sample.rows(), st.neg_sample_scores.data[: st.neg_sample.count], ens, vsnl)
         st.sample_ens_version, st.sample_vsnl_version = st.ens_version, st.vsnl_version
 
     def _crossfit_lam(self) -> float | None:
@@ -358,17 +363,20 @@ class ANTS(BankBuilder, OnlineDetector):
             return self._crossfit[1]
         lam = None
         if st.id_sample is not None and st.id_sample.count and st.neg_sample.count and st.ens_count:
-            id_scores = self._sample_scores(st.id_sample.rows())
-            negatives = st.neg_sample.rows()
-            neg_scores = self._sample_scores(negatives)
+            self._refresh_sample()
+            confident = st.id_sample.rows()
+            id_scores = np.zeros((len(confident), 3))
+            id_scores[:, 0] = self._base(confident).s_nl
+            self._rescore(confident, id_scores)
+            negatives, neg_scores = st.neg_sample.rows(), st.neg_sample_scores.rows()
             half = st.neg_sample_half.rows()
-            base = self._base(negatives)
-            ens_cos = base.image @ st.ens_bank.T
+            id_cos = negatives @ self.id_text_features.T
+            ens_cos = negatives @ st.ens_bank.T
             held_out = neg_scores[:, 0].copy()  # S_nl where the other half described nothing
             for h in (0, 1):
                 rows, cols = np.flatnonzero(half == h), np.flatnonzero(st.ens_halves & (1 << (1 - h)))
                 if len(rows) and len(cols):
-                    held_out[rows] = self._bank_score(base.id_cos[rows], ens_cos[np.ix_(rows, cols)])
+                    held_out[rows] = self._bank_score(id_cos[rows], ens_cos[np.ix_(rows, cols)])
             lam = crossfit_lam(id_scores[:, 1], id_scores[:, 2], held_out, neg_scores[:, 2])
         self._crossfit = (key, lam)
         return lam
@@ -581,7 +589,7 @@ class ANTS(BankBuilder, OnlineDetector):
         # lam and the activation window from the final banks
         keep = index[-cfg.lam_sample :]
         st.neg_sample.push(feats[keep])
-        st.neg_sample_scores.push(np.zeros((len(keep), 3)))
+        st.neg_sample_scores.push(np.stack([s_nl[keep], s_nl[keep], s_nl[keep]], axis=1))
         st.neg_sample_half.push(halves[-cfg.lam_sample :])
         st.sample_ens_version = st.sample_vsnl_version = -1  # scored on first use
         if st.id_sample is not None:
