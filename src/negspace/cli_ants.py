@@ -60,6 +60,7 @@ def add_ants_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ants-ens-stop-step", type=int, help="at most this many ENS updates (default: no limit; authors: 20)")
     group.add_argument("--ants-no-strip-class-names", dest="ants_strip_class_names", action="store_const", const=False,
                        help="keep the predicted class name in descriptions (the authors' preset does)")
+    group.add_argument("--ants-vsnl-start", type=int, help=f"first VSNL update at this batch (default: {_ANTS.vsnl_start})")
     group.add_argument("--ants-schedule", choices=("default", "scaled"), default="default",
                        help="'scaled' fits the bank-update schedule to a stream smaller than ImageNet's")
     group.add_argument("--ants-diversity", choices=("none", "kcenter"), default="none",
@@ -98,7 +99,7 @@ _PRESET_OPTIONS = {
     "ants_threshold": "threshold", "ants_similar_classes": "similar_classes", "ants_lam_rule": "lam_rule",
     "ants_ens_score": "ens_score", "ants_activation_negatives": "activation_negatives",
     "ants_ens_stop_step": "ens_stop_step", "ants_strip_class_names": "strip_class_names",
-    "max_mllm_calls": "max_mllm_calls", "ants_mllm_lag": "mllm_lag",
+    "max_mllm_calls": "max_mllm_calls", "ants_mllm_lag": "mllm_lag", "ants_vsnl_start": "vsnl_start",
 }
 # Other options that shape how a space is learned, with their defaults: a loaded space keeps its own.
 _LEARNING_DEFAULTS = {
@@ -156,8 +157,7 @@ def build_ants(args: argparse.Namespace, encoder: Any, class_names: Sequence[str
         mllm_batch_size=args.ants_request_batch,
         diversity=None if args.ants_diversity == "none" else args.ants_diversity,
         diversity_size=args.ants_diversity_size,
-        **schedule,
-        **given,
+        **{**schedule, **given},
     )
     return ANTS.from_encoder(encoder, class_names, mined, mllm, config=config)
 
