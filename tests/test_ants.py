@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -189,7 +190,7 @@ def test_requests_are_batched(world, corpus):
     det = build(world, corpus, mllm=mllm, mllm_batch_size=64)
     run(det, world, "far")
     assert mllm.received > mllm.generate_calls  # several requests per generate call
-    assert det.run_info()["mllm_calls"] == mllm.received
+    assert det.run_info()["mllm_requests"] == mllm.received
 
 
 @pytest.mark.parametrize("behaviour", ["none", "garbage", "raise"])
@@ -308,7 +309,11 @@ def test_short_stream_warns(world, corpus, caplog):
     batches, _ = stream(world, "far", batch=256)
     with caplog.at_level(logging.WARNING, logger="negspace.detectors.ants"):
         det.score_stream(batches[:3])
-    assert any("two-pass" in r.message for r in caplog.records)
+    message = next(r.getMessage() for r in caplog.records if "two-pass" in r.getMessage())
+    # the advice names options that exist: the CLI flag and ANTSConfig fields that it accepts
+    assert "--ants-schedule scaled" in message and "--ants-mode two-pass" in message
+    fields = dict(item.split("=") for item in re.findall(r"\b(\w+=\d+)", message))
+    assert ANTSConfig(**{k: int(v) for k, v in fields.items()}).min_candidates == int(fields["min_candidates"])
 
 
 # -- the pure rules ----------------------------------------------------------------------------------------

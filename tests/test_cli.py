@@ -63,6 +63,12 @@ def _check_outputs(out: Path, n_id: int, n_ood: int) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     noise = metrics["ood"]["noise"]
     assert (noise["n_id"], noise["n_ood"]) == (n_id, n_ood)
+    import torch
+
+    import negspace
+
+    assert (metrics["negspace_version"], metrics["torch_version"]) == (negspace.__version__, torch.__version__)
+    assert metrics["command"][:3] == ["negspace", "eval", "--method"] and metrics["device"] == "cpu"
     assert 0.0 <= noise["auroc"] <= 1.0 and 0.0 <= noise["fpr95"] <= 1.0
     with (out / "scores.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -210,7 +216,7 @@ def mllm_server():
             answer = "1. **crimson tile**\n2) mosaic\n3: stained glass\n- red brick\n5. ruby"
         else:
             assert has_image and payload["model"] == "tiny-vlm"
-            answer = "A field of colourful static noise."
+            answer = getattr(server, "describe_answer", "A field of colourful static noise.")
         body = {"id": "x", "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
         return Response(json.dumps(body), content_type="application/json")
@@ -228,7 +234,8 @@ def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path,
     out = _run_eval(tmp_path, image_sets, tiny_openclip, "ants", *options)
     metrics = _check_outputs_stream(out, n_id=7, n_ood=6)
     info = metrics["ants"]["noise"]
-    assert metrics["mllm_calls"] == metrics["mllm_requests"] == info["mllm_calls"] == len(chat_requests) > 0
+    assert metrics["mllm_calls"] == metrics["mllm_requests"] == info["mllm_requests"] == len(chat_requests) > 0
+    assert info["mllm_stats"]["calls"] == len(chat_requests)  # this stream's share of the backend's counters
     assert info["ens_size"] >= 1 and "a field of colourful static noise" in (out / "negative_space" / "noise" / "state.json").read_text().lower()
     with (out / "explanations.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -338,3 +345,28 @@ def test_eval_ants_online_streams_with_background_mllm(tmp_path, image_sets, tin
     info = metrics["ants"]["noise"]
     assert info["vsnl_updates"] >= 1 and metrics["mllm_requests"] == len(chat_requests) > 0
     assert (out / "negative_space" / "noise" / "state.json").is_file()
+
+
+def test_eval_ants_stops_with_exit_3_when_the_mllm_answers_garbage(tmp_path, image_sets, tiny_openclip, mllm_server):
+    """Descriptions that are one word repeated are rejected; more than 10% lost stops the run."""
+    import subprocess
+    import sys
+
+    server, chat_requests = mllm_server
+    server.describe_answer = "lorem lorem lorem lorem lorem"
+    out = tmp_path / "garbage"
+    args = ["eval", "--method", "ants", "--classes", str(image_sets["classes"]), "--id", str(image_sets["id"]),
+            "--ood", f"noise={image_sets['ood']}", "--ood", f"again={image_sets['ood']}", "--out", str(out),
+            "--batch-size", "4", "--num-negatives", "500", "--ants-mode", "two-pass", "--no-mllm-cache",
+            "--mllm", f"openai:{server.url_for('/v1')}/tiny-vlm", *_model_args(tiny_openclip)]
+    result = subprocess.run([sys.executable, "-m", "negspace.cli", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr and "marked incomplete" in result.stderr
+    assert "banks built from" in result.stdout and "unusable" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["incomplete"]["ood_sets_not_scored"] == ["again"] and list(metrics["ood"]) == ["noise"]
+    info = metrics["ants"]["noise"]
+    assert info["banks_incomplete"] and info["mllm_rejected_answers"] > 0 and info["ens_size"] == 0
+    # a generous limit lets the run finish, still saying the banks are incomplete
+    assert main([*args[:-len(_model_args(tiny_openclip))], "--mllm-max-failures", "1",
+                 "--out", str(tmp_path / "tolerated"), *_model_args(tiny_openclip)]) == 0

@@ -351,7 +351,26 @@ def test_check_model_listed(server):
 
 def test_check_ollama_latest_tag(server):
     server.expect_request("/v1/models").respond_with_json({"data": [{"id": "llava:latest"}]})
-    OpenAIChatBackend(server.url_for("/v1"), "llava").check()
+    llava = OpenAIChatBackend(server.url_for("/v1"), "llava")
+    llava.check()
+    assert llava.model_id.startswith("openai:llava:latest?")  # the name the server gives it
+
+
+def test_a_listed_model_list_without_the_model_stops_even_if_chats_would_answer(server):
+    server.expect_request("/v1/models").respond_with_json({"data": [{"id": "tiny-vl"}]})
+    server.expect_request(CHAT, method="POST").respond_with_handler(echo)  # a proxy that answers any name
+    with pytest.raises(NegspaceError, match=r"does not serve the model 'gpt-4o' \(it serves: tiny-vl\)"):
+        OpenAIChatBackend(server.url_for("/v1"), "gpt-4o").check()
+    assert chat_posts(server) == 0
+
+
+def test_the_cache_identity_does_not_depend_on_the_url(server):
+    """localhost and 127.0.0.1 reach the same model: the same cache entries (SPEC: keyed by model)."""
+    port = server.port
+    a = OpenAIChatBackend(f"http://localhost:{port}/v1", "tiny-vl")
+    b = OpenAIChatBackend(f"http://127.0.0.1:{port}/v1", "tiny-vl")
+    assert a.model_id == b.model_id
+    assert OpenAIChatBackend(f"http://127.0.0.1:{port}/v1", "tiny-vl", image_size=224).model_id != b.model_id
 
 
 def test_check_model_not_served_lists_models(server):

@@ -156,3 +156,13 @@ def test_clean_text_and_refusal():
     assert is_refusal("I'm sorry, I cannot do that")
     assert is_refusal("As an AI model I")
     assert not is_refusal("A sorry-looking dog")
+
+
+def test_degenerate_descriptions_are_rejected():
+    from negspace.mllm.prompts import is_degenerate, parse_description
+
+    assert parse_description("lorem lorem lorem lorem", "cat") is None
+    assert parse_description("Lorem, lorem. LOREM lorem!", "cat") is None
+    assert parse_description(" ".join(f"word{i}" for i in range(25)), "cat") is None  # over 3x eight words
+    assert parse_description("A red car on a wet road.", "cat") == "A red car on a wet road"
+    assert not is_degenerate("Yes yes") and is_degenerate("no no no")

@@ -10,6 +10,7 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from negspace import cli_ants
+from negspace import __version__, cli_ants
 from negspace.classnames import load_class_names
+from negspace.cli_args import check_output_file, positive_int, seed
 from negspace.corpus.labelfile import read_label_file, write_label_file
 from negspace.corpus.mining import (
     ADJECTIVE_TEMPLATE,
@@ -77,7 +79,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _add_mining_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("negative-label mining (NegLabel)")
     group.add_argument("--corpus", choices=SELECTIONS, default=_MINING.corpus, help="WordNet selection (default: %(default)s)")
-    group.add_argument("--num-negatives", type=int, default=_MINING.num_negatives, help="M, labels kept (default: %(default)s)")
+    group.add_argument("--num-negatives", type=positive_int, default=_MINING.num_negatives, help="M, labels kept (default: %(default)s)")
     group.add_argument("--percentile", type=float, default=_MINING.percentile, help="percentile of ID similarity (default: %(default)s)")
     group.add_argument("--split", choices=SPLITS, default=_MINING.split, help="how M is split between nouns and adjectives")
     group.add_argument("--per-part-fraction", type=float, default=0.15, help="fraction per part with --split per_part")
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     parser = argparse.ArgumentParser(prog="negspace", description="Zero-shot OOD detection with vision-language models.")
+    parser.add_argument("--version", action="version", version=f"negspace {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     ev = commands.add_parser("eval", parents=[common], help="score ID and OOD sets and report AUROC / FPR95 / AUPR")
@@ -95,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--classes", required=True, help="'imagenet' or a text file with one class name per line")
     ev.add_argument("--id", dest="id_set", required=True, help="ID images: folder, path list, LIST:ROOT, or .npy features")
     ev.add_argument("--ood", action="append", required=True, metavar="NAME=PATH", help="an OOD set (repeatable)")
-    ev.add_argument("--batch-size", type=int, default=256, help="images per batch (default: %(default)s)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the grouping and of the test stream's shuffle (default: %(default)s)")
+    ev.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default: %(default)s)")
+    ev.add_argument("--seed", type=seed, default=0, help="seed of the grouping and of the test stream's shuffle (default: %(default)s)")
     ev.add_argument("--out", type=Path, help="results folder (default: runs/METHOD-TIMESTAMP)")
     ev.add_argument("--stream", choices=STREAM_MODES, default="per-set",
                     help="test-time methods: per-set = one ID+OOD stream per OOD set, reset between them (the papers); "
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     method = ev.add_argument_group("method parameters")
     method.add_argument("--temperature", type=float, default=default_of(MCM.__init__, "temperature"), help="MCM softmax temperature (default: %(default)s)")
     method.add_argument("--tau", type=float, default=DEFAULT_TAU, help="NegLabel temperature (default: %(default)s)")
-    method.add_argument("--groups", type=int, default=DEFAULT_GROUPS, help="NegLabel groups G (default: %(default)s)")
+    method.add_argument("--groups", type=positive_int, default=DEFAULT_GROUPS, help="NegLabel groups G (default: %(default)s)")
     method.add_argument("--negatives", type=Path, help="negative-label file from 'negspace mine' (skips mining)")
     tanl = ev.add_argument_group("TANL (test-time activated negative labels)")
     tanl.add_argument("--tanl-corpus", choices=SELECTIONS, default=default_of(TANL.from_encoder, "corpus"), help="label pool (default: %(default)s)")
@@ -274,13 +277,15 @@ METHODS: dict[str, Callable[[BuildContext], Detector]] = {
 def _open_sets(args: argparse.Namespace) -> tuple[ImageSet | FeatureFile, list[ImageSet | FeatureFile]]:
     """Open and check every set before the model loads: a wrong path fails in a second."""
     id_source = open_set(args.id_set, name="id")
-    ood_sources = []
-    for item in args.ood:
-        name, path = parse_named_set(item)
-        ood_sources.append(open_set(path, name=name))
-    names = [s.name for s in ood_sources]
-    if len(set(names)) != len(names) or "average" in names:
-        raise NegspaceError(f"OOD set names must be unique and not 'average': {names}.")
+    named = [parse_named_set(item) for item in args.ood]
+    names = [name for name, _ in named]
+    reserved = {"average", "whole stream", id_source.name}
+    if len(set(names)) != len(names) or reserved & set(names):
+        raise NegspaceError(f"--ood names must be unique and none of {sorted(reserved)}: got {names}.")
+    ood_sources = [open_set(path, name=name) for name, path in named]
+    for name, path in named:
+        if Path(path).resolve() == Path(args.id_set).resolve():
+            log.warning("--ood %s is the same set as --id: its AUROC will be about 50", name)
     return id_source, ood_sources
 
 
@@ -308,10 +313,35 @@ def _score(
     )
 
 
+# Methods that score with a negative-label bank (--negatives, --groups and mining apply to them).
+_USES_NEGATIVES = {"neglabel": "groups", "ants": "groups", "adaneg": "adaneg_groups"}
+
+
+def _check_method_options(args: argparse.Namespace, n_classes: int) -> None:
+    """Option combinations that cannot work, refused before the model loads and mining runs."""
+    if args.method == "mcm" and n_classes < 2:
+        raise NegspaceError(f"MCM needs at least two ID classes, --classes {args.classes} has {n_classes}: "
+                            "its max softmax over one class is 1.0 for every image.")
+    if args.negatives is not None and args.method not in _USES_NEGATIVES:
+        raise NegspaceError(f"--negatives is not used by --method {args.method}; drop it "
+                            f"(methods with a negative-label bank: {', '.join(sorted(_USES_NEGATIVES))}).")
+    if args.method in _USES_NEGATIVES:
+        option = _USES_NEGATIVES[args.method]
+        available = len(_label_file_labels(args.negatives)) if args.negatives is not None else args.num_negatives
+        if getattr(args, option) > available:
+            where = f"--negatives {args.negatives}" if args.negatives is not None else "--num-negatives"
+            raise NegspaceError(f"--{option.replace('_', '-')} {getattr(args, option)} is larger than the "
+                                f"{available} negative labels of {where}.")
+
+
+def _label_file_labels(path: Path) -> list[str]:
+    nouns, adjectives = read_label_file(path)
+    return nouns + adjectives
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise NegspaceError(f"--batch-size must be at least 1, got {args.batch_size}.")
     classes = load_class_names(args.classes)
+    _check_method_options(args, len(classes))
     id_source, ood_sources = _open_sets(args)
     out_dir = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:  # before any work: a results folder that cannot be written must not cost a run
@@ -332,11 +362,16 @@ def run_eval(args: argparse.Namespace) -> int:
     progress = not args.quiet
     id_set = encode_set(id_source, encoder, args.batch_size, progress)
     ood_sets = [encode_set(s, encoder, args.batch_size, progress) for s in ood_sources]
-    recorder = cli_ants.StreamRecorder(out_dir, args.explanations) if isinstance(detector, ANTS) else None
+    recorder = (cli_ants.StreamRecorder(out_dir, args.explanations, args.mllm_max_failures)
+                if isinstance(detector, ANTS) else None)
     has_pixels = not any(isinstance(s, FeatureFile) for s in [id_source, *ood_sources])
     evaluation = _score(detector, id_set, ood_sets, args, has_pixels, recorder)
     evaluation.info = {
         "method": args.method,
+        "negspace_version": __version__,
+        "command": args.command_line,
+        "torch_version": _torch_version(),
+        "device": str(encoder.device),
         "params": detector.get_params(),
         "model": args.model,
         "weights_fingerprint": encoder.fingerprint,
@@ -350,16 +385,32 @@ def run_eval(args: argparse.Namespace) -> int:
         **(recorder.write(getattr(detector, "mllm", None)) if recorder is not None else {}),
         "seconds": round(time.perf_counter() - started, 3),
     }
+    stopped = recorder.stopped if recorder is not None else None
+    if stopped is not None:
+        evaluation.info["incomplete"] = {
+            "reason": f"more than {args.mllm_max_failures:.0%} of the MLLM requests of stream {stopped} failed or "
+                      "gave unusable answers",
+            "ood_sets_not_scored": [name for name, _ in map(parse_named_set, args.ood)
+                                    if name not in evaluation.ood_scores],
+        }
     write_report(evaluation, out_dir)
     print(format_table(evaluation))
+    for line in recorder.shortfalls() if recorder is not None else []:
+        print(line)
     skipped = sum(len(s.skipped) for s in [id_set, *ood_sets])
     if skipped:
         print(f"\n{skipped} unreadable file(s) skipped; listed in {out_dir / 'metrics.json'}")
     print(f"\nResults written to {out_dir}")
+    if stopped is not None:
+        print(f"negspace: error: the MLLM failed on stream {stopped} ({evaluation.info['incomplete']['reason']}); "
+              f"the results in {out_dir} are marked incomplete: check the server (--mllm) and run again.",
+              file=sys.stderr)
+        return 3
     return 0
 
 
 def run_mine(args: argparse.Namespace) -> int:
+    check_output_file(args.output, "-o/--output")
     classes = load_class_names(args.classes)
     config = _mining_config(args)
     encoder = _encoder(args)
@@ -389,6 +440,9 @@ def run_cache_clear(args: argparse.Namespace) -> int:
 def run_demo_data(args: argparse.Namespace) -> int:
     from negspace.demo import write_demo_data
 
+    if args.folder.exists() and not args.folder.is_dir():
+        raise NegspaceError(f"{args.folder} is a file; demo-data writes a folder (give a new or empty folder).")
+
     id_dir, ood_dir = write_demo_data(args.folder)
     print(f"ID images (photos) in {id_dir}, OOD images (patterns) in {ood_dir}")
     return 0
@@ -403,8 +457,15 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
     log.propagate = False
 
 
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = ["negspace", *(sys.argv[1:] if argv is None else argv)]
     _configure_logging(args.verbose, args.quiet)
     try:
         return args.run(args)
@@ -414,6 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("negspace: interrupted; finished work is cached and will be reused", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `negspace cache stats | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from negspace.cli_args import fraction, non_negative_int, positive_float, positive_int
 from negspace.detectors.ants import ANTS
 from negspace.detectors.ants_config import ANTSConfig
 from negspace.detectors.ants_explain import write_explanations_csv
@@ -27,13 +28,16 @@ def add_mllm_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("multimodal LLM (ANTS)")
     group.add_argument("--mllm", help="openai:BASE_URL/MODEL (any OpenAI-compatible server) or hf:NAME_OR_PATH")
     group.add_argument("--mllm-text", help="a separate model for text-only prompts (VSNL); default: --mllm")
-    group.add_argument("--mllm-concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
-    group.add_argument("--mllm-timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
-    group.add_argument("--mllm-retries", type=int, default=4, help="retries per request (default: %(default)s)")
-    group.add_argument("--mllm-image-size", type=int, default=448, help="longest side sent, px (default: %(default)s)")
+    group.add_argument("--mllm-concurrency", type=positive_int, default=8, help="requests in flight (default: %(default)s)")
+    group.add_argument("--mllm-timeout", type=positive_float, default=60.0, help="seconds per request (default: %(default)s)")
+    group.add_argument("--mllm-retries", type=non_negative_int, default=4, help="retries per request (default: %(default)s)")
+    group.add_argument("--mllm-image-size", type=positive_int, default=448, help="longest side sent, px (default: %(default)s)")
     group.add_argument("--mllm-api-key-env", default="OPENAI_API_KEY", help="env variable with the API key (default: %(default)s)")
-    group.add_argument("--mllm-batch-size", type=int, default=8, help="batch of a local hf: model (default: %(default)s)")
+    group.add_argument("--mllm-batch-size", type=positive_int, default=8, help="batch of a local hf: model (default: %(default)s)")
     group.add_argument("--no-mllm-cache", action="store_true", help="do not reuse or store MLLM answers")
+    group.add_argument("--mllm-max-failures", type=fraction, default=0.1,
+                       help="stop (exit 3) when more than this share of a stream's MLLM requests fail or give "
+                            "unusable answers (default: %(default)s)")
 
 
 def add_ants_options(parser: argparse.ArgumentParser) -> None:
@@ -55,25 +59,25 @@ def add_ants_options(parser: argparse.ArgumentParser) -> None:
                        help=f"visually similar ID-class rule (default: {_ANTS.similar_classes})")
     group.add_argument("--ants-ens-score", choices=("grouped", "activation"),
                        help=f"ENS score: grouped, or the authors' activation-aware one (default: {_ANTS.ens_score})")
-    group.add_argument("--ants-activation-negatives", type=int,
+    group.add_argument("--ants-activation-negatives", type=positive_int,
                        help=f"activation-aware ENS: sentences kept (default: {_ANTS.activation_negatives})")
-    group.add_argument("--ants-ens-stop-step", type=int, help="at most this many ENS updates (default: no limit; authors: 20)")
+    group.add_argument("--ants-ens-stop-step", type=non_negative_int, help="at most this many ENS updates (default: no limit; authors: 20)")
     group.add_argument("--ants-no-strip-class-names", dest="ants_strip_class_names", action="store_const", const=False,
                        help="keep the predicted class name in descriptions (the authors' preset does)")
-    group.add_argument("--ants-vsnl-start", type=int, help=f"first VSNL update at this batch (default: {_ANTS.vsnl_start})")
+    group.add_argument("--ants-vsnl-start", type=positive_int, help=f"first VSNL update at this batch (default: {_ANTS.vsnl_start})")
     group.add_argument("--ants-schedule", choices=("default", "scaled"), default="default",
                        help="'scaled' fits the bank-update schedule to a stream smaller than ImageNet's")
     group.add_argument("--ants-diversity", choices=("none", "kcenter"), default="none",
                        help="describe a k-center spread of the negatives instead of all (default: %(default)s)")
-    group.add_argument("--ants-diversity-size", type=int, default=_ANTS.diversity_size, help="negatives described per update with kcenter")
-    group.add_argument("--max-mllm-calls", type=int, help=f"MLLM requests per stream (default: {_ANTS.max_mllm_calls}; authors: no limit)")
-    group.add_argument("--ants-request-batch", type=int, default=_ANTS.mllm_batch_size, help="MLLM requests sent together (default: %(default)s)")
-    group.add_argument("--ants-mllm-lag", type=int,
+    group.add_argument("--ants-diversity-size", type=positive_int, default=_ANTS.diversity_size, help="negatives described per update with kcenter")
+    group.add_argument("--max-mllm-calls", type=non_negative_int, help=f"MLLM requests per stream (default: {_ANTS.max_mllm_calls}; authors: no limit)")
+    group.add_argument("--ants-request-batch", type=positive_int, default=_ANTS.mllm_batch_size, help="MLLM requests sent together (default: %(default)s)")
+    group.add_argument("--ants-mllm-lag", type=non_negative_int,
                        help=f"online: 0 = a batch is scored after its own bank updates (the authors' order); N >= 1 = "
                             f"the MLLM works in the background and its answers reach the banks before batch t+N "
                             f"(default: {_ANTS.mllm_lag})")
     group.add_argument("--negative-space", type=Path, help="score with a saved negative space (no MLLM needed)")
-    group.add_argument("--explanations", type=int, default=100, help="most OOD-looking images explained per set (default: %(default)s)")
+    group.add_argument("--explanations", type=non_negative_int, default=100, help="most OOD-looking images explained per set (default: %(default)s)")
 
 
 def load_mllm_from_args(args: argparse.Namespace) -> Any:
@@ -173,24 +177,47 @@ class StreamRecorder:
 
     out_dir: Path
     n_explained: int = 100
+    max_failures: float = 0.1  # stop when more than this share of a stream's MLLM requests is lost
     run_info: dict[str, Any] = field(default_factory=dict)
     explanation_rows: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None  # the stream whose MLLM failures stopped the run
+    _stats_seen: dict[str, int] = field(default_factory=dict)
 
-    def __call__(self, ood_name: str, detector: Any, stream: EncodedSet, scores: np.ndarray) -> None:
+    def __call__(self, ood_name: str, detector: Any, stream: EncodedSet, scores: np.ndarray) -> bool:
+        """Record one stream; ``True`` (stop the run) when too many of its MLLM requests were lost."""
         detector.save(self.out_dir / "negative_space" / ood_name)
-        self.run_info[ood_name] = detector.run_info()
+        info = detector.run_info()
+        stats = getattr(detector.mllm, "stats", None)
+        if stats is not None:  # the backend's counters are cumulative: this stream's share
+            now = stats.as_dict()
+            info["mllm_stats"] = {key: value - self._stats_seen.get(key, 0) for key, value in now.items()}
+            self._stats_seen = now
+        asked, lost = info["mllm_requests"], info["mllm_failed_answers"] + info["mllm_rejected_answers"]
+        info["mllm_answers_used"] = asked - lost
+        info["banks_incomplete"] = lost > 0
+        self.run_info[ood_name] = info
         rows = detector.explanation_rows(stream.features, stream.sample_ids, scores=scores, n_images=self.n_explained)
         self.explanation_rows += [{"ood_set": ood_name, **row} for row in rows]
+        if asked and lost / asked > self.max_failures:
+            self.stopped = ood_name
+        return self.stopped is not None
+
+    def shortfalls(self) -> list[str]:
+        """One line per stream whose banks were built from fewer MLLM answers than were asked for."""
+        return [f"ANTS stream {name}: banks built from {info['mllm_answers_used']} of {info['mllm_requests']} MLLM "
+                f"answers ({info['mllm_failed_answers']} requests failed, {info['mllm_rejected_answers']} answers "
+                f"unusable)" for name, info in self.run_info.items() if info["banks_incomplete"]]
 
     def write(self, mllm: Any = None) -> dict[str, Any]:
         """Write ``explanations.csv``; return the accounting for ``metrics.json``.
 
         ``mllm_requests`` counts what ANTS asked for (every stream, cached answers included);
-        ``mllm_calls`` what reached the model (cache hits excluded), from the backend's stats.
+        ``mllm_calls`` what reached the model (cache hits excluded), from the backend's stats;
+        ``mllm_stats`` the backend's counters over the run (per stream: ``ants.NAME.mllm_stats``).
         """
         if self.explanation_rows:
             write_explanations_csv(self.out_dir / "explanations.csv", self.explanation_rows)
-        requests = sum(info.get("mllm_calls", 0) for info in self.run_info.values())
+        requests = sum(info.get("mllm_requests", 0) for info in self.run_info.values())
         stats = mllm.stats.as_dict() if mllm is not None and hasattr(mllm, "stats") else None
         return {
             "ants": self.run_info,

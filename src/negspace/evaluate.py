@@ -188,7 +188,7 @@ def evaluate_stream(
     batch_size: int = 256,
     seed: int = 0,
     pass_images: bool = False,
-    after_stream: Callable[[str, OnlineDetector, EncodedSet, np.ndarray], None] | None = None,
+    after_stream: Callable[[str, OnlineDetector, EncodedSet, np.ndarray], bool | None] | None = None,
     mode: str = "per-set",
 ) -> Evaluation:
     """The stream protocols of test-time methods (SPEC section 7).
@@ -207,7 +207,9 @@ def evaluate_stream(
     ``stream_id_scores``. With ``pass_images`` each batch also carries its image paths.
     ``after_stream(name, detector, stream_set, scores)`` runs after each stream or segment (the
     place to save or explain what the detector learned): ``stream_set`` holds its ID then OOD
-    features and sample ids, ``scores`` align with them.
+    features and sample ids, ``scores`` align with them. When it returns ``True`` the evaluation
+    stops there: the result holds the OOD sets scored so far, ``info["stream"]["stopped_after"]``
+    names the last one.
     """
     if mode not in STREAM_MODES:
         raise ValueError(f"stream mode must be one of {STREAM_MODES}, got {mode!r}")
@@ -215,14 +217,15 @@ def evaluate_stream(
     id_scores_per_set: dict[str, np.ndarray] = {}
     ood_scores: dict[str, np.ndarray] = {}
     stream_of: dict[str, str] = {}
+    stopped_after = None
     detector.reset()
     if mode == "mixed":
         features = np.concatenate([id_set.features, *(s.features for s in ood_sets)])
         samples = id_set.sample_ids + [sid for s in ood_sets for sid in s.sample_ids]
         order = stream_order(n_id, len(features) - n_id, seed)
         scores = _score_segment(detector, features, samples, order, batch_size, pass_images, finish=True)
-        if after_stream is not None:
-            after_stream("mixed", detector, EncodedSet("mixed", features, samples), scores)
+        if after_stream is not None and after_stream("mixed", detector, EncodedSet("mixed", features, samples), scores):
+            stopped_after = "mixed"
         start = n_id
         for ood in ood_sets:
             id_scores_per_set[ood.name] = scores[:n_id]
@@ -238,18 +241,23 @@ def evaluate_stream(
             order = stream_order(n_id, len(ood.features), seed)
             last = mode == "per-set" or k == len(ood_sets) - 1
             scores = _score_segment(detector, features, samples, order, batch_size, pass_images, finish=last)
-            if after_stream is not None:
-                after_stream(ood.name, detector, EncodedSet(ood.name, features, samples), scores)
             id_scores_per_set[ood.name] = scores[:n_id]
             ood_scores[ood.name] = scores[n_id:]
             stream_of[ood.name] = ood.name
+            if after_stream is not None and after_stream(ood.name, detector, EncodedSet(ood.name, features, samples),
+                                                         scores):
+                stopped_after = ood.name
+                break
     results = {name: compute_all(id_scores_per_set[name], ood_scores[name]) for name in ood_scores}
     distinct = {stream: id_scores_per_set[name] for name, stream in stream_of.items()}
     whole = compute_all(np.concatenate(list(distinct.values())), np.concatenate(list(ood_scores.values())))
     first = ood_sets[0].name
-    evaluation = Evaluation(id_set, ood_sets, id_scores_per_set[first], ood_scores, results,
+    scored = [s for s in ood_sets if s.name in ood_scores]
+    evaluation = Evaluation(id_set, scored, id_scores_per_set[first], ood_scores, results,
                             stream_id_scores=id_scores_per_set, stream_of=stream_of, whole=whole)
     evaluation.info["stream"] = {"mode": mode, "seed": seed, "batch_size": batch_size,
                                  "reset_between_ood_sets": mode == "per-set",
                                  "order": [s.name for s in ood_sets]}
+    if stopped_after is not None:
+        evaluation.info["stream"]["stopped_after"] = stopped_after
     return evaluation

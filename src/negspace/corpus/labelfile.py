@@ -34,12 +34,19 @@ def write_label_file(path: Path, nouns: Sequence[str], adjectives: Sequence[str]
 
 def read_label_file(path: Path) -> tuple[list[str], list[str]]:
     """Read ``(nouns, adjectives)`` from a label file; an empty file is an error."""
+    if path.is_dir():
+        raise NegspaceError(f"Negative-label file {path} is a folder; give the file 'negspace mine -o' wrote.")
     if not path.is_file():
         raise NegspaceError(f"Negative-label file {path} does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise NegspaceError(f"Negative-label file {path} is not UTF-8 text (one label per line, as "
+                            "'negspace mine -o' writes it).") from None
     nouns: list[str] = []
     adjectives: list[str] = []
     current = nouns
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    for raw in text.splitlines():
         line = raw.strip()
         if line == NOUN_HEADER:
             current = nouns

@@ -103,6 +103,14 @@ class _Base:
     pred: np.ndarray
 
 
+def _schedule_advice(n_images: int, batch_size: int) -> str:
+    """What to do about a stream too short for the schedule, in terms both the CLI and Python accept."""
+    schedule = scaled_schedule(n_images, batch_size)
+    fields = ", ".join(f"{k}={v}" for k, v in schedule.items())
+    return (f"use two-pass mode (--ants-mode two-pass; two_pass=True) or a schedule scaled to the stream "
+            f"(--ants-schedule scaled; in Python the ANTSConfig fields {fields})")
+
+
 class ANTS(BankBuilder, OnlineDetector):
     """Adaptive negative textual space; scores are higher for in-distribution samples.
 
@@ -611,8 +619,8 @@ class ANTS(BankBuilder, OnlineDetector):
         if cfg.uses_vsnl and len(batches) < cfg.vsnl_start and self.state.batches_seen == 0:
             n = sum(len(b.features) for b in batches)
             log.warning("ANTS: the stream has %d batches but VSNL starts at batch %d, so the VSNL bank stays "
-                        "empty; use two-pass mode or a schedule scaled to the stream, e.g. %s",
-                        len(batches), cfg.vsnl_start, scaled_schedule(n, len(batches[0].features) if batches else 256))
+                        "empty; %s", len(batches), cfg.vsnl_start,
+                        _schedule_advice(n, len(batches[0].features) if batches else 256))
 
     def _warn_empty_banks(self, n_images: int, n_batches: int) -> None:
         st, cfg = self.state, self.config
@@ -621,9 +629,8 @@ class ANTS(BankBuilder, OnlineDetector):
         if cfg.uses_ens and st.ens_updates == 0 and not st.budget_exhausted and not self._ens_stopped:
             batch = max(1, round(n_images / max(1, n_batches)))
             log.warning("ANTS: only %d negatives were found in %d images, fewer than min_candidates=%d, so the "
-                        "ENS bank stayed empty; the stream is too short for the schedule: use two-pass mode "
-                        "or a schedule scaled to the stream, e.g. %s", st.negatives_mined, n_images,
-                        cfg.min_candidates, scaled_schedule(n_images, batch))
+                        "ENS bank stayed empty; the stream is too short for the schedule: %s", st.negatives_mined,
+                        n_images, cfg.min_candidates, _schedule_advice(n_images, batch))
 
     # -- reporting ------------------------------------------------------------------------------
 
@@ -633,12 +640,20 @@ class ANTS(BankBuilder, OnlineDetector):
         return self.state.mllm_requests
 
     def run_info(self) -> dict[str, Any]:
-        """What the run learned and cost, for ``metrics.json``."""
+        """What the run (since the last reset) learned and cost, for ``metrics.json``.
+
+        ``mllm_requests``: requests ANTS asked for in this run (answers from the response cache
+        included); ``mllm_requests_since_built``: over every run of this detector object;
+        ``mllm_failed_answers`` / ``mllm_rejected_answers``: requests that failed / answers no
+        usable text was in; ``ens_answers_class_name_removed`` / ``vsnl_id_names_removed``:
+        answers used after a part was cut out; ``loaded_space_mllm_requests``: what building a
+        loaded space cost.
+        """
         st = self.state
         a, b, lam = self.lam_terms()
         info = {
-            "mllm_calls": st.mllm_requests,
-            "mllm_calls_total": self.mllm_calls_total,
+            "mllm_requests": st.mllm_requests,
+            "mllm_requests_since_built": self.mllm_calls_total,
             "mllm_failed_answers": st.failed_answers,
             "mllm_rejected_answers": st.rejected_answers,
             "ens_answers_class_name_removed": st.ens_names_removed,
@@ -661,11 +676,10 @@ class ANTS(BankBuilder, OnlineDetector):
             "b": b,
             "lam": lam,
             "frozen": self.frozen,
-            "loaded_space_mllm_calls": self.space_mllm_calls,
+            "loaded_space_mllm_requests": self.space_mllm_calls,
         }
-        if self.mllm is not None and hasattr(self.mllm, "stats"):
+        if self.mllm is not None:
             info["mllm_model"] = getattr(self.mllm, "model_id", None)
-            info["mllm_stats"] = self.mllm.stats.as_dict()
         return info
 
     def get_params(self) -> dict[str, Any]:

@@ -78,6 +78,7 @@ class BankBuilder:
         def apply(answers: list[str | None]) -> None:
             cfg = self.config
             sentences, kept_halves = [], []
+            rejected = st.rejected_answers
             for name, half, answer in zip(excluded, sources, answers):
                 if answer is None:
                     continue
@@ -88,6 +89,7 @@ class BankBuilder:
                 st.ens_names_removed += read[1]
                 sentences.append(read[0])
                 kept_halves.append(half)
+            self._warn_rejected(st.rejected_answers - rejected, len(answers), "descriptions")
             self._add_sentences(sentences, kept_halves)
 
         self._ask(requests, apply)
@@ -138,6 +140,7 @@ class BankBuilder:
 
         def apply(answers: list[str | None]) -> None:
             parsed: dict[int, list[str]] = {}
+            rejected = st.rejected_answers
             for c, answer in zip(missing, answers):
                 if answer is None:
                     continue  # not cached: asked again at the next update if still in Y'
@@ -148,6 +151,7 @@ class BankBuilder:
                 else:
                     self._reject(answer)
                 parsed[c] = names
+            self._warn_rejected(st.rejected_answers - rejected, len(answers), "class lists")
             to_encode = sorted({n for names in parsed.values() for n in names})
             encoded = dict(zip(to_encode, self._encode(to_encode, VSNL_TEMPLATE))) if to_encode else {}
             for c, names in parsed.items():
@@ -272,8 +276,14 @@ class BankBuilder:
         failed = sum(a is None for a in answers)
         if failed:
             self.state.failed_answers += failed
-            log.info("ANTS: %d of %d MLLM requests failed", failed, len(answers))
+            log.warning("ANTS: %d of %d MLLM requests failed; the banks are built without them", failed, len(answers))
         return answers
+
+    @staticmethod
+    def _warn_rejected(rejected: int, answered: int, what: str) -> None:
+        if rejected:
+            log.warning("ANTS: %d of %d MLLM %s were unusable (refusals, garbage, repeated words) and left out",
+                        rejected, answered, what)
 
     def _reject(self, answer: str) -> None:
         self.state.rejected_answers += 1

@@ -201,8 +201,13 @@ class OpenAIChatBackend:
         self.stats = MLLMStats()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        # The answer depends on the pixels sent, so the image size is part of the cache identity.
-        self.model_id = f"openai:{self.model}@{self.base_url}?image_size={self.image_size}"
+        self._set_identity(self.model)
+
+    def _set_identity(self, served_name: str) -> None:
+        # The cache identity is the model as the server names it, not the URL that reached it
+        # (localhost and 127.0.0.1 serve the same answers); the answer depends on the pixels
+        # sent, so the image size is part of it.
+        self.model_id = f"openai:{served_name}?image_size={self.image_size}"
 
     def __repr__(self) -> str:
         return f"OpenAIChatBackend(base_url={self.base_url!r}, model={self.model!r})"
@@ -366,10 +371,16 @@ class OpenAIChatBackend:
         """Raise NegspaceError (one sentence) unless the server answers and serves the model."""
         try:
             served = self.served_models()
-            if served is not None and (
-                self.model in served or f"{self.model}:latest" in served  # Ollama tags
-            ):
-                return
+            if served is not None:
+                name = next((n for n in (self.model, f"{self.model}:latest") if n in served), None)  # Ollama tags
+                if name is not None:
+                    self._set_identity(name)
+                    return
+                if served:
+                    raise NegspaceError(
+                        f"The MLLM server at {self.base_url} does not serve the model {self.model!r} "
+                        f"(it serves: {', '.join(served)}); give one of those in --mllm."
+                    )
             status, text = self._probe_chat()
         except NegspaceError:
             raise
@@ -386,11 +397,6 @@ class OpenAIChatBackend:
             raise NegspaceError(
                 f"The MLLM server at {self.base_url} refused the API key (HTTP {status}); "
                 f"set it in the environment variable {self.api_key_env}."
-            )
-        if served:
-            raise NegspaceError(
-                f"The MLLM server at {self.base_url} does not serve the model {self.model!r} "
-                f"(it serves: {', '.join(served)}); give one of those in --mllm."
             )
         raise NegspaceError(
             f"The MLLM server at {self.base_url} cannot answer chats with the model "

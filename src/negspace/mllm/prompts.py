@@ -237,12 +237,22 @@ def parse_description(
     return None if read is None else read[0]
 
 
+ASKED_WORDS = 8  # the description prompt asks for fewer than eight words
+
+
+def is_degenerate(text: str, asked_words: int = ASKED_WORDS) -> bool:
+    """An answer no description is in: one word repeated, or over 3x the asked length."""
+    words = [w.casefold().strip(".,;:!?\"'") for w in text.split()]
+    return (len(words) >= 3 and len(set(words)) == 1) or len(words) > 3 * asked_words
+
+
 def read_description(
     answer: str | bytes | None, excluded: str, max_words: int | None = 8, strip_class_name: bool = True
 ) -> tuple[str, bool] | None:
     """Clean an ENS description: ``(text, whether the class name was cut out)``, ``None`` if unusable.
 
-    Steps: decode and drop control / replacement characters; drop markdown; skip preamble lines
+    Steps: decode and drop control / replacement characters; reject degenerate answers (one word
+    repeated, over 3x the asked length: :func:`is_degenerate`); drop markdown; skip preamble lines
     ("Sure! Here is a description:") and take the first real line; drop lead-ins such as
     "Description:"; drop surrounding quotes; reject refusals; remove the excluded class name
     (with its article and plural ending) and keep the rest if it still has at least two words
@@ -251,7 +261,10 @@ def read_description(
     """
     if max_words is not None and max_words < 1:
         raise ValueError(f"max_words must be at least 1, got {max_words}")
-    lines = _lines(clean_text(answer))
+    cleaned = clean_text(answer)
+    if is_degenerate(cleaned):
+        return None
+    lines = _lines(cleaned)
     if not lines:
         return None
     if is_refusal(lines[0]):

@@ -1,0 +1,113 @@
+"""Bad input through the real command line (a subprocess): one sentence naming the option or
+file, exit 2, no traceback, and no model loaded or work done first."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BOGUS_MODEL = ["--model", "openclip:NoSuchArch/none"]  # loading it would fail with a model error
+
+
+def negspace(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "negspace.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def assert_clear_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, (word, result.stderr)
+
+
+@pytest.fixture(scope="module")
+def classes(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("classes") / "classes.txt"
+    path.write_text("cat\ndog\n", encoding="utf-8")
+    return path
+
+
+NUMERIC = [("--mllm-timeout", "0"), ("--mllm-concurrency", "0"), ("--mllm-retries", "-1"), ("--mllm-image-size", "0"),
+           ("--seed", "-1"), ("--seed", str(2**70)), ("--batch-size", "0"), ("--ants-ens-stop-step", "-2"),
+           ("--max-mllm-calls", "x")]
+
+
+def test_numeric_options_are_checked_at_parse_time(classes, capsys):
+    from negspace.cli import main
+
+    def eval_args(option, value):
+        return ["eval", "--method", "ants", "--classes", str(classes), "--id", "a", "--ood", "b", option, value,
+                *BOGUS_MODEL]
+
+    assert_clear_error(negspace(*eval_args("--mllm-timeout", "0")), "--mllm-timeout")  # the real CLI once
+    for option, value in NUMERIC:  # every option in-process (the same parser)
+        with pytest.raises(SystemExit) as stop:
+            main(eval_args(option, value))
+        assert stop.value.code == 2 and option in capsys.readouterr().err, option
+
+
+def test_mine_checks_its_output_before_any_work(tmp_path, classes):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for target, words in ((folder, ("-o/--output", "is a folder")),
+                          (tmp_path / "missing" / "x.txt", ("-o/--output", "does not exist"))):
+        assert_clear_error(negspace("mine", "--classes", str(classes), "-o", str(target), *BOGUS_MODEL), *words)
+
+
+def test_demo_data_on_a_file(tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    assert_clear_error(negspace("demo-data", str(target)), str(target), "is a file")
+
+
+def test_cache_stats_into_a_closed_pipe_is_quiet(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "negspace.cli", "cache", "stats", "--cache-dir", str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before anything is printed, as with `| head -0`
+    error = process.stderr.read()
+    assert process.wait(timeout=120) == 0
+    assert "BrokenPipeError" not in error and "Traceback" not in error
+
+
+def test_method_options_that_cannot_work_fail_before_the_model_loads(tmp_path, classes):
+    one = tmp_path / "one.txt"
+    one.write_text("cat\n", encoding="utf-8")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("rock\nriver\nmoon\n", encoding="utf-8")
+    sets = ["--id", str(tmp_path), "--ood", f"o={tmp_path}"]
+    assert_clear_error(negspace("eval", "--method", "mcm", "--classes", str(one), *sets, *BOGUS_MODEL),
+                       "MCM needs at least two ID classes")
+    assert_clear_error(negspace("eval", "--method", "mcm", "--classes", str(classes), "--negatives", str(labels),
+                                *sets, *BOGUS_MODEL), "--negatives is not used by --method mcm")
+    assert_clear_error(negspace("eval", "--method", "neglabel", "--classes", str(classes), "--negatives", str(labels),
+                                *sets, *BOGUS_MODEL), "--groups 100 is larger than the 3 negative labels")
+    assert_clear_error(negspace("eval", "--method", "neglabel", "--classes", str(classes), "--num-negatives", "50",
+                                *sets, *BOGUS_MODEL), "--groups 100", "--num-negatives")
+    binary = tmp_path / "labels.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x81" * 10)
+    assert_clear_error(negspace("eval", "--method", "neglabel", "--classes", str(classes), "--negatives", str(binary),
+                                *sets, *BOGUS_MODEL), str(binary), "not UTF-8")
+    assert_clear_error(negspace("eval", "--method", "neglabel", "--classes", str(classes), "--negatives", str(tmp_path),
+                                *sets, *BOGUS_MODEL), str(tmp_path), "is a folder")
+
+
+def test_ood_names_and_sets(tmp_path, classes):
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "a.png")
+    assert_clear_error(negspace("eval", "--method", "neglabel", "--classes", str(classes), "--id", str(images),
+                                "--ood", f"id={images}", *BOGUS_MODEL), "--ood names")
+    same = negspace("eval", "--method", "neglabel", "--classes", str(classes), "--id", str(images),
+                    "--ood", f"copy={images}", "--out", str(tmp_path / "o"), *BOGUS_MODEL)
+    assert "--ood copy is the same set as --id" in same.stderr and same.returncode == 2
+
+
+def test_version():
+    result = negspace("--version")
+    assert result.returncode == 0 and result.stdout.startswith("negspace 0.")
