@@ -286,3 +286,32 @@ def test_processes_creating_one_fresh_store_together_all_succeed(tmp_path):
         worker.join(timeout=300)
     assert [w.exitcode for w in workers] == [0] * n
     assert failures.value == 0
+
+
+def _damage_the_middle(path):
+    """Keep the SQLite header, overwrite the pages after it with garbage."""
+    data = bytearray(path.read_bytes())
+    data[4096 : len(data) - 4096] = bytes(range(256)) * ((len(data) - 8192) // 256) + b"\x00" * ((len(data) - 8192) % 256)
+    path.write_bytes(bytes(data))
+
+
+def test_a_cache_damaged_in_the_middle_is_named_and_cache_clear_removes_it(tmp_path):
+    import subprocess
+    import sys
+
+    from negspace.errors import NegspaceError
+
+    store = FeatureStore.in_dir(tmp_path)
+    store.put_many({f"k{i}": np.full(512, i, np.float32) for i in range(2000)})
+    store.close()
+    path = tmp_path / "features.sqlite3"
+    for suffix in ("-wal", "-shm"):  # checkpointed by close: only the main file matters
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    _damage_the_middle(path)
+    with pytest.raises(NegspaceError, match=r"features.sqlite3 is damaged .*negspace cache clear"):
+        FeatureStore.in_dir(tmp_path).get_many([f"k{i}" for i in range(2000)])
+    result = subprocess.run([sys.executable, "-m", "negspace.cli", "cache", "clear", "--what", "features",
+                             "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "damaged file removed" in result.stdout and not path.exists()
+    assert FeatureStore.in_dir(tmp_path).count() == 0  # a fresh cache works again

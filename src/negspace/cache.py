@@ -18,10 +18,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -134,6 +136,18 @@ def _connect_with_retry(path: Path, schema: list[str]) -> sqlite3.Connection:
             raise
 
 
+# What SQLite says of a damaged or locked file (sqlite3 gives no finer exception types).
+_DAMAGE = re.compile(r"malformed|not a database|corrupt|disk I/O error|locked")
+
+
+def _store_error(what: str, path: Path, exc: Exception) -> str:
+    if "locked" in str(exc):
+        return (f"The {what} {path} stayed locked by another process for {_BUSY_TIMEOUT_S:.0f} s ({exc}); "
+                "wait for it to finish or choose another folder with --cache-dir.")
+    return (f"The {what} {path} is damaged ({exc}); 'negspace cache clear' removes a damaged file "
+            "(or delete it by hand), then run again.")
+
+
 class SharedSQLiteStore:
     """A SQLite file shared by threads and processes: one connection per process, opened on
     first use (and again after a fork), calls serialised by a lock, picklable by path.
@@ -159,6 +173,17 @@ class SharedSQLiteStore:
         conn = open_shared_sqlite(self.path, self.SCHEMA, what=self.WHAT)
         self._conn, self._pid = conn, os.getpid()
         return conn
+
+    @contextmanager
+    def _session(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; a damaged file becomes one sentence naming it."""
+        with self._lock:
+            try:
+                yield self._connect()
+            except sqlite3.DatabaseError as exc:
+                if not _DAMAGE.search(str(exc)):
+                    raise  # a programming error, not the file's fault
+                raise NegspaceError(_store_error(self.WHAT, self.path, exc)) from None
 
     def close(self) -> None:
         """Close the connection (the store reopens it if used again)."""
@@ -215,8 +240,8 @@ class FeatureStore(SharedSQLiteStore):
 
     def count(self) -> int:
         """Number of cached feature rows."""
-        with self._lock:
-            (count,) = self._connect().execute("SELECT COUNT(*) FROM features").fetchone()
+        with self._session() as conn:
+            (count,) = conn.execute("SELECT COUNT(*) FROM features").fetchone()
         return int(count)
 
     def __contains__(self, key: object) -> bool:
@@ -226,8 +251,7 @@ class FeatureStore(SharedSQLiteStore):
         """Return ``{key: vector}`` for the keys present (missing keys are simply absent)."""
         wanted = list(dict.fromkeys(keys))
         found: dict[str, np.ndarray] = {}
-        with self._lock:
-            conn = self._connect()
+        with self._session() as conn:
             for start in range(0, len(wanted), _IN_CHUNK):
                 chunk = wanted[start : start + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -252,13 +276,12 @@ class FeatureStore(SharedSQLiteStore):
             if vec.ndim != 1:
                 raise ValueError(f"cache values must be 1-D vectors, got shape {vec.shape}")
             rows.append((key, int(vec.shape[0]), vec.tobytes()))
-        with self._lock:
-            self._write("INSERT OR REPLACE INTO features (key, dim, data) VALUES (?, ?, ?)", rows)
+        with self._session() as conn:
+            write_rows(conn, "INSERT OR REPLACE INTO features (key, dim, data) VALUES (?, ?, ?)", rows)
 
     def clear(self) -> None:
         """Delete every cached feature and memo."""
-        with self._lock:
-            conn = self._connect()
+        with self._session() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("DELETE FROM features")
@@ -272,24 +295,25 @@ class FeatureStore(SharedSQLiteStore):
 
     def get_meta(self, key: str) -> str | None:
         """Return the memo stored under ``key``, or None."""
-        with self._lock:
-            row = self._connect().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._session() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def put_meta(self, key: str, value: str) -> None:
         """Store a memo string under ``key``."""
-        with self._lock:
-            self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(key, value)])
+        with self._session() as conn:
+            write_rows(conn, "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(key, value)])
 
-    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(sql, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+
+def write_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """Write ``rows`` in one transaction (BEGIN IMMEDIATE: the write lock up front)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 # -- content hashing ------------------------------------------------------------------------------

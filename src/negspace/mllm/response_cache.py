@@ -28,7 +28,7 @@ from typing import Any
 
 from PIL.Image import Image
 
-from negspace.cache import FEATURES_DB, SharedSQLiteStore, default_cache_dir, file_sha256
+from negspace.cache import FEATURES_DB, SharedSQLiteStore, default_cache_dir, file_sha256, write_rows
 from negspace.errors import NegspaceError
 from negspace.mllm.protocol import MLLM, ChatRequest, ImagePart, MLLMStats
 
@@ -92,8 +92,7 @@ class ResponseStore(SharedSQLiteStore):
     def get_many(self, keys: Sequence[str]) -> dict[str, str]:
         wanted = list(dict.fromkeys(keys))
         found: dict[str, str] = {}
-        with self._lock:
-            conn = self._connect()
+        with self._session() as conn:
             for start in range(0, len(wanted), _IN_CHUNK):
                 chunk = wanted[start : start + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -109,22 +108,13 @@ class ResponseStore(SharedSQLiteStore):
             return
         now = time.time()
         rows = [(k, model, v, now) for k, v in items.items()]
-        with self._lock:
-            conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO responses (key, model, answer, created) VALUES (?, ?, ?, ?)",
-                    rows,
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._session() as conn:
+            write_rows(conn, "INSERT OR REPLACE INTO responses (key, model, answer, created) VALUES (?, ?, ?, ?)",
+                       rows)
 
     def count(self) -> int:
-        with self._lock:
-            (n,) = self._connect().execute("SELECT COUNT(*) FROM responses").fetchone()
+        with self._session() as conn:
+            (n,) = conn.execute("SELECT COUNT(*) FROM responses").fetchone()
         return int(n)
 
 
@@ -276,7 +266,14 @@ def clear_cache(cache_dir: Path | str | None = None, what: str = "all") -> dict[
         try:
             removed[name] = _clear_tables(path, tables)
         except sqlite3.DatabaseError as exc:
-            raise NegspaceError(f"The cache file {path} is damaged ({exc}); delete it by hand.") from None
+            if "locked" in str(exc):
+                raise NegspaceError(f"The cache file {path} is locked by another process ({exc}); "
+                                    "try again when it has finished.") from None
+            # A damaged file holds nothing that can be trusted: remove it whole.
+            for part in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                part.unlink(missing_ok=True)
+            logger.warning("The cache file %s was damaged (%s) and is removed", path, exc)
+            removed[f"{name} (damaged file removed)"] = removed.pop(name)
     if what in ("all", "features"):
         # Mined NegLabel lists are derived from the features: they go with them.
         mined = sorted((folder / "mined").glob("*.json")) if (folder / "mined").is_dir() else []
