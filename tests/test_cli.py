@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -101,9 +102,25 @@ def test_mine_then_eval_neglabel(tmp_path, image_sets, tiny_openclip, capsys):
     metrics = _check_outputs(out, n_id=7, n_ood=6)
     assert metrics["params"]["n_negatives"] == 10_000 and metrics["params"]["groups"] == 100
 
+    assert metrics["negatives_file"]["id_names_removed"] == 0 and not metrics["negatives_file"]["settings_mismatch"]
+
     # Mining inside eval (cached by now) gives the very same scores as the mined file.
     again = _run_eval(tmp_path / "again", image_sets, tiny_openclip, "neglabel")
     assert (again / "scores.csv").read_text() == (out / "scores.csv").read_text()
+
+    # A file edited by hand: an ID name and a repeat are removed and counted, a header that names
+    # another model gives a warning.
+    text = labels.read_text(encoding="utf-8").splitlines()
+    text[0] = text[0].replace('"model": "', '"model": "openclip:ViT-L-14/other-', 1)
+    edited = tmp_path / "edited.txt"
+    edited.write_text("\n".join([text[0], text[1], "Red Square", text[2], text[2], *text[3:]]) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    out = _run_eval(tmp_path / "edited", image_sets, tiny_openclip, "neglabel", "--negatives", str(edited))
+    report = json.loads((out / "metrics.json").read_text())["negatives_file"]
+    assert (report["id_names_removed"], report["duplicates_removed"], report["labels"]) == (1, 1, 10_000)
+    assert report["settings_mismatch"]["model"].startswith("openclip:ViT-L-14/other-")
+    err = capsys.readouterr().err
+    assert "was mined with model=" in err and "1 ID class names removed" in err and "1 repeated labels removed" in err
 
 
 def test_eval_accepts_precomputed_features(tmp_path, image_sets, tiny_openclip):
@@ -196,6 +213,9 @@ def _check_outputs_stream(out: Path, n_id: int, n_ood: int) -> dict:
     return metrics
 
 
+_SERVERS = itertools.count()
+
+
 @pytest.fixture
 def mllm_server():
     """A real OpenAI-compatible chat server on 127.0.0.1 with scripted, messy-but-usable answers."""
@@ -215,13 +235,17 @@ def mllm_server():
         if "Give five" in text:
             answer = "1. **crimson tile**\n2) mosaic\n3: stained glass\n- red brick\n5. ruby"
         else:
-            assert has_image and payload["model"] == "tiny-vlm"
+            assert has_image and payload["model"] == server.model
             answer = getattr(server, "describe_answer", "A field of colourful static noise.")
         body = {"id": "x", "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
         return Response(json.dumps(body), content_type="application/json")
 
-    server.expect_request("/v1/models").respond_with_json({"data": [{"id": "tiny-vlm"}]})
+    # The MLLM cache is keyed by the model the server names (not its URL): a name of its own per
+    # test keeps one test's cached answers out of another's request counts.
+    server.model = f"tiny-vlm-{next(_SERVERS)}"
+    server.spec = f"openai:{server.url_for('/v1')}/{server.model}"
+    server.expect_request("/v1/models").respond_with_json({"data": [{"id": server.model}]})
     server.expect_request("/v1/chat/completions", method="POST").respond_with_handler(chat)
     yield server, chat_requests
     server.stop()
@@ -229,7 +253,7 @@ def mllm_server():
 
 def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path, image_sets, tiny_openclip, mllm_server):
     server, chat_requests = mllm_server
-    mllm = ["--mllm", f"openai:{server.url_for('/v1')}/tiny-vlm", "--mllm-timeout", "10"]
+    mllm = ["--mllm", server.spec, "--mllm-timeout", "10"]
     options = ["--num-negatives", "500", "--ants-mode", "two-pass", "--ants-schedule", "scaled", *mllm]
     out = _run_eval(tmp_path, image_sets, tiny_openclip, "ants", *options)
     metrics = _check_outputs_stream(out, n_id=7, n_ood=6)
@@ -267,7 +291,7 @@ def test_eval_ants_authors_preset_with_overrides_and_lam_report(tmp_path, image_
     server, _ = mllm_server
     out = _run_eval(tmp_path, image_sets, tiny_openclip, "ants", "--num-negatives", "500", "--ants-schedule", "scaled",
                     "--ants-preset", "authors", "--ants-ens-stop-step", "3",
-                    "--mllm", f"openai:{server.url_for('/v1')}/tiny-vlm")
+                    "--mllm", server.spec)
     metrics = json.loads((out / "metrics.json").read_text())
     params = metrics["params"]
     assert (params["lam_rule"], params["threshold"], params["ens_order"], params["similar_classes"]) == (
@@ -278,7 +302,7 @@ def test_eval_ants_authors_preset_with_overrides_and_lam_report(tmp_path, image_
     assert 0.0 <= info["lam"] <= 1.0
     paper = _run_eval(tmp_path / "paper", image_sets, tiny_openclip, "ants", "--num-negatives", "500",
                       "--ants-schedule", "scaled", "--ants-lam-rule", "crossfit", "--ants-mllm-lag", "1",
-                      "--mllm", f"openai:{server.url_for('/v1')}/tiny-vlm")
+                      "--mllm", server.spec)
     params = json.loads((paper / "metrics.json").read_text())["params"]
     assert (params["lam_rule"], params["threshold"], params["mllm_lag"], params["max_mllm_calls"]) == (
         "crossfit", "paper", 1, 2000)
@@ -300,7 +324,7 @@ def test_ants_on_feature_files_warns_and_keeps_working(tmp_path, image_sets, tin
     code = main(
         ["eval", "--method", "ants", "--classes", str(image_sets["classes"]), "--id", str(tmp_path / "id.npy"),
          "--ood", f"far={tmp_path / 'ood.npy'}", "--out", str(out), "--num-negatives", "500",
-         "--ants-schedule", "scaled", "--mllm", f"openai:{server.url_for('/v1')}/tiny-vlm", *_model_args(tiny_openclip)]
+         "--ants-schedule", "scaled", "--mllm", server.spec, *_model_args(tiny_openclip)]
     )
     assert code == 0
     assert "only the VSNL bank" in capsys.readouterr().err
@@ -340,7 +364,7 @@ def test_mllm_server_down_fails_before_the_model_loads(tmp_path, image_sets):
 def test_eval_ants_online_streams_with_background_mllm(tmp_path, image_sets, tiny_openclip, mllm_server):
     server, chat_requests = mllm_server
     out = _run_eval(tmp_path, image_sets, tiny_openclip, "ants", "--num-negatives", "500", "--ants-schedule", "scaled",
-                    "--mllm", f"openai:{server.url_for('/v1')}/tiny-vlm")
+                    "--mllm", server.spec)
     metrics = _check_outputs_stream(out, n_id=7, n_ood=6)
     info = metrics["ants"]["noise"]
     assert info["vsnl_updates"] >= 1 and metrics["mllm_requests"] == len(chat_requests) > 0
@@ -358,7 +382,7 @@ def test_eval_ants_stops_with_exit_3_when_the_mllm_answers_garbage(tmp_path, ima
     args = ["eval", "--method", "ants", "--classes", str(image_sets["classes"]), "--id", str(image_sets["id"]),
             "--ood", f"noise={image_sets['ood']}", "--ood", f"again={image_sets['ood']}", "--out", str(out),
             "--batch-size", "4", "--num-negatives", "500", "--ants-mode", "two-pass", "--no-mllm-cache",
-            "--mllm", f"openai:{server.url_for('/v1')}/tiny-vlm", *_model_args(tiny_openclip)]
+            "--mllm", server.spec, *_model_args(tiny_openclip)]
     result = subprocess.run([sys.executable, "-m", "negspace.cli", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr and "marked incomplete" in result.stderr

@@ -111,3 +111,52 @@ def test_ood_names_and_sets(tmp_path, classes):
 def test_version():
     result = negspace("--version")
     assert result.returncode == 0 and result.stdout.startswith("negspace 0.")
+
+
+def test_out_must_be_new_or_empty_and_a_failed_run_leaves_no_folder(tmp_path, classes):
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "a.png")
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "hist_old.png").write_bytes(b"stale")
+    sets = ["--classes", str(classes), "--id", str(images), "--ood", f"o={images}"]
+    assert_clear_error(negspace("eval", "--method", "neglabel", *sets, "--out", str(used), *BOGUS_MODEL),
+                       f"--out {used} is not empty", "--overwrite")
+    fresh = tmp_path / "fresh" / "run"
+    failed = negspace("eval", "--method", "neglabel", *sets, "--out", str(fresh), *BOGUS_MODEL)
+    assert failed.returncode == 2 and not fresh.exists()  # the model failed: no empty folder left
+    # --overwrite clears negspace's own files, keeps anything else (the model still fails here)
+    (used / "notes.txt").write_text("mine")
+    negspace("eval", "--method", "neglabel", *sets, "--out", str(used), "--overwrite", *BOGUS_MODEL)
+    assert not (used / "hist_old.png").exists() and (used / "notes.txt").read_text() == "mine"
+
+
+def test_set_messages_name_the_fix(tmp_path, classes):
+    import numpy as np
+
+    pickled = tmp_path / "objects.npy"
+    np.save(pickled, np.asarray([{"a": 1}, None], dtype=object), allow_pickle=True)
+    result = negspace("eval", "--method", "neglabel", "--classes", str(classes), "--id", str(pickled),
+                      "--ood", f"o={pickled}", *BOGUS_MODEL)
+    assert_clear_error(result, str(pickled), "never unpickles", "numpy.save")
+    assert "allow_pickle" not in result.stderr
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    result = negspace("eval", "--method", "neglabel", "--classes", str(classes), "--id", str(tmp_path / "imgs"),
+                      "--ood", "../a=b", *BOGUS_MODEL)
+    assert_clear_error(result, "../a=b", "NAME=PATH", "--ood a=../b")
+
+
+def test_demo_data_refuses_a_folder_with_other_files_and_rewrites_its_own(tmp_path):
+    from negspace.cli import main
+
+    assert main(["demo-data", str(tmp_path / "demo")]) == 0
+    assert main(["demo-data", str(tmp_path / "demo")]) == 0  # the README command, run again
+    assert len(list((tmp_path / "demo" / "id").iterdir())) == 12
+    (tmp_path / "demo" / "id" / "holiday.jpg").write_bytes(b"mine")
+    assert_clear_error(negspace("demo-data", str(tmp_path / "demo")), "holiday.jpg", "new or empty folder")

@@ -80,3 +80,21 @@ def test_bad_scores_are_rejected():
         auroc(np.array([0.1, np.nan]), np.array([0.2]))
     with pytest.raises(ValueError, match="at least one"):
         fpr95(np.array([]), np.array([0.2]))
+
+
+def test_markdown_escaping_of_file_names():
+    from negspace.report import md_code
+
+    assert md_code("a.png") == "`a.png`"
+    assert md_code("we`ird.png") == "`` we`ird.png ``"
+    assert md_code("two\nlines.png") == "`two\\nlines.png`" and "\n" not in md_code("x\r\ny")
+
+
+def test_squashed_scores_are_plotted_on_a_logit_axis():
+    from negspace.report import _logit, _squashed
+
+    squashed = np.concatenate([1 - np.logspace(-11, -6, 50), np.logspace(-9, -7, 50)])
+    assert _squashed(squashed) and not _squashed(np.linspace(0.1, 0.9, 100))
+    spread = _logit(squashed)
+    assert np.ptp(spread) > 20 and np.all(np.isfinite(spread))  # 1e-11 .. 1e-6 from 1 become distinct
+    assert np.all(np.diff(_logit(np.asarray([0.2, 0.5, 0.8]))) > 0)

@@ -159,6 +159,26 @@ def test_429_honours_retry_after(server):
     assert b.stats.retries == 1
 
 
+def test_waits_are_capped_even_when_the_server_asks_for_more(server):
+    server.expect_oneshot_request(CHAT, method="POST").respond_with_data(
+        "slow down", status=429, headers={"Retry-After": "100"})
+    server.expect_request(CHAT, method="POST").respond_with_handler(echo)
+    sleeps = Sleeps()
+    b = backend(server, sleep=sleeps, backoff=0.1, max_retry_after=5.0)
+    assert b.generate([text_req("hi")]) == ["echo: hi"]
+    assert sleeps.calls == [5.0]
+    assert OpenAIChatBackend(server.url_for("/v1"), "m").max_retry_after == 30.0  # --mllm-max-wait's default
+
+
+def test_an_answer_without_choices_is_not_retried(server):
+    server.expect_request(CHAT, method="POST").respond_with_json({"id": "x", "object": "chat.completion",
+                                                                   "choices": []})
+    sleeps = Sleeps()
+    b = backend(server, sleep=sleeps, retries=4)
+    assert b.generate([text_req("hi")]) == [""]  # usable by nobody: the caller's parser rejects it
+    assert chat_posts(server) == 1 and sleeps.calls == [] and b.stats.retries == 0
+
+
 def test_backoff_is_exponential_and_seeded(server):
     server.expect_request(CHAT, method="POST").respond_with_data("down", status=503)
     runs = []
@@ -227,17 +247,24 @@ def test_timeout_then_success(server):
         slow.finish()
 
 
-@pytest.mark.parametrize(
-    "body",
-    ["not json at all", json.dumps({"choices": []}), json.dumps({"object": "error"}),
-     json.dumps({"choices": [{"message": {"content": 42}}]})],
-)
-def test_malformed_200_is_retried_then_none(server, body):
-    server.expect_request(CHAT, method="POST").respond_with_data(body, content_type="application/json")
+def test_a_body_that_is_not_json_is_retried_then_none(server):
+    server.expect_request(CHAT, method="POST").respond_with_data("not json at all", content_type="application/json")
     b = backend(server, retries=2)
     assert b.generate([text_req("hi")]) == [None]
     assert b.stats.retries == 2 and b.stats.failures == 1
     assert chat_posts(server) == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [json.dumps({"choices": []}), json.dumps({"object": "error"}), json.dumps({"choices": [{"message": {"content": 42}}]})],
+)
+def test_a_json_answer_without_a_message_is_unusable_not_retried(server, body):
+    server.expect_request(CHAT, method="POST").respond_with_data(body, content_type="application/json")
+    b = backend(server, retries=2)
+    assert b.generate([text_req("hi")]) == [""]
+    assert b.stats.retries == 0 and b.stats.failures == 0
+    assert chat_posts(server) == 1
 
 
 def test_other_4xx_fails_at_once(server):
@@ -418,3 +445,15 @@ def test_text_spec_routes_text_only_requests(server, tmp_path):
     again = mllm.generate([describe_request(img, "cat"), vsnl_request("dog")])
     assert again == ["vision-m", "text-m"] and mllm.stats.cache_hits == 2 and len(seen) == 3
     assert isinstance(mllm.vision, CachedMLLM) and isinstance(mllm.text, CachedMLLM)
+
+
+def test_credentials_never_appear_in_messages(server):
+    from negspace.mllm.openai_backend import redact_url
+
+    assert redact_url("http://user:s3cret@host:8000/v1") == "http://***@host:8000/v1"
+    dead = OpenAIChatBackend("http://user:s3cret@127.0.0.1:9/v1", "m", timeout=2, retries=0)
+    dead.option = "--mllm-text"
+    with pytest.raises(NegspaceError) as err:
+        dead.check()
+    assert "s3cret" not in str(err.value) and "s3cret" not in repr(dead)
+    assert "--mllm-text" in str(err.value) and "--port 9" in str(err.value)

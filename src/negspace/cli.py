@@ -11,19 +11,20 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from negspace import __version__, cli_ants
-from negspace.classnames import load_class_names
+from negspace.classnames import ClassList, load_class_names
 from negspace.cli_args import check_output_file, positive_int, seed
-from negspace.corpus.labelfile import read_label_file, write_label_file
+from negspace.corpus.labelfile import clean_labels, read_label_file, read_label_file_settings, write_label_file
 from negspace.corpus.mining import (
     ADJECTIVE_TEMPLATE,
     NOUN_TEMPLATE,
@@ -72,7 +73,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weights", type=Path, help="local weights file or folder, used instead of downloading")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     group.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="model", help="image transform (default: %(default)s)")
-    group.add_argument("--cache-dir", type=Path, help="feature cache folder (default: $NEGSPACE_CACHE_DIR or the XDG cache)")
+    group.add_argument("--cache-dir", type=Path, help="cache folder of features, mined labels and MLLM answers (default: $NEGSPACE_CACHE_DIR or the XDG cache)")
     group.add_argument("--no-cache", action="store_true", help="encode everything afresh, write no cache")
 
 
@@ -81,26 +82,32 @@ def _add_mining_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--corpus", choices=SELECTIONS, default=_MINING.corpus, help="WordNet selection (default: %(default)s)")
     group.add_argument("--num-negatives", type=positive_int, default=_MINING.num_negatives, help="M, labels kept (default: %(default)s)")
     group.add_argument("--percentile", type=float, default=_MINING.percentile, help="percentile of ID similarity (default: %(default)s)")
-    group.add_argument("--split", choices=SPLITS, default=_MINING.split, help="how M is split between nouns and adjectives")
-    group.add_argument("--per-part-fraction", type=float, default=0.15, help="fraction per part with --split per_part")
+    group.add_argument("--split", choices=SPLITS, default=_MINING.split, help="how M is split between nouns and adjectives (default: %(default)s)")
+    group.add_argument("--per-part-fraction", type=float, default=0.15, help="fraction per part with --split per_part (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    # -v / -q work before the command and after it (SUPPRESS: a sub-command never resets them).
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="warnings and errors only, no progress bars")
     parser = argparse.ArgumentParser(prog="negspace", description="Zero-shot OOD detection with vision-language models.")
     parser.add_argument("--version", action="version", version=f"negspace {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
 
     ev = commands.add_parser("eval", parents=[common], help="score ID and OOD sets and report AUROC / FPR95 / AUPR")
-    ev.add_argument("--method", choices=sorted(METHODS), required=True)
+    ev.add_argument("--method", choices=sorted(METHODS), required=True,
+                    help="mcm, neglabel (static); ants (needs --mllm), tanl, adaneg (test-time: see --stream)")
     ev.add_argument("--classes", required=True, help="'imagenet' or a text file with one class name per line")
     ev.add_argument("--id", dest="id_set", required=True, help="ID images: folder, path list, LIST:ROOT, or .npy features")
     ev.add_argument("--ood", action="append", required=True, metavar="NAME=PATH", help="an OOD set (repeatable)")
     ev.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default: %(default)s)")
     ev.add_argument("--seed", type=seed, default=0, help="seed of the grouping and of the test stream's shuffle (default: %(default)s)")
-    ev.add_argument("--out", type=Path, help="results folder (default: runs/METHOD-TIMESTAMP)")
+    ev.add_argument("--out", type=Path, help="results folder, new or empty (default: runs/METHOD-TIMESTAMP)")
+    ev.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out: its previous results are removed first")
     ev.add_argument("--stream", choices=STREAM_MODES, default="per-set",
                     help="test-time methods: per-set = one ID+OOD stream per OOD set, reset between them (the papers); "
                          "sequential = the same streams one after another, no reset (temporal shift); "
@@ -141,12 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache = commands.add_parser("cache", parents=[common], help="inspect or clear the feature and MLLM caches")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
-    stats = cache_commands.add_parser("stats", help="entries and size of each cache")
-    stats.add_argument("--cache-dir", type=Path, help="cache folder (default: $NEGSPACE_CACHE_DIR or the XDG cache)")
+    stats = cache_commands.add_parser("stats", parents=[common], help="entries and size of each cache")
+    stats.add_argument("--cache-dir", type=Path, help="cache folder of features, mined labels and MLLM answers (default: $NEGSPACE_CACHE_DIR or the XDG cache)")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(run=run_cache_stats)
-    clear = cache_commands.add_parser("clear", help="delete cached features and/or MLLM answers")
-    clear.add_argument("--cache-dir", type=Path, help="cache folder (default: $NEGSPACE_CACHE_DIR or the XDG cache)")
+    clear = cache_commands.add_parser("clear", parents=[common], help="delete cached features and/or MLLM answers")
+    clear.add_argument("--cache-dir", type=Path, help="cache folder of features, mined labels and MLLM answers (default: $NEGSPACE_CACHE_DIR or the XDG cache)")
     clear.add_argument("--what", choices=("all", "features", "mllm"), default="all", help="which cache (default: %(default)s)")
     clear.set_defaults(run=run_cache_clear)
 
@@ -182,15 +189,39 @@ def _mining_cache_dir(args: argparse.Namespace) -> Path | None:
     return args.cache_dir or default_cache_dir()
 
 
-def _negatives(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequence[str]) -> MinedNegatives:
+def _negatives(args: argparse.Namespace, encoder: ClipEncoder, class_names: Sequence[str],
+               notes: dict[str, Any]) -> MinedNegatives:
+    """Mined labels, or ``--negatives`` cleaned (what was removed goes to ``notes``, for metrics.json)."""
     progress = not args.quiet
     if args.negatives is None:
         return mine_negative_labels(encoder, class_names, _mining_config(args), _mining_cache_dir(args), progress)
-    nouns, adjectives = read_label_file(args.negatives)
+    nouns, adjectives, notes["negatives_file"] = _read_negatives_file(args, class_names)
     features = [encoder.encode_texts(nouns, template=NOUN_TEMPLATE, progress=progress)]
     if adjectives:
         features.append(encoder.encode_texts(adjectives, template=ADJECTIVE_TEMPLATE, progress=progress))
     return MinedNegatives(nouns + adjectives, np.concatenate(features), len(nouns), len(adjectives))
+
+
+def _read_negatives_file(args: argparse.Namespace,
+                         class_names: Sequence[str]) -> tuple[list[str], list[str], dict[str, Any]]:
+    """``--negatives``: its labels without ID names and repeats, what was removed, and a warning
+    when the file was mined for another model or class list."""
+    nouns, adjectives = read_label_file(args.negatives)
+    cleaned = clean_labels(nouns, adjectives, class_names)
+    settings = read_label_file_settings(args.negatives) or {}
+    mismatched = {key: settings[key] for key, ours in (("model", args.model), ("classes", args.classes))
+                  if key in settings and str(settings[key]) != str(ours)}
+    if mismatched:
+        log.warning("--negatives %s was mined with %s, not this run's %s: its labels may not suit it",
+                    args.negatives, ", ".join(f"{k}={v}" for k, v in mismatched.items()),
+                    ", ".join(f"{k}={getattr(args, k)}" for k in mismatched))
+    for what, removed in (("ID class names", cleaned.id_names_removed), ("repeated labels", cleaned.duplicates_removed)):
+        if removed:
+            log.warning("--negatives %s: %d %s removed (e.g. %r)", args.negatives, len(removed), what, removed[0])
+    report = {"path": str(args.negatives), "labels": len(cleaned.nouns) + len(cleaned.adjectives),
+              "id_names_removed": len(cleaned.id_names_removed), "duplicates_removed": len(cleaned.duplicates_removed),
+              "settings_mismatch": mismatched}
+    return cleaned.nouns, cleaned.adjectives, report
 
 
 @dataclass(frozen=True)
@@ -202,10 +233,11 @@ class BuildContext:
     class_names: Sequence[str]
     stream_size: int
     mllm: Any = None
+    notes: dict[str, Any] = field(default_factory=dict)  # what building found, for metrics.json
 
 
 def _checked_negatives(ctx: BuildContext) -> MinedNegatives:
-    mined = _negatives(ctx.args, ctx.encoder, ctx.class_names)
+    mined = _negatives(ctx.args, ctx.encoder, ctx.class_names, ctx.notes)
     if ctx.args.groups > len(mined.labels):
         raise NegspaceError(f"--groups {ctx.args.groups} is larger than the {len(mined.labels)} negative labels.")
     return mined
@@ -250,7 +282,7 @@ def build_adaneg(ctx: BuildContext) -> Detector:
     return AdaNeg.from_encoder(
         ctx.encoder,
         ctx.class_names,
-        mined=_negatives(args, ctx.encoder, ctx.class_names),
+        mined=_negatives(args, ctx.encoder, ctx.class_names, ctx.notes),
         progress=not args.quiet,
         tau=args.tau,
         memory_length=args.adaneg_memory_length,
@@ -339,15 +371,51 @@ def _label_file_labels(path: Path) -> list[str]:
     return nouns + adjectives
 
 
+# What `negspace eval` writes into --out (what --overwrite may remove).
+_OUTPUT_GLOBS = ("metrics.json", "results.md", "results.csv", "scores.csv", "hist_*.png", "roc.png",
+                 "explanations.csv", "negative_space")
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> bool:
+    """Create ``out_dir`` (or, with ``overwrite``, empty it of negspace's outputs); ``True`` if created.
+
+    Done before any work: a folder that cannot be written, or one that would mix two runs'
+    files, must not cost a run.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NegspaceError(f"--out {out_dir} is a file; give a folder.")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise NegspaceError(f"--out {out_dir} is not empty; pass --overwrite to replace the results in it, "
+                                "or choose another folder.")
+        for pattern in _OUTPUT_GLOBS:
+            for old in out_dir.glob(pattern):
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        return False
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NegspaceError(f"Cannot create the results folder {out_dir} ({err.strerror}).") from None
+    return created
+
+
 def run_eval(args: argparse.Namespace) -> int:
     classes = load_class_names(args.classes)
     _check_method_options(args, len(classes))
     id_source, ood_sources = _open_sets(args)
     out_dir = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:  # before any work: a results folder that cannot be written must not cost a run
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise NegspaceError(f"Cannot create the results folder {out_dir} ({err.strerror}).") from None
+    created = _prepare_out_dir(out_dir, args.overwrite)
+    try:
+        return _evaluate(args, classes, id_source, ood_sources, out_dir)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed run leaves no empty folder behind
+        raise
+
+
+def _evaluate(args: argparse.Namespace, classes: ClassList, id_source: ImageSet | FeatureFile,
+              ood_sources: list[ImageSet | FeatureFile], out_dir: Path) -> int:
     # The MLLM is checked before the model loads and the corpus is mined: a server that is down
     # fails in a second.
     mllm = cli_ants.load_mllm_from_args(args) if args.method == "ants" and args.mllm else None
@@ -356,7 +424,8 @@ def run_eval(args: argparse.Namespace) -> int:
     encoder = _encoder(args)
     stream_size = len(id_source) + max(len(s) for s in ood_sources)
     try:
-        detector = METHODS[args.method](BuildContext(args, encoder, classes.names, stream_size, mllm))
+        context = BuildContext(args, encoder, classes.names, stream_size, mllm)
+        detector = METHODS[args.method](context)
     except ValueError as err:  # parameter combinations only the detector can judge
         raise NegspaceError(f"Invalid {args.method} setting: {err}.") from None
     progress = not args.quiet
@@ -372,6 +441,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "command": args.command_line,
         "torch_version": _torch_version(),
         "device": str(encoder.device),
+        **context.notes,
         "params": detector.get_params(),
         "model": args.model,
         "weights_fingerprint": encoder.fingerprint,
@@ -443,8 +513,11 @@ def run_demo_data(args: argparse.Namespace) -> int:
     if args.folder.exists() and not args.folder.is_dir():
         raise NegspaceError(f"{args.folder} is a file; demo-data writes a folder (give a new or empty folder).")
 
-    id_dir, ood_dir = write_demo_data(args.folder)
-    print(f"ID images (photos) in {id_dir}, OOD images (patterns) in {ood_dir}")
+    try:
+        id_dir, ood_dir = write_demo_data(args.folder)
+    except ValueError as err:
+        raise NegspaceError(f"{err}.") from None
+    print(f"ID images (3 photos, 4 variants each) in {id_dir}, OOD images (12 patterns) in {ood_dir}")
     return 0
 
 

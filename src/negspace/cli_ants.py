@@ -31,6 +31,8 @@ def add_mllm_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mllm-concurrency", type=positive_int, default=8, help="requests in flight (default: %(default)s)")
     group.add_argument("--mllm-timeout", type=positive_float, default=60.0, help="seconds per request (default: %(default)s)")
     group.add_argument("--mllm-retries", type=non_negative_int, default=4, help="retries per request (default: %(default)s)")
+    group.add_argument("--mllm-max-wait", type=positive_float, default=30.0,
+                       help="longest wait between attempts, a server's Retry-After included, s (default: %(default)s)")
     group.add_argument("--mllm-image-size", type=positive_int, default=448, help="longest side sent, px (default: %(default)s)")
     group.add_argument("--mllm-api-key-env", default="OPENAI_API_KEY", help="env variable with the API key (default: %(default)s)")
     group.add_argument("--mllm-batch-size", type=positive_int, default=8, help="batch of a local hf: model (default: %(default)s)")
@@ -66,10 +68,10 @@ def add_ants_options(parser: argparse.ArgumentParser) -> None:
                        help="keep the predicted class name in descriptions (the authors' preset does)")
     group.add_argument("--ants-vsnl-start", type=positive_int, help=f"first VSNL update at this batch (default: {_ANTS.vsnl_start})")
     group.add_argument("--ants-schedule", choices=("default", "scaled"), default="default",
-                       help="'scaled' fits the bank-update schedule to a stream smaller than ImageNet's")
+                       help="'scaled' fits the bank-update schedule to a stream smaller than ImageNet's (default: %(default)s)")
     group.add_argument("--ants-diversity", choices=("none", "kcenter"), default="none",
                        help="describe a k-center spread of the negatives instead of all (default: %(default)s)")
-    group.add_argument("--ants-diversity-size", type=positive_int, default=_ANTS.diversity_size, help="negatives described per update with kcenter")
+    group.add_argument("--ants-diversity-size", type=positive_int, default=_ANTS.diversity_size, help="negatives described per update with kcenter (default: %(default)s)")
     group.add_argument("--max-mllm-calls", type=non_negative_int, help=f"MLLM requests per stream (default: {_ANTS.max_mllm_calls}; authors: no limit)")
     group.add_argument("--ants-request-batch", type=positive_int, default=_ANTS.mllm_batch_size, help="MLLM requests sent together (default: %(default)s)")
     group.add_argument("--ants-mllm-lag", type=non_negative_int,
@@ -92,6 +94,7 @@ def load_mllm_from_args(args: argparse.Namespace) -> Any:
         max_concurrency=args.mllm_concurrency,
         timeout=args.mllm_timeout,
         retries=args.mllm_retries,
+        max_wait=args.mllm_max_wait,
         api_key_env=args.mllm_api_key_env,
         device=args.device,
         batch_size=args.mllm_batch_size,

@@ -54,8 +54,30 @@ def _patterns(size: int = 224, seed: int = 0) -> list[Image.Image]:
     return [Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)) for a in arrays]
 
 
+PHOTO_STEMS = ("grace_hopper", "china", "flower")  # the file stems of the installed photos
+
+
+def _foreign_files(folder: Path) -> list[Path]:
+    """Files in ``folder`` that a previous ``write_demo_data`` did not write."""
+    if not folder.is_dir():
+        return []
+    ours = {folder / "id", folder / "ood"}
+    foreign = [p for p in folder.iterdir() if p not in ours]
+    for sub in ours & set(folder.iterdir()):
+        foreign += [p for p in sub.iterdir() if not p.name.startswith(("pattern_", *PHOTO_STEMS))]
+    return foreign
+
+
 def write_demo_data(folder: Path) -> tuple[Path, Path]:
-    """Write ``folder/id`` (12 photo variants) and ``folder/ood`` (12 patterns) as JPEG/PNG."""
+    """Write ``folder/id`` (3 photos, 4 variants each: as is, mirrored, square crop, inner crop)
+    and ``folder/ood`` (12 patterns) as JPEG/PNG.
+
+    A folder holding anything else is refused (``ValueError``): the demo never mixes its files with
+    others. A previous demo set is simply written again.
+    """
+    foreign = _foreign_files(folder)
+    if foreign:
+        raise ValueError(f"{folder} already holds other files (e.g. {foreign[0].name}); give a new or empty folder")
     id_dir, ood_dir = folder / "id", folder / "ood"
     id_dir.mkdir(parents=True, exist_ok=True)
     ood_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ model loads, so a typo in a path fails in a second, not after a minute of loadin
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,10 @@ def _check_feature_file(path: Path, name: str) -> FeatureFile:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as err:
-        raise DatasetError(f"Feature file {path} for set {name!r} is not a readable .npy array ({err}).") from None
+        what = ("holds Python objects, which negspace never unpickles" if re.search(r"pickle|Python objects", str(err))
+                else f"cannot be read ({err})")
+        raise DatasetError(f"Feature file {path} for set {name!r} is not a numeric .npy array: it {what}; "
+                           "save an (N, D) float array with numpy.save.") from None
     if array.ndim != 2 or array.shape[0] == 0:
         raise DatasetError(f"Feature file {path} for set {name!r} must hold a non-empty (N, D) array, got shape {array.shape}.")
     if not np.issubdtype(array.dtype, np.number):

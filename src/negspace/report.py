@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +112,27 @@ def write_results_csv(evaluation: Evaluation, path: Path) -> None:
             writer.writerow([name, *(f"{metrics[m]:.6f}" for m in METRIC_NAMES)])
 
 
+def md_text(text: str) -> str:
+    """``text`` on one Markdown line: line breaks shown as ``\\n``."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def md_code(text: str) -> str:
+    """``text`` as an inline code span that survives backticks and line breaks in it."""
+    text = md_text(text)
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if longest else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def write_results_md(evaluation: Evaluation, path: Path) -> None:
     info = evaluation.info
     lines = [
         f"# negspace eval: {info.get('method', '?')}",
         "",
-        f"- model: `{info.get('model', '?')}`",
-        f"- ID set: `{evaluation.id_set.name}` ({len(evaluation.id_scores)} samples)",
+        f"- model: {md_code(info.get('model', '?'))}",
+        f"- ID set: {md_code(evaluation.id_set.name)} ({len(evaluation.id_scores)} samples)",
         f"- seed: {info.get('seed', '?')}",
         "- rates in percent; FPR95 (ID+) = OOD accepted at 95% ID recall, "
         "FPR95 (OOD+) = ID rejected at 95% OOD recall",
@@ -129,9 +144,21 @@ def write_results_md(evaluation: Evaluation, path: Path) -> None:
     if skipped:
         lines += ["## Skipped files", ""]
         for name, files in skipped.items():
-            lines += [f"- `{name}`: `{f['path']}`: {f['reason']}" for f in files]
+            lines += [f"- {md_code(name)}: {md_code(f['path'])}: {md_text(f['reason'])}" for f in files]
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _squashed(scores: np.ndarray) -> bool:
+    """Whether most probability-like scores sit so close to 0 or 1 that linear bins merge them."""
+    if scores.size == 0 or scores.min() < 0 or scores.max() > 1:
+        return False
+    return bool(np.mean((scores < 1e-3) | (scores > 1 - 1e-3)) > 0.5)
+
+
+def _logit(scores: np.ndarray) -> np.ndarray:
+    clipped = np.clip(scores.astype(np.float64), 1e-300, 1 - 1e-16)
+    return np.log(clipped) - np.log1p(-clipped)
 
 
 def plot_histograms(evaluation: Evaluation, out_dir: Path) -> list[Path]:
@@ -147,11 +174,16 @@ def plot_histograms(evaluation: Evaluation, out_dir: Path) -> list[Path]:
         threshold = threshold_at_id_recall(id_scores)
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         both = np.concatenate([id_scores, ood])
+        squashed = _squashed(both)
+        if squashed:  # NegLabel-family scores pile up within 1e-6 of 0 or 1: spread them
+            id_scores, ood, threshold = _logit(id_scores), _logit(ood), float(_logit(np.asarray([threshold]))[0])
+            both = np.concatenate([id_scores, ood])
         bins = np.linspace(both.min(), both.max(), 51) if both.max() > both.min() else 10
         ax.hist(id_scores, bins=bins, alpha=0.6, density=True, label=f"ID ({evaluation.id_set.name})")
         ax.hist(ood, bins=bins, alpha=0.6, density=True, label=f"OOD ({name})")
         ax.axvline(threshold, color="black", linestyle="--", label=f"95% ID recall: {threshold:.3g}")
-        ax.set_xlabel("score (higher = more in-distribution)")
+        ax.set_xlabel("logit of the score, log(s / (1 - s)) (higher = more in-distribution)" if squashed
+                      else "score (higher = more in-distribution)")
         ax.set_ylabel("density")
         ax.set_title(f"{evaluation.info.get('method', '')}: {evaluation.id_set.name} vs {name}")
         ax.legend(fontsize=8)

@@ -15,7 +15,9 @@ Lines before any section header are nouns; other ``#`` lines are comments.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from negspace.errors import NegspaceError
@@ -57,3 +59,46 @@ def read_label_file(path: Path) -> tuple[list[str], list[str]]:
     if not nouns and not adjectives:
         raise NegspaceError(f"Negative-label file {path} contains no labels.")
     return nouns, adjectives
+
+
+def read_label_file_settings(path: Path) -> dict | None:
+    """The mining settings ``negspace mine`` wrote in the file's first line (model, classes, ...),
+    or ``None`` for a file without them (written by hand)."""
+    first = path.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
+    prefix = "# negspace negative labels ("
+    if not (first.startswith(prefix) and first.endswith(")")):
+        return None
+    try:
+        settings = json.loads(first[len(prefix) : -1])
+    except ValueError:
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
+@dataclass
+class CleanedLabels:
+    """Labels of a file with ID class names and duplicates removed, and what was removed."""
+
+    nouns: list[str]
+    adjectives: list[str]
+    id_names_removed: list[str] = field(default_factory=list)
+    duplicates_removed: list[str] = field(default_factory=list)
+
+
+def clean_labels(nouns: Sequence[str], adjectives: Sequence[str], class_names: Sequence[str]) -> CleanedLabels:
+    """Drop labels equal to an ID class name, and repeats (both case-insensitive, first kept):
+    an ID name is no negative, and a repeated label weighs twice in its group."""
+    id_keys = {c.strip().casefold() for c in class_names}
+    seen: set[str] = set()
+    out = CleanedLabels([], [])
+    for part, kept in ((nouns, out.nouns), (adjectives, out.adjectives)):
+        for label in part:
+            key = label.strip().casefold()
+            if key in id_keys:
+                out.id_names_removed.append(label)
+            elif key in seen:
+                out.duplicates_removed.append(label)
+            else:
+                seen.add(key)
+                kept.append(label)
+    return out

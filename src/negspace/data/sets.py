@@ -114,7 +114,11 @@ def open_image_set(spec: str | Path, name: str | None = None) -> ImageSet:
         if not tail.strip():
             raise DatasetError(f"The image root after ':' in {text!r} is empty; use LIST.txt:ROOT.")
         return open_openood_list(Path(head).expanduser(), Path(tail).expanduser(), name=name)
-    raise DatasetError(f"The image set {text} does not exist.")
+    hint = ""
+    if "=" in text:  # e.g. --ood ../a=b: a NAME cannot hold a path separator, so it was read as a path
+        hint = (" (it was read as one path: in NAME=PATH the NAME may hold only letters, digits and "
+                "_ . -, e.g. --ood a=../b)")
+    raise DatasetError(f"The image set {text} does not exist{hint}.")
 
 
 def open_image_folder(root: str | Path, name: str | None = None) -> ImageSet:

@@ -76,10 +76,12 @@ def _load_one(
     max_concurrency: int,
     timeout: float,
     retries: int,
+    max_wait: float,
     api_key_env: str,
     device: str,
     batch_size: int,
     check: bool,
+    option: str = "--mllm",
 ) -> MLLM:
     kind, sep, rest = spec.partition(":")
     if not sep or not rest.strip():
@@ -97,7 +99,9 @@ def _load_one(
             max_concurrency=max_concurrency,
             timeout=timeout,
             retries=retries,
+            max_retry_after=max_wait,
         )
+        backend.option = option
         if check:
             backend.check()
         return backend
@@ -120,6 +124,7 @@ def load_mllm(
     max_concurrency: int = 8,
     timeout: float = 60.0,
     retries: int = 4,
+    max_wait: float = 30.0,
     api_key_env: str = "OPENAI_API_KEY",
     device: str = "auto",
     batch_size: int = 8,
@@ -135,7 +140,8 @@ def load_mllm(
         cache_dir: cache folder (default :func:`negspace.cache.default_cache_dir`); the file is
             ``mllm.sqlite3`` inside it.
         image_size: longest image side sent to the model, in pixels.
-        max_concurrency, timeout, retries, api_key_env: ``openai:`` options.
+        max_concurrency, timeout, retries, api_key_env: ``openai:`` options; ``max_wait`` caps
+            every wait between attempts (a server's ``Retry-After`` included), in seconds.
         device, batch_size: ``hf:`` options.
         check: run the server start-up check (``openai:``), raising NegspaceError if it fails.
     """
@@ -146,6 +152,7 @@ def load_mllm(
         max_concurrency=max_concurrency,
         timeout=timeout,
         retries=retries,
+        max_wait=max_wait,
         api_key_env=api_key_env,
         device=device,
         batch_size=batch_size,
@@ -153,11 +160,11 @@ def load_mllm(
     )
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
-    def build(s: str) -> MLLM:
-        backend = _load_one(s.strip(), **opts)  # type: ignore[arg-type]
+    def build(s: str, option: str) -> MLLM:
+        backend = _load_one(s.strip(), option=option, **opts)  # type: ignore[arg-type]
         return CachedMLLM(backend, folder / MLLM_DB) if cache else backend
 
-    vision = build(spec)
+    vision = build(spec, "--mllm")
     if text_spec is None or text_spec.strip() == spec.strip():
         return vision
-    return MLLMPair(vision, build(text_spec))
+    return MLLMPair(vision, build(text_spec, "--mllm-text"))

@@ -6,8 +6,11 @@ Standard library only: ``urllib.request`` for HTTP, a thread pool for concurrenc
 * Images go inline as base64 ``data:image/jpeg`` URLs, downscaled so that the longest side is at
   most ``image_size`` pixels (default 448; never upscaled).
 * Each request has a timeout and is retried with exponential backoff and (seeded) jitter on
-  connection errors, timeouts, HTTP 408, 429 (waiting at least the server's ``Retry-After``),
-  5xx, and on a 200 answer whose body is not a chat completion. Any other 4xx fails at once.
+  connection errors, timeouts, HTTP 408, 429 (waiting the server's ``Retry-After``), 5xx, and
+  on a 200 answer whose body is not JSON; no wait is longer than ``max_retry_after`` (30 s,
+  ``--mllm-max-wait``). A JSON answer with no message in it (no ``choices``) is an unusable
+  answer, not a transport error: it is returned as ``""`` at once, for the caller's parser to
+  reject. Any other 4xx fails at once.
   A request that fails for good gives ``None`` and is counted in ``stats.failures``;
   :meth:`generate` never raises for one request.
 * :meth:`check` (called by :func:`negspace.mllm.loading.load_mllm`) makes sure the server answers
@@ -30,6 +33,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -131,6 +135,11 @@ class _Fatal(Exception):
     """An attempt failed in a way that retrying will not fix."""
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` credentials replaced by ``***@``."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", url)
+
+
 def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
@@ -159,7 +168,7 @@ class OpenAIChatBackend:
         retries: extra attempts after the first.
         backoff: first backoff in seconds; doubles each retry, capped at ``max_backoff``.
         jitter: the backoff is multiplied by a factor drawn in ``[1, 1 + jitter]``.
-        max_retry_after: longest ``Retry-After`` wait honoured, in seconds.
+        max_retry_after: longest wait between attempts, in seconds (a longer ``Retry-After`` is cut).
         seed: seeds the jitter.
         send_seed: send ``seed`` in the payload (most servers accept it).
         sleep: the sleep function (tests inject a recorder).
@@ -178,7 +187,7 @@ class OpenAIChatBackend:
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         jitter: float = 0.5,
-        max_retry_after: float = 300.0,
+        max_retry_after: float = 30.0,
         seed: int = 0,
         send_seed: bool = True,
         sleep: Callable[[float], None] = time.sleep,
@@ -186,6 +195,8 @@ class OpenAIChatBackend:
         if image_size < 1 or max_concurrency < 1 or retries < 0 or timeout <= 0:
             raise ValueError("image_size and max_concurrency must be >= 1, retries >= 0, timeout > 0")
         self.base_url = base_url.rstrip("/")
+        self.shown_url = redact_url(self.base_url)  # what messages print: never a password
+        self.option = "--mllm"  # the option that named this server, for the messages
         self.model = model
         self.api_key_env = api_key_env
         self.image_size = int(image_size)
@@ -210,7 +221,7 @@ class OpenAIChatBackend:
         self.model_id = f"openai:{served_name}?image_size={self.image_size}"
 
     def __repr__(self) -> str:
-        return f"OpenAIChatBackend(base_url={self.base_url!r}, model={self.model!r})"
+        return f"OpenAIChatBackend(base_url={self.shown_url!r}, model={self.model!r})"
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -253,15 +264,22 @@ class OpenAIChatBackend:
             raise _Fatal(f"HTTP {status}: {snippet}")
         try:
             answer = json.loads(body.decode("utf-8", errors="replace"))
-            content = answer["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as err:
+        except ValueError as err:  # not JSON at all: a proxy's error page, a cut connection
             raise _Retryable(f"malformed answer ({type(err).__name__}: {err})") from err
+        try:
+            content = answer["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            # The server answered, with nothing usable in it (e.g. no choices): asking again gives
+            # the same; the caller's parser rejects the empty text and counts it.
+            logger.warning("MLLM server %s answered without a message (%s)", self.shown_url, body[:120])
+            return ""
         if content is None:
             return ""
         if isinstance(content, list):  # some servers answer with content parts
             return "".join(p.get("text", "") for p in content if isinstance(p, dict))
         if not isinstance(content, str):
-            raise _Retryable(f"malformed answer (content is {type(content).__name__})")
+            logger.warning("MLLM server %s answered a %s, not text", self.shown_url, type(content).__name__)
+            return ""
         return content
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -270,8 +288,8 @@ class OpenAIChatBackend:
             factor = 1.0 + self.jitter * self._rng.random()
         delay = base * factor
         if retry_after is not None:
-            delay = max(delay, min(retry_after, self.max_retry_after))
-        return delay
+            delay = max(delay, retry_after)
+        return min(delay, self.max_retry_after)  # no wait is ever longer than the cap
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -315,12 +333,12 @@ class OpenAIChatBackend:
             try:
                 return self._attempt(payload)
             except _Fatal as err:
-                logger.warning("MLLM request to %s failed: %s", self.base_url, err)
+                logger.warning("MLLM request to %s failed: %s", self.shown_url, err)
                 break
             except _Retryable as err:
                 if attempt >= self.retries:
                     logger.warning(
-                        "MLLM request to %s failed after %d attempts: %s", self.base_url, attempt + 1, err
+                        "MLLM request to %s failed after %d attempts: %s", self.shown_url, attempt + 1, err
                     )
                     break
                 delay = self._delay(attempt, err.retry_after)
@@ -351,11 +369,11 @@ class OpenAIChatBackend:
             return None
         if status in (401, 403):
             raise NegspaceError(
-                f"The MLLM server at {self.base_url} refused the API key (HTTP {status}); "
+                f"The MLLM server at {self.shown_url} refused the API key (HTTP {status}); "
                 f"set it in the environment variable {self.api_key_env}."
             )
         if status != 200:
-            raise NegspaceError(f"The MLLM server at {self.base_url} answered GET /models with HTTP {status}.")
+            raise NegspaceError(f"The MLLM server at {self.shown_url} answered GET /models with HTTP {status}.")
         try:
             data = json.loads(body.decode("utf-8", errors="replace"))
             return [str(m["id"]) for m in data.get("data", []) if isinstance(m, dict) and "id" in m]
@@ -378,27 +396,28 @@ class OpenAIChatBackend:
                     return
                 if served:
                     raise NegspaceError(
-                        f"The MLLM server at {self.base_url} does not serve the model {self.model!r} "
-                        f"(it serves: {', '.join(served)}); give one of those in --mllm."
+                        f"The MLLM server at {self.shown_url} does not serve the model {self.model!r} "
+                        f"(it serves: {', '.join(served)}); give one of those in {self.option}."
                     )
             status, text = self._probe_chat()
         except NegspaceError:
             raise
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", err)
+            port = urllib.parse.urlsplit(self.base_url).port or 8000
             raise NegspaceError(
-                f"No MLLM server answers at {self.base_url} ({reason}); start one (e.g. "
-                f"`vllm serve {self.model} --port 8000`, see 'Using an MLLM' in the README) or fix the "
-                "URL in --mllm."
-            ) from err
+                f"No MLLM server answers at {self.shown_url} ({reason}); start one on that port (e.g. "
+                f"`vllm serve {self.model} --port {port}`, see 'Using an MLLM' in the README) or fix the "
+                f"URL in {self.option}."
+            ) from None
         if status == 200:
             return  # e.g. llama.cpp answers whatever the model name, or /models is missing
         if status in (401, 403):
             raise NegspaceError(
-                f"The MLLM server at {self.base_url} refused the API key (HTTP {status}); "
+                f"The MLLM server at {self.shown_url} refused the API key (HTTP {status}); "
                 f"set it in the environment variable {self.api_key_env}."
             )
         raise NegspaceError(
-            f"The MLLM server at {self.base_url} cannot answer chats with the model "
+            f"The MLLM server at {self.shown_url} cannot answer chats with the model "
             f"{self.model!r} (HTTP {status}: {text.strip()})."
         )
