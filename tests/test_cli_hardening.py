@@ -160,3 +160,67 @@ def test_demo_data_refuses_a_folder_with_other_files_and_rewrites_its_own(tmp_pa
     assert len(list((tmp_path / "demo" / "id").iterdir())) == 12
     (tmp_path / "demo" / "id" / "holiday.jpg").write_bytes(b"mine")
     assert_clear_error(negspace("demo-data", str(tmp_path / "demo")), "holiday.jpg", "new or empty folder")
+
+
+def test_cache_clear_keeps_paid_answers_unless_confirmed(tmp_path):
+    import json
+    import os
+
+    from negspace.corpus.mining import _write_json_atomic
+    from negspace.mllm.response_cache import ResponseStore
+
+    store = ResponseStore(tmp_path / "mllm.sqlite3")
+    store.put_many("some-model", {"k1": "a", "k2": "b"})
+    store.close()
+    _write_json_atomic(tmp_path / "mined" / "x.json", {"labels": []})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "mined" / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not 0600
+    stats = json.loads(negspace("cache", "stats", "--json", "--cache-dir", str(tmp_path)).stdout)
+    assert stats["mined"]["entries"] == 1 and stats["mllm"]["entries"] == 2
+    assert "mined label lists: 1 entries" in negspace("cache", "stats", "--cache-dir", str(tmp_path)).stdout
+    # no terminal to ask on: refused with the count and the flag, nothing deleted
+    assert_clear_error(negspace("cache", "clear", "--cache-dir", str(tmp_path)), "2 cached MLLM answers", "--yes")
+    assert ResponseStore(tmp_path / "mllm.sqlite3").count() == 2
+    features_only = negspace("cache", "clear", "--what", "features", "--cache-dir", str(tmp_path))
+    assert features_only.returncode == 0 and not (tmp_path / "mined" / "x.json").exists()
+    confirmed = negspace("cache", "clear", "--yes", "--cache-dir", str(tmp_path))
+    assert confirmed.returncode == 0 and ResponseStore(tmp_path / "mllm.sqlite3").count() == 0
+
+
+def test_quiet_means_no_bars_and_a_rerun_says_what_came_from_the_cache(tmp_path, classes, tiny_openclip):
+    import os
+
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for k in range(3):
+        Image.new("RGB", (32, 32), (40 * k, 90, 200)).save(images / f"{k}.png")
+    env = {**os.environ, "NEGSPACE_CACHE_DIR": str(tmp_path / "cache")}
+    model = ["--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu"]
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "negspace.cli", "eval", "--method", "mcm", "--classes",
+                               str(classes), "--id", str(images), "--ood", f"o={images}", *model, *extra],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    first = run("--out", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr
+    assert "%|" in first.stderr  # a bar, even for three images
+    again = run("--out", str(tmp_path / "b"))
+    assert "3 of 3 image files' features from the cache" in again.stderr
+    quiet = run("--out", str(tmp_path / "c"), "-q")
+    assert quiet.returncode == 0 and "%|" not in quiet.stderr
+
+
+def test_help_describes_every_option_with_its_default():
+    import re
+
+    text = " ".join(negspace("eval", "--help").stdout.split())  # argparse wraps lines
+    assert re.search(r"--method \{[a-z,]+\}\s+mcm, neglabel \(static\)", text)
+    for option, default in (("--split", "proportional"), ("--per-part-fraction", "0.15"),
+                            ("--ants-threshold", "paper"), ("--ants-schedule", "default"),
+                            ("--ants-diversity-size", "50")):
+        assert re.search(rf"{option} .*?\(default: {default}\)", text), option
+    assert "cache folder of features, mined labels and MLLM answers" in text

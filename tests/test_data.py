@@ -468,3 +468,24 @@ def test_parse_named_set_forms(tmp_path: Path) -> None:
 def test_parse_named_set_errors(arg: str, match: str) -> None:
     with pytest.raises(DatasetError, match=match):
         parse_named_set(arg)
+
+
+def test_a_huge_jpeg_is_named_and_decoded_reduced(tmp_path, caplog):
+    import logging
+    import warnings
+
+    from PIL import Image
+
+    from negspace.data.images import MAX_DECODE_SIDE, load_rgb
+
+    path = tmp_path / "huge.jpg"
+    Image.new("L", (9600, 9600), 128).save(path, quality=50)  # 92 MP: over PIL's warning size
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw PIL warning escapes
+        with caplog.at_level(logging.WARNING, logger="negspace.data.images"):
+            image = load_rgb(path)
+    assert image.mode == "RGB" and MAX_DECODE_SIDE <= min(image.size) < 9600
+    assert any("huge.jpg is very large (9600 x 9600 pixels)" in r.getMessage() for r in caplog.records)
+    small = tmp_path / "small.jpg"
+    Image.new("RGB", (1200, 900), (10, 20, 30)).save(small)
+    assert load_rgb(small).size == (1200, 900)  # ordinary photos are decoded whole

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -231,3 +232,41 @@ def test_clearing_a_damaged_cache_removes_the_file(tmp_path):
     (tmp_path / "mllm.sqlite3").write_bytes(b"this is not a database at all" * 100)
     removed = clear_cache(tmp_path, "mllm")
     assert removed == {"mllm (damaged file removed)": 0} and not (tmp_path / "mllm.sqlite3").exists()
+
+
+def test_ctrl_c_keeps_every_answer_that_arrived(tmp_path):
+    """A real process, a real server: 3 answers arrive at once, the rest hang; SIGINT; the 3 are cached."""
+    import signal
+    import threading
+
+    srv = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    srv.start()
+    release = threading.Event()
+    answered = []
+
+    def handler(request):
+        text = request.get_json()["messages"][-1]["content"]
+        if not text.endswith(("class0, excluding class0. Put each numbered class on a separate line.",
+                              "class1, excluding class1. Put each numbered class on a separate line.",
+                              "class2, excluding class2. Put each numbered class on a separate line.")):
+            release.wait(20)  # hangs until the test ends
+        answered.append(text)
+        body = {"choices": [{"message": {"role": "assistant", "content": "re:" + text}}]}
+        return Response(json.dumps(body), content_type="application/json")
+
+    srv.expect_request(CHAT, method="POST").respond_with_handler(handler)
+    img = tmp_path / "img.png"
+    Image.new("RGB", (8, 8)).save(img)
+    try:
+        proc = run_script(srv.url_for("/v1"), tmp_path / "cache", 0, 8, img)
+        deadline = time.monotonic() + 60
+        while len(answered) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the three answers reach the client and its cache
+        proc.send_signal(signal.SIGINT)
+        release.set()  # the requests still in flight end (their answers come after the interrupt)
+        proc.communicate(timeout=60)
+        assert cache_stats(tmp_path / "cache")["mllm"]["entries"] == 3
+    finally:
+        release.set()
+        srv.stop()

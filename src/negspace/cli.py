@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     clear = cache_commands.add_parser("clear", parents=[common], help="delete cached features and/or MLLM answers")
     clear.add_argument("--cache-dir", type=Path, help="cache folder of features, mined labels and MLLM answers (default: $NEGSPACE_CACHE_DIR or the XDG cache)")
     clear.add_argument("--what", choices=("all", "features", "mllm"), default="all", help="which cache (default: %(default)s)")
+    clear.add_argument("--yes", action="store_true", help="delete cached MLLM answers without asking")
     clear.set_defaults(run=run_cache_clear)
 
     demo = commands.add_parser("demo-data", parents=[common], help="write a tiny ID/OOD image set (real photos vs. patterns)")
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _encoder(args: argparse.Namespace) -> ClipEncoder:
-    return load_encoder(
+    encoder = load_encoder(
         args.model,
         weights=args.weights,
         device=args.device,
@@ -172,6 +173,8 @@ def _encoder(args: argparse.Namespace) -> ClipEncoder:
         use_cache=not args.no_cache,
         preprocess=args.preprocess,
     )
+    encoder.show_progress = not args.quiet  # every bar, whoever asks for the encoding
+    return encoder
 
 
 def _mining_config(args: argparse.Namespace) -> MiningConfig:
@@ -500,8 +503,18 @@ def run_cache_stats(args: argparse.Namespace) -> int:
 
 
 def run_cache_clear(args: argparse.Namespace) -> int:
-    from negspace.mllm.response_cache import clear_cache
+    from negspace.mllm.response_cache import cache_stats, clear_cache
 
+    if args.what in ("all", "mllm") and not args.yes:
+        paid = cache_stats(args.cache_dir)["mllm"]["entries"]
+        if paid:
+            question = f"Delete {paid} cached MLLM answers (asking again costs MLLM calls)? [y/N] "
+            if not sys.stdin.isatty():
+                raise NegspaceError(f"cache clear would delete {paid} cached MLLM answers; pass --yes to confirm "
+                                    "(or --what features to keep them).")
+            if input(question).strip().lower() not in ("y", "yes"):
+                print("nothing cleared")
+                return 0
     removed = clear_cache(args.cache_dir, args.what)
     print(", ".join(f"{name}: {count} entries removed" for name, count in removed.items()) or "nothing to clear")
     return 0
@@ -521,9 +534,21 @@ def run_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines written through tqdm, so they never share a line with a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _TqdmHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("negspace: %(levelname)s: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(level)

@@ -195,6 +195,9 @@ class StreamRecorder:
             now = stats.as_dict()
             info["mllm_stats"] = {key: value - self._stats_seen.get(key, 0) for key, value in now.items()}
             self._stats_seen = now
+            if info["mllm_stats"].get("cache_hits"):  # a repeated or resumed run says what it reused
+                log.info("ANTS stream %s: %d of %d MLLM answers from the cache", ood_name,
+                         info["mllm_stats"]["cache_hits"], info["mllm_requests"])
         asked, lost = info["mllm_requests"], info["mllm_failed_answers"] + info["mllm_rejected_answers"]
         info["mllm_answers_used"] = asked - lost
         info["banks_incomplete"] = lost > 0

@@ -137,6 +137,10 @@ def _write_json_atomic(path: Path, data: object) -> None:
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         json.dump(data, out)
+    # mkstemp makes the file private (0600); the cache's other files follow the umask (e.g. 0644)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 

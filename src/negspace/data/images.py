@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WHITE = (255, 255, 255, 255)
 _MAX_REASON_CHARS = 200
+MAX_DECODE_SIDE = 2048  # JPEGs with both sides over twice this are decoded at a reduced scale
 
 
 class _ConversionError(Exception):
@@ -41,6 +43,10 @@ def load_rgb(path: Path | str) -> Image.Image:
     * The whole file is decoded here, so a truncated file fails now rather than inside a batch.
       ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone (no global state is changed).
     * Multi-frame files (GIF, TIFF, WebP) give their first frame.
+    * A JPEG larger than ``2 * MAX_DECODE_SIDE`` on both sides is decoded at 1/2, 1/4 or 1/8
+      scale (PIL's ``draft``), never below ``MAX_DECODE_SIDE``: the model sees it at 224 px
+      anyway, and memory stays bounded. Images over PIL's decompression-bomb warning size are
+      logged with their file name.
 
     Raises:
         UnreadableImageError: the file is missing, empty, not an image, truncated or corrupt,
@@ -50,7 +56,16 @@ def load_rgb(path: Path | str) -> Image.Image:
     try:
         if os.stat(path).st_size == 0:
             raise UnreadableImageError(path, "empty file (0 bytes)")
-        with Image.open(path) as im:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+            logger.warning("%s is very large (%d x %d pixels); decoding it reduced where its format allows",
+                           path, *im.size)
+        with im:
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale for free: huge photos stay small in memory,
+            # and nothing below 2 x MAX_DECODE_SIDE changes.
+            im.draft("RGB", (MAX_DECODE_SIDE, MAX_DECODE_SIDE))
             im.load()
             has_alpha = im.mode in _ALPHA_MODES or "transparency" in im.info
             _apply_exif_orientation(im, path)

@@ -174,6 +174,7 @@ class ClipEncoder:
         self.spec = spec
         self.fingerprint = fingerprint
         self.device = device
+        self.show_progress = True  # progress bars by default (the CLI's -q turns them off)
         self.store = store
         self.dim = int(backend.dim)
         self.preprocess_id = backend.preprocess_id
@@ -203,6 +204,9 @@ class ClipEncoder:
             content=content_sha256,
         )
 
+    def _progress(self, progress: bool | None) -> bool:
+        return self.show_progress if progress is None else bool(progress)
+
     # -- texts --------------------------------------------------------------------------------
 
     def encode_texts(
@@ -210,9 +214,10 @@ class ClipEncoder:
         texts: Sequence[str],
         template: str = "{}",
         batch_size: int = 256,
-        progress: bool = True,
+        progress: bool | None = None,
     ) -> np.ndarray:
-        """Encode ``template.format(text)`` for each text.
+        """Encode ``template.format(text)`` for each text (a progress bar unless ``progress`` is
+        false; ``None`` follows :attr:`show_progress`).
 
         Each text is cached on its own, so a killed run resumes where it stopped and texts shared
         between runs (class names, corpus words) are encoded once. Duplicates are encoded once.
@@ -233,12 +238,13 @@ class ClipEncoder:
         # Similar lengths share a batch, so backends that trim padding do less work.
         todo = sorted((t for t in unique if t not in found), key=len)
         if todo:
-            logger.debug("Encoding %d texts (%d cached)", len(todo), len(found))
+            if found:  # a resumed or repeated run says what it did not redo
+                logger.info("%d of %d texts' features from the cache", len(found), len(keys))
             with tqdm(
                 total=len(todo),
                 desc="Encoding texts",
                 unit="text",
-                disable=not progress or len(todo) <= batch_size,
+                disable=not self._progress(progress) or not todo,
                 leave=False,
             ) as bar:
                 for batch in _batches(todo, batch_size):
@@ -278,7 +284,7 @@ class ClipEncoder:
         self,
         paths: Sequence[Path | str],
         batch_size: int = 64,
-        progress: bool = True,
+        progress: bool | None = None,
     ) -> ImageEncoding:
         """Encode image files, caching each under the hash of its bytes.
 
@@ -329,7 +335,7 @@ class ClipEncoder:
                 total=len(files),
                 desc="Encoding images",
                 unit="img",
-                disable=not progress or len(files) <= batch_size,
+                disable=not self._progress(progress) or not files,
                 leave=False,
             ) as bar,
         ):
@@ -355,7 +361,8 @@ class ClipEncoder:
             while pending:
                 encode_pending(pool, bar)
 
-        logger.debug("Encoded %d image files (%d from cache)", len(files), n_cached)
+        if n_cached:
+            logger.info("%d of %d image files' features from the cache", n_cached, len(files))
         for i in sorted(skipped):
             logger.warning("Skipping unreadable image %s: %s", skipped[i].path, skipped[i].reason)
         kept_idx = [i for i in range(len(files)) if i not in skipped]

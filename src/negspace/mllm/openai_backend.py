@@ -41,7 +41,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -352,13 +352,33 @@ class OpenAIChatBackend:
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[str | None]:
         """Answer the requests concurrently (``max_concurrency`` at once), in order."""
+        return self.generate_each(requests)
+
+    def generate_each(
+        self, requests: Sequence[ChatRequest], on_answer: Callable[[int, str | None], None] | None = None
+    ) -> list[str | None]:
+        """:meth:`generate`, handing each answer to ``on_answer(index, answer)`` (on the calling
+        thread) as soon as it arrives, so a caller can keep it even if the run is interrupted."""
         requests = list(requests)
-        if not requests:
-            return []
-        if len(requests) == 1 or self.max_concurrency == 1:
-            return [self._one(r) for r in requests]
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests))) as pool:
-            return list(pool.map(self._one, requests))
+        answers: list[str | None] = [None] * len(requests)
+
+        def arrived(index: int, answer: str | None) -> None:
+            answers[index] = answer
+            if on_answer is not None:
+                on_answer(index, answer)
+
+        if len(requests) <= 1 or self.max_concurrency == 1:
+            for index, request in enumerate(requests):
+                arrived(index, self._one(request))
+            return answers
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests)))
+        try:
+            futures = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
+            for future in as_completed(futures):
+                arrived(futures[future], future.result())
+        finally:  # on Ctrl-C: stop at once, send nothing more
+            pool.shutdown(wait=False, cancel_futures=True)
+        return answers
 
     # -- start-up check -----------------------------------------------------------------------
 

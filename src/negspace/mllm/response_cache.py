@@ -170,26 +170,41 @@ class CachedMLLM:
                 uncacheable.append(i)
             else:
                 todo.setdefault(key, []).append(i)
-        # Misses go to the backend in chunks (concurrency happens inside a chunk); each chunk's
-        # answers are committed before the next starts, so a killed run keeps what it paid for.
+        # Misses go to the backend in chunks (concurrency happens inside a chunk). A backend that
+        # hands over each answer as it arrives (``generate_each``) has it committed at once, so an
+        # interrupted run keeps every answer it paid for; otherwise each chunk is committed before
+        # the next starts.
         jobs: list[tuple[str | None, list[int]]] = [(k, idx) for k, idx in todo.items()]
         jobs += [(None, [i]) for i in uncacheable]
         for start in range(0, len(jobs), self.chunk_size):
             chunk = jobs[start : start + self.chunk_size]
             before = MLLMStats(**self.backend.stats.as_dict())
-            results = self.backend.generate([requests[idx[0]] for _, idx in chunk])
-            after = self.backend.stats
-            self.stats.calls += after.calls - before.calls
-            self.stats.retries += after.retries - before.retries
-            self.stats.failures += after.failures - before.failures
-            fresh: dict[str, str] = {}
-            for (key, idx), answer in zip(chunk, results):
-                for i in idx:
-                    answers[i] = answer
-                if key is not None and answer is not None:
-                    fresh[key] = answer
-            self.store.put_many(self.model_id, fresh)
+            try:
+                self._answer_chunk(requests, chunk, answers)
+            finally:
+                after = self.backend.stats
+                self.stats.calls += after.calls - before.calls
+                self.stats.retries += after.retries - before.retries
+                self.stats.failures += after.failures - before.failures
         return answers
+
+    def _answer_chunk(self, requests: list[ChatRequest], chunk: list[tuple[str | None, list[int]]],
+                      answers: list[str | None]) -> None:
+        def fresh(position: int, answer: str | None) -> dict[str, str]:
+            key, idx = chunk[position]
+            for i in idx:
+                answers[i] = answer
+            return {key: answer} if key is not None and answer is not None else {}
+
+        asked = [requests[idx[0]] for _, idx in chunk]
+        each = getattr(self.backend, "generate_each", None)
+        if callable(each):
+            each(asked, lambda position, answer: self.store.put_many(self.model_id, fresh(position, answer)))
+            return
+        found: dict[str, str] = {}
+        for position, answer in enumerate(self.backend.generate(asked)):
+            found.update(fresh(position, answer))
+        self.store.put_many(self.model_id, found)
 
 
 # -- CLI helpers ----------------------------------------------------------------------------------
@@ -213,7 +228,8 @@ def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
 def cache_stats(cache_dir: Path | str | None = None) -> dict[str, Any]:
     """Entries and size on disk of the feature cache and the MLLM cache in ``cache_dir``.
 
-    Returns ``{"cache_dir": str, "features": {...}, "mllm": {...}}``; each part has ``path``,
+    Returns ``{"cache_dir": str, "features": {...}, "mllm": {...}, "mined": {...}}`` (``mined``:
+    the NegLabel label lists, which ``cache clear --what features`` removes); each part has ``path``,
     ``exists``, ``entries``, ``size_bytes``; the MLLM part also ``per_model`` (model id -> count).
     Reads only; a missing file reports zero entries.
     """
@@ -242,6 +258,9 @@ def cache_stats(cache_dir: Path | str | None = None) -> dict[str, Any]:
             except sqlite3.DatabaseError as exc:
                 info["error"] = str(exc)
         out[name] = info
+    mined = sorted((folder / "mined").glob("*.json")) if (folder / "mined").is_dir() else []
+    out["mined"] = {"path": str(folder / "mined"), "exists": bool(mined), "entries": len(mined),
+                    "size_bytes": sum(p.stat().st_size for p in mined)}
     return out
 
 
@@ -321,7 +340,7 @@ def _human(n: int) -> str:
 def format_cache_stats(stats: dict[str, Any]) -> str:
     """The text ``negspace cache stats`` prints for a :func:`cache_stats` result."""
     lines = [f"cache folder: {stats['cache_dir']}"]
-    for name, title in (("features", "features"), ("mllm", "MLLM answers")):
+    for name, title in (("features", "features"), ("mllm", "MLLM answers"), ("mined", "mined label lists")):
         info = stats[name]
         state = "" if info["exists"] else " (no file yet)"
         lines.append(f"{title}: {info['entries']} entries, {_human(info['size_bytes'])}{state}  {info['path']}")
