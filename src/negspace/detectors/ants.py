@@ -431,13 +431,7 @@ class ANTS(BankBuilder, OnlineDetector):
         """
         st, cfg = self.state, self.config
         s_nl, pred = base.s_nl, base.pred
-        st.batches_seen += 1
-        np.minimum.at(st.first_seen, pred, st.images_seen + np.arange(len(pred)))
-        st.images_seen += len(s_nl)
-        histogram_add(st.score_hist, s_nl)
-        if st.score_history is not None:
-            st.score_history.push(s_nl.astype(np.float32))
-        st.all_pred_counts += np.bincount(pred, minlength=st.n_classes)
+        self._see(s_nl, pred)
         if cfg.threshold == "paper":
             gamma = paper_threshold(st.score_hist, cfg.gamma0, cfg.eta)
             if gamma is not None:
@@ -446,9 +440,7 @@ class ANTS(BankBuilder, OnlineDetector):
         else:  # the authors: below the threshold of the last ENS update
             negatives = s_nl < st.threshold
         index = np.flatnonzero(negatives)
-        halves = ((st.negatives_mined + np.arange(len(index))) % 2).astype(np.int8)
-        st.negatives_mined += len(index)
-        st.neg_pred_counts += np.bincount(pred[index], minlength=st.n_classes)
+        halves = self._count_negatives(pred[index])
         if not self._ens_stopped:
             self._pool(base, index, halves, images)
             pending = st.pending_count
@@ -458,6 +450,26 @@ class ANTS(BankBuilder, OnlineDetector):
                 and (st.batches_seen - cfg.vsnl_start) % cfg.vsnl_every == 0):
             self._update_vsnl(self.similar_classes())
         return negatives, halves
+
+    def _see(self, s_nl: np.ndarray, pred: np.ndarray) -> None:
+        """Add a batch (or a whole two-pass stream) to the histories: scores, predictions."""
+        st = self.state
+        st.batches_seen += 1
+        np.minimum.at(st.first_seen, pred, st.images_seen + np.arange(len(pred)))
+        st.images_seen += len(s_nl)
+        histogram_add(st.score_hist, s_nl)
+        if st.score_history is not None:
+            st.score_history.push(s_nl.astype(np.float32))
+        st.all_pred_counts += np.bincount(pred, minlength=st.n_classes)
+
+    def _count_negatives(self, pred: np.ndarray) -> np.ndarray:
+        """Count new negatives (with their predicted classes); each one's half, alternating in
+        mining order (the crossfit rule scores a half with the other half's descriptions)."""
+        st = self.state
+        halves = ((st.negatives_mined + np.arange(len(pred))) % 2).astype(np.int8)
+        st.negatives_mined += len(pred)
+        st.neg_pred_counts += np.bincount(pred, minlength=st.n_classes)
+        return halves
 
     def similar_classes(self) -> list[int]:
         """``Y'``: Eq. 10-11 (``frequency``) or the authors' most predicted classes so far."""
@@ -564,23 +576,16 @@ class ANTS(BankBuilder, OnlineDetector):
         bases = [self._base(feats[s : s + _CHUNK]) for s in range(0, len(feats), _CHUNK)]
         s_nl = np.concatenate([b.s_nl for b in bases])
         pred = np.concatenate([b.pred for b in bases])
-        st.batches_seen += 1
-        np.minimum.at(st.first_seen, pred, st.images_seen + np.arange(len(pred)))
-        st.images_seen += len(s_nl)
-        histogram_add(st.score_hist, s_nl)
-        st.all_pred_counts += np.bincount(pred, minlength=st.n_classes)
+        self._see(s_nl, pred)
         if cfg.threshold == "paper":
             negatives, gamma = exact_paper_negatives(s_nl, cfg.gamma0, cfg.eta)
         else:
-            st.score_history.push(s_nl.astype(np.float32))
             gamma = histogram_threshold(st.score_history.rows(), cfg.eta, cfg.histogram_coarse_width)
             negatives = s_nl < gamma if gamma is not None else np.zeros(len(s_nl), bool)
         if gamma is not None:
             st.threshold = gamma
         index = np.flatnonzero(negatives)
-        halves = (np.arange(len(index)) % 2).astype(np.int8)
-        st.negatives_mined += len(index)
-        st.neg_pred_counts += np.bincount(pred[index], minlength=st.n_classes)
+        halves = self._count_negatives(pred[index])
         if len(index) and cfg.uses_vsnl:
             self._update_vsnl(self.similar_classes())
         has_image = np.asarray([images[i] is not None for i in index], dtype=bool)
