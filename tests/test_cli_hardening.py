@@ -224,3 +224,8 @@ def test_help_describes_every_option_with_its_default():
                             ("--ants-diversity-size", "50")):
         assert re.search(rf"{option} .*?\(default: {default}\)", text), option
     assert "cache folder of features, mined labels and MLLM answers" in text
+
+
+def test_verbosity_flags_before_and_after_the_command(tmp_path):
+    result = negspace("-q", "cache", "stats", "--cache-dir", str(tmp_path), "-v")
+    assert result.returncode == 0 and "cache folder" in result.stdout, result.stderr
