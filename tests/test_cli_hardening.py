@@ -127,7 +127,7 @@ def test_out_must_be_new_or_empty_and_a_failed_run_leaves_no_folder(tmp_path, cl
                        f"--out {used} is not empty", "--overwrite")
     fresh = tmp_path / "fresh" / "run"
     failed = negspace("eval", "--method", "neglabel", *sets, "--out", str(fresh), *BOGUS_MODEL)
-    assert failed.returncode == 2 and not fresh.exists()  # the model failed: no empty folder left
+    assert failed.returncode == 2 and not (tmp_path / "fresh").exists()  # the model failed: no empty folders left
     # --overwrite clears negspace's own files, keeps anything else (the model still fails here)
     (used / "notes.txt").write_text("mine")
     negspace("eval", "--method", "neglabel", *sets, "--out", str(used), "--overwrite", *BOGUS_MODEL)

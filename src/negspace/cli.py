@@ -379,8 +379,9 @@ _OUTPUT_GLOBS = ("metrics.json", "results.md", "results.csv", "scores.csv", "his
                  "explanations.csv", "negative_space")
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> bool:
-    """Create ``out_dir`` (or, with ``overwrite``, empty it of negspace's outputs); ``True`` if created.
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> Path | None:
+    """Create ``out_dir`` (or, with ``overwrite``, empty it of negspace's outputs); returns the
+    topmost folder this created (``None`` if none), for :func:`_remove_empty_out_dir`.
 
     Done before any work: a folder that cannot be written, or one that would mix two runs'
     files, must not cost a run.
@@ -394,13 +395,23 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> bool:
         for pattern in _OUTPUT_GLOBS:
             for old in out_dir.glob(pattern):
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
-        return False
-    created = not out_dir.exists()
+        return None
+    missing = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise NegspaceError(f"Cannot create the results folder {out_dir} ({err.strerror}).") from None
-    return created
+    return missing[-1] if missing else None
+
+
+def _remove_empty_out_dir(out_dir: Path, created_top: Path) -> None:
+    """Remove ``out_dir`` and the parents up to ``created_top`` that this run created, if empty."""
+    for folder in (out_dir, *out_dir.parents):
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()
+        if folder == created_top:
+            return
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -408,12 +419,12 @@ def run_eval(args: argparse.Namespace) -> int:
     _check_method_options(args, len(classes))
     id_source, ood_sources = _open_sets(args)
     out_dir = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    created = _prepare_out_dir(out_dir, args.overwrite)
+    created_top = _prepare_out_dir(out_dir, args.overwrite)
     try:
         return _evaluate(args, classes, id_source, ood_sources, out_dir)
     except BaseException:
-        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # a failed run leaves no empty folder behind
+        if created_top is not None:  # a failed run leaves no empty folder behind
+            _remove_empty_out_dir(out_dir, created_top)
         raise
 
 
