@@ -96,6 +96,12 @@ def group_order(n_neg: int, groups: int, seed: int = 0) -> np.ndarray:
 
 
 def max_softmax(logits: np.ndarray) -> np.ndarray:
-    """``max_i softmax_i(logits)`` per row, computed as ``exp(max − LSE)``."""
-    logits = np.asarray(logits, dtype=np.float64)
-    return np.exp(np.max(logits, axis=-1) - log_sum_exp(logits))
+    """``max_i softmax_i(logits)`` per row, computed as ``exp(max − LSE)``.
+
+    Float32 logits stay float32 through the shifted exponentials (the sum is float64, see
+    :func:`log_sum_exp`): no float64 copy of the ``(B, K)`` array is made. Returns float64.
+    """
+    logits = np.asarray(logits)
+    if not np.issubdtype(logits.dtype, np.floating):
+        logits = logits.astype(np.float64)
+    return np.exp(np.max(logits, axis=-1).astype(np.float64) - log_sum_exp(logits))

@@ -52,7 +52,10 @@ class MCM(Detector):
 
     def score_features(self, image_features: np.ndarray) -> np.ndarray:
         image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
-        return max_softmax(image @ self.id_text_features.T / self.temperature)
+        logits = image @ self.id_text_features.T
+        if self.temperature != 1.0:
+            logits /= self.temperature  # in place: no second (B, K) array
+        return max_softmax(logits)
 
     def get_params(self) -> dict[str, Any]:
         return {"n_classes": len(self.id_text_features), "temperature": self.temperature}
