@@ -607,11 +607,14 @@ class ANTS(BankBuilder, OnlineDetector):
         st.sample_ens_version = st.sample_vsnl_version = -1  # scored on first use
         if st.id_sample is not None:
             st.id_sample.push(feats[s_nl >= cfg.gamma0])
+        authors_lam = cfg.lam_rule == "authors" and cfg.mode == "ada"
+        if st.activation_window is None and not authors_lam:
+            return  # nothing below needs the final banks' scores of every image
         for base in bases:
             parts = self._bank_parts(base, "skip")
             if st.activation_window is not None and "ens_cos" in parts:
                 st.activation_window.push(parts["ens_grouped"])
-            if cfg.lam_rule == "authors" and cfg.mode == "ada":
+            if authors_lam:
                 ens_bal, vsnl_bal = self._balanced(base, parts)
                 st.balanced_sum_ens += math.fsum(ens_bal.tolist())
                 st.balanced_sum_vsnl += math.fsum(vsnl_bal.tolist())
