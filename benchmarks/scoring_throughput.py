@@ -7,8 +7,11 @@ Prints images per second (median of repeated batches after a warm-up), the time 
 scorer's bare bound (its unavoidable float32 GEMMs and log-sum-exps, timed interleaved in the same
 run; medians), and the peak memory that
 numpy allocates while scoring one batch (tracemalloc), for MCM, NegLabel, and the test-time
-detectors TANL (label pool of ``--pool`` words, top ``--beta``) and AdaNeg (``--negatives``
-negatives, memories of 10 slots). The online detectors update their state with every batch they
+detectors TANL (label pool of ``--pool`` words, top ``--beta``; also with ``g = 0``, where every
+image is confident and pays the activation softmax over the whole pool), AdaNeg (``--negatives``
+negatives, memories of 10 slots) and ANTS with a stubbed MLLM (corpus bank of ``--negatives``, a full
+ENS bank of ``--ens`` sentences, a VSNL bank of 80 classes x 5 labels): scoring only (frozen) and
+online (mining, pooling, the lam sample; the no-op MLLM's bank updates fall outside the median). The online detectors update their state with every batch they
 score, as in a stream; their fixed-size state (queues, memories) is allocated at construction and
 is listed separately, not in the per-batch peak:
 
@@ -31,7 +34,9 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_info
 
+from ants_overhead import NoOpMLLM, TableEncoder  # the stubs of the ANTS overhead benchmark
 from negspace.detectors.adaneg import AdaNeg, task_proxies
+from negspace.detectors.ants import ANTS
 from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import NegLabel
 from negspace.detectors.tanl import TANL
@@ -114,6 +119,16 @@ def bare_bound(text_banks: list[np.ndarray], tau: float = 0.01) -> Callable[[np.
     return bound
 
 
+def steady_ants(id_text: np.ndarray, corpus: np.ndarray, n_ens: int, rng: np.random.Generator) -> ANTS:
+    """ANTS in the steady state of a long stream: a full ENS bank, a VSNL bank of 80 classes."""
+    dim = id_text.shape[1]
+    det = ANTS.from_features(id_text, corpus, TableEncoder(dim), NoOpMLLM(), [f"c{i}" for i in range(len(id_text))],
+                             ens_size=n_ens, max_mllm_calls=10**9)
+    det.state.add_ens([f"s{i}" for i in range(n_ens)], unit_rows(rng, n_ens, dim), np.ones(n_ens), prepend=False)
+    det._update_vsnl(list(range(80)))  # 80 = 0.08 * 1000 classes, 5 labels each
+    return det
+
+
 def timed(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> float:
     start = time.perf_counter()
     fn(batch)
@@ -145,6 +160,7 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, default=10_000)
     parser.add_argument("--pool", type=int, default=70_000, help="TANL label pool size")
     parser.add_argument("--beta", type=int, default=1000, help="TANL top-beta labels")
+    parser.add_argument("--ens", type=int, default=10_000, help="ANTS ENS bank size")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-online", action="store_true", help="only MCM and NegLabel")
     args = parser.parse_args()
@@ -170,6 +186,9 @@ def main() -> None:
         state[name] = (state_mib(tanl), held)
         detectors[name] = tanl
         bounds[name] = bare_bound([np.concatenate([id_text, pool])])
+        name = f"TANL (P={args.pool // 1000}k, g=0)"
+        detectors[name] = TANL.from_features(id_text, pool, noise, beta=args.beta, g=0.0)
+        bounds[name] = bounds[f"TANL (P={args.pool // 1000}k)"]
         for proxy in ("task", "sample"):
             adaneg, held = build_held(functools.partial(AdaNeg.from_features, id_text, negatives, proxy=proxy))
             name = f"AdaNeg ({proxy})"
@@ -182,13 +201,22 @@ def main() -> None:
         state["AdaNeg (sample, full)"] = (state_mib(full), held)
         detectors["AdaNeg (sample, full)"] = full
         bounds["AdaNeg (sample, full)"] = bounds["AdaNeg (sample)"]
+        frozen = steady_ants(id_text, negatives, args.ens, rng)
+        frozen.freeze()
+        online = steady_ants(id_text, negatives, args.ens, rng)
+        paths = [f"img/{i}.png" for i in range(args.batch)]
+        detectors["ANTS (frozen)"] = frozen
+        detectors["ANTS (online)"] = functools.partial(online.score_features, images=paths)
+        ants_bound = bare_bound([both, frozen.state.ens_bank, frozen.state.vsnl_bank])
+        bounds["ANTS (frozen)"] = bounds["ANTS (online)"] = ants_bound
     blas = ", ".join(f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info())
     print(f"batch {args.batch}, D {args.dim}, K {args.classes}, M {args.negatives}; BLAS: {blas}")
     print("x bound = time / the bare bound's (the float32 GEMMs + log-sum-exps the scorer cannot avoid)")
     print(f"{'detector':<22} {'images/s':>10} {'ms/batch':>9} {'x bound':>8} {'peak MiB/batch':>15} "
           f"{'state MiB':>10} {'held MiB':>9}")
     for name, det in detectors.items():
-        rate, ratio, peak = measure(det.score_features, bounds[name], batch, args.repeats)
+        score = det.score_features if hasattr(det, "score_features") else det
+        rate, ratio, peak = measure(score, bounds[name], batch, args.repeats)
         sizes = f"{state[name][0]:>10.1f} {state[name][1]:>9.1f}" if name in state else f"{'-':>10} {'-':>9}"
         print(f"{name:<22} {rate:>10,.0f} {1000 * args.batch / rate:>9.2f} {ratio:>8.2f} {peak:>15.1f} {sizes}")
 

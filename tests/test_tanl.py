@@ -228,3 +228,81 @@ def test_from_encoder_encodes_corpus_and_noise(monkeypatch):
     assert det.encoder is encoder and det.beta == 3
     with pytest.raises(ValueError, match="corpus"):
         TANL.from_encoder(encoder, ["cat"], corpus="bogus")
+
+
+def _literal_tanl_scores(id_text, pool, noise, batches, tau=0.01, queue_length=300, alpha=0.0, beta=200,
+                         g=0.5, window_length=20000, seed=0):
+    """SPEC section 5 restated slowly: deques of float64 rows, means recomputed from the queues,
+    full softmaxes, a stable full sort, one ``logsumexp`` per prefix and a looped Otsu scan."""
+    from collections import deque
+
+    from scipy.special import logsumexp, softmax
+
+    id_text, pool, noise = (np.asarray(a, np.float64) for a in (id_text, pool, noise))
+
+    def rows(feats):
+        return softmax(np.concatenate([feats @ id_text.T, feats @ pool.T], axis=1) / tau, axis=1)[:, len(id_text):]
+
+    def score(feats, activation):
+        top = np.argsort(-activation, kind="stable")[:beta]
+        id_logits, ranked = feats @ id_text.T / tau, feats @ pool[top].T / tau
+        id_lse = logsumexp(id_logits, axis=1)
+        per_m = [1.0 / (1.0 + np.exp(logsumexp(ranked[:, :m], axis=1) - id_lse)) for m in range(1, beta + 1)]
+        return np.mean(per_m, axis=0)
+
+    def otsu(values):
+        values = np.asarray(values)
+        best, candidates = np.inf, []
+        for t in np.arange(100) * 0.01:
+            low, high = values[values < t], values[values >= t]
+            if len(low) == 0 or len(high) == 0:
+                continue
+            criterion = (len(low) * low.var() + len(high) * high.var()) / len(values)
+            if criterion < best - 1e-12:
+                best, candidates = criterion, [t]
+            elif abs(criterion - best) <= 1e-12:
+                candidates.append(t)
+        return candidates[len(candidates) // 2]
+
+    rng = np.random.default_rng(seed)
+    id_queue, ood_queue = deque(maxlen=queue_length), deque(maxlen=queue_length)
+    id_queue.extend(rows(id_text[rng.permutation(len(id_text))]))
+    ood_queue.extend(rows(noise[rng.permutation(len(noise))]))
+    window = deque(maxlen=window_length)
+    initial = np.mean(ood_queue, axis=0) - np.mean(id_queue, axis=0)
+    window.extend(score(id_text, initial))
+    window.extend(score(noise, initial))
+    out = []
+    for feats in batches:
+        feats = np.asarray(feats, np.float64)
+        mean_id, mean_ood = np.mean(id_queue, axis=0), np.mean(ood_queue, axis=0)
+        queue_score = score(feats, mean_ood - mean_id)
+        window.extend(queue_score)
+        t = otsu(window)
+        conf_id, conf_ood = queue_score > t + g * (1 - t), queue_score < t - g * t
+        batch_rows = rows(feats)
+        batch_id = batch_rows[conf_id].mean(axis=0) if conf_id.any() else mean_id
+        batch_ood = batch_rows[conf_ood].mean(axis=0) if conf_ood.any() else mean_ood
+        if conf_id.any() or conf_ood.any():
+            activation = alpha * (mean_ood - mean_id) + (1 - alpha) * (batch_ood - batch_id)
+            out.append(score(feats, activation))
+        else:
+            out.append(queue_score)
+        for index in np.flatnonzero(conf_id | conf_ood):
+            (id_queue if conf_id[index] else ood_queue).append(batch_rows[index])
+    return out
+
+
+def test_tanl_matches_a_literal_restatement_batch_by_batch(world, noise):
+    """The fast path (running queue sums, one exponential per logit, prefix sums, argpartition)
+    gives the literal loop's scores over a stream long enough to wrap the queues many times."""
+    stream = np.concatenate([world.id_image_features, world.far_ood_features])
+    stream = stream[np.random.default_rng(2).permutation(len(stream))]
+    batches = [stream[i : i + 48] for i in range(0, 480, 48)]
+    params = dict(queue_length=40, beta=200, otsu_window=300)
+    det = TANL.from_features(world.id_text_features, world.corpus_features, noise, **params)
+    expected = _literal_tanl_scores(world.id_text_features, world.corpus_features, noise, batches,
+                                    queue_length=40, beta=200, window_length=300)
+    for batch, want in zip(batches, expected):
+        np.testing.assert_allclose(det.score_features(batch), want, rtol=1e-5, atol=1e-7)
+    assert det.state_.ood_queue.count == 40 and det.state_.id_queue.count == 40

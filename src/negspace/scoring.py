@@ -42,25 +42,65 @@ def log_sum_exp(x: np.ndarray, axis: int = -1, scale: float = 1.0) -> np.ndarray
         return np.log(total) + scale * np.squeeze(peak, axis=axis).astype(np.float64)
 
 
-def id_mass(id_cos: np.ndarray, neg_cos: np.ndarray, tau: float = DEFAULT_TAU) -> np.ndarray:
+# e^-80 ≈ 1.8e-35 is still a normal float32: rows whose scaled spread stays below this share one
+# shift across all their groups without any term underflowing.
+SHARED_SHIFT_SPREAD = 80.0
+
+
+def grouped_log_sum_exp(x: np.ndarray, groups: int, scale: float = 1.0) -> np.ndarray:
+    """``log Σ_{j∈g} exp(scale · x_j)`` for each of ``groups`` consecutive column blocks: ``(B, G)``.
+
+    ``x`` is ``(B, M)`` with ``M`` a multiple of ``groups``. When a row's scaled spread
+    ``scale · (max − min)`` is at most :data:`SHARED_SHIFT_SPREAD`, the row is shifted once by its
+    maximum (every term stays a normal float, so this is exact to rounding) and the ``G`` block
+    sums are one reduction over a reshape; this avoids a maximum per block of ~100 columns, which
+    costs more than the shift it saves. Wider rows (extreme temperatures) are shifted per block
+    (:func:`log_sum_exp` on the reshape).
+    """
+    batch, n = x.shape
+    blocks = np.reshape(x, (batch, groups, n // groups))
+    if batch == 0 or n == 0 or not np.issubdtype(x.dtype, np.floating):
+        return log_sum_exp(blocks, scale=scale)
+    peak, low = np.max(x, axis=1), np.min(x, axis=1)
+    spread = scale * (peak.astype(np.float64) - low)
+    if not (np.all(np.isfinite(spread)) and spread.max() <= SHARED_SHIFT_SPREAD):
+        return log_sum_exp(blocks, scale=scale)
+    terms = x - peak[:, None]
+    terms *= scale
+    np.exp(terms, out=terms)
+    # block sums of terms in (0, 1]: numpy's pairwise float32 sum, then float64
+    totals = np.reshape(terms, (batch, groups, n // groups)).sum(axis=-1).astype(np.float64)
+    return np.log(totals) + scale * peak.astype(np.float64)[:, None]
+
+
+def id_mass(
+    id_cos: np.ndarray, neg_cos: np.ndarray, tau: float = DEFAULT_TAU, id_lse: np.ndarray | None = None
+) -> np.ndarray:
     """Ungrouped negative-label score ``S(v; T-)`` for a batch.
 
     Args:
         id_cos: ``(B, K)`` cosine similarities to the ID labels.
         neg_cos: ``(B, M)`` cosine similarities to the negative labels (``M`` may be 0).
         tau: softmax temperature on cosines.
+        id_lse: ``log_sum_exp(id_cos, scale=1/tau)`` when the caller has it (banks scored
+            against the same ID labels share it).
 
     Returns:
         ``(B,)`` float64 scores in ``[0, 1]``; 1 when ``M == 0``.
     """
-    id_lse = log_sum_exp(id_cos, scale=1.0 / tau)
+    if id_lse is None:
+        id_lse = log_sum_exp(id_cos, scale=1.0 / tau)
     if neg_cos.shape[-1] == 0:
         return np.ones_like(id_lse)
     return expit(id_lse - log_sum_exp(neg_cos, scale=1.0 / tau))
 
 
 def grouped_id_mass(
-    id_cos: np.ndarray, neg_cos: np.ndarray, groups: int, tau: float = DEFAULT_TAU
+    id_cos: np.ndarray,
+    neg_cos: np.ndarray,
+    groups: int,
+    tau: float = DEFAULT_TAU,
+    id_lse: np.ndarray | None = None,
 ) -> np.ndarray:
     """Mean over ``groups`` consecutive groups of the negative-label score.
 
@@ -68,12 +108,15 @@ def grouped_id_mass(
     is a multiple of ``groups``: column block ``g`` is group ``g``. Then::
 
         S_G(v) = (1/G) Σ_g sigmoid(LSE(id_cos/τ) − LSE(neg_cos[:, block g]/τ))
+
+    ``id_lse`` is ``LSE(id_cos/τ)`` when the caller has it (see :func:`id_mass`).
     """
     batch, n_neg = neg_cos.shape
     if groups < 1 or n_neg % groups:
         raise ValueError(f"{n_neg} negative columns cannot be split into {groups} equal groups")
-    id_lse = log_sum_exp(id_cos, scale=1.0 / tau)
-    neg_lse = log_sum_exp(np.reshape(neg_cos, (batch, groups, n_neg // groups)), scale=1.0 / tau)
+    if id_lse is None:
+        id_lse = log_sum_exp(id_cos, scale=1.0 / tau)
+    neg_lse = grouped_log_sum_exp(neg_cos, groups, scale=1.0 / tau)
     return expit(id_lse[:, None] - neg_lse).mean(axis=1)
 
 

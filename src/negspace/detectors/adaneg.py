@@ -354,7 +354,7 @@ class AdaNeg(OnlineDetector):
 
     def neglabel_score(self, image_features: np.ndarray) -> np.ndarray:
         """``S_nl`` with ``G = groups`` (the caching criterion and the ``nl_weight`` term)."""
-        features = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
+        features = as_unit_rows(image_features, "image features", self.id_text_features.shape[1], copy=False)
         return self._neglabel_from_cosines(features @ self.id_text_features.T, features @ self.neg_text_features.T)
 
     def _neglabel_from_cosines(self, id_cos: np.ndarray, neg_cos: np.ndarray) -> np.ndarray:
@@ -362,7 +362,7 @@ class AdaNeg(OnlineDetector):
 
     def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
         """Cache the batch's confident samples, then score it against the updated proxies."""
-        features = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
+        features = as_unit_rows(image_features, "image features", self.id_text_features.shape[1], copy=False)
         id_cos = features @ self.id_text_features.T
         neg_cos = features @ self.neg_text_features.T
         s_nl = self._neglabel_from_cosines(id_cos, neg_cos)

@@ -71,10 +71,11 @@ from negspace.detectors.ants_rules import (
     scaled_schedule,
     top_counts,
 )
+from negspace.detectors.ants_scoring import StackedBanks
 from negspace.detectors.ants_state import ANTSState
 from negspace.detectors.base import OnlineDetector, StreamBatch, as_unit_rows
 from negspace.mllm.protocol import MLLM
-from negspace.scoring import group_order, grouped_id_mass
+from negspace.scoring import group_order, grouped_id_mass, log_sum_exp
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives
@@ -101,6 +102,7 @@ class _Base:
     id_cos: np.ndarray
     s_nl: np.ndarray
     pred: np.ndarray
+    id_lse: np.ndarray  # log Σ_i exp(id_cos_i / τ), shared by every bank's score
 
 
 def _schedule_advice(n_images: int, batch_size: int) -> str:
@@ -147,6 +149,7 @@ class ANTS(BankBuilder, OnlineDetector):
         self.space_mllm_calls = 0  # MLLM requests that built a loaded space (0 for a fresh one)
         self._set_corpus(self.neg_text_features)
         self._groupings: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
+        self._stack: StackedBanks | None = None
         self._crossfit: tuple[tuple[int, int], float | None] | None = None
         self._logged: set[str] = set()
         self.mllm_calls_total = 0  # requests over every run (reset() does not clear it)
@@ -158,7 +161,9 @@ class ANTS(BankBuilder, OnlineDetector):
 
     def _set_corpus(self, features: np.ndarray) -> None:
         self.neg_text_features = features
-        self._grouped_corpus = features[group_order(len(features), self.config.groups, self.config.seed)]
+        grouped_corpus = features[group_order(len(features), self.config.groups, self.config.seed)]
+        # ID labels and the grouped corpus in one matrix: one GEMM gives a batch's id_cos and S_nl
+        self._id_and_corpus = np.concatenate([self.id_text_features, grouped_corpus])
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -222,6 +227,8 @@ class ANTS(BankBuilder, OnlineDetector):
     def _grouping(self, n: int, size: int) -> tuple[np.ndarray, int]:
         key = (n, size)
         if key not in self._groupings:
+            if len(self._groupings) >= 8:  # bank sizes change as the stream goes: keep the newest few
+                self._groupings.pop(next(iter(self._groupings)))
             self._groupings[key] = changing_bank_groups(n, size, self.config.seed)
         return self._groupings[key]
 
@@ -229,11 +236,21 @@ class ANTS(BankBuilder, OnlineDetector):
         order, groups = self._grouping(bank_cos.shape[1], size or self.config.group_size)
         return changing_bank_score(id_cos, bank_cos, order, groups, self.config.tau)
 
+    def _stacked(self) -> StackedBanks:
+        """The ENS and VSNL banks stacked in group order; rebuilt when the state's banks change."""
+        banks = {"ens": self.state.ens_bank, "vsnl": self.state.vsnl_bank}
+        if self._stack is None or not self._stack.built_from(banks):
+            self._stack = StackedBanks(banks, lambda n: self._grouping(n, self.config.group_size))
+        return self._stack
+
     def _base(self, features: np.ndarray) -> _Base:
-        image = as_unit_rows(features, "image features", self.id_text_features.shape[1])
-        id_cos = image @ self.id_text_features.T
-        s_nl = grouped_id_mass(id_cos, image @ self._grouped_corpus.T, self.config.groups, self.config.tau)
-        return _Base(image, id_cos, s_nl, np.argmax(id_cos, axis=1))
+        image = as_unit_rows(features, "image features", self.id_text_features.shape[1], copy=False)
+        product = image @ self._id_and_corpus.T
+        n_classes, tau = len(self.id_text_features), self.config.tau
+        id_cos = product[:, :n_classes]
+        id_lse = log_sum_exp(id_cos, scale=1.0 / tau)
+        s_nl = grouped_id_mass(id_cos, product[:, n_classes:], self.config.groups, tau, id_lse=id_lse)
+        return _Base(image, id_cos, s_nl, np.argmax(id_cos, axis=1), id_lse)
 
     def _bank_parts(self, base: _Base, window: str = "peek") -> dict[str, np.ndarray]:
         """``S_ens`` (grouped and as scored), ``S_vsnl`` and their cosines; a missing bank is ``S_nl``.
@@ -246,15 +263,21 @@ class ANTS(BankBuilder, OnlineDetector):
         st, cfg = self.state, self.config
         parts: dict[str, np.ndarray] = {"nl": base.s_nl, "ens_grouped": base.s_nl, "ens": base.s_nl,
                                         "vsnl": base.s_nl}
+        banks = self._stacked()
+        if not banks.blocks:
+            return parts
+        product = banks.cosines(base.image)  # ENS and VSNL in one GEMM
+        # the authors' rules (activation ENS, balanced lam) also read the banks' cosines in bank order
+        bank_order = cfg.ens_score == "activation" or (cfg.lam_rule == "authors" and cfg.mode == "ada")
+        for name in ("ens", "vsnl"):
+            if name in banks.blocks:
+                parts[name] = banks.grouped_score(product, name, base.id_cos, cfg.tau, base.id_lse)
+                if bank_order:
+                    parts[f"{name}_cos"] = banks.in_bank_order(product, name)
         if st.ens_count:
-            ens_cos = base.image @ st.ens_bank.T
-            parts["ens_cos"] = ens_cos
-            parts["ens_grouped"] = parts["ens"] = self._bank_score(base.id_cos, ens_cos)
+            parts["ens_grouped"] = parts["ens"]
             if cfg.ens_score == "activation" and window != "skip":
-                parts["ens"] = self._activation_score(base, ens_cos, parts["ens_grouped"], window)
-        if len(st.vsnl_texts):
-            parts["vsnl_cos"] = base.image @ st.vsnl_bank.T
-            parts["vsnl"] = self._bank_score(base.id_cos, parts["vsnl_cos"])
+                parts["ens"] = self._activation_score(base, parts["ens_cos"], parts["ens_grouped"], window)
         return parts
 
     def _activation_score(self, base: _Base, ens_cos: np.ndarray, grouped: np.ndarray, window: str) -> np.ndarray:
@@ -344,14 +367,15 @@ class ANTS(BankBuilder, OnlineDetector):
     def _rescore(self, rows: np.ndarray, scores: np.ndarray, ens: bool = True, vsnl: bool = True) -> None:
         """Write the grouped ``S_ens`` (column 1) and ``S_vsnl`` (column 2) of unit ``rows`` with the
         current banks into ``scores``, in chunks; column 0 (``S_nl``) is the fallback of a missing bank."""
-        st = self.state
+        banks = self._stacked()
         for start in range(0, len(rows), _CHUNK):
             image = rows[start : start + _CHUNK]
             block = scores[start : start + _CHUNK]
             id_cos = image @ self.id_text_features.T
-            for column, wanted, bank in ((1, ens, st.ens_bank), (2, vsnl, st.vsnl_bank)):
+            for column, wanted, name in ((1, ens, "ens"), (2, vsnl, "vsnl")):
                 if wanted:
-                    block[:, column] = self._bank_score(id_cos, image @ bank.T) if len(bank) else block[:, 0]
+                    present = name in banks.blocks
+                    block[:, column] = banks.score_one(image, name, id_cos, self.config.tau) if present else block[:, 0]
 
     def _refresh_sample(self) -> None:
         """Re-score the kept negatives with a bank that changed since they were scored."""
@@ -550,7 +574,7 @@ class ANTS(BankBuilder, OnlineDetector):
                 self.finish_stream()
                 self._warn_empty_banks(sum(len(b.features) for b in batches), len(batches))
             return scores
-        features = np.concatenate([as_unit_rows(b.features, "image features", self.state.dim) for b in batches])
+        features = np.concatenate([as_unit_rows(b.features, "image features", self.state.dim, copy=False) for b in batches])
         images: list[Any] = []
         for b in batches:
             images.extend(b.images if b.images is not None else [None] * len(b.features))
@@ -612,7 +636,7 @@ class ANTS(BankBuilder, OnlineDetector):
             return  # nothing below needs the final banks' scores of every image
         for base in bases:
             parts = self._bank_parts(base, "skip")
-            if st.activation_window is not None and "ens_cos" in parts:
+            if st.activation_window is not None and st.ens_count:
                 st.activation_window.push(parts["ens_grouped"])
             if authors_lam:
                 ens_bal, vsnl_bal = self._balanced(base, parts)

@@ -37,7 +37,7 @@ def explain(det: ExplainableSpace, features: np.ndarray, top: int = 5) -> list[l
     weight of that bank in the fused score (``lam`` for ENS, ``1 - lam`` for VSNL, the rest
     for the corpus bank a missing bank falls back to). Sources: ``ens``, ``vsnl``, ``corpus``.
     """
-    image = as_unit_rows(features, "image features", det.state.dim)
+    image = as_unit_rows(features, "image features", det.state.dim, copy=False)
     id_lse = log_sum_exp(image @ det.id_text_features.T, scale=1.0 / det.config.tau)
     blocks: list[tuple[np.ndarray, list[str], str]] = []
     for name, bank, texts, coef in _explain_banks(det):

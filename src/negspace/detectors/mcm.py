@@ -51,7 +51,7 @@ class MCM(Detector):
         return detector
 
     def score_features(self, image_features: np.ndarray) -> np.ndarray:
-        image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
+        image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1], copy=False)
         logits = image @ self.id_text_features.T
         if self.temperature != 1.0:
             logits /= self.temperature  # in place: no second (B, K) array

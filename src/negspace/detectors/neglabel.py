@@ -60,8 +60,9 @@ class NegLabel(Detector):
         self.seed = int(seed)
         self.neg_labels = list(neg_labels) if neg_labels is not None else None
         self.group_index_ = group_order(n_neg, self.groups, self.seed)
-        # The bank is stored in group order once, so scoring is a matmul and a reshape.
-        self._grouped_bank = self.neg_text_features[self.group_index_]
+        # ID labels and the bank in group order, stored once in one matrix: scoring is one GEMM,
+        # then column views and a reshape (no copy of the (B, M) product).
+        self._id_and_grouped = np.concatenate([self.id_text_features, self.neg_text_features[self.group_index_]])
 
     @classmethod
     def from_features(
@@ -93,8 +94,10 @@ class NegLabel(Detector):
 
     def id_and_negative_cosines(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(B, K)`` cosines to the ID labels and ``(B, M')`` to the bank in group order."""
-        image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
-        return image @ self.id_text_features.T, image @ self._grouped_bank.T
+        image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1], copy=False)
+        product = image @ self._id_and_grouped.T
+        n_classes = len(self.id_text_features)
+        return product[:, :n_classes], product[:, n_classes:]
 
     def score_features(self, image_features: np.ndarray) -> np.ndarray:
         id_cos, neg_cos = self.id_and_negative_cosines(image_features)

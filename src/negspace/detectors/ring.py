@@ -6,38 +6,84 @@ from typing import Any
 
 import numpy as np
 
+# A running sum is rebuilt from the rows after this many full turns of the ring, so float64
+# rounding of the add/subtract updates cannot drift over an unbounded stream.
+RESYNC_TURNS = 64
+
 
 class RingBuffer:
     """A fixed-size FIFO of rows (a numpy array, never a growing list).
 
     ``push`` writes rows over the oldest ones; ``rows()`` gives the filled rows (in storage
     order, which is all that means and thresholds need).
+
+    With ``track_sum=True`` the buffer keeps the float64 column sums of its rows up to date on
+    every push (add the new rows, subtract the ones they overwrite), so :meth:`mean` costs
+    ``O(width)`` instead of a pass over all ``capacity × width`` values: TANL asks for the means
+    of two 300 × 70,000 queues every batch.
     """
 
-    def __init__(self, capacity: int, width: int | None, dtype: Any) -> None:
+    def __init__(self, capacity: int, width: int | None, dtype: Any, track_sum: bool = False) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         shape = (capacity,) if width is None else (capacity, width)
         self.data = np.zeros(shape, dtype=dtype)
         self.count = 0
         self.head = 0
+        self._sum: np.ndarray | None = np.zeros(shape[1:], dtype=np.float64) if track_sum else None
+        self._pushed_since_resync = 0
 
     @property
     def capacity(self) -> int:
         return len(self.data)
 
-    def push(self, rows: np.ndarray) -> None:
+    def push(self, rows: np.ndarray, rows_sum: np.ndarray | None = None) -> None:
+        """Append ``rows``, overwriting the oldest; ``rows_sum`` (their column sums, when the caller
+        has them) spares a running-sum buffer one pass over the rows."""
         n = len(rows)
         if n == 0:
             return
         keep = min(n, self.capacity)
-        index = (self.head + np.arange(n - keep, n)) % self.capacity
-        self.data[index] = rows[n - keep :]
+        new = rows[n - keep :]
+        if self._sum is not None:
+            self._sum += column_sum(new) if rows_sum is None or keep < n else rows_sum
+        # The kept rows land in at most two contiguous runs of slots: slices, never index copies.
+        first_slot = (self.head + n - keep) % self.capacity
+        first_run = min(keep, self.capacity - first_slot)
+        for slot, offset, length in ((first_slot, 0, first_run), (0, first_run, keep - first_run)):
+            if length == 0:
+                continue
+            filled_end = min(slot + length, self.count)  # slots below count hold a row to overwrite
+            if self._sum is not None and filled_end > slot:
+                self._sum -= column_sum(self.data[slot:filled_end])
+            self.data[slot : slot + length] = new[offset : offset + length]
         self.head = int((self.head + n) % self.capacity)
         self.count = min(self.count + n, self.capacity)
+        if self._sum is not None:
+            self._pushed_since_resync += keep
+            if self._pushed_since_resync >= RESYNC_TURNS * self.capacity:
+                self._resync()
+
+    def _resync(self) -> None:
+        self._sum = self.rows().sum(axis=0, dtype=np.float64)
+        self._pushed_since_resync = 0
 
     def rows(self) -> np.ndarray:
         return self.data[: self.count]
 
     def mean(self) -> np.ndarray:
-        return self.rows().mean(axis=0, dtype=np.float64)
+        """Column means of the filled rows, float64 (zeros when empty)."""
+        if self._sum is None:
+            return self.rows().mean(axis=0, dtype=np.float64)
+        return self._sum / self.count if self.count else np.zeros_like(self._sum)
+
+
+def column_sum(rows: np.ndarray) -> np.ndarray:
+    """Float64 column sums; float32 rows go through one BLAS product with a vector of ones.
+
+    The product accumulates in float32 (relative error about 1e-7 over a batch of rows, the
+    precision of float32 rows themselves) and is five times faster than a float64 reduction.
+    """
+    if rows.ndim == 2 and rows.dtype == np.float32:
+        return (np.ones(len(rows), dtype=np.float32) @ rows).astype(np.float64)
+    return rows.sum(axis=0, dtype=np.float64)
