@@ -19,6 +19,12 @@ is listed separately, not in the per-batch peak:
   non-array attribute, e.g. a kept copy of the initial state), each counted once;
 - ``held MiB``: all memory the constructor allocated and the detector still holds (tracemalloc),
   i.e. the state plus the detector's own unit-norm copies of its text features.
+
+MCM, NegLabel and TANL are also run with ``backend="torch"`` on the CPU and, when torch sees a
+GPU, on CUDA; their bound is the same GEMMs and log-sum-exps in torch on that device (timing
+torch against a NumPy bound interleaved would measure OpenBLAS's spinning threads taking the
+cores from torch's, not the scorer). Peak memory is NumPy's
+(tracemalloc does not see torch's allocator): shown as ``-`` for torch rows.
 """
 
 from __future__ import annotations
@@ -129,6 +135,24 @@ def steady_ants(id_text: np.ndarray, corpus: np.ndarray, n_ens: int, rng: np.ran
     return det
 
 
+def torch_bound(text_banks: list[np.ndarray], device: str, tau: float = 0.01) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`bare_bound` in torch on ``device`` (the batch moved there, the result brought back)."""
+    import torch
+
+    from negspace import torch_scoring
+
+    banks = [torch.as_tensor(bank, device=device) for bank in text_banks]
+
+    def bound(batch: np.ndarray) -> np.ndarray:
+        image = torch.as_tensor(batch, device=device)
+        out = torch.zeros(len(batch), dtype=torch.float64, device=device)
+        for bank in banks:
+            out += torch_scoring.log_sum_exp(image @ bank.T, scale=1.0 / tau)
+        return out.cpu().numpy()
+
+    return bound
+
+
 def timed(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> float:
     start = time.perf_counter()
     fn(batch)
@@ -163,6 +187,7 @@ def main() -> None:
     parser.add_argument("--ens", type=int, default=10_000, help="ANTS ENS bank size")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-online", action="store_true", help="only MCM and NegLabel")
+    parser.add_argument("--skip-torch", action="store_true", help="no backend='torch' rows")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -209,16 +234,34 @@ def main() -> None:
         detectors["ANTS (online)"] = functools.partial(online.score_features, images=paths)
         ants_bound = bare_bound([both, frozen.state.ens_bank, frozen.state.vsnl_bank])
         bounds["ANTS (frozen)"] = bounds["ANTS (online)"] = ants_bound
+    if not args.skip_torch:
+        import torch
+
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for device in devices:
+            on = dict(backend="torch", device=device)
+            detectors[f"MCM torch/{device}"] = MCM.from_features(id_text, **on)
+            bounds[f"MCM torch/{device}"] = torch_bound([id_text], device)
+            detectors[f"NegLabel (G=100) torch/{device}"] = NegLabel.from_features(id_text, negatives, groups=100, **on)
+            bounds[f"NegLabel (G=100) torch/{device}"] = torch_bound([both], device)
+            if not args.skip_online:
+                name = f"TANL (P={args.pool // 1000}k) torch/{device}"
+                detectors[name] = TANL.from_features(id_text, pool, noise, beta=args.beta, **on)
+                bounds[name] = torch_bound([np.concatenate([id_text, pool])], device)
+    torch_threads = ""
+    if not args.skip_torch:
+        torch_threads = f", torch {torch.get_num_threads()} threads"
     blas = ", ".join(f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info())
-    print(f"batch {args.batch}, D {args.dim}, K {args.classes}, M {args.negatives}; BLAS: {blas}")
+    print(f"batch {args.batch}, D {args.dim}, K {args.classes}, M {args.negatives}; BLAS: {blas}{torch_threads}")
     print("x bound = time / the bare bound's (the float32 GEMMs + log-sum-exps the scorer cannot avoid)")
-    print(f"{'detector':<22} {'images/s':>10} {'ms/batch':>9} {'x bound':>8} {'peak MiB/batch':>15} "
+    print(f"{'detector':<30} {'images/s':>10} {'ms/batch':>9} {'x bound':>8} {'peak MiB/batch':>15} "
           f"{'state MiB':>10} {'held MiB':>9}")
     for name, det in detectors.items():
         score = det.score_features if hasattr(det, "score_features") else det
         rate, ratio, peak = measure(score, bounds[name], batch, args.repeats)
+        peak_text = f"{'-':>15}" if "torch/" in name else f"{peak:>15.1f}"
         sizes = f"{state[name][0]:>10.1f} {state[name][1]:>9.1f}" if name in state else f"{'-':>10} {'-':>9}"
-        print(f"{name:<22} {rate:>10,.0f} {1000 * args.batch / rate:>9.2f} {ratio:>8.2f} {peak:>15.1f} {sizes}")
+        print(f"{name:<30} {rate:>10,.0f} {1000 * args.batch / rate:>9.2f} {ratio:>8.2f} {peak_text} {sizes}")
 
 
 if __name__ == "__main__":

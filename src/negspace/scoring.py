@@ -148,3 +148,84 @@ def max_softmax(logits: np.ndarray) -> np.ndarray:
     if not np.issubdtype(logits.dtype, np.floating):
         logits = logits.astype(np.float64)
     return np.exp(np.max(logits, axis=-1).astype(np.float64) - log_sum_exp(logits))
+
+
+# -- TANL's kernels: activations over a label pool, the activation-aware score -------------------
+
+
+def activation_aware_score(
+    id_cos: np.ndarray, ranked_neg_cos: np.ndarray, tau: float = DEFAULT_TAU, step: int = 1
+) -> np.ndarray:
+    """``S_aa``: mean over ``m ∈ {s, 2s, ..., β}`` of the ID mass over ``ID ∪ top-m labels``.
+
+    Args:
+        id_cos: ``(B, K)`` cosines to the ID labels.
+        ranked_neg_cos: ``(B, β)`` cosines to the selected labels, **most activated first**.
+        tau: softmax temperature.
+        step: ``s``; when ``β`` is not a multiple of ``s`` the last prefix is all ``β`` labels
+            (``m_k = min(k·s, β)``, as the official slicing does).
+
+    Returns:
+        ``(B,)`` float64 in ``[0, 1]``. Log-space throughout: ``S_m = sigmoid(LSE_ID − LSE_{1..m})``
+        with the prefix log-sum-exps from one cumulative ``logaddexp`` (exact at any ``tau``).
+    """
+    beta = ranked_neg_cos.shape[1]
+    if beta == 0:
+        return np.ones(len(id_cos))
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    id_lse = log_sum_exp(id_cos, scale=1.0 / tau)
+    columns = np.minimum(np.arange(step, beta + step, step), beta) - 1
+    return expit(id_lse[:, None] - prefix_log_sum_exp(ranked_neg_cos, 1.0 / tau, columns)).mean(axis=1)
+
+
+def prefix_log_sum_exp(x: np.ndarray, scale: float, columns: np.ndarray) -> np.ndarray:
+    """``log Σ_{j≤c} exp(scale · x_j)`` per row, for each column ``c`` in ``columns``.
+
+    Shifted by the row maximum, every term ``exp(scale · (x_j − max))`` lies in ``(0, 1]`` and a
+    float64 cumulative sum gives each prefix to ``n·eps``; that is exact while the smallest term
+    stays a normal float64 (a spread ``scale · (max − min)`` below 700: cosines at any
+    ``τ ≥ 0.003``). A wider spread falls back to a cumulative ``logaddexp``, exact at any scale
+    but several times slower.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    peak = x.max(axis=1, keepdims=True)
+    if scale * float((peak - x.min(axis=1, keepdims=True)).max()) > 700.0:
+        return np.logaddexp.accumulate(x * scale, axis=1)[:, columns]
+    terms = x - peak
+    terms *= scale
+    np.exp(terms, out=terms)
+    np.cumsum(terms, axis=1, out=terms)
+    return np.log(terms[:, columns]) + scale * peak
+
+
+def top_labels(activation: np.ndarray, beta: int) -> np.ndarray:
+    """Indices of the ``beta`` largest activations, largest first (ties: lower index first)."""
+    n = len(activation)
+    beta = min(beta, n)
+    top = np.argpartition(-activation, beta - 1)[:beta] if beta < n else np.arange(n)
+    return top[np.lexsort((top, -activation[top]))]
+
+
+def activation_rows(
+    features: np.ndarray, id_text: np.ndarray, pool_text: np.ndarray, tau: float
+) -> np.ndarray:
+    """``(N, P)`` float32 softmax probabilities of the pool labels over ``ID ∪ pool``.
+
+    One exponential per logit: the logits are shifted by the row maximum over ``ID ∪ pool``,
+    exponentiated in place and divided by their row sum, ``p_j = e^{l_j − m} / Σ_k e^{l_k − m}``.
+    ``1/τ`` is folded into the ``(N, D)`` image rows, so the ``(N, P)`` products need no scaling
+    pass.
+    """
+    scaled = np.asarray(features, dtype=np.float32) * np.float32(1.0 / tau)
+    pool = scaled @ pool_text.T
+    id_logits = scaled @ id_text.T
+    peak = np.maximum(pool.max(axis=1), id_logits.max(axis=1))[:, None]
+    pool -= peak
+    np.exp(pool, out=pool)
+    id_logits -= peak
+    np.exp(id_logits, out=id_logits)
+    # row sums of terms in (0, 1], pairwise-summed in float32, then a float64 total
+    total = pool.sum(axis=1).astype(np.float64) + id_logits.sum(axis=1).astype(np.float64)
+    pool *= (1.0 / total).astype(np.float32)[:, None]
+    return pool

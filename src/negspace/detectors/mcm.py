@@ -4,7 +4,8 @@ Vision-Language Representations", NeurIPS 2022).
     S_mcm(v) = max_i softmax_i(cos(v, t_i) / T)
 
 over the ``K`` ID label features only, with ``T = 1`` on raw cosines (paper default) and the ID
-prompt ``a photo of a {}.``.
+prompt ``a photo of a {}.``. ``backend="torch"`` runs the kernels on torch tensors
+(:mod:`negspace.backend`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import Detector, as_unit_rows
-from negspace.scoring import max_softmax
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
@@ -26,16 +27,20 @@ MCM_TEMPLATE = "a photo of a {}."
 class MCM(Detector):
     """Maximum softmax probability over the ID labels at temperature ``temperature``."""
 
-    def __init__(self, id_text_features: np.ndarray, temperature: float = 1.0) -> None:
+    def __init__(self, id_text_features: np.ndarray, temperature: float = 1.0, backend: str = "numpy",
+                 device: str = "auto") -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        self.backend = resolve_backend(backend, device)
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
+        self._id_text = self.backend.asarray(self.id_text_features)  # on the backend's device
         self.temperature = float(temperature)
 
     @classmethod
-    def from_features(cls, id_text_features: np.ndarray, temperature: float = 1.0) -> MCM:
+    def from_features(cls, id_text_features: np.ndarray, temperature: float = 1.0, backend: str = "numpy",
+                      device: str = "auto") -> MCM:
         """Build from ``(K, D)`` ID text features (no encoder needed)."""
-        return cls(id_text_features, temperature=temperature)
+        return cls(id_text_features, temperature=temperature, backend=backend, device=device)
 
     @classmethod
     def from_encoder(
@@ -51,11 +56,11 @@ class MCM(Detector):
         return detector
 
     def score_features(self, image_features: np.ndarray) -> np.ndarray:
-        image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1], copy=False)
-        logits = image @ self.id_text_features.T
+        image = self.backend.unit_rows(image_features, "image features", self.id_text_features.shape[1])
+        logits = image @ self._id_text.T
         if self.temperature != 1.0:
             logits /= self.temperature  # in place: no second (B, K) array
-        return max_softmax(logits)
+        return to_numpy(self.backend.ops.max_softmax(logits))
 
     def get_params(self) -> dict[str, Any]:
-        return {"n_classes": len(self.id_text_features), "temperature": self.temperature}
+        return {"n_classes": len(self.id_text_features), "temperature": self.temperature, **self.backend.params()}

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import Detector, as_unit_rows
-from negspace.scoring import DEFAULT_TAU, group_order, grouped_id_mass
+from negspace.scoring import DEFAULT_TAU, group_order
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives
@@ -44,9 +45,12 @@ class NegLabel(Detector):
         groups: int = DEFAULT_GROUPS,
         seed: int = 0,
         neg_labels: Sequence[str] | None = None,
+        backend: str = "numpy",
+        device: str = "auto",
     ) -> None:
         if tau <= 0:
             raise ValueError(f"tau must be positive, got {tau}")
+        self.backend = resolve_backend(backend, device)
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
         dim = self.id_text_features.shape[1]
         self.neg_text_features = as_unit_rows(neg_text_features, "negative text features", dim)
@@ -62,7 +66,9 @@ class NegLabel(Detector):
         self.group_index_ = group_order(n_neg, self.groups, self.seed)
         # ID labels and the bank in group order, stored once in one matrix: scoring is one GEMM,
         # then column views and a reshape (no copy of the (B, M) product).
-        self._id_and_grouped = np.concatenate([self.id_text_features, self.neg_text_features[self.group_index_]])
+        self._id_and_grouped = self.backend.asarray(
+            np.concatenate([self.id_text_features, self.neg_text_features[self.group_index_]])
+        )
 
     @classmethod
     def from_features(
@@ -72,9 +78,12 @@ class NegLabel(Detector):
         tau: float = DEFAULT_TAU,
         groups: int = DEFAULT_GROUPS,
         seed: int = 0,
+        backend: str = "numpy",
+        device: str = "auto",
     ) -> NegLabel:
         """Build from ``(K, D)`` ID and ``(M, D)`` negative text features (no encoder needed)."""
-        return cls(id_text_features, neg_text_features, tau=tau, groups=groups, seed=seed)
+        return cls(id_text_features, neg_text_features, tau=tau, groups=groups, seed=seed, backend=backend,
+                   device=device)
 
     @classmethod
     def from_mined(
@@ -85,23 +94,27 @@ class NegLabel(Detector):
         tau: float = DEFAULT_TAU,
         groups: int = DEFAULT_GROUPS,
         seed: int = 0,
+        backend: str = "numpy",
+        device: str = "auto",
     ) -> NegLabel:
         """Build from mined negatives; ID names are encoded with ``The nice {}.``."""
         id_features = encoder.encode_texts(list(class_names), template=NEGLABEL_ID_TEMPLATE)
-        detector = cls(id_features, mined.features, tau, groups, seed, neg_labels=mined.labels)
+        detector = cls(id_features, mined.features, tau, groups, seed, neg_labels=mined.labels, backend=backend,
+                       device=device)
         detector.encoder = encoder
         return detector
 
-    def id_and_negative_cosines(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(B, K)`` cosines to the ID labels and ``(B, M')`` to the bank in group order."""
-        image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1], copy=False)
+    def id_and_negative_cosines(self, image_features: Any) -> tuple[Any, Any]:
+        """``(B, K)`` cosines to the ID labels and ``(B, M')`` to the bank in group order (arrays
+        of the detector's backend)."""
+        image = self.backend.unit_rows(image_features, "image features", self.id_text_features.shape[1])
         product = image @ self._id_and_grouped.T
         n_classes = len(self.id_text_features)
         return product[:, :n_classes], product[:, n_classes:]
 
-    def score_features(self, image_features: np.ndarray) -> np.ndarray:
+    def score_features(self, image_features: Any) -> np.ndarray:
         id_cos, neg_cos = self.id_and_negative_cosines(image_features)
-        return grouped_id_mass(id_cos, neg_cos, self.groups, self.tau)
+        return to_numpy(self.backend.ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau))
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -110,4 +123,5 @@ class NegLabel(Detector):
             "tau": self.tau,
             "groups": self.groups,
             "seed": self.seed,
+            **self.backend.params(),
         }

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from negspace.backend import Backend
+
 # A running sum is rebuilt from the rows after this many full turns of the ring, so float64
 # rounding of the add/subtract updates cannot drift over an unbounded stream.
 RESYNC_TURNS = 64
@@ -21,16 +23,21 @@ class RingBuffer:
     every push (add the new rows, subtract the ones they overwrite), so :meth:`mean` costs
     ``O(width)`` instead of a pass over all ``capacity × width`` values: TANL asks for the means
     of two 300 × 70,000 queues every batch.
+
+    ``backend`` (default NumPy) says where the rows live: a torch backend keeps them, and the
+    sums, on its device.
     """
 
-    def __init__(self, capacity: int, width: int | None, dtype: Any, track_sum: bool = False) -> None:
+    def __init__(self, capacity: int, width: int | None, dtype: Any, track_sum: bool = False,
+                 backend: Backend | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.backend = backend or Backend()
         shape = (capacity,) if width is None else (capacity, width)
-        self.data = np.zeros(shape, dtype=dtype)
+        self.data = self.backend.zeros(shape, np.dtype(dtype).name)
         self.count = 0
         self.head = 0
-        self._sum: np.ndarray | None = np.zeros(shape[1:], dtype=np.float64) if track_sum else None
+        self._sum: Any = self.backend.zeros(shape[1:]) if track_sum else None
         self._pushed_since_resync = 0
 
     @property
@@ -65,17 +72,17 @@ class RingBuffer:
                 self._resync()
 
     def _resync(self) -> None:
-        self._sum = self.rows().sum(axis=0, dtype=np.float64)
+        self._sum = exact_column_sum(self.rows())
         self._pushed_since_resync = 0
 
     def rows(self) -> np.ndarray:
         return self.data[: self.count]
 
-    def mean(self) -> np.ndarray:
+    def mean(self) -> Any:
         """Column means of the filled rows, float64 (zeros when empty)."""
         if self._sum is None:
-            return self.rows().mean(axis=0, dtype=np.float64)
-        return self._sum / self.count if self.count else np.zeros_like(self._sum)
+            return exact_column_sum(self.rows()) / max(self.count, 1)
+        return self._sum / self.count if self.count else self._sum * 0.0
 
 
 def column_sum(rows: np.ndarray) -> np.ndarray:
@@ -84,6 +91,21 @@ def column_sum(rows: np.ndarray) -> np.ndarray:
     The product accumulates in float32 (relative error about 1e-7 over a batch of rows, the
     precision of float32 rows themselves) and is five times faster than a float64 reduction.
     """
+    if hasattr(rows, "detach"):  # a torch tensor
+        import torch
+
+        if rows.ndim == 2 and rows.dtype == torch.float32:
+            return (torch.ones(len(rows), dtype=torch.float32, device=rows.device) @ rows).double()
+        return rows.sum(dim=0, dtype=torch.float64)
     if rows.ndim == 2 and rows.dtype == np.float32:
         return (np.ones(len(rows), dtype=np.float32) @ rows).astype(np.float64)
+    return rows.sum(axis=0, dtype=np.float64)
+
+
+def exact_column_sum(rows: Any) -> Any:
+    """Float64 column sums accumulated in float64 (NumPy array or torch tensor)."""
+    if hasattr(rows, "detach"):
+        import torch
+
+        return rows.sum(dim=0, dtype=torch.float64)
     return rows.sum(axis=0, dtype=np.float64)

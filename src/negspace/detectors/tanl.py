@@ -21,7 +21,7 @@ by ``A``, in decreasing activation, give the **activation-aware score** with ste
     S_aa(v) = (1/n) Σ_{k=1..n} S(v; top-m_k),   m_k = min(k·s, β),  n = ⌈β/s⌉
 
 where ``S(v; T)`` is the section-1 ID mass over ``ID ∪ T``. It is computed for all ``m`` at once
-from a cumulative log-sum-exp over the ranked labels (``np.logaddexp.accumulate``), so one batch
+from cumulative sums over the ranked labels (:func:`negspace.scoring.prefix_log_sum_exp`), so one batch
 costs one ``B × β`` pass, never ``β`` softmaxes.
 
 Confident samples are chosen with the *queue-only* score (labels ranked by the queue activation
@@ -43,11 +43,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.special import expit
 
+from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import OnlineDetector, as_unit_rows
 from negspace.detectors.ring import RingBuffer, column_sum
-from negspace.scoring import DEFAULT_TAU, log_sum_exp
+from negspace.scoring import (  # noqa: F401  (activation_aware_score, top_labels: TANL's public API)
+    DEFAULT_TAU,
+    activation_aware_score,
+    top_labels,
+)
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
@@ -59,52 +63,6 @@ CORPUS_CHOICES = ("neglabel", "all")
 
 
 # --------------------------------------------------------------------------- pure functions
-
-
-def activation_aware_score(
-    id_cos: np.ndarray, ranked_neg_cos: np.ndarray, tau: float = DEFAULT_TAU, step: int = 1
-) -> np.ndarray:
-    """``S_aa``: mean over ``m ∈ {s, 2s, ..., β}`` of the ID mass over ``ID ∪ top-m labels``.
-
-    Args:
-        id_cos: ``(B, K)`` cosines to the ID labels.
-        ranked_neg_cos: ``(B, β)`` cosines to the selected labels, **most activated first**.
-        tau: softmax temperature.
-        step: ``s``; when ``β`` is not a multiple of ``s`` the last prefix is all ``β`` labels
-            (``m_k = min(k·s, β)``, as the official slicing does).
-
-    Returns:
-        ``(B,)`` float64 in ``[0, 1]``. Log-space throughout: ``S_m = sigmoid(LSE_ID − LSE_{1..m})``
-        with the prefix log-sum-exps from one cumulative ``logaddexp`` (exact at any ``tau``).
-    """
-    beta = ranked_neg_cos.shape[1]
-    if beta == 0:
-        return np.ones(len(id_cos))
-    if step < 1:
-        raise ValueError(f"step must be >= 1, got {step}")
-    id_lse = log_sum_exp(id_cos, scale=1.0 / tau)
-    columns = np.minimum(np.arange(step, beta + step, step), beta) - 1
-    return expit(id_lse[:, None] - prefix_log_sum_exp(ranked_neg_cos, 1.0 / tau, columns)).mean(axis=1)
-
-
-def prefix_log_sum_exp(x: np.ndarray, scale: float, columns: np.ndarray) -> np.ndarray:
-    """``log Σ_{j≤c} exp(scale · x_j)`` per row, for each column ``c`` in ``columns``.
-
-    Shifted by the row maximum, every term ``exp(scale · (x_j − max))`` lies in ``(0, 1]`` and a
-    float64 cumulative sum gives each prefix to ``n·eps``; that is exact while the smallest term
-    stays a normal float64 (a spread ``scale · (max − min)`` below 700: cosines at any
-    ``τ ≥ 0.003``). A wider spread falls back to a cumulative ``logaddexp``, exact at any scale
-    but several times slower.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    peak = x.max(axis=1, keepdims=True)
-    if scale * float((peak - x.min(axis=1, keepdims=True)).max()) > 700.0:
-        return np.logaddexp.accumulate(x * scale, axis=1)[:, columns]
-    terms = x - peak
-    terms *= scale
-    np.exp(terms, out=terms)
-    np.cumsum(terms, axis=1, out=terms)
-    return np.log(terms[:, columns]) + scale * peak
 
 
 def otsu_threshold(scores: np.ndarray, step: float = 0.01, ties: str = "middle") -> float:
@@ -138,38 +96,6 @@ def otsu_threshold(scores: np.ndarray, step: float = 0.01, ties: str = "middle")
         return float(thresholds[int(np.argmin(criterion))])
     candidates = np.flatnonzero(criterion == criterion.min())
     return float(thresholds[candidates[len(candidates) // 2]])
-
-
-def top_labels(activation: np.ndarray, beta: int) -> np.ndarray:
-    """Indices of the ``beta`` largest activations, largest first (ties: lower index first)."""
-    n = len(activation)
-    beta = min(beta, n)
-    top = np.argpartition(-activation, beta - 1)[:beta] if beta < n else np.arange(n)
-    return top[np.lexsort((top, -activation[top]))]
-
-
-def activation_rows(
-    features: np.ndarray, id_text: np.ndarray, pool_text: np.ndarray, tau: float
-) -> np.ndarray:
-    """``(N, P)`` float32 softmax probabilities of the pool labels over ``ID ∪ pool``.
-
-    One exponential per logit: the logits are shifted by the row maximum over ``ID ∪ pool``,
-    exponentiated in place and divided by their row sum, ``p_j = e^{l_j − m} / Σ_k e^{l_k − m}``.
-    ``1/τ`` is folded into the ``(N, D)`` image rows, so the ``(N, P)`` products need no scaling
-    pass.
-    """
-    scaled = np.asarray(features, dtype=np.float32) * np.float32(1.0 / tau)
-    pool = scaled @ pool_text.T
-    id_logits = scaled @ id_text.T
-    peak = np.maximum(pool.max(axis=1), id_logits.max(axis=1))[:, None]
-    pool -= peak
-    np.exp(pool, out=pool)
-    id_logits -= peak
-    np.exp(id_logits, out=id_logits)
-    # row sums of terms in (0, 1], pairwise-summed in float32, then a float64 total
-    total = pool.sum(axis=1).astype(np.float64) + id_logits.sum(axis=1).astype(np.float64)
-    pool *= (1.0 / total).astype(np.float32)[:, None]
-    return pool
 
 
 # --------------------------------------------------------------------------- state
@@ -213,6 +139,8 @@ class TANL(OnlineDetector):
         seed: int = 0,
         chunk_size: int = 256,
         pool_labels: Sequence[str] | None = None,
+        backend: str = "numpy",
+        device: str = "auto",
     ) -> None:
         if tau <= 0:
             raise ValueError(f"tau must be positive, got {tau}")
@@ -222,10 +150,15 @@ class TANL(OnlineDetector):
             raise ValueError(f"g must be in [0, 1], got {g}")
         if beta < 1 or step < 1 or queue_length < 1 or otsu_window < 1 or chunk_size < 1:
             raise ValueError("beta, step, queue_length, otsu_window and chunk_size must be >= 1")
+        self.backend = resolve_backend(backend, device)
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
         dim = self.id_text_features.shape[1]
         self.pool_text_features = as_unit_rows(pool_text_features, "pool text features", dim)
         self.noise_image_features = as_unit_rows(noise_image_features, "noise image features", dim)
+        # the backend's copies (the same arrays on NumPy; tensors on the device for torch)
+        self._id_text = self.backend.asarray(self.id_text_features)
+        self._pool_text = self.backend.asarray(self.pool_text_features)
+        self._noise = self.backend.asarray(self.noise_image_features)
         n_pool = len(self.pool_text_features)
         if pool_labels is not None and len(pool_labels) != n_pool:
             raise ValueError(f"{len(pool_labels)} pool labels for {n_pool} pool features")
@@ -265,12 +198,18 @@ class TANL(OnlineDetector):
         otsu_window: int = 20000,
         otsu_step: float = 0.01,
         seed: int = 0,
+        backend: str = "numpy",
+        device: str = "auto",
     ) -> TANL:
-        """Build from ``(K, D)`` ID text, ``(P, D)`` pool text and ``(N, D)`` noise image features."""
+        """Build from ``(K, D)`` ID text, ``(P, D)`` pool text and ``(N, D)`` noise image features.
+
+        ``backend="torch"`` keeps the pool, the queues and the batch on ``device`` (CUDA when
+        present for ``"auto"``); the Otsu window and the scores returned are NumPy.
+        """
         return cls(
             id_text_features, pool_text_features, noise_image_features, tau=tau,
             queue_length=queue_length, alpha=alpha, beta=beta, step=step, g=g,
-            otsu_window=otsu_window, otsu_step=otsu_step, seed=seed,
+            otsu_window=otsu_window, otsu_step=otsu_step, seed=seed, backend=backend, device=device,
         )
 
     @classmethod
@@ -311,32 +250,34 @@ class TANL(OnlineDetector):
 
     # ------------------------------------------------------------------ internals
 
-    def _rows(self, features: np.ndarray) -> np.ndarray:
-        return activation_rows(features, self.id_text_features, self.pool_text_features, self.tau)
+    def _rows(self, features: Any) -> Any:
+        return self.backend.ops.activation_rows(features, self._id_text, self._pool_text, self.tau)
 
-    def _score_with(self, features: np.ndarray, id_cos: np.ndarray, activation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        top = top_labels(activation, self.beta)
-        ranked = features @ self.pool_text_features[top].T
-        return activation_aware_score(id_cos, ranked, self.tau, self.step), top
+    def _score_with(self, features: Any, id_cos: Any, activation: Any) -> Any:
+        """``S_aa`` of a batch with the labels ranked by ``activation`` (backend arrays)."""
+        ops = self.backend.ops
+        ranked = features @ self._pool_text[ops.top_labels(activation, self.beta)].T
+        return ops.activation_aware_score(id_cos, ranked, self.tau, self.step)
 
     def _build_initial_state(self) -> TANLState:
         rng = np.random.default_rng(self.seed)
         n_pool = len(self.pool_text_features)
         # queue means are read every batch: the rings keep running column sums
-        id_queue = RingBuffer(self.queue_length, n_pool, np.float32, track_sum=True)
-        ood_queue = RingBuffer(self.queue_length, n_pool, np.float32, track_sum=True)
+        id_queue = RingBuffer(self.queue_length, n_pool, np.float32, track_sum=True, backend=self.backend)
+        ood_queue = RingBuffer(self.queue_length, n_pool, np.float32, track_sum=True, backend=self.backend)
         # Only the last queue_length rows of the shuffled pseudo images survive the initial push.
+        index = self.backend.index
         id_order = rng.permutation(len(self.id_text_features))[-self.queue_length :]
         noise_order = rng.permutation(len(self.noise_image_features))[-self.queue_length :]
         for start in range(0, len(id_order), self.chunk_size):
-            id_queue.push(self._rows(self.id_text_features[id_order[start : start + self.chunk_size]]))
-        ood_queue.push(self._rows(self.noise_image_features[noise_order]))
+            id_queue.push(self._rows(self._id_text[index(id_order[start : start + self.chunk_size])]))
+        ood_queue.push(self._rows(self._noise[index(noise_order)]))
         activation = ood_queue.mean() - id_queue.mean()
         window = RingBuffer(self.otsu_window, None, np.float64)
-        for probes in (self.id_text_features, self.noise_image_features):
+        for probes in (self._id_text, self._noise):
             for start in range(0, len(probes), self.chunk_size):
                 chunk = probes[start : start + self.chunk_size]
-                window.push(self._score_with(chunk, chunk @ self.id_text_features.T, activation)[0])
+                window.push(to_numpy(self._score_with(chunk, chunk @ self._id_text.T, activation)))
         return TANLState(id_queue, ood_queue, window)
 
     # ------------------------------------------------------------------ public API
@@ -355,12 +296,12 @@ class TANL(OnlineDetector):
 
     def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
         """Score a batch with the current state, then push its confident rows into the queues."""
-        features = as_unit_rows(image_features, "image features", self.id_text_features.shape[1], copy=False)
+        features = self.backend.unit_rows(image_features, "image features", self.id_text_features.shape[1])
         state = self.state_
-        id_cos = features @ self.id_text_features.T
+        id_cos = features @ self._id_text.T
         queue_pos, queue_neg = state.id_queue.mean(), state.ood_queue.mean()
         queue_activation = queue_neg - queue_pos
-        queue_score, _ = self._score_with(features, id_cos, queue_activation)
+        queue_score = to_numpy(self._score_with(features, id_cos, queue_activation))
 
         state.window.push(queue_score)
         t = otsu_threshold(state.window.rows(), self.otsu_step)
@@ -371,12 +312,12 @@ class TANL(OnlineDetector):
         # The confident rows enter the queues as they are computed (the queue means this batch
         # uses were read above). Confident ID rows come first, so each chunk's ID and OOD rows are
         # two contiguous slices, and each queue receives its rows in batch order, as one push would.
-        sum_pos = np.zeros(len(self.pool_text_features))
-        sum_neg = np.zeros(len(self.pool_text_features))
+        sum_pos = self.backend.zeros(len(self.pool_text_features))
+        sum_neg = self.backend.zeros(len(self.pool_text_features))
         id_index = np.flatnonzero(confident_id)
         confident = np.concatenate([id_index, np.flatnonzero(confident_ood)])
         for start in range(0, len(confident), self.chunk_size):
-            rows = self._rows(features[confident[start : start + self.chunk_size]])
+            rows = self._rows(features[self.backend.index(confident[start : start + self.chunk_size])])
             split = min(max(len(id_index) - start, 0), len(rows))
             for queue, total, picked in ((state.id_queue, sum_pos, rows[:split]), (state.ood_queue, sum_neg, rows[split:])):
                 if len(picked):
@@ -391,7 +332,7 @@ class TANL(OnlineDetector):
             scores = queue_score  # A is the queue activation itself
         else:
             activation = self.alpha * queue_activation + (1.0 - self.alpha) * (batch_neg - batch_pos)
-            scores, _ = self._score_with(features, id_cos, activation)
+            scores = to_numpy(self._score_with(features, id_cos, activation))
         state.batches += 1
         return scores
 
@@ -409,4 +350,5 @@ class TANL(OnlineDetector):
             "otsu_window": self.otsu_window,
             "otsu_step": self.otsu_step,
             "seed": self.seed,
+            **self.backend.params(),
         }

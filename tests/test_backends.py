@@ -1,0 +1,122 @@
+"""The torch kernels and ``backend="torch"`` detectors agree with the NumPy path to 1e-5.
+
+Scores are compared to 1e-5 absolute (they lie in [0, 1]): at tau = 0.01 a float32 cosine's last
+bit, which differs between torch's and NumPy's BLAS, is 1e-5 of a logit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from negspace import scoring, torch_scoring
+from negspace.backend import resolve_backend, to_numpy
+from negspace.detectors.mcm import MCM
+from negspace.detectors.neglabel import NegLabel
+from negspace.detectors.tanl import TANL
+from negspace.testing import make_world
+
+KERNELS = ("log_sum_exp", "grouped_log_sum_exp", "id_mass", "grouped_id_mass", "max_softmax",
+           "activation_rows", "prefix_log_sum_exp", "activation_aware_score", "top_labels")
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int = 32) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _t(array: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(array)
+
+
+def test_both_kernel_sets_define_every_kernel():
+    for name in KERNELS:
+        assert callable(getattr(scoring, name)) and callable(getattr(torch_scoring, name)), name
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.001])
+def test_negative_label_kernels_agree(tau):
+    rng = np.random.default_rng(0)
+    image, id_text, bank = _unit(rng, 40), _unit(rng, 30), _unit(rng, 600)
+    id_cos, neg_cos = image @ id_text.T, image @ bank.T
+    neg_cos[:3, :7] = -1.0  # a wide spread in some rows: the per-block shift at tau = 0.001
+    for groups in (1, 6, 100):
+        want = scoring.grouped_id_mass(id_cos, neg_cos, groups, tau)
+        got = to_numpy(torch_scoring.grouped_id_mass(_t(id_cos), _t(neg_cos), groups, tau))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(to_numpy(torch_scoring.id_mass(_t(id_cos), _t(neg_cos), tau)),
+                               scoring.id_mass(id_cos, neg_cos, tau), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(to_numpy(torch_scoring.max_softmax(_t(id_cos / tau))),
+                               scoring.max_softmax(id_cos / tau), rtol=1e-5)
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.001])
+def test_tanl_kernels_agree(tau):
+    rng = np.random.default_rng(1)
+    image, id_text, pool = _unit(rng, 20), _unit(rng, 30), _unit(rng, 500)
+    np.testing.assert_allclose(to_numpy(torch_scoring.activation_rows(_t(image), _t(id_text), _t(pool), tau)),
+                               scoring.activation_rows(image, id_text, pool, tau), rtol=1e-5, atol=1e-12)
+    ranked = image @ pool[:200].T
+    for step in (1, 7):
+        want = scoring.activation_aware_score(image @ id_text.T, ranked, tau, step)
+        got = torch_scoring.activation_aware_score(_t(image @ id_text.T), _t(ranked), tau, step)
+        np.testing.assert_allclose(to_numpy(got), want, rtol=1e-5, atol=1e-10)
+    activation = rng.standard_normal(500)
+    activation[[3, 9, 40]] = activation.max() + 1.0  # a three-way tie at the top: lower index first
+    np.testing.assert_array_equal(to_numpy(torch_scoring.top_labels(_t(activation), 50), np.int64),
+                                  scoring.top_labels(activation, 50))
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(n_corpus=2000, n_classes=20, n_per_class=20, n_per_concept=60, seed=3)
+
+
+def test_stateless_detectors_agree_on_torch(world):
+    batch = np.concatenate([world.id_image_features, world.far_ood_features])
+    negatives = world.corpus_features[:1000]
+    for build in (lambda **kw: MCM.from_features(world.id_text_features, **kw),
+                  lambda **kw: MCM.from_features(world.id_text_features, temperature=0.01, **kw),
+                  lambda **kw: NegLabel.from_features(world.id_text_features, negatives, groups=10, **kw)):
+        want = build().score_features(batch)
+        on_torch = build(backend="torch", device="cpu")
+        np.testing.assert_allclose(on_torch.score_features(batch), want, rtol=0, atol=1e-5)
+        # a tensor batch is scored in place, with the same result
+        np.testing.assert_allclose(on_torch.score_features(torch.as_tensor(batch)), want, rtol=0, atol=1e-5)
+
+
+def test_tanl_on_torch_follows_the_numpy_stream(world):
+    noise = np.random.default_rng(4).standard_normal((15, world.dim)).astype(np.float32)
+    stream = np.concatenate([world.id_image_features, world.far_ood_features])
+    stream = stream[np.random.default_rng(5).permutation(len(stream))]
+    params = dict(queue_length=30, beta=150, otsu_window=200)
+    on_numpy = TANL.from_features(world.id_text_features, world.corpus_features, noise, **params)
+    on_torch = TANL.from_features(world.id_text_features, world.corpus_features, noise, backend="torch",
+                                  device="cpu", **params)
+    for start in range(0, len(stream), 40):
+        batch = stream[start : start + 40]
+        np.testing.assert_allclose(on_torch.score_features(batch), on_numpy.score_features(batch),
+                                   rtol=0, atol=1e-5)
+    assert on_torch.state_.ood_queue.count == 30  # the queues filled and turned over on the device
+    np.testing.assert_allclose(to_numpy(on_torch.state_.id_queue.mean()), on_numpy.state_.id_queue.mean(),
+                               rtol=1e-4, atol=1e-8)  # float32 probabilities
+    on_torch.reset()
+    on_numpy.reset()
+    np.testing.assert_allclose(on_torch.score_features(stream[:40]), on_numpy.score_features(stream[:40]),
+                               rtol=0, atol=1e-5)
+
+
+def test_backend_choices_are_checked_in_one_sentence():
+    assert resolve_backend().name == "numpy"
+    assert resolve_backend("torch", "cpu").device == "cpu"
+    with pytest.raises(ValueError, match="backend must be one of numpy, torch"):
+        resolve_backend("jax")
+    with pytest.raises(ValueError, match="needs backend='torch'"):
+        resolve_backend("numpy", "cuda")
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_backend("torch", "gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_backend("torch", "cuda")
+        assert resolve_backend("torch", "auto").device == "cpu"
