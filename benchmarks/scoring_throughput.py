@@ -20,7 +20,7 @@ is listed separately, not in the per-batch peak:
 - ``held MiB``: all memory the constructor allocated and the detector still holds (tracemalloc),
   i.e. the state plus the detector's own unit-norm copies of its text features.
 
-MCM, NegLabel and TANL are also run with ``backend="torch"`` on the CPU and, when torch sees a
+MCM, NegLabel, TANL, AdaNeg (task) and ANTS (frozen) are also run with ``backend="torch"`` on the CPU and, when torch sees a
 GPU, on CUDA; their bound is the same GEMMs and log-sum-exps in torch on that device (timing
 torch against a NumPy bound interleaved would measure OpenBLAS's spinning threads taking the
 cores from torch's, not the scorer). Peak memory is NumPy's
@@ -125,11 +125,11 @@ def bare_bound(text_banks: list[np.ndarray], tau: float = 0.01) -> Callable[[np.
     return bound
 
 
-def steady_ants(id_text: np.ndarray, corpus: np.ndarray, n_ens: int, rng: np.random.Generator) -> ANTS:
+def steady_ants(id_text: np.ndarray, corpus: np.ndarray, n_ens: int, rng: np.random.Generator, **backend: str) -> ANTS:
     """ANTS in the steady state of a long stream: a full ENS bank, a VSNL bank of 80 classes."""
     dim = id_text.shape[1]
     det = ANTS.from_features(id_text, corpus, TableEncoder(dim), NoOpMLLM(), [f"c{i}" for i in range(len(id_text))],
-                             ens_size=n_ens, max_mllm_calls=10**9)
+                             ens_size=n_ens, max_mllm_calls=10**9, **backend)
     det.state.add_ens([f"s{i}" for i in range(n_ens)], unit_rows(rng, n_ens, dim), np.ones(n_ens), prepend=False)
     det._update_vsnl(list(range(80)))  # 80 = 0.08 * 1000 classes, 5 labels each
     return det
@@ -248,6 +248,13 @@ def main() -> None:
                 name = f"TANL (P={args.pool // 1000}k) torch/{device}"
                 detectors[name] = TANL.from_features(id_text, pool, noise, beta=args.beta, **on)
                 bounds[name] = torch_bound([np.concatenate([id_text, pool])], device)
+                detectors[f"AdaNeg (task) torch/{device}"] = AdaNeg.from_features(id_text, negatives, **on)
+                bounds[f"AdaNeg (task) torch/{device}"] = torch_bound([both, both], device)
+                ants = steady_ants(id_text, negatives, args.ens, rng, **on)
+                ants.freeze()
+                detectors[f"ANTS (frozen) torch/{device}"] = ants
+                bounds[f"ANTS (frozen) torch/{device}"] = torch_bound(
+                    [both, ants.state.ens_bank, ants.state.vsnl_bank], device)
     torch_threads = ""
     if not args.skip_torch:
         torch_threads = f", torch {torch.get_num_threads()} threads"

@@ -12,13 +12,14 @@ import torch
 
 from negspace import scoring, torch_scoring
 from negspace.backend import resolve_backend, to_numpy
+from negspace.detectors.adaneg import AdaNeg
 from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import NegLabel
 from negspace.detectors.tanl import TANL
 from negspace.testing import make_world
 
 KERNELS = ("log_sum_exp", "grouped_log_sum_exp", "id_mass", "grouped_id_mass", "max_softmax",
-           "activation_rows", "prefix_log_sum_exp", "activation_aware_score", "top_labels")
+           "activation_rows", "prefix_log_sum_exp", "activation_aware_score", "top_labels", "softmax_entropy")
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int = 32) -> np.ndarray:
@@ -49,6 +50,8 @@ def test_negative_label_kernels_agree(tau):
                                scoring.id_mass(id_cos, neg_cos, tau), rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(to_numpy(torch_scoring.max_softmax(_t(id_cos / tau))),
                                scoring.max_softmax(id_cos / tau), rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(torch_scoring.softmax_entropy(_t(id_cos / tau))),
+                               scoring.softmax_entropy(id_cos / tau), rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("tau", [0.01, 0.001])
@@ -107,6 +110,24 @@ def test_tanl_on_torch_follows_the_numpy_stream(world):
                                rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("proxy", ["task", "sample"])
+def test_adaneg_on_torch_follows_the_numpy_stream(world, proxy):
+    stream = np.concatenate([world.id_image_features, world.far_ood_features])
+    stream = stream[np.random.default_rng(6).permutation(len(stream))]
+    negatives = world.corpus_features[:500]
+    on_numpy = AdaNeg.from_features(world.id_text_features, negatives, proxy=proxy, memory_length=4)
+    on_torch = AdaNeg.from_features(world.id_text_features, negatives, proxy=proxy, memory_length=4,
+                                    backend="torch", device="cpu")
+    for start in range(0, len(stream), 40):
+        batch = stream[start : start + 40]
+        np.testing.assert_allclose(on_torch.score_features(batch), on_numpy.score_features(batch),
+                                   rtol=0, atol=1e-5)
+    # the same samples were cached in the same slots, and the memories did fill up
+    np.testing.assert_array_equal(on_torch.state_.filled, on_numpy.state_.filled)
+    assert on_numpy.state_.filled.max() == 4
+    np.testing.assert_allclose(to_numpy(on_torch.state_.device_proxies), on_numpy.state_.proxies, atol=1e-6)
+
+
 def test_backend_choices_are_checked_in_one_sentence():
     assert resolve_backend().name == "numpy"
     assert resolve_backend("torch", "cpu").device == "cpu"
@@ -120,3 +141,22 @@ def test_backend_choices_are_checked_in_one_sentence():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_backend("torch", "cuda")
         assert resolve_backend("torch", "auto").device == "cpu"
+
+
+@pytest.mark.parametrize("preset", ["default", "two-pass", "authors"])
+def test_ants_on_torch_builds_the_same_banks_and_scores(preset):
+    from negspace.detectors.ants_config import ANTSConfig
+    from test_ants import SCHEDULE, build, run
+
+    ants_world = make_world(n_per_class=20, n_per_concept=60)
+    corpus = ants_world.negatives(1000)
+    options = {"default": {}, "two-pass": {"two_pass": True},
+               "authors": {"config": ANTSConfig.authors(**SCHEDULE, ens_score="activation")}}[preset]
+    on_numpy = build(ants_world, corpus, **options)
+    on_torch = build(ants_world, corpus, backend="torch", device="cpu", **options)
+    want, got = run(on_numpy, ants_world, "far"), run(on_torch, ants_world, "far")
+    assert on_torch.state.ens_texts == on_numpy.state.ens_texts and len(on_numpy.state.ens_texts) > 0
+    assert on_torch.state.vsnl_texts == on_numpy.state.vsnl_texts
+    assert on_torch.lam == pytest.approx(on_numpy.lam, abs=1e-5)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)

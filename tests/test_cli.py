@@ -394,3 +394,24 @@ def test_eval_ants_stops_with_exit_3_when_the_mllm_answers_garbage(tmp_path, ima
     # a generous limit lets the run finish, still saying the banks are incomplete
     assert main([*args[:-len(_model_args(tiny_openclip))], "--mllm-max-failures", "1",
                  "--out", str(tmp_path / "tolerated"), *_model_args(tiny_openclip)]) == 0
+
+
+@pytest.mark.parametrize("method", ["neglabel", "tanl"])
+def test_scoring_backend_torch_gives_the_numpy_scores(tmp_path, image_sets, tiny_openclip, method):
+    import csv
+
+    options = ["--num-negatives", "500", "--groups", "10"] if method == "neglabel" else ["--tanl-beta", "200"]
+    on_numpy = _run_eval(tmp_path / "numpy", image_sets, tiny_openclip, method, *options)
+    on_torch = _run_eval(tmp_path / "torch", image_sets, tiny_openclip, method, *options,
+                         "--scoring-backend", "torch", "--device", "cpu")
+
+    def scores(out):
+        with (out / "scores.csv").open() as f:
+            return {(row["set"], row["stream"], row["sample"]): float(row["score"]) for row in csv.DictReader(f)}
+
+    want, got = scores(on_numpy), scores(on_torch)
+    assert got.keys() == want.keys() and len(got) >= 13
+    assert max(abs(got[k] - want[k]) for k in got) <= 1e-5
+    params = json.loads((on_torch / "metrics.json").read_text())["params"]
+    assert (params["backend"], params["device"]) == ("torch", "cpu")
+    assert "backend" not in json.loads((on_numpy / "metrics.json").read_text())["params"]

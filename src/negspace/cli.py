@@ -40,6 +40,7 @@ from negspace.detectors.ants import ANTS
 from negspace.detectors.base import Detector, OnlineDetector
 from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
+from negspace.backend import BACKENDS
 from negspace.detectors.tanl import TANL
 from negspace.encoders import PREPROCESS_CHOICES, ClipEncoder, load_encoder
 from negspace.errors import NegspaceError
@@ -72,6 +73,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default=DEFAULT_MODEL, help="openclip:ARCH/PRETRAINED or hf:NAME_OR_PATH (default: %(default)s)")
     group.add_argument("--weights", type=Path, help="local weights file or folder, used instead of downloading")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    group.add_argument("--scoring-backend", choices=BACKENDS, default="numpy",
+                       help="where the detectors score: numpy on the CPU, or torch on --device, which keeps "
+                            "features and text banks on a GPU (default: %(default)s)")
     group.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="model", help="image transform (default: %(default)s)")
     group.add_argument("--cache-dir", type=Path, help="cache folder of features, mined labels and MLLM answers (default: $NEGSPACE_CACHE_DIR or the XDG cache)")
     group.add_argument("--no-cache", action="store_true", help="encode everything afresh, write no cache")
@@ -246,19 +250,28 @@ def _checked_negatives(ctx: BuildContext) -> MinedNegatives:
     return mined
 
 
+def scoring_backend(ctx: BuildContext) -> dict[str, str]:
+    """The detectors' ``backend``/``device`` keywords: torch scores on the encoder's device."""
+    if ctx.args.scoring_backend == "numpy":
+        return {}
+    return {"backend": ctx.args.scoring_backend, "device": str(ctx.encoder.device)}
+
+
 def build_mcm(ctx: BuildContext) -> Detector:
-    return MCM.from_encoder(ctx.encoder, ctx.class_names, temperature=ctx.args.temperature)
+    return MCM.from_encoder(ctx.encoder, ctx.class_names, temperature=ctx.args.temperature, **scoring_backend(ctx))
 
 
 def build_neglabel(ctx: BuildContext) -> Detector:
     args = ctx.args
     mined = _checked_negatives(ctx)
-    return NegLabel.from_mined(ctx.encoder, ctx.class_names, mined, tau=args.tau, groups=args.groups, seed=args.seed)
+    return NegLabel.from_mined(ctx.encoder, ctx.class_names, mined, tau=args.tau, groups=args.groups, seed=args.seed,
+                               **scoring_backend(ctx))
 
 
 def build_ants(ctx: BuildContext) -> Detector:
     mined = _checked_negatives(ctx) if ctx.args.negative_space is None else None
-    return cli_ants.build_ants(ctx.args, ctx.encoder, ctx.class_names, mined, ctx.stream_size, ctx.mllm)
+    return cli_ants.build_ants(ctx.args, ctx.encoder, ctx.class_names, mined, ctx.stream_size, ctx.mllm,
+                               scoring_backend(ctx))
 
 
 def build_tanl(ctx: BuildContext) -> Detector:
@@ -277,6 +290,7 @@ def build_tanl(ctx: BuildContext) -> Detector:
         g=args.tanl_g,
         otsu_window=args.tanl_otsu_window,
         seed=args.seed,
+        **scoring_backend(ctx),
     )
 
 
@@ -296,6 +310,7 @@ def build_adaneg(ctx: BuildContext) -> Detector:
         sample_weight_scale=args.adaneg_sample_scale,
         nl_weight=args.adaneg_nl_weight,
         seed=args.seed,
+        **scoring_backend(ctx),
     )
 
 

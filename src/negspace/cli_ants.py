@@ -115,14 +115,15 @@ _LEARNING_DEFAULTS = {
 }
 
 
-def _load_space(args: argparse.Namespace, encoder: Any, class_names: Sequence[str], mllm: Any) -> ANTS:
+def _load_space(args: argparse.Namespace, encoder: Any, class_names: Sequence[str], mllm: Any,
+                scoring: dict[str, str]) -> ANTS:
     """A saved space: frozen, or learning further when ``--mllm`` is given.
 
     ``--ants-score`` and ``--ants-lam`` apply to it; options that shaped the learning are the
     saved ones (a warning names any that was given and is ignored).
     """
     try:
-        detector = ANTS.load(args.negative_space, text_encoder=encoder, mllm=mllm)
+        detector = ANTS.load(args.negative_space, text_encoder=encoder, mllm=mllm, **scoring)
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise NegspaceError(f"Cannot load the negative space {args.negative_space}: {err}.") from None
     if list(detector.class_names) != list(class_names):
@@ -143,11 +144,13 @@ def _load_space(args: argparse.Namespace, encoder: Any, class_names: Sequence[st
 
 
 def build_ants(args: argparse.Namespace, encoder: Any, class_names: Sequence[str], mined: Any, n_stream: int,
-               mllm: Any = None) -> ANTS:
+               mllm: Any = None, scoring: dict[str, str] | None = None) -> ANTS:
     """ANTS from the command line: a saved space (frozen, or learning on with ``mllm``), or a
-    fresh one that learns with ``mllm`` (loaded and checked by the caller from ``--mllm``)."""
+    fresh one that learns with ``mllm`` (loaded and checked by the caller from ``--mllm``).
+    ``scoring`` holds the ``backend``/``device`` keywords (``--scoring-backend``)."""
+    scoring = scoring or {}
     if args.negative_space is not None:
-        return _load_space(args, encoder, class_names, mllm)
+        return _load_space(args, encoder, class_names, mllm, scoring)
     score = args.ants_score or "ada"
     if args.mllm is None and score != "neglabel":
         raise NegspaceError("ANTS needs a multimodal LLM: pass --mllm SPEC (see 'Using an MLLM' in the README) or --negative-space DIR.")
@@ -166,7 +169,7 @@ def build_ants(args: argparse.Namespace, encoder: Any, class_names: Sequence[str
         diversity_size=args.ants_diversity_size,
         **{**schedule, **given},
     )
-    return ANTS.from_encoder(encoder, class_names, mined, mllm, config=config)
+    return ANTS.from_encoder(encoder, class_names, mined, mllm, config=config, **scoring)
 
 
 @dataclass

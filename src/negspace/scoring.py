@@ -229,3 +229,14 @@ def activation_rows(
     total = pool.sum(axis=1).astype(np.float64) + id_logits.sum(axis=1).astype(np.float64)
     pool *= (1.0 / total).astype(np.float32)[:, None]
     return pool
+
+
+# -- AdaNeg's kernel ---------------------------------------------------------------------------------
+
+
+def softmax_entropy(logits: np.ndarray) -> np.ndarray:
+    """Entropy of ``softmax(logits)`` per row, ``LSE(z) − Σ p·z`` (stable at any scale)."""
+    z = np.asarray(logits, dtype=np.float64)
+    lse = log_sum_exp(z)
+    p = np.exp(z - lse[:, None])
+    return np.maximum(lse - np.sum(p * z, axis=1), 0.0)

@@ -126,3 +126,11 @@ def top_labels(activation: torch.Tensor, beta: int) -> torch.Tensor:
     beta = min(beta, len(activation))
     top = torch.topk(activation, beta, sorted=False).indices.sort().values
     return top[torch.sort(activation[top], descending=True, stable=True).indices]
+
+
+def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of ``softmax(logits)`` per row, ``LSE(z) − Σ p·z``, float64 (AdaNeg's slots)."""
+    z = logits.double()
+    lse = log_sum_exp(z)
+    p = torch.exp(z - lse[:, None])
+    return torch.clamp(lse - (p * z).sum(dim=1), min=0.0)

@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import OnlineDetector, as_unit_rows
-from negspace.scoring import DEFAULT_TAU, group_order, grouped_id_mass, log_sum_exp
+from negspace.scoring import DEFAULT_TAU, group_order, softmax_entropy  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives, MiningConfig
@@ -51,14 +52,6 @@ PROXIES = ("task", "sample")
 
 
 # --------------------------------------------------------------------------- pure functions
-
-
-def softmax_entropy(logits: np.ndarray) -> np.ndarray:
-    """Entropy of ``softmax(logits)`` per row, ``LSE(z) − Σ p·z`` (stable at any scale)."""
-    z = np.asarray(logits, dtype=np.float64)
-    lse = log_sum_exp(z)
-    p = np.exp(z - lse[:, None])
-    return np.maximum(lse - np.sum(p * z, axis=1), 0.0)
 
 
 def write_to_memory(
@@ -171,6 +164,7 @@ class AdaNegState:
     entropy: np.ndarray  # (K + M, L) float64
     proxies: np.ndarray  # (K + M, D) float32, task-adaptive proxies
     gram: np.ndarray | None  # (K + M, L, L) float32, sample-adaptive mode only
+    device_proxies: Any = None  # ``proxies`` on the scoring backend (the same array on NumPy)
     batches: int = 0
     cached: int = 0
 
@@ -201,6 +195,8 @@ class AdaNeg(OnlineDetector):
         seed: int = 0,
         chunk_size: int = 1000,
         neg_labels: Sequence[str] | None = None,
+        backend: str = "numpy",
+        device: str = "auto",
     ) -> None:
         if tau <= 0:
             raise ValueError(f"tau must be positive, got {tau}")
@@ -210,9 +206,12 @@ class AdaNeg(OnlineDetector):
             raise ValueError(f"proxy must be one of {PROXIES}, got {proxy!r}")
         if not 0.0 <= gamma <= 1.0 or not 0.0 <= g <= 1.0:
             raise ValueError(f"gamma and g must be in [0, 1], got {gamma} and {g}")
+        self.backend = resolve_backend(backend, device)
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
         dim = self.id_text_features.shape[1]
         self.neg_text_features = as_unit_rows(neg_text_features, "negative text features", dim)
+        self._id_text = self.backend.asarray(self.id_text_features)
+        self._neg_text = self.backend.asarray(self.neg_text_features)
         n_neg = len(self.neg_text_features)
         if not 1 <= groups <= n_neg:
             raise ValueError(f"groups must be between 1 and the {n_neg} negative labels, got {groups}")
@@ -230,6 +229,7 @@ class AdaNeg(OnlineDetector):
         self.chunk_size = int(chunk_size)
         self.neg_labels = list(neg_labels) if neg_labels is not None else None
         self.group_index_ = group_order(n_neg, self.groups, self.seed)
+        self._group_columns = self.backend.index(self.group_index_)
         # No copy of the initial state is kept (it is as large as the state): reset() rebuilds it.
         self.state_ = self._build_initial_state()
 
@@ -247,12 +247,19 @@ class AdaNeg(OnlineDetector):
         sample_weight_scale: float = 5.5,
         nl_weight: float = 0.1,
         seed: int = 0,
+        backend: str = "numpy",
+        device: str = "auto",
     ) -> AdaNeg:
-        """Build from ``(K, D)`` ID and ``(M, D)`` negative text features (no encoder needed)."""
+        """Build from ``(K, D)`` ID and ``(M, D)`` negative text features (no encoder needed).
+
+        ``backend="torch"`` runs the products with the text features and the task-adaptive
+        proxies on ``device``; the memories stay NumPy on the host, and so do the per-slot
+        products of sample-adaptive proxies.
+        """
         return cls(
             id_text_features, neg_text_features, tau=tau, memory_length=memory_length, gamma=gamma,
             g=g, groups=groups, proxy=proxy, sample_weight_scale=sample_weight_scale,
-            nl_weight=nl_weight, seed=seed,
+            nl_weight=nl_weight, seed=seed, backend=backend, device=device,
         )
 
     @classmethod
@@ -296,16 +303,21 @@ class AdaNeg(OnlineDetector):
         if self.proxy == "sample":
             gram = np.zeros((n, self.memory_length, self.memory_length), dtype=np.float32)
             gram[:, 0, 0] = np.einsum("nd,nd->n", text, text)
+        proxies = text.copy()
+        device_proxies = proxies if self.backend.name == "numpy" else self.backend.asarray(proxies)
         return AdaNegState(
             memory=memory,
             filled=np.ones(n, dtype=np.int64),
             entropy=np.zeros((n, self.memory_length), dtype=np.float64),
-            proxies=text.copy(),
+            proxies=proxies,
             gram=gram,
+            device_proxies=device_proxies,
         )
 
-    def _cache(self, features: np.ndarray, id_cos: np.ndarray, neg_cos: np.ndarray, s_nl: np.ndarray) -> None:
-        state = self.state_
+    def _cache(self, features: np.ndarray, id_cos: Any, neg_cos: Any, s_nl: np.ndarray) -> None:
+        """Write the batch's confident samples into the memories (``features`` on the host,
+        the cosines on the backend; only the chosen rows' labels and entropies come back)."""
+        state, backend = self.state_, self.backend
         is_id = s_nl > self.gamma + self.g * (1.0 - self.gamma)
         is_ood = s_nl < self.gamma - self.g * self.gamma
         chosen = np.flatnonzero(is_id | is_ood)  # batch order
@@ -314,31 +326,36 @@ class AdaNeg(OnlineDetector):
         labels = np.empty(len(chosen), dtype=np.int64)
         entropies = np.empty(len(chosen), dtype=np.float64)
         as_id = is_id[chosen]
-        idx_id, idx_ood = chosen[as_id], chosen[~as_id]
-        labels[as_id] = np.argmax(id_cos[idx_id], axis=1)
-        entropies[as_id] = softmax_entropy(id_cos[idx_id] / self.tau)
-        labels[~as_id] = self.n_classes + np.argmax(neg_cos[idx_ood], axis=1)
-        entropies[~as_id] = softmax_entropy(neg_cos[idx_ood] / self.tau)
+        for mask, cos, offset in ((as_id, id_cos, 0), (~as_id, neg_cos, self.n_classes)):
+            if mask.any():
+                rows = cos[backend.index(chosen[mask])]
+                labels[mask] = offset + to_numpy(rows.argmax(1), np.int64)
+                entropies[mask] = to_numpy(backend.ops.softmax_entropy(rows / self.tau))
         touched = write_to_memory(state.memory, state.filled, state.entropy, labels, entropies, features[chosen])
         state.cached += len(chosen)
         if len(touched):
             state.proxies[touched] = task_proxies(state.memory[touched], state.filled[touched])
+            if state.device_proxies is not state.proxies:
+                state.device_proxies[backend.index(touched)] = backend.asarray(state.proxies[touched])
             if state.gram is not None:
                 block = state.memory[touched]
                 state.gram[touched] = np.einsum("nsd,ntd->nst", block, block)
 
-    def _proxy_cosines(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def _proxy_cosines(self, features: Any, host_features: np.ndarray, labels: np.ndarray) -> Any:
+        """Cosines to the proxies of ``labels``: task-adaptive on the backend, sample-adaptive
+        on the host (its per-slot products read the NumPy memories)."""
         state = self.state_
         if self.proxy == "task":
-            return features @ state.proxies[labels].T
+            return features @ state.device_proxies[self.backend.index(labels)].T
         assert state.gram is not None
+        features = host_features
         parts = [
             sample_adaptive_cosines(
                 features, state.memory, state.filled, state.gram, self.sample_weight_scale, part
             )
             for part in (labels[i : i + self.chunk_size] for i in range(0, len(labels), self.chunk_size))
         ]
-        return np.concatenate(parts, axis=1)
+        return self.backend.asarray(np.concatenate(parts, axis=1))
 
     # ------------------------------------------------------------------ public API
 
@@ -352,25 +369,27 @@ class AdaNeg(OnlineDetector):
         del self.state_
         self.state_ = self._build_initial_state()
 
-    def neglabel_score(self, image_features: np.ndarray) -> np.ndarray:
+    def neglabel_score(self, image_features: Any) -> np.ndarray:
         """``S_nl`` with ``G = groups`` (the caching criterion and the ``nl_weight`` term)."""
-        features = as_unit_rows(image_features, "image features", self.id_text_features.shape[1], copy=False)
-        return self._neglabel_from_cosines(features @ self.id_text_features.T, features @ self.neg_text_features.T)
+        features = self.backend.unit_rows(image_features, "image features", self.id_text_features.shape[1])
+        return to_numpy(self._neglabel_from_cosines(features @ self._id_text.T, features @ self._neg_text.T))
 
-    def _neglabel_from_cosines(self, id_cos: np.ndarray, neg_cos: np.ndarray) -> np.ndarray:
-        return grouped_id_mass(id_cos, neg_cos[:, self.group_index_], self.groups, self.tau)
+    def _neglabel_from_cosines(self, id_cos: Any, neg_cos: Any) -> Any:
+        return self.backend.ops.grouped_id_mass(id_cos, neg_cos[:, self._group_columns], self.groups, self.tau)
 
-    def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
+    def score_features(self, image_features: Any, images: Sequence[Any] | None = None) -> np.ndarray:
         """Cache the batch's confident samples, then score it against the updated proxies."""
-        features = as_unit_rows(image_features, "image features", self.id_text_features.shape[1], copy=False)
-        id_cos = features @ self.id_text_features.T
-        neg_cos = features @ self.neg_text_features.T
-        s_nl = self._neglabel_from_cosines(id_cos, neg_cos)
-        self._cache(features, id_cos, neg_cos, s_nl)
-        id_proxy_cos = self._proxy_cosines(features, np.arange(self.n_classes))
-        neg_proxy_cos = self._proxy_cosines(features, self.n_classes + self.group_index_)
+        features = self.backend.unit_rows(image_features, "image features", self.id_text_features.shape[1])
+        host_features = to_numpy(features, np.float32)
+        id_cos = features @ self._id_text.T
+        neg_cos = features @ self._neg_text.T
+        s_nl = to_numpy(self._neglabel_from_cosines(id_cos, neg_cos))
+        self._cache(host_features, id_cos, neg_cos, s_nl)
+        id_proxy_cos = self._proxy_cosines(features, host_features, np.arange(self.n_classes))
+        neg_proxy_cos = self._proxy_cosines(features, host_features, self.n_classes + self.group_index_)
         self.state_.batches += 1
-        return grouped_id_mass(id_proxy_cos, neg_proxy_cos, self.groups, self.tau) + self.nl_weight * s_nl
+        proxy_score = self.backend.ops.grouped_id_mass(id_proxy_cos, neg_proxy_cos, self.groups, self.tau)
+        return to_numpy(proxy_score) + self.nl_weight * s_nl
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -385,4 +404,5 @@ class AdaNeg(OnlineDetector):
             "sample_weight_scale": self.sample_weight_scale,
             "nl_weight": self.nl_weight,
             "seed": self.seed,
+            **self.backend.params(),
         }

@@ -75,7 +75,8 @@ from negspace.detectors.ants_scoring import StackedBanks
 from negspace.detectors.ants_state import ANTSState
 from negspace.detectors.base import OnlineDetector, StreamBatch, as_unit_rows
 from negspace.mllm.protocol import MLLM
-from negspace.scoring import group_order, grouped_id_mass, log_sum_exp
+from negspace.backend import resolve_backend, to_numpy
+from negspace.scoring import group_order
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives
@@ -98,11 +99,16 @@ class TextEncoder(Protocol):
 class _Base:
     """What every score of a batch starts from."""
 
-    image: np.ndarray  # unit rows
-    id_cos: np.ndarray
+    image: np.ndarray  # unit rows, on the host (pooled, sampled, described)
+    id_cos: Any  # (B, K) on the scoring backend
     s_nl: np.ndarray
     pred: np.ndarray
-    id_lse: np.ndarray  # log Σ_i exp(id_cos_i / τ), shared by every bank's score
+    id_lse: Any  # log Σ_i exp(id_cos_i / τ) on the backend, shared by every bank's score
+    device_image: Any  # ``image`` on the backend (the same array for NumPy)
+
+    def host_id_cos(self) -> np.ndarray:
+        """``id_cos`` as a NumPy array (for the rules computed on the host)."""
+        return to_numpy(self.id_cos, np.float32)
 
 
 def _schedule_advice(n_images: int, batch_size: int) -> str:
@@ -130,8 +136,11 @@ class ANTS(BankBuilder, OnlineDetector):
         class_names: Sequence[str],
         config: ANTSConfig | None = None,
         neg_labels: Sequence[str] | None = None,
+        backend: str = "numpy",
+        device: str = "auto",
     ) -> None:
         self.config = config or ANTSConfig()
+        self.backend = resolve_backend(backend, device)
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
         dim = self.id_text_features.shape[1]
         self.neg_text_features = as_unit_rows(neg_text_features, "negative text features", dim)
@@ -163,7 +172,8 @@ class ANTS(BankBuilder, OnlineDetector):
         self.neg_text_features = features
         grouped_corpus = features[group_order(len(features), self.config.groups, self.config.seed)]
         # ID labels and the grouped corpus in one matrix: one GEMM gives a batch's id_cos and S_nl
-        self._id_and_corpus = np.concatenate([self.id_text_features, grouped_corpus])
+        self._id_and_corpus = self.backend.asarray(np.concatenate([self.id_text_features, grouped_corpus]))
+        self._id_text = self.backend.asarray(self.id_text_features)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -178,6 +188,8 @@ class ANTS(BankBuilder, OnlineDetector):
         *,
         neg_labels: Sequence[str] | None = None,
         config: ANTSConfig | None = None,
+        backend: str = "numpy",
+        device: str = "auto",
         **fields: Any,
     ) -> ANTS:
         """Build from ``(K, D)`` ID and ``(M, D)`` corpus negative text features.
@@ -185,20 +197,21 @@ class ANTS(BankBuilder, OnlineDetector):
         ``text_encoder.encode_texts(texts, template=..., progress=...)`` encodes the MLLM's
         sentences (no template) and labels (``The nice {}.``). ``config`` (default
         ``ANTSConfig()``; e.g. ``ANTSConfig.authors()``) with ``fields`` replacing any of its
-        fields (``tau``, ``groups``, ``mode``, ``two_pass``, ...).
+        fields (``tau``, ``groups``, ``mode``, ``two_pass``, ...). ``backend="torch"`` runs the
+        bank products and scores on ``device`` (:mod:`negspace.backend`); the state stays NumPy.
         """
         return cls(id_text_features, neg_text_features, text_encoder, mllm, class_names,
-                   replace(config or ANTSConfig(), **fields), neg_labels=neg_labels)
+                   replace(config or ANTSConfig(), **fields), neg_labels=neg_labels, backend=backend, device=device)
 
     @classmethod
     def from_encoder(
         cls, encoder: Any, class_names: Sequence[str], mined: MinedNegatives, mllm: MLLM | None,
-        config: ANTSConfig | None = None, **fields: Any,
+        config: ANTSConfig | None = None, backend: str = "numpy", device: str = "auto", **fields: Any,
     ) -> ANTS:
         """Build on a CLIP encoder: ID names as ``The nice {}.``, the mined NegLabel bank."""
         id_features = encoder.encode_texts(list(class_names), template=ID_TEMPLATE)
         det = cls(id_features, mined.features, encoder, mllm, class_names,
-                  replace(config or ANTSConfig(), **fields), neg_labels=mined.labels)
+                  replace(config or ANTSConfig(), **fields), neg_labels=mined.labels, backend=backend, device=device)
         det.encoder = encoder
         return det
 
@@ -240,17 +253,19 @@ class ANTS(BankBuilder, OnlineDetector):
         """The ENS and VSNL banks stacked in group order; rebuilt when the state's banks change."""
         banks = {"ens": self.state.ens_bank, "vsnl": self.state.vsnl_bank}
         if self._stack is None or not self._stack.built_from(banks):
-            self._stack = StackedBanks(banks, lambda n: self._grouping(n, self.config.group_size))
+            self._stack = StackedBanks(banks, lambda n: self._grouping(n, self.config.group_size), self.backend)
         return self._stack
 
     def _base(self, features: np.ndarray) -> _Base:
-        image = as_unit_rows(features, "image features", self.id_text_features.shape[1], copy=False)
+        ops, tau = self.backend.ops, self.config.tau
+        image = self.backend.unit_rows(features, "image features", self.id_text_features.shape[1])
         product = image @ self._id_and_corpus.T
-        n_classes, tau = len(self.id_text_features), self.config.tau
+        n_classes = len(self.id_text_features)
         id_cos = product[:, :n_classes]
-        id_lse = log_sum_exp(id_cos, scale=1.0 / tau)
-        s_nl = grouped_id_mass(id_cos, product[:, n_classes:], self.config.groups, tau, id_lse=id_lse)
-        return _Base(image, id_cos, s_nl, np.argmax(id_cos, axis=1), id_lse)
+        id_lse = ops.log_sum_exp(id_cos, scale=1.0 / tau)
+        s_nl = to_numpy(ops.grouped_id_mass(id_cos, product[:, n_classes:], self.config.groups, tau, id_lse=id_lse))
+        pred = to_numpy(id_cos.argmax(axis=1) if isinstance(id_cos, np.ndarray) else id_cos.argmax(dim=1), np.int64)
+        return _Base(to_numpy(image, np.float32), id_cos, s_nl, pred, id_lse, image)
 
     def _bank_parts(self, base: _Base, window: str = "peek") -> dict[str, np.ndarray]:
         """``S_ens`` (grouped and as scored), ``S_vsnl`` and their cosines; a missing bank is ``S_nl``.
@@ -266,7 +281,7 @@ class ANTS(BankBuilder, OnlineDetector):
         banks = self._stacked()
         if not banks.blocks:
             return parts
-        product = banks.cosines(base.image)  # ENS and VSNL in one GEMM
+        product = banks.cosines(base.device_image)  # ENS and VSNL in one GEMM
         # the authors' rules (activation ENS, balanced lam) also read the banks' cosines in bank order
         bank_order = cfg.ens_score == "activation" or (cfg.lam_rule == "authors" and cfg.mode == "ada")
         for name in ("ens", "vsnl"):
@@ -290,7 +305,7 @@ class ANTS(BankBuilder, OnlineDetector):
         else:
             past = ring.rows() if ring.count else grouped
         cfg = self.config
-        score = activation_ens_score(base.id_cos, ens_cos, grouped, activation_threshold(past),
+        score = activation_ens_score(base.host_id_cos(), ens_cos, grouped, activation_threshold(past),
                                      gap=cfg.activation_gap, negatives=cfg.activation_negatives,
                                      step=cfg.activation_step, tau=cfg.tau)
         return grouped if score is None else score
@@ -369,9 +384,9 @@ class ANTS(BankBuilder, OnlineDetector):
         current banks into ``scores``, in chunks; column 0 (``S_nl``) is the fallback of a missing bank."""
         banks = self._stacked()
         for start in range(0, len(rows), _CHUNK):
-            image = rows[start : start + _CHUNK]
+            image = self.backend.asarray(rows[start : start + _CHUNK])
             block = scores[start : start + _CHUNK]
-            id_cos = image @ self.id_text_features.T
+            id_cos = image @ self._id_text.T
             for column, wanted, name in ((1, ens, "ens"), (2, vsnl, "vsnl")):
                 if wanted:
                     present = name in banks.blocks
@@ -434,11 +449,12 @@ class ANTS(BankBuilder, OnlineDetector):
         """The authors' balanced scores: ENS with group size ``balanced_group_size``; VSNL with its
         labels repeated ``vsnl_balance_repeats`` times first; ``S_nl`` for a missing bank."""
         size = self.config.balanced_group_size
-        ens = self._bank_score(base.id_cos, parts["ens_cos"], size) if "ens_cos" in parts else base.s_nl
+        id_cos = base.host_id_cos()
+        ens = self._bank_score(id_cos, parts["ens_cos"], size) if "ens_cos" in parts else base.s_nl
         if "vsnl_cos" not in parts:
             return ens, base.s_nl
         repeated = np.tile(parts["vsnl_cos"], (1, self.config.vsnl_balance_repeats))
-        return ens, self._bank_score(base.id_cos, repeated, size)
+        return ens, self._bank_score(id_cos, repeated, size)
 
     # -- online update --------------------------------------------------------------------------
 
@@ -740,14 +756,14 @@ class ANTS(BankBuilder, OnlineDetector):
 
     @classmethod
     def load(cls, directory: str | Path, text_encoder: TextEncoder | None = None, mllm: MLLM | None = None,
-             frozen: bool | None = None) -> ANTS:
+             frozen: bool | None = None, backend: str = "numpy", device: str = "auto") -> ANTS:
         """Load a saved space; with no MLLM (default) it is frozen: it scores, never learns."""
         space = read_space(directory)
         det = cls(space.id_text_features, space.neg_text_features, text_encoder, mllm, space.class_names,
-                  space.config, neg_labels=space.neg_labels)
+                  space.config, neg_labels=space.neg_labels, backend=backend, device=device)
         # as_unit_rows re-normalises (x / |x| with |x| ~ 1 +- 1 ulp): restore the saved rows exactly
         det.id_text_features = space.id_text_features
-        det._set_corpus(space.neg_text_features)
+        det._set_corpus(space.neg_text_features)  # also the backend's copies of both
         det.state = space.state
         det.frozen = (mllm is None) if frozen is None else bool(frozen)
         # What building the space cost is history; this run's budget and count start at zero.

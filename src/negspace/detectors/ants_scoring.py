@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from negspace.scoring import grouped_id_mass, id_mass
+from negspace.backend import Backend, to_numpy
 
 Grouping = Callable[[int], tuple[np.ndarray, int]]  # bank rows -> (group order, group count)
 
@@ -37,7 +38,8 @@ class StackedBanks:
     when its state holds different arrays (the state replaces a bank's array on every change).
     """
 
-    def __init__(self, banks: dict[str, np.ndarray], grouping: Grouping) -> None:
+    def __init__(self, banks: dict[str, np.ndarray], grouping: Grouping, backend: Backend | None = None) -> None:
+        self.backend = backend or Backend()
         self.sources = dict(banks)
         self.blocks: dict[str, BankBlock] = {}
         parts, start = [], 0
@@ -53,37 +55,37 @@ class StackedBanks:
             parts.append(bank[columns])
             start += n
         dim = next(iter(banks.values())).shape[1] if banks else 0
-        self.matrix = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+        self.matrix = self.backend.asarray(np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
 
     def built_from(self, banks: dict[str, np.ndarray]) -> bool:
         """Whether ``banks`` are the very arrays this stack was built from."""
         return banks.keys() == self.sources.keys() and all(banks[k] is self.sources[k] for k in banks)
 
-    def cosines(self, image: np.ndarray) -> np.ndarray:
-        """``(B, n_ens + n_vsnl)`` cosines of unit image rows to every stacked row (one GEMM)."""
+    def cosines(self, image: Any) -> Any:
+        """``(B, n_ens + n_vsnl)`` cosines of unit image rows (on the backend) to every stacked row."""
         return image @ self.matrix.T
 
-    def grouped_score(self, product: np.ndarray, name: str, id_cos: np.ndarray, tau: float,
-                      id_lse: np.ndarray | None = None) -> np.ndarray:
-        """``S(v; bank)`` with the bank's SPEC-1 grouping, from the stacked product."""
+    def grouped_score(self, product: Any, name: str, id_cos: Any, tau: float, id_lse: Any = None) -> np.ndarray:
+        """``S(v; bank)`` with the bank's SPEC-1 grouping, from the stacked product (NumPy float64)."""
         block = self.blocks[name]
-        return _score_groups(product[:, block.start : block.start + block.kept], block.groups, id_cos, tau, id_lse)
+        grouped = product[:, block.start : block.start + block.kept]
+        return self._score_groups(grouped, block.groups, id_cos, tau, id_lse)
 
-    def score_one(self, image: np.ndarray, name: str, id_cos: np.ndarray, tau: float) -> np.ndarray:
+    def score_one(self, image: Any, name: str, id_cos: Any, tau: float) -> np.ndarray:
         """``S(v; bank)`` of one bank alone: a GEMM against its grouped rows only."""
         block = self.blocks[name]
         grouped = image @ self.matrix[block.start : block.start + block.kept].T
-        return _score_groups(grouped, block.groups, id_cos, tau, None)
+        return self._score_groups(grouped, block.groups, id_cos, tau, None)
 
-    def in_bank_order(self, product: np.ndarray, name: str) -> np.ndarray:
-        """The ``(B, n)`` cosines of one bank with its columns in bank order."""
+    def in_bank_order(self, product: Any, name: str) -> np.ndarray:
+        """The ``(B, n)`` cosines of one bank with its columns in bank order, as NumPy float32."""
         block = self.blocks[name]
-        columns = product[:, block.start : block.start + block.size]
+        columns = to_numpy(product[:, block.start : block.start + block.size], np.float32)
         return columns if block.to_bank_order is None else columns[:, block.to_bank_order]
 
+    def _score_groups(self, grouped: Any, groups: int, id_cos: Any, tau: float, id_lse: Any) -> np.ndarray:
+        ops = self.backend.ops
+        if groups == 1:
+            return to_numpy(ops.id_mass(id_cos, grouped, tau, id_lse=id_lse))
+        return to_numpy(ops.grouped_id_mass(id_cos, grouped, groups, tau, id_lse=id_lse))
 
-def _score_groups(grouped: np.ndarray, groups: int, id_cos: np.ndarray, tau: float,
-                  id_lse: np.ndarray | None) -> np.ndarray:
-    if groups == 1:
-        return id_mass(id_cos, grouped, tau, id_lse=id_lse)
-    return grouped_id_mass(id_cos, grouped, groups, tau, id_lse=id_lse)

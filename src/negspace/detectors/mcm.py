@@ -49,9 +49,11 @@ class MCM(Detector):
         class_names: Sequence[str],
         temperature: float = 1.0,
         template: str = MCM_TEMPLATE,
+        backend: str = "numpy",
+        device: str = "auto",
     ) -> MCM:
         """Encode ``class_names`` with ``template`` and keep the encoder for :meth:`score_images`."""
-        detector = cls(encoder.encode_texts(list(class_names), template=template), temperature)
+        detector = cls(encoder.encode_texts(list(class_names), template=template), temperature, backend, device)
         detector.encoder = encoder
         return detector
 

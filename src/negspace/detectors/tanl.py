@@ -32,6 +32,11 @@ window (scan 0.00..0.99, ties take the middle candidate) splits them: confident 
 enter the queues after the batch is scored. Queues and window are fixed-size ring buffers, so
 memory does not grow with the stream.
 
+Cost: the ``P``-wide softmax is computed only for the confident samples (the score needs just the
+``β`` top labels, found with ``argpartition``), and the queue means come from running column sums
+kept by the rings, so a batch costs about one GEMM against ``ID ∪ P`` at most
+(``benchmarks/scoring_throughput.py``). ``backend="torch"`` runs it on a torch device.
+
 ``beta`` larger than the pool is clipped to the pool size with a logged warning.
 """
 
