@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import subprocess
 import sys
@@ -211,44 +210,6 @@ def _check_outputs_stream(out: Path, n_id: int, n_ood: int) -> dict:
     assert len(rows) == n_id + n_ood and {r["stream"] for r in rows} == {"noise"}
     assert metrics["ood"]["noise"]["n_id"] == n_id
     return metrics
-
-
-_SERVERS = itertools.count()
-
-
-@pytest.fixture
-def mllm_server():
-    """A real OpenAI-compatible chat server on 127.0.0.1 with scripted, messy-but-usable answers."""
-    from pytest_httpserver import HTTPServer
-    from werkzeug.wrappers import Response
-
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
-    chat_requests: list[dict] = []
-
-    def chat(request):
-        payload = json.loads(request.data)
-        chat_requests.append(payload)
-        content = payload["messages"][-1]["content"]
-        text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
-        has_image = not isinstance(content, str) and any(p["type"] == "image_url" for p in content)
-        if "Give five" in text:
-            answer = "1. **crimson tile**\n2) mosaic\n3: stained glass\n- red brick\n5. ruby"
-        else:
-            assert has_image and payload["model"] == server.model
-            answer = getattr(server, "describe_answer", "A field of colourful static noise.")
-        body = {"id": "x", "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
-        return Response(json.dumps(body), content_type="application/json")
-
-    # The MLLM cache is keyed by the model the server names (not its URL): a name of its own per
-    # test keeps one test's cached answers out of another's request counts.
-    server.model = f"tiny-vlm-{next(_SERVERS)}"
-    server.spec = f"openai:{server.url_for('/v1')}/{server.model}"
-    server.expect_request("/v1/models").respond_with_json({"data": [{"id": server.model}]})
-    server.expect_request("/v1/chat/completions", method="POST").respond_with_handler(chat)
-    yield server, chat_requests
-    server.stop()
 
 
 def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path, image_sets, tiny_openclip, mllm_server):

@@ -11,7 +11,8 @@ from negspace.errors import ClassNamesError
 
 log = logging.getLogger(__name__)
 
-BUILTIN_CLASS_LISTS = ("imagenet",)
+# ImageNet-1k and the class lists of the benchmark suites (negspace/bench/data, PROVENANCE.txt).
+BUILTIN_CLASS_LISTS = ("imagenet", "imagenet-a", "imagenet-r", "imagenet-10", "imagenet-20", "oxford-pet")
 
 
 @dataclass(frozen=True)
@@ -92,15 +93,37 @@ def parse_class_lines(text: str, source: str) -> ClassList:
     return ClassList(names=tuple(names), source=source, problems=tuple(problems))
 
 
-def load_class_names(spec: str | Path) -> ClassList:
-    """Class names from a built-in list name (``imagenet``) or a UTF-8 text file, one per line."""
-    if str(spec).lower() in BUILTIN_CLASS_LISTS:
+def builtin_class_names(name: str) -> tuple[str, ...]:
+    """The names of a built-in list (see :data:`BUILTIN_CLASS_LISTS`), in index order."""
+    import json
+    from importlib import resources
+
+    def data(file: str) -> dict:
+        return json.loads((resources.files("negspace.bench") / "data" / file).read_text(encoding="utf-8"))
+
+    if name == "imagenet":
+        return _imagenet_names()
+    if name in ("imagenet-a", "imagenet-r"):  # 200-class subsets, as indices into ImageNet-1k
         names = _imagenet_names()
-        # CLIP's curated list itself repeats two names; they are distinct classes, kept as is.
+        return tuple(names[i] for i in data(f"imagenet_{name[-1]}_indices.json")["indices"])
+    if name in ("imagenet-10", "imagenet-20"):
+        return tuple(entry["name"] for entry in data("imagenet10_20.json")[name])
+    if name == "oxford-pet":
+        return tuple(data("oxford_pet.json")["names"])
+    raise ClassNamesError(f"{name!r} is not a built-in class list ({', '.join(BUILTIN_CLASS_LISTS)}).")
+
+
+def load_class_names(spec: str | Path) -> ClassList:
+    """Class names from a built-in list name (:data:`BUILTIN_CLASS_LISTS`) or a UTF-8 text file,
+    one name per line."""
+    name = str(spec).lower()
+    if name in BUILTIN_CLASS_LISTS:
+        names = builtin_class_names(name)
+        # CLIP's curated ImageNet list itself repeats two names; they are distinct classes, kept as is.
         problems = tuple(duplicate_report(names))
         for problem in problems:
-            log.debug("imagenet: %s (as in CLIP's list; kept)", problem)
-        return ClassList(names=names, source="imagenet", problems=problems)
+            log.debug("%s: %s (as in the shipped list; kept)", name, problem)
+        return ClassList(names=names, source=name, problems=problems)
     path = Path(spec)
     if not path.is_file():
         known = ", ".join(BUILTIN_CLASS_LISTS)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from negspace import __version__, cli_ants
+from negspace import __version__, cli_ants, cli_args
 from negspace.classnames import ClassList, load_class_names
 from negspace.cli_args import check_output_file, positive_int, seed
 from negspace.corpus.labelfile import clean_labels, read_label_file, read_label_file_settings, write_label_file
@@ -33,7 +33,6 @@ from negspace.corpus.mining import (
     MiningConfig,
     mine_negative_labels,
 )
-from negspace.corpus.wordnet import SELECTIONS
 from negspace.data import ImageSet, parse_named_set
 from negspace.detectors.adaneg import AdaNeg
 from negspace.detectors.ants import ANTS
@@ -41,6 +40,7 @@ from negspace.detectors.base import Detector, OnlineDetector
 from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
 from negspace.backend import BACKENDS
+from negspace.bench.suites import suite_names
 from negspace.detectors.tanl import TANL
 from negspace.encoders import PREPROCESS_CHOICES, ClipEncoder, load_encoder
 from negspace.errors import NegspaceError
@@ -83,7 +83,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_mining_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("negative-label mining (NegLabel)")
-    group.add_argument("--corpus", choices=SELECTIONS, default=_MINING.corpus, help="WordNet selection (default: %(default)s)")
+    group.add_argument("--corpus", type=cli_args.corpus, default=_MINING.corpus,
+                       help="where negatives are mined from: a WordNet selection (neglabel, all) or a file of your "
+                            "own vocabulary, one word per line or word<TAB>noun|adj (default: %(default)s)")
     group.add_argument("--num-negatives", type=positive_int, default=_MINING.num_negatives, help="M, labels kept (default: %(default)s)")
     group.add_argument("--percentile", type=float, default=_MINING.percentile, help="percentile of ID similarity (default: %(default)s)")
     group.add_argument("--split", choices=SPLITS, default=_MINING.split, help="how M is split between nouns and adjectives (default: %(default)s)")
@@ -123,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--groups", type=positive_int, default=DEFAULT_GROUPS, help="NegLabel groups G (default: %(default)s)")
     method.add_argument("--negatives", type=Path, help="negative-label file from 'negspace mine' (skips mining)")
     tanl = ev.add_argument_group("TANL (test-time activated negative labels)")
-    tanl.add_argument("--tanl-corpus", choices=SELECTIONS, default=default_of(TANL.from_encoder, "corpus"), help="label pool (default: %(default)s)")
+    tanl.add_argument("--tanl-corpus", type=cli_args.corpus, default=default_of(TANL.from_encoder, "corpus"),
+                      help="label pool: a WordNet selection (neglabel, all) or a corpus file, as --corpus (default: %(default)s)")
     tanl.add_argument("--tanl-alpha", type=float, default=default_of(TANL.from_features, "alpha"), help="history vs batch activation, 1 = distribution-adaptive (default: %(default)s)")
     tanl.add_argument("--tanl-beta", type=int, default=default_of(TANL.from_features, "beta"), help="activated labels kept (default: %(default)s)")
     tanl.add_argument("--tanl-step", type=int, default=default_of(TANL.from_features, "step"), help="activation-aware score step s (default: %(default)s)")
@@ -161,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     clear.add_argument("--what", choices=("all", "features", "mllm"), default="all", help="which cache (default: %(default)s)")
     clear.add_argument("--yes", action="store_true", help="delete cached MLLM answers without asking")
     clear.set_defaults(run=run_cache_clear)
+
+    bench = commands.add_parser("bench", parents=[common],
+                                help="a paper benchmark in one command: every method, ours beside the published numbers")
+    bench.add_argument("--list", action="store_true", help="list the suites, their folder layouts, counts and sources")
+    bench.add_argument("--suite", help="the benchmark: " + ", ".join(suite_names()))
+    bench.add_argument("--data-root", type=Path, help="the folder holding the suite's data sets (see --list)")
+    bench.add_argument("--method", default="all", help="'all' or a comma-separated list of "
+                       "mcm,neglabel,tanl,adaneg,ants; ANTS runs only with --mllm (default: %(default)s)")
+    bench.add_argument("--limit", type=positive_int, help="a quick run: at most N images per set, sampled with --seed")
+    bench.add_argument("--no-count-check", action="store_true", help="run on sets whose file count is not the expected one")
+    bench.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default: %(default)s)")
+    bench.add_argument("--seed", type=seed, default=0, help="seed of the groupings, the streams and --limit (default: %(default)s)")
+    bench.add_argument("--out", type=Path, help="results folder, new or empty (default: runs/bench-SUITE-TIMESTAMP)")
+    bench.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out")
+    _add_model_options(bench)
+    cli_ants.add_mllm_options(bench)
+    cli_ants.add_ants_options(bench)
+    bench.set_defaults(run=run_bench)
 
     demo = commands.add_parser("demo-data", parents=[common], help="write a tiny ID/OOD image set (real photos vs. patterns)")
     demo.add_argument("folder", type=Path, help="where to write id/ and ood/")
@@ -506,6 +527,12 @@ def _evaluate(args: argparse.Namespace, classes: ClassList, id_source: ImageSet 
               file=sys.stderr)
         return 3
     return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from negspace import cli_bench  # imports this module: loaded when the command runs
+
+    return cli_bench.run(args)
 
 
 def run_mine(args: argparse.Namespace) -> int:

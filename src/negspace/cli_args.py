@@ -66,3 +66,15 @@ def check_output_file(path: Path, option: str) -> None:
         raise NegspaceError(f"{option} {path}: cannot write in {parent} ({err.strerror}).") from None
     if path.exists() and not os.access(path, os.W_OK):
         raise NegspaceError(f"{option} {path} exists and cannot be overwritten.")
+
+
+def corpus(text: str) -> str:
+    """``--corpus``/``--tanl-corpus``: a WordNet selection, or a corpus file of one's own."""
+    from negspace.corpus.custom import is_corpus_spec
+    from negspace.corpus.wordnet import SELECTIONS
+
+    if not is_corpus_spec(text):
+        raise argparse.ArgumentTypeError(
+            f"expected {' or '.join(SELECTIONS)} or a corpus file (one word per line, or word<TAB>noun|adj), "
+            f"got {text!r}, which is neither")
+    return text

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from negspace.corpus.wordnet import load_wordnet_corpus
+from negspace.corpus.custom import corpus_fingerprint, load_corpus
+from negspace.corpus.wordnet import Corpus
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
@@ -45,7 +46,7 @@ class MiningConfig:
     percentile: float = 95.0
     split: str = "proportional"
     per_part_fraction: float = 0.15
-    corpus: str = "neglabel"
+    corpus: str = "neglabel"  # a WordNet selection, or a corpus file (negspace.corpus.custom)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -124,9 +125,29 @@ def select_negatives(
     return farthest_first(noun_d, k_nouns), farthest_first(adjective_d, k_adjectives)
 
 
+def mine_from_features(
+    corpus: Corpus,
+    noun_features: np.ndarray,
+    adjective_features: np.ndarray,
+    id_features: np.ndarray,
+    config: MiningConfig = MiningConfig(),
+) -> MinedNegatives:
+    """Mining on precomputed features: ``corpus`` and its nouns' and adjectives' prompted text
+    features (rows in corpus order), ``id_features`` of the ID names; no encoder needed."""
+    if len(noun_features) != len(corpus.nouns) or len(adjective_features) != len(corpus.adjectives):
+        raise ValueError(f"{len(noun_features)} noun and {len(adjective_features)} adjective feature rows for "
+                         f"{len(corpus.nouns)} nouns and {len(corpus.adjectives)} adjectives")
+    noun_idx, adjective_idx = select_negatives(noun_features, adjective_features, id_features, config)
+    labels = [corpus.nouns[i] for i in noun_idx] + [corpus.adjectives[i] for i in adjective_idx]
+    features = np.concatenate([noun_features[noun_idx], adjective_features[adjective_idx]]).astype(np.float32)
+    return MinedNegatives(labels, features, len(noun_idx), len(adjective_idx))
+
+
 def _mining_key(encoder: ClipEncoder, class_names: Sequence[str], config: MiningConfig) -> str:
+    # a corpus file is identified by its content, so an edited file is mined afresh
+    settings = {**asdict(config), "corpus": corpus_fingerprint(config.corpus)}
     payload = json.dumps(
-        {"model": encoder.spec, "weights": encoder.fingerprint, "classes": list(class_names), **asdict(config)},
+        {"model": encoder.spec, "weights": encoder.fingerprint, "classes": list(class_names), **settings},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
@@ -163,7 +184,7 @@ def mine_negative_labels(
         nouns, adjectives = cached["nouns"], cached["adjectives"]
         log.info("reusing %d mined negative labels from %s", len(nouns) + len(adjectives), cache_file)
     else:
-        corpus = load_wordnet_corpus(config.corpus, exclude=class_names)
+        corpus = load_corpus(config.corpus, exclude=class_names)
         log.info("mining negatives from %d nouns and %d adjectives", len(corpus.nouns), len(corpus.adjectives))
         noun_features = encoder.encode_texts(list(corpus.nouns), template=NOUN_TEMPLATE, progress=progress)
         adjective_features = encoder.encode_texts(

@@ -95,6 +95,9 @@ class TextEncoder(Protocol):
     def encode_texts(self, texts: Sequence[str], template: str = "{}", progress: bool = True) -> np.ndarray: ...
 
 
+_LAM_TRACE_LENGTH = 10_000  # batches of lam history kept for reports
+
+
 @dataclass
 class _Base:
     """What every score of a batch starts from."""
@@ -159,6 +162,8 @@ class ANTS(BankBuilder, OnlineDetector):
         self._set_corpus(self.neg_text_features)
         self._groupings: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
         self._stack: StackedBanks | None = None
+        # (images seen, lam) after each online batch of the current stream, for reports (bounded)
+        self.lam_trace: deque[tuple[int, float]] = deque(maxlen=_LAM_TRACE_LENGTH)
         self._crossfit: tuple[tuple[int, int], float | None] | None = None
         self._logged: set[str] = set()
         self.mllm_calls_total = 0  # requests over every run (reset() does not clear it)
@@ -221,6 +226,7 @@ class ANTS(BankBuilder, OnlineDetector):
         self._vsnl_wanted = []
         self.state = copy.deepcopy(self._initial_state)
         self._crossfit = None
+        self.lam_trace.clear()
 
     def wait_for_mllm(self) -> None:
         """Apply every answer still being worked on in the background."""
@@ -339,7 +345,9 @@ class ANTS(BankBuilder, OnlineDetector):
         negatives, halves = self._mine(base, images)
         parts = self._bank_parts(base, "push")
         self._track(base, parts, negatives, halves)
-        return self._fuse(parts)
+        fused = self._fuse(parts)
+        self.lam_trace.append((self.state.images_seen, self.lam))
+        return fused
 
     def score_images(self, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         """Encode PIL images with the detector's encoder and score them as one online batch."""

@@ -230,17 +230,18 @@ class TANL(OnlineDetector):
         """Encode the ID names, the whole WordNet corpus and the 15 noise images, then build.
 
         ``corpus="neglabel"`` (default) is the ~72k-word NegLabel corpus (SPEC section 3, the
-        "~70k candidates" of SPEC section 5); ``"all"`` is all of WordNet. Exact ID names are
+        "~70k candidates" of SPEC section 5); ``"all"`` is all of WordNet; a file path is a
+        vocabulary of one's own (:mod:`negspace.corpus.custom`). Exact ID names are
         removed. ID names and nouns use ``The nice {}.``, adjectives ``This is a {} photo.``.
         ``params`` are the keyword arguments of :meth:`from_features`.
         """
+        from negspace.corpus.custom import is_corpus_spec, load_corpus
         from negspace.corpus.mining import ADJECTIVE_TEMPLATE, NOUN_TEMPLATE
-        from negspace.corpus.wordnet import load_wordnet_corpus
         from negspace.detectors.noise import make_noise_images
 
-        if corpus not in CORPUS_CHOICES:
-            raise ValueError(f"corpus must be one of {CORPUS_CHOICES}, got {corpus!r}")
-        words = load_wordnet_corpus(corpus, exclude=class_names)
+        if not is_corpus_spec(corpus):
+            raise ValueError(f"corpus must be one of {CORPUS_CHOICES} or a corpus file, got {corpus!r}")
+        words = load_corpus(corpus, exclude=class_names)
         id_features = encoder.encode_texts(list(class_names), template=ID_TEMPLATE, progress=progress)
         pool = np.concatenate(
             [

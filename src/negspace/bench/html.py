@@ -1,0 +1,132 @@
+"""``report.html``: one self-contained page (no network: styles inline, pictures as data URIs)."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from html import escape
+
+from negspace.bench.compare import LOWER_IS_BETTER, METRICS, RunComparison
+
+
+@dataclass(frozen=True)
+class ExplainedImage:
+    """One of the most OOD-looking images of a stream, with the texts that pulled it there."""
+
+    sample: str
+    score: float
+    thumbnail: bytes | None
+    texts: tuple[tuple[str, str, float], ...]  # (negative text, bank, weight)
+
+
+@dataclass
+class RunPage:
+    """What the page shows for one run of the suite."""
+
+    comparison: RunComparison
+    roc_png: bytes
+    histogram_pngs: dict[str, bytes] = field(default_factory=dict)  # method -> PNG
+    lam_png: bytes | None = None
+    galleries: dict[str, list[ExplainedImage]] = field(default_factory=dict)  # OOD set -> images
+    notes: list[str] = field(default_factory=list)
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}h3{margin-top:1.4em}
+table.cmp{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
+table.cmp th,table.cmp td{border:1px solid #ddd;padding:3px 6px;text-align:right}
+table.cmp td.m,table.cmp th.m{text-align:left}
+tr.ours td{font-weight:600}tr.pub td{color:#555}tr.delta td{color:#777;font-size:0.9em}
+td.better{color:#176317}td.worse{color:#a11}
+.facts td{padding:2px 10px 2px 0;vertical-align:top}
+.note{background:#fff6d5;border:1px solid #e8d48a;padding:0.5em 1em;margin:1em 0}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}
+.card{width:220px;border:1px solid #ddd;padding:6px;font-size:0.78em}
+.card img{max-width:208px;max-height:160px;display:block;margin:0 auto 4px}
+.card ol{margin:4px 0 0 1.2em;padding:0}
+img.fig{max-width:100%}
+"""
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _number(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def comparison_table(comparison: RunComparison) -> str:
+    """The side-by-side table: per method ``ours``, ``published`` and ``Δ``; a Δ is green when we
+    do better than published (lower FPR95, higher AUROC)."""
+    head = ["<tr><th class='m' rowspan='2'>method</th><th class='m' rowspan='2'></th>"]
+    head += [f"<th colspan='{len(METRICS)}'>{escape(column)}</th>" for column in comparison.columns]
+    head.append("</tr><tr>")
+    head += [f"<th>{m}{'↓' if LOWER_IS_BETTER[m] else '↑'}</th>" for _ in comparison.columns for m in METRICS]
+    head.append("</tr>")
+    rows = []
+    keys = [(column, metric) for column in comparison.columns for metric in METRICS]
+    for method in comparison.methods():
+        cells = comparison.cells[method]
+        ran = method in comparison.ours
+        kinds = (["ours"] if ran else []) + ["published"] + (["Δ"] if ran else [])
+        for i, kind in enumerate(kinds):
+            css = {"ours": "ours", "published": "pub", "Δ": "delta"}[kind]
+            tds = []
+            for key in keys:
+                cell = cells[key]
+                if kind == "ours":
+                    tds.append(f"<td>{_number(cell.ours)}</td>")
+                elif kind == "published":
+                    title = f" title='{escape(cell.table)}'" if cell.table else ""
+                    tds.append(f"<td{title}>{_number(cell.published)}</td>")
+                else:
+                    diff = cell.difference
+                    better = diff is not None and ((diff < 0) == LOWER_IS_BETTER[key[1]]) and diff != 0
+                    grade = "" if diff is None or diff == 0 else (" class='better'" if better else " class='worse'")
+                    tds.append(f"<td{grade}>{_number(diff, signed=True)}</td>")
+            name = f"<td class='m' rowspan='{len(kinds)}'>{escape(method)}</td>" if i == 0 else ""
+            rows.append(f"<tr class='{css}'>{name}<td class='m'>{kind}</td>{''.join(tds)}</tr>")
+    return f"<table class='cmp'>{''.join(head)}{''.join(rows)}</table>"
+
+
+def _gallery(images: list[ExplainedImage]) -> str:
+    cards = []
+    for image in images:
+        picture = (f"<img src='{_data_uri(image.thumbnail, 'image/jpeg')}' alt='{escape(image.sample)}'>"
+                   if image.thumbnail else "<p><em>image not readable</em></p>")
+        texts = "".join(f"<li>{escape(text)} <small>({escape(source)}, {weight:.2f})</small></li>"
+                        for text, source, weight in image.texts)
+        cards.append(f"<div class='card'>{picture}<div title='{escape(image.sample)}'>score {image.score:.4g}</div>"
+                     f"<ol>{texts}</ol></div>")
+    return f"<div class='gallery'>{''.join(cards)}</div>"
+
+
+def render_report(title: str, facts: list[tuple[str, str]], runs: list[RunPage], notes: list[str]) -> str:
+    """The whole page as one HTML string."""
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>",
+             f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>"]
+    parts.append("<table class='facts'>" + "".join(f"<tr><td><b>{escape(k)}</b></td><td>{escape(v)}</td></tr>"
+                                                   for k, v in facts) + "</table>")
+    parts += [f"<div class='note'>{escape(note)}</div>" for note in notes]
+    for page in runs:
+        run = page.comparison.run
+        parts.append(f"<h2 id='run-{escape(run.name)}'>ID: {escape(run.id.published_as)}</h2>")
+        parts += [f"<div class='note'>{escape(note)}</div>" for note in page.notes]
+        parts.append(comparison_table(page.comparison))
+        parts.append(f"<h3>ROC curves</h3><img class='fig' alt='ROC curves' src='{_data_uri(page.roc_png, 'image/png')}'>")
+        parts.append("<h3>Score histograms</h3>")
+        parts += [f"<img class='fig' alt='{escape(method)} histograms' src='{_data_uri(png, 'image/png')}'>"
+                  for method, png in page.histogram_pngs.items()]
+        if page.lam_png is not None:
+            parts.append("<h3>ANTS: lam over the stream</h3>"
+                         f"<img class='fig' alt='lam over the stream' src='{_data_uri(page.lam_png, 'image/png')}'>")
+        for ood_set, images in page.galleries.items():
+            parts.append(f"<h3>ANTS: the most OOD-looking images of {escape(ood_set)} and the negative texts "
+                         "that pulled them toward OOD</h3>")
+            parts.append(_gallery(images))
+    parts.append("</body></html>")
+    return "".join(parts)

@@ -1,0 +1,198 @@
+"""``negspace bench``: suites as data, the layout check, ours beside the published numbers, the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from negspace.bench.layout import check_sets
+from negspace.bench.miniature import write_miniature
+from negspace.bench.published import published_for
+from negspace.bench.suites import load_suite, suite_names
+from negspace.classnames import load_class_names
+from negspace.cli import main
+
+SUITES = ("domain-shift", "fine-grained", "imagenet", "imagenet10-20", "openood-v1.5")
+
+
+def _model_args(model) -> list[str]:
+    return ["--model", model.spec, "--weights", str(model.weights), "--device", "cpu", "-q"]
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def miniatures(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench-data")
+    for name in SUITES:
+        write_miniature(load_suite(name), root / name, per_set=3)
+    return root
+
+
+def test_the_suites_shipped_are_the_five_of_the_issue():
+    assert suite_names() == sorted(SUITES)
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_every_published_cell_of_a_suite_lands_in_one_of_its_columns(name):
+    suite = load_suite(name)
+    for run in suite.runs:
+        columns = {s.published_as for s in run.ood} | {a.name for a in run.averages}
+        published = published_for(suite.tables, run.id.published_as)
+        assert published, f"{name}/{run.name}: no published rows for {run.id.published_as}"
+        assert {v.ood_set for v in published} <= columns
+        assert {"MCM", "NegLabel"} <= {v.method for v in published} or name == "openood-v1.5"
+
+
+def test_published_numbers_agree_with_the_spec_and_the_papers():
+    """Golden cells, read from SPEC.md and the papers, not from the shipped file."""
+    table1 = {(v.method, v.ood_set, v.metric): v.value for v in published_for(["ANTS paper/Table 1"], "ImageNet-1k")}
+    assert table1[("ANTS", "Average", "FPR95")] == 13.31
+    openood = {(v.method, v.ood_set, v.metric): v.value
+               for v in published_for(["ANTS paper/Table 2"], "ImageNet-1k")}
+    assert (openood[("ANTS", "Near-OOD average", "FPR95")], openood[("ANTS", "Far-OOD average", "FPR95")]) == (60.98, 15.38)
+    tanl = published_for(["TANL abstract/abstract"], "ImageNet-1k")
+    assert [(v.method, v.metric, v.value) for v in tanl] == [("TANL", "FPR95", 9.8)]
+
+
+def test_built_in_class_lists_of_the_suites():
+    sizes = {name: len(load_class_names(name)) for name in
+             ("imagenet-a", "imagenet-r", "imagenet-10", "imagenet-20", "oxford-pet")}
+    assert sizes == {"imagenet-a": 200, "imagenet-r": 200, "imagenet-10": 10, "imagenet-20": 20, "oxford-pet": 37}
+    imagenet = load_class_names("imagenet").names
+    assert set(load_class_names("imagenet-a").names) <= set(imagenet)
+    assert load_class_names("imagenet-a").names[:2] == ("stingray", "goldfinch")  # classes 6 and 11
+
+
+def test_list_describes_every_layout_count_and_source(capsys):
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    for text in ("benchmark_imglist/imagenet/test_ninco.txt", "5,879", "dtd/images/", "5,640",
+                 "CUB_200_2011/", "Bitterwolf et al.", "ANTS paper/Table 11"):
+        assert text in out
+
+
+def test_missing_and_short_sets_are_listed_before_any_model_loads(tmp_path, miniatures, capsys):
+    root = tmp_path / "imagenet"
+    shutil.copytree(miniatures / "imagenet", root)
+    shutil.rmtree(root / "SUN")
+    # a model that does not exist: reaching it would be another error
+    code = main(["bench", "--suite", "imagenet", "--data-root", str(root), "--model", "openclip:NoSuchArch/none",
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "sun (SUN): SUN/" in err and "does not exist" in err
+    assert "inaturalist (iNaturalist): iNaturalist/ — 3 images found, 10,000 expected" in err
+    assert "imagenet (ImageNet-1k): imagenet/val/ — 3 images found, 50,000 expected" in err
+    assert not (tmp_path / "out").exists()
+    checks = check_sets(load_suite("imagenet"), root, check_counts=False)
+    assert [name for name, check in checks.items() if check.problem] == ["sun"]
+
+
+def test_bench_runs_every_method_once_per_image_with_both_columns(tmp_path, miniatures, tiny_openclip, capsys):
+    out = tmp_path / "out"
+    code = main(["bench", "--suite", "imagenet", "--data-root", str(miniatures / "imagenet"), "--method", "all",
+                 "--no-count-check", "--limit", "2", "--batch-size", "4", "--out", str(out), *_model_args(tiny_openclip)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "ANTS was skipped" in printed and "A subset: at most 2 images per set" in printed
+    rows = _csv(out / "results.csv")
+    cell = {(r["method"], r["ood_set"], r["metric"]): r for r in rows}
+    # published side: the paper's numbers; ours: what each method's own metrics.json says
+    assert float(cell[("NegLabel", "Average", "FPR95")]["published"]) == 25.40
+    per_method = json.loads((out / "imagenet" / "neglabel" / "metrics.json").read_text())
+    ours = np.mean([100 * per_method["ood"][s]["fpr95_ood"] for s in ("inaturalist", "sun", "places", "textures")])
+    assert float(cell[("NegLabel", "Average", "FPR95")]["ours"]) == pytest.approx(ours, abs=1e-3)
+    assert float(cell[("NegLabel", "Average", "FPR95")]["difference"]) == pytest.approx(ours - 25.40, abs=1e-3)
+    assert cell[("ANTS", "Average", "FPR95")]["ours"] == "" and cell[("CSP", "Average", "FPR95")]["published"] == "17.51"
+    assert {r["subset"] for r in rows} == {"True"} and cell[("MCM", "SUN", "AUROC")]["our_backbone"].startswith("openclip:")
+    for method in ("mcm", "neglabel", "tanl", "adaneg"):  # the eval files of every method
+        assert (out / "imagenet" / method / "scores.csv").is_file()
+        assert json.loads((out / "imagenet" / method / "metrics.json").read_text())["id_set"]["n"] == 2
+    markdown = (out / "results.md").read_text()
+    assert "| NegLabel | ours |" in markdown and "|  | published |" in markdown and "A subset" in markdown
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 5  # ROC + one histogram figure per method
+    assert "src='http" not in report and "href='http" not in report  # self-contained
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["subset"] and summary["fpr95_convention"] == "fpr95_ood" and set(summary["runs"]["imagenet"]) == {
+        "mcm", "neglabel", "tanl", "adaneg"}
+
+
+@pytest.mark.parametrize("name", ["openood-v1.5", "imagenet10-20", "domain-shift", "fine-grained"])
+def test_bench_reads_each_suite_layout(tmp_path, miniatures, tiny_openclip, name):
+    out = tmp_path / name
+    code = main(["bench", "--suite", name, "--data-root", str(miniatures / name), "--method", "mcm",
+                 "--no-count-check", "--batch-size", "4", "--out", str(out), *_model_args(tiny_openclip)])
+    assert code == 0
+    rows = _csv(out / "results.csv")
+    suite = load_suite(name)
+    mcm = [r for r in rows if r["method"] == "MCM"]
+    assert {r["run"] for r in mcm} == {run.name for run in suite.runs}
+    assert all(r["ours"] != "" for r in mcm) and any(r["published"] != "" for r in mcm)
+    for run in suite.runs:
+        scored = json.loads((out / run.name / "mcm" / "metrics.json").read_text())
+        assert scored["id_set"]["n"] == 3 and set(scored["ood"]) == {s.name for s in run.ood}
+
+
+def test_bench_ants_with_a_real_http_mllm_shows_images_texts_and_lam(tmp_path, miniatures, tiny_openclip, mllm_server):
+    server, _ = mllm_server
+    out = tmp_path / "ants"
+    code = main(["bench", "--suite", "imagenet10-20", "--data-root", str(miniatures / "imagenet10-20"),
+                 "--method", "ants", "--no-count-check", "--batch-size", "2", "--ants-schedule", "scaled",
+                 "--mllm", server.spec, "--mllm-timeout", "10", "--out", str(out), *_model_args(tiny_openclip)])
+    assert code == 0
+    report = (out / "report.html").read_text()
+    assert "lam over the stream" in report and "the most OOD-looking images of ImageNet-20" in report
+    assert report.count("data:image/jpeg;base64,") >= 3  # thumbnails of the explained images
+    explanations = _csv(out / "imagenet10" / "ants" / "explanations.csv")
+    assert explanations and {r["ood_set"] for r in explanations} == {"imagenet20"}
+
+
+def _browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if shutil.which("chromedriver") is None or (shutil.which("chromium") is None and shutil.which("chromium-browser") is None):
+        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    return webdriver.Chrome(options=options, service=service)
+
+
+def test_report_opens_in_a_real_browser(tmp_path, miniatures, tiny_openclip, mllm_server):
+    server, _ = mllm_server
+    out = tmp_path / "report"
+    assert main(["bench", "--suite", "imagenet10-20", "--data-root", str(miniatures / "imagenet10-20"),
+                 "--method", "mcm,ants", "--no-count-check", "--batch-size", "2", "--ants-schedule", "scaled",
+                 "--mllm", server.spec, "--out", str(out), *_model_args(tiny_openclip)]) == 0
+    driver = _browser()
+    try:
+        driver.get((out / "report.html").resolve().as_uri())
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+        tables = driver.execute_script("return document.querySelectorAll('table.cmp').length")
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+        text = driver.execute_script("return document.body.innerText")
+    finally:
+        driver.quit()
+    assert tables == 2  # one per run
+    assert len(images) >= 6 and all(complete and width > 0 for complete, width, _ in images)
+    assert "published" in text and "MCM" in text and "ImageNet-20" in text
+
+
+def test_the_readme_lists_every_layout_and_count_of_the_suites():
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    for name in SUITES:
+        for spec in load_suite(name).all_sets():
+            assert f"{spec.count:>7,}  {spec.layout()}" in readme, (name, spec.name)
