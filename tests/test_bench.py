@@ -151,7 +151,7 @@ def test_bench_ants_with_a_real_http_mllm_shows_images_texts_and_lam(tmp_path, m
                  "--mllm", server.spec, "--mllm-timeout", "10", "--out", str(out), *_model_args(tiny_openclip)])
     assert code == 0
     report = (out / "report.html").read_text()
-    assert "lam over the stream" in report and "the most OOD-looking images of ImageNet-20" in report
+    assert "lam over the stream" in report and "the most OOD-looking images of the stream of ImageNet-20" in report
     assert report.count("data:image/jpeg;base64,") >= 3  # thumbnails of the explained images
     explanations = _csv(out / "imagenet10" / "ants" / "explanations.csv")
     assert explanations and {r["ood_set"] for r in explanations} == {"imagenet20"}
@@ -196,3 +196,43 @@ def test_the_readme_lists_every_layout_and_count_of_the_suites():
     for name in SUITES:
         for spec in load_suite(name).all_sets():
             assert f"{spec.count:>7,}  {spec.layout()}" in readme, (name, spec.name)
+
+
+def test_broken_dataset_files_are_one_message_not_a_traceback(tmp_path, miniatures, capsys):
+    root = tmp_path / "fine"
+    shutil.copytree(miniatures / "fine-grained", root)
+    (root / "CUB_200_2011" / "images.txt").write_text("1\n", encoding="utf-8")  # a line with one field
+    (root / "stanford_cars" / "devkit" / "cars_meta.mat").write_bytes(b"not a mat file")
+    code = main(["bench", "--suite", "fine-grained", "--data-root", str(root), "--no-count-check",
+                 "--model", "openclip:NoSuchArch/none", "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "images.txt line 1 has 1 field(s), 2 expected" in err and "cars_meta.mat cannot be read as cars-mat" in err
+
+
+def test_an_empty_tanl_batch_scores_to_nothing():
+    from negspace.detectors.tanl import TANL
+    from negspace.testing import make_world
+
+    world = make_world(n_corpus=300, n_classes=5, n_per_class=5, n_per_concept=10)
+    noise = np.random.default_rng(0).standard_normal((15, world.dim)).astype(np.float32)
+    det = TANL.from_features(world.id_text_features, world.corpus_features, noise, beta=20)
+    assert det.score_features(np.zeros((0, world.dim), np.float32)).shape == (0,)
+
+
+def test_bench_stops_ants_and_exits_3_when_the_mllm_answers_garbage(tmp_path, miniatures, tiny_openclip,
+                                                                   mllm_server, capsys):
+    server, _ = mllm_server
+    server.describe_answer = "lorem lorem lorem lorem lorem"  # rejected: one word repeated
+    out = tmp_path / "garbage"
+    code = main(["bench", "--suite", "imagenet10-20", "--data-root", str(miniatures / "imagenet10-20"),
+                 "--method", "mcm,ants", "--no-count-check", "--batch-size", "2", "--ants-mode", "two-pass",
+                 "--no-mllm-cache", "--mllm", server.spec, "--out", str(out), *_model_args(tiny_openclip)])
+    assert code == 3
+    captured = capsys.readouterr()
+    assert "the ANTS results are incomplete" in captured.err and "ANTS stopped on run imagenet10" in captured.out
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["runs"]["imagenet10"]["ants"]["incomplete"] and "ants" not in summary["runs"]["imagenet20"]
+    assert "mcm" in summary["runs"]["imagenet20"]  # the other methods went on
+    assert json.loads((out / "imagenet10" / "ants" / "metrics.json").read_text())["incomplete"]
+    assert "ANTS stopped" in (out / "results.md").read_text()

@@ -252,7 +252,7 @@ def test_image_files_skip_unreadable_and_cache(
     saved: SavedModel, tmp_path: Path, image_files: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     enc = _load(saved, tmp_path / "cache")
-    counter = Counter(enc, "encode_image_batch")
+    counter = Counter(enc, "encode_pixels")
     with caplog.at_level("WARNING"):
         res = enc.encode_image_files(image_files, batch_size=2)
     assert isinstance(res, ImageEncoding)
@@ -273,7 +273,7 @@ def test_image_files_skip_unreadable_and_cache(
     copy = tmp_path / "renamed.png"
     shutil.copy(good[0], copy)
     again = _load(saved, tmp_path / "cache")
-    counter2 = Counter(again, "encode_image_batch")
+    counter2 = Counter(again, "encode_pixels")
     res2 = again.encode_image_files([*image_files, copy], progress=False)
     assert counter2.calls == []
     np.testing.assert_array_equal(res2.features[:4], res.features)
@@ -495,3 +495,26 @@ def test_trimmed_text_forward_equals_full_forward(tiny_openclip):
         trimmed = _encode_text_trimmed(model, tokens)
     assert (tokens[:, 12:] == 0).all()  # the batch really had padding to drop
     torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-6)
+
+
+def test_worker_processes_give_the_same_features_in_the_same_order(saved: SavedModel, tmp_path: Path) -> None:
+    """Decoding in DataLoader workers (ahead of the model) changes nothing but the speed."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    paths = []
+    for k, image in enumerate(_images(4, seed=3) * 3):
+        paths.append(folder / f"img_{k:02d}.png")
+        image.rotate(7 * k).save(paths[-1])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG broken")
+    paths.insert(5, folder / "corrupt.png")
+    inline = _load(saved)
+    inline.workers = 0
+    pooled = _load(saved)
+    pooled.workers = 2
+    assert pooled.image_loader(paths, 3).num_workers == 2 and inline.image_loader(paths, 3).num_workers == 0
+    a = inline.encode_image_files(paths, batch_size=3, progress=False)
+    b = pooled.encode_image_files(paths, batch_size=3, progress=False)
+    assert a.paths == b.paths == [p for p in paths if p.name != "corrupt.png"]
+    assert [s.path.name for s in b.skipped] == ["corrupt.png"]
+    np.testing.assert_allclose(b.features, a.features, atol=1e-6)
+    np.testing.assert_allclose(a.features, inline.encode_images([load_rgb(p) for p in a.paths]), atol=1e-5)

@@ -19,6 +19,7 @@ from negspace.detectors.ants import ANTS
 from negspace.detectors.ants_config import ANTSConfig
 from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import NegLabel
+from negspace.detectors.saved import load_detector
 from negspace.detectors.tanl import TANL
 from negspace.errors import NegspaceError
 from negspace.metrics import (
@@ -71,6 +72,7 @@ __all__ = [
     "grouped_id_mass",
     "id_mass",
     "load_class_names",
+    "load_detector",
     "load_encoder",
     "load_mllm",
     "load_wordnet_corpus",

@@ -40,6 +40,7 @@ from negspace.detectors.base import Detector, OnlineDetector
 from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
 from negspace.backend import BACKENDS
+from negspace.features_table import FeatureTable
 from negspace.bench.suites import suite_names
 from negspace.detectors.tanl import TANL
 from negspace.encoders import PREPROCESS_CHOICES, ClipEncoder, load_encoder
@@ -79,6 +80,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="model", help="image transform (default: %(default)s)")
     group.add_argument("--cache-dir", type=Path, help="cache folder of features, mined labels and MLLM answers (default: $NEGSPACE_CACHE_DIR or the XDG cache)")
     group.add_argument("--no-cache", action="store_true", help="encode everything afresh, write no cache")
+    group.add_argument("--workers", type=cli_args.non_negative_int, default=None,
+                       help="processes decoding images while the model encodes (0: none; default: the usable "
+                            "cores, at most 8)")
+    group.add_argument("--features", type=Path, metavar="TABLE",
+                       help="features from `negspace embed` (a Parquet folder or file): image files with the same "
+                            "contents are not encoded again")
 
 
 def _add_mining_options(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=seed, default=0, help="seed of the grouping and of the test stream's shuffle (default: %(default)s)")
     ev.add_argument("--out", type=Path, help="results folder, new or empty (default: runs/METHOD-TIMESTAMP)")
     ev.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out: its previous results are removed first")
+    ev.add_argument("--save-detector", type=Path, metavar="DIR",
+                    help="save the detector after the run as plain files (test-time methods: the state the last "
+                         "stream left), for `negspace.load_detector` and `negspace score`")
     ev.add_argument("--stream", choices=STREAM_MODES, default="per-set",
                     help="test-time methods: per-set = one ID+OOD stream per OOD set, reset between them (the papers); "
                          "sequential = the same streams one after another, no reset (temporal shift); "
@@ -183,6 +193,31 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ants.add_ants_options(bench)
     bench.set_defaults(run=run_bench)
 
+    sc = commands.add_parser("score", parents=[common],
+                             help="score a large image collection: one Parquet row per image, resumable")
+    sc.add_argument("sources", nargs="+", metavar="SOURCE",
+                    help="image folders, .txt path lists, or .parquet/.csv tables of paths (FILE:COLUMN; column 'path' by default)")
+    sc.add_argument("--out", type=Path, required=True, help="folder of Parquet parts to write (a re-run skips what is in it)")
+    sc.add_argument("--detector", type=Path, help="a detector saved by `negspace eval --save-detector` or det.save()")
+    sc.add_argument("--method", choices=sorted(METHODS), help="or a static method (mcm, neglabel), built from --classes")
+    sc.add_argument("--classes", help="with --method: 'imagenet', a built-in list or a file, one name per line")
+    sc.add_argument("--threshold", type=float, help="flag images scoring below this as OOD")
+    sc.add_argument("--threshold-id", metavar="ID_IMAGES",
+                    help="or choose the threshold that keeps 95%% of these ID images (folder or list)")
+    sc.add_argument("--chunk-size", type=positive_int, default=4096, help="images per Parquet part (default: %(default)s)")
+    sc.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default: %(default)s)")
+    _add_model_options(sc)
+    sc.set_defaults(run=run_score)
+
+    em = commands.add_parser("embed", parents=[common],
+                             help="image features as Parquet (path, sha256, feature), for eval, bench and score")
+    em.add_argument("sources", nargs="+", metavar="SOURCE", help="image folders, .txt path lists, or .parquet/.csv tables of paths")
+    em.add_argument("--out", type=Path, required=True, help="folder of Parquet parts to write (a re-run skips what is in it)")
+    em.add_argument("--chunk-size", type=positive_int, default=4096, help="images per Parquet part (default: %(default)s)")
+    em.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default: %(default)s)")
+    _add_model_options(em)
+    em.set_defaults(run=run_embed)
+
     demo = commands.add_parser("demo-data", parents=[common], help="write a tiny ID/OOD image set (real photos vs. patterns)")
     demo.add_argument("folder", type=Path, help="where to write id/ and ood/")
     demo.set_defaults(run=run_demo_data)
@@ -199,6 +234,13 @@ def _encoder(args: argparse.Namespace) -> ClipEncoder:
         preprocess=args.preprocess,
     )
     encoder.show_progress = not args.quiet  # every bar, whoever asks for the encoding
+    if getattr(args, "workers", None) is not None:
+        encoder.workers = args.workers
+    if getattr(args, "features", None) is not None:
+        from negspace.features_table import import_into_cache, read_feature_table
+
+        added = import_into_cache(read_feature_table(args.features), encoder)
+        log.info("--features %s: %d image features ready in the cache", args.features, added)
     return encoder
 
 
@@ -450,9 +492,38 @@ def _remove_empty_out_dir(out_dir: Path, created_top: Path) -> None:
             return
 
 
+def _check_save_dir(path: Path | None) -> None:
+    """``--save-detector`` must be a new or empty folder, or a saved detector to replace."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise NegspaceError(f"--save-detector {path} is a file; give a folder.")
+    saved = (path / "detector.json").is_file() or (path / "config.json").is_file()
+    if path.is_dir() and any(path.iterdir()) and not saved:
+        raise NegspaceError(f"--save-detector {path} is a folder with other files in it; give a new or empty one.")
+
+
+def _save_detector(args: argparse.Namespace, detector: Detector, encoder: ClipEncoder, id_set: EncodedSet) -> None:
+    """``--save-detector``: the detector's files, and beside them its model and the threshold that
+    keeps 95% of the ID set when it scores frozen (what `negspace score` flags with)."""
+    from negspace.cli_score import write_provenance
+    from negspace.detectors.saved import load_detector
+    from negspace.evaluate import score_in_batches
+    from negspace.metrics import threshold_at_id_recall
+
+    detector.save(args.save_detector)
+    frozen = load_detector(args.save_detector, **scoring_backend(BuildContext(args, encoder, [], 0)))
+    id_scores = score_in_batches(frozen.score_features, id_set.features, args.batch_size)
+    write_provenance(args.save_detector, {
+        "method": args.method, "model": args.model, "weights": str(args.weights) if args.weights else None,
+        "weights_fingerprint": encoder.fingerprint, "classes": args.classes, "id_set": args.id_set,
+        "threshold_95_id_recall": threshold_at_id_recall(id_scores), "negspace_version": __version__})
+
+
 def run_eval(args: argparse.Namespace) -> int:
     classes = load_class_names(args.classes)
     _check_method_options(args, len(classes))
+    _check_save_dir(args.save_detector)
     id_source, ood_sources = _open_sets(args)
     out_dir = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     created_top = _prepare_out_dir(out_dir, args.overwrite)
@@ -483,7 +554,7 @@ def _evaluate(args: argparse.Namespace, classes: ClassList, id_source: ImageSet 
     ood_sets = [encode_set(s, encoder, args.batch_size, progress) for s in ood_sources]
     recorder = (cli_ants.StreamRecorder(out_dir, args.explanations, args.mllm_max_failures)
                 if isinstance(detector, ANTS) else None)
-    has_pixels = not any(isinstance(s, FeatureFile) for s in [id_source, *ood_sources])
+    has_pixels = not any(isinstance(s, (FeatureFile, FeatureTable)) for s in [id_source, *ood_sources])
     evaluation = _score(detector, id_set, ood_sets, args, has_pixels, recorder)
     evaluation.info = {
         "method": args.method,
@@ -513,6 +584,9 @@ def _evaluate(args: argparse.Namespace, classes: ClassList, id_source: ImageSet 
             "ood_sets_not_scored": [name for name, _ in map(parse_named_set, args.ood)
                                     if name not in evaluation.ood_scores],
         }
+    if args.save_detector is not None:
+        _save_detector(args, detector, encoder, id_set)
+        evaluation.info["saved_detector"] = str(args.save_detector)
     write_report(evaluation, out_dir)
     print(format_table(evaluation))
     for line in recorder.shortfalls() if recorder is not None else []:
@@ -521,6 +595,8 @@ def _evaluate(args: argparse.Namespace, classes: ClassList, id_source: ImageSet 
     if skipped:
         print(f"\n{skipped} unreadable file(s) skipped; listed in {out_dir / 'metrics.json'}")
     print(f"\nResults written to {out_dir}")
+    if args.save_detector is not None:
+        print(f"Detector saved to {args.save_detector} (negspace.load_detector, negspace score --detector)")
     if stopped is not None:
         print(f"negspace: error: the MLLM failed on stream {stopped} ({evaluation.info['incomplete']['reason']}); "
               f"the results in {out_dir} are marked incomplete: check the server (--mllm) and run again.",
@@ -533,6 +609,19 @@ def run_bench(args: argparse.Namespace) -> int:
     from negspace import cli_bench  # imports this module: loaded when the command runs
 
     return cli_bench.run(args)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from negspace import cli_score
+
+    args.model_was_default = not any(a == "--model" or a.startswith("--model=") for a in args.command_line)
+    return cli_score.run(args)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from negspace import cli_score
+
+    return cli_score.run_embed(args)
 
 
 def run_mine(args: argparse.Namespace) -> int:

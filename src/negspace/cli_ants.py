@@ -187,7 +187,8 @@ class StreamRecorder:
     run_info: dict[str, Any] = field(default_factory=dict)
     explanation_rows: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # the stream whose MLLM failures stopped the run
-    _stats_seen: dict[str, int] = field(default_factory=dict)
+    # the MLLM backend's counters already accounted for (shared by the recorders of one MLLM)
+    stats_seen: dict[str, int] = field(default_factory=dict)
 
     def __call__(self, ood_name: str, detector: Any, stream: EncodedSet, scores: np.ndarray) -> bool:
         """Record one stream; ``True`` (stop the run) when too many of its MLLM requests were lost."""
@@ -196,8 +197,9 @@ class StreamRecorder:
         stats = getattr(detector.mllm, "stats", None)
         if stats is not None:  # the backend's counters are cumulative: this stream's share
             now = stats.as_dict()
-            info["mllm_stats"] = {key: value - self._stats_seen.get(key, 0) for key, value in now.items()}
-            self._stats_seen = now
+            info["mllm_stats"] = {key: value - self.stats_seen.get(key, 0) for key, value in now.items()}
+            self.stats_seen.clear()
+            self.stats_seen.update(now)
             if info["mllm_stats"].get("cache_hits"):  # a repeated or resumed run says what it reused
                 log.info("ANTS stream %s: %d of %d MLLM answers from the cache", ood_name,
                          info["mllm_stats"]["cache_hits"], info["mllm_requests"])

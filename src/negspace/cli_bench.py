@@ -13,6 +13,8 @@ import argparse
 import csv
 import json
 import logging
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ log = logging.getLogger("negspace")
 
 ALL_METHODS = ("mcm", "neglabel", "tanl", "adaneg", "ants")
 _GALLERY_SIZE = 12  # most OOD-looking images shown per stream in report.html
+_SUITE_FILES = ("results.md", "results.csv", "metrics.json", "report.html")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -136,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
     from negspace.cli import _prepare_out_dir
 
     out_dir = args.out or Path("runs") / f"bench-{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.overwrite and out_dir.is_dir():  # what an earlier bench wrote there, eval's files included
+        for name in [*_SUITE_FILES, *(run.name for run in suite.runs)]:
+            old = out_dir / name
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
     created_top = _prepare_out_dir(out_dir, args.overwrite)
     try:
         return _bench(args, suite, methods, checks, classes, notes, mllm, out_dir)
@@ -154,11 +161,22 @@ def _bench(args, suite, methods, checks, classes, notes, mllm, out_dir) -> int:
     encoder = _encoder(args)
     backbone = f"{args.model}" + (f" (weights {args.weights})" if args.weights else "")
     pages, summary = [], {}
+    mllm_seen: dict[str, int] = {}  # the MLLM's counters, accounted for run after run
+    stopped = None
     for spec in suite.runs:
-        page, evaluations = _run_one(args, suite, spec, checks, classes[spec.name], methods, encoder, mllm, out_dir)
+        page, evaluations = _run_one(args, suite, spec, checks, classes[spec.name], methods, encoder, mllm, out_dir,
+                                     mllm_seen)
         pages.append(page)
-        summary[spec.name] = {m: {"ood": {k: r.as_dict() for k, r in ev.results.items()}, "average": ev.average()}
-                              for m, ev in evaluations.items()}
+        summary[spec.name] = {m: {"ood": {k: r.as_dict() for k, r in ev.results.items()}, "average": ev.average(),
+                                  "incomplete": "incomplete" in ev.info} for m, ev in evaluations.items()}
+        if page.stopped is not None:
+            stopped = f"run {spec.name}, stream {page.stopped}"
+            methods = [m for m in methods if m != "ants"]
+            notes.append(f"ANTS stopped on {stopped}: more than {args.mllm_max_failures:.0%} of its MLLM requests "
+                         "failed or gave unusable answers; its numbers there are incomplete and it was not run on "
+                         "later runs. Check the server (--mllm) and run again.")
+            if not methods:
+                break
     _write_suite_files(args, suite, pages, summary, notes, backbone, encoder, out_dir, time.perf_counter() - started)
     for page in pages:
         print(f"\n{suite.name} / {page.comparison.run.name}: ID {page.comparison.run.id.published_as}, ours "
@@ -168,10 +186,14 @@ def _bench(args, suite, methods, checks, classes, notes, mllm, out_dir) -> int:
         print(f"\nnote: {note}")
     print(f"\nOurs: {backbone}. Every set and method side by side: {out_dir / 'results.md'}, "
           f"{out_dir / 'report.html'} (open it in a browser)")
+    if stopped is not None:
+        print(f"negspace: error: the MLLM failed on {stopped}; the ANTS results are incomplete.", file=sys.stderr)
+        return 3
     return 0
 
 
-def _run_one(args, suite, spec, checks, classes, methods, encoder, mllm, out_dir) -> tuple[RunPage, dict[str, Evaluation]]:
+def _run_one(args, suite, spec, checks, classes, methods, encoder, mllm, out_dir,
+             mllm_seen) -> tuple[RunPage, dict[str, Evaluation]]:
     """Encode one run's sets once, then run every method on them."""
     from negspace.cli import METHODS, BuildContext, _score
 
@@ -181,7 +203,7 @@ def _run_one(args, suite, spec, checks, classes, methods, encoder, mllm, out_dir
     ood_sets = [encode_set(s, encoder, args.batch_size, progress) for s in ood_images]
     stream_size = len(id_set.features) + max(len(s.features) for s in ood_sets)
     evaluations: dict[str, Evaluation] = {}
-    page_notes, traces, galleries = [], {}, {}
+    page_notes, traces, galleries, stopped = [], {}, {}, None
     for method in methods:
         eval_args = _eval_namespace(args, method, classes.source)
         method_dir = out_dir / spec.name / method
@@ -191,12 +213,18 @@ def _run_one(args, suite, spec, checks, classes, methods, encoder, mllm, out_dir
             detector = METHODS[method](context)
         except ValueError as err:
             raise NegspaceError(f"Invalid {method} setting: {err}.") from None
-        trace = _StreamTrace(cli_ants.StreamRecorder(method_dir, _GALLERY_SIZE, args.mllm_max_failures)) \
-            if method == "ants" else None
+        trace = _StreamTrace(cli_ants.StreamRecorder(method_dir, _GALLERY_SIZE, args.mllm_max_failures,
+                                                     stats_seen=mllm_seen)) if method == "ants" else None
         evaluation = _score(detector, id_set, ood_sets, eval_args, True, trace)
         evaluation.info = {"method": method, "params": detector.get_params(), "suite": suite.name, "run": spec.name,
                            **context.notes, **evaluation.info,
                            **(trace.recorder.write(mllm) if trace is not None else {})}
+        if trace is not None and trace.recorder.stopped is not None:
+            stopped = trace.recorder.stopped
+            evaluation.info["incomplete"] = {"reason": f"more than {args.mllm_max_failures:.0%} of the MLLM "
+                                                       f"requests of stream {stopped} failed or gave unusable answers",
+                                             "ood_sets_not_scored": [s.name for s in spec.ood
+                                                                     if s.name not in evaluation.ood_scores]}
         from negspace.report import write_report
 
         write_report(evaluation, method_dir)
@@ -205,13 +233,21 @@ def _run_one(args, suite, spec, checks, classes, methods, encoder, mllm, out_dir
             traces = trace.lam
             galleries = _galleries(trace.recorder.explanation_rows, {s.name: s.published_as for s in spec.ood})
             if trace.recorder.stopped is not None:
-                page_notes.append(f"ANTS stopped on stream {trace.recorder.stopped}: too many MLLM requests failed.")
+                name = titles_of(spec).get(trace.recorder.stopped, trace.recorder.stopped)
+                page_notes.append(f"ANTS stopped on the stream of {name}: too many MLLM requests failed; its numbers "
+                                  "are incomplete.")
     comparison = compare.compare_run(suite, spec, evaluations)
-    titles = {s.name: s.published_as for s in spec.ood}
+    titles = titles_of(spec)
     page = RunPage(comparison, figures.roc_figure(evaluations, [s.name for s in spec.ood], titles),
                    {m: figures.histogram_figure(m, ev, titles) for m, ev in evaluations.items()},
-                   figures.lam_figure(traces, titles) if traces else None, galleries, page_notes)
+                   figures.lam_figure(traces, titles) if any(traces.values()) else None, galleries, page_notes,
+                   stopped)
     return page, evaluations
+
+
+def titles_of(spec: Any) -> dict[str, str]:
+    """A run's OOD set names as the tables print them."""
+    return {s.name: s.published_as for s in spec.ood}
 
 
 def _galleries(rows: list[dict[str, Any]], titles: dict[str, str]) -> dict[str, list[ExplainedImage]]:
@@ -248,5 +284,6 @@ def _write_suite_files(args, suite, pages, summary, notes, backbone, encoder, ou
     facts = [("suite", f"{suite.name}: {suite.title}"), ("compared with", ", ".join(suite.tables)),
              ("FPR95", f"{suite.fpr95} (the tables' convention)"), ("ours", backbone),
              ("negspace", __version__), ("images", "a subset" if subset else "the full sets")]
+    # file names that are not UTF-8 (surrogates on Linux) are written escaped, not refused
     (out_dir / "report.html").write_text(render_report(f"negspace bench: {suite.name}", facts, pages, notes),
-                                         encoding="utf-8")
+                                         encoding="utf-8", errors="backslashreplace")

@@ -17,6 +17,7 @@ import numpy as np
 
 from negspace.data import ImageSet, open_image_set
 from negspace.detectors.base import OnlineDetector, StreamBatch
+from negspace.features_table import FeatureTable, check_model, is_feature_table, read_feature_table
 from negspace.errors import DatasetError
 from negspace.metrics import OODResult, compute_all
 
@@ -76,21 +77,29 @@ def _check_feature_file(path: Path, name: str) -> FeatureFile:
     return FeatureFile(name, path, int(array.shape[0]))
 
 
-def open_set(spec: str | Path, name: str) -> ImageSet | FeatureFile:
-    """Open an image set or a ``.npy`` feature file; raises :class:`DatasetError` if unusable."""
+def open_set(spec: str | Path, name: str) -> ImageSet | FeatureFile | FeatureTable:
+    """Open an image set, a ``.npy`` feature file or a feature table (`negspace embed`'s Parquet);
+    raises :class:`DatasetError` if unusable."""
     path = Path(spec)
     if path.suffix.lower() == ".npy":
         return _check_feature_file(path, name)
+    if is_feature_table(path):
+        return read_feature_table(path, name)
     return open_image_set(spec, name=name)
 
 
 def encode_set(
-    source: ImageSet | FeatureFile,
+    source: ImageSet | FeatureFile | FeatureTable,
     encoder: ClipEncoder | None,
     batch_size: int,
     progress: bool = True,
 ) -> EncodedSet:
-    """Features for one opened set: loaded from ``.npy`` or encoded (and cached) from images."""
+    """Features for one opened set: loaded from ``.npy`` or a feature table, or encoded (and
+    cached) from images."""
+    if isinstance(source, FeatureTable):
+        if encoder is not None:
+            check_model(source, encoder)
+        return EncodedSet(source.name, source.features, list(source.paths))
     if isinstance(source, FeatureFile):
         features = np.load(source.path, allow_pickle=False).astype(np.float32)
         if encoder is not None and features.shape[1] != encoder.dim:

@@ -189,6 +189,8 @@ def prefix_log_sum_exp(x: np.ndarray, scale: float, columns: np.ndarray) -> np.n
     but several times slower.
     """
     x = np.asarray(x, dtype=np.float64)
+    if x.shape[0] == 0:
+        return np.zeros((0, len(columns)))
     peak = x.max(axis=1, keepdims=True)
     if scale * float((peak - x.min(axis=1, keepdims=True)).max()) > 700.0:
         return np.logaddexp.accumulate(x * scale, axis=1)[:, columns]

@@ -102,6 +102,8 @@ def activation_rows(features: torch.Tensor, id_text: torch.Tensor, pool_text: to
 def prefix_log_sum_exp(x: torch.Tensor, scale: float, columns: torch.Tensor) -> torch.Tensor:
     """``log Σ_{j≤c} exp(scale · x_j)`` per row for each column ``c`` (float64 cumulative sums)."""
     x = x.double()
+    if x.shape[0] == 0:
+        return x.new_zeros((0, len(columns)))
     peak = x.amax(dim=1, keepdim=True)
     if scale * float((peak - x.amin(dim=1, keepdim=True)).max()) > 700.0:
         return torch.logcumsumexp(x * scale, dim=1)[:, columns]

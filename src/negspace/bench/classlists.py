@@ -24,15 +24,23 @@ def run_classes(spec: ClassSpec, data_root: Path) -> ClassList:
     file = data_root / spec.file
     if not file.is_file():
         raise DatasetError(f"the class list {file} does not exist")
-    if spec.format == "cars-mat":
-        from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
-        names = [str(item[0]) for item in loadmat(file)["class_names"][0]]
-    else:
-        lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if spec.format == "cub":
-            lines = [line.split(maxsplit=1)[-1].split(".", 1)[-1] for line in lines]
-        names = [line.replace("_", " ") for line in lines]
+    try:
+        names = _read_names(file, spec.format)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, MatReadError) as err:
+        raise DatasetError(f"the class list {file} cannot be read as {spec.format} ({type(err).__name__}: {err})") from None
     if not names:
         raise DatasetError(f"the class list {file} names no class")
     return ClassList(tuple(names), source=str(file))
+
+
+def _read_names(file: Path, format: str) -> list[str]:
+    if format == "cars-mat":
+        from scipy.io import loadmat
+
+        return [str(item[0]) for item in loadmat(file)["class_names"][0]]
+    lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if format == "cub":
+        lines = [line.split(maxsplit=1)[-1].split(".", 1)[-1] for line in lines]
+    return [line.replace("_", " ") for line in lines]

@@ -29,6 +29,7 @@ class RunPage:
     lam_png: bytes | None = None
     galleries: dict[str, list[ExplainedImage]] = field(default_factory=dict)  # OOD set -> images
     notes: list[str] = field(default_factory=list)
+    stopped: str | None = None  # the ANTS stream whose MLLM failures stopped it
 
 
 _STYLE = """
@@ -125,8 +126,8 @@ def render_report(title: str, facts: list[tuple[str, str]], runs: list[RunPage],
             parts.append("<h3>ANTS: lam over the stream</h3>"
                          f"<img class='fig' alt='lam over the stream' src='{_data_uri(page.lam_png, 'image/png')}'>")
         for ood_set, images in page.galleries.items():
-            parts.append(f"<h3>ANTS: the most OOD-looking images of {escape(ood_set)} and the negative texts "
-                         "that pulled them toward OOD</h3>")
+            parts.append(f"<h3>ANTS: the most OOD-looking images of the stream of {escape(ood_set)} (ID and "
+                         f"{escape(ood_set)} images) and the negative texts that pulled them toward OOD</h3>")
             parts.append(_gallery(images))
     parts.append("</body></html>")
     return "".join(parts)

@@ -29,27 +29,42 @@ def open_spec(spec: SetSpec, data_root: Path) -> ImageSet:
     if spec.format == "openood":
         return open_openood_list(data_root / spec.path, data_root / spec.root, name=spec.name)
     if spec.format == "stem-list":
-        stems = [line.split()[0] for line in _lines(data_root / spec.path)]
+        stems = [fields[0] for fields in _fields(data_root / spec.path, 1)]
         return _listed(spec, [data_root / spec.root / spec.pattern.format(stem) for stem in stems])
     if spec.format == "cub":
         folder = data_root / spec.path
-        images = dict(line.split()[:2] for line in _lines(folder / "images.txt"))
-        test = [i for i, flag in (line.split()[:2] for line in _lines(folder / "train_test_split.txt")) if flag == "0"]
-        return _listed(spec, [folder / "images" / images[i] for i in test if i in images])
+        images = dict(fields[:2] for fields in _fields(folder / "images.txt", 2))
+        split = _fields(folder / "train_test_split.txt", 2)
+        return _listed(spec, [folder / "images" / images[i] for i, flag, *_ in split if flag == "0" and i in images])
     folder = data_root / spec.path
     if not folder.is_dir():
         raise DatasetError(f"{folder} is not a folder" if folder.exists() else f"{folder} does not exist")
     return open_image_folder(folder, name=spec.name)
 
 
-def _lines(file: Path) -> list[str]:
+def _fields(file: Path, at_least: int) -> list[list[str]]:
+    """The whitespace-separated fields of a list file's lines, each line with ``at_least`` of them."""
     if not file.is_file():
         raise DatasetError(f"{file} does not exist")
-    return [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{file} cannot be read as UTF-8 text ({err})") from None
+    rows = []
+    for lineno, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < at_least:
+            raise DatasetError(f"{file} line {lineno} has {len(fields)} field(s), {at_least} expected")
+        rows.append(fields)
+    return rows
 
 
 def _listed(spec: SetSpec, paths: list[Path]) -> ImageSet:
     """The listed images; files that are not there are a problem of the set (not skipped later)."""
+    if not paths:
+        raise DatasetError("it names no image")
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DatasetError(f"{len(missing):,} of the {len(paths):,} listed images are missing, e.g. {missing[0]}")

@@ -36,11 +36,12 @@ def read_corpus_file(path: str | Path) -> Corpus:
     parts: dict[str, dict[str, None]] = {"nouns": {}, "adjectives": {}}
     repeats = 0
     for lineno, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
+        if not line.strip() or line.strip().startswith("#"):
             continue
-        word, _, tag = line.partition("\t")
+        word, _, tag = line.partition("\t")  # split first: a tab-led line has no word
         word, tag = " ".join(word.split()), tag.strip().lower() or "noun"
+        if not word:
+            raise ValueError(f"{path} line {lineno}: no word before the tab")
         if tag not in PARTS:
             raise ValueError(f"{path} line {lineno}: the part {tag!r} is neither noun nor adj")
         bucket = parts[PARTS[tag]]
@@ -54,7 +55,8 @@ def read_corpus_file(path: str | Path) -> Corpus:
 
 
 def is_corpus_spec(spec: str) -> bool:
-    """Whether ``spec`` names a WordNet selection or an existing file."""
+    """Whether ``spec`` names a WordNet selection or an existing file (a selection name wins
+    over a file of that name: pass ``./neglabel`` for the file)."""
     return spec in SELECTIONS or Path(spec).is_file()
 
 
@@ -65,8 +67,11 @@ def load_corpus(spec: str, exclude: Iterable[str] = ()) -> Corpus:
         return wordnet.load_wordnet_corpus(spec, exclude=exclude)
     corpus = read_corpus_file(spec)
     drop = {name.strip().lower() for name in ([exclude] if isinstance(exclude, str) else exclude)}
-    return Corpus(nouns=tuple(w for w in corpus.nouns if w.lower() not in drop),
+    kept = Corpus(nouns=tuple(w for w in corpus.nouns if w.lower() not in drop),
                   adjectives=tuple(w for w in corpus.adjectives if w.lower() not in drop))
+    if not len(kept):
+        raise ValueError(f"the corpus file {spec} holds only ID class names")
+    return kept
 
 
 def corpus_fingerprint(spec: str) -> str:

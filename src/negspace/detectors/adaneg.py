@@ -41,6 +41,7 @@ import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import OnlineDetector, as_unit_rows
+from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU, group_order, softmax_entropy  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -286,6 +287,7 @@ class AdaNeg(OnlineDetector):
         id_features = encoder.encode_texts(list(class_names), template=ID_TEMPLATE, progress=progress)
         detector = cls(id_features, mined.features, neg_labels=mined.labels, **params)
         detector.encoder = encoder
+        detector.class_names = list(class_names)
         return detector
 
     # ------------------------------------------------------------------ internals
@@ -384,12 +386,46 @@ class AdaNeg(OnlineDetector):
         id_cos = features @ self._id_text.T
         neg_cos = features @ self._neg_text.T
         s_nl = to_numpy(self._neglabel_from_cosines(id_cos, neg_cos))
-        self._cache(host_features, id_cos, neg_cos, s_nl)
+        if not self.frozen:  # frozen: the saved proxies, a pure function of each image
+            self._cache(host_features, id_cos, neg_cos, s_nl)
         id_proxy_cos = self._proxy_cosines(features, host_features, np.arange(self.n_classes))
         neg_proxy_cos = self._proxy_cosines(features, host_features, self.n_classes + self.group_index_)
         self.state_.batches += 1
         proxy_score = self.backend.ops.grouped_id_mass(id_proxy_cos, neg_proxy_cos, self.groups, self.tau)
         return to_numpy(proxy_score) + self.nl_weight * s_nl
+
+    _STATE_ARRAYS = ("memory", "filled", "entropy", "proxies", "gram")
+
+    def to_saved(self) -> SavedDetector:
+        """The text features and the memories as they are now."""
+        state = self.state_
+        params = {k: v for k, v in self.get_params().items() if not k.startswith("n_") and k not in ("backend", "device")}
+        params["chunk_size"] = self.chunk_size
+        arrays = {"id_text_features": self.id_text_features, "neg_text_features": self.neg_text_features}
+        arrays.update({name: getattr(state, name) for name in self._STATE_ARRAYS if getattr(state, name) is not None})
+        extra = {"neg_labels": self.neg_labels, "batches": state.batches, "cached": state.cached,
+                 "class_names": self.class_names}
+        return SavedDetector("adaneg", params, arrays, extra, frozen=self.frozen)
+
+    @classmethod
+    def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> AdaNeg:
+        """The detector :meth:`save` wrote, with its memories, frozen (see :func:`negspace.load_detector`)."""
+        a = saved.arrays
+        det = cls(a["id_text_features"], a["neg_text_features"], neg_labels=saved.extra.get("neg_labels"),
+                  backend=backend, device=device, **saved.params)
+        state = det.state_
+        for name in cls._STATE_ARRAYS:
+            if name in a:
+                getattr(state, name)[...] = a[name]
+        if state.device_proxies is not state.proxies:
+            state.device_proxies[...] = det.backend.asarray(state.proxies)
+        state.batches, state.cached = int(saved.extra["batches"]), int(saved.extra["cached"])
+        det.class_names = saved.extra.get("class_names")
+        det.freeze()
+        return det
+
+    def negative_bank(self) -> tuple[np.ndarray, list[str]] | None:
+        return (self.neg_text_features, self.neg_labels) if self.neg_labels is not None else None
 
     def get_params(self) -> dict[str, Any]:
         return {

@@ -598,7 +598,8 @@ class ANTS(BankBuilder, OnlineDetector):
                 self.finish_stream()
                 self._warn_empty_banks(sum(len(b.features) for b in batches), len(batches))
             return scores
-        features = np.concatenate([as_unit_rows(b.features, "image features", self.state.dim, copy=False) for b in batches])
+        features = np.concatenate([as_unit_rows(to_numpy(b.features, np.float32), "image features", self.state.dim,
+                                                copy=False) for b in batches])
         images: list[Any] = []
         for b in batches:
             images.extend(b.images if b.images is not None else [None] * len(b.features))
@@ -737,6 +738,13 @@ class ANTS(BankBuilder, OnlineDetector):
         if self.mllm is not None:
             info["mllm_model"] = getattr(self.mllm, "model_id", None)
         return info
+
+    def negative_bank(self) -> tuple[np.ndarray, list[str]] | None:
+        """The corpus bank with the current ENS sentences and VSNL labels."""
+        st = self.state
+        corpus_labels = self.neg_labels or [f"corpus word {i}" for i in range(len(self.neg_text_features))]
+        features = np.concatenate([self.neg_text_features, st.ens_bank, st.vsnl_bank])
+        return features, [*corpus_labels, *st.ens_texts, *st.vsnl_texts]
 
     def get_params(self) -> dict[str, Any]:
         return {"n_classes": len(self.id_text_features), "n_negatives": len(self.neg_text_features),

@@ -11,6 +11,7 @@ import numpy as np
 
 from negspace.detectors.ants_config import ANTSConfig
 from negspace.detectors.ants_state import ANTSState
+from negspace.backend import to_numpy
 from negspace.detectors.base import as_unit_rows
 from negspace.scoring import log_sum_exp
 
@@ -37,7 +38,7 @@ def explain(det: ExplainableSpace, features: np.ndarray, top: int = 5) -> list[l
     weight of that bank in the fused score (``lam`` for ENS, ``1 - lam`` for VSNL, the rest
     for the corpus bank a missing bank falls back to). Sources: ``ens``, ``vsnl``, ``corpus``.
     """
-    image = as_unit_rows(features, "image features", det.state.dim, copy=False)
+    image = as_unit_rows(to_numpy(features, np.float32), "image features", det.state.dim, copy=False)
     id_lse = log_sum_exp(image @ det.id_text_features.T, scale=1.0 / det.config.tau)
     blocks: list[tuple[np.ndarray, list[str], str]] = []
     for name, bank, texts, coef in _explain_banks(det):

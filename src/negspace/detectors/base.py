@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from PIL.Image import Image
+
+    from negspace.detectors.saved import SavedDetector
 
     from negspace.encoders import ClipEncoder
 
@@ -51,6 +55,26 @@ class Detector(ABC):
     """A zero-shot OOD detector. Scores are **higher for in-distribution** samples."""
 
     encoder: ClipEncoder | None = None
+    class_names: list[str] | None = None  # the ID class names, when the detector was built from them
+    id_text_features: np.ndarray
+
+    def negative_bank(self) -> tuple[np.ndarray, list[str]] | None:
+        """The negative texts' features and texts that label an image's nearest negative
+        (``None`` for a method without negatives)."""
+        return None
+
+    def nearest_labels(self, image_features: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, list[str]]:
+        """Per image: the index of its nearest ID class and the text of its nearest negative
+        (``""`` without negatives); what `negspace score` writes beside each score."""
+        image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1], copy=False)
+        nearest_id = np.argmax(image @ self.id_text_features.T, axis=1)
+        bank = self.negative_bank()
+        if bank is None or len(bank[1]) == 0:
+            return nearest_id, [""] * len(image)
+        features, texts = bank
+        nearest = np.concatenate([np.argmax(image[s : s + chunk] @ features.T, axis=1)
+                                  for s in range(0, len(image), chunk)]) if len(image) else np.zeros(0, int)
+        return nearest_id, [texts[i] for i in nearest]
 
     @abstractmethod
     def score_features(self, image_features: np.ndarray) -> np.ndarray:
@@ -68,6 +92,17 @@ class Detector(ABC):
     def get_params(self) -> dict[str, Any]:
         """The hyper-parameters the detector was built with (for printing and reproducing)."""
         return {}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the detector as plain files (JSON + ``.npy``); :func:`negspace.load_detector`
+        reads it back and scores exactly as this one does."""
+        from negspace.detectors.saved import write_saved
+
+        return write_saved(directory, self.to_saved())
+
+    def to_saved(self) -> SavedDetector:
+        """What :meth:`save` writes (each detector says what it needs)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved")
 
     def __repr__(self) -> str:
         params = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items())
@@ -87,7 +122,20 @@ class OnlineDetector(Detector):
 
     ``reset()`` restores the initial state exactly (the stream protocol resets between OOD sets).
     Subclasses that need the whole stream (e.g. a two-pass mode) override :meth:`score_stream`.
+    A *frozen* detector scores with its current state and never updates it, so its score of an
+    image does not depend on the batch or on what came before: it can score a collection in any
+    order and in parallel (learn on a sample, save, load frozen, apply at scale).
     """
+
+    frozen: bool = False
+
+    def freeze(self) -> None:
+        """Stop learning: later batches are scored with the current state, which stays as it is."""
+        self.frozen = True
+
+    def unfreeze(self) -> None:
+        """Learn from later batches again."""
+        self.frozen = False
 
     @abstractmethod
     def reset(self) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import Detector, as_unit_rows
+from negspace.detectors.saved import SavedDetector
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
@@ -55,6 +56,7 @@ class MCM(Detector):
         """Encode ``class_names`` with ``template`` and keep the encoder for :meth:`score_images`."""
         detector = cls(encoder.encode_texts(list(class_names), template=template), temperature, backend, device)
         detector.encoder = encoder
+        detector.class_names = list(class_names)
         return detector
 
     def score_features(self, image_features: np.ndarray) -> np.ndarray:
@@ -63,6 +65,17 @@ class MCM(Detector):
         if self.temperature != 1.0:
             logits /= self.temperature  # in place: no second (B, K) array
         return to_numpy(self.backend.ops.max_softmax(logits))
+
+    def to_saved(self) -> SavedDetector:
+        return SavedDetector("mcm", {"temperature": self.temperature}, {"id_text_features": self.id_text_features},
+                             {"class_names": self.class_names})
+
+    @classmethod
+    def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> MCM:
+        """The detector :meth:`save` wrote (see :func:`negspace.load_detector`)."""
+        det = cls(saved.arrays["id_text_features"], backend=backend, device=device, **saved.params)
+        det.class_names = saved.extra.get("class_names")
+        return det
 
     def get_params(self) -> dict[str, Any]:
         return {"n_classes": len(self.id_text_features), "temperature": self.temperature, **self.backend.params()}

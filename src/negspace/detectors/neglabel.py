@@ -19,6 +19,7 @@ import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import Detector, as_unit_rows
+from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU, group_order
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class NegLabel(Detector):
         detector = cls(id_features, mined.features, tau, groups, seed, neg_labels=mined.labels, backend=backend,
                        device=device)
         detector.encoder = encoder
+        detector.class_names = list(class_names)
         return detector
 
     def id_and_negative_cosines(self, image_features: Any) -> tuple[Any, Any]:
@@ -115,6 +117,22 @@ class NegLabel(Detector):
     def score_features(self, image_features: Any) -> np.ndarray:
         id_cos, neg_cos = self.id_and_negative_cosines(image_features)
         return to_numpy(self.backend.ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau))
+
+    def to_saved(self) -> SavedDetector:
+        return SavedDetector("neglabel", {"tau": self.tau, "groups": self.groups, "seed": self.seed},
+                             {"id_text_features": self.id_text_features, "neg_text_features": self.neg_text_features},
+                             {"neg_labels": self.neg_labels, "class_names": self.class_names})
+
+    @classmethod
+    def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> NegLabel:
+        """The detector :meth:`save` wrote (see :func:`negspace.load_detector`)."""
+        det = cls(saved.arrays["id_text_features"], saved.arrays["neg_text_features"],
+                  neg_labels=saved.extra.get("neg_labels"), backend=backend, device=device, **saved.params)
+        det.class_names = saved.extra.get("class_names")
+        return det
+
+    def negative_bank(self) -> tuple[np.ndarray, list[str]] | None:
+        return (self.neg_text_features, self.neg_labels) if self.neg_labels is not None else None
 
     def get_params(self) -> dict[str, Any]:
         return {

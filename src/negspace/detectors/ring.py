@@ -78,6 +78,15 @@ class RingBuffer:
     def rows(self) -> np.ndarray:
         return self.data[: self.count]
 
+    def load(self, data: Any, count: int, head: int) -> None:
+        """Replace the contents (a saved ring) and rebuild the running sums from them."""
+        if tuple(data.shape) != tuple(self.data.shape):
+            raise ValueError(f"ring data of shape {tuple(data.shape)} does not fit a ring of shape {tuple(self.data.shape)}")
+        self.data[...] = self.backend.asarray(data) if self.backend.name != "numpy" else data
+        self.count, self.head = int(count), int(head)
+        if self._sum is not None:
+            self._resync()
+
     def mean(self) -> Any:
         """Column means of the filled rows, float64 (zeros when empty)."""
         if self._sum is None:

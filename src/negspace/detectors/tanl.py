@@ -52,6 +52,7 @@ import numpy as np
 from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import OnlineDetector, as_unit_rows
 from negspace.detectors.ring import RingBuffer, column_sum
+from negspace.detectors.saved import SavedDetector
 from negspace.scoring import (  # noqa: F401  (activation_aware_score, top_labels: TANL's public API)
     DEFAULT_TAU,
     activation_aware_score,
@@ -252,6 +253,7 @@ class TANL(OnlineDetector):
         noise = encoder.encode_images(make_noise_images(seed=noise_seed))
         detector = cls(id_features, pool, noise, pool_labels=list(words.nouns) + list(words.adjectives), **params)
         detector.encoder = encoder
+        detector.class_names = list(class_names)
         return detector
 
     # ------------------------------------------------------------------ internals
@@ -308,6 +310,8 @@ class TANL(OnlineDetector):
         queue_pos, queue_neg = state.id_queue.mean(), state.ood_queue.mean()
         queue_activation = queue_neg - queue_pos
         queue_score = to_numpy(self._score_with(features, id_cos, queue_activation))
+        if self.frozen:  # the labels the saved queues activate: a pure function of each image
+            return queue_score
 
         state.window.push(queue_score)
         t = otsu_threshold(state.window.rows(), self.otsu_step)
@@ -341,6 +345,42 @@ class TANL(OnlineDetector):
             scores = to_numpy(self._score_with(features, id_cos, activation))
         state.batches += 1
         return scores
+
+    _RINGS = ("id_queue", "ood_queue", "window")
+
+    def to_saved(self) -> SavedDetector:
+        """The text features, the noise features and the state as it is now (queues, window)."""
+        state = self.state_
+        params = {k: v for k, v in self.get_params().items() if not k.startswith("n_") and k not in ("backend", "device")}
+        params["beta"], params["chunk_size"] = self.beta_requested, self.chunk_size
+        arrays = {"id_text_features": self.id_text_features, "pool_text_features": self.pool_text_features,
+                  "noise_image_features": self.noise_image_features}
+        arrays.update({name: to_numpy(getattr(state, name).data, np.float64 if name == "window" else np.float32)
+                       for name in self._RINGS})
+        rings = {name: [getattr(state, name).count, getattr(state, name).head] for name in self._RINGS}
+        threshold = None if state.threshold != state.threshold else state.threshold  # NaN is not JSON
+        extra = {"pool_labels": self.pool_labels, "rings": rings, "threshold": threshold, "batches": state.batches,
+                 "class_names": self.class_names}
+        return SavedDetector("tanl", params, arrays, extra, frozen=self.frozen)
+
+    @classmethod
+    def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> TANL:
+        """The detector :meth:`save` wrote, with its state, frozen (see :func:`negspace.load_detector`)."""
+        a = saved.arrays
+        det = cls(a["id_text_features"], a["pool_text_features"], a["noise_image_features"],
+                  pool_labels=saved.extra.get("pool_labels"), backend=backend, device=device, **saved.params)
+        for name in cls._RINGS:
+            count, head = saved.extra["rings"][name]
+            getattr(det.state_, name).load(a[name], count, head)
+        threshold = saved.extra["threshold"]
+        det.state_.threshold = float("nan") if threshold is None else float(threshold)
+        det.state_.batches = int(saved.extra["batches"])
+        det.class_names = saved.extra.get("class_names")
+        det.freeze()
+        return det
+
+    def negative_bank(self) -> tuple[np.ndarray, list[str]] | None:
+        return (self.pool_text_features, self.pool_labels) if self.pool_labels is not None else None
 
     def get_params(self) -> dict[str, Any]:
         return {

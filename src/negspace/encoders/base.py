@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +63,7 @@ class ImageEncoding:
     features: np.ndarray
     paths: list[Path]
     skipped: list[SkippedFile] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)  # SHA-256 of each kept file's bytes, in order
 
 
 class Backend(Protocol):
@@ -80,6 +81,49 @@ class Backend(Protocol):
     def encode_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Preprocess and embed RGB images, returning a ``(B, D)`` tensor."""
         ...
+
+    def image_transform(self, image: Image.Image) -> torch.Tensor:
+        """One RGB image to its model input ``(3, H, W)``; must pickle (it runs in worker processes)."""
+        ...
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embed a ``(B, 3, H, W)`` batch of transformed images, returning ``(B, D)``."""
+        ...
+
+
+def default_workers() -> int:
+    """Decoding workers: the cores this process may use, at most 8."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    return max(1, min(8, usable))
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decode and transform image files in loader workers: ``(index, tensor or None, reason)``."""
+
+    def __init__(self, files: list[Path], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.files = files
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, j: int) -> tuple[int, torch.Tensor | None, str]:
+        from negspace.data import load_rgb  # imported here: data depends on nothing of ours
+
+        try:
+            return j, self.transform(load_rgb(self.files[j])), ""
+        except UnreadableImageError as exc:
+            return j, None, exc.reason
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """A batch: the indices of the decoded images, their stacked tensors, the failures."""
+    ok = [(j, t) for j, t, _ in items if t is not None]
+    failed = [(j, reason) for j, t, reason in items if t is None]
+    return [j for j, _ in ok], (torch.stack([t for _, t in ok]) if ok else None), failed
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -178,6 +222,7 @@ class ClipEncoder:
         self.store = store
         self.dim = int(backend.dim)
         self.preprocess_id = backend.preprocess_id
+        self.workers = default_workers()  # decoding processes of encode_image_files (0: in this process)
 
     def __repr__(self) -> str:
         cache = None if self.store is None else str(self.store.path)
@@ -288,46 +333,20 @@ class ClipEncoder:
     ) -> ImageEncoding:
         """Encode image files, caching each under the hash of its bytes.
 
-        Files are streamed in chunks: hashed, looked up in the cache, and the misses decoded
-        (in threads) and encoded in batches of ``batch_size``, each batch committed to the cache
-        at once. Files that cannot be read or decoded are skipped, logged and listed in the
-        result; they never stop the run.
+        Files are hashed (in threads) and looked up in the cache first: a cached file is never
+        decoded. The misses go through a torch ``DataLoader`` whose ``workers`` processes decode
+        and transform the next batches while the model encodes the current one (pinned memory on
+        CUDA); each batch is committed to the cache at once, so a killed run keeps every finished
+        batch. Files that cannot be read or decoded are skipped, logged and listed in the result;
+        they never stop the run. The order of the result is the order of ``paths``.
         """
-        from negspace.data import load_rgb  # imported here: data depends on nothing of ours
-
         _check_batch_size(batch_size)
         files = [Path(p) for p in paths]
         features = np.zeros((len(files), self.dim), dtype=np.float32)
         skipped: dict[int, SkippedFile] = {}
+        digest_of: dict[int, str] = {}
         pending: list[tuple[int, str]] = []  # (input index, cache key) awaiting the model
         n_cached = 0
-
-        def load(path: Path) -> Image.Image | str:
-            try:
-                return load_rgb(path)
-            except UnreadableImageError as exc:
-                return exc.reason
-
-        def encode_pending(pool: ThreadPoolExecutor, bar: tqdm) -> None:
-            batch = pending[:batch_size]
-            del pending[:batch_size]
-            images = list(pool.map(load, [files[i] for i, _ in batch]))
-            done: dict[str, np.ndarray] = {}
-            kept = []
-            for (i, key), im in zip(batch, images, strict=True):
-                if isinstance(im, str):  # the reason it could not be decoded
-                    skipped[i] = SkippedFile(files[i], im)
-                else:
-                    kept.append((i, key, im))
-            if kept:
-                feats = self._encode_pil([im for _, _, im in kept])
-                for (i, key, _), feat in zip(kept, feats, strict=True):
-                    features[i] = feat
-                    done[key] = feat
-                if self.store is not None:
-                    # One transaction per batch: a killed run keeps every finished batch.
-                    self.store.put_many(done)
-            bar.update(len(batch))
 
         with (
             ThreadPoolExecutor(max_workers=_IO_WORKERS) as pool,
@@ -347,6 +366,7 @@ class ClipEncoder:
                         skipped[i] = SkippedFile(files[i], digest.strerror or str(digest))
                         bar.update(1)
                     else:
+                        digest_of[i] = digest
                         keyed.append((i, self.image_key(digest)))
                 cached = self.store.get_many(k for _, k in keyed) if self.store is not None else {}
                 for i, key in keyed:
@@ -356,10 +376,8 @@ class ClipEncoder:
                         bar.update(1)
                     else:
                         pending.append((i, key))
-                while len(pending) >= batch_size:
-                    encode_pending(pool, bar)
-            while pending:
-                encode_pending(pool, bar)
+            if pending:
+                self._encode_misses(files, pending, features, skipped, batch_size, bar)
 
         if n_cached:
             logger.info("%d of %d image files' features from the cache", n_cached, len(files))
@@ -370,7 +388,43 @@ class ClipEncoder:
             features=features[kept_idx],
             paths=[files[i] for i in kept_idx],
             skipped=[skipped[i] for i in sorted(skipped)],
+            hashes=[digest_of[i] for i in kept_idx],
         )
+
+    def image_loader(self, files: list[Path], batch_size: int) -> torch.utils.data.DataLoader:
+        """Batches of ``(indices, pixels, failures)`` over ``files``, decoded and transformed by
+        ``workers`` processes ahead of the model (in this process when ``workers`` is 0)."""
+        # one batch cannot overlap with anything: no worker process is worth starting for it
+        workers = min(self.workers, len(files) // batch_size) if len(files) > batch_size else 0
+        return torch.utils.data.DataLoader(
+            _ImageFiles(files, self.backend.image_transform),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=2 if workers else None,
+        )
+
+    def _encode_misses(self, files: list[Path], pending: list[tuple[int, str]], features: np.ndarray,
+                       skipped: dict[int, SkippedFile], batch_size: int, bar: tqdm) -> None:
+        """Decode, transform and encode the files not in the cache; cache each batch."""
+        loader = self.image_loader([files[i] for i, _ in pending], batch_size)
+        for positions, pixels, failed in loader:
+            for j, reason in failed:
+                i = pending[j][0]
+                skipped[i] = SkippedFile(files[i], reason)
+            if pixels is not None:
+                with torch.inference_mode():
+                    feats = _normalise(self.backend.encode_pixels(pixels))
+                done: dict[str, np.ndarray] = {}
+                for j, feat in zip(positions, feats, strict=True):
+                    i, key = pending[j]
+                    features[i] = feat
+                    done[key] = feat
+                if self.store is not None:
+                    self.store.put_many(done)
+            bar.update(len(positions) + len(failed))
 
 
 def _try_sha256(path: Path) -> str | OSError:

@@ -94,9 +94,18 @@ class HFClipBackend:
             pixels = torch.stack([self.transform(im) for im in images])
         else:
             pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        return _features(
-            self.model.get_image_features(pixel_values=pixels.to(self.device, dtype=self.dtype))
-        )
+        return self.encode_pixels(pixels)
+
+    def image_transform(self, image: Image.Image) -> torch.Tensor:
+        """One RGB image to its ``(3, H, W)`` input tensor (picklable: runs in loader workers)."""
+        if self.transform is not None:
+            return self.transform(image)
+        return self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embed a ``(B, 3, H, W)`` batch of transformed images."""
+        return _features(self.model.get_image_features(
+            pixel_values=pixels.to(self.device, dtype=self.dtype, non_blocking=True)))
 
 
 def _source(spec: str, name: str, weights: Path | None) -> tuple[str | Path, bool]:

@@ -201,8 +201,18 @@ class OpenClipBackend:
         return self.model.encode_text(tokens)
 
     def encode_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = torch.stack([self.transform(im) for im in images])
-        return self.model.encode_image(pixels.to(self.device, dtype=self.input_dtype))
+        return self.encode_pixels(torch.stack([self.transform(im) for im in images]))
+
+    def image_transform(self, image: Image.Image) -> torch.Tensor:
+        """One RGB image to its ``(3, H, W)`` input tensor (picklable: runs in loader workers)."""
+        return self.transform(image)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embed a ``(B, 3, H, W)`` batch of transformed images."""
+        pixels = pixels.to(self.device, dtype=self.input_dtype, non_blocking=True)
+        if self.device.type == "cuda":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return self.model.encode_image(pixels)
 
 
 @dataclass

@@ -1,0 +1,126 @@
+"""Large image collections: which files to score, and a Parquet output that a re-run resumes.
+
+Inputs (``negspace score SRC ...``): image folders (recursive), ``.txt`` path lists, and tables
+of paths (``file.parquet`` or ``file.csv``, the column ``path`` unless ``FILE:COLUMN`` names one).
+Output: a folder of Parquet parts (``part-00000.parquet``, ...), each written whole and renamed
+into place, so a run killed at any moment leaves only complete parts; a re-run skips every path
+already written. Read it as one table with ``pyarrow.dataset.dataset(folder)`` or
+``pandas.read_parquet(folder)`` (``_summary.json`` and ``_skipped.csv`` beside the parts are
+ignored by both, as files starting with ``_`` are).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from negspace.data.sets import open_image_folder, open_path_list
+from negspace.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+TABLE_SUFFIXES = (".parquet", ".csv")
+
+
+def _table_paths(spec: str) -> list[Path]:
+    """The path column of a Parquet or CSV table (``FILE`` or ``FILE:COLUMN``)."""
+    file, column = spec, "path"
+    head, sep, tail = spec.rpartition(":")
+    if sep and Path(head).suffix.lower() in TABLE_SUFFIXES and not Path(spec).is_file():
+        file, column = head, tail
+    path = Path(file)
+    if not path.is_file():
+        raise DatasetError(f"The table {path} does not exist.")
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        if column not in names:
+            raise DatasetError(f"The table {path} has no column {column!r} (columns: {', '.join(names)}); "
+                               f"name one as {path}:COLUMN.")
+        values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+    else:
+        import csv
+
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if column not in (reader.fieldnames or []):
+                raise DatasetError(f"The table {path} has no column {column!r} (columns: "
+                                   f"{', '.join(reader.fieldnames or [])}); name one as {path}:COLUMN.")
+            values = [row[column] for row in reader]
+    base = path.parent
+    return [Path(v) if Path(v).is_absolute() else base / v for v in values if v]
+
+
+def collection_paths(specs: Sequence[str]) -> list[Path]:
+    """Every image file the ``specs`` name, in order, each once.
+
+    Raises:
+        DatasetError: a source that does not exist or names no image.
+    """
+    paths: dict[Path, None] = {}
+    for spec in specs:
+        source = Path(spec)
+        if source.is_dir():
+            found = open_image_folder(source).paths
+        elif source.suffix.lower() == ".txt" and source.is_file():
+            found = open_path_list(source).paths
+        elif Path(spec.rpartition(":")[0] or spec).suffix.lower() in TABLE_SUFFIXES:
+            found = _table_paths(spec)
+        else:
+            raise DatasetError(f"{spec} is neither a folder, a .txt path list, nor a .parquet/.csv table of paths.")
+        for path in found:
+            paths.setdefault(Path(path), None)
+    if not paths:
+        raise DatasetError(f"{', '.join(specs)} name no image.")
+    return list(paths)
+
+
+class PartWriter:
+    """Rows to a folder of Parquet parts, each complete on disk before the next one starts."""
+
+    def __init__(self, folder: Path) -> None:
+        if folder.exists() and not folder.is_dir():
+            raise DatasetError(f"--out {folder} is a file; give a folder (the Parquet parts go in it).")
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob("_part-*.tmp"):  # a part a killed run did not finish
+            stale.unlink()
+        self._next = len(self.parts())
+
+    def parts(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.parquet"))
+
+    def done(self, column: str = "path") -> set[str]:
+        """The values of ``column`` in the parts already written (what a re-run skips)."""
+        import pyarrow.parquet as pq
+
+        seen: set[str] = set()
+        for part in self.parts():
+            seen.update(pq.read_table(part, columns=[column]).column(column).to_pylist())
+        return seen
+
+    def write(self, rows: dict[str, Any]) -> Path:
+        """Write one part from columns (lists or arrays of equal length)."""
+        import pyarrow as pa
+
+        return self.write_table(pa.table(rows))
+
+    def write_table(self, table: Any) -> Path:
+        """Write one part from a pyarrow table, renamed into place once complete."""
+        import pyarrow.parquet as pq
+
+        final = self.folder / f"part-{self._next:05d}.parquet"
+        # "_" first: readers of the folder (pyarrow, pandas) skip a part a killed run left unfinished
+        tmp = self.folder / f"_{final.name}.tmp"
+        pq.write_table(table, tmp)
+        tmp.replace(final)
+        self._next += 1
+        return final
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

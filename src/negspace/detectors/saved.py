@@ -1,0 +1,97 @@
+"""A detector as a folder of plain files, and back.
+
+    detector.json   {"format": "negspace-detector/1", "method", "params", "extra", "frozen", ...}
+    NAME.npy        one array per name in "arrays" (text features; for TANL and AdaNeg also
+                    the state as it was when saved)
+
+JSON and ``.npy`` only (no pickle): a saved detector can be read by anything that reads NumPy
+files. ANTS writes its richer negative-space format (:mod:`negspace.detectors.ants_io`);
+:func:`load_detector` reads both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "negspace-detector/1"
+FILE = "detector.json"
+
+
+@dataclass
+class SavedDetector:
+    """What a detector writes: its method name, constructor parameters, arrays and extras."""
+
+    method: str
+    params: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    extra: dict[str, Any] = field(default_factory=dict)  # JSON values: labels, ring positions, counters
+    frozen: bool = False
+
+
+def write_saved(directory: str | Path, saved: SavedDetector) -> Path:
+    """Write ``saved`` under ``directory`` (created); each file replaced atomically."""
+    from negspace import __version__
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, array in saved.arrays.items():
+        tmp = out / f"{name}.tmp.npy"
+        np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
+        tmp.replace(out / f"{name}.npy")
+    doc = {"format": FORMAT, "method": saved.method, "negspace_version": __version__, "frozen": saved.frozen,
+           "params": saved.params, "arrays": sorted(saved.arrays), "extra": saved.extra}
+    tmp = out / f"{FILE}.tmp"
+    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    tmp.replace(out / FILE)
+    return out
+
+
+def read_saved(directory: str | Path) -> SavedDetector:
+    """Read a folder written by :func:`write_saved`.
+
+    Raises:
+        ValueError: no saved detector there, another format, or a missing array file.
+    """
+    folder = Path(directory)
+    path = folder / FILE
+    if not path.is_file():
+        raise ValueError(f"{folder} holds no saved detector ({FILE} is missing)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} cannot be read: {err}") from None
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{path} is in format {doc.get('format')!r}, not {FORMAT}")
+    arrays = {}
+    for name in doc["arrays"]:
+        file = folder / f"{name}.npy"
+        if not file.is_file():
+            raise ValueError(f"{file} is missing from the saved detector")
+        arrays[name] = np.load(file, allow_pickle=False)
+    return SavedDetector(doc["method"], doc["params"], arrays, doc.get("extra", {}), bool(doc.get("frozen", False)))
+
+
+def load_detector(directory: str | Path, backend: str = "numpy", device: str = "auto", **options: Any) -> Any:
+    """The detector saved in ``directory`` (by ``det.save(directory)``), ready to score.
+
+    Test-time detectors come back frozen (they score with the state they were saved with and
+    learn no further; ``unfreeze()`` lets them learn on). ANTS negative spaces are loaded with
+    :meth:`negspace.detectors.ants.ANTS.load` (``options`` go there, e.g. ``mllm=``).
+
+    Raises:
+        ValueError: nothing saved there, or an unknown method.
+    """
+    from negspace.detectors.registry import DETECTORS
+
+    folder = Path(directory)
+    if not (folder / FILE).is_file() and (folder / "config.json").is_file():
+        return DETECTORS["ants"].load(folder, backend=backend, device=device, **options)
+    saved = read_saved(folder)
+    if saved.method not in DETECTORS or saved.method == "ants":
+        raise ValueError(f"{folder} holds a detector of unknown method {saved.method!r}")
+    return DETECTORS[saved.method].from_saved(saved, backend=backend, device=device)
