@@ -206,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="or choose the threshold that keeps 95%% of these ID images (folder or list)")
     sc.add_argument("--chunk-size", type=positive_int, default=4096, help="images per Parquet part (default: %(default)s)")
     sc.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default: %(default)s)")
+    sc.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local: this process; ray: a Ray Data pipeline, decoding in tasks and encoding in an actor "
+                         "pool (pip install 'negspace[ray]') (default: %(default)s)")
+    sc.add_argument("--ray-address", help="with --engine ray: an existing cluster (default: start a local Ray)")
+    sc.add_argument("--ray-actors", type=positive_int, help="with --engine ray: model actors (default: one per GPU of "
+                    "the cluster, else 1)")
     _add_model_options(sc)
     sc.set_defaults(run=run_score)
 
@@ -215,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--out", type=Path, required=True, help="folder of Parquet parts to write (a re-run skips what is in it)")
     em.add_argument("--chunk-size", type=positive_int, default=4096, help="images per Parquet part (default: %(default)s)")
     em.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default: %(default)s)")
+    em.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local: this process; ray: a Ray Data pipeline, decoding in tasks and encoding in an actor "
+                         "pool (pip install 'negspace[ray]') (default: %(default)s)")
+    em.add_argument("--ray-address", help="with --engine ray: an existing cluster (default: start a local Ray)")
+    em.add_argument("--ray-actors", type=positive_int, help="with --engine ray: model actors (default: one per GPU of "
+                    "the cluster, else 1)")
     _add_model_options(em)
     em.set_defaults(run=run_embed)
 

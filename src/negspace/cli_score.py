@@ -95,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     writer = PartWriter(args.out)
     done = writer.done()
     todo = [p for p in paths if str(p) not in done]
+    if args.engine == "ray" and (tables or args.detector is None):
+        raise NegspaceError("--engine ray scores image files with a saved --detector DIR (save one with "
+                            "`negspace eval --save-detector DIR` or det.save(DIR)); feature tables need no encoding: "
+                            "score them with --engine local.")
     if provenance and args.model_was_default and "model" in provenance:
         args.model, args.weights = provenance["model"], args.weights or _existing(provenance.get("weights"))
     from negspace.cli import _encoder
@@ -112,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     skipped_log = args.out / "_skipped.csv"  # "_" files are not read as parts by pyarrow/pandas
+    if args.engine == "ray":
+        return _score_with_ray(args, todo, len(paths), writer, encoder, threshold, threshold_source)
     from negspace.features_table import check_model
 
     known = {}  # path -> (table, row) for the rows given as features
@@ -181,6 +187,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
     encoder = _encoder(args)
     meta = table_metadata(encoder)
+    if args.engine == "ray":
+        return _embed_with_ray(args, todo, len(paths), writer, encoder, meta)
     written = skipped = 0
     with tqdm(total=len(todo), desc="Embedding images", unit="img", disable=args.quiet or not todo) as bar:
         for chunk in chunks(todo, args.chunk_size):
@@ -194,6 +202,78 @@ def run_embed(args: argparse.Namespace) -> int:
     print(f"{written:,} image features written to {args.out} ({len(paths) - len(todo):,} already there, "
           f"{skipped:,} unreadable); use it as --id/--ood of `negspace eval`, a source of `negspace score`, "
           f"or --features of eval, bench and score")
+    return 0
+
+
+def _ray_rows(args: argparse.Namespace, todo: list[Path], encoder: Any, **kwargs: Any) -> Any:
+    """The Ray pipeline's row batches for ``todo`` (model actors on GPUs where the cluster has them)."""
+    from negspace.engines import ray_engine
+
+    if not todo:  # everything is written already: no cluster to start
+        return iter(())
+    ray_engine.start_ray(args.ray_address)
+    gpus = ray_engine.cluster_gpus()
+    actors = args.ray_actors or max(1, gpus)
+    recipe = ray_engine.ModelRecipe(args.model, str(args.weights) if args.weights else None,
+                                    "cuda" if gpus else "cpu", args.preprocess)
+    log.info("Ray engine: %d model actor(s)%s", actors, f" on {gpus} GPU(s)" if gpus else " on CPUs")
+    return ray_engine.run_pipeline(todo, recipe, encoder.backend.pixel_transform(), batch_size=args.batch_size,
+                                   chunk_size=args.chunk_size, actors=actors, gpus_per_actor=1.0 if gpus else 0.0,
+                                   address=args.ray_address, **kwargs)
+
+
+class _Failed:
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+
+
+def _split_failed(batch: dict[str, Any], out: Path) -> tuple[np.ndarray, int]:
+    """Which rows of a Ray batch were decoded; the others go to ``_skipped.csv``."""
+    ok = np.array([not r for r in batch["reason"]], dtype=bool)
+    failed = [_Failed(str(p), str(r)) for p, r, good in zip(batch["path"], batch["reason"], ok) if not good]
+    if failed:
+        _append_skipped(out / "_skipped.csv", failed)
+    return ok, len(failed)
+
+
+def _score_with_ray(args, todo, n_paths, writer, encoder, threshold, threshold_source) -> int:
+    columns = ("path", "sha256", "score", "ood", "id_class", "top_negative")
+    scored = flagged = skipped = 0
+    for batch in _ray_rows(args, todo, encoder, detector_dir=str(args.detector), threshold=threshold):
+        ok, failed = _split_failed(batch, args.out)
+        skipped += failed
+        if ok.any():
+            rows = {c: [str(v) for v in batch[c][ok]] if c in ("path", "sha256", "id_class", "top_negative")
+                    else batch[c][ok] for c in columns}
+            writer.write(rows)
+            scored, flagged = scored + int(ok.sum()), flagged + int(np.sum(batch["ood"][ok]))
+    summary = {"engine": "ray", "images": n_paths, "already_written": n_paths - len(todo), "scored": scored,
+               "flagged_ood": flagged, "skipped_unreadable": skipped, "threshold": threshold,
+               "threshold_source": threshold_source, "model": args.model, "detector": str(args.detector)}
+    (args.out / "_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    print(f"{scored:,} images scored with Ray ({n_paths - len(todo):,} already written, {skipped:,} unreadable); "
+          f"{flagged:,} flagged OOD at threshold {threshold:.6g} ({threshold_source}).")
+    return 0
+
+
+def _embed_with_ray(args, todo, n_paths, writer, encoder, meta) -> int:
+    import pyarrow as pa
+
+    from negspace.features_table import with_metadata
+
+    written = skipped = 0
+    for batch in _ray_rows(args, todo, encoder):
+        ok, failed = _split_failed(batch, args.out)
+        skipped += failed
+        if ok.any():
+            features = np.asarray(batch["feature"][ok], dtype=np.float32)
+            column = pa.FixedSizeListArray.from_arrays(pa.array(features.ravel()), features.shape[1])
+            table = pa.table({"path": [str(p) for p in batch["path"][ok]],
+                              "sha256": [str(h) for h in batch["sha256"][ok]], "feature": column})
+            writer.write_table(with_metadata(table, meta))
+            written += int(ok.sum())
+    print(f"{written:,} image features written with Ray to {args.out} ({n_paths - len(todo):,} already there, "
+          f"{skipped:,} unreadable)")
     return 0
 
 

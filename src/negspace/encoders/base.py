@@ -86,6 +86,10 @@ class Backend(Protocol):
         """One RGB image to its model input ``(3, H, W)``; must pickle (it runs in worker processes)."""
         ...
 
+    def pixel_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """:meth:`image_transform` as a callable that pickles without the model (Ray tasks)."""
+        ...
+
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Embed a ``(B, 3, H, W)`` batch of transformed images, returning ``(B, D)``."""
         ...

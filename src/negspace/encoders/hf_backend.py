@@ -8,6 +8,8 @@ transformers is an optional dependency: ``pip install "negspace[hf]"``.
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -96,6 +98,12 @@ class HFClipBackend:
             pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         return self.encode_pixels(pixels)
 
+    def pixel_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """The image transform alone (picklable without the model: for Ray tasks)."""
+        if self.transform is not None:
+            return self.transform
+        return functools.partial(_processed_pixels, self.image_processor)
+
     def image_transform(self, image: Image.Image) -> torch.Tensor:
         """One RGB image to its ``(3, H, W)`` input tensor (picklable: runs in loader workers)."""
         if self.transform is not None:
@@ -106,6 +114,10 @@ class HFClipBackend:
         """Embed a ``(B, 3, H, W)`` batch of transformed images."""
         return _features(self.model.get_image_features(
             pixel_values=pixels.to(self.device, dtype=self.dtype, non_blocking=True)))
+
+
+def _processed_pixels(image_processor: Any, image: Image.Image) -> torch.Tensor:
+    return image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
 
 
 def _source(spec: str, name: str, weights: Path | None) -> tuple[str | Path, bool]:

@@ -203,6 +203,10 @@ class OpenClipBackend:
     def encode_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
         return self.encode_pixels(torch.stack([self.transform(im) for im in images]))
 
+    def pixel_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """The image transform alone (picklable without the model: for Ray tasks)."""
+        return self.transform
+
     def image_transform(self, image: Image.Image) -> torch.Tensor:
         """One RGB image to its ``(3, H, W)`` input tensor (picklable: runs in loader workers)."""
         return self.transform(image)

@@ -1,0 +1,2 @@
+"""Engines that move data for `negspace embed` and `negspace score`: ``local`` (this process,
+in negspace.cli_score) and ``ray`` (:mod:`negspace.engines.ray_engine`)."""
