@@ -518,3 +518,22 @@ def test_worker_processes_give_the_same_features_in_the_same_order(saved: SavedM
     assert [s.path.name for s in b.skipped] == ["corrupt.png"]
     np.testing.assert_allclose(b.features, a.features, atol=1e-6)
     np.testing.assert_allclose(a.features, inline.encode_images([load_rgb(p) for p in a.paths]), atol=1e-5)
+
+
+def test_a_cached_file_is_not_even_opened(saved: SavedModel, tmp_path: Path, image_files: list[Path],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import negspace.encoders.base as base
+
+    good = [p for p in image_files if p.name.startswith("img")]
+    first = _load(saved, tmp_path / "cache").encode_image_files(good, progress=False)
+    opened: list[Path] = []
+    real = base._try_sha256
+    monkeypatch.setattr(base, "_try_sha256", lambda path: opened.append(path) or real(path))
+    again = _load(saved, tmp_path / "cache").encode_image_files(good, progress=False)
+    assert opened == [] and again.hashes == first.hashes
+    np.testing.assert_array_equal(again.features, first.features)
+    # a file rewritten (new size or time) is read and hashed again, and its new content encoded
+    _images(1, seed=9)[0].save(good[0])
+    changed = _load(saved, tmp_path / "cache").encode_image_files(good, progress=False)
+    assert opened == [good[0]] and changed.hashes[0] != first.hashes[0]
+    assert not np.allclose(changed.features[0], first.features[0])

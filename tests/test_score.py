@@ -184,3 +184,30 @@ def test_features_of_another_model_are_refused(tmp_path, saved, tiny_openclip, c
                  "--ood", f"o={saved / 'ood'}", "--features", str(table), "--out", str(tmp_path / "e"),
                  *_model_args(tiny_openclip)]) == 2
     assert "were made by" in capsys.readouterr().err
+
+
+def test_features_option_reuses_an_embedded_table_instead_of_encoding(tmp_path, saved, tiny_openclip, monkeypatch):
+    from negspace.encoders.base import ClipEncoder
+
+    table = tmp_path / "features"
+    assert main(["embed", str(saved / "id"), str(saved / "ood"), "--out", str(table), *_model_args(tiny_openclip)]) == 0
+    monkeypatch.setenv("NEGSPACE_CACHE_DIR", str(tmp_path / "fresh-cache"))  # nothing cached but the table
+    encoded: list[int] = []
+    real = ClipEncoder._encode_misses
+    monkeypatch.setattr(ClipEncoder, "_encode_misses",
+                        lambda self, files, pending, *a: encoded.append(len(pending)) or real(self, files, pending, *a))
+    assert main(["eval", "--method", "mcm", "--classes", str(saved / "classes.txt"), "--id", str(saved / "id"),
+                 "--ood", f"o={saved / 'ood'}", "--features", str(table), "--out", str(tmp_path / "e"),
+                 *_model_args(tiny_openclip)]) == 0
+    assert encoded == []  # every image's features came from the table
+    without = tmp_path / "e2"
+    monkeypatch.setenv("NEGSPACE_CACHE_DIR", str(tmp_path / "other-cache"))
+    assert main(["eval", "--method", "mcm", "--classes", str(saved / "classes.txt"), "--id", str(saved / "id"),
+                 "--ood", f"o={saved / 'ood'}", "--out", str(without), *_model_args(tiny_openclip)]) == 0
+    assert sum(encoded) == 12
+    def scores(folder):
+        with (folder / "scores.csv").open() as handle:
+            return {(r["set"], r["sample"]): float(r["score"]) for r in csv.DictReader(handle)}
+
+    # the same scores (to the float32 rounding of another batch composition)
+    assert scores(tmp_path / "e") == pytest.approx(scores(without), rel=1e-6)

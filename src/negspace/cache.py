@@ -293,6 +293,23 @@ class FeatureStore(SharedSQLiteStore):
 
     # -- small memo table (e.g. weights fingerprints) ------------------------------------------
 
+    def get_meta_many(self, keys: Iterable[str]) -> dict[str, str]:
+        """Return ``{key: memo}`` for the keys present."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, str] = {}
+        with self._session() as conn:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                rows = conn.execute(f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                found.update((str(k), str(v)) for k, v in rows)
+        return found
+
+    def put_meta_many(self, items: Mapping[str, str]) -> None:
+        """Store memos in one transaction."""
+        if items:
+            with self._session() as conn:
+                write_rows(conn, "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(items.items()))
+
     def get_meta(self, key: str) -> str | None:
         """Return the memo stored under ``key``, or None."""
         with self._session() as conn:

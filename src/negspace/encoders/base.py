@@ -337,8 +337,10 @@ class ClipEncoder:
     ) -> ImageEncoding:
         """Encode image files, caching each under the hash of its bytes.
 
-        Files are hashed (in threads) and looked up in the cache first: a cached file is never
-        decoded. The misses go through a torch ``DataLoader`` whose ``workers`` processes decode
+        Files are looked up in the cache first, by the hash of their bytes; a file whose path,
+        size and modification time match a file hashed before is not even opened (its hash is
+        remembered in the cache, as build tools remember files by their stat), and a cached file
+        is never decoded. The misses go through a torch ``DataLoader`` whose ``workers`` processes decode
         and transform the next batches while the model encodes the current one (pinned memory on
         CUDA); each batch is committed to the cache at once, so a killed run keeps every finished
         batch. Files that cannot be read or decoded are skipped, logged and listed in the result;
@@ -363,7 +365,7 @@ class ClipEncoder:
             ) as bar,
         ):
             for chunk in _batches(range(len(files)), batch_size):
-                digests = list(pool.map(_try_sha256, [files[i] for i in chunk]))
+                digests = self._digests([files[i] for i in chunk], pool)
                 keyed: list[tuple[int, str]] = []
                 for i, digest in zip(chunk, digests, strict=True):
                     if isinstance(digest, OSError):
@@ -394,6 +396,17 @@ class ClipEncoder:
             skipped=[skipped[i] for i in sorted(skipped)],
             hashes=[digest_of[i] for i in kept_idx],
         )
+
+    def _digests(self, files: list[Path], pool: ThreadPoolExecutor) -> list[str | OSError]:
+        """SHA-256 of each file: remembered by (path, size, mtime) when the cache knows the file,
+        else read and hashed (in threads) and remembered for next time."""
+        stats = list(pool.map(_stat_key, files))
+        known = self.store.get_meta_many(k for k in stats if k) if self.store is not None else {}
+        unknown = [j for j, k in enumerate(stats) if not k or k not in known]
+        hashed = dict(zip(unknown, pool.map(_try_sha256, [files[j] for j in unknown])))
+        if self.store is not None:
+            self.store.put_meta_many({stats[j]: d for j, d in hashed.items() if stats[j] and isinstance(d, str)})
+        return [hashed[j] if j in hashed else known[stats[j]] for j in range(len(files))]
 
     def image_loader(self, files: list[Path], batch_size: int) -> torch.utils.data.DataLoader:
         """Batches of ``(indices, pixels, failures)`` over ``files``, decoded and transformed by
@@ -429,6 +442,16 @@ class ClipEncoder:
                 if self.store is not None:
                     self.store.put_many(done)
             bar.update(len(positions) + len(failed))
+
+
+def _stat_key(path: Path) -> str:
+    """What identifies a file without opening it: absolute path, size, modification time ("" if
+    it cannot be stat-ed: it is then hashed, and fails there with its reason)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return f"file-sha256:{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def _try_sha256(path: Path) -> str | OSError:
