@@ -99,6 +99,19 @@ def _add_mining_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--per-part-fraction", type=float, default=0.15, help="fraction per part with --split per_part (default: %(default)s)")
 
 
+def _add_collection_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands over a large collection (`score`, `embed`), with the model's."""
+    parser.add_argument("--chunk-size", type=positive_int, default=4096, help="images per Parquet part (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default: %(default)s)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process; ray: a Ray Data pipeline, decoding in tasks and encoding in an "
+                             "actor pool (pip install 'negspace[ray]') (default: %(default)s)")
+    parser.add_argument("--ray-address", help="with --engine ray: an existing cluster (default: start a local Ray)")
+    parser.add_argument("--ray-actors", type=positive_int,
+                        help="with --engine ray: model actors (default: one per GPU of the cluster, else 1)")
+    _add_model_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # -v / -q work before the command and after it (SUPPRESS: a sub-command never resets them).
@@ -204,30 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--threshold", type=float, help="flag images scoring below this as OOD")
     sc.add_argument("--threshold-id", metavar="ID_IMAGES",
                     help="or choose the threshold that keeps 95%% of these ID images (folder or list)")
-    sc.add_argument("--chunk-size", type=positive_int, default=4096, help="images per Parquet part (default: %(default)s)")
-    sc.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default: %(default)s)")
-    sc.add_argument("--engine", choices=("local", "ray"), default="local",
-                    help="local: this process; ray: a Ray Data pipeline, decoding in tasks and encoding in an actor "
-                         "pool (pip install 'negspace[ray]') (default: %(default)s)")
-    sc.add_argument("--ray-address", help="with --engine ray: an existing cluster (default: start a local Ray)")
-    sc.add_argument("--ray-actors", type=positive_int, help="with --engine ray: model actors (default: one per GPU of "
-                    "the cluster, else 1)")
-    _add_model_options(sc)
+    _add_collection_options(sc)
     sc.set_defaults(run=run_score)
 
     em = commands.add_parser("embed", parents=[common],
                              help="image features as Parquet (path, sha256, feature), for eval, bench and score")
     em.add_argument("sources", nargs="+", metavar="SOURCE", help="image folders, .txt path lists, or .parquet/.csv tables of paths")
     em.add_argument("--out", type=Path, required=True, help="folder of Parquet parts to write (a re-run skips what is in it)")
-    em.add_argument("--chunk-size", type=positive_int, default=4096, help="images per Parquet part (default: %(default)s)")
-    em.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default: %(default)s)")
-    em.add_argument("--engine", choices=("local", "ray"), default="local",
-                    help="local: this process; ray: a Ray Data pipeline, decoding in tasks and encoding in an actor "
-                         "pool (pip install 'negspace[ray]') (default: %(default)s)")
-    em.add_argument("--ray-address", help="with --engine ray: an existing cluster (default: start a local Ray)")
-    em.add_argument("--ray-actors", type=positive_int, help="with --engine ray: model actors (default: one per GPU of "
-                    "the cluster, else 1)")
-    _add_model_options(em)
+    _add_collection_options(em)
     em.set_defaults(run=run_embed)
 
     demo = commands.add_parser("demo-data", parents=[common], help="write a tiny ID/OOD image set (real photos vs. patterns)")
