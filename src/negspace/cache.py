@@ -185,6 +185,17 @@ class SharedSQLiteStore:
                     raise  # a programming error, not the file's fault
                 raise NegspaceError(_store_error(self.WHAT, self.path, exc)) from None
 
+    def select_by_keys(self, query: str, keys: Iterable[str]) -> list[tuple[Any, ...]]:
+        """The rows of ``query`` (``... WHERE key IN ({marks})``) for ``keys``, each asked once,
+        in chunks below SQLite's limit of bound parameters."""
+        wanted = list(dict.fromkeys(keys))
+        rows: list[tuple[Any, ...]] = []
+        with self._session() as conn:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                rows.extend(conn.execute(query.format(marks=",".join("?" * len(chunk))), chunk))
+        return rows
+
     def close(self) -> None:
         """Close the connection (the store reopens it if used again)."""
         with self._lock:
@@ -249,21 +260,13 @@ class FeatureStore(SharedSQLiteStore):
 
     def get_many(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
         """Return ``{key: vector}`` for the keys present (missing keys are simply absent)."""
-        wanted = list(dict.fromkeys(keys))
         found: dict[str, np.ndarray] = {}
-        with self._session() as conn:
-            for start in range(0, len(wanted), _IN_CHUNK):
-                chunk = wanted[start : start + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"SELECT key, dim, data FROM features WHERE key IN ({marks})", chunk
-                )
-                for key, dim, data in rows:
-                    vec = np.frombuffer(data, dtype="<f4")
-                    if vec.shape[0] != dim:  # never expected; treat as a miss, it gets rewritten
-                        logger.warning("Ignoring a malformed cache row in %s", self.path)
-                        continue
-                    found[key] = vec.astype(np.float32)  # native-endian, writable copy
+        for key, dim, data in self.select_by_keys("SELECT key, dim, data FROM features WHERE key IN ({marks})", keys):
+            vec = np.frombuffer(data, dtype="<f4")
+            if vec.shape[0] != dim:  # never expected; treat as a miss, it gets rewritten
+                logger.warning("Ignoring a malformed cache row in %s", self.path)
+                continue
+            found[key] = vec.astype(np.float32)  # native-endian, writable copy
         return found
 
     def put_many(self, items: Mapping[str, np.ndarray]) -> None:
@@ -295,14 +298,8 @@ class FeatureStore(SharedSQLiteStore):
 
     def get_meta_many(self, keys: Iterable[str]) -> dict[str, str]:
         """Return ``{key: memo}`` for the keys present."""
-        wanted = list(dict.fromkeys(keys))
-        found: dict[str, str] = {}
-        with self._session() as conn:
-            for start in range(0, len(wanted), _IN_CHUNK):
-                chunk = wanted[start : start + _IN_CHUNK]
-                rows = conn.execute(f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-                found.update((str(k), str(v)) for k, v in rows)
-        return found
+        rows = self.select_by_keys("SELECT key, value FROM meta WHERE key IN ({marks})", keys)
+        return {str(k): str(v) for k, v in rows}
 
     def put_meta_many(self, items: Mapping[str, str]) -> None:
         """Store memos in one transaction."""

@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 MLLM_DB = "mllm.sqlite3"
 _KEY_VERSION = 1
 _BUSY_TIMEOUT_S = 60.0
-_IN_CHUNK = 900
 
 
 def _image_sha256(image: Path | str | Image) -> str:
@@ -90,17 +89,8 @@ class ResponseStore(SharedSQLiteStore):
     WHAT = "MLLM response cache"
 
     def get_many(self, keys: Sequence[str]) -> dict[str, str]:
-        wanted = list(dict.fromkeys(keys))
-        found: dict[str, str] = {}
-        with self._session() as conn:
-            for start in range(0, len(wanted), _IN_CHUNK):
-                chunk = wanted[start : start + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for key, answer in conn.execute(
-                    f"SELECT key, answer FROM responses WHERE key IN ({marks})", chunk
-                ):
-                    found[key] = answer
-        return found
+        rows = self.select_by_keys("SELECT key, answer FROM responses WHERE key IN ({marks})", keys)
+        return {key: answer for key, answer in rows}
 
     def put_many(self, model: str, items: dict[str, str]) -> None:
         """Store answers in one transaction."""
