@@ -88,17 +88,18 @@ def run(args: argparse.Namespace) -> int:
         raise NegspaceError(f"--detector {args.detector} is not a folder.")
     from negspace.features_table import is_feature_table, read_feature_table
 
-    tables = [read_feature_table(s) for s in args.sources if is_feature_table(s)]  # features: no encoding
-    image_sources = [s for s in args.sources if not is_feature_table(s)]
+    is_table = {s: is_feature_table(s) for s in args.sources}
+    if args.engine == "ray" and (any(is_table.values()) or args.detector is None):
+        raise NegspaceError("--engine ray scores image files with a saved --detector DIR (save one with "
+                            "`negspace eval --save-detector DIR` or det.save(DIR)); feature tables need no encoding: "
+                            "score them with --engine local.")
+    tables = [read_feature_table(s) for s, table in is_table.items() if table]  # features: no encoding
+    image_sources = [s for s, table in is_table.items() if not table]
     paths = collection_paths(image_sources) if image_sources else []  # listed before any model loads
     paths += [Path(p) for table in tables for p in table.paths]
     writer = PartWriter(args.out)
     done = writer.done()
     todo = [p for p in paths if str(p) not in done]
-    if args.engine == "ray" and (tables or args.detector is None):
-        raise NegspaceError("--engine ray scores image files with a saved --detector DIR (save one with "
-                            "`negspace eval --save-detector DIR` or det.save(DIR)); feature tables need no encoding: "
-                            "score them with --engine local.")
     if provenance and args.model_was_default and "model" in provenance:
         args.model, args.weights = provenance["model"], args.weights or _existing(provenance.get("weights"))
     from negspace.cli import _encoder
@@ -110,14 +111,27 @@ def run(args: argparse.Namespace) -> int:
     _check_model(provenance, encoder)
     threshold, threshold_source = _threshold(args, detector, encoder, provenance)
     names = detector.class_names or []
-    summary = {"sources": list(args.sources), "images": len(paths), "already_written": len(paths) - len(todo),
-               "scored": 0, "flagged_ood": 0, "skipped_unreadable": 0, "threshold": threshold,
-               "threshold_source": threshold_source, "model": args.model, "detector": str(args.detector or args.method)}
-    from tqdm import tqdm
-
+    summary = {"engine": args.engine, "sources": list(args.sources), "images": len(paths),
+               "already_written": len(paths) - len(todo), "scored": 0, "flagged_ood": 0, "skipped_unreadable": 0,
+               "threshold": threshold, "threshold_source": threshold_source, "model": args.model,
+               "detector": str(args.detector or args.method)}
     skipped_log = args.out / "_skipped.csv"  # "_" files are not read as parts by pyarrow/pandas
     if args.engine == "ray":
-        return _score_with_ray(args, todo, len(paths), writer, encoder, threshold, threshold_source)
+        _score_with_ray(args, todo, writer, encoder, threshold, summary)
+    else:
+        _score_locally(args, todo, tables, writer, encoder, detector, threshold, names, summary)
+    (args.out / "_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    print(f"{summary['scored']:,} images scored ({summary['already_written']:,} already written, "
+          f"{summary['skipped_unreadable']:,} unreadable{', listed in ' + str(skipped_log) if summary['skipped_unreadable'] else ''}); "
+          f"{summary['flagged_ood']:,} flagged OOD at threshold {threshold:.6g} ({threshold_source}).")
+    print(f"Rows in {args.out} (Parquet parts; read them with pandas.read_parquet('{args.out}'))")
+    return 0
+
+
+def _score_locally(args, todo, tables, writer, encoder, detector, threshold, names, summary) -> None:
+    """This process: chunks of images (or feature-table rows) scored and written; counts into ``summary``."""
+    from tqdm import tqdm
+
     from negspace.features_table import check_model
 
     known = {}  # path -> (table, row) for the rows given as features
@@ -133,15 +147,9 @@ def run(args: argparse.Namespace) -> int:
                 summary["flagged_ood"] += int(np.sum(rows["ood"]))
             summary["scored"] += len(encoding.features)
             if encoding.skipped:
-                _append_skipped(skipped_log, encoding.skipped)
+                _append_skipped(args.out / "_skipped.csv", encoding.skipped)
                 summary["skipped_unreadable"] += len(encoding.skipped)
             bar.update(len(chunk))
-    (args.out / "_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    print(f"{summary['scored']:,} images scored ({summary['already_written']:,} already written, "
-          f"{summary['skipped_unreadable']:,} unreadable{', listed in ' + str(skipped_log) if summary['skipped_unreadable'] else ''}); "
-          f"{summary['flagged_ood']:,} flagged OOD at threshold {threshold:.6g} ({threshold_source}).")
-    print(f"Rows in {args.out} (Parquet parts; read them with pandas.read_parquet('{args.out}'))")
-    return 0
 
 
 def score_rows(detector: Any, encoding: Any, threshold: float, names: list[str], batch_size: int) -> dict[str, Any]:
@@ -236,24 +244,18 @@ def _split_failed(batch: dict[str, Any], out: Path) -> tuple[np.ndarray, int]:
     return ok, len(failed)
 
 
-def _score_with_ray(args, todo, n_paths, writer, encoder, threshold, threshold_source) -> int:
+def _score_with_ray(args, todo, writer, encoder, threshold, summary) -> None:
+    """The Ray pipeline's rows written as the local engine writes them; counts into ``summary``."""
     columns = ("path", "sha256", "score", "ood", "id_class", "top_negative")
-    scored = flagged = skipped = 0
     for batch in _ray_rows(args, todo, encoder, detector_dir=str(args.detector), threshold=threshold):
         ok, failed = _split_failed(batch, args.out)
-        skipped += failed
+        summary["skipped_unreadable"] += failed
         if ok.any():
             rows = {c: [str(v) for v in batch[c][ok]] if c in ("path", "sha256", "id_class", "top_negative")
                     else batch[c][ok] for c in columns}
             writer.write(rows)
-            scored, flagged = scored + int(ok.sum()), flagged + int(np.sum(batch["ood"][ok]))
-    summary = {"engine": "ray", "images": n_paths, "already_written": n_paths - len(todo), "scored": scored,
-               "flagged_ood": flagged, "skipped_unreadable": skipped, "threshold": threshold,
-               "threshold_source": threshold_source, "model": args.model, "detector": str(args.detector)}
-    (args.out / "_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    print(f"{scored:,} images scored with Ray ({n_paths - len(todo):,} already written, {skipped:,} unreadable); "
-          f"{flagged:,} flagged OOD at threshold {threshold:.6g} ({threshold_source}).")
-    return 0
+            summary["scored"] += int(ok.sum())
+            summary["flagged_ood"] += int(np.sum(batch["ood"][ok]))
 
 
 def _embed_with_ray(args, todo, n_paths, writer, encoder, meta) -> int:
