@@ -322,11 +322,15 @@ def _checked_negatives(ctx: BuildContext) -> MinedNegatives:
     return mined
 
 
-def scoring_backend(ctx: BuildContext) -> dict[str, str]:
+def backend_options(args: argparse.Namespace, encoder: ClipEncoder) -> dict[str, str]:
     """The detectors' ``backend``/``device`` keywords: torch scores on the encoder's device."""
-    if ctx.args.scoring_backend == "numpy":
+    if args.scoring_backend == "numpy":
         return {}
-    return {"backend": ctx.args.scoring_backend, "device": str(ctx.encoder.device)}
+    return {"backend": args.scoring_backend, "device": str(encoder.device)}
+
+
+def scoring_backend(ctx: BuildContext) -> dict[str, str]:
+    return backend_options(ctx.args, ctx.encoder)
 
 
 def build_mcm(ctx: BuildContext) -> Detector:
@@ -521,7 +525,7 @@ def _save_detector(args: argparse.Namespace, detector: Detector, encoder: ClipEn
     from negspace.metrics import threshold_at_id_recall
 
     detector.save(args.save_detector)
-    frozen = load_detector(args.save_detector, **scoring_backend(BuildContext(args, encoder, [], 0)))
+    frozen = load_detector(args.save_detector, **backend_options(args, encoder))
     id_scores = score_in_batches(frozen.score_features, id_set.features, args.batch_size)
     write_provenance(args.save_detector, {
         "method": args.method, "model": args.model, "weights": str(args.weights) if args.weights else None,

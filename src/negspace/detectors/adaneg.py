@@ -41,7 +41,7 @@ import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import OnlineDetector, as_unit_rows
-from negspace.detectors.saved import SavedDetector
+from negspace.detectors.saved import SavedDetector, constructor_params
 from negspace.scoring import DEFAULT_TAU, group_order, softmax_entropy  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
@@ -399,7 +399,7 @@ class AdaNeg(OnlineDetector):
     def to_saved(self) -> SavedDetector:
         """The text features and the memories as they are now."""
         state = self.state_
-        params = {k: v for k, v in self.get_params().items() if not k.startswith("n_") and k not in ("backend", "device")}
+        params = constructor_params(self.get_params())
         params["chunk_size"] = self.chunk_size
         arrays = {"id_text_features": self.id_text_features, "neg_text_features": self.neg_text_features}
         arrays.update({name: getattr(state, name) for name in self._STATE_ARRAYS if getattr(state, name) is not None})

@@ -33,6 +33,12 @@ class SavedDetector:
     frozen: bool = False
 
 
+def constructor_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A detector's ``get_params()`` without what it derives from its arrays (``n_*`` sizes) or
+    from where it runs (``backend``, ``device``: chosen again at load)."""
+    return {k: v for k, v in params.items() if not k.startswith("n_") and k not in ("backend", "device")}
+
+
 def write_saved(directory: str | Path, saved: SavedDetector) -> Path:
     """Write ``saved`` under ``directory`` (created); each file replaced atomically."""
     from negspace import __version__

@@ -52,7 +52,7 @@ import numpy as np
 from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import OnlineDetector, as_unit_rows
 from negspace.detectors.ring import RingBuffer, column_sum
-from negspace.detectors.saved import SavedDetector
+from negspace.detectors.saved import SavedDetector, constructor_params
 from negspace.scoring import (  # noqa: F401  (activation_aware_score, top_labels: TANL's public API)
     DEFAULT_TAU,
     activation_aware_score,
@@ -351,7 +351,7 @@ class TANL(OnlineDetector):
     def to_saved(self) -> SavedDetector:
         """The text features, the noise features and the state as it is now (queues, window)."""
         state = self.state_
-        params = {k: v for k, v in self.get_params().items() if not k.startswith("n_") and k not in ("backend", "device")}
+        params = constructor_params(self.get_params())
         params["beta"], params["chunk_size"] = self.beta_requested, self.chunk_size
         arrays = {"id_text_features": self.id_text_features, "pool_text_features": self.pool_text_features,
                   "noise_image_features": self.noise_image_features}
