@@ -82,12 +82,9 @@ class Backend(Protocol):
         """Preprocess and embed RGB images, returning a ``(B, D)`` tensor."""
         ...
 
-    def image_transform(self, image: Image.Image) -> torch.Tensor:
-        """One RGB image to its model input ``(3, H, W)``; must pickle (it runs in worker processes)."""
-        ...
-
     def pixel_transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        """:meth:`image_transform` as a callable that pickles without the model (Ray tasks)."""
+        """One RGB image to its model input ``(3, H, W)``, as a callable that pickles without the
+        model (it runs in loader worker processes and Ray tasks)."""
         ...
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -414,7 +411,7 @@ class ClipEncoder:
         # one batch cannot overlap with anything: no worker process is worth starting for it
         workers = min(self.workers, len(files) // batch_size) if len(files) > batch_size else 0
         return torch.utils.data.DataLoader(
-            _ImageFiles(files, self.backend.image_transform),
+            _ImageFiles(files, self.backend.pixel_transform()),
             batch_size=batch_size,
             shuffle=False,
             num_workers=workers,

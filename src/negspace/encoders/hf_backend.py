@@ -99,16 +99,10 @@ class HFClipBackend:
         return self.encode_pixels(pixels)
 
     def pixel_transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        """The image transform alone (picklable without the model: for Ray tasks)."""
+        """The image transform alone (picklable without the model: loader workers, Ray tasks)."""
         if self.transform is not None:
             return self.transform
         return functools.partial(_processed_pixels, self.image_processor)
-
-    def image_transform(self, image: Image.Image) -> torch.Tensor:
-        """One RGB image to its ``(3, H, W)`` input tensor (picklable: runs in loader workers)."""
-        if self.transform is not None:
-            return self.transform(image)
-        return self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Embed a ``(B, 3, H, W)`` batch of transformed images."""

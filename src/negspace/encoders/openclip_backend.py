@@ -204,12 +204,8 @@ class OpenClipBackend:
         return self.encode_pixels(torch.stack([self.transform(im) for im in images]))
 
     def pixel_transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        """The image transform alone (picklable without the model: for Ray tasks)."""
+        """The image transform alone (picklable without the model: loader workers, Ray tasks)."""
         return self.transform
-
-    def image_transform(self, image: Image.Image) -> torch.Tensor:
-        """One RGB image to its ``(3, H, W)`` input tensor (picklable: runs in loader workers)."""
-        return self.transform(image)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Embed a ``(B, 3, H, W)`` batch of transformed images."""
