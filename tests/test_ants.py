@@ -25,6 +25,7 @@ from negspace.mllm.protocol import MLLM
 from negspace.testing import WorldMLLM as ScriptedMLLM
 from negspace.testing import WorldTextEncoder as StubEncoder
 from negspace.testing import make_world, world_stream
+from numerics import assert_same_ranking, assert_scores_close
 
 # K = 20 here: delta = 0.25 keeps 5 similar classes (0.08 would keep 2 of the 4 near parents)
 SCHEDULE = {"min_candidates": 20, "vsnl_start": 1, "vsnl_every": 2, "groups": 10, "delta": 0.25}
@@ -123,8 +124,9 @@ def test_no_negatives_gives_neglabel_scores(world, corpus):
     det = build(world, corpus, mllm=mllm, gamma0=1e-12)
     id_s, ood_s = run(det, world, "far")
     ref_id, ref_ood = neglabel_stream(world, corpus, "far")
-    np.testing.assert_array_equal(id_s, ref_id)
-    np.testing.assert_array_equal(ood_s, ref_ood)
+    # NegLabel's own detector computes the same function with its own products
+    assert_scores_close(id_s, ref_id, dim=world.dim)
+    assert_scores_close(ood_s, ref_ood, dim=world.dim)
     assert det.lam == 0.5 and mllm.received == 0
     assert det.state.negatives_mined == 0
 
@@ -135,7 +137,7 @@ def test_fixed_lam_and_neglabel_mode(world, corpus):
     assert det.lam == 1.0
     nl = build(world, corpus, mode="neglabel")
     id_s, _ = run(nl, world, "far")
-    np.testing.assert_array_equal(id_s, neglabel_stream(world, corpus, "far")[0])
+    assert_scores_close(id_s, neglabel_stream(world, corpus, "far")[0], dim=world.dim)
     assert nl.mllm_calls == 0
 
 
@@ -152,7 +154,9 @@ def test_two_pass_identical_under_any_permutation(world, corpus):
             first_texts = texts
         assert texts == first_texts
     for other in results[1:]:
-        np.testing.assert_array_equal(results[0], other)
+        # the same banks; other batch shapes block the float32 products differently
+        assert_scores_close(other, results[0], dim=world.dim)
+        assert_same_ranking(other, results[0], dim=world.dim)
 
 
 def test_online_identical_for_same_seed(world, corpus):

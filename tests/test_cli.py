@@ -14,6 +14,8 @@ from PIL import Image
 
 from negspace.cli import main
 from negspace.corpus.labelfile import read_label_file
+from fixtures_models import TINY_DIM
+from numerics import assert_scores_close
 
 OUTPUTS = ["metrics.json", "results.md", "results.csv", "scores.csv", "roc.png"]
 
@@ -372,7 +374,7 @@ def test_scoring_backend_torch_gives_the_numpy_scores(tmp_path, image_sets, tiny
 
     want, got = scores(on_numpy), scores(on_torch)
     assert got.keys() == want.keys() and len(got) >= 13
-    assert max(abs(got[k] - want[k]) for k in got) <= 1e-5
+    assert_scores_close([got[k] for k in want], list(want.values()), dim=TINY_DIM)
     params = json.loads((on_torch / "metrics.json").read_text())["params"]
     assert (params["backend"], params["device"]) == ("torch", "cpu")
     assert "backend" not in json.loads((on_numpy / "metrics.json").read_text())["params"]

@@ -20,6 +20,7 @@ from negspace.cache import FeatureStore
 from negspace.data import load_rgb
 from negspace.encoders import ClipEncoder, ImageEncoding, SkippedFile, _weights, load_encoder
 from negspace.errors import NegspaceError, WeightsUnavailableError
+from numerics import FEATURE_ERROR
 
 TEXTS = ["cat", "a dog", "tabby cat", "school bus", "an aircraft carrier", "x", "zebra", "cat"]
 
@@ -147,9 +148,9 @@ def test_text_features_unit_norm_and_batch_invariant(saved: SavedModel) -> None:
     assert whole.shape == (len(TEXTS), TINY_DIM)
     _unit(whole)
     small = enc.encode_texts(TEXTS, batch_size=3, progress=True)
-    np.testing.assert_allclose(small, whole, atol=1e-5)
+    np.testing.assert_allclose(small, whole, atol=FEATURE_ERROR)
     one_by_one = np.concatenate([enc.encode_texts([t]) for t in TEXTS])
-    np.testing.assert_allclose(one_by_one, whole, atol=1e-5)
+    np.testing.assert_allclose(one_by_one, whole, atol=FEATURE_ERROR)
     np.testing.assert_array_equal(whole[0], whole[-1])  # duplicate text, same row
     assert not np.allclose(whole[0], whole[1])
 
@@ -158,7 +159,7 @@ def test_template_is_applied(saved: SavedModel) -> None:
     enc = _load(saved)
     templated = enc.encode_texts(["cat", "dog"], template="a photo of a {}.")
     direct = enc.encode_texts(["a photo of a cat.", "a photo of a dog."])
-    np.testing.assert_allclose(templated, direct, atol=1e-5)
+    np.testing.assert_allclose(templated, direct, atol=FEATURE_ERROR)
     for bad in ["a photo", "a {0} {1}", "{name}"]:
         with pytest.raises(NegspaceError, match="template"):
             enc.encode_texts(["cat"], template=bad)
@@ -242,7 +243,7 @@ def test_image_features_unit_norm_and_batch_invariant(saved: SavedModel) -> None
     whole = enc.encode_images(images, batch_size=64)
     assert whole.shape == (5, TINY_DIM)
     _unit(whole)
-    np.testing.assert_allclose(enc.encode_images(images, batch_size=2), whole, atol=1e-5)
+    np.testing.assert_allclose(enc.encode_images(images, batch_size=2), whole, atol=FEATURE_ERROR)
     # Non-RGB input is converted, not rejected.
     gray = enc.encode_images([images[0].convert("L")])
     _unit(gray)
@@ -267,7 +268,7 @@ def test_image_files_skip_unreadable_and_cache(
 
     # Same features as encoding the decoded images directly.
     direct = enc.encode_images([load_rgb(p) for p in good])
-    np.testing.assert_allclose(res.features, direct, atol=1e-5)
+    np.testing.assert_allclose(res.features, direct, atol=FEATURE_ERROR)
 
     # Second run: every readable file comes from the cache; a renamed copy too (content key).
     copy = tmp_path / "renamed.png"
@@ -517,7 +518,7 @@ def test_worker_processes_give_the_same_features_in_the_same_order(saved: SavedM
     assert a.paths == b.paths == [p for p in paths if p.name != "corrupt.png"]
     assert [s.path.name for s in b.skipped] == ["corrupt.png"]
     np.testing.assert_allclose(b.features, a.features, atol=1e-6)
-    np.testing.assert_allclose(a.features, inline.encode_images([load_rgb(p) for p in a.paths]), atol=1e-5)
+    np.testing.assert_allclose(a.features, inline.encode_images([load_rgb(p) for p in a.paths]), atol=FEATURE_ERROR)
 
 
 def test_a_cached_file_is_not_even_opened(saved: SavedModel, tmp_path: Path, image_files: list[Path],

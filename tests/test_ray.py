@@ -7,6 +7,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from negspace.cli import main
+from fixtures_models import TINY_DIM
+from numerics import FEATURE_ERROR, assert_scores_close
 from test_score import _images, _model_args, saved  # noqa: F401  (the saved-detector fixture)
 
 ray = pytest.importorskip("ray")
@@ -36,7 +38,7 @@ def test_ray_and_local_engines_score_the_same_files_the_same(tmp_path, saved, ti
     assert on_ray.keys() == local.keys() and len(local) == 14
     for path, row in local.items():
         other = on_ray[path]
-        assert other["score"] == pytest.approx(row["score"], rel=1e-4, abs=1e-12)
+        assert_scores_close(other["score"], row["score"], dim=TINY_DIM, feature_error=FEATURE_ERROR)
         assert (other["sha256"], other["ood"], other["id_class"], other["top_negative"]) == (
             row["sha256"], row["ood"], row["id_class"], row["top_negative"])
     assert "broken.jpg" in (tmp_path / "ray" / "_skipped.csv").read_text()
@@ -52,7 +54,7 @@ def test_ray_embed_writes_the_local_features(tmp_path, saved, tiny_openclip, loc
     local, on_ray = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
     assert on_ray.keys() == local.keys()
     for path, row in local.items():
-        np.testing.assert_allclose(on_ray[path]["feature"], row["feature"], atol=1e-5)
+        np.testing.assert_allclose(on_ray[path]["feature"], row["feature"], atol=FEATURE_ERROR)
 
 
 def test_ray_refuses_a_method_that_learns_from_the_stream(tmp_path, capsys):

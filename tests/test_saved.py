@@ -13,6 +13,7 @@ from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import NegLabel
 from negspace.detectors.tanl import TANL
 from negspace.testing import make_world
+from numerics import assert_same_ranking, assert_scores_close
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +53,16 @@ def test_a_loaded_detector_scores_exactly_as_the_saved_one(tmp_path, world, name
     if hasattr(det, "freeze"):
         assert loaded.frozen
         det.freeze()
-    np.testing.assert_array_equal(loaded.score_features(rest), det.score_features(rest))
-    # frozen: a pure function of each image, whatever the batch and its order
+    whole = det.score_features(rest)
+    # the same code on the same shapes: bit for bit
+    np.testing.assert_array_equal(loaded.score_features(rest), whole)
+    # frozen: a pure function of each image, whatever the batch and its order; another batch
+    # shape blocks the float32 products differently, so equal within the float32 bound
     halves = np.concatenate([loaded.score_features(rest[::2]), loaded.score_features(rest[1::2])])
-    np.testing.assert_allclose(halves, np.concatenate([det.score_features(rest)[::2], det.score_features(rest)[1::2]]),
-                               rtol=1e-6, atol=1e-9)
+    in_halves_order = np.concatenate([whole[::2], whole[1::2]])
+    bound = {"tau": 0.5 if name == "mcm" else 0.01, "dim": world.dim, "weight": 1.1 if name.startswith("adaneg") else 1.0}
+    assert_scores_close(halves, in_halves_order, **bound)
+    assert_same_ranking(halves, in_halves_order, **bound)
 
 
 def test_saved_files_are_json_and_npy_only(tmp_path, world):
@@ -87,7 +93,7 @@ def test_a_torch_loaded_detector_matches(tmp_path, world):
     det.save(tmp_path / "nl")
     on_torch = load_detector(tmp_path / "nl", backend="torch", device="cpu")
     batch = _stream(world)[:64]
-    np.testing.assert_allclose(on_torch.score_features(batch), det.score_features(batch), rtol=0, atol=1e-5)
+    assert_scores_close(on_torch.score_features(batch), det.score_features(batch), dim=world.dim)
 
 
 def test_loading_nothing_or_something_else_is_one_sentence(tmp_path):
