@@ -20,6 +20,8 @@ from negspace.scoring import grouped_id_mass
 from negspace.testing import make_world
 from numerics import assert_scores_close, cosine_error
 
+pytestmark = pytest.mark.numerics  # run again under other BLAS kernels in CI (.ci/run)
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)

@@ -27,6 +27,8 @@ from negspace.testing import WorldTextEncoder as StubEncoder
 from negspace.testing import make_world, world_stream
 from numerics import assert_same_ranking, assert_scores_close
 
+pytestmark = pytest.mark.numerics  # run again under other BLAS kernels in CI (.ci/run)
+
 # K = 20 here: delta = 0.25 keeps 5 similar classes (0.08 would keep 2 of the 4 near parents)
 SCHEDULE = {"min_candidates": 20, "vsnl_start": 1, "vsnl_every": 2, "groups": 10, "delta": 0.25}
 BATCH = 50

@@ -23,6 +23,8 @@ from negspace.testing import make_world
 from numerics import assert_scores_close, score_bound
 from test_ants import ScriptedMLLM, StubEncoder, build, neglabel_auroc, run, stream
 
+pytestmark = pytest.mark.numerics  # run again under other BLAS kernels in CI (.ci/run)
+
 TAU = 0.01
 
 

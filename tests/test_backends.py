@@ -19,6 +19,8 @@ from negspace.detectors.tanl import TANL
 from negspace.testing import make_world
 from numerics import UNIT_ROUNDOFF, assert_scores_close, score_bound
 
+pytestmark = pytest.mark.numerics  # run again under other BLAS kernels in CI (.ci/run)
+
 KERNELS = ("log_sum_exp", "grouped_log_sum_exp", "id_mass", "grouped_id_mass", "max_softmax",
            "activation_rows", "prefix_log_sum_exp", "activation_aware_score", "top_labels", "softmax_entropy")
 

@@ -16,6 +16,7 @@ from negspace.bench.published import published_for
 from negspace.bench.suites import load_suite, suite_names
 from negspace.classnames import load_class_names
 from negspace.cli import main
+from external_tools import missing_tool
 
 SUITES = ("domain-shift", "fine-grained", "imagenet", "imagenet10-20", "openood-v1.5")
 
@@ -158,9 +159,12 @@ def test_bench_ants_with_a_real_http_mllm_shows_images_texts_and_lam(tmp_path, m
 
 
 def _browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing_tool("selenium is not installed (pip install -e '.[test]')")
     if shutil.which("chromedriver") is None or (shutil.which("chromium") is None and shutil.which("chromium-browser") is None):
-        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver)")
+        missing_tool("headless Chromium is not installed (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(flag)

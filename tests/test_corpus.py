@@ -21,6 +21,7 @@ from negspace.corpus.wordnet import (
     selection_counts,
 )
 from negspace.errors import NegspaceError
+from external_tools import missing_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO_ROOT / "tools" / "build_wordnet_corpus.py"
@@ -270,13 +271,13 @@ def test_build_script_rejects_malformed_input(tmp_path: Path) -> None:
 
 def test_rebuild_from_debian_wordnet_reproduces_shipped_files(tmp_path: Path) -> None:
     if not (DEBIAN_WORDNET / "data.noun").is_file():
-        pytest.skip("Debian's WordNet (apt-get install wordnet-base) is not installed")
+        missing_tool("Debian's WordNet (apt-get install wordnet-base) is not installed")
     shipped = _shipped_dir()
     note = (shipped / "PROVENANCE.txt").read_text(encoding="utf-8")
     for name in ("data.noun", "data.adj"):
         digest = hashlib.sha256((DEBIAN_WORDNET / name).read_bytes()).hexdigest()
         if f"sha256 {name}: {digest}" not in note:
-            pytest.skip(f"{DEBIAN_WORDNET / name} is not the file the shipped corpus came from")
+            missing_tool(f"{DEBIAN_WORDNET / name} is not the file the shipped corpus came from")
     result = _run_build(DEBIAN_WORDNET, tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / DATA_FILE_NAME).read_bytes() == (shipped / DATA_FILE_NAME).read_bytes()

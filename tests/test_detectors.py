@@ -10,6 +10,8 @@ from negspace.metrics import auroc, compute_all
 from negspace.scoring import max_softmax
 from numerics import assert_scores_close
 
+pytestmark = pytest.mark.numerics  # run again under other BLAS kernels in CI (.ci/run)
+
 
 @pytest.fixture(scope="module")
 def world():

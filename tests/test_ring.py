@@ -10,6 +10,8 @@ import pytest
 from negspace.detectors import ring
 from negspace.detectors.ring import RingBuffer
 
+pytestmark = pytest.mark.numerics  # run again under other BLAS kernels in CI (.ci/run)
+
 
 @pytest.mark.parametrize("track_sum", [False, True])
 def test_ring_keeps_the_newest_rows_like_a_deque(track_sum):

@@ -15,6 +15,8 @@ from negspace.detectors.tanl import TANL
 from negspace.testing import make_world
 from numerics import assert_same_ranking, assert_scores_close
 
+pytestmark = pytest.mark.numerics  # run again under other BLAS kernels in CI (.ci/run)
+
 
 @pytest.fixture(scope="module")
 def world():

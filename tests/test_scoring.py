@@ -6,6 +6,8 @@ import torch
 
 from negspace.scoring import group_order, grouped_id_mass, id_mass, log_sum_exp, max_softmax
 
+pytestmark = pytest.mark.numerics  # run again under other BLAS kernels in CI (.ci/run)
+
 
 def direct_grouped_score(id_cos, neg_cos, groups, tau, seed=0):
     """The reference implementations' loop, in float64 with raw exponentials."""

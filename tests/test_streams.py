@@ -10,6 +10,8 @@ from negspace.metrics import compute_all
 from negspace.testing import make_world
 from test_ants import build
 
+pytestmark = pytest.mark.numerics  # run again under other BLAS kernels in CI (.ci/run)
+
 
 @pytest.fixture(scope="module")
 def world():

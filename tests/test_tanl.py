@@ -15,6 +15,8 @@ from negspace.evaluate import EncodedSet, evaluate_detector, evaluate_stream
 from negspace.testing import make_world
 from numerics import assert_scores_close
 
+pytestmark = pytest.mark.numerics  # run again under other BLAS kernels in CI (.ci/run)
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
