@@ -15,13 +15,41 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fixtures_models import tiny_hf_clip, tiny_openclip  # noqa: E402,F401  (pytest fixtures)
+from fixtures_models import SavedModel, save_tiny_openclip, tiny_hf_clip  # noqa: E402,F401  (pytest fixtures)
+
+
+def _session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This run's temporary root, shared by the pytest-xdist workers (each has a folder below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """Never touch the user's feature cache."""
-    monkeypatch.setenv("NEGSPACE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "negspace-cache"))
+    """Never touch the user's feature cache; the workers of one run share one (SQLite, safe for
+    several processes), so the tiny model's corpus is encoded once per run."""
+    monkeypatch.setenv("NEGSPACE_CACHE_DIR", str(_session_root(tmp_path_factory) / "negspace-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_openclip(tmp_path_factory: pytest.TempPathFactory) -> SavedModel:
+    """The tiny open_clip model, saved once per run, with its WordNet corpus features in the
+    run's cache: the first worker encodes them (30 s), the others wait for it and reuse them."""
+    from filelock import FileLock
+
+    from negspace.corpus.mining import MiningConfig, mine_negative_labels
+    from negspace.encoders import load_encoder
+
+    root = _session_root(tmp_path_factory)
+    folder = root / "tiny_openclip"
+    with FileLock(str(root / "tiny_openclip.lock")):
+        saved = save_tiny_openclip(folder) if not (folder / "ready").exists() else None
+        if saved is not None:
+            encoder = load_encoder(saved.spec, weights=saved.weights, device="cpu", cache_dir=root / "negspace-cache")
+            mine_negative_labels(encoder, ["warm-up"], MiningConfig(), progress=False)
+            (folder / "ready").touch()
+    return SavedModel(spec=f"openclip:{folder / 'negspace-tiny-clip.json'}/none",
+                      weights=folder / "tiny_openclip.pt", folder=folder)
 
 
 _SERVERS = itertools.count()

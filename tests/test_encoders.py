@@ -342,7 +342,8 @@ def test_mismatched_weights_file(
         load_encoder(
             tiny_openclip.spec, weights=tiny_hf_clip.folder / "model.safetensors", use_cache=False
         )
-    assert len(_one_clear_sentence(info.value)) < 400
+    # short, whatever the length of the (temporary) path it names
+    assert len(_one_clear_sentence(info.value).replace(str(tiny_openclip.folder), "DIR")) < 400
 
 
 def test_broken_hf_folder(tiny_hf_clip: SavedModel, tmp_path: Path) -> None:

@@ -11,33 +11,27 @@ Scores are **higher for in-distribution** samples. The feature-level API needs n
 With a CLIP model (``load_encoder``), detectors are built from class names and score images.
 """
 
-from negspace.classnames import load_class_names
-from negspace.corpus.mining import MiningConfig, mine_negative_labels
-from negspace.corpus.wordnet import load_wordnet_corpus
-from negspace.detectors.adaneg import AdaNeg
-from negspace.detectors.ants import ANTS
-from negspace.detectors.ants_config import ANTSConfig
-from negspace.detectors.mcm import MCM
-from negspace.detectors.neglabel import NegLabel
-from negspace.detectors.saved import load_detector
-from negspace.detectors.tanl import TANL
-from negspace.errors import NegspaceError
-from negspace.metrics import (
-    StreamingOODMetrics,
-    aupr_in,
-    aupr_out,
-    auroc,
-    compute_all,
-    fpr95,
-    fpr95_ood,
-)
-from negspace.scoring import grouped_id_mass, id_mass
-
 __version__ = "0.1.0"
 
-# The encoders pull in open_clip and torchvision (seconds of import time); feature-level users
-# never need them, so they are imported on first use.
+# Every public name is imported on first use: `import negspace` (and so `negspace --help`) costs
+# milliseconds, and torch, open_clip, scikit-learn load only when a user reaches for them.
 _LAZY = {
+    "load_class_names": "negspace.classnames",
+    "MiningConfig": "negspace.corpus.mining",
+    "mine_negative_labels": "negspace.corpus.mining",
+    "load_wordnet_corpus": "negspace.corpus.wordnet",
+    "AdaNeg": "negspace.detectors.adaneg",
+    "ANTS": "negspace.detectors.ants",
+    "ANTSConfig": "negspace.detectors.ants_config",
+    "MCM": "negspace.detectors.mcm",
+    "NegLabel": "negspace.detectors.neglabel",
+    "load_detector": "negspace.detectors.saved",
+    "TANL": "negspace.detectors.tanl",
+    "NegspaceError": "negspace.errors",
+    **{name: "negspace.metrics" for name in
+       ("StreamingOODMetrics", "aupr_in", "aupr_out", "auroc", "compute_all", "fpr95", "fpr95_ood")},
+    "grouped_id_mass": "negspace.scoring",
+    "id_mass": "negspace.scoring",
     "ClipEncoder": "negspace.encoders",
     "load_encoder": "negspace.encoders",
     "load_mllm": "negspace.mllm",
@@ -48,8 +42,14 @@ def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # found once, then an ordinary attribute
+        return value
     raise AttributeError(f"module 'negspace' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

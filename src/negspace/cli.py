@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,7 +43,7 @@ from negspace.backend import BACKENDS
 from negspace.features_table import FeatureTable
 from negspace.bench.suites import suite_names
 from negspace.detectors.tanl import TANL
-from negspace.encoders import PREPROCESS_CHOICES, ClipEncoder, load_encoder
+from negspace.encoders import PREPROCESS_CHOICES, load_encoder
 from negspace.errors import NegspaceError
 from negspace.evaluate import (
     STREAM_MODES,
@@ -57,6 +57,9 @@ from negspace.evaluate import (
 )
 from negspace.report import format_table, write_report
 from negspace.scoring import DEFAULT_TAU
+
+if TYPE_CHECKING:
+    from negspace.encoders import ClipEncoder
 
 log = logging.getLogger("negspace")
 

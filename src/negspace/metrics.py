@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+# scikit-learn is imported where a metric is computed: it takes most of a second to import, and
+# `negspace --help` or a scoring-only user should not pay for it.
 
 RECALL_LEVEL = 0.95
 
@@ -35,24 +37,32 @@ def _labels_and_scores(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[n
 def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """Area under the ROC curve, ID positive (equal to the OOD-positive AUROC on negated scores)."""
     is_id, scores = _labels_and_scores(id_scores, ood_scores)
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(is_id, scores))
 
 
 def aupr_in(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """Average precision with ID as the positive class."""
     is_id, scores = _labels_and_scores(id_scores, ood_scores)
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(is_id, scores))
 
 
 def aupr_out(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """Average precision with OOD as the positive class (scores negated)."""
     is_id, scores = _labels_and_scores(id_scores, ood_scores)
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(1 - is_id, -scores))
 
 
 def _fpr_at_tpr(positive: np.ndarray, scores: np.ndarray, recall: float) -> float:
     # drop_intermediate=False keeps every threshold, so the first point reaching the recall
     # level is the exact operating point, not an interpolation.
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, _ = roc_curve(positive, scores, drop_intermediate=False)
     return float(fpr[np.searchsorted(tpr, recall, side="left")])
 

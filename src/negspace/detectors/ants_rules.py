@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import softmax
 
 from negspace.detectors.tanl import activation_aware_score, otsu_threshold
 from negspace.scoring import group_order, grouped_id_mass, id_mass
@@ -193,6 +192,8 @@ def activation_ens_score(
     if not high.any() or not low.any():
         return None
     logits = np.concatenate([id_cos, ens_cos], axis=1).astype(np.float64) / tau
+    from scipy.special import softmax  # on first use: keeps `import negspace` light
+
     probs = softmax(logits, axis=1)[:, id_cos.shape[1] :]
     relevance = probs[low].mean(axis=0) - probs[high].mean(axis=0)
     top = np.argsort(-relevance, kind="stable")[: min(negatives, ens_cos.shape[1])]

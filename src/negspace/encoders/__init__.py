@@ -10,20 +10,28 @@ cached on disk (see :mod:`negspace.cache`).
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from negspace.cache import FeatureStore
-from negspace.encoders.base import (
-    SPEC_FORMS,
-    Backend,
-    ClipEncoder,
-    ImageEncoding,
-    SkippedFile,
-    resolve_device,
-)
 from negspace.encoders.preprocess import PREPROCESS_CHOICES, check_preprocess
 from negspace.errors import NegspaceError
+
+if TYPE_CHECKING:
+    from negspace.encoders.base import Backend, ClipEncoder, ImageEncoding, SkippedFile, resolve_device
+
+# torch, open_clip and torchvision take seconds to import: the encoder classes load on first use,
+# so that parsing a command line (or `import negspace.encoders` for its choices) stays instant.
+_LAZY = {name: "negspace.encoders.base" for name in
+         ("SPEC_FORMS", "Backend", "ClipEncoder", "ImageEncoding", "SkippedFile", "resolve_device")}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'negspace.encoders' has no attribute {name!r}")
+
 
 __all__ = [
     "PREPROCESS_CHOICES",
@@ -64,6 +72,9 @@ def load_encoder(
         NegspaceError: malformed spec, unknown architecture, unavailable device.
         WeightsUnavailableError: the weights can be neither downloaded nor read locally.
     """
+    from negspace.cache import FeatureStore
+    from negspace.encoders.base import SPEC_FORMS, ClipEncoder, resolve_device
+
     if not isinstance(spec, str) or ":" not in spec:
         raise NegspaceError(f"Model spec {spec!r} is not valid; use {SPEC_FORMS}.")
     kind, rest = spec.split(":", 1)

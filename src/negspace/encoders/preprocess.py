@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from negspace.errors import NegspaceError
+
+if TYPE_CHECKING:  # torch and PIL load with the encoders, not with the command line's options
+    import torch
+    from PIL import Image
 
 __all__ = ["PREPROCESS_CHOICES", "check_preprocess", "openood_transform", "stable_id"]
 
