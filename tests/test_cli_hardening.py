@@ -33,7 +33,14 @@ def classes(tmp_path_factory) -> Path:
 
 NUMERIC = [("--mllm-timeout", "0"), ("--mllm-concurrency", "0"), ("--mllm-retries", "-1"), ("--mllm-image-size", "0"),
            ("--seed", "-1"), ("--seed", str(2**70)), ("--batch-size", "0"), ("--ants-ens-stop-step", "-2"),
-           ("--max-mllm-calls", "x")]
+           ("--max-mllm-calls", "x"),
+           # every detector number, named before any model loads
+           ("--tau", "0"), ("--tau", "nan"), ("--tau", "inf"), ("--temperature", "-1"), ("--groups", "0"),
+           ("--percentile", "101"), ("--per-part-fraction", "0"), ("--num-negatives", "0"),
+           ("--tanl-alpha", "1.5"), ("--tanl-beta", "0"), ("--tanl-step", "0"), ("--tanl-queue-length", "0"),
+           ("--tanl-g", "-0.1"), ("--tanl-otsu-window", "0"), ("--adaneg-memory-length", "0"),
+           ("--adaneg-gamma", "2"), ("--adaneg-g", "nan"), ("--adaneg-groups", "0"), ("--adaneg-sample-scale", "-1"),
+           ("--adaneg-nl-weight", "-0.1"), ("--ants-lam", "1.1"), ("--ants-activation-negatives", "0")]
 
 
 def test_numeric_options_are_checked_at_parse_time(classes, capsys):
@@ -48,6 +55,46 @@ def test_numeric_options_are_checked_at_parse_time(classes, capsys):
         with pytest.raises(SystemExit) as stop:
             main(eval_args(option, value))
         assert stop.value.code == 2 and option in capsys.readouterr().err, option
+
+
+def test_tau_zero_is_refused_at_parse_time_naming_the_option(classes):
+    result = negspace("eval", "--method", "neglabel", "--classes", str(classes), "--id", "a", "--ood", "b",
+                      "--tau", "0", *BOGUS_MODEL)
+    assert_clear_error(result, "--tau", "expected a positive number, got 0")
+
+
+def test_score_threshold_must_be_finite(tmp_path, capsys):
+    from negspace.cli import main
+
+    for value in ("nan", "inf", "-inf"):
+        with pytest.raises(SystemExit) as stop:
+            main(["score", str(tmp_path), "--out", str(tmp_path / "o"), "--method", "mcm", f"--threshold={value}"])
+        assert stop.value.code == 2 and "--threshold: expected a finite number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["openai://user:s3cret@host:99/v1/m", "openai:user:s3cret@host",
+                                  "bogus://user:s3cret@host/v1/m", "openai:http://user:s3cret@127.0.0.1:9/v1/m"])
+def test_an_mllm_spec_never_prints_its_secret(tmp_path, classes, spec):
+    from PIL import Image
+
+    for name in ("id", "ood"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "a.png")
+    result = negspace("eval", "--method", "ants", "--classes", str(classes), "--id", str(tmp_path / "id"),
+                      "--ood", f"o={tmp_path / 'ood'}", "--mllm", spec, "--out", str(tmp_path / "out"), *BOGUS_MODEL)
+    assert_clear_error(result, "***@")
+    assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_credentials_are_redacted_from_any_text():
+    from negspace.redact import redact_credentials
+
+    assert redact_credentials("openai://u:pw@h:1/v1/m") == "openai://***@h:1/v1/m"
+    assert redact_credentials("openai:u:pw@h") == "openai:***@h"
+    assert redact_credentials("http://h/v1?api_key=abc&x=1&token=t") == "http://h/v1?api_key=***&x=1&token=***"
+    for plain in ("openai:http://localhost:8000/v1/Qwen/Qwen2-VL-2B-Instruct", "hf:Qwen/Qwen2-VL-2B-Instruct",
+                  "openai:http://h:8000/v1#org/model", "/data/a@b/images", "--mllm-timeout"):
+        assert redact_credentials(plain) == plain
 
 
 def test_mine_checks_its_output_before_any_work(tmp_path, classes):

@@ -45,6 +45,7 @@ from negspace.bench.suites import suite_names
 from negspace.detectors.tanl import TANL
 from negspace.encoders import PREPROCESS_CHOICES, load_encoder
 from negspace.errors import NegspaceError
+from negspace.redact import redact_credentials
 from negspace.evaluate import (
     STREAM_MODES,
     EncodedSet,
@@ -97,9 +98,9 @@ def _add_mining_options(parser: argparse.ArgumentParser) -> None:
                        help="where negatives are mined from: a WordNet selection (neglabel, all) or a file of your "
                             "own vocabulary, one word per line or word<TAB>noun|adj (default: %(default)s)")
     group.add_argument("--num-negatives", type=positive_int, default=_MINING.num_negatives, help="M, labels kept (default: %(default)s)")
-    group.add_argument("--percentile", type=float, default=_MINING.percentile, help="percentile of ID similarity (default: %(default)s)")
+    group.add_argument("--percentile", type=cli_args.percent, default=_MINING.percentile, help="percentile of ID similarity (default: %(default)s)")
     group.add_argument("--split", choices=SPLITS, default=_MINING.split, help="how M is split between nouns and adjectives (default: %(default)s)")
-    group.add_argument("--per-part-fraction", type=float, default=0.15, help="fraction per part with --split per_part (default: %(default)s)")
+    group.add_argument("--per-part-fraction", type=cli_args.positive_fraction, default=0.15, help="fraction per part with --split per_part (default: %(default)s)")
 
 
 def _add_collection_options(parser: argparse.ArgumentParser) -> None:
@@ -146,27 +147,27 @@ def build_parser() -> argparse.ArgumentParser:
                          "mixed = ID and every OOD set in one stream (default: %(default)s)")
     _add_model_options(ev)
     method = ev.add_argument_group("method parameters")
-    method.add_argument("--temperature", type=float, default=default_of(MCM.__init__, "temperature"), help="MCM softmax temperature (default: %(default)s)")
-    method.add_argument("--tau", type=float, default=DEFAULT_TAU, help="NegLabel temperature (default: %(default)s)")
+    method.add_argument("--temperature", type=cli_args.positive_float, default=default_of(MCM.__init__, "temperature"), help="MCM softmax temperature (default: %(default)s)")
+    method.add_argument("--tau", type=cli_args.positive_float, default=DEFAULT_TAU, help="NegLabel temperature (default: %(default)s)")
     method.add_argument("--groups", type=positive_int, default=DEFAULT_GROUPS, help="NegLabel groups G (default: %(default)s)")
     method.add_argument("--negatives", type=Path, help="negative-label file from 'negspace mine' (skips mining)")
     tanl = ev.add_argument_group("TANL (test-time activated negative labels)")
     tanl.add_argument("--tanl-corpus", type=cli_args.corpus, default=default_of(TANL.from_encoder, "corpus"),
                       help="label pool: a WordNet selection (neglabel, all) or a corpus file, as --corpus (default: %(default)s)")
-    tanl.add_argument("--tanl-alpha", type=float, default=default_of(TANL.from_features, "alpha"), help="history vs batch activation, 1 = distribution-adaptive (default: %(default)s)")
-    tanl.add_argument("--tanl-beta", type=int, default=default_of(TANL.from_features, "beta"), help="activated labels kept (default: %(default)s)")
-    tanl.add_argument("--tanl-step", type=int, default=default_of(TANL.from_features, "step"), help="activation-aware score step s (default: %(default)s)")
-    tanl.add_argument("--tanl-queue-length", type=int, default=default_of(TANL.from_features, "queue_length"), help="confident ID/OOD queue length (default: %(default)s)")
-    tanl.add_argument("--tanl-g", type=float, default=default_of(TANL.from_features, "g"), help="confidence margin around the Otsu threshold (default: %(default)s)")
-    tanl.add_argument("--tanl-otsu-window", type=int, default=default_of(TANL.from_features, "otsu_window"), help="scores kept for Otsu (default: %(default)s)")
+    tanl.add_argument("--tanl-alpha", type=cli_args.fraction, default=default_of(TANL.from_features, "alpha"), help="history vs batch activation, 1 = distribution-adaptive (default: %(default)s)")
+    tanl.add_argument("--tanl-beta", type=positive_int, default=default_of(TANL.from_features, "beta"), help="activated labels kept (default: %(default)s)")
+    tanl.add_argument("--tanl-step", type=positive_int, default=default_of(TANL.from_features, "step"), help="activation-aware score step s (default: %(default)s)")
+    tanl.add_argument("--tanl-queue-length", type=positive_int, default=default_of(TANL.from_features, "queue_length"), help="confident ID/OOD queue length (default: %(default)s)")
+    tanl.add_argument("--tanl-g", type=cli_args.fraction, default=default_of(TANL.from_features, "g"), help="confidence margin around the Otsu threshold (default: %(default)s)")
+    tanl.add_argument("--tanl-otsu-window", type=positive_int, default=default_of(TANL.from_features, "otsu_window"), help="scores kept for Otsu (default: %(default)s)")
     adaneg = ev.add_argument_group("AdaNeg (adaptive negative proxies)")
     adaneg.add_argument("--adaneg-proxy", choices=("task", "sample"), default=default_of(AdaNeg.from_features, "proxy"), help="proxy kind (default: %(default)s)")
-    adaneg.add_argument("--adaneg-memory-length", type=int, default=default_of(AdaNeg.from_features, "memory_length"), help="slots per label, slot 0 = text (default: %(default)s)")
-    adaneg.add_argument("--adaneg-gamma", type=float, default=default_of(AdaNeg.from_features, "gamma"), help="caching threshold (default: %(default)s)")
-    adaneg.add_argument("--adaneg-g", type=float, default=default_of(AdaNeg.from_features, "g"), help="caching margin (default: %(default)s)")
-    adaneg.add_argument("--adaneg-groups", type=int, default=default_of(AdaNeg.from_features, "groups"), help="groups of the AdaNeg score (default: %(default)s)")
-    adaneg.add_argument("--adaneg-sample-scale", type=float, default=default_of(AdaNeg.from_features, "sample_weight_scale"), help="sample-adaptive weight scale (default: %(default)s)")
-    adaneg.add_argument("--adaneg-nl-weight", type=float, default=default_of(AdaNeg.from_features, "nl_weight"), help="weight of the NegLabel term (default: %(default)s)")
+    adaneg.add_argument("--adaneg-memory-length", type=positive_int, default=default_of(AdaNeg.from_features, "memory_length"), help="slots per label, slot 0 = text (default: %(default)s)")
+    adaneg.add_argument("--adaneg-gamma", type=cli_args.fraction, default=default_of(AdaNeg.from_features, "gamma"), help="caching threshold (default: %(default)s)")
+    adaneg.add_argument("--adaneg-g", type=cli_args.fraction, default=default_of(AdaNeg.from_features, "g"), help="caching margin (default: %(default)s)")
+    adaneg.add_argument("--adaneg-groups", type=positive_int, default=default_of(AdaNeg.from_features, "groups"), help="groups of the AdaNeg score (default: %(default)s)")
+    adaneg.add_argument("--adaneg-sample-scale", type=cli_args.non_negative_float, default=default_of(AdaNeg.from_features, "sample_weight_scale"), help="sample-adaptive weight scale (default: %(default)s)")
+    adaneg.add_argument("--adaneg-nl-weight", type=cli_args.non_negative_float, default=default_of(AdaNeg.from_features, "nl_weight"), help="weight of the NegLabel term (default: %(default)s)")
     cli_ants.add_ants_options(ev)
     cli_ants.add_mllm_options(ev)
     _add_mining_options(ev)
@@ -217,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--detector", type=Path, help="a detector saved by `negspace eval --save-detector` or det.save()")
     sc.add_argument("--method", choices=sorted(METHODS), help="or a static method (mcm, neglabel), built from --classes")
     sc.add_argument("--classes", help="with --method: 'imagenet', a built-in list or a file, one name per line")
-    sc.add_argument("--threshold", type=float, help="flag images scoring below this as OOD")
+    sc.add_argument("--threshold", type=cli_args.finite_float, help="flag images scoring below this as OOD")
     sc.add_argument("--threshold-id", metavar="ID_IMAGES",
                     help="or choose the threshold that keeps 95%% of these ID images (folder or list)")
     _add_collection_options(sc)
@@ -721,7 +722,8 @@ def _torch_version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.command_line = ["negspace", *(sys.argv[1:] if argv is None else argv)]
+    # recorded in metrics.json: never a password or key written into an URL option
+    args.command_line = ["negspace", *(redact_credentials(a) for a in (sys.argv[1:] if argv is None else argv))]
     _configure_logging(args.verbose, args.quiet)
     try:
         return args.run(args)

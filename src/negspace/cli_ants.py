@@ -51,7 +51,7 @@ def add_ants_options(parser: argparse.ArgumentParser) -> None:
                        help="online = the paper; two-pass = banks from the whole set, order-independent (default: %(default)s)")
     group.add_argument("--ants-score", choices=("ada", "ens", "vsnl", "neglabel"),
                        help="score (default: ada; with --negative-space: as saved)")
-    group.add_argument("--ants-lam", type=float, help="fixed weight of ENS vs VSNL (ablation); default adaptive")
+    group.add_argument("--ants-lam", type=fraction, help="fixed weight of ENS vs VSNL (ablation); default adaptive")
     group.add_argument("--ants-lam-rule", choices=("paper", "authors", "crossfit"),
                        help=f"adaptive lam: Eq. 15 with the current banks, the authors' running mean, or the "
                             f"experimental crossfit (default: {_ANTS.lam_rule}; authors preset: authors)")

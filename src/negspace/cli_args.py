@@ -4,6 +4,7 @@ any model loads, with one sentence naming the option."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -20,7 +21,7 @@ def _number(kind: type, minimum: float, strict: bool, what: str) -> Callable[[st
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum or (strict and value == minimum) or value != value:
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value
 
@@ -31,16 +32,36 @@ def _number(kind: type, minimum: float, strict: bool, what: str) -> Callable[[st
 positive_int = _number(int, 0, True, "a positive integer")
 non_negative_int = _number(int, 0, False, "an integer >= 0")
 positive_float = _number(float, 0.0, True, "a positive number")
+non_negative_float = _number(float, 0.0, False, "a number >= 0")
 
 
-def fraction(text: str) -> float:
-    """A number in ``[0, 1]``."""
+def _interval(low: float, high: float, low_open: bool, what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (low < value if low_open else low <= value) or not value <= high:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+fraction = _interval(0.0, 1.0, False, "a number between 0 and 1")
+positive_fraction = _interval(0.0, 1.0, True, "a number in (0, 1]")
+percent = _interval(0.0, 100.0, False, "a percentage between 0 and 100")
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (a score threshold): NaN and infinities would flag nothing or everything."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
 
 

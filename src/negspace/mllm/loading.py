@@ -21,6 +21,7 @@ from negspace.cache import default_cache_dir
 from negspace.errors import NegspaceError
 from negspace.mllm.protocol import MLLM, ChatRequest, MLLMStats
 from negspace.mllm.response_cache import MLLM_DB, CachedMLLM
+from negspace.redact import redact_credentials
 
 __all__ = ["SPEC_FORMS", "MLLMPair", "load_mllm"]
 
@@ -85,7 +86,7 @@ def _load_one(
 ) -> MLLM:
     kind, sep, rest = spec.partition(":")
     if not sep or not rest.strip():
-        raise NegspaceError(f"The MLLM spec {spec!r} is not understood; give {SPEC_FORMS}.")
+        raise NegspaceError(f"The MLLM spec {redact_credentials(spec)!r} is not understood; give {SPEC_FORMS}.")
     kind = kind.strip().lower()
     if kind == "openai":
         from negspace.mllm.openai_backend import OpenAIChatBackend, parse_openai_spec
@@ -111,7 +112,7 @@ def _load_one(
         return HFVisionChatBackend(
             rest.strip(), device=device, batch_size=batch_size, image_size=image_size
         )
-    raise NegspaceError(f"The MLLM spec {spec!r} has an unknown kind {kind!r}; give {SPEC_FORMS}.")
+    raise NegspaceError(f"The MLLM spec {redact_credentials(spec)!r} has an unknown kind {kind!r}; give {SPEC_FORMS}.")
 
 
 def load_mllm(

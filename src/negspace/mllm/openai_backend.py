@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -49,6 +48,7 @@ from PIL import Image, ImageOps
 
 from negspace.errors import NegspaceError
 from negspace.mllm.protocol import ChatRequest, ImagePart, MLLMStats, TextPart
+from negspace.redact import redact_credentials
 
 __all__ = ["OpenAIChatBackend", "encode_image_data_url", "parse_openai_spec"]
 
@@ -90,9 +90,9 @@ def parse_openai_spec(rest: str) -> tuple[str, str]:
         base = urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, base_path, "", "")).rstrip("/")
     parsed_base = urllib.parse.urlsplit(base)
     if parsed_base.scheme not in ("http", "https") or not parsed_base.netloc:
-        raise NegspaceError(f"The MLLM spec openai:{rest} has no http(s) server URL; {forms}.")
+        raise NegspaceError(f"The MLLM spec {redact_credentials('openai:' + rest)} has no http(s) server URL; {forms}.")
     if not model.strip():
-        raise NegspaceError(f"The MLLM spec openai:{rest} names no model; {forms}.")
+        raise NegspaceError(f"The MLLM spec {redact_credentials('openai:' + rest)} names no model; {forms}.")
     return base, model.strip()
 
 
@@ -136,8 +136,8 @@ class _Fatal(Exception):
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` credentials replaced by ``***@``."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", url)
+    """``url`` with any ``user:password@`` credentials (and secret query values) replaced by ``***``."""
+    return redact_credentials(url)
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
