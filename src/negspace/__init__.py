@@ -25,7 +25,7 @@ _LAZY = {
     "ANTSConfig": "negspace.detectors.ants_config",
     "MCM": "negspace.detectors.mcm",
     "NegLabel": "negspace.detectors.neglabel",
-    "load_detector": "negspace.detectors.saved",
+    "load_detector": "negspace.detectors.registry",
     "TANL": "negspace.detectors.tanl",
     "NegspaceError": "negspace.errors",
     **{name: "negspace.metrics" for name in

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from negspace import scoring
-from negspace.detectors.base import as_unit_rows
+from negspace.scoring import as_unit_rows
 
 BACKENDS = ("numpy", "torch")
 

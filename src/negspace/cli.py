@@ -524,7 +524,7 @@ def _save_detector(args: argparse.Namespace, detector: Detector, encoder: ClipEn
     """``--save-detector``: the detector's files, and beside them its model and the threshold that
     keeps 95% of the ID set when it scores frozen (what `negspace score` flags with)."""
     from negspace.cli_score import write_provenance
-    from negspace.detectors.saved import load_detector
+    from negspace.detectors.registry import load_detector
     from negspace.evaluate import score_in_batches
     from negspace.metrics import threshold_at_id_recall
 

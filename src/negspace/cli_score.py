@@ -37,7 +37,7 @@ def read_provenance(folder: Path) -> dict[str, Any]:
 def _detector(args: argparse.Namespace, encoder: Any) -> Any:
     """The saved detector (frozen), or a static method built from its options."""
     if args.detector is not None:
-        from negspace.detectors.saved import load_detector
+        from negspace.detectors.registry import load_detector
 
         try:
             return load_detector(args.detector, backend=args.scoring_backend, device=str(encoder.device))

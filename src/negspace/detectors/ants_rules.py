@@ -10,8 +10,7 @@ import math
 
 import numpy as np
 
-from negspace.detectors.tanl import activation_aware_score, otsu_threshold
-from negspace.scoring import group_order, grouped_id_mass, id_mass
+from negspace.scoring import activation_aware_score, group_order, grouped_id_mass, id_mass, otsu_threshold
 
 # -- negative-image thresholds ------------------------------------------------------------------------
 

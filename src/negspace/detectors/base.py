@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from negspace.scoring import UNIT_NORM_TOLERANCE, as_unit_rows  # noqa: F401  (the detectors' input check)
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -17,38 +19,6 @@ if TYPE_CHECKING:
     from negspace.detectors.saved import SavedDetector
 
     from negspace.encoders import ClipEncoder
-
-
-# Rows whose norm is this close to 1 are used as they are: float32 unit rows from an encoder have
-# norms within ~1e-7 of 1, and dividing them again would only cost a copy of the batch.
-UNIT_NORM_TOLERANCE = 1e-6
-
-
-def as_unit_rows(features: np.ndarray, name: str, dim: int | None = None, copy: bool = True) -> np.ndarray:
-    """Validate a ``(N, D)`` feature matrix and return it L2-normalised as float32.
-
-    Raw embeddings are divided by their norms. Features from
-    :class:`~negspace.encoders.ClipEncoder` are already unit-norm: with ``copy=False`` (the
-    scoring paths, which only read the batch) they come back as they are, without a copy;
-    detectors keep their own copy of the text features (``copy=True``).
-    """
-    array = np.asarray(features, dtype=np.float32)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (N, D), got shape {array.shape}")
-    if dim is not None and array.shape[1] != dim:
-        raise ValueError(f"{name} have dimension {array.shape[1]}, expected {dim}")
-    norms = np.sqrt(np.einsum("ij,ij->i", array, array))
-    if not np.all(np.isfinite(norms)):  # NaN or infinity in a row, or squares beyond float32
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"{name} contain NaN or infinity")
-        norms = np.linalg.norm(array.astype(np.float64), axis=1).astype(np.float32)
-    if np.any(norms == 0):
-        raise ValueError(f"{name} contain an all-zero row")
-    if np.all(np.abs(norms - 1.0) <= UNIT_NORM_TOLERANCE):
-        return array.copy() if copy and np.shares_memory(array, features) else array
-    return array / norms[:, None]
 
 
 class Detector(ABC):

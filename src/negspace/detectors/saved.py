@@ -6,7 +6,7 @@
 
 JSON and ``.npy`` only (no pickle): a saved detector can be read by anything that reads NumPy
 files. ANTS writes its richer negative-space format (:mod:`negspace.detectors.ants_io`);
-:func:`load_detector` reads both.
+:func:`negspace.detectors.registry.load_detector` reads both.
 """
 
 from __future__ import annotations
@@ -80,24 +80,3 @@ def read_saved(directory: str | Path) -> SavedDetector:
             raise ValueError(f"{file} is missing from the saved detector")
         arrays[name] = np.load(file, allow_pickle=False)
     return SavedDetector(doc["method"], doc["params"], arrays, doc.get("extra", {}), bool(doc.get("frozen", False)))
-
-
-def load_detector(directory: str | Path, backend: str = "numpy", device: str = "auto", **options: Any) -> Any:
-    """The detector saved in ``directory`` (by ``det.save(directory)``), ready to score.
-
-    Test-time detectors come back frozen (they score with the state they were saved with and
-    learn no further; ``unfreeze()`` lets them learn on). ANTS negative spaces are loaded with
-    :meth:`negspace.detectors.ants.ANTS.load` (``options`` go there, e.g. ``mllm=``).
-
-    Raises:
-        ValueError: nothing saved there, or an unknown method.
-    """
-    from negspace.detectors.registry import DETECTORS
-
-    folder = Path(directory)
-    if not (folder / FILE).is_file() and (folder / "config.json").is_file():
-        return DETECTORS["ants"].load(folder, backend=backend, device=device, **options)
-    saved = read_saved(folder)
-    if saved.method not in DETECTORS or saved.method == "ants":
-        raise ValueError(f"{folder} holds a detector of unknown method {saved.method!r}")
-    return DETECTORS[saved.method].from_saved(saved, backend=backend, device=device)

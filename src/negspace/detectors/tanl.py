@@ -53,9 +53,10 @@ from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import OnlineDetector, as_unit_rows
 from negspace.detectors.ring import RingBuffer, column_sum
 from negspace.detectors.saved import SavedDetector, constructor_params
-from negspace.scoring import (  # noqa: F401  (activation_aware_score, top_labels: TANL's public API)
+from negspace.scoring import (  # noqa: F401  (activation_aware_score, otsu_threshold, top_labels: TANL's public API)
     DEFAULT_TAU,
     activation_aware_score,
+    otsu_threshold,
     top_labels,
 )
 
@@ -69,39 +70,6 @@ CORPUS_CHOICES = ("neglabel", "all")
 
 
 # --------------------------------------------------------------------------- pure functions
-
-
-def otsu_threshold(scores: np.ndarray, step: float = 0.01, ties: str = "middle") -> float:
-    """Otsu's threshold on scores in ``[0, 1]``, scanning ``0, step, ..., 1 − step``.
-
-    The criterion of a threshold ``t`` is the weighted within-class variance
-    ``w0·var(S < t) + w1·var(S ≥ t)`` (infinite when a class is empty). Among the thresholds with
-    the minimum criterion the middle one is taken (index ``len // 2`` of the candidates), as in
-    the official TANL code; ``ties="first"`` takes the first one and, when no threshold splits the
-    scores, returns their (lower) median, as the ANTS authors' activation-aware ENS does (SPEC 4
-    step 11). Vectorised with prefix sums over the sorted scores.
-    """
-    if ties not in ("middle", "first"):
-        raise ValueError(f"ties must be 'middle' or 'first', got {ties!r}")
-    x = np.sort(np.asarray(scores, dtype=np.float64).ravel())
-    n = len(x)
-    thresholds = np.arange(int(round(1.0 / step))) * step
-    if n == 0:
-        return float(thresholds[len(thresholds) // 2])
-    centred = x - x.mean()
-    s1 = np.concatenate([[0.0], np.cumsum(centred)])
-    s2 = np.concatenate([[0.0], np.cumsum(centred**2)])
-    k = np.searchsorted(x, thresholds, side="left")  # size of the lower class
-    with np.errstate(divide="ignore", invalid="ignore"):
-        within_low = s2[k] - s1[k] ** 2 / k
-        within_high = (s2[n] - s2[k]) - (s1[n] - s1[k]) ** 2 / (n - k)
-    criterion = np.where((k == 0) | (k == n), np.inf, np.maximum(within_low + within_high, 0.0) / n)
-    if ties == "first":
-        if not np.isfinite(criterion).any():
-            return float(x[(n - 1) // 2])
-        return float(thresholds[int(np.argmin(criterion))])
-    candidates = np.flatnonzero(criterion == criterion.min())
-    return float(thresholds[candidates[len(candidates) // 2]])
 
 
 # --------------------------------------------------------------------------- state
