@@ -7,7 +7,6 @@ sentence on stderr with exit status 2; no traceback.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
@@ -34,15 +33,16 @@ from negspace.corpus.mining import (
     mine_negative_labels,
 )
 from negspace.data import ImageSet, parse_named_set
-from negspace.detectors.adaneg import AdaNeg
+from negspace.detectors.adaneg import AdaNeg, AdaNegConfig
 from negspace.detectors.ants import ANTS
 from negspace.detectors.base import Detector, OnlineDetector
-from negspace.detectors.mcm import MCM
+from negspace.detectors.mcm import MCM, MCMConfig
 from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
 from negspace.backend import BACKENDS
 from negspace.features_table import FeatureTable
 from negspace.bench.suites import suite_names
-from negspace.detectors.tanl import TANL
+from negspace.detectors.tanl import DEFAULT_CORPUS as TANL_DEFAULT_CORPUS
+from negspace.detectors.tanl import TANL, TANLConfig
 from negspace.encoders import PREPROCESS_CHOICES, load_encoder
 from negspace.errors import NegspaceError
 from negspace.redact import redact_credentials
@@ -65,12 +65,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("negspace")
 
 DEFAULT_MODEL = "openclip:ViT-B-16/openai"
+# The paper defaults the options show, read from the configs: the CLI never restates one.
 _MINING = MiningConfig()
-
-
-def default_of(function: Callable[..., Any], name: str) -> Any:
-    """A parameter's default, read from the signature: the CLI never restates a paper default."""
-    return inspect.signature(function).parameters[name].default
+_MCM, _TANL, _ADANEG = MCMConfig(), TANLConfig(), AdaNegConfig()
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -147,27 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
                          "mixed = ID and every OOD set in one stream (default: %(default)s)")
     _add_model_options(ev)
     method = ev.add_argument_group("method parameters")
-    method.add_argument("--temperature", type=cli_args.positive_float, default=default_of(MCM.__init__, "temperature"), help="MCM softmax temperature (default: %(default)s)")
+    method.add_argument("--temperature", type=cli_args.positive_float, default=_MCM.temperature, help="MCM softmax temperature (default: %(default)s)")
     method.add_argument("--tau", type=cli_args.positive_float, default=DEFAULT_TAU, help="NegLabel temperature (default: %(default)s)")
     method.add_argument("--groups", type=positive_int, default=DEFAULT_GROUPS, help="NegLabel groups G (default: %(default)s)")
     method.add_argument("--negatives", type=Path, help="negative-label file from 'negspace mine' (skips mining)")
     tanl = ev.add_argument_group("TANL (test-time activated negative labels)")
-    tanl.add_argument("--tanl-corpus", type=cli_args.corpus, default=default_of(TANL.from_encoder, "corpus"),
+    tanl.add_argument("--tanl-corpus", type=cli_args.corpus, default=TANL_DEFAULT_CORPUS,
                       help="label pool: a WordNet selection (neglabel, all) or a corpus file, as --corpus (default: %(default)s)")
-    tanl.add_argument("--tanl-alpha", type=cli_args.fraction, default=default_of(TANL.from_features, "alpha"), help="history vs batch activation, 1 = distribution-adaptive (default: %(default)s)")
-    tanl.add_argument("--tanl-beta", type=positive_int, default=default_of(TANL.from_features, "beta"), help="activated labels kept (default: %(default)s)")
-    tanl.add_argument("--tanl-step", type=positive_int, default=default_of(TANL.from_features, "step"), help="activation-aware score step s (default: %(default)s)")
-    tanl.add_argument("--tanl-queue-length", type=positive_int, default=default_of(TANL.from_features, "queue_length"), help="confident ID/OOD queue length (default: %(default)s)")
-    tanl.add_argument("--tanl-g", type=cli_args.fraction, default=default_of(TANL.from_features, "g"), help="confidence margin around the Otsu threshold (default: %(default)s)")
-    tanl.add_argument("--tanl-otsu-window", type=positive_int, default=default_of(TANL.from_features, "otsu_window"), help="scores kept for Otsu (default: %(default)s)")
+    tanl.add_argument("--tanl-alpha", type=cli_args.fraction, default=_TANL.alpha, help="history vs batch activation, 1 = distribution-adaptive (default: %(default)s)")
+    tanl.add_argument("--tanl-beta", type=positive_int, default=_TANL.beta, help="activated labels kept (default: %(default)s)")
+    tanl.add_argument("--tanl-step", type=positive_int, default=_TANL.step, help="activation-aware score step s (default: %(default)s)")
+    tanl.add_argument("--tanl-queue-length", type=positive_int, default=_TANL.queue_length, help="confident ID/OOD queue length (default: %(default)s)")
+    tanl.add_argument("--tanl-g", type=cli_args.fraction, default=_TANL.g, help="confidence margin around the Otsu threshold (default: %(default)s)")
+    tanl.add_argument("--tanl-otsu-window", type=positive_int, default=_TANL.otsu_window, help="scores kept for Otsu (default: %(default)s)")
     adaneg = ev.add_argument_group("AdaNeg (adaptive negative proxies)")
-    adaneg.add_argument("--adaneg-proxy", choices=("task", "sample"), default=default_of(AdaNeg.from_features, "proxy"), help="proxy kind (default: %(default)s)")
-    adaneg.add_argument("--adaneg-memory-length", type=positive_int, default=default_of(AdaNeg.from_features, "memory_length"), help="slots per label, slot 0 = text (default: %(default)s)")
-    adaneg.add_argument("--adaneg-gamma", type=cli_args.fraction, default=default_of(AdaNeg.from_features, "gamma"), help="caching threshold (default: %(default)s)")
-    adaneg.add_argument("--adaneg-g", type=cli_args.fraction, default=default_of(AdaNeg.from_features, "g"), help="caching margin (default: %(default)s)")
-    adaneg.add_argument("--adaneg-groups", type=positive_int, default=default_of(AdaNeg.from_features, "groups"), help="groups of the AdaNeg score (default: %(default)s)")
-    adaneg.add_argument("--adaneg-sample-scale", type=cli_args.non_negative_float, default=default_of(AdaNeg.from_features, "sample_weight_scale"), help="sample-adaptive weight scale (default: %(default)s)")
-    adaneg.add_argument("--adaneg-nl-weight", type=cli_args.non_negative_float, default=default_of(AdaNeg.from_features, "nl_weight"), help="weight of the NegLabel term (default: %(default)s)")
+    adaneg.add_argument("--adaneg-proxy", choices=("task", "sample"), default=_ADANEG.proxy, help="proxy kind (default: %(default)s)")
+    adaneg.add_argument("--adaneg-memory-length", type=positive_int, default=_ADANEG.memory_length, help="slots per label, slot 0 = text (default: %(default)s)")
+    adaneg.add_argument("--adaneg-gamma", type=cli_args.fraction, default=_ADANEG.gamma, help="caching threshold (default: %(default)s)")
+    adaneg.add_argument("--adaneg-g", type=cli_args.fraction, default=_ADANEG.g, help="caching margin (default: %(default)s)")
+    adaneg.add_argument("--adaneg-groups", type=positive_int, default=_ADANEG.groups, help="groups of the AdaNeg score (default: %(default)s)")
+    adaneg.add_argument("--adaneg-sample-scale", type=cli_args.non_negative_float, default=_ADANEG.sample_weight_scale, help="sample-adaptive weight scale (default: %(default)s)")
+    adaneg.add_argument("--adaneg-nl-weight", type=cli_args.non_negative_float, default=_ADANEG.nl_weight, help="weight of the NegLabel term (default: %(default)s)")
     cli_ants.add_ants_options(ev)
     cli_ants.add_mllm_options(ev)
     _add_mining_options(ev)

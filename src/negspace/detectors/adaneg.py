@@ -34,13 +34,13 @@ times NegLabel's. Memory is a fixed ``(K + M, L, D)`` array: it does not grow wi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import OnlineDetector, as_unit_rows
+from negspace.detectors.base import OnlineDetector, as_unit_rows, resolve_config
 from negspace.detectors.saved import SavedDetector, constructor_params
 from negspace.scoring import DEFAULT_TAU, group_order, softmax_entropy  # noqa: F401  (re-exported)
 
@@ -156,6 +156,33 @@ def sample_adaptive_cosines(
 # --------------------------------------------------------------------------- state
 
 
+@dataclass(frozen=True)
+class AdaNegConfig:
+    """AdaNeg's hyper-parameters, with the authors' defaults (SPEC section 6)."""
+
+    tau: float = DEFAULT_TAU
+    memory_length: int = 10  # slots per label; slot 0 holds its text feature
+    gamma: float = 0.5  # caching threshold on S_nl
+    g: float = 0.5  # caching margin
+    groups: int = 5  # groups of the score
+    proxy: str = "task"  # task- or sample-adaptive proxies
+    sample_weight_scale: float = 5.5  # sample-adaptive weights exp(-scale * (1 - cos))
+    nl_weight: float = 0.1  # weight of NegLabel's score in the sum
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.tau > 0:
+            raise ValueError(f"tau must be positive, got {self.tau}")
+        if self.memory_length < 1:
+            raise ValueError(f"memory_length must be >= 1 (slot 0 is the text feature), got {self.memory_length}")
+        if self.proxy not in PROXIES:
+            raise ValueError(f"proxy must be one of {PROXIES}, got {self.proxy!r}")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.g <= 1.0:
+            raise ValueError(f"gamma and g must be in [0, 1], got {self.gamma} and {self.g}")
+        if self.groups < 1:
+            raise ValueError(f"groups must be at least 1, got {self.groups}")
+
+
 @dataclass
 class AdaNegState:
     """The label memories; fixed size whatever the stream length."""
@@ -176,6 +203,8 @@ class AdaNegState:
 class AdaNeg(OnlineDetector):
     """Adaptive negative proxies (see the module docstring).
 
+    Takes ``config=AdaNegConfig(...)`` or its fields as keywords (``proxy="sample"``).
+
     Attributes:
         state_: the current :class:`AdaNegState`; ``reset()`` rebuilds the initial one exactly.
         group_index_: the seeded group order of the negative bank (``G = groups``).
@@ -185,28 +214,16 @@ class AdaNeg(OnlineDetector):
         self,
         id_text_features: np.ndarray,
         neg_text_features: np.ndarray,
-        tau: float = DEFAULT_TAU,
-        memory_length: int = 10,
-        gamma: float = 0.5,
-        g: float = 0.5,
-        groups: int = 5,
-        proxy: str = "task",
-        sample_weight_scale: float = 5.5,
-        nl_weight: float = 0.1,
-        seed: int = 0,
+        config: AdaNegConfig | None = None,
+        *,
         chunk_size: int = 1000,
         neg_labels: Sequence[str] | None = None,
         backend: str = "numpy",
         device: str = "auto",
+        **params: Any,
     ) -> None:
-        if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
-        if memory_length < 1:
-            raise ValueError(f"memory_length must be >= 1 (slot 0 is the text feature), got {memory_length}")
-        if proxy not in PROXIES:
-            raise ValueError(f"proxy must be one of {PROXIES}, got {proxy!r}")
-        if not 0.0 <= gamma <= 1.0 or not 0.0 <= g <= 1.0:
-            raise ValueError(f"gamma and g must be in [0, 1], got {gamma} and {g}")
+        self.config = resolve_config(AdaNegConfig, config, params)
+        groups = self.config.groups
         self.backend = resolve_backend(backend, device)
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
         dim = self.id_text_features.shape[1]
@@ -218,15 +235,9 @@ class AdaNeg(OnlineDetector):
             raise ValueError(f"groups must be between 1 and the {n_neg} negative labels, got {groups}")
         if neg_labels is not None and len(neg_labels) != n_neg:
             raise ValueError(f"{len(neg_labels)} negative labels for {n_neg} negative features")
-        self.tau = float(tau)
-        self.memory_length = int(memory_length)
-        self.gamma = float(gamma)
-        self.g = float(g)
-        self.groups = int(groups)
-        self.proxy = proxy
-        self.sample_weight_scale = float(sample_weight_scale)
-        self.nl_weight = float(nl_weight)
-        self.seed = int(seed)
+        c = self.config
+        self.tau, self.memory_length, self.gamma, self.g, self.groups = c.tau, c.memory_length, c.gamma, c.g, groups
+        self.proxy, self.sample_weight_scale, self.nl_weight, self.seed = c.proxy, c.sample_weight_scale, c.nl_weight, c.seed
         self.chunk_size = int(chunk_size)
         self.neg_labels = list(neg_labels) if neg_labels is not None else None
         self.group_index_ = group_order(n_neg, self.groups, self.seed)
@@ -239,17 +250,11 @@ class AdaNeg(OnlineDetector):
         cls,
         id_text_features: np.ndarray,
         neg_text_features: np.ndarray,
-        tau: float = DEFAULT_TAU,
-        memory_length: int = 10,
-        gamma: float = 0.5,
-        g: float = 0.5,
-        groups: int = 5,
-        proxy: str = "task",
-        sample_weight_scale: float = 5.5,
-        nl_weight: float = 0.1,
-        seed: int = 0,
+        config: AdaNegConfig | None = None,
+        *,
         backend: str = "numpy",
         device: str = "auto",
+        **params: Any,
     ) -> AdaNeg:
         """Build from ``(K, D)`` ID and ``(M, D)`` negative text features (no encoder needed).
 
@@ -257,11 +262,7 @@ class AdaNeg(OnlineDetector):
         proxies on ``device``; the memories stay NumPy on the host, and so do the per-slot
         products of sample-adaptive proxies.
         """
-        return cls(
-            id_text_features, neg_text_features, tau=tau, memory_length=memory_length, gamma=gamma,
-            g=g, groups=groups, proxy=proxy, sample_weight_scale=sample_weight_scale,
-            nl_weight=nl_weight, seed=seed, backend=backend, device=device,
-        )
+        return cls(id_text_features, neg_text_features, config, backend=backend, device=device, **params)
 
     @classmethod
     def from_encoder(
@@ -431,14 +432,6 @@ class AdaNeg(OnlineDetector):
         return {
             "n_classes": self.n_classes,
             "n_negatives": len(self.neg_text_features),
-            "tau": self.tau,
-            "memory_length": self.memory_length,
-            "gamma": self.gamma,
-            "g": self.g,
-            "groups": self.groups,
-            "proxy": self.proxy,
-            "sample_weight_scale": self.sample_weight_scale,
-            "nl_weight": self.nl_weight,
-            "seed": self.seed,
+            **asdict(self.config),
             **self.backend.params(),
         }

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +19,26 @@ if TYPE_CHECKING:
     from negspace.detectors.saved import SavedDetector
 
     from negspace.encoders import ClipEncoder
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def resolve_config(config_type: type[ConfigT], config: ConfigT | None, overrides: dict[str, Any]) -> ConfigT:
+    """``config`` (default: ``config_type()``, the paper's defaults) with keyword ``overrides``.
+
+    Every detector takes ``config=`` or the config's fields as keywords; a name that is not a
+    field is a ``TypeError`` naming the fields, as a wrong keyword argument would be.
+    """
+    known = {f.name for f in fields(config_type)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"{config_type.__name__} has no field {', '.join(map(repr, unknown))} "
+                        f"(fields: {', '.join(sorted(known))})")
+    base = config if config is not None else config_type()
+    if not isinstance(base, config_type):
+        raise TypeError(f"config must be a {config_type.__name__}, got {type(base).__name__}")
+    return replace(base, **overrides) if overrides else base
 
 
 class Detector(ABC):

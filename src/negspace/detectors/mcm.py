@@ -11,12 +11,13 @@ prompt ``a photo of a {}.``. ``backend="torch"`` runs the kernels on torch tenso
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import Detector, as_unit_rows
+from negspace.detectors.base import Detector, as_unit_rows, resolve_config
 from negspace.detectors.saved import SavedDetector
 
 if TYPE_CHECKING:
@@ -25,36 +26,52 @@ if TYPE_CHECKING:
 MCM_TEMPLATE = "a photo of a {}."
 
 
-class MCM(Detector):
-    """Maximum softmax probability over the ID labels at temperature ``temperature``."""
+@dataclass(frozen=True)
+class MCMConfig:
+    """MCM's hyper-parameter, with the paper's default: the softmax temperature ``T = 1``."""
 
-    def __init__(self, id_text_features: np.ndarray, temperature: float = 1.0, backend: str = "numpy",
-                 device: str = "auto") -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+
+class MCM(Detector):
+    """Maximum softmax probability over the ID labels at temperature ``config.temperature``.
+
+    Takes ``config=MCMConfig(...)`` or its fields as keywords (``temperature=0.5``).
+    """
+
+    def __init__(self, id_text_features: np.ndarray, config: MCMConfig | None = None, *, backend: str = "numpy",
+                 device: str = "auto", **params: Any) -> None:
+        self.config = resolve_config(MCMConfig, config, params)
         self.backend = resolve_backend(backend, device)
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
         self._id_text = self.backend.asarray(self.id_text_features)  # on the backend's device
-        self.temperature = float(temperature)
+        self.temperature = self.config.temperature
 
     @classmethod
-    def from_features(cls, id_text_features: np.ndarray, temperature: float = 1.0, backend: str = "numpy",
-                      device: str = "auto") -> MCM:
+    def from_features(cls, id_text_features: np.ndarray, config: MCMConfig | None = None, *, backend: str = "numpy",
+                      device: str = "auto", **params: Any) -> MCM:
         """Build from ``(K, D)`` ID text features (no encoder needed)."""
-        return cls(id_text_features, temperature=temperature, backend=backend, device=device)
+        return cls(id_text_features, config, backend=backend, device=device, **params)
 
     @classmethod
     def from_encoder(
         cls,
         encoder: ClipEncoder,
         class_names: Sequence[str],
-        temperature: float = 1.0,
+        config: MCMConfig | None = None,
+        *,
         template: str = MCM_TEMPLATE,
         backend: str = "numpy",
         device: str = "auto",
+        **params: Any,
     ) -> MCM:
         """Encode ``class_names`` with ``template`` and keep the encoder for :meth:`score_images`."""
-        detector = cls(encoder.encode_texts(list(class_names), template=template), temperature, backend, device)
+        detector = cls(encoder.encode_texts(list(class_names), template=template), config, backend=backend,
+                       device=device, **params)
         detector.encoder = encoder
         detector.class_names = list(class_names)
         return detector
@@ -67,7 +84,7 @@ class MCM(Detector):
         return to_numpy(self.backend.ops.max_softmax(logits))
 
     def to_saved(self) -> SavedDetector:
-        return SavedDetector("mcm", {"temperature": self.temperature}, {"id_text_features": self.id_text_features},
+        return SavedDetector("mcm", asdict(self.config), {"id_text_features": self.id_text_features},
                              {"class_names": self.class_names})
 
     @classmethod
@@ -78,4 +95,4 @@ class MCM(Detector):
         return det
 
     def get_params(self) -> dict[str, Any]:
-        return {"n_classes": len(self.id_text_features), "temperature": self.temperature, **self.backend.params()}
+        return {"n_classes": len(self.id_text_features), **asdict(self.config), **self.backend.params()}

@@ -13,12 +13,13 @@ ID names and nouns are prompted ``The nice {}.``, adjectives ``This is a {} phot
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import Detector, as_unit_rows
+from negspace.detectors.base import Detector, as_unit_rows, resolve_config
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU, group_order
 
@@ -30,8 +31,26 @@ NEGLABEL_ID_TEMPLATE = "The nice {}."
 DEFAULT_GROUPS = 100
 
 
+@dataclass(frozen=True)
+class NegLabelConfig:
+    """NegLabel's hyper-parameters, with the paper's defaults: ``tau = 0.01``, ``G = 100`` groups
+    drawn with ``seed``."""
+
+    tau: float = DEFAULT_TAU
+    groups: int = DEFAULT_GROUPS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.tau > 0:
+            raise ValueError(f"tau must be positive, got {self.tau}")
+        if self.groups < 1:
+            raise ValueError(f"groups must be at least 1, got {self.groups}")
+
+
 class NegLabel(Detector):
     """Grouped negative-label score with a fixed bank of negative text features.
+
+    Takes ``config=NegLabelConfig(...)`` or its fields as keywords (``groups=10``).
 
     Attributes:
         neg_labels: the negative label strings in bank order, when known.
@@ -42,15 +61,15 @@ class NegLabel(Detector):
         self,
         id_text_features: np.ndarray,
         neg_text_features: np.ndarray,
-        tau: float = DEFAULT_TAU,
-        groups: int = DEFAULT_GROUPS,
-        seed: int = 0,
+        config: NegLabelConfig | None = None,
+        *,
         neg_labels: Sequence[str] | None = None,
         backend: str = "numpy",
         device: str = "auto",
+        **params: Any,
     ) -> None:
-        if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
+        self.config = resolve_config(NegLabelConfig, config, params)
+        groups = self.config.groups
         self.backend = resolve_backend(backend, device)
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
         dim = self.id_text_features.shape[1]
@@ -60,9 +79,7 @@ class NegLabel(Detector):
             raise ValueError(f"{len(neg_labels)} negative labels for {n_neg} negative features")
         if not 1 <= groups <= n_neg:
             raise ValueError(f"groups must be between 1 and the {n_neg} negative labels, got {groups}")
-        self.tau = float(tau)
-        self.groups = int(groups)
-        self.seed = int(seed)
+        self.tau, self.groups, self.seed = self.config.tau, self.config.groups, self.config.seed
         self.neg_labels = list(neg_labels) if neg_labels is not None else None
         self.group_index_ = group_order(n_neg, self.groups, self.seed)
         # ID labels and the bank in group order, stored once in one matrix: scoring is one GEMM,
@@ -76,15 +93,14 @@ class NegLabel(Detector):
         cls,
         id_text_features: np.ndarray,
         neg_text_features: np.ndarray,
-        tau: float = DEFAULT_TAU,
-        groups: int = DEFAULT_GROUPS,
-        seed: int = 0,
+        config: NegLabelConfig | None = None,
+        *,
         backend: str = "numpy",
         device: str = "auto",
+        **params: Any,
     ) -> NegLabel:
         """Build from ``(K, D)`` ID and ``(M, D)`` negative text features (no encoder needed)."""
-        return cls(id_text_features, neg_text_features, tau=tau, groups=groups, seed=seed, backend=backend,
-                   device=device)
+        return cls(id_text_features, neg_text_features, config, backend=backend, device=device, **params)
 
     @classmethod
     def from_mined(
@@ -92,16 +108,16 @@ class NegLabel(Detector):
         encoder: ClipEncoder,
         class_names: Sequence[str],
         mined: MinedNegatives,
-        tau: float = DEFAULT_TAU,
-        groups: int = DEFAULT_GROUPS,
-        seed: int = 0,
+        config: NegLabelConfig | None = None,
+        *,
         backend: str = "numpy",
         device: str = "auto",
+        **params: Any,
     ) -> NegLabel:
         """Build from mined negatives; ID names are encoded with ``The nice {}.``."""
         id_features = encoder.encode_texts(list(class_names), template=NEGLABEL_ID_TEMPLATE)
-        detector = cls(id_features, mined.features, tau, groups, seed, neg_labels=mined.labels, backend=backend,
-                       device=device)
+        detector = cls(id_features, mined.features, config, neg_labels=mined.labels, backend=backend,
+                       device=device, **params)
         detector.encoder = encoder
         detector.class_names = list(class_names)
         return detector
@@ -119,7 +135,7 @@ class NegLabel(Detector):
         return to_numpy(self.backend.ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau))
 
     def to_saved(self) -> SavedDetector:
-        return SavedDetector("neglabel", {"tau": self.tau, "groups": self.groups, "seed": self.seed},
+        return SavedDetector("neglabel", asdict(self.config),
                              {"id_text_features": self.id_text_features, "neg_text_features": self.neg_text_features},
                              {"neg_labels": self.neg_labels, "class_names": self.class_names})
 
@@ -138,8 +154,6 @@ class NegLabel(Detector):
         return {
             "n_classes": len(self.id_text_features),
             "n_negatives": len(self.neg_text_features),
-            "tau": self.tau,
-            "groups": self.groups,
-            "seed": self.seed,
+            **asdict(self.config),
             **self.backend.params(),
         }

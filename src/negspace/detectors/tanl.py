@@ -44,13 +44,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import OnlineDetector, as_unit_rows
+from negspace.detectors.base import OnlineDetector, as_unit_rows, resolve_config
 from negspace.detectors.ring import RingBuffer, column_sum
 from negspace.detectors.saved import SavedDetector, constructor_params
 from negspace.scoring import (  # noqa: F401  (activation_aware_score, otsu_threshold, top_labels: TANL's public API)
@@ -67,9 +67,40 @@ log = logging.getLogger(__name__)
 
 ID_TEMPLATE = "The nice {}."
 CORPUS_CHOICES = ("neglabel", "all")
+DEFAULT_CORPUS = "neglabel"  # the NegLabel corpus, SPEC section 3
 
 
 # --------------------------------------------------------------------------- pure functions
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class TANLConfig:
+    """TANL's hyper-parameters, with the authors' defaults (SPEC section 5)."""
+
+    tau: float = DEFAULT_TAU
+    queue_length: int = 300  # confident ID / OOD rows kept in each queue
+    alpha: float = 0.0  # weight of the history activation against the batch's (1: distribution-adaptive)
+    beta: int = 1000  # activated labels kept
+    step: int = 1  # activation-aware score: prefix lengths s, 2s, ...
+    g: float = 0.5  # confidence margin around the Otsu threshold
+    otsu_window: int = 20000  # past scores the Otsu threshold is computed on
+    otsu_step: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.tau > 0:
+            raise ValueError(f"tau must be positive, got {self.tau}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.g <= 1.0:
+            raise ValueError(f"g must be in [0, 1], got {self.g}")
+        if self.beta < 1 or self.step < 1 or self.queue_length < 1 or self.otsu_window < 1:
+            raise ValueError("beta, step, queue_length and otsu_window must be >= 1")
+        if not 0.0 < self.otsu_step < 1.0:
+            raise ValueError(f"otsu_step must be in (0, 1), got {self.otsu_step}")
 
 
 # --------------------------------------------------------------------------- state
@@ -92,6 +123,8 @@ class TANLState:
 class TANL(OnlineDetector):
     """Test-time activated negative labels over the whole corpus (see the module docstring).
 
+    Takes ``config=TANLConfig(...)`` or its fields as keywords (``beta=200``).
+
     Attributes:
         state_: the current :class:`TANLState`; ``reset()`` rebuilds the initial one exactly.
         pool_labels: the pool's words in feature order, when known.
@@ -102,28 +135,18 @@ class TANL(OnlineDetector):
         id_text_features: np.ndarray,
         pool_text_features: np.ndarray,
         noise_image_features: np.ndarray,
-        tau: float = DEFAULT_TAU,
-        queue_length: int = 300,
-        alpha: float = 0.0,
-        beta: int = 1000,
-        step: int = 1,
-        g: float = 0.5,
-        otsu_window: int = 20000,
-        otsu_step: float = 0.01,
-        seed: int = 0,
+        config: TANLConfig | None = None,
+        *,
         chunk_size: int = 256,
         pool_labels: Sequence[str] | None = None,
         backend: str = "numpy",
         device: str = "auto",
+        **params: Any,
     ) -> None:
-        if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if not 0.0 <= g <= 1.0:
-            raise ValueError(f"g must be in [0, 1], got {g}")
-        if beta < 1 or step < 1 or queue_length < 1 or otsu_window < 1 or chunk_size < 1:
-            raise ValueError("beta, step, queue_length, otsu_window and chunk_size must be >= 1")
+        self.config = resolve_config(TANLConfig, config, params)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        beta = self.config.beta
         self.backend = resolve_backend(backend, device)
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
         dim = self.id_text_features.shape[1]
@@ -138,16 +161,11 @@ class TANL(OnlineDetector):
             raise ValueError(f"{len(pool_labels)} pool labels for {n_pool} pool features")
         if beta > n_pool:
             log.warning("beta = %d is larger than the pool of %d labels; using all %d", beta, n_pool, n_pool)
-        self.tau = float(tau)
-        self.queue_length = int(queue_length)
-        self.alpha = float(alpha)
-        self.beta_requested = int(beta)
-        self.beta = min(int(beta), n_pool)
-        self.step = int(step)
-        self.g = float(g)
-        self.otsu_window = int(otsu_window)
-        self.otsu_step = float(otsu_step)
-        self.seed = int(seed)
+        c = self.config
+        self.tau, self.queue_length, self.alpha, self.step, self.g = c.tau, c.queue_length, c.alpha, c.step, c.g
+        self.otsu_window, self.otsu_step, self.seed = c.otsu_window, c.otsu_step, c.seed
+        self.beta_requested = beta
+        self.beta = min(beta, n_pool)
         # Rows of activations computed at once (a 256 x 70k chunk is 72 MB). Each chunk reads the
         # whole pool once: 64-row chunks made the pool product 1.7x slower than one 256-row GEMM.
         self.chunk_size = int(chunk_size)
@@ -163,35 +181,26 @@ class TANL(OnlineDetector):
         id_text_features: np.ndarray,
         pool_text_features: np.ndarray,
         noise_image_features: np.ndarray,
-        tau: float = DEFAULT_TAU,
-        queue_length: int = 300,
-        alpha: float = 0.0,
-        beta: int = 1000,
-        step: int = 1,
-        g: float = 0.5,
-        otsu_window: int = 20000,
-        otsu_step: float = 0.01,
-        seed: int = 0,
+        config: TANLConfig | None = None,
+        *,
         backend: str = "numpy",
         device: str = "auto",
+        **params: Any,
     ) -> TANL:
         """Build from ``(K, D)`` ID text, ``(P, D)`` pool text and ``(N, D)`` noise image features.
 
         ``backend="torch"`` keeps the pool, the queues and the batch on ``device`` (CUDA when
         present for ``"auto"``); the Otsu window and the scores returned are NumPy.
         """
-        return cls(
-            id_text_features, pool_text_features, noise_image_features, tau=tau,
-            queue_length=queue_length, alpha=alpha, beta=beta, step=step, g=g,
-            otsu_window=otsu_window, otsu_step=otsu_step, seed=seed, backend=backend, device=device,
-        )
+        return cls(id_text_features, pool_text_features, noise_image_features, config, backend=backend, device=device,
+                   **params)
 
     @classmethod
     def from_encoder(
         cls,
         encoder: ClipEncoder,
         class_names: Sequence[str],
-        corpus: str = "neglabel",
+        corpus: str = DEFAULT_CORPUS,
         noise_seed: int = 0,
         progress: bool = True,
         **params: Any,
@@ -202,7 +211,8 @@ class TANL(OnlineDetector):
         "~70k candidates" of SPEC section 5); ``"all"`` is all of WordNet; a file path is a
         vocabulary of one's own (:mod:`negspace.corpus.custom`). Exact ID names are
         removed. ID names and nouns use ``The nice {}.``, adjectives ``This is a {} photo.``.
-        ``params`` are the keyword arguments of :meth:`from_features`.
+        ``params`` are the keyword arguments of :meth:`from_features` (``config=``, its fields,
+        ``backend``, ``device``).
         """
         from negspace.corpus.custom import is_corpus_spec, load_corpus
         from negspace.corpus.mining import ADJECTIVE_TEMPLATE, NOUN_TEMPLATE
@@ -355,14 +365,7 @@ class TANL(OnlineDetector):
             "n_classes": len(self.id_text_features),
             "n_pool": len(self.pool_text_features),
             "n_noise": len(self.noise_image_features),
-            "tau": self.tau,
-            "queue_length": self.queue_length,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "step": self.step,
-            "g": self.g,
-            "otsu_window": self.otsu_window,
-            "otsu_step": self.otsu_step,
-            "seed": self.seed,
+            **asdict(self.config),
+            "beta": self.beta,  # as used: at most the pool's size (to_saved keeps the requested one)
             **self.backend.params(),
         }
