@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from negspace.detectors.ants import ANTS
-from negspace.detectors.ants_config import ANTSConfig
-from negspace.detectors.ants_rules import (
+from negspace.detectors.ants.config import ANTSConfig
+from negspace.detectors.ants.rules import (
     exact_paper_negatives,
     histogram_add,
     histogram_quantile,
@@ -18,7 +18,7 @@ from negspace.detectors.ants_rules import (
     kcenter_greedy,
     scaled_schedule,
 )
-from negspace.detectors.ants_state import ANTSState
+from negspace.detectors.ants.state import ANTSState
 from negspace.detectors.neglabel import NegLabel
 from negspace.metrics import auroc
 from negspace.mllm.protocol import MLLM

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from negspace.detectors.ants import ANTS
-from negspace.detectors.ants_config import ANTSConfig
+from negspace.detectors.ants.config import ANTSConfig
 from negspace.testing import make_world
 from numerics import assert_scores_close, score_bound
 from test_ants import ScriptedMLLM, StubEncoder, stream

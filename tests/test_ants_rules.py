@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from negspace.detectors.ants import ANTS
-from negspace.detectors.ants_config import ANTSConfig
-from negspace.detectors.ants_rules import (
+from negspace.detectors.ants.config import ANTSConfig
+from negspace.detectors.ants.rules import (
     activation_ens_score,
     activation_threshold,
     changing_bank_groups,

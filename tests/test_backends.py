@@ -154,7 +154,7 @@ def test_backend_choices_are_checked_in_one_sentence():
 
 @pytest.mark.parametrize("preset", ["default", "two-pass", "authors"])
 def test_ants_on_torch_builds_the_same_banks_and_scores(preset):
-    from negspace.detectors.ants_config import ANTSConfig
+    from negspace.detectors.ants.config import ANTSConfig
     from test_ants import SCHEDULE, build, run
 
     ants_world = make_world(n_per_class=20, n_per_concept=60)

@@ -22,7 +22,7 @@ _LAZY = {
     "load_wordnet_corpus": "negspace.corpus.wordnet",
     "AdaNeg": "negspace.detectors.adaneg",
     "ANTS": "negspace.detectors.ants",
-    "ANTSConfig": "negspace.detectors.ants_config",
+    "ANTSConfig": "negspace.detectors.ants.config",
     "MCM": "negspace.detectors.mcm",
     "NegLabel": "negspace.detectors.neglabel",
     "load_detector": "negspace.detectors.registry",

@@ -14,9 +14,9 @@ import numpy as np
 
 from negspace.cli_args import fraction, non_negative_int, positive_float, positive_int
 from negspace.detectors.ants import ANTS
-from negspace.detectors.ants_config import ANTSConfig
-from negspace.detectors.ants_explain import write_explanations_csv
-from negspace.detectors.ants_rules import scaled_schedule
+from negspace.detectors.ants.config import ANTSConfig
+from negspace.detectors.ants.explain import write_explanations_csv
+from negspace.detectors.ants.rules import scaled_schedule
 from negspace.errors import NegspaceError
 from negspace.evaluate import EncodedSet
 

@@ -27,14 +27,13 @@ import numpy as np
 
 from negspace.corpus.custom import corpus_fingerprint, load_corpus
 from negspace.corpus.wordnet import Corpus
+from negspace.templates import ADJECTIVE_TEMPLATE, NOUN_TEMPLATE  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
 
 log = logging.getLogger(__name__)
 
-NOUN_TEMPLATE = "The nice {}."
-ADJECTIVE_TEMPLATE = "This is a {} photo."
 SPLITS = ("proportional", "per_part")
 
 

@@ -43,12 +43,12 @@ from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import OnlineDetector, as_unit_rows, resolve_config
 from negspace.detectors.saved import SavedDetector, constructor_params
 from negspace.scoring import DEFAULT_TAU, group_order, softmax_entropy  # noqa: F401  (re-exported)
+from negspace.templates import ID_TEMPLATE
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives, MiningConfig
     from negspace.encoders import ClipEncoder
 
-ID_TEMPLATE = "The nice {}."
 PROXIES = ("task", "sample")
 
 

@@ -19,11 +19,10 @@ import numpy as np
 from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import Detector, as_unit_rows, resolve_config
 from negspace.detectors.saved import SavedDetector
+from negspace.templates import MCM_TEMPLATE
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
-
-MCM_TEMPLATE = "a photo of a {}."
 
 
 @dataclass(frozen=True)

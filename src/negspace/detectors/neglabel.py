@@ -22,12 +22,12 @@ from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import Detector, as_unit_rows, resolve_config
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU, group_order
+from negspace.templates import ID_TEMPLATE as NEGLABEL_ID_TEMPLATE
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives
     from negspace.encoders import ClipEncoder
 
-NEGLABEL_ID_TEMPLATE = "The nice {}."
 DEFAULT_GROUPS = 100
 
 

@@ -5,7 +5,7 @@
                     the state as it was when saved)
 
 JSON and ``.npy`` only (no pickle): a saved detector can be read by anything that reads NumPy
-files. ANTS writes its richer negative-space format (:mod:`negspace.detectors.ants_io`);
+files. ANTS writes its richer negative-space format (:mod:`negspace.detectors.ants.io`);
 :func:`negspace.detectors.registry.load_detector` reads both.
 """
 

@@ -59,13 +59,13 @@ from negspace.scoring import (  # noqa: F401  (activation_aware_score, otsu_thre
     otsu_threshold,
     top_labels,
 )
+from negspace.templates import ID_TEMPLATE
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
 
 log = logging.getLogger(__name__)
 
-ID_TEMPLATE = "The nice {}."
 CORPUS_CHOICES = ("neglabel", "all")
 DEFAULT_CORPUS = "neglabel"  # the NegLabel corpus, SPEC section 3
 

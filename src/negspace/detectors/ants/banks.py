@@ -16,17 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from negspace.detectors.ants_config import ANTSConfig
-from negspace.detectors.ants_rules import kcenter_greedy
-from negspace.detectors.ants_state import ANTSState
+from negspace.detectors.ants.config import ANTSConfig
+from negspace.detectors.ants.rules import kcenter_greedy
+from negspace.detectors.ants.state import ANTSState
 from negspace.detectors.base import as_unit_rows
 from negspace.mllm.prompts import describe_request, read_class_list, read_description, vsnl_request
 from negspace.mllm.protocol import GenerationParams
+from negspace.templates import ENS_TEMPLATE, VSNL_TEMPLATE  # noqa: F401  (re-exported)
 
 log = logging.getLogger("negspace.detectors.ants")
 
-VSNL_TEMPLATE = "The nice {}."
-ENS_TEMPLATE = "{}"
 _UNLIMITED = 1 << 62
 
 

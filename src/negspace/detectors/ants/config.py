@@ -43,7 +43,7 @@ class ANTSConfig:
     Scoring: ``S_ada = lam * S_ens + (1 - lam) * S_vsnl`` (``mode="ada"``), or one bank alone.
     ``lam_rule="paper"`` is Eq. 15 with the current banks over a bounded sample of negatives;
     ``"authors"`` the authors' running mean of balanced scores over every sample;
-    ``"crossfit"`` an experimental rule (see :func:`negspace.detectors.ants_rules.crossfit_lam`).
+    ``"crossfit"`` an experimental rule (see :func:`negspace.detectors.ants.rules.crossfit_lam`).
     """
 
     # -- scoring

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from negspace.detectors.ants_config import ANTSConfig
-from negspace.detectors.ants_state import ANTSState
+from negspace.detectors.ants.config import ANTSConfig
+from negspace.detectors.ants.state import ANTSState
 
 log = logging.getLogger(__name__)
 

@@ -52,11 +52,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from negspace.detectors import ants_explain
-from negspace.detectors.ants_banks import BankBuilder
-from negspace.detectors.ants_config import ANTSConfig
-from negspace.detectors.ants_io import SavedSpace, read_space, save_space
-from negspace.detectors.ants_rules import (
+from negspace.detectors.ants import explain as ants_explain
+from negspace.detectors.ants.banks import BankBuilder
+from negspace.detectors.ants.config import ANTSConfig
+from negspace.detectors.ants.io import SavedSpace, read_space, save_space
+from negspace.detectors.ants.rules import (
     activation_ens_score,
     activation_threshold,
     changing_bank_groups,
@@ -71,19 +71,19 @@ from negspace.detectors.ants_rules import (
     scaled_schedule,
     top_counts,
 )
-from negspace.detectors.ants_scoring import StackedBanks
-from negspace.detectors.ants_state import ANTSState
+from negspace.detectors.ants.scoring import StackedBanks
+from negspace.detectors.ants.state import ANTSState
 from negspace.detectors.base import OnlineDetector, StreamBatch, as_unit_rows
 from negspace.mllm.protocol import MLLM
 from negspace.backend import resolve_backend, to_numpy
 from negspace.scoring import group_order
+from negspace.templates import ID_TEMPLATE
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives
 
 log = logging.getLogger(__name__)
 
-ID_TEMPLATE = "The nice {}."
 _CHUNK = 1024  # rows per scoring chunk in two-pass mode (fixed, so results do not depend on batching)
 
 __all__ = ["ANTS", "ANTSConfig", "ANTSState", "TextEncoder", "scaled_schedule"]
@@ -368,7 +368,7 @@ class ANTS(BankBuilder, OnlineDetector):
         ``paper``: ``a``, ``b`` = mean ``S_ens``, ``S_vsnl`` (grouped) of the newest
         ``lam_sample`` negatives with the current banks. ``authors``: running means over every
         sample so far of the balanced scores. ``crossfit``: the paper's ``a``, ``b`` with the
-        ``lam`` of :func:`~negspace.detectors.ants_rules.crossfit_lam` (the paper's where it has
+        ``lam`` of :func:`~negspace.detectors.ants.rules.crossfit_lam` (the paper's where it has
         no answer).
         """
         cfg, st = self.config, self.state
@@ -754,7 +754,7 @@ class ANTS(BankBuilder, OnlineDetector):
 
     def explain(self, features: np.ndarray, top: int = 5) -> list[list[tuple[str, str, float]]]:
         """Per image, the ``top`` negative texts that pulled it toward OOD: ``(text, source, weight)``
-        (see :func:`negspace.detectors.ants_explain.explain`)."""
+        (see :func:`negspace.detectors.ants.explain.explain`)."""
         return ants_explain.explain(self, features, top=top)
 
     def explanation_rows(self, features: np.ndarray, sample_ids: Sequence[str], scores: np.ndarray | None = None,
@@ -763,7 +763,7 @@ class ANTS(BankBuilder, OnlineDetector):
         return ants_explain.explanation_rows(self, features, sample_ids, scores, n_images=n_images, top=top)
 
     def save(self, directory: str | Path) -> Path:
-        """Write the negative space as plain files (see :mod:`negspace.detectors.ants_io`)."""
+        """Write the negative space as plain files (see :mod:`negspace.detectors.ants.io`)."""
         self.wait_for_mllm()
         self._refresh_sample()
         return save_space(directory, SavedSpace(self.config, self.class_names, self.neg_labels,

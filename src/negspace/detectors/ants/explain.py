@@ -9,8 +9,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from negspace.detectors.ants_config import ANTSConfig
-from negspace.detectors.ants_state import ANTSState
+from negspace.detectors.ants.config import ANTSConfig
+from negspace.detectors.ants.state import ANTSState
 from negspace.backend import to_numpy
 from negspace.detectors.base import as_unit_rows
 from negspace.scoring import log_sum_exp

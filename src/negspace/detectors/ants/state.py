@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from negspace.detectors.ants_config import ANTSConfig
+from negspace.detectors.ants.config import ANTSConfig
 from negspace.detectors.ring import RingBuffer
 
 # Counters and scalars saved as JSON, restored as they were.
