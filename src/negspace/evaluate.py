@@ -133,6 +133,10 @@ class Evaluation:
     stream_id_scores: dict[str, np.ndarray] | None = None
     stream_of: dict[str, str] | None = None  # OOD set -> the stream that scored it (test-time methods)
     whole: OODResult | None = None  # every ID score of every stream against every OOD score
+    messages: list[str] = field(default_factory=list)  # what a person should read beside the table
+    traces: dict[str, Any] = field(default_factory=dict)  # e.g. ANTS's "lam": (images seen, lam) pairs
+    detector: Any = None  # the detector as the run left it (the run API sets it)
+    stopped: str | None = None  # the stream after which the run stopped (ANTS: its MLLM failed)
 
     def id_scores_for(self, ood_name: str) -> np.ndarray:
         """The ID scores compared with one OOD set (its own stream's, for test-time methods)."""

@@ -6,7 +6,7 @@
 
 JSON and ``.npy`` only (no pickle): a saved detector can be read by anything that reads NumPy
 files. ANTS writes its richer negative-space format (:mod:`negspace.detectors.ants.io`);
-:func:`negspace.detectors.registry.load_detector` reads both.
+:func:`negspace.methods.load_detector` reads both.
 """
 
 from __future__ import annotations
@@ -80,3 +80,17 @@ def read_saved(directory: str | Path) -> SavedDetector:
             raise ValueError(f"{file} is missing from the saved detector")
         arrays[name] = np.load(file, allow_pickle=False)
     return SavedDetector(doc["method"], doc["params"], arrays, doc.get("extra", {}), bool(doc.get("frozen", False)))
+
+
+PROVENANCE = "provenance.json"  # beside a detector saved by a run: its model and ID threshold
+
+
+def write_provenance(folder: Path, info: dict[str, Any]) -> None:
+    """What `negspace score` needs to know about a saved detector: its model and ID threshold."""
+    (Path(folder) / PROVENANCE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+
+
+def read_provenance(folder: Path) -> dict[str, Any]:
+    """The provenance saved beside a detector (empty when there is none)."""
+    path = Path(folder) / PROVENANCE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -1,2 +1,2 @@
 """Engines that move data for `negspace embed` and `negspace score`: ``local`` (this process,
-in negspace.cli_score) and ``ray`` (:mod:`negspace.engines.ray_engine`)."""
+in negspace.collections_api) and ``ray`` (:mod:`negspace.engines.ray_engine`)."""

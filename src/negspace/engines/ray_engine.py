@@ -82,7 +82,7 @@ class EncodeActor:
     def __init__(self, recipe: ModelRecipe, detector_dir: str | None, threshold: float | None) -> None:
         import torch
 
-        from negspace.detectors.registry import load_detector
+        from negspace.methods import load_detector
 
         self.torch = torch
         self.encoder = recipe.load()

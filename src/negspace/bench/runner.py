@@ -1,0 +1,280 @@
+"""A paper benchmark from Python: what ``negspace bench`` does.
+
+    from negspace.bench import BenchConfig, run_suite
+    result = run_suite(BenchConfig("imagenet", methods=("mcm", "neglabel")), data_root="data/",
+                       model=ModelConfig(), out="runs/bench")
+    result.evaluations["imagenet"]["neglabel"].average()
+
+The suite's data is checked before any model loads; each image is encoded once (the feature
+cache), then every method runs with its paper defaults and protocol (``params`` overrides a
+method's config), and the suite's files (``results.md``, ``results.csv``, ``metrics.json``,
+``report.html``) plus each method's ``eval`` files are written when ``out`` is given.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from negspace.bench import compare, figures
+from negspace.bench.classlists import run_classes
+from negspace.bench.html import ExplainedImage, RunPage, render_report
+from negspace.bench.layout import check_sets, layout_report, run_sets
+from negspace.bench.suites import Suite, load_suite
+from negspace.detectors.ants.recorder import StreamRecorder
+from negspace.errors import DatasetError, NegspaceError
+from negspace.evaluate import Evaluation, encode_set
+from negspace.methods import METHODS, BuildInputs, build_detector
+from negspace.outdir import prepare_out_dir, remove_empty_out_dir
+from negspace.runconfig import ANTSRunConfig, EvalConfig, MLLMConfig, ModelConfig
+from negspace.runs import load_mllm, load_model, mining_cache_dir, score_sets
+
+log = logging.getLogger("negspace")
+
+ALL_METHODS = tuple(METHODS)
+GALLERY_SIZE = 12  # most OOD-looking images shown per stream in report.html
+SUITE_FILES = ("results.md", "results.csv", "metrics.json", "report.html")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A benchmark run: the suite, the methods, and the few settings a benchmark exposes.
+
+    Each method runs with its paper defaults (its config class), the seed being ``seed``;
+    ``params`` replaces a method's config (e.g. ``{"ants": ANTSConfig.authors()}``). ``limit``
+    samples at most that many images per set; ``check_counts=False`` runs on sets whose file
+    count is not the expected one (both mark the run as not the papers' sets).
+    """
+
+    suite: str
+    methods: tuple[str, ...] = ALL_METHODS
+    limit: int | None = None
+    check_counts: bool = True
+    batch_size: int = 256
+    seed: int = 0
+    scoring_backend: str = "numpy"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    ants: ANTSRunConfig = field(default_factory=ANTSRunConfig)
+
+    def eval_config(self, method: str) -> EvalConfig:
+        """The evaluation of one method within the benchmark: per-set streams, paper defaults."""
+        params = self.params.get(method)
+        if params is None:  # the paper's defaults, with the benchmark's seed where the method has one
+            config_type = METHODS[method].config
+            seeded = "seed" in {f.name for f in fields(config_type)}
+            params = config_type(seed=self.seed) if seeded else config_type()
+        ants = replace(self.ants, negative_space=None, explanations=GALLERY_SIZE)
+        return EvalConfig(method, params, stream="per-set", batch_size=self.batch_size, seed=self.seed,
+                          scoring_backend=self.scoring_backend, ants=ants)
+
+
+@dataclass
+class SuiteResult:
+    """What a benchmark run produced: every evaluation per run and method, the comparisons with
+    the published numbers, the notes a reader needs, and whether ANTS stopped."""
+
+    suite: Suite
+    evaluations: dict[str, dict[str, Evaluation]]
+    pages: list[RunPage]
+    notes: list[str]
+    stopped: str | None = None
+    out: Path | None = None
+
+
+def check_data(suite: Suite, data_root: Path, check_counts: bool) -> tuple[dict, dict]:
+    """Every set and class list of the suite, or one error listing all that is wrong."""
+    if not data_root.is_dir():
+        raise NegspaceError(f"--data-root {data_root} is not a folder.")
+    checks = check_sets(suite, data_root, check_counts)
+    classes, class_problems = {}, []
+    for run in suite.runs:
+        try:
+            classes[run.name] = run_classes(run.classes, data_root)
+        except DatasetError as err:
+            class_problems.append(f"  run {run.name}: {err}")
+    if any(c.problem for c in checks.values()) or class_problems:
+        report = layout_report(suite, data_root, checks) if any(c.problem for c in checks.values()) else \
+            f"suite {suite.name}: class lists missing under --data-root {data_root}:"
+        raise NegspaceError("\n".join([report, *class_problems]))
+    return checks, classes
+
+
+def run_suite(config: BenchConfig, *, data_root: str | Path, model: ModelConfig | None = None, encoder: Any = None,
+              mllm: MLLMConfig | Any = None, out: str | Path | None = None, overwrite: bool = False,
+              command: Sequence[str] | None = None) -> SuiteResult:
+    """Run ``config``'s methods on its suite under ``data_root``; see the module docstring.
+
+    ANTS runs only with an ``mllm`` (otherwise it is skipped with a note). When the MLLM fails on
+    too many requests, ANTS's results are marked incomplete, it is dropped for later runs and
+    ``SuiteResult.stopped`` names where.
+    """
+    model = model or ModelConfig()
+    data_root = Path(data_root)
+    try:
+        suite = load_suite(config.suite)
+    except ValueError as err:
+        raise NegspaceError(f"--suite: {err}.") from None
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown or not config.methods:
+        raise NegspaceError(f"methods {list(config.methods)}: expected some of {', '.join(ALL_METHODS)}.")
+    methods = list(dict.fromkeys(config.methods))
+    checks, classes = check_data(suite, data_root, config.check_counts)
+    notes = []
+    if "ants" in methods and mllm is None:
+        methods.remove("ants")
+        notes.append("ANTS was skipped: it needs a multimodal LLM (--mllm SPEC).")
+    if not methods:
+        raise NegspaceError("no method left to run: ANTS needs --mllm SPEC.")
+    if config.limit is not None:
+        notes.append(f"A subset: at most {config.limit} images per set (seed {config.seed}); the published numbers "
+                     "are on the full sets.")
+    if "ants" in methods and isinstance(mllm, MLLMConfig):
+        mllm = load_mllm(mllm)
+    out_dir = Path(out) if out is not None else None
+    created_top = None
+    if out_dir is not None:
+        if overwrite and out_dir.is_dir():  # what an earlier bench wrote there, eval's files included
+            for name in [*SUITE_FILES, *(run.name for run in suite.runs)]:
+                old = out_dir / name
+                shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+        created_top = prepare_out_dir(out_dir, overwrite)
+    try:
+        return _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command)
+    except BaseException:
+        if out_dir is not None:  # a failed run leaves no empty folder behind
+            remove_empty_out_dir(out_dir, created_top)
+        raise
+
+
+def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command) -> SuiteResult:
+    started = time.perf_counter()
+    model_spec = getattr(encoder, "spec", model.spec) if encoder is not None else model.spec
+    encoder = encoder if encoder is not None else load_model(model)
+    backbone = model_spec + (f" (weights {model.weights})" if model.weights else "")
+    pages, summary, evaluations = [], {}, {}
+    mllm_seen: dict[str, int] = {}  # the MLLM's counters, accounted for run after run
+    stopped = None
+    for spec in suite.runs:
+        page, run_evaluations = _run_one(config, suite, spec, checks, classes[spec.name], methods, model, encoder,
+                                         mllm, out_dir, mllm_seen)
+        pages.append(page)
+        evaluations[spec.name] = run_evaluations
+        summary[spec.name] = {m: {"ood": {k: r.as_dict() for k, r in ev.results.items()}, "average": ev.average(),
+                                  "incomplete": "incomplete" in ev.info} for m, ev in run_evaluations.items()}
+        if page.stopped is not None:
+            stopped = f"run {spec.name}, stream {page.stopped}"
+            methods = [m for m in methods if m != "ants"]
+            notes.append(f"ANTS stopped on {stopped}: more than {config.ants.max_failures:.0%} of its MLLM requests "
+                         "failed or gave unusable answers; its numbers there are incomplete and it was not run on "
+                         "later runs. Check the server (--mllm) and run again.")
+            if not methods:
+                break
+    if out_dir is not None:
+        _write_suite_files(config, suite, pages, summary, notes, backbone, model_spec, encoder, out_dir,
+                           time.perf_counter() - started, command)
+    return SuiteResult(suite, evaluations, pages, notes, stopped, out_dir)
+
+
+def _run_one(config, suite, spec, checks, classes, methods, model, encoder, mllm, out_dir,
+             mllm_seen) -> tuple[RunPage, dict[str, Evaluation]]:
+    """Encode one run's sets once, then run every method on them."""
+    from negspace.report import write_report
+
+    id_images, ood_images = run_sets(spec, checks, config.limit, config.seed)
+    id_set = encode_set(id_images, encoder, config.batch_size, model.progress)
+    ood_sets = [encode_set(s, encoder, config.batch_size, model.progress) for s in ood_images]
+    stream_size = len(id_set.features) + max(len(s.features) for s in ood_sets)
+    evaluations: dict[str, Evaluation] = {}
+    page_notes, traces, galleries, stopped = [], {}, {}, None
+    for method in methods:
+        eval_config = config.eval_config(method)
+        method_dir = out_dir / spec.name / method if out_dir is not None else None
+        log.info("bench %s / %s: %s", suite.name, spec.name, method)
+        inputs = BuildInputs(eval_config, encoder, classes.names, stream_size, mllm if method == "ants" else None,
+                             model=model.spec, classes=classes.source, progress=model.progress,
+                             cache_dir=mining_cache_dir(model))
+        detector = build_detector(inputs)
+        recorder = StreamRecorder(method_dir, GALLERY_SIZE, config.ants.max_failures,
+                                  stats_seen=mllm_seen) if method == "ants" else None
+        evaluation = score_sets(detector, id_set, ood_sets, eval_config, True, recorder)
+        evaluation.info = {"method": method, "params": detector.get_params(), "suite": suite.name, "run": spec.name,
+                           **inputs.notes, **evaluation.info,
+                           **(recorder.write(mllm) if recorder is not None else {})}
+        if recorder is not None and recorder.stopped is not None:
+            stopped = recorder.stopped
+            evaluation.info["incomplete"] = {"reason": f"more than {config.ants.max_failures:.0%} of the MLLM "
+                                                       f"requests of stream {stopped} failed or gave unusable answers",
+                                             "ood_sets_not_scored": [s.name for s in spec.ood
+                                                                     if s.name not in evaluation.ood_scores]}
+        if method_dir is not None:
+            write_report(evaluation, method_dir)
+        evaluation.detector = detector
+        evaluations[method] = evaluation
+        if recorder is not None:
+            traces = evaluation.traces["lam"] = recorder.lam
+            galleries = _galleries(recorder.explanation_rows, {s.name: s.published_as for s in spec.ood})
+            if recorder.stopped is not None:
+                name = titles_of(spec).get(recorder.stopped, recorder.stopped)
+                page_notes.append(f"ANTS stopped on the stream of {name}: too many MLLM requests failed; its numbers "
+                                  "are incomplete.")
+    comparison = compare.compare_run(suite, spec, evaluations)
+    titles = titles_of(spec)
+    page = RunPage(comparison, figures.roc_figure(evaluations, [s.name for s in spec.ood], titles),
+                   {m: figures.histogram_figure(m, ev, titles) for m, ev in evaluations.items()},
+                   figures.lam_figure(traces, titles) if any(traces.values()) else None, galleries, page_notes,
+                   stopped)
+    return page, evaluations
+
+
+def titles_of(spec: Any) -> dict[str, str]:
+    """A run's OOD set names as the tables print them."""
+    return {s.name: s.published_as for s in spec.ood}
+
+
+def _galleries(rows: list[dict[str, Any]], titles: dict[str, str]) -> dict[str, list[ExplainedImage]]:
+    """The explained images of each OOD stream (rows of explanations.csv), with thumbnails."""
+    grouped: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        sample = grouped.setdefault(titles.get(row["ood_set"], row["ood_set"]), {}).setdefault(
+            row["sample"], {"score": row["score"], "texts": []})
+        sample["texts"].append((row["text"], row["source"], float(row["weight"])))
+    return {name: [ExplainedImage(path, info["score"], figures.thumbnail(path), tuple(info["texts"]))
+                   for path, info in samples.items()] for name, samples in grouped.items()}
+
+
+def _write_suite_files(config, suite, pages, summary, notes, backbone, model_spec, encoder, out_dir, seconds,
+                       command) -> None:
+    from negspace import __version__
+
+    subset = config.limit is not None
+    (out_dir / "results.md").write_text(
+        f"# {suite.title}\n\nOurs: {backbone}. FPR95 = {suite.fpr95} (the tables' convention). "
+        f"Compared with {', '.join(suite.tables)}.\n\n"
+        + "".join(f"> {note}\n\n" for note in notes)
+        + "\n\n".join(f"## ID: {p.comparison.run.id.published_as}\n\n{compare.markdown(p.comparison)}" for p in pages)
+        + "\n", encoding="utf-8")
+    rows = [row for p in pages for row in compare.csv_rows(p.comparison, backbone, subset)]
+    with (out_dir / "results.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["suite"])
+        writer.writeheader()
+        writer.writerows(rows)
+    info = {"suite": suite.name, "tables": list(suite.tables), "fpr95_convention": suite.fpr95,
+            "negspace_version": __version__, "command": list(command) if command is not None else None,
+            "model": model_spec, "weights_fingerprint": encoder.fingerprint, "device": str(encoder.device),
+            "limit": config.limit, "subset": subset, "seed": config.seed, "batch_size": config.batch_size,
+            "notes": notes, "runs": summary, "seconds": round(seconds, 3),
+            "metric_units": "fractions in [0, 1] (results.md/.csv: percent)"}
+    (out_dir / "metrics.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    facts = [("suite", f"{suite.name}: {suite.title}"), ("compared with", ", ".join(suite.tables)),
+             ("FPR95", f"{suite.fpr95} (the tables' convention)"), ("ours", backbone),
+             ("negspace", __version__), ("images", "a subset" if subset else "the full sets")]
+    # file names that are not UTF-8 (surrogates on Linux) are written escaped, not refused
+    (out_dir / "report.html").write_text(render_report(f"negspace bench: {suite.name}", facts, pages, notes),
+                                         encoding="utf-8", errors="backslashreplace")

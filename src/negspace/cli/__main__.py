@@ -1,0 +1,7 @@
+"""``python -m negspace.cli``."""
+
+import sys
+
+from negspace.cli import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""``negspace score`` and ``negspace embed``: a large image collection, one Parquet row per image.
+
+The options become a :class:`~negspace.collections_api.ScoreConfig`, a
+:class:`~negspace.collections_api.CollectionConfig` and a model config; the runs are
+:func:`negspace.collections_api.score_collection` and :func:`~negspace.collections_api.embed_collection`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from negspace.cli import options
+from negspace.cli.eval import CLASSES_HELP
+from negspace.collections_api import CollectionConfig, ScoreConfig, embed_collection, score_collection
+from negspace.detectors.saved import read_provenance
+from negspace.methods import METHODS
+
+
+def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    sc = commands.add_parser("score", parents=[common],
+                             help="score a large image collection: one Parquet row per image, resumable")
+    sc.add_argument("sources", nargs="+", metavar="SOURCE",
+                    help="image folders, .txt path lists, or .parquet/.csv tables of paths (FILE:COLUMN; column 'path' by default)")
+    sc.add_argument("--out", type=Path, required=True, help="folder of Parquet parts to write (a re-run skips what is in it)")
+    sc.add_argument("--detector", type=Path, help="a detector saved by `negspace eval --save-detector` or det.save()")
+    sc.add_argument("--method", choices=sorted(METHODS), help="or a static method (mcm, neglabel), built from --classes")
+    sc.add_argument("--classes", help="with --method: " + CLASSES_HELP)
+    sc.add_argument("--threshold", type=options.finite_float, help="flag images scoring below this as OOD")
+    sc.add_argument("--threshold-id", metavar="ID_IMAGES",
+                    help="or choose the threshold that keeps 95%% of these ID images (folder or list)")
+    options.add_collection_options(sc)
+    sc.set_defaults(run=run_score)
+
+    em = commands.add_parser("embed", parents=[common],
+                             help="image features as Parquet (path, sha256, feature), for eval, bench and score")
+    em.add_argument("sources", nargs="+", metavar="SOURCE", help="image folders, .txt path lists, or .parquet/.csv tables of paths")
+    em.add_argument("--out", type=Path, required=True, help="folder of Parquet parts to write (a re-run skips what is in it)")
+    options.add_collection_options(em)
+    em.set_defaults(run=run_embed)
+
+
+def collection_config(args: argparse.Namespace) -> CollectionConfig:
+    return CollectionConfig(chunk_size=args.chunk_size, batch_size=args.batch_size, engine=args.engine,
+                            ray_address=args.ray_address, ray_actors=args.ray_actors)
+
+
+def _model_given(args: argparse.Namespace) -> bool:
+    return any(a == "--model" or a.startswith("--model=") for a in args.command_line)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """`negspace score`."""
+    config = ScoreConfig(detector=args.detector, method=args.method, classes=args.classes, threshold=args.threshold,
+                         threshold_id=args.threshold_id, scoring_backend=args.scoring_backend)
+    config.check()
+    model = options.model_config(args)
+    provenance = read_provenance(args.detector) if args.detector is not None else {}
+    if provenance and not _model_given(args) and "model" in provenance:  # the detector's own model
+        saved_weights = provenance.get("weights")
+        weights = args.weights or (Path(saved_weights) if saved_weights and Path(saved_weights).exists() else None)
+        model = replace(model, spec=provenance["model"], weights=weights)
+    summary = score_collection(args.sources, args.out, config, model=model, collection=collection_config(args))
+    skipped_log = args.out / "_skipped.csv"
+    print(f"{summary['scored']:,} images scored ({summary['already_written']:,} already written, "
+          f"{summary['skipped_unreadable']:,} unreadable{', listed in ' + str(skipped_log) if summary['skipped_unreadable'] else ''}); "
+          f"{summary['flagged_ood']:,} flagged OOD at threshold {summary['threshold']:.6g} ({summary['threshold_source']}).")
+    print(f"Rows in {args.out} (Parquet parts; read them with pandas.read_parquet('{args.out}'))")
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """`negspace embed`."""
+    counts = embed_collection(args.sources, args.out, model=options.model_config(args),
+                              collection=collection_config(args))
+    if args.engine == "ray":
+        print(f"{counts['written']:,} image features written with Ray to {args.out} ({counts['already_there']:,} "
+              f"already there, {counts['skipped_unreadable']:,} unreadable)")
+        return 0
+    print(f"{counts['written']:,} image features written to {args.out} ({counts['already_there']:,} already there, "
+          f"{counts['skipped_unreadable']:,} unreadable); use it as --id/--ood of `negspace eval`, a source of "
+          f"`negspace score`, or --features of eval, bench and score")
+    return 0

@@ -1,0 +1,342 @@
+"""Score or embed a large image collection from Python: what ``negspace score`` and ``embed`` do.
+
+    from negspace import ScoreConfig, score_collection
+    summary = score_collection(["photos/"], "scored/", ScoreConfig(detector=Path("det/")))
+
+The collection is listed and the output folder read before any model loads; images are encoded
+and scored a chunk at a time (bounded memory), each chunk written as one complete Parquet part, so
+a re-run (after a crash, a ``kill -9``) skips what is written. ``engine="ray"`` runs the decoding
+in Ray tasks and the model in an actor pool (``pip install 'negspace[ray]'``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from negspace.collection import PartWriter, chunks, collection_paths
+from negspace.detectors.saved import read_provenance
+from negspace.errors import NegspaceError
+from negspace.runconfig import EvalConfig, ModelConfig
+
+log = logging.getLogger("negspace")
+
+STATIC_METHODS = ("mcm", "neglabel")
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    """How a collection is processed: parts of ``chunk_size`` images, batches, the engine."""
+
+    chunk_size: int = 4096
+    batch_size: int = 256
+    engine: str = "local"
+    ray_address: str | None = None  # an existing Ray cluster (default: start a local one)
+    ray_actors: int | None = None  # model actors (default: one per GPU of the cluster, else 1)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Which detector scores and where its OOD flag is: a saved ``detector`` folder, or a static
+    ``method`` built from ``classes`` (with ``params``, its config); the threshold is given, chosen
+    to keep 95% of the ``threshold_id`` images, or the one saved with the detector."""
+
+    detector: Path | None = None
+    method: str | None = None
+    classes: str | None = None
+    params: Any = None
+    threshold: float | None = None
+    threshold_id: str | None = None
+    scoring_backend: str = "numpy"
+
+    def check(self) -> None:
+        """What can be refused before any model loads, in one sentence."""
+        if (self.detector is None) == (self.method is None):
+            raise NegspaceError("Give either --detector DIR (a saved detector) or --method with --classes.")
+        if self.method is not None and self.classes is None:
+            raise NegspaceError(f"--method {self.method} needs --classes.")
+        if self.method is not None and self.method not in STATIC_METHODS:
+            raise NegspaceError(f"--method {self.method} learns from the stream; learn it on a sample with "
+                                f"`negspace eval --method {self.method} --save-detector DIR`, then score with "
+                                "--detector DIR.")
+        if self.detector is not None and not Path(self.detector).is_dir():
+            raise NegspaceError(f"--detector {self.detector} is not a folder.")
+
+
+def score_collection(sources: Sequence[str | Path], out: str | Path, config: ScoreConfig, *,
+                     model: ModelConfig | None = None, collection: CollectionConfig | None = None) -> dict[str, Any]:
+    """Score every image of ``sources`` (folders, path lists, Parquet/CSV tables of paths, feature
+    tables) into Parquet parts under ``out``: one row ``path, sha256, score, ood, id_class,
+    top_negative`` per image. Returns the summary written to ``out/_summary.json``.
+
+    ``model=None`` loads the model the saved detector was built with (its provenance), else the
+    default one.
+    """
+    from negspace.features_table import is_feature_table, read_feature_table
+
+    collection = collection or CollectionConfig()
+    out = Path(out)
+    sources = [str(s) for s in sources]
+    config.check()
+    provenance = read_provenance(config.detector) if config.detector is not None else {}
+    is_table = {s: is_feature_table(s) for s in sources}
+    if collection.engine == "ray" and (any(is_table.values()) or config.detector is None):
+        raise NegspaceError("--engine ray scores image files with a saved --detector DIR (save one with "
+                            "`negspace eval --save-detector DIR` or det.save(DIR)); feature tables need no encoding: "
+                            "score them with --engine local.")
+    tables = [read_feature_table(s) for s, table in is_table.items() if table]  # features: no encoding
+    image_sources = [s for s, table in is_table.items() if not table]
+    paths = collection_paths(image_sources) if image_sources else []  # listed before any model loads
+    paths += [Path(p) for table in tables for p in table.paths]
+    writer = PartWriter(out)
+    done = writer.done()
+    todo = [p for p in paths if str(p) not in done]
+    if model is None:
+        model = ModelConfig()
+        if "model" in provenance:  # the detector's own model
+            model = replace(model, spec=provenance["model"], weights=_existing(provenance.get("weights")))
+    from negspace.runs import load_model
+
+    encoder = load_model(model)
+    detector = _detector(config, encoder, model)
+    if getattr(detector, "frozen", True) is False:
+        raise NegspaceError("The detector learns from the stream; freeze it first (negspace.load_detector gives it frozen).")
+    _check_model(provenance, encoder)
+    threshold, threshold_source = _threshold(config, detector, encoder, provenance, collection.batch_size,
+                                             model.progress)
+    names = detector.class_names or []
+    summary = {"engine": collection.engine, "sources": sources, "images": len(paths),
+               "already_written": len(paths) - len(todo), "scored": 0, "flagged_ood": 0, "skipped_unreadable": 0,
+               "threshold": threshold, "threshold_source": threshold_source, "model": model.spec,
+               "detector": str(config.detector or config.method)}
+    if collection.engine == "ray":
+        _score_with_ray(todo, out, writer, encoder, model, collection, config.detector, threshold, summary)
+    else:
+        _score_locally(todo, tables, out, writer, encoder, detector, threshold, names, summary, collection,
+                       model.progress)
+    (out / "_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return summary
+
+
+def embed_collection(sources: Sequence[str | Path], out: str | Path, *, model: ModelConfig | None = None,
+                     collection: CollectionConfig | None = None) -> dict[str, int]:
+    """Image features of ``sources`` as Parquet parts of (path, sha256, feature) under ``out``, each
+    part recording the model that made it; resumable. Returns the counts."""
+    from tqdm import tqdm
+
+    from negspace.features_table import embedding_rows, table_metadata, with_metadata
+    from negspace.runs import load_model
+
+    model, collection, out = model or ModelConfig(), collection or CollectionConfig(), Path(out)
+    paths = collection_paths([str(s) for s in sources])
+    writer = PartWriter(out)
+    done = writer.done()
+    todo = [p for p in paths if str(p) not in done]
+    encoder = load_model(model)
+    meta = table_metadata(encoder)
+    counts = {"images": len(paths), "already_there": len(paths) - len(todo), "written": 0, "skipped_unreadable": 0}
+    if collection.engine == "ray":
+        _embed_with_ray(todo, out, writer, encoder, model, collection, meta, counts)
+        return counts
+    with tqdm(total=len(todo), desc="Embedding images", unit="img", disable=not model.progress or not todo) as bar:
+        for chunk in chunks(todo, collection.chunk_size):
+            encoding = encoder.encode_image_files(chunk, batch_size=collection.batch_size, progress=False)
+            if len(encoding.features):
+                writer.write_table(with_metadata(embedding_rows(encoding), meta))
+            if encoding.skipped:
+                _append_skipped(out / "_skipped.csv", encoding.skipped)
+            counts["written"] += len(encoding.features)
+            counts["skipped_unreadable"] += len(encoding.skipped)
+            bar.update(len(chunk))
+    return counts
+
+
+def _detector(config: ScoreConfig, encoder: Any, model: ModelConfig) -> Any:
+    """The saved detector (frozen), or a static method built from its classes."""
+    if config.detector is not None:
+        from negspace.methods import load_detector
+
+        backend = {} if config.scoring_backend == "numpy" else {"backend": config.scoring_backend,
+                                                                "device": str(encoder.device)}
+        try:
+            return load_detector(config.detector, **backend)
+        except ValueError as err:
+            raise NegspaceError(f"--detector: {err}.") from None
+    from negspace.methods import BuildInputs, build_detector
+    from negspace.runs import class_list, mining_cache_dir
+
+    classes = class_list(config.classes)
+    eval_config = EvalConfig(config.method, config.params, scoring_backend=config.scoring_backend)
+    return build_detector(BuildInputs(eval_config, encoder, classes.names, 0, model=model.spec,
+                                      classes=classes.source, progress=model.progress,
+                                      cache_dir=mining_cache_dir(model)))
+
+
+def _threshold(config: ScoreConfig, detector: Any, encoder: Any, provenance: dict[str, Any], batch_size: int,
+               progress: bool) -> tuple[float, str]:
+    """The flag threshold and where it came from."""
+    from negspace.metrics import threshold_at_id_recall
+
+    if config.threshold is not None:
+        return config.threshold, "--threshold"
+    if config.threshold_id is not None:
+        from negspace.data import open_image_set
+
+        id_set = open_image_set(config.threshold_id)
+        encoding = encoder.encode_image_files(id_set.paths, batch_size=batch_size, progress=progress)
+        if len(encoding.features) == 0:
+            raise NegspaceError(f"--threshold-id {config.threshold_id}: none of its images could be read.")
+        scores = detector.score_features(encoding.features)
+        return float(threshold_at_id_recall(scores)), f"95% recall of the {len(scores)} ID images of {config.threshold_id}"
+    if "threshold_95_id_recall" in provenance:
+        return float(provenance["threshold_95_id_recall"]), f"saved with the detector ({provenance.get('id_set', 'its ID set')})"
+    raise NegspaceError("No threshold for the OOD flag: give --threshold T, or --threshold-id ID_IMAGES to choose "
+                        "the one that keeps 95% of them, or a --detector saved by `negspace eval --save-detector`.")
+
+
+def _score_locally(todo, tables, out, writer, encoder, detector, threshold, names, summary, collection,
+                   progress) -> None:
+    """This process: chunks of images (or feature-table rows) scored and written; counts into ``summary``."""
+    from tqdm import tqdm
+
+    from negspace.features_table import check_model
+
+    known = {}  # path -> (table, row) for the rows given as features
+    for table in tables:
+        check_model(table, encoder)
+        known.update({p: (table, i) for i, p in enumerate(table.paths)})
+    with tqdm(total=len(todo), desc="Scoring images", unit="img", disable=not progress or not todo) as bar:
+        for chunk in chunks(todo, collection.chunk_size):
+            encoding = _features_of(chunk, known, encoder, collection.batch_size)
+            if len(encoding.features):
+                rows = score_rows(detector, encoding, threshold, names, collection.batch_size)
+                writer.write(rows)
+                summary["flagged_ood"] += int(np.sum(rows["ood"]))
+            summary["scored"] += len(encoding.features)
+            if encoding.skipped:
+                _append_skipped(out / "_skipped.csv", encoding.skipped)
+                summary["skipped_unreadable"] += len(encoding.skipped)
+            bar.update(len(chunk))
+
+
+def score_rows(detector: Any, encoding: Any, threshold: float, names: list[str], batch_size: int) -> dict[str, Any]:
+    """One row per encoded image: path, content hash, score, OOD flag, nearest ID class and negative."""
+    from negspace.evaluate import score_in_batches
+
+    scores = score_in_batches(detector.score_features, encoding.features, batch_size)
+    nearest_id, nearest_negative = detector.nearest_labels(encoding.features)
+    flags = scores < threshold
+    return {"path": [str(p) for p in encoding.paths], "sha256": list(encoding.hashes), "score": scores,
+            "ood": flags, "id_class": [names[i] if i < len(names) else str(i) for i in nearest_id],
+            "top_negative": nearest_negative}
+
+
+def _features_of(chunk: Any, known: dict[str, Any], encoder: Any, batch_size: int) -> Any:
+    """A chunk's features: the rows of feature tables as they are, image files encoded (cached)."""
+    from negspace.encoders.base import ImageEncoding
+
+    files = [p for p in chunk if str(p) not in known]
+    encoded = encoder.encode_image_files(files, batch_size=batch_size, progress=False) if files else None
+    rows = [known[str(p)] for p in chunk if str(p) in known]
+    if not rows:
+        return encoded
+    given = ImageEncoding(np.stack([t.features[i] for t, i in rows]), [Path(t.paths[i]) for t, i in rows], [],
+                          [t.hashes[i] for t, i in rows])
+    if encoded is None:
+        return given
+    return ImageEncoding(np.concatenate([encoded.features, given.features]), encoded.paths + given.paths,
+                         encoded.skipped, encoded.hashes + given.hashes)
+
+
+def _ray_rows(todo: list[Path], encoder: Any, model: ModelConfig, collection: CollectionConfig, **kwargs: Any) -> Any:
+    """The Ray pipeline's row batches for ``todo`` (model actors on GPUs where the cluster has them)."""
+    from negspace.engines import ray_engine
+
+    if not todo:  # everything is written already: no cluster to start
+        return iter(())
+    ray_engine.start_ray(collection.ray_address)
+    gpus = ray_engine.cluster_gpus()
+    actors = collection.ray_actors or max(1, gpus)
+    recipe = ray_engine.ModelRecipe(model.spec, str(model.weights) if model.weights else None,
+                                    "cuda" if gpus else "cpu", model.preprocess)
+    log.info("Ray engine: %d model actor(s)%s", actors, f" on {gpus} GPU(s)" if gpus else " on CPUs")
+    return ray_engine.run_pipeline(todo, recipe, encoder.backend.pixel_transform(), batch_size=collection.batch_size,
+                                   chunk_size=collection.chunk_size, actors=actors,
+                                   gpus_per_actor=1.0 if gpus else 0.0, address=collection.ray_address, **kwargs)
+
+
+class _Failed:
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+
+
+def _split_failed(batch: dict[str, Any], out: Path) -> tuple[np.ndarray, int]:
+    """Which rows of a Ray batch were decoded; the others go to ``_skipped.csv``."""
+    ok = np.array([not r for r in batch["reason"]], dtype=bool)
+    failed = [_Failed(str(p), str(r)) for p, r, good in zip(batch["path"], batch["reason"], ok) if not good]
+    if failed:
+        _append_skipped(out / "_skipped.csv", failed)
+    return ok, len(failed)
+
+
+def _score_with_ray(todo, out, writer, encoder, model, collection, detector_dir, threshold, summary) -> None:
+    """The Ray pipeline's rows written as the local engine writes them; counts into ``summary``."""
+    columns = ("path", "sha256", "score", "ood", "id_class", "top_negative")
+    for batch in _ray_rows(todo, encoder, model, collection, detector_dir=str(detector_dir), threshold=threshold):
+        ok, failed = _split_failed(batch, out)
+        summary["skipped_unreadable"] += failed
+        if ok.any():
+            rows = {c: [str(v) for v in batch[c][ok]] if c in ("path", "sha256", "id_class", "top_negative")
+                    else batch[c][ok] for c in columns}
+            writer.write(rows)
+            summary["scored"] += int(ok.sum())
+            summary["flagged_ood"] += int(np.sum(batch["ood"][ok]))
+
+
+def _embed_with_ray(todo, out, writer, encoder, model, collection, meta, counts) -> None:
+    import pyarrow as pa
+
+    from negspace.features_table import with_metadata
+
+    for batch in _ray_rows(todo, encoder, model, collection):
+        ok, failed = _split_failed(batch, out)
+        counts["skipped_unreadable"] += failed
+        if ok.any():
+            features = np.asarray(batch["feature"][ok], dtype=np.float32)
+            column = pa.FixedSizeListArray.from_arrays(pa.array(features.ravel()), features.shape[1])
+            table = pa.table({"path": [str(p) for p in batch["path"][ok]],
+                              "sha256": [str(h) for h in batch["sha256"][ok]], "feature": column})
+            writer.write_table(with_metadata(table, meta))
+            counts["written"] += int(ok.sum())
+
+
+def _append_skipped(path: Path, skipped: list[Any]) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["path", "reason"])
+        writer.writerows([str(s.path), s.reason] for s in skipped)
+
+
+def _existing(path: str | None) -> Path | None:
+    return Path(path) if path and Path(path).exists() else None
+
+
+def _check_model(provenance: dict[str, Any], encoder: Any) -> None:
+    saved = provenance.get("weights_fingerprint")
+    if saved and saved != encoder.fingerprint:
+        raise NegspaceError(f"The detector was built with model {provenance.get('model')} (weights {saved}); this run "
+                            f"loads {encoder.spec} (weights {encoder.fingerprint}): pass the detector's --model and --weights.")

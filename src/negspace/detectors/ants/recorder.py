@@ -1,0 +1,84 @@
+"""What each ANTS stream leaves behind in a run: its negative space, explanations, MLLM accounting."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from negspace.detectors.ants.explain import write_explanations_csv
+
+log = logging.getLogger("negspace")
+
+
+@dataclass
+class StreamRecorder:
+    """Keeps what ANTS learned from each OOD set's stream before the next reset.
+
+    Saves each set's negative space under ``out_dir/negative_space/NAME`` (reusable with
+    ``--negative-space``), collects the explanations of the most OOD-looking images and the run
+    accounting (MLLM calls, bank sizes, lam) per set.
+    """
+
+    out_dir: Path | None  # None: keep nothing on disk (the Python API without an output folder)
+    n_explained: int = 100
+    max_failures: float = 0.1  # stop when more than this share of a stream's MLLM requests is lost
+    run_info: dict[str, Any] = field(default_factory=dict)
+    explanation_rows: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None  # the stream whose MLLM failures stopped the run
+    # the MLLM backend's counters already accounted for (shared by the recorders of one MLLM)
+    stats_seen: dict[str, int] = field(default_factory=dict)
+    # (images seen, lam) after each batch of each stream, for the reports
+    lam: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    def __call__(self, ood_name: str, detector: Any, stream: Any, scores: np.ndarray) -> bool:
+        """Record one stream; ``True`` (stop the run) when too many of its MLLM requests were lost."""
+        self.lam[ood_name] = list(getattr(detector, "lam_trace", []))
+        if self.out_dir is not None:
+            detector.save(self.out_dir / "negative_space" / ood_name)
+        info = detector.run_info()
+        stats = getattr(detector.mllm, "stats", None)
+        if stats is not None:  # the backend's counters are cumulative: this stream's share
+            now = stats.as_dict()
+            info["mllm_stats"] = {key: value - self.stats_seen.get(key, 0) for key, value in now.items()}
+            self.stats_seen.clear()
+            self.stats_seen.update(now)
+            if info["mllm_stats"].get("cache_hits"):  # a repeated or resumed run says what it reused
+                log.info("ANTS stream %s: %d of %d MLLM answers from the cache", ood_name,
+                         info["mllm_stats"]["cache_hits"], info["mllm_requests"])
+        asked, lost = info["mllm_requests"], info["mllm_failed_answers"] + info["mllm_rejected_answers"]
+        info["mllm_answers_used"] = asked - lost
+        info["banks_incomplete"] = lost > 0
+        self.run_info[ood_name] = info
+        rows = detector.explanation_rows(stream.features, stream.sample_ids, scores=scores, n_images=self.n_explained)
+        self.explanation_rows += [{"ood_set": ood_name, **row} for row in rows]
+        if asked and lost / asked > self.max_failures:
+            self.stopped = ood_name
+        return self.stopped is not None
+
+    def shortfalls(self) -> list[str]:
+        """One line per stream whose banks were built from fewer MLLM answers than were asked for."""
+        return [f"ANTS stream {name}: banks built from {info['mllm_answers_used']} of {info['mllm_requests']} MLLM "
+                f"answers ({info['mllm_failed_answers']} requests failed, {info['mllm_rejected_answers']} answers "
+                f"unusable)" for name, info in self.run_info.items() if info["banks_incomplete"]]
+
+    def write(self, mllm: Any = None) -> dict[str, Any]:
+        """Write ``explanations.csv``; return the accounting for ``metrics.json``.
+
+        ``mllm_requests`` counts what ANTS asked for (every stream, cached answers included);
+        ``mllm_calls`` what reached the model (cache hits excluded), from the backend's stats;
+        ``mllm_stats`` the backend's counters over the run (per stream: ``ants.NAME.mllm_stats``).
+        """
+        if self.explanation_rows and self.out_dir is not None:
+            write_explanations_csv(self.out_dir / "explanations.csv", self.explanation_rows)
+        requests = sum(info.get("mllm_requests", 0) for info in self.run_info.values())
+        stats = mllm.stats.as_dict() if mllm is not None and hasattr(mllm, "stats") else None
+        return {
+            "ants": self.run_info,
+            "mllm_requests": requests,
+            "mllm_calls": stats["calls"] if stats else 0,
+            "mllm_stats": stats,
+        }

@@ -1,0 +1,232 @@
+"""The methods by name: one registry for the Python run API, the command line and saved detectors.
+
+Each :class:`Method` names its detector class, its config class (the paper defaults) and the
+builder that turns an :class:`~negspace.runconfig.EvalConfig` and a model into a ready detector
+(mining or reading the negatives it needs). Adding a method is one detector file with its config,
+and one entry in :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from negspace.corpus.labelfile import clean_labels, read_label_file, read_label_file_settings
+from negspace.corpus.mining import MinedNegatives, mine_negative_labels
+from negspace.detectors.adaneg import AdaNeg, AdaNegConfig
+from negspace.detectors.ants import ANTS, ANTSConfig
+from negspace.detectors.ants.rules import scaled_schedule
+from negspace.detectors.base import Detector
+from negspace.detectors.mcm import MCM, MCMConfig
+from negspace.detectors.neglabel import NegLabel, NegLabelConfig
+from negspace.detectors.saved import FILE, read_saved
+from negspace.detectors.tanl import TANL, TANLConfig
+from negspace.errors import NegspaceError
+from negspace.runconfig import EvalConfig
+from negspace.templates import ADJECTIVE_TEMPLATE, NOUN_TEMPLATE
+
+if TYPE_CHECKING:
+    from negspace.encoders import ClipEncoder
+
+log = logging.getLogger("negspace")
+
+
+@dataclass
+class BuildInputs:
+    """What a builder may use: the run's config, the model, the classes and the stream's length.
+
+    ``model`` and ``classes`` name them for messages (a label file mined for another model);
+    ``notes`` collects what building found, for ``metrics.json``.
+    """
+
+    config: EvalConfig
+    encoder: ClipEncoder
+    class_names: Sequence[str]
+    stream_size: int = 0
+    mllm: Any = None
+    model: str = ""
+    classes: str = ""
+    progress: bool = True
+    cache_dir: Path | None = None  # where mined label lists are cached (None: not cached)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> Any:
+        """The method's config, the paper's defaults where none was given."""
+        return self.config.params if self.config.params is not None else METHODS[self.config.method].config()
+
+    def backend(self) -> dict[str, str]:
+        """The detectors' ``backend``/``device`` keywords: torch scores on the encoder's device."""
+        if self.config.scoring_backend == "numpy":
+            return {}
+        return {"backend": self.config.scoring_backend, "device": str(self.encoder.device)}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method: its detector, its config and how a run builds it."""
+
+    name: str
+    detector: type[Detector]
+    config: type
+    build: Callable[[BuildInputs], Detector]
+    bank_groups: str | None = None  # the config field that cannot exceed the negative bank's size
+    online: bool = False  # learns from the stream (scored under a stream protocol)
+
+
+# ------------------------------------------------------------------------------ negatives
+
+
+def negatives(inputs: BuildInputs) -> MinedNegatives:
+    """Mined labels, or the label file cleaned (what was removed goes to ``inputs.notes``)."""
+    source, encoder = inputs.config.negatives, inputs.encoder
+    if source.labels_file is None:
+        return mine_negative_labels(encoder, inputs.class_names, source.mining, inputs.cache_dir, inputs.progress)
+    nouns, adjectives, inputs.notes["negatives_file"] = read_negatives_file(
+        source.labels_file, inputs.class_names, model=inputs.model, classes=inputs.classes)
+    features = [encoder.encode_texts(nouns, template=NOUN_TEMPLATE, progress=inputs.progress)]
+    if adjectives:
+        features.append(encoder.encode_texts(adjectives, template=ADJECTIVE_TEMPLATE, progress=inputs.progress))
+    return MinedNegatives(nouns + adjectives, np.concatenate(features), len(nouns), len(adjectives))
+
+
+def read_negatives_file(path: Path, class_names: Sequence[str], model: str = "",
+                        classes: str = "") -> tuple[list[str], list[str], dict[str, Any]]:
+    """A label file's labels without ID names and repeats, what was removed, and a warning when
+    the file was mined for another model or class list."""
+    nouns, adjectives = read_label_file(path)
+    cleaned = clean_labels(nouns, adjectives, class_names)
+    settings = read_label_file_settings(path) or {}
+    ours = {"model": model, "classes": classes}
+    mismatched = {key: settings[key] for key in ("model", "classes")
+                  if key in settings and ours[key] and str(settings[key]) != str(ours[key])}
+    if mismatched:
+        log.warning("--negatives %s was mined with %s, not this run's %s: its labels may not suit it", path,
+                    ", ".join(f"{k}={v}" for k, v in mismatched.items()),
+                    ", ".join(f"{k}={ours[k]}" for k in mismatched))
+    for what, removed in (("ID class names", cleaned.id_names_removed), ("repeated labels", cleaned.duplicates_removed)):
+        if removed:
+            log.warning("--negatives %s: %d %s removed (e.g. %r)", path, len(removed), what, removed[0])
+    report = {"path": str(path), "labels": len(cleaned.nouns) + len(cleaned.adjectives),
+              "id_names_removed": len(cleaned.id_names_removed), "duplicates_removed": len(cleaned.duplicates_removed),
+              "settings_mismatch": mismatched}
+    return cleaned.nouns, cleaned.adjectives, report
+
+
+def _checked_negatives(inputs: BuildInputs) -> MinedNegatives:
+    mined = negatives(inputs)
+    groups = inputs.params.groups
+    if groups > len(mined.labels):
+        raise NegspaceError(f"--groups {groups} is larger than the {len(mined.labels)} negative labels.")
+    return mined
+
+
+# ------------------------------------------------------------------------------ builders
+
+
+def build_mcm(inputs: BuildInputs) -> Detector:
+    return MCM.from_encoder(inputs.encoder, inputs.class_names, inputs.params, **inputs.backend())
+
+
+def build_neglabel(inputs: BuildInputs) -> Detector:
+    return NegLabel.from_mined(inputs.encoder, inputs.class_names, _checked_negatives(inputs), inputs.params,
+                               **inputs.backend())
+
+
+def build_tanl(inputs: BuildInputs) -> Detector:
+    params = inputs.params
+    return TANL.from_encoder(inputs.encoder, inputs.class_names, corpus=inputs.config.tanl_corpus,
+                             noise_seed=params.seed, progress=inputs.progress, config=params, **inputs.backend())
+
+
+def build_adaneg(inputs: BuildInputs) -> Detector:
+    return AdaNeg.from_encoder(inputs.encoder, inputs.class_names, mined=negatives(inputs), progress=inputs.progress,
+                               config=inputs.params, **inputs.backend())
+
+
+def build_ants(inputs: BuildInputs) -> Detector:
+    """A saved negative space (frozen, or learning on with the MLLM), or a fresh one that learns
+    with the MLLM."""
+    run = inputs.config.ants
+    if run.negative_space is not None:
+        return _load_space(inputs)
+    config: ANTSConfig = inputs.params
+    if inputs.mllm is None and config.mode != "neglabel":
+        raise NegspaceError("ANTS needs a multimodal LLM: pass --mllm SPEC (see 'Using an MLLM' in the README) "
+                            "or --negative-space DIR.")
+    if run.schedule == "scaled":
+        schedule = scaled_schedule(inputs.stream_size, inputs.config.batch_size)
+        config = replace(config, **{k: v for k, v in schedule.items() if k not in run.keep})
+    return ANTS.from_encoder(inputs.encoder, inputs.class_names, _checked_negatives(inputs), inputs.mllm,
+                             config=config, **inputs.backend())
+
+
+def _load_space(inputs: BuildInputs) -> ANTS:
+    """A saved space; ``mode`` and ``lam`` of the run apply to it, the rest is as it was learned."""
+    run = inputs.config.ants
+    try:
+        detector = ANTS.load(run.negative_space, text_encoder=inputs.encoder, mllm=inputs.mllm, **inputs.backend())
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise NegspaceError(f"Cannot load the negative space {run.negative_space}: {err}.") from None
+    if list(detector.class_names) != list(inputs.class_names):
+        raise NegspaceError(f"The negative space {run.negative_space} was learned for other classes than "
+                            f"--classes {inputs.classes}.")
+    if detector.id_text_features.shape[1] != inputs.encoder.dim:
+        raise NegspaceError(f"The negative space {run.negative_space} has dimension "
+                            f"{detector.id_text_features.shape[1]}, the model {inputs.encoder.dim}.")
+    overrides = {"mode": run.mode} if run.mode is not None else {}
+    if run.lam is not None:
+        overrides["lam"] = run.lam
+    if overrides:
+        detector.config = replace(detector.config, **overrides)
+    detector.encoder = inputs.encoder
+    return detector
+
+
+METHODS: dict[str, Method] = {
+    "mcm": Method("mcm", MCM, MCMConfig, build_mcm),
+    "neglabel": Method("neglabel", NegLabel, NegLabelConfig, build_neglabel, bank_groups="groups"),
+    "tanl": Method("tanl", TANL, TANLConfig, build_tanl, online=True),
+    "adaneg": Method("adaneg", AdaNeg, AdaNegConfig, build_adaneg, bank_groups="groups", online=True),
+    "ants": Method("ants", ANTS, ANTSConfig, build_ants, bank_groups="groups", online=True),
+}
+
+
+def method(name: str) -> Method:
+    """The method called ``name``, or a ``ValueError`` listing the known ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def build_detector(inputs: BuildInputs) -> Detector:
+    """The detector of ``inputs.config.method``, built; a setting only the detector can judge is
+    one :class:`NegspaceError` sentence."""
+    try:
+        return method(inputs.config.method).build(inputs)
+    except ValueError as err:
+        raise NegspaceError(f"Invalid {inputs.config.method} setting: {err}.") from None
+
+
+def load_detector(directory: str | Path, backend: str = "numpy", device: str = "auto", **options: Any) -> Any:
+    """The detector saved in ``directory`` (by ``det.save(directory)``), ready to score.
+
+    Test-time detectors come back frozen (they score with the state they were saved with and
+    learn no further; ``unfreeze()`` lets them learn on). ANTS negative spaces are loaded with
+    :meth:`negspace.detectors.ants.ANTS.load` (``options`` go there, e.g. ``mllm=``).
+
+    Raises:
+        ValueError: nothing saved there, or an unknown method.
+    """
+    folder = Path(directory)
+    if not (folder / FILE).is_file() and (folder / "config.json").is_file():
+        return ANTS.load(folder, backend=backend, device=device, **options)
+    saved = read_saved(folder)
+    if saved.method not in METHODS or saved.method == "ants":
+        raise ValueError(f"{folder} holds a detector of unknown method {saved.method!r}")
+    return METHODS[saved.method].detector.from_saved(saved, backend=backend, device=device)

@@ -1,0 +1,62 @@
+"""Results folders: new or empty (or emptied of negspace's own files), never half-made on failure."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from negspace.errors import NegspaceError
+
+# What one evaluation writes into its folder (what ``overwrite`` may remove).
+EVAL_OUTPUTS = ("metrics.json", "results.md", "results.csv", "scores.csv", "hist_*.png", "roc.png",
+                "explanations.csv", "negative_space")
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool, outputs: Iterable[str] = EVAL_OUTPUTS,
+                    option: str = "--out") -> Path | None:
+    """Create ``out_dir`` (or, with ``overwrite``, empty it of the ``outputs`` globs); returns the
+    topmost folder this created (``None`` if none), for :func:`remove_empty_out_dir`.
+
+    Done before any work: a folder that cannot be written, or one that would mix two runs'
+    files, must not cost a run.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NegspaceError(f"{option} {out_dir} is a file; give a folder.")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise NegspaceError(f"{option} {out_dir} is not empty; pass --overwrite to replace the results in it, "
+                                "or choose another folder.")
+        for pattern in outputs:
+            for old in out_dir.glob(pattern):
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        return None
+    missing = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NegspaceError(f"Cannot create the results folder {out_dir} ({err.strerror}).") from None
+    return missing[-1] if missing else None
+
+
+def remove_empty_out_dir(out_dir: Path, created_top: Path | None) -> None:
+    """Remove ``out_dir`` and the parents up to ``created_top`` that a run created, if empty."""
+    if created_top is None:
+        return
+    for folder in (out_dir, *out_dir.parents):
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()
+        if folder == created_top:
+            return
+
+
+def check_save_dir(path: Path | None) -> None:
+    """A folder to save a detector in must be new or empty, or hold a saved detector to replace."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise NegspaceError(f"--save-detector {path} is a file; give a folder.")
+    saved = (path / "detector.json").is_file() or (path / "config.json").is_file()
+    if path.is_dir() and any(path.iterdir()) and not saved:
+        raise NegspaceError(f"--save-detector {path} is a folder with other files in it; give a new or empty one.")

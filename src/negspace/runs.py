@@ -1,0 +1,294 @@
+"""The run API: what ``negspace eval`` does, from Python.
+
+    import negspace
+    from negspace import EvalConfig, ModelConfig, NegLabelConfig
+
+    evaluation = negspace.evaluate(
+        EvalConfig("neglabel", NegLabelConfig(groups=100)),
+        classes="imagenet", id="data/imagenet/val", ood={"inat": "data/inaturalist"},
+        model=ModelConfig("openclip:ViT-B-16/openai"), out=None)
+    print(evaluation.results["inat"].auroc, evaluation.average())
+
+Every set is opened and checked, and the MLLM server asked, before the model loads; the features
+come from the caches where they are; files are written only when ``out`` is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from negspace.classnames import ClassList, load_class_names
+from negspace.data import ImageSet, parse_named_set
+from negspace.detectors.ants import ANTS
+from negspace.detectors.ants.recorder import StreamRecorder
+from negspace.detectors.base import Detector, OnlineDetector
+from negspace.errors import NegspaceError
+from negspace.evaluate import EncodedSet, Evaluation, FeatureFile, encode_set, evaluate_detector, evaluate_stream, open_set
+from negspace.features_table import FeatureTable
+from negspace.methods import METHODS, BuildInputs, build_detector, method
+from negspace.outdir import check_save_dir, prepare_out_dir, remove_empty_out_dir
+from negspace.runconfig import EvalConfig, MLLMConfig, ModelConfig
+
+if TYPE_CHECKING:
+    from negspace.encoders import ClipEncoder
+
+log = logging.getLogger("negspace")
+
+SetSource = str | Path | ImageSet | FeatureFile | FeatureTable
+
+
+def load_model(config: ModelConfig) -> ClipEncoder:
+    """The CLIP encoder of ``config`` (with its feature cache), a feature table's rows put in it."""
+    from negspace.encoders import load_encoder
+
+    encoder = load_encoder(config.spec, weights=config.weights, device=config.device, cache_dir=config.cache_dir,
+                           use_cache=config.use_cache, preprocess=config.preprocess)
+    encoder.show_progress = config.progress  # every bar, whoever asks for the encoding
+    if config.workers is not None:
+        encoder.workers = config.workers
+    if config.features is not None:
+        from negspace.features_table import import_into_cache, read_feature_table
+
+        added = import_into_cache(read_feature_table(config.features), encoder)
+        log.info("--features %s: %d image features ready in the cache", config.features, added)
+    return encoder
+
+
+def mining_cache_dir(config: ModelConfig) -> Path | None:
+    """Where mined label lists are cached: beside the features (``None`` without a cache)."""
+    if not config.use_cache:
+        return None
+    from negspace.cache import default_cache_dir
+
+    return config.cache_dir or default_cache_dir()
+
+
+def load_mllm(config: MLLMConfig) -> Any:
+    """The MLLM of ``config``, checked (a server that is down fails in a second)."""
+    from negspace.mllm import load_mllm as load
+
+    return load(config.spec, text_spec=config.text_spec, cache=config.use_cache, cache_dir=config.cache_dir,
+                image_size=config.image_size, max_concurrency=config.concurrency, timeout=config.timeout,
+                retries=config.retries, max_wait=config.max_wait, api_key_env=config.api_key_env,
+                device=config.device, batch_size=config.batch_size)
+
+
+def class_list(classes: str | Path | Sequence[str] | ClassList) -> ClassList:
+    """A built-in list name, a file of names, or the names themselves."""
+    if isinstance(classes, ClassList):
+        return classes
+    if isinstance(classes, (str, Path)):
+        return load_class_names(classes)
+    names = tuple(str(name) for name in classes)
+    return ClassList(names=names, source=f"{len(names)} names given in Python")
+
+
+def open_sets(id: SetSource, ood: Mapping[str, SetSource] | Sequence[str]) -> tuple[Any, list[Any]]:
+    """Open and check every set before the model loads: a wrong path fails in a second.
+
+    ``ood`` maps names to sets, or is a list of ``NAME=PATH`` strings (the command line's form).
+    """
+    id_source = _opened(id, "id")
+    named = list(ood.items()) if isinstance(ood, Mapping) else [parse_named_set(item) for item in ood]
+    names = [name for name, _ in named]
+    reserved = {"average", "whole stream", id_source.name}
+    if not named:
+        raise NegspaceError("Give at least one OOD set (--ood NAME=PATH).")
+    if len(set(names)) != len(names) or reserved & set(names):
+        raise NegspaceError(f"--ood names must be unique and none of {sorted(reserved)}: got {names}.")
+    ood_sources = [_opened(path, name) for name, path in named]
+    for name, path in named:
+        if isinstance(path, (str, Path)) and isinstance(id, (str, Path)) and Path(path).resolve() == Path(id).resolve():
+            log.warning("--ood %s is the same set as --id: its AUROC will be about 50", name)
+    return id_source, ood_sources
+
+
+def _opened(source: SetSource, name: str) -> Any:
+    return open_set(source, name=name) if isinstance(source, (str, Path)) else source
+
+
+def check_method_options(config: EvalConfig, classes: ClassList) -> None:
+    """Option combinations that cannot work, refused before the model loads and mining runs."""
+    spec = method(config.method)
+    params = config.params if config.params is not None else spec.config()
+    labels_file = config.negatives.labels_file
+    if config.method == "mcm" and len(classes) < 2:
+        raise NegspaceError(f"MCM needs at least two ID classes, --classes {classes.source} has {len(classes)}: "
+                            "its max softmax over one class is 1.0 for every image.")
+    if labels_file is not None and spec.bank_groups is None:
+        users = sorted(name for name, m in METHODS.items() if m.bank_groups is not None)
+        raise NegspaceError(f"--negatives is not used by --method {config.method}; drop it "
+                            f"(methods with a negative-label bank: {', '.join(users)}).")
+    if spec.bank_groups is not None and not (config.method == "ants" and config.ants.negative_space is not None):
+        from negspace.corpus.labelfile import read_label_file
+
+        groups = getattr(params, spec.bank_groups)
+        if labels_file is not None:
+            nouns, adjectives = read_label_file(labels_file)
+            available, where = len(nouns) + len(adjectives), f"--negatives {labels_file}"
+        else:
+            available, where = config.negatives.mining.num_negatives, "--num-negatives"
+        option = "--groups" if config.method != "adaneg" else "--adaneg-groups"
+        if groups > available:
+            raise NegspaceError(f"{option} {groups} is larger than the {available} negative labels of {where}.")
+
+
+def score_sets(detector: Detector, id_set: EncodedSet, ood_sets: list[EncodedSet], config: EvalConfig,
+               has_pixels: bool, after_stream: Any = None) -> Evaluation:
+    """Static detectors score each set once; test-time ones follow the stream protocol."""
+    if not isinstance(detector, OnlineDetector):
+        if config.stream != "per-set":
+            log.warning("--stream %s ignored: %s scores every image on its own, with no stream", config.stream,
+                        config.method)
+        return evaluate_detector(detector.score_features, id_set, ood_sets, config.batch_size)
+    needs_images = isinstance(detector, ANTS) and not detector.frozen
+    if needs_images and not has_pixels:
+        log.warning("ANTS describes images with the MLLM: with .npy features there are none to send, "
+                    "so only the VSNL bank (text prompts) can grow")
+        needs_images = False
+    return evaluate_stream(detector, id_set, ood_sets, config.batch_size, config.seed, pass_images=needs_images,
+                           after_stream=after_stream, mode=config.stream)
+
+
+def save_detector(detector: Detector, folder: Path, *, method_name: str, model: ModelConfig, encoder: ClipEncoder,
+                  classes: str, id_set: EncodedSet, id_source: str, batch_size: int, scoring_backend: str) -> None:
+    """The detector's files, and beside them its model and the threshold that keeps 95% of the ID
+    set when it scores frozen (what `negspace score` flags with)."""
+    from negspace import __version__
+    from negspace.detectors.saved import write_provenance
+    from negspace.evaluate import score_in_batches
+    from negspace.methods import load_detector
+    from negspace.metrics import threshold_at_id_recall
+
+    detector.save(folder)
+    backend = {} if scoring_backend == "numpy" else {"backend": scoring_backend, "device": str(encoder.device)}
+    frozen = load_detector(folder, **backend)
+    id_scores = score_in_batches(frozen.score_features, id_set.features, batch_size)
+    write_provenance(folder, {
+        "method": method_name, "model": model.spec, "weights": str(model.weights) if model.weights else None,
+        "weights_fingerprint": encoder.fingerprint, "classes": classes, "id_set": id_source,
+        "threshold_95_id_recall": threshold_at_id_recall(id_scores), "negspace_version": __version__})
+
+
+def evaluate(
+    config: EvalConfig,
+    *,
+    classes: str | Path | Sequence[str] | ClassList,
+    id: SetSource,
+    ood: Mapping[str, SetSource] | Sequence[str],
+    model: ModelConfig | None = None,
+    encoder: ClipEncoder | None = None,
+    mllm: MLLMConfig | Any = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    save_detector_to: str | Path | None = None,
+    command: Sequence[str] | None = None,
+) -> Evaluation:
+    """Build the detector, encode the sets (with the caches), score them under the stream
+    protocol and return the :class:`~negspace.evaluate.Evaluation` (metrics per set, scores,
+    ``info`` as ``metrics.json`` records it, ANTS's traces); write the files of ``negspace
+    eval`` into ``out`` when it is given.
+
+    Args:
+        config: the method, its config and the protocol.
+        classes: ``"imagenet"`` (or another built-in list), a file of names, or the names.
+        id, ood: the ID set and the named OOD sets: folders, path lists, ``LIST:ROOT``, ``.npy``
+            features or feature tables (or already opened sets).
+        model, encoder: the CLIP model to load (default :class:`ModelConfig`), or a loaded one.
+        mllm: ANTS's MLLM, an :class:`MLLMConfig` to load or a loaded client.
+        out: the results folder (new or empty unless ``overwrite``); ``None`` writes nothing.
+        save_detector_to: also save the detector there (with the 95%-ID threshold it flags with).
+        command: the command line to record in ``metrics.json``.
+
+    Raises:
+        NegspaceError: bad input, in one sentence, before the model loads where it can be seen.
+    """
+    model = model or ModelConfig()
+    classes = class_list(classes)
+    check_method_options(config, classes)
+    save_dir = Path(save_detector_to) if save_detector_to is not None else None
+    check_save_dir(save_dir)
+    id_source, ood_sources = open_sets(id, ood)
+    out_dir = Path(out) if out is not None else None
+    created_top = prepare_out_dir(out_dir, overwrite) if out_dir is not None else None
+    try:
+        return _evaluate(config, classes, id_source, ood_sources, model, encoder, mllm, out_dir, save_dir,
+                         str(id) if isinstance(id, (str, Path)) else id_source.name, command)
+    except BaseException:
+        if out_dir is not None:  # a failed run leaves no empty folder behind
+            remove_empty_out_dir(out_dir, created_top)
+        raise
+
+
+def _evaluate(config: EvalConfig, classes: ClassList, id_source: Any, ood_sources: list[Any], model: ModelConfig,
+              encoder: ClipEncoder | None, mllm: Any, out_dir: Path | None, save_dir: Path | None, id_name: str,
+              command: Sequence[str] | None) -> Evaluation:
+    from negspace import __version__
+    from negspace.report import write_report
+
+    if config.method == "ants" and isinstance(mllm, MLLMConfig):
+        mllm = load_mllm(mllm)  # checked before the model loads and the corpus is mined
+    elif config.method != "ants":
+        mllm = None
+    started = time.perf_counter()
+    model_spec = getattr(encoder, "spec", model.spec) if encoder is not None else model.spec
+    encoder = encoder if encoder is not None else load_model(model)
+    inputs = BuildInputs(config, encoder, classes.names, len(id_source) + max(len(s) for s in ood_sources), mllm,
+                         model=model_spec, classes=classes.source, progress=model.progress,
+                         cache_dir=mining_cache_dir(model))
+    detector = build_detector(inputs)
+    id_set = encode_set(id_source, encoder, config.batch_size, model.progress)
+    ood_sets = [encode_set(s, encoder, config.batch_size, model.progress) for s in ood_sources]
+    recorder = (StreamRecorder(out_dir, config.ants.explanations, config.ants.max_failures)
+                if isinstance(detector, ANTS) else None)
+    has_pixels = not any(isinstance(s, (FeatureFile, FeatureTable)) for s in [id_source, *ood_sources])
+    evaluation = score_sets(detector, id_set, ood_sets, config, has_pixels, recorder)
+    evaluation.info = {
+        "method": config.method,
+        "negspace_version": __version__,
+        "command": list(command) if command is not None else None,
+        "torch_version": _torch_version(),
+        "device": str(encoder.device),
+        **inputs.notes,
+        "params": detector.get_params(),
+        "model": model_spec,
+        "weights_fingerprint": encoder.fingerprint,
+        "preprocess": model.preprocess,
+        "classes": classes.source,
+        "n_classes": len(classes),
+        "class_list_problems": list(classes.problems),
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        **evaluation.info,
+        **(recorder.write(getattr(detector, "mllm", None)) if recorder is not None else {}),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if recorder is not None:
+        evaluation.messages += recorder.shortfalls()
+        evaluation.traces["lam"] = recorder.lam  # per stream
+    if recorder is not None and recorder.stopped is not None:
+        evaluation.stopped = recorder.stopped
+        evaluation.info["incomplete"] = {
+            "reason": f"more than {config.ants.max_failures:.0%} of the MLLM requests of stream {recorder.stopped} "
+                      "failed or gave unusable answers",
+            "ood_sets_not_scored": [s.name for s in ood_sources if s.name not in evaluation.ood_scores],
+        }
+    if save_dir is not None:
+        save_detector(detector, save_dir, method_name=config.method, model=model, encoder=encoder,
+                      classes=classes.source, id_set=id_set, id_source=id_name, batch_size=config.batch_size,
+                      scoring_backend=config.scoring_backend)
+        evaluation.info["saved_detector"] = str(save_dir)
+    if out_dir is not None:
+        write_report(evaluation, out_dir)
+    evaluation.detector = detector
+    return evaluation
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
