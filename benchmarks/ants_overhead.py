@@ -27,7 +27,7 @@ import numpy as np
 from negspace.detectors.ants import ANTS
 from negspace.detectors.base import StreamBatch
 from negspace.detectors.neglabel import NegLabel
-from negspace.evaluate import stream_order
+from negspace.evaluation import stream_order
 from negspace.metrics import auroc
 from negspace.mllm.protocol import ImagePart, MLLMStats
 from negspace.testing import make_world

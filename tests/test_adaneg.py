@@ -15,7 +15,7 @@ from negspace.detectors.adaneg import (
     write_to_memory,
 )
 from negspace.detectors.neglabel import NegLabel
-from negspace.evaluate import EncodedSet, evaluate_detector, evaluate_stream
+from negspace.evaluation import EncodedSet, evaluate_detector, evaluate_stream
 from negspace.scoring import grouped_id_mass
 from negspace.testing import make_world
 from numerics import assert_scores_close, cosine_error

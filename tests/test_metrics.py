@@ -91,10 +91,10 @@ def test_markdown_escaping_of_file_names():
 
 
 def test_squashed_scores_are_plotted_on_a_logit_axis():
-    from negspace.report import _logit, _squashed
+    from negspace.report import logit_of_scores, scores_squashed
 
     squashed = np.concatenate([1 - np.logspace(-11, -6, 50), np.logspace(-9, -7, 50)])
-    assert _squashed(squashed) and not _squashed(np.linspace(0.1, 0.9, 100))
-    spread = _logit(squashed)
+    assert scores_squashed(squashed) and not scores_squashed(np.linspace(0.1, 0.9, 100))
+    spread = logit_of_scores(squashed)
     assert np.ptp(spread) > 20 and np.all(np.isfinite(spread))  # 1e-11 .. 1e-6 from 1 become distinct
-    assert np.all(np.diff(_logit(np.asarray([0.2, 0.5, 0.8]))) > 0)
+    assert np.all(np.diff(logit_of_scores(np.asarray([0.2, 0.5, 0.8]))) > 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from negspace.evaluate import EncodedSet, evaluate_stream
+from negspace.evaluation import EncodedSet, evaluate_stream
 from negspace.metrics import compute_all
 from negspace.testing import make_world
 from test_ants import build

@@ -11,7 +11,7 @@ import pytest
 from negspace.detectors.neglabel import NegLabel
 from negspace.detectors.noise import NOISE_KINDS, make_noise_images
 from negspace.detectors.tanl import TANL, activation_aware_score, otsu_threshold, top_labels
-from negspace.evaluate import EncodedSet, evaluate_detector, evaluate_stream
+from negspace.evaluation import EncodedSet, evaluate_detector, evaluate_stream
 from negspace.testing import make_world
 from numerics import assert_scores_close
 

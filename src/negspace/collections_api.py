@@ -233,7 +233,7 @@ def _score_locally(todo, tables, out, writer, encoder, detector, threshold, name
 
 def score_rows(detector: Any, encoding: Any, threshold: float, names: list[str], batch_size: int) -> dict[str, Any]:
     """One row per encoded image: path, content hash, score, OOD flag, nearest ID class and negative."""
-    from negspace.evaluate import score_in_batches
+    from negspace.evaluation import score_in_batches
 
     scores = score_in_batches(detector.score_features, encoding.features, batch_size)
     nearest_id, nearest_negative = detector.nearest_labels(encoding.features)

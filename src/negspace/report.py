@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from negspace.evaluate import METRIC_NAMES, Evaluation, summarise_skipped
+from negspace.evaluation import METRIC_NAMES, Evaluation, summarise_skipped
 from negspace.metrics import threshold_at_id_recall
 
 log = logging.getLogger(__name__)
@@ -149,14 +149,14 @@ def write_results_md(evaluation: Evaluation, path: Path) -> None:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
-def _squashed(scores: np.ndarray) -> bool:
+def scores_squashed(scores: np.ndarray) -> bool:
     """Whether most probability-like scores sit so close to 0 or 1 that linear bins merge them."""
     if scores.size == 0 or scores.min() < 0 or scores.max() > 1:
         return False
     return bool(np.mean((scores < 1e-3) | (scores > 1 - 1e-3)) > 0.5)
 
 
-def _logit(scores: np.ndarray) -> np.ndarray:
+def logit_of_scores(scores: np.ndarray) -> np.ndarray:
     clipped = np.clip(scores.astype(np.float64), 1e-300, 1 - 1e-16)
     return np.log(clipped) - np.log1p(-clipped)
 
@@ -174,9 +174,9 @@ def plot_histograms(evaluation: Evaluation, out_dir: Path) -> list[Path]:
         threshold = threshold_at_id_recall(id_scores)
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         both = np.concatenate([id_scores, ood])
-        squashed = _squashed(both)
+        squashed = scores_squashed(both)
         if squashed:  # NegLabel-family scores pile up within 1e-6 of 0 or 1: spread them
-            id_scores, ood, threshold = _logit(id_scores), _logit(ood), float(_logit(np.asarray([threshold]))[0])
+            id_scores, ood, threshold = logit_of_scores(id_scores), logit_of_scores(ood), float(logit_of_scores(np.asarray([threshold]))[0])
             both = np.concatenate([id_scores, ood])
         bins = np.linspace(both.min(), both.max(), 51) if both.max() > both.min() else 10
         ax.hist(id_scores, bins=bins, alpha=0.6, density=True, label=f"ID ({evaluation.id_set.name})")

@@ -15,7 +15,7 @@ from typing import Any
 from negspace.backend import BACKENDS
 from negspace.corpus.mining import MiningConfig
 from negspace.detectors.tanl import DEFAULT_CORPUS
-from negspace.evaluate import STREAM_MODES
+from negspace.evaluation import STREAM_MODES
 
 DEFAULT_MODEL = "openclip:ViT-B-16/openai"
 

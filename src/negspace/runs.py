@@ -27,7 +27,7 @@ from negspace.detectors.ants import ANTS
 from negspace.detectors.ants.recorder import StreamRecorder
 from negspace.detectors.base import Detector, OnlineDetector
 from negspace.errors import NegspaceError
-from negspace.evaluate import EncodedSet, Evaluation, FeatureFile, encode_set, evaluate_detector, evaluate_stream, open_set
+from negspace.evaluation import EncodedSet, Evaluation, FeatureFile, encode_set, evaluate_detector, evaluate_stream, open_set
 from negspace.features_table import FeatureTable
 from negspace.methods import METHODS, BuildInputs, build_detector, method
 from negspace.outdir import check_save_dir, prepare_out_dir, remove_empty_out_dir
@@ -160,7 +160,7 @@ def save_detector(detector: Detector, folder: Path, *, method_name: str, model: 
     set when it scores frozen (what `negspace score` flags with)."""
     from negspace import __version__
     from negspace.detectors.saved import write_provenance
-    from negspace.evaluate import score_in_batches
+    from negspace.evaluation import score_in_batches
     from negspace.methods import load_detector
     from negspace.metrics import threshold_at_id_recall
 
@@ -189,7 +189,7 @@ def evaluate(
     command: Sequence[str] | None = None,
 ) -> Evaluation:
     """Build the detector, encode the sets (with the caches), score them under the stream
-    protocol and return the :class:`~negspace.evaluate.Evaluation` (metrics per set, scores,
+    protocol and return the :class:`~negspace.evaluation.Evaluation` (metrics per set, scores,
     ``info`` as ``metrics.json`` records it, ANTS's traces); write the files of ``negspace
     eval`` into ``out`` when it is given.
 

@@ -299,7 +299,7 @@ def world_stream(world: SyntheticWorld, kind: str, seed: int = 0, batch_size: in
     ``order[j]`` is the index, in the concatenation ID, OOD, of the ``j``-th streamed image.
     """
     from negspace.detectors.base import StreamBatch
-    from negspace.evaluate import stream_order
+    from negspace.evaluation import stream_order
 
     parts = {"far": [("far", world.far_ood_features, world.far_ood_concept)],
              "near": [("near", world.near_ood_features, world.near_ood_concept)]}

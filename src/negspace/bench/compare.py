@@ -9,7 +9,7 @@ import numpy as np
 
 from negspace.bench.published import PUBLISHED_NAMES, published_for, published_methods
 from negspace.bench.suites import RunSpec, Suite
-from negspace.evaluate import Evaluation
+from negspace.evaluation import Evaluation
 
 METRICS = ("FPR95", "AUROC")  # the tables' columns; FPR95 in the suite's convention
 LOWER_IS_BETTER = {"FPR95": True, "AUROC": False}

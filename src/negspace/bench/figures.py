@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from negspace.evaluate import Evaluation
+from negspace.evaluation import Evaluation
 
 
 def _pyplot():
@@ -55,7 +55,7 @@ def roc_figure(evaluations: Mapping[str, Evaluation], ood_names: Sequence[str], 
 def histogram_figure(method: str, evaluation: Evaluation, titles: Mapping[str, str]) -> bytes:
     """ID and OOD score histograms of one method, one panel per OOD set (logit scale when the
     scores pile up at 0 and 1, as the negative-label scores do)."""
-    from negspace.report import _logit, _squashed
+    from negspace.report import logit_of_scores, scores_squashed
 
     plt = _pyplot()
     names = list(evaluation.ood_scores)
@@ -63,9 +63,9 @@ def histogram_figure(method: str, evaluation: Evaluation, titles: Mapping[str, s
     for ax, name in zip(axes[0], names):
         id_scores, ood = evaluation.id_scores_for(name), evaluation.ood_scores[name]
         both = np.concatenate([id_scores, ood])
-        squashed = _squashed(both)
+        squashed = scores_squashed(both)
         if squashed:
-            id_scores, ood, both = _logit(id_scores), _logit(ood), _logit(both)
+            id_scores, ood, both = logit_of_scores(id_scores), logit_of_scores(ood), logit_of_scores(both)
         bins = np.linspace(both.min(), both.max(), 41) if both.max() > both.min() else 10
         ax.hist(id_scores, bins=bins, alpha=0.6, density=True, label="ID")
         ax.hist(ood, bins=bins, alpha=0.6, density=True, label="OOD")

@@ -30,7 +30,7 @@ from negspace.bench.layout import check_sets, layout_report, run_sets
 from negspace.bench.suites import Suite, load_suite
 from negspace.detectors.ants.recorder import StreamRecorder
 from negspace.errors import DatasetError, NegspaceError
-from negspace.evaluate import Evaluation, encode_set
+from negspace.evaluation import Evaluation, encode_set
 from negspace.methods import METHODS, BuildInputs, build_detector
 from negspace.outdir import prepare_out_dir, remove_empty_out_dir
 from negspace.runconfig import ANTSRunConfig, EvalConfig, MLLMConfig, ModelConfig

@@ -20,7 +20,7 @@ from negspace.detectors.mcm import MCMConfig
 from negspace.detectors.neglabel import NegLabelConfig
 from negspace.detectors.tanl import DEFAULT_CORPUS, TANLConfig
 from negspace.errors import NegspaceError
-from negspace.evaluate import STREAM_MODES
+from negspace.evaluation import STREAM_MODES
 from negspace.methods import METHODS
 from negspace.runconfig import EvalConfig, NegativesConfig
 

@@ -169,7 +169,7 @@ def _check_batch_size(batch_size: int) -> None:
         raise NegspaceError(f"batch size must be a positive integer, got {batch_size}.")
 
 
-def _normalise(features: torch.Tensor) -> np.ndarray:
+def unit_features(features: torch.Tensor) -> np.ndarray:
     """Rows to unit L2 norm, computed in float32 (fp16 features would lose precision)."""
     feats = features.detach().float()
     feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -296,7 +296,7 @@ class ClipEncoder:
                 for batch in _batches(todo, batch_size):
                     prompts = [template.format(t) for t in batch]
                     with torch.inference_mode():
-                        feats = _normalise(self.backend.encode_text_batch(prompts))
+                        feats = unit_features(self.backend.encode_text_batch(prompts))
                     new = dict(zip(batch, feats, strict=True))
                     if self.store is not None:
                         # One transaction per batch: a killed run keeps every finished batch.
@@ -324,7 +324,7 @@ class ClipEncoder:
     def _encode_pil(self, images: list[Image.Image]) -> np.ndarray:
         rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
         with torch.inference_mode():
-            return _normalise(self.backend.encode_image_batch(rgb))
+            return unit_features(self.backend.encode_image_batch(rgb))
 
     def encode_image_files(
         self,
@@ -430,7 +430,7 @@ class ClipEncoder:
                 skipped[i] = SkippedFile(files[i], reason)
             if pixels is not None:
                 with torch.inference_mode():
-                    feats = _normalise(self.backend.encode_pixels(pixels))
+                    feats = unit_features(self.backend.encode_pixels(pixels))
                 done: dict[str, np.ndarray] = {}
                 for j, feat in zip(positions, feats, strict=True):
                     i, key = pending[j]

@@ -90,13 +90,13 @@ class EncodeActor:
         self.threshold = threshold
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from negspace.encoders.base import _normalise
+        from negspace.encoders.base import unit_features
 
         ok = np.array([not r for r in batch["reason"]], dtype=bool)
         features = np.zeros((len(ok), self.encoder.dim), np.float32)
         if ok.any():
             with self.torch.inference_mode():
-                features[ok] = _normalise(self.encoder.backend.encode_pixels(self.torch.from_numpy(batch["pixels"][ok])))
+                features[ok] = unit_features(self.encoder.backend.encode_pixels(self.torch.from_numpy(batch["pixels"][ok])))
         out = {"path": batch["path"], "sha256": batch["sha256"], "reason": batch["reason"]}
         if self.detector is None:
             out["feature"] = features

@@ -73,7 +73,7 @@ from negspace.detectors.ants.rules import (
 )
 from negspace.detectors.ants.scoring import StackedBanks
 from negspace.detectors.ants.state import ANTSState
-from negspace.detectors.base import OnlineDetector, StreamBatch, as_unit_rows
+from negspace.detectors.base import OnlineDetector, StreamBatch, as_unit_rows, resolve_config
 from negspace.mllm.protocol import MLLM
 from negspace.backend import resolve_backend, to_numpy
 from negspace.scoring import group_order
@@ -141,8 +141,9 @@ class ANTS(BankBuilder, OnlineDetector):
         neg_labels: Sequence[str] | None = None,
         backend: str = "numpy",
         device: str = "auto",
+        **params: Any,
     ) -> None:
-        self.config = config or ANTSConfig()
+        self.config = resolve_config(ANTSConfig, config, params)
         self.backend = resolve_backend(backend, device)
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
         dim = self.id_text_features.shape[1]
