@@ -18,7 +18,7 @@ from PIL import Image
 
 from negspace.cache import FeatureStore
 from negspace.data import load_rgb
-from negspace.encoders import ClipEncoder, ImageEncoding, SkippedFile, _weights, load_encoder
+from negspace.encoders import ClipEncoder, ImageEncoding, SkippedFile, load_encoder, weights
 from negspace.errors import NegspaceError, WeightsUnavailableError
 from numerics import FEATURE_ERROR
 
@@ -387,7 +387,7 @@ def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(_weights, "_probe", lambda url, timeout: False)
+    monkeypatch.setattr(weights, "_probe", lambda url, timeout: False)
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(WeightsUnavailableError) as info:

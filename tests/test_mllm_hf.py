@@ -94,12 +94,12 @@ def test_unreachable_hub_fails_fast_without_hub_chatter(monkeypatch, empty_hub_c
     # instead of letting huggingface_hub retry for half a minute.
     from huggingface_hub import constants
 
-    from negspace.encoders import _weights
+    from negspace.encoders import weights
     from negspace.errors import WeightsUnavailableError
     from negspace.mllm.loading import load_mllm
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(_weights, "_probe", lambda url, timeout: False)
+    monkeypatch.setattr(weights, "_probe", lambda url, timeout: False)
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     start = time.monotonic()

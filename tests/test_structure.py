@@ -103,6 +103,8 @@ def test_no_private_name_is_imported_across_modules():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("negspace"):
                 borrowed += [f"{module}: from {node.module} import {a.name}" for a in node.names
                              if a.name.startswith("_") and not a.name.startswith("__")]
+                borrowed += [f"{module}: from {node.module}" for part in node.module.split(".")
+                             if part.startswith("_") and not part.startswith("__")]
     assert not borrowed, borrowed
 
 

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from negspace.cache import FeatureStore, weights_fingerprint
-from negspace.encoders._weights import (
+from negspace.encoders.weights import (
     LOAD_ERRORS,
     HubAccess,
     folder_error,

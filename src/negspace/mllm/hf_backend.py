@@ -130,14 +130,14 @@ def _in_hub_cache(repo_id: str) -> bool:
 
 def _first_sentence(exc: BaseException) -> str:
     """The first sentence of an exception's message, trimmed (transformers writes paragraphs)."""
-    from negspace.encoders._weights import short_reason
+    from negspace.encoders.weights import short_reason
 
     return short_reason(exc).split(". ")[0].rstrip(".")
 
 
 def _hub_error(name: str, hub: Any, exc: BaseException | None = None) -> WeightsUnavailableError:
     """One sentence for a hub id that could not be loaded."""
-    from negspace.encoders._weights import NOT_ON_HUB_ERRORS, UNREACHABLE_ERRORS, exception_chain
+    from negspace.encoders.weights import NOT_ON_HUB_ERRORS, UNREACHABLE_ERRORS, exception_chain
 
     names = {type(e).__name__ for e in exception_chain(exc)} if exc is not None else set()
     if exc is not None:
@@ -205,7 +205,7 @@ class HFVisionChatBackend:
 
         import torch
 
-        from negspace.encoders._weights import LOAD_ERRORS, HubAccess, hub_access
+        from negspace.encoders.weights import LOAD_ERRORS, HubAccess, hub_access
 
         self.name_or_path = name
         self.device = _resolve_device(device)
