@@ -82,7 +82,8 @@ def mllm_server():
 
     # The MLLM cache is keyed by the model the server names (not its URL): a name of its own per
     # test keeps one test's cached answers out of another's request counts.
-    server.model = f"tiny-vlm-{next(_SERVERS)}"
+    # (the pytest-xdist workers share one cache: the worker's name keeps their servers apart too)
+    server.model = f"tiny-vlm-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{next(_SERVERS)}"
     server.spec = f"openai:{server.url_for('/v1')}/{server.model}"
     server.expect_request("/v1/models").respond_with_json({"data": [{"id": server.model}]})
     server.expect_request("/v1/chat/completions", method="POST").respond_with_handler(chat)

@@ -2,9 +2,9 @@
 
 Inputs (``negspace score SRC ...``): image folders (recursive), ``.txt`` path lists, and tables
 of paths (``file.parquet`` or ``file.csv``, the column ``path`` unless ``FILE:COLUMN`` names one).
-Output: a folder of Parquet parts (``part-00000.parquet``, ...), each written whole and renamed
-into place, so a run killed at any moment leaves only complete parts; a re-run skips every path
-already written. Read it as one table with ``pyarrow.dataset.dataset(folder)`` or
+Output: a folder of Parquet parts (``part-RUNID-00000.parquet``, ...), each written whole and
+renamed into place, so a run killed at any moment leaves only complete parts; a re-run skips every
+path already written; a second run into the same folder at the same time is refused. Read it as one table with ``pyarrow.dataset.dataset(folder)`` or
 ``pandas.read_parquet(folder)`` (``_summary.json`` and ``_skipped.csv`` beside the parts are
 ignored by both, as files starting with ``_`` are).
 """
@@ -12,6 +12,8 @@ ignored by both, as files starting with ``_`` are).
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,20 +38,28 @@ def _table_paths(spec: str) -> list[Path]:
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
-        names = pq.read_schema(path).names
-        if column not in names:
-            raise DatasetError(f"The table {path} has no column {column!r} (columns: {', '.join(names)}); "
-                               f"name one as {path}:COLUMN.")
-        values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+        try:
+            names = pq.read_schema(path).names
+            if column not in names:
+                raise DatasetError(f"The table {path} has no column {column!r} (columns: {', '.join(names)}); "
+                                   f"name one as {path}:COLUMN.")
+            values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+        except DatasetError:
+            raise
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
+            raise DatasetError(f"The table {path} cannot be read as Parquet ({err}).") from None
     else:
         import csv
 
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if column not in (reader.fieldnames or []):
-                raise DatasetError(f"The table {path} has no column {column!r} (columns: "
-                                   f"{', '.join(reader.fieldnames or [])}); name one as {path}:COLUMN.")
-            values = [row[column] for row in reader]
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                if column not in (reader.fieldnames or []):
+                    raise DatasetError(f"The table {path} has no column {column!r} (columns: "
+                                       f"{', '.join(reader.fieldnames or [])}); name one as {path}:COLUMN.")
+                values = [row[column] for row in reader]
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise DatasetError(f"The table {path} cannot be read as UTF-8 CSV ({err}).") from None
     base = path.parent
     return [Path(v) if Path(v).is_absolute() else base / v for v in values if v]
 
@@ -78,17 +88,57 @@ def collection_paths(specs: Sequence[str]) -> list[Path]:
     return list(paths)
 
 
+class OutputBusy(DatasetError):
+    """Another process is writing the same output folder."""
+
+
 class PartWriter:
-    """Rows to a folder of Parquet parts, each complete on disk before the next one starts."""
+    """Rows to a folder of Parquet parts, each complete on disk before the next one starts.
+
+    Safe under crashes and concurrency:
+
+    * a part is written under a temporary ``_`` name and renamed into place once complete, so a
+      killed run leaves only whole parts (readers skip ``_`` files);
+    * part names carry this run's id (``part-RUNID-00000.parquet``), so two runs never write the
+      same name, whatever each saw at start;
+    * :meth:`lock` holds an exclusive lock on ``_lock`` in the folder for the run: a second
+      process refuses at once with :class:`OutputBusy` (the lock dies with its process, so a
+      crash leaves no stale lock).
+    """
 
     def __init__(self, folder: Path) -> None:
         if folder.exists() and not folder.is_dir():
             raise DatasetError(f"--out {folder} is a file; give a folder (the Parquet parts go in it).")
         self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.folder.glob("_part-*.tmp"):  # a part a killed run did not finish
+        self.run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self._next = 0
+        self._lock_handle: Any = None
+
+    def lock(self) -> None:
+        """Create the folder (checked writable) and hold its lock until :meth:`close` or exit."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            handle = open(self.folder / "_lock", "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
+        except OSError as err:
+            raise DatasetError(f"--out {self.folder}: cannot write there ({err.strerror}).") from None
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no fcntl (Windows): unique part names still keep concurrent runs apart
+            pass
+        except OSError:
+            handle.close()
+            raise OutputBusy(f"--out {self.folder} is being written by another negspace run; wait for it to "
+                             "finish (a re-run then resumes) or choose another folder.") from None
+        self._lock_handle = handle
+        for stale in self.folder.glob("_part-*.tmp"):  # what a killed run did not finish (we hold the lock)
             stale.unlink()
-        self._next = len(self.parts())
+
+    def close(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
 
     def parts(self) -> list[Path]:
         return sorted(self.folder.glob("part-*.parquet"))
@@ -99,7 +149,11 @@ class PartWriter:
 
         seen: set[str] = set()
         for part in self.parts():
-            seen.update(pq.read_table(part, columns=[column]).column(column).to_pylist())
+            try:
+                seen.update(pq.read_table(part, columns=[column]).column(column).to_pylist())
+            except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
+                raise DatasetError(f"--out {self.folder}: the part {part.name} cannot be read ({err}); move it "
+                                   "away and run again.") from None
         return seen
 
     def write(self, rows: dict[str, Any]) -> Path:
@@ -112,7 +166,7 @@ class PartWriter:
         """Write one part from a pyarrow table, renamed into place once complete."""
         import pyarrow.parquet as pq
 
-        final = self.folder / f"part-{self._next:05d}.parquet"
+        final = self.folder / f"part-{self.run_id}-{self._next:05d}.parquet"
         # "_" first: readers of the folder (pyarrow, pandas) skip a part a killed run left unfinished
         tmp = self.folder / f"_{final.name}.tmp"
         pq.write_table(table, tmp)

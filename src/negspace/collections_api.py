@@ -12,9 +12,12 @@ in Ray tasks and the model in an actor pool (``pip install 'negspace[ray]'``).
 from __future__ import annotations
 
 import csv
-import json
+import math
+import os
 import logging
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ import numpy as np
 from negspace.collection import PartWriter, chunks, collection_paths
 from negspace.detectors.saved import read_provenance
 from negspace.errors import NegspaceError
+from negspace.jsonio import to_json
 from negspace.runconfig import EvalConfig, ModelConfig
 
 log = logging.getLogger("negspace")
@@ -41,10 +45,13 @@ class CollectionConfig:
     engine: str = "local"
     ray_address: str | None = None  # an existing Ray cluster (default: start a local one)
     ray_actors: int | None = None  # model actors (default: one per GPU of the cluster, else 1)
+    ray_timeout: float = 30.0  # seconds to wait for the cluster at ray_address
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.chunk_size < 1 or self.batch_size < 1:
+            raise ValueError("chunk_size and batch_size must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,8 @@ class ScoreConfig:
                                 "--detector DIR.")
         if self.detector is not None and not Path(self.detector).is_dir():
             raise NegspaceError(f"--detector {self.detector} is not a folder.")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise NegspaceError(f"--threshold must be a finite number, got {self.threshold}.")
 
 
 def score_collection(sources: Sequence[str | Path], out: str | Path, config: ScoreConfig, *,
@@ -82,7 +91,9 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
     top_negative`` per image. Returns the summary written to ``out/_summary.json``.
 
     ``model=None`` loads the model the saved detector was built with (its provenance), else the
-    default one.
+    default one. Everything that can be checked before the model loads is: the detector folder,
+    ``threshold_id``'s images, the sources, that ``out`` can be written and that no other run is
+    writing it, the Ray cluster.
     """
     from negspace.features_table import is_feature_table, read_feature_table
 
@@ -90,7 +101,9 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
     out = Path(out)
     sources = [str(s) for s in sources]
     config.check()
-    provenance = read_provenance(config.detector) if config.detector is not None else {}
+    provenance = detector_provenance(config.detector)
+    saved = _saved_detector(config.detector) if config.detector is not None else None
+    threshold_images = _threshold_images(config.threshold_id) if config.threshold is None else None
     is_table = {s: is_feature_table(s) for s in sources}
     if collection.engine == "ray" and (any(is_table.values()) or config.detector is None):
         raise NegspaceError("--engine ray scores image files with a saved --detector DIR (save one with "
@@ -100,40 +113,46 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
     image_sources = [s for s, table in is_table.items() if not table]
     paths = collection_paths(image_sources) if image_sources else []  # listed before any model loads
     paths += [Path(p) for table in tables for p in table.paths]
-    writer = PartWriter(out)
-    done = writer.done()
-    todo = [p for p in paths if str(p) not in done]
-    if model is None:
-        model = ModelConfig()
-        if "model" in provenance:  # the detector's own model
-            model = replace(model, spec=provenance["model"], weights=_existing(provenance.get("weights")))
-    from negspace.runs import load_model
-
-    encoder = load_model(model)
-    detector = _detector(config, encoder, model)
-    if getattr(detector, "frozen", True) is False:
-        raise NegspaceError("The detector learns from the stream; freeze it first (negspace.load_detector gives it frozen).")
-    _check_model(provenance, encoder)
-    threshold, threshold_source = _threshold(config, detector, encoder, provenance, collection.batch_size,
-                                             model.progress)
-    names = detector.class_names or []
-    summary = {"engine": collection.engine, "sources": sources, "images": len(paths),
-               "already_written": len(paths) - len(todo), "scored": 0, "flagged_ood": 0, "skipped_unreadable": 0,
-               "threshold": threshold, "threshold_source": threshold_source, "model": model.spec,
-               "detector": str(config.detector or config.method)}
     if collection.engine == "ray":
-        _score_with_ray(todo, out, writer, encoder, model, collection, config.detector, threshold, summary)
-    else:
-        _score_locally(todo, tables, out, writer, encoder, detector, threshold, names, summary, collection,
-                       model.progress)
-    (out / "_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        from negspace.engines.ray_engine import check_ray_address
+
+        check_ray_address(collection.ray_address, collection.ray_timeout)
+    with _locked_output(out) as writer:
+        done = writer.done()
+        todo, unnamed = _named_in_utf8([p for p in paths if str(p) not in done], out)
+        if model is None:
+            model = ModelConfig()
+            if "model" in provenance:  # the detector's own model
+                model = replace(model, spec=provenance["model"], weights=_existing(provenance.get("weights")))
+        from negspace.runs import load_model
+
+        encoder = load_model(model)
+        detector = _detector(config, saved, encoder, model)
+        if getattr(detector, "frozen", True) is False:
+            raise NegspaceError("The detector learns from the stream; freeze it first (negspace.load_detector gives it frozen).")
+        _check_model(provenance, encoder)
+        _check_dimension(config, detector, encoder)
+        threshold, threshold_source = _threshold(config, detector, encoder, provenance, threshold_images,
+                                                 collection.batch_size, model.progress)
+        names = detector.class_names or []
+        summary = {"engine": collection.engine, "sources": sources, "images": len(paths),
+                   "already_written": len(paths) - len(todo) - unnamed, "scored": 0, "flagged_ood": 0,
+                   "skipped_unreadable": unnamed, "threshold": threshold, "threshold_source": threshold_source,
+                   "model": model.spec, "detector": str(config.detector or config.method)}
+        if collection.engine == "ray":
+            _score_with_ray(todo, out, writer, encoder, model, collection, config.detector, threshold, summary)
+        else:
+            _score_locally(todo, tables, out, writer, encoder, detector, threshold, names, summary, collection,
+                           model.progress)
+        (out / "_summary.json").write_text(to_json(summary, indent=1), encoding="utf-8")
     return summary
 
 
 def embed_collection(sources: Sequence[str | Path], out: str | Path, *, model: ModelConfig | None = None,
                      collection: CollectionConfig | None = None) -> dict[str, int]:
     """Image features of ``sources`` as Parquet parts of (path, sha256, feature) under ``out``, each
-    part recording the model that made it; resumable. Returns the counts."""
+    part recording the model that made it; resumable. An ``out`` holding another model's features
+    is refused. Returns the counts."""
     from tqdm import tqdm
 
     from negspace.features_table import embedding_rows, table_metadata, with_metadata
@@ -141,39 +160,131 @@ def embed_collection(sources: Sequence[str | Path], out: str | Path, *, model: M
 
     model, collection, out = model or ModelConfig(), collection or CollectionConfig(), Path(out)
     paths = collection_paths([str(s) for s in sources])
-    writer = PartWriter(out)
-    done = writer.done()
-    todo = [p for p in paths if str(p) not in done]
-    encoder = load_model(model)
-    meta = table_metadata(encoder)
-    counts = {"images": len(paths), "already_there": len(paths) - len(todo), "written": 0, "skipped_unreadable": 0}
     if collection.engine == "ray":
-        _embed_with_ray(todo, out, writer, encoder, model, collection, meta, counts)
-        return counts
-    with tqdm(total=len(todo), desc="Embedding images", unit="img", disable=not model.progress or not todo) as bar:
-        for chunk in chunks(todo, collection.chunk_size):
-            encoding = encoder.encode_image_files(chunk, batch_size=collection.batch_size, progress=False)
-            if len(encoding.features):
-                writer.write_table(with_metadata(embedding_rows(encoding), meta))
-            if encoding.skipped:
-                _append_skipped(out / "_skipped.csv", encoding.skipped)
-            counts["written"] += len(encoding.features)
-            counts["skipped_unreadable"] += len(encoding.skipped)
-            bar.update(len(chunk))
+        from negspace.engines.ray_engine import check_ray_address
+
+        check_ray_address(collection.ray_address, collection.ray_timeout)
+    with _locked_output(out) as writer:
+        done = writer.done()
+        todo, unnamed = _named_in_utf8([p for p in paths if str(p) not in done], out)
+        encoder = load_model(model)
+        meta = table_metadata(encoder)
+        _check_table_model(out, writer, meta)
+        counts = {"images": len(paths), "already_there": len(paths) - len(todo) - unnamed, "written": 0,
+                  "skipped_unreadable": unnamed}
+        if collection.engine == "ray":
+            _embed_with_ray(todo, out, writer, encoder, model, collection, meta, counts)
+            return counts
+        with tqdm(total=len(todo), desc="Embedding images", unit="img", disable=not model.progress or not todo) as bar:
+            for chunk in chunks(todo, collection.chunk_size):
+                encoding = encoder.encode_image_files(chunk, batch_size=collection.batch_size, progress=False)
+                if len(encoding.features):
+                    writer.write_table(with_metadata(embedding_rows(encoding), meta))
+                if encoding.skipped:
+                    _append_skipped(out / "_skipped.csv", encoding.skipped)
+                counts["written"] += len(encoding.features)
+                counts["skipped_unreadable"] += len(encoding.skipped)
+                bar.update(len(chunk))
     return counts
 
 
-def _detector(config: ScoreConfig, encoder: Any, model: ModelConfig) -> Any:
-    """The saved detector (frozen), or a static method built from its classes."""
-    if config.detector is not None:
+@contextmanager
+def _locked_output(out: Path) -> Iterator[PartWriter]:
+    """The output folder, locked for this run; a folder this run created and left empty (it
+    failed before writing anything) is removed again."""
+    created = not out.exists()
+    writer = PartWriter(out)
+    writer.lock()
+    try:
+        yield writer
+    except BaseException:
+        writer.close()
+        if created and {p.name for p in out.iterdir()} <= {"_lock"}:
+            (out / "_lock").unlink(missing_ok=True)
+            out.rmdir()
+        raise
+    writer.close()
+
+
+def _named_in_utf8(paths: list[Path], out: Path) -> tuple[list[Path], int]:
+    """The paths whose names Parquet can store (UTF-8), and how many others were listed in
+    ``_skipped.csv`` instead (a name that is not UTF-8 must not stop the collection)."""
+    good, bad = [], []
+    for path in paths:
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(_Failed(str(path), "the file name is not valid UTF-8, which Parquet strings must be; "
+                                          "rename the file"))
+        else:
+            good.append(path)
+    if bad:
+        log.warning("%d file(s) with names that are not UTF-8 skipped; listed in %s", len(bad), out / "_skipped.csv")
+        _append_skipped(out / "_skipped.csv", bad)
+    return good, len(bad)
+
+
+def detector_provenance(folder: Path | None) -> dict[str, Any]:
+    """What was saved beside a detector (its model and threshold); a damaged file is one sentence."""
+    if folder is None:
+        return {}
+    try:
+        provenance = read_provenance(folder)
+    except (OSError, ValueError) as err:
+        raise NegspaceError(f"--detector {folder}: its provenance.json cannot be read ({err}).") from None
+    if not isinstance(provenance, dict):
+        raise NegspaceError(f"--detector {folder}: its provenance.json is not a JSON object.")
+    return provenance
+
+
+def _saved_detector(folder: Path) -> Any:
+    """The saved detector, loaded (NumPy) before any model: a damaged folder fails in a second."""
+    from negspace.methods import load_detector
+
+    try:
+        return load_detector(folder)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:
+        raise NegspaceError(f"--detector {folder} cannot be loaded: {err}.") from None
+
+
+def _threshold_images(spec: str | None) -> Any:
+    if spec is None:
+        return None
+    from negspace.data import open_image_set
+
+    return open_image_set(spec)
+
+
+def _check_dimension(config: ScoreConfig, detector: Any, encoder: Any) -> None:
+    dim = detector.id_text_features.shape[1]
+    if dim != encoder.dim:
+        raise NegspaceError(f"--detector {config.detector or config.method} scores {dim}-dimensional features, but "
+                            f"the model {encoder.spec} gives {encoder.dim}: pass the detector's --model and --weights.")
+
+
+def _check_table_model(out: Path, writer: PartWriter, meta: dict[str, Any]) -> None:
+    """``embed`` adds to a folder only the features of the same model (and dimension)."""
+    import pyarrow.parquet as pq
+
+    from negspace.features_table import META_KEY
+
+    for part in writer.parts():
+        found = json.loads((pq.read_schema(part).metadata or {}).get(META_KEY, b"{}"))
+        if (found.get("weights_fingerprint"), found.get("dim")) != (meta["weights_fingerprint"], meta["dim"]):
+            raise NegspaceError(f"--out {out} holds features of another model ({found.get('model', 'unknown')}, "
+                                f"dimension {found.get('dim', '?')}) than this run's {meta['model']} (dimension "
+                                f"{meta['dim']}); choose another folder.")
+
+
+def _detector(config: ScoreConfig, saved: Any, encoder: Any, model: ModelConfig) -> Any:
+    """The saved detector (frozen; reloaded on the encoder's device for the torch backend), or a
+    static method built from its classes."""
+    if saved is not None:
+        if config.scoring_backend == "numpy":
+            return saved
         from negspace.methods import load_detector
 
-        backend = {} if config.scoring_backend == "numpy" else {"backend": config.scoring_backend,
-                                                                "device": str(encoder.device)}
-        try:
-            return load_detector(config.detector, **backend)
-        except ValueError as err:
-            raise NegspaceError(f"--detector: {err}.") from None
+        return load_detector(config.detector, backend=config.scoring_backend, device=str(encoder.device))
     from negspace.methods import BuildInputs, build_detector
     from negspace.runs import class_list, mining_cache_dir
 
@@ -184,24 +295,22 @@ def _detector(config: ScoreConfig, encoder: Any, model: ModelConfig) -> Any:
                                       cache_dir=mining_cache_dir(model)))
 
 
-def _threshold(config: ScoreConfig, detector: Any, encoder: Any, provenance: dict[str, Any], batch_size: int,
-               progress: bool) -> tuple[float, str]:
+def _threshold(config: ScoreConfig, detector: Any, encoder: Any, provenance: dict[str, Any], id_images: Any,
+               batch_size: int, progress: bool) -> tuple[float, str]:
     """The flag threshold and where it came from."""
     from negspace.metrics import threshold_at_id_recall
 
     if config.threshold is not None:
         return config.threshold, "--threshold"
-    if config.threshold_id is not None:
-        from negspace.data import open_image_set
-
-        id_set = open_image_set(config.threshold_id)
-        encoding = encoder.encode_image_files(id_set.paths, batch_size=batch_size, progress=progress)
+    if id_images is not None:
+        encoding = encoder.encode_image_files(id_images.paths, batch_size=batch_size, progress=progress)
         if len(encoding.features) == 0:
             raise NegspaceError(f"--threshold-id {config.threshold_id}: none of its images could be read.")
         scores = detector.score_features(encoding.features)
         return float(threshold_at_id_recall(scores)), f"95% recall of the {len(scores)} ID images of {config.threshold_id}"
-    if "threshold_95_id_recall" in provenance:
-        return float(provenance["threshold_95_id_recall"]), f"saved with the detector ({provenance.get('id_set', 'its ID set')})"
+    saved = provenance.get("threshold_95_id_recall")
+    if isinstance(saved, (int, float)) and math.isfinite(saved):
+        return float(saved), f"saved with the detector ({provenance.get('id_set', 'its ID set')})"
     raise NegspaceError("No threshold for the OOD flag: give --threshold T, or --threshold-id ID_IMAGES to choose "
                         "the one that keeps 95% of them, or a --detector saved by `negspace eval --save-detector`.")
 
@@ -323,12 +432,27 @@ def _embed_with_ray(todo, out, writer, encoder, model, collection, meta, counts)
 
 
 def _append_skipped(path: Path, skipped: list[Any]) -> None:
+    """Add rows ``path, reason`` to ``_skipped.csv``, each file once over every run (a re-run
+    meets the same unreadable files again); names that are not UTF-8 are written escaped."""
+    listed = set()
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+            listed = {row[0] for row in csv.reader(handle) if row}
+    rows = [[_printable(s.path), s.reason] for s in skipped]
+    rows = [row for row in dict((row[0], row) for row in rows).values() if row[0] not in listed]
+    if not rows:
+        return
     new = not path.is_file()
     with path.open("a", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         if new:
             writer.writerow(["path", "reason"])
-        writer.writerows([str(s.path), s.reason] for s in skipped)
+        writer.writerows(rows)
+
+
+def _printable(path: Any) -> str:
+    """A file name as text: a name that is not UTF-8 gets its undecodable bytes as ``\\xNN``."""
+    return os.fsencode(str(path)).decode("utf-8", errors="backslashreplace")
 
 
 def _existing(path: str | None) -> Path | None:

@@ -229,4 +229,10 @@ def load_detector(directory: str | Path, backend: str = "numpy", device: str = "
     saved = read_saved(folder)
     if saved.method not in METHODS or saved.method == "ants":
         raise ValueError(f"{folder} holds a detector of unknown method {saved.method!r}")
-    return METHODS[saved.method].detector.from_saved(saved, backend=backend, device=device)
+    try:
+        return METHODS[saved.method].detector.from_saved(saved, backend=backend, device=device)
+    except TypeError as err:  # a parameter this version does not know
+        raise ValueError(f"{folder} was saved with settings this negspace does not know ({err}); a newer "
+                         "negspace may have written it") from None
+    except KeyError as err:
+        raise ValueError(f"{folder} is damaged: {err} is missing") from None

@@ -51,12 +51,25 @@ def remove_empty_out_dir(out_dir: Path, created_top: Path | None) -> None:
             return
 
 
-def check_save_dir(path: Path | None) -> None:
-    """A folder to save a detector in must be new or empty, or hold a saved detector to replace."""
+def check_save_dir(path: Path | None, overwrite: bool = False) -> None:
+    """A folder to save a detector in follows ``--out``'s rule: new or empty, or (with
+    ``overwrite``) a saved detector to replace; never a folder of other files."""
     if path is None:
         return
     if path.exists() and not path.is_dir():
         raise NegspaceError(f"--save-detector {path} is a file; give a folder.")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
     saved = (path / "detector.json").is_file() or (path / "config.json").is_file()
-    if path.is_dir() and any(path.iterdir()) and not saved:
+    if not saved:
         raise NegspaceError(f"--save-detector {path} is a folder with other files in it; give a new or empty one.")
+    if not overwrite:
+        raise NegspaceError(f"--save-detector {path} holds a saved detector already; pass --overwrite to replace it, "
+                            "or choose another folder.")
+
+
+def clear_saved_detector(path: Path) -> None:
+    """Empty a folder :func:`check_save_dir` let through, so no file of the old detector stays."""
+    if path.is_dir():
+        for old in path.iterdir():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()

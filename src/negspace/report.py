@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 
 from negspace.evaluation import METRIC_NAMES, Evaluation, summarise_skipped
 from negspace.metrics import threshold_at_id_recall
+from negspace.jsonio import to_json
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     """Write every output file of ``negspace eval`` into ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(metrics_document(evaluation), indent=2), encoding="utf-8")
+    metrics_path.write_text(to_json(metrics_document(evaluation), indent=2), encoding="utf-8")
     written = [metrics_path, out_dir / "results.md", out_dir / "results.csv", out_dir / "scores.csv"]
     write_results_md(evaluation, written[1])
     write_results_csv(evaluation, written[2])

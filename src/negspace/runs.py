@@ -30,7 +30,7 @@ from negspace.errors import NegspaceError
 from negspace.evaluation import EncodedSet, Evaluation, FeatureFile, encode_set, evaluate_detector, evaluate_stream, open_set
 from negspace.features_table import FeatureTable
 from negspace.methods import METHODS, BuildInputs, build_detector, method
-from negspace.outdir import check_save_dir, prepare_out_dir, remove_empty_out_dir
+from negspace.outdir import check_save_dir, clear_saved_detector, prepare_out_dir, remove_empty_out_dir
 from negspace.runconfig import EvalConfig, MLLMConfig, ModelConfig
 
 if TYPE_CHECKING:
@@ -164,6 +164,7 @@ def save_detector(detector: Detector, folder: Path, *, method_name: str, model: 
     from negspace.methods import load_detector
     from negspace.metrics import threshold_at_id_recall
 
+    clear_saved_detector(folder)
     detector.save(folder)
     backend = {} if scoring_backend == "numpy" else {"backend": scoring_backend, "device": str(encoder.device)}
     frozen = load_detector(folder, **backend)
@@ -201,7 +202,8 @@ def evaluate(
         model, encoder: the CLIP model to load (default :class:`ModelConfig`), or a loaded one.
         mllm: ANTS's MLLM, an :class:`MLLMConfig` to load or a loaded client.
         out: the results folder (new or empty unless ``overwrite``); ``None`` writes nothing.
-        save_detector_to: also save the detector there (with the 95%-ID threshold it flags with).
+        save_detector_to: also save the detector there (with the 95%-ID threshold it flags with):
+            a new or empty folder, or with ``overwrite`` a saved detector to replace.
         command: the command line to record in ``metrics.json``.
 
     Raises:
@@ -211,7 +213,7 @@ def evaluate(
     classes = class_list(classes)
     check_method_options(config, classes)
     save_dir = Path(save_detector_to) if save_detector_to is not None else None
-    check_save_dir(save_dir)
+    check_save_dir(save_dir, overwrite)
     id_source, ood_sources = open_sets(id, ood)
     out_dir = Path(out) if out is not None else None
     created_top = prepare_out_dir(out_dir, overwrite) if out_dir is not None else None

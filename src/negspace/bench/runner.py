@@ -14,7 +14,6 @@ method's config), and the suite's files (``results.md``, ``results.csv``, ``metr
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import shutil
 import time
@@ -31,6 +30,7 @@ from negspace.bench.suites import Suite, load_suite
 from negspace.detectors.ants.recorder import StreamRecorder
 from negspace.errors import DatasetError, NegspaceError
 from negspace.evaluation import Evaluation, encode_set
+from negspace.jsonio import to_json
 from negspace.methods import METHODS, BuildInputs, build_detector
 from negspace.outdir import prepare_out_dir, remove_empty_out_dir
 from negspace.runconfig import ANTSRunConfig, EvalConfig, MLLMConfig, ModelConfig
@@ -92,13 +92,18 @@ def check_data(suite: Suite, data_root: Path, check_counts: bool) -> tuple[dict,
     """Every set and class list of the suite, or one error listing all that is wrong."""
     if not data_root.is_dir():
         raise NegspaceError(f"--data-root {data_root} is not a folder.")
-    checks = check_sets(suite, data_root, check_counts)
+    try:
+        checks = check_sets(suite, data_root, check_counts)
+    except OSError as err:  # a folder it may not list, a file it may not read
+        raise NegspaceError(f"--data-root {data_root}: cannot read {err.filename or 'it'} ({err.strerror}).") from None
     classes, class_problems = {}, []
     for run in suite.runs:
         try:
             classes[run.name] = run_classes(run.classes, data_root)
         except DatasetError as err:
             class_problems.append(f"  run {run.name}: {err}")
+        except OSError as err:
+            class_problems.append(f"  run {run.name}: cannot read {err.filename} ({err.strerror})")
     if any(c.problem for c in checks.values()) or class_problems:
         report = layout_report(suite, data_root, checks) if any(c.problem for c in checks.values()) else \
             f"suite {suite.name}: class lists missing under --data-root {data_root}:"
@@ -271,7 +276,7 @@ def _write_suite_files(config, suite, pages, summary, notes, backbone, model_spe
             "limit": config.limit, "subset": subset, "seed": config.seed, "batch_size": config.batch_size,
             "notes": notes, "runs": summary, "seconds": round(seconds, 3),
             "metric_units": "fractions in [0, 1] (results.md/.csv: percent)"}
-    (out_dir / "metrics.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    (out_dir / "metrics.json").write_text(to_json(info, indent=2), encoding="utf-8")
     facts = [("suite", f"{suite.name}: {suite.title}"), ("compared with", ", ".join(suite.tables)),
              ("FPR95", f"{suite.fpr95} (the tables' convention)"), ("ours", backbone),
              ("negspace", __version__), ("images", "a subset" if subset else "the full sets")]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from negspace.cli.options import CACHE_DIR_HELP
 from negspace.errors import NegspaceError
+from negspace.jsonio import to_json
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def run_stats(args: argparse.Namespace) -> int:
     from negspace.mllm.response_cache import cache_stats, format_cache_stats
 
     stats = cache_stats(args.cache_dir)
-    print(json.dumps(stats, indent=2) if args.json else format_cache_stats(stats))
+    print(to_json(stats, indent=2) if args.json else format_cache_stats(stats))
     return 0
 
 

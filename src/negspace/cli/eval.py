@@ -45,7 +45,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     ev.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out: its previous results are removed first")
     ev.add_argument("--save-detector", type=Path, metavar="DIR",
                     help="save the detector after the run as plain files (test-time methods: the state the last "
-                         "stream left), for `negspace.load_detector` and `negspace score`")
+                         "stream left), for `negspace.load_detector` and `negspace score`; a new or empty folder, "
+                         "or with --overwrite a saved detector to replace")
     ev.add_argument("--stream", choices=STREAM_MODES, default="per-set",
                     help="test-time methods: per-set = one ID+OOD stream per OOD set, reset between them (the papers); "
                          "sequential = the same streams one after another, no reset (temporal shift); "

@@ -169,6 +169,8 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", help="with --engine ray: an existing cluster (default: start a local Ray)")
     parser.add_argument("--ray-actors", type=positive_int,
                         help="with --engine ray: model actors (default: one per GPU of the cluster, else 1)")
+    parser.add_argument("--ray-timeout", type=positive_float, default=30.0,
+                        help="with --ray-address: seconds to wait for the cluster before giving up (default: %(default)s)")
     add_model_options(parser)
 
 

@@ -14,8 +14,13 @@ from typing import Any
 
 from negspace.cli import options
 from negspace.cli.eval import CLASSES_HELP
-from negspace.collections_api import CollectionConfig, ScoreConfig, embed_collection, score_collection
-from negspace.detectors.saved import read_provenance
+from negspace.collections_api import (
+    CollectionConfig,
+    ScoreConfig,
+    detector_provenance,
+    embed_collection,
+    score_collection,
+)
 from negspace.methods import METHODS
 
 
@@ -44,7 +49,7 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def collection_config(args: argparse.Namespace) -> CollectionConfig:
     return CollectionConfig(chunk_size=args.chunk_size, batch_size=args.batch_size, engine=args.engine,
-                            ray_address=args.ray_address, ray_actors=args.ray_actors)
+                            ray_address=args.ray_address, ray_actors=args.ray_actors, ray_timeout=args.ray_timeout)
 
 
 def _model_given(args: argparse.Namespace) -> bool:
@@ -57,7 +62,7 @@ def run_score(args: argparse.Namespace) -> int:
                          threshold_id=args.threshold_id, scoring_backend=args.scoring_backend)
     config.check()
     model = options.model_config(args)
-    provenance = read_provenance(args.detector) if args.detector is not None else {}
+    provenance = detector_provenance(args.detector)
     if provenance and not _model_given(args) and "model" in provenance:  # the detector's own model
         saved_weights = provenance.get("weights")
         weights = args.weights or (Path(saved_weights) if saved_weights and Path(saved_weights).exists() else None)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from negspace.jsonio import to_json
+
 FORMAT = "negspace-detector/1"
 FILE = "detector.json"
 
@@ -52,7 +54,7 @@ def write_saved(directory: str | Path, saved: SavedDetector) -> Path:
     doc = {"format": FORMAT, "method": saved.method, "negspace_version": __version__, "frozen": saved.frozen,
            "params": saved.params, "arrays": sorted(saved.arrays), "extra": saved.extra}
     tmp = out / f"{FILE}.tmp"
-    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    tmp.write_text(to_json(doc, indent=1), encoding="utf-8")
     tmp.replace(out / FILE)
     return out
 
@@ -71,14 +73,22 @@ def read_saved(directory: str | Path) -> SavedDetector:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} cannot be read: {err}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} is not a JSON object")
     if doc.get("format") != FORMAT:
         raise ValueError(f"{path} is in format {doc.get('format')!r}, not {FORMAT}")
+    missing = [key for key in ("method", "params", "arrays") if key not in doc]
+    if missing or not isinstance(doc["params"], dict) or not isinstance(doc["arrays"], list):
+        raise ValueError(f"{path} is damaged: {', '.join(missing) or 'params or arrays'} missing or malformed")
     arrays = {}
     for name in doc["arrays"]:
         file = folder / f"{name}.npy"
         if not file.is_file():
             raise ValueError(f"{file} is missing from the saved detector")
-        arrays[name] = np.load(file, allow_pickle=False)
+        try:
+            arrays[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{file} cannot be read ({err})") from None
     return SavedDetector(doc["method"], doc["params"], arrays, doc.get("extra", {}), bool(doc.get("frozen", False)))
 
 
@@ -87,10 +97,15 @@ PROVENANCE = "provenance.json"  # beside a detector saved by a run: its model an
 
 def write_provenance(folder: Path, info: dict[str, Any]) -> None:
     """What `negspace score` needs to know about a saved detector: its model and ID threshold."""
-    (Path(folder) / PROVENANCE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+    (Path(folder) / PROVENANCE).write_text(to_json(info, indent=1), encoding="utf-8")
 
 
 def read_provenance(folder: Path) -> dict[str, Any]:
     """The provenance saved beside a detector (empty when there is none)."""
     path = Path(folder) / PROVENANCE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not JSON ({err})") from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,32 @@ class ModelRecipe:
 
         return load_encoder(self.spec, weights=self.weights, device=self.device, use_cache=False,
                             preprocess=self.preprocess)
+
+
+def check_ray_address(address: str | None, timeout: float) -> None:
+    """Fail in at most ``timeout`` seconds, naming ``address``, when Ray Data is missing or no
+    cluster answers there (Ray itself would retry the connection for minutes)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise NegspaceError("--engine ray needs Ray Data: pip install 'negspace[ray]'.") from None
+    if address is None or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port_text = hostport.rpartition(":")
+    if not sep:
+        host, port_text = hostport, "6379"  # Ray's default GCS port
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise NegspaceError(f"--ray-address {address} is not HOST:PORT.") from None
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise NegspaceError(f"--ray-address {address}: no Ray cluster answers there within {timeout:g} s ({reason}); "
+                            "start one (`ray start --head`) or fix the address (--ray-timeout sets the wait).") from None
 
 
 def start_ray(address: str | None) -> Any:

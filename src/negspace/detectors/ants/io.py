@@ -23,6 +23,7 @@ import numpy as np
 
 from negspace.detectors.ants.config import ANTSConfig
 from negspace.detectors.ants.state import ANTSState
+from negspace.jsonio import to_json
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class SavedSpace:
 
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    tmp.write_text(to_json(data, indent=1, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
 
 

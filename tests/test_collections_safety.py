@@ -1,0 +1,299 @@
+"""Collections you can trust (issue 18): `score`, `embed`, feature tables and saved detectors
+never lose or mix data, and bad input is one sentence (exit 2), through the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fixtures_models import save_tiny_openclip
+from negspace.cli import main
+from test_score import _images, _model_args, _table, saved  # noqa: F401  (the saved-detector fixture)
+
+BUSY = "is being written by another negspace run"
+
+
+def _strict_json(path: Path):
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def _score(*args: str) -> list[str]:
+    return ["score", *args]
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+# -- 1. concurrency and crashes ------------------------------------------------------------------
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused_and_both_sets_end_up_once(
+        tmp_path, saved, tiny_openclip, capsys):  # noqa: F811
+    import fcntl
+
+    first, second = _images(tmp_path / "a", 5, seed=21), _images(tmp_path / "b", 4, seed=22)
+    out = tmp_path / "rows"
+    out.mkdir()
+    with open(out / "_lock", "a+") as holder:  # another run holds the folder
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(_score(str(tmp_path / "b"), "--detector", str(saved / "det"), "--out", str(out),
+                           *_model_args(tiny_openclip))) == 2
+        assert BUSY in _error(capsys)
+    for source in ("a", "b"):  # one after the other: the second run's parts never replace the first's
+        assert main(_score(str(tmp_path / source), "--detector", str(saved / "det"), "--out", str(out),
+                           *_model_args(tiny_openclip))) == 0
+    paths = [r["path"] for r in _table(out)]
+    assert sorted(paths) == sorted(str(p) for p in first + second)
+
+
+def test_two_score_processes_into_one_folder_keep_every_row_exactly_once(tmp_path, saved, tiny_openclip):  # noqa: F811
+    sets = {name: _images(tmp_path / name, 40, seed=seed, size=(48, 64)) for name, seed in (("a", 31), ("b", 32))}
+    out = tmp_path / "rows"
+    commands = {name: [sys.executable, "-m", "negspace.cli", "score", str(tmp_path / name), "--detector",
+                       str(saved / "det"), "--out", str(out), "--chunk-size", "4", *_model_args(tiny_openclip)]
+                for name in sets}
+    running = {name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name, command in commands.items()}
+    results = {name: (process.wait(timeout=300), process.stderr.read()) for name, process in running.items()}
+    for name, (code, err) in results.items():
+        assert code == 0 or (code == 2 and BUSY in err), (name, code, err)
+        if code == 2:  # refused while the other wrote: run it again now
+            again = subprocess.run(commands[name], capture_output=True, text=True, timeout=300)
+            assert again.returncode == 0, again.stderr
+    paths = [r["path"] for r in _table(out)]
+    assert len(paths) == len(set(paths)) == 80
+    assert set(paths) == {str(p) for images in sets.values() for p in images}
+
+
+def test_a_killed_run_leaves_only_whole_parts_and_no_lock(tmp_path, saved, tiny_openclip):  # noqa: F811
+    _images(tmp_path / "many", 120, seed=41, size=(64, 80))
+    out = tmp_path / "rows"
+    command = [sys.executable, "-m", "negspace.cli", "score", str(tmp_path / "many"), "--detector", str(saved / "det"),
+               "--out", str(out), "--chunk-size", "8", *_model_args(tiny_openclip)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # the lock died with the process
+    assert again.returncode == 0, again.stderr
+    paths = [r["path"] for r in _table(out)]
+    assert len(paths) == len(set(paths)) == 120
+
+
+# -- 2. the feature cache holds only what a model made ---------------------------------------------
+
+
+def _feature_table(path: Path, rows: list[tuple[str, str, np.ndarray]], meta: dict | None = None) -> Path:
+    features = np.stack([f for _, _, f in rows]).astype(np.float32)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(features.ravel()), features.shape[1])
+    table = pa.table({"path": [p for p, _, _ in rows], "sha256": [h for _, h, _ in rows], "feature": column})
+    if meta is not None:
+        table = table.replace_schema_metadata({b"negspace": json.dumps(meta).encode()})
+    pq.write_table(table, path)
+    return path
+
+
+def test_features_without_model_metadata_never_enter_the_cache(tmp_path, saved, tiny_openclip, capsys):  # noqa: F811
+    import hashlib
+
+    image = _images(tmp_path / "imgs", 1, seed=51)[0]
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    foreign = _feature_table(tmp_path / "foreign.parquet", [(str(image), digest, np.ones(32) / np.sqrt(32))])
+    args = _score(str(tmp_path / "imgs"), "--detector", str(saved / "det"), "--threshold", "0.5",
+                  *_model_args(tiny_openclip))
+    assert main([*args, "--out", str(tmp_path / "o1"), "--features", str(foreign)]) == 2
+    assert "does not say which model made it" in _error(capsys)
+    assert not (tmp_path / "o1").exists()
+    # the cache was not touched: the image is encoded afresh, and the cache holds its own features
+    assert main([*args, "--out", str(tmp_path / "o2")]) == 0
+    from negspace.encoders import load_encoder
+
+    encoder = load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, device="cpu")
+    cached = encoder.store.get_many([encoder.image_key(digest)])
+    assert len(cached) == 1 and not np.allclose(next(iter(cached.values())), np.ones(32) / np.sqrt(32), atol=1e-3)
+
+
+def test_a_feature_table_with_two_features_for_one_image_is_refused_naming_the_hash(tmp_path, saved,  # noqa: F811
+                                                                                      tiny_openclip, capsys):
+    rng = np.random.default_rng(0)
+    rows = [("a.jpg", "ab" * 32, rng.standard_normal(32)), ("b.jpg", "ab" * 32, rng.standard_normal(32))]
+    table = _feature_table(tmp_path / "t.parquet", rows, {"model": "m", "weights_fingerprint": "x", "dim": 32})
+    assert main(_score(str(table), "--detector", str(saved / "det"), "--out", str(tmp_path / "o"),
+                       *_model_args(tiny_openclip))) == 2
+    assert "ab" * 32 in _error(capsys)
+
+
+@pytest.mark.parametrize("case", ["empty", "dimension", "zero-row", "corrupt"])
+def test_bad_feature_tables_are_one_sentence(tmp_path, saved, tiny_openclip, capsys, case):  # noqa: F811
+    path = tmp_path / "t.parquet"
+    meta = {"model": "m", "weights_fingerprint": "x", "dim": 32}
+    if case == "empty":
+        column = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(0, np.float32)), 32)
+        pq.write_table(pa.table({"path": pa.array([], pa.string()), "sha256": pa.array([], pa.string()),
+                                 "feature": column}), path)
+    elif case == "dimension":
+        _feature_table(path, [("a.jpg", "", np.ones(16))], meta)
+    elif case == "zero-row":
+        _feature_table(path, [("a.jpg", "", np.zeros(32))], meta)
+    else:
+        path.write_bytes(b"PAR1 this is not parquet PAR1")
+    assert main(_score(str(path), "--detector", str(saved / "det"), "--out", str(tmp_path / "o"),
+                       *_model_args(tiny_openclip))) == 2
+    err = _error(capsys)
+    assert str(path) in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # no empty folder left behind
+
+
+def test_embed_refuses_an_out_of_another_model(tmp_path, tiny_openclip, capsys):
+    _images(tmp_path / "imgs", 3, seed=61)
+    other = save_tiny_openclip(tmp_path / "other", seed=1)
+    assert main(["embed", str(tmp_path / "imgs"), "--out", str(tmp_path / "t"), *_model_args(other)]) == 0
+    assert main(["embed", str(tmp_path / "imgs"), "--out", str(tmp_path / "t"), *_model_args(tiny_openclip)]) == 2
+    assert "holds features of another model" in _error(capsys)
+    assert len(_table(tmp_path / "t")) == 3
+
+
+# -- 3. numbers are numbers; 4. --save-detector follows --out's rule ---------------------------------
+
+
+def test_every_json_written_is_strict_json(tmp_path, saved, tiny_openclip):  # noqa: F811
+    assert main(_score(str(saved / "ood"), "--detector", str(saved / "det"), "--out", str(tmp_path / "o"),
+                       *_model_args(tiny_openclip))) == 0
+    for path in [tmp_path / "o" / "_summary.json", saved / "eval" / "metrics.json", saved / "det" / "provenance.json",
+                 saved / "det" / "detector.json"]:
+        assert isinstance(_strict_json(path), dict), path
+
+
+def test_to_json_never_writes_nan_or_infinity():
+    from negspace.jsonio import to_json
+
+    text = to_json({"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.int64(3)})
+    assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": 3}
+
+
+def test_save_detector_follows_the_out_rule(tmp_path, saved, tiny_openclip, capsys):  # noqa: F811
+    args = ["eval", "--method", "mcm", "--classes", str(saved / "classes.txt"), "--id", str(saved / "id"),
+            "--ood", f"o={saved / 'ood'}", *_model_args(tiny_openclip)]
+    target = tmp_path / "det"
+    assert main([*args, "--out", str(tmp_path / "r1"), "--save-detector", str(target)]) == 0
+    assert main([*args, "--out", str(tmp_path / "r2"), "--save-detector", str(target)]) == 2
+    assert "holds a saved detector already; pass --overwrite" in _error(capsys)
+    assert not (tmp_path / "r2").exists()
+    (target / "stale.npy").write_bytes(b"x")
+    assert main([*args, "--out", str(tmp_path / "r3"), "--save-detector", str(target), "--overwrite"]) == 0
+    assert not (target / "stale.npy").exists() and (target / "detector.json").is_file()
+
+
+# -- 5. Ray never hangs ------------------------------------------------------------------------------
+
+
+def test_an_unreachable_ray_address_fails_in_bounded_time_before_the_model(tmp_path, saved, capsys):  # noqa: F811
+    _images(tmp_path / "imgs", 2, seed=71)
+    started = time.monotonic()
+    assert main(_score(str(tmp_path / "imgs"), "--detector", str(saved / "det"), "--out", str(tmp_path / "o"),
+                       "--engine", "ray", "--ray-address", "127.0.0.1:1", "--ray-timeout", "3",
+                       "--model", "openclip:NoSuchArch/none")) == 2  # loading that model would fail otherwise
+    assert time.monotonic() - started < 30
+    err = _error(capsys)
+    assert "--ray-address 127.0.0.1:1" in err and "no Ray cluster answers" in err
+
+
+# -- 6. no traceback: one sentence naming the file or option -----------------------------------------
+
+
+def test_a_corrupt_parquet_source_is_one_sentence_for_score_and_embed(tmp_path, saved, tiny_openclip, capsys):  # noqa: F811
+    table = tmp_path / "paths.parquet"
+    table.write_bytes(b"not parquet at all")
+    for command in (_score(str(table), "--detector", str(saved / "det")), ["embed", str(table)]):
+        assert main([*command, "--out", str(tmp_path / "o"), *_model_args(tiny_openclip)]) == 2
+        assert str(table) in _error(capsys)
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse names that are not UTF-8")
+def test_file_names_that_are_not_utf8_are_listed_not_fatal(tmp_path, saved, tiny_openclip):  # noqa: F811
+    folder = tmp_path / "imgs"
+    good = _images(folder, 3, seed=81)
+    strange = os.fsdecode(bytes(folder) + b"/caf\xe9.jpg")  # Latin-1 bytes: not UTF-8
+    shutil.copy(good[0], strange)
+    for command in (_score(str(folder), "--detector", str(saved / "det")), ["embed", str(folder)]):
+        out = tmp_path / command[0]
+        for _ in range(2):  # the re-run finishes too, and lists the file once
+            assert main([*command, "--out", str(out), *_model_args(tiny_openclip)]) == 0
+        assert sorted(r["path"] for r in _table(out)) == sorted(str(p) for p in good)
+        skipped = (out / "_skipped.csv").read_text(encoding="utf-8").splitlines()
+        assert len(skipped) == 2 and "caf\\xe9.jpg" in skipped[1] and "not valid UTF-8" in skipped[1]
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_model(tmp_path, saved, capsys):  # noqa: F811
+    _images(tmp_path / "imgs", 2, seed=91)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(_score(str(tmp_path / "imgs"), "--detector", str(saved / "det"), "--out", str(blocker / "sub"),
+                       "--model", "openclip:NoSuchArch/none")) == 2
+    assert "cannot write there" in _error(capsys)
+
+
+@pytest.mark.parametrize("damage", ["provenance-not-json", "no-arrays", "not-an-object", "newer-parameter"])
+def test_a_damaged_saved_detector_is_found_before_the_model_loads(tmp_path, saved, capsys, damage):  # noqa: F811
+    det = tmp_path / "det"
+    shutil.copytree(saved / "det", det)
+    doc = json.loads((det / "detector.json").read_text())
+    if damage == "provenance-not-json":
+        (det / "provenance.json").write_text("{not json")
+    elif damage == "no-arrays":
+        del doc["arrays"]
+    elif damage == "not-an-object":
+        doc = [doc]
+    else:
+        doc["params"]["from_the_future"] = 1
+    if damage != "provenance-not-json":
+        (det / "detector.json").write_text(json.dumps(doc))
+    _images(tmp_path / "imgs", 2, seed=92)
+    assert main(_score(str(tmp_path / "imgs"), "--detector", str(det), "--out", str(tmp_path / "o"),
+                       "--model", "openclip:NoSuchArch/none")) == 2  # refused before that model is tried
+    err = _error(capsys)
+    assert str(det) in err and "NoSuchArch" not in err and not (tmp_path / "o").exists()
+
+
+def test_a_detector_of_another_dimension_fails_in_one_sentence_and_leaves_no_out(tmp_path, tiny_openclip, capsys):
+    from negspace import MCM
+
+    rng = np.random.default_rng(0)
+    MCM.from_features(rng.standard_normal((3, 16)).astype(np.float32)).save(tmp_path / "det16")  # no provenance
+    _images(tmp_path / "imgs", 2, seed=93)
+    assert main(_score(str(tmp_path / "imgs"), "--detector", str(tmp_path / "det16"), "--threshold", "0.5",
+                       "--out", str(tmp_path / "o"), *_model_args(tiny_openclip))) == 2
+    assert "scores 16-dimensional features" in _error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_empty_threshold_id_set_is_found_before_the_model(tmp_path, saved, capsys):  # noqa: F811
+    (tmp_path / "empty").mkdir()
+    _images(tmp_path / "imgs", 2, seed=94)
+    assert main(_score(str(tmp_path / "imgs"), "--detector", str(saved / "det"), "--threshold-id",
+                       str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--model", "openclip:NoSuchArch/none")) == 2
+    err = _error(capsys)
+    assert "No image files found" in err and "NoSuchArch" not in err
+
+
+def test_an_unreadable_data_root_is_one_sentence(tmp_path, capsys):
+    assert main(["bench", "--suite", "imagenet", "--data-root", str(tmp_path / "missing")]) == 2
+    assert "--data-root" in _error(capsys)
