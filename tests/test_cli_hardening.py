@@ -3,10 +3,12 @@ file, exit 2, no traceback, and no model loaded or work done first."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BOGUS_MODEL = ["--model", "openclip:NoSuchArch/none"]  # loading it would fail with a model error
@@ -276,3 +278,51 @@ def test_help_describes_every_option_with_its_default():
 def test_verbosity_flags_before_and_after_the_command(tmp_path):
     result = negspace("-q", "cache", "stats", "--cache-dir", str(tmp_path), "-v")
     assert result.returncode == 0 and "cache folder" in result.stdout, result.stderr
+
+
+# -- what a person sees (issue 19, messages and help) --------------------------------------------------
+
+
+def test_a_bad_option_is_one_sentence_without_the_usage_block(classes):
+    result = negspace("eval", "--method", "neglabel", "--classes", str(classes), "--id", "a", "--ood", "b",
+                      "--groups", "0", *BOGUS_MODEL)
+    assert_clear_error(result, "--groups", "negspace eval --help")
+    assert "usage:" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ants_without_an_mllm_is_refused_before_the_model_loads(tmp_path, classes):
+    from PIL import Image
+
+    for name in ("id", "ood"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "a.png")
+    result = negspace("eval", "--method", "ants", "--classes", str(classes), "--id", str(tmp_path / "id"),
+                      "--ood", f"o={tmp_path / 'ood'}", "--out", str(tmp_path / "out"), *BOGUS_MODEL)
+    assert_clear_error(result, "ANTS needs a multimodal LLM")
+    assert "NoSuchArch" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_help_offers_only_what_a_command_uses():
+    from negspace.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse's own tree
+    score_help, mine_help = commands["score"].format_help(), commands["mine"].format_help()
+    assert "{mcm,neglabel}" in score_help and "tanl" not in score_help.split("--method")[1].split("--classes")[0]
+    for option in ("--workers", "--features", "--scoring-backend", "--preprocess"):
+        assert option not in mine_help, option
+    assert "imagenet-20" in commands["eval"].format_help()  # the built-in class lists are named
+
+
+def test_cache_stats_in_text_and_json_agree(tmp_path):
+    from negspace.cache import FeatureStore
+
+    store = FeatureStore.in_dir(tmp_path)
+    store.put_many({"k": np.ones(4, np.float32)})
+    store.close()
+    first = json.loads(negspace("cache", "stats", "--json", "--cache-dir", str(tmp_path)).stdout)
+    text = negspace("cache", "stats", "--cache-dir", str(tmp_path)).stdout
+    second = json.loads(negspace("cache", "stats", "--json", "--cache-dir", str(tmp_path)).stdout)
+    assert first["features"]["size_bytes"] == second["features"]["size_bytes"] > 0
+    from negspace.mllm.response_cache import _human  # noqa: PLC2701 - the text's own unit
+
+    assert f"features: 1 entries, {_human(first['features']['size_bytes'])}" in text

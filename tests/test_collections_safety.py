@@ -297,3 +297,16 @@ def test_an_empty_threshold_id_set_is_found_before_the_model(tmp_path, saved, ca
 def test_an_unreadable_data_root_is_one_sentence(tmp_path, capsys):
     assert main(["bench", "--suite", "imagenet", "--data-root", str(tmp_path / "missing")]) == 2
     assert "--data-root" in _error(capsys)
+
+
+def test_a_resumed_run_summary_still_counts_the_rows_in_the_folder(tmp_path, saved, tiny_openclip):  # noqa: F811
+    _images(tmp_path / "imgs", 4, seed=95)
+    args = _score(str(tmp_path / "imgs"), "--detector", str(saved / "det"), "--out", str(tmp_path / "o"),
+                  *_model_args(tiny_openclip))
+    assert main(args) == 0
+    first = _strict_json(tmp_path / "o" / "_summary.json")
+    assert main(args) == 0  # nothing left to do
+    again = _strict_json(tmp_path / "o" / "_summary.json")
+    assert again["scored"] == 0 and again["already_written"] == 4
+    assert again["rows_in_folder"] == first["rows_in_folder"] == 4
+    assert again["flagged_ood_in_folder"] == first["flagged_ood_in_folder"] == first["flagged_ood"]

@@ -114,6 +114,8 @@ def test_eval_and_bench_write_what_they_wrote_before(tmp_path, image_sets, tiny_
                  "--no-count-check", "--batch-size", "2", "--ants-schedule", "scaled", "--mllm", server.spec,
                  "--out", str(out), *model]) == 0
     got["bench imagenet10-20"] = _read(out, replace)
+    for path in tmp_path.rglob("*.json"):  # every JSON file written (metrics, saved spaces) is strict JSON
+        json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
     if os.environ.get("NEGSPACE_RECORD_OUTPUTS"):
         RECORD.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     recorded = json.loads(RECORD.read_text(encoding="utf-8"))

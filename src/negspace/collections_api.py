@@ -28,6 +28,7 @@ from negspace.collection import PartWriter, chunks, collection_paths
 from negspace.detectors.saved import read_provenance
 from negspace.errors import NegspaceError
 from negspace.jsonio import to_json
+from negspace.methods import METHODS
 from negspace.runconfig import EvalConfig, ModelConfig
 
 log = logging.getLogger("negspace")
@@ -74,6 +75,8 @@ class ScoreConfig:
             raise NegspaceError("Give either --detector DIR (a saved detector) or --method with --classes.")
         if self.method is not None and self.classes is None:
             raise NegspaceError(f"--method {self.method} needs --classes.")
+        if self.method is not None and self.method not in METHODS:
+            raise NegspaceError(f"--method {self.method}: expected one of {', '.join(STATIC_METHODS)}.")
         if self.method is not None and self.method not in STATIC_METHODS:
             raise NegspaceError(f"--method {self.method} learns from the stream; learn it on a sample with "
                                 f"`negspace eval --method {self.method} --save-detector DIR`, then score with "
@@ -144,6 +147,7 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
         else:
             _score_locally(todo, tables, out, writer, encoder, detector, threshold, names, summary, collection,
                            model.progress)
+        summary.update(_folder_totals(writer))
         (out / "_summary.json").write_text(to_json(summary, indent=1), encoding="utf-8")
     return summary
 
@@ -186,6 +190,18 @@ def embed_collection(sources: Sequence[str | Path], out: str | Path, *, model: M
                 counts["skipped_unreadable"] += len(encoding.skipped)
                 bar.update(len(chunk))
     return counts
+
+
+def _folder_totals(writer: PartWriter) -> dict[str, int]:
+    """Rows and OOD flags in the whole folder: what a resumed run's summary must still say."""
+    import pyarrow.parquet as pq
+
+    rows = flagged = 0
+    for part in writer.parts():
+        column = pq.read_table(part, columns=["ood"]).column("ood")
+        rows += len(column)
+        flagged += int(sum(bool(v) for v in column.to_pylist()))
+    return {"rows_in_folder": rows, "flagged_ood_in_folder": flagged}
 
 
 @contextmanager

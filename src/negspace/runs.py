@@ -111,7 +111,7 @@ def _opened(source: SetSource, name: str) -> Any:
     return open_set(source, name=name) if isinstance(source, (str, Path)) else source
 
 
-def check_method_options(config: EvalConfig, classes: ClassList) -> None:
+def check_method_options(config: EvalConfig, classes: ClassList, has_mllm: bool = True) -> None:
     """Option combinations that cannot work, refused before the model loads and mining runs."""
     spec = method(config.method)
     params = config.params if config.params is not None else spec.config()
@@ -119,6 +119,10 @@ def check_method_options(config: EvalConfig, classes: ClassList) -> None:
     if config.method == "mcm" and len(classes) < 2:
         raise NegspaceError(f"MCM needs at least two ID classes, --classes {classes.source} has {len(classes)}: "
                             "its max softmax over one class is 1.0 for every image.")
+    if (config.method == "ants" and config.ants.negative_space is None and not has_mllm
+            and getattr(params, "mode", "ada") != "neglabel"):
+        raise NegspaceError("ANTS needs a multimodal LLM: pass --mllm SPEC (see 'Using an MLLM' in the README) "
+                            "or --negative-space DIR.")
     if labels_file is not None and spec.bank_groups is None:
         users = sorted(name for name, m in METHODS.items() if m.bank_groups is not None)
         raise NegspaceError(f"--negatives is not used by --method {config.method}; drop it "
@@ -211,7 +215,7 @@ def evaluate(
     """
     model = model or ModelConfig()
     classes = class_list(classes)
-    check_method_options(config, classes)
+    check_method_options(config, classes, has_mllm=mllm is not None)
     save_dir = Path(save_detector_to) if save_detector_to is not None else None
     check_save_dir(save_dir, overwrite)
     id_source, ood_sources = open_sets(id, ood)

@@ -24,13 +24,20 @@ from negspace.redact import redact_credentials
 log = logging.getLogger("negspace")
 
 
+class Parser(argparse.ArgumentParser):
+    """An option error is its one sentence and a pointer to ``--help``, not the whole usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # -v / -q work before the command and after it (SUPPRESS: a sub-command never resets them).
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="warnings and errors only, no progress bars")
-    parser = argparse.ArgumentParser(prog="negspace", description="Zero-shot OOD detection with vision-language models.")
+    parser = Parser(prog="negspace", description="Zero-shot OOD detection with vision-language models.")
     parser.add_argument("--version", action="version", version=f"negspace {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")

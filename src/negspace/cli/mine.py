@@ -15,7 +15,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     mine = commands.add_parser("mine", parents=[common], help="mine NegLabel negative labels and write them to a file")
     mine.add_argument("--classes", required=True, help=CLASSES_HELP)
     mine.add_argument("-o", "--output", type=Path, required=True, help="label file to write")
-    options.add_model_options(mine)
+    options.add_model_options(mine, images=False)
     options.add_mining_options(mine)
     mine.set_defaults(run=run)
 

@@ -115,11 +115,16 @@ _MLLM = MLLMConfig(spec="")
 CACHE_DIR_HELP = "cache folder of features, mined labels and MLLM answers (default: $NEGSPACE_CACHE_DIR or the XDG cache)"
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, images: bool = True) -> None:
+    """The model's options; ``images=False`` leaves out those only image encoding uses."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=DEFAULT_MODEL, help="openclip:ARCH/PRETRAINED or hf:NAME_OR_PATH (default: %(default)s)")
     group.add_argument("--weights", type=Path, help="local weights file or folder, used instead of downloading")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    if not images:
+        group.add_argument("--cache-dir", type=Path, help=CACHE_DIR_HELP)
+        group.add_argument("--no-cache", action="store_true", help="encode everything afresh, write no cache")
+        return
     group.add_argument("--scoring-backend", choices=BACKENDS, default="numpy",
                        help="where the detectors score: numpy on the CPU, or torch on --device, which keeps "
                             "features and text banks on a GPU (default: %(default)s)")
@@ -135,8 +140,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(spec=args.model, weights=args.weights, device=args.device, preprocess=args.preprocess,
-                       cache_dir=args.cache_dir, use_cache=not args.no_cache, workers=args.workers,
+    return ModelConfig(spec=args.model, weights=args.weights, device=args.device,
+                       preprocess=getattr(args, "preprocess", "model"), cache_dir=args.cache_dir,
+                       use_cache=not args.no_cache, workers=getattr(args, "workers", None),
                        features=getattr(args, "features", None), progress=not args.quiet)
 
 

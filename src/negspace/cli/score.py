@@ -21,7 +21,6 @@ from negspace.collections_api import (
     embed_collection,
     score_collection,
 )
-from negspace.methods import METHODS
 
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -31,7 +30,9 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
                     help="image folders, .txt path lists, or .parquet/.csv tables of paths (FILE:COLUMN; column 'path' by default)")
     sc.add_argument("--out", type=Path, required=True, help="folder of Parquet parts to write (a re-run skips what is in it)")
     sc.add_argument("--detector", type=Path, help="a detector saved by `negspace eval --save-detector` or det.save()")
-    sc.add_argument("--method", choices=sorted(METHODS), help="or a static method (mcm, neglabel), built from --classes")
+    sc.add_argument("--method", metavar="{mcm,neglabel}",
+                    help="or a static method, built from --classes (methods that learn from the stream are "
+                         "saved with `negspace eval --save-detector` and scored with --detector)")
     sc.add_argument("--classes", help="with --method: " + CLASSES_HELP)
     sc.add_argument("--threshold", type=options.finite_float, help="flag images scoring below this as OOD")
     sc.add_argument("--threshold-id", metavar="ID_IMAGES",
@@ -72,7 +73,8 @@ def run_score(args: argparse.Namespace) -> int:
     print(f"{summary['scored']:,} images scored ({summary['already_written']:,} already written, "
           f"{summary['skipped_unreadable']:,} unreadable{', listed in ' + str(skipped_log) if summary['skipped_unreadable'] else ''}); "
           f"{summary['flagged_ood']:,} flagged OOD at threshold {summary['threshold']:.6g} ({summary['threshold_source']}).")
-    print(f"Rows in {args.out} (Parquet parts; read them with pandas.read_parquet('{args.out}'))")
+    print(f"{summary['rows_in_folder']:,} rows in {args.out}, {summary['flagged_ood_in_folder']:,} flagged OOD (Parquet "
+          f"parts; read them with pandas.read_parquet('{args.out}'))")
     return 0
 
 

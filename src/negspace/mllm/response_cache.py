@@ -201,7 +201,9 @@ class CachedMLLM:
 
 
 def _db_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists())
+    """Bytes of data on disk: the database and its write-ahead log (not ``-shm``, an index SQLite
+    rebuilds at will, which merely opening the file may create: counting it made two calls differ)."""
+    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
 
 
 def _readonly(path: Path) -> sqlite3.Connection:
