@@ -105,11 +105,13 @@ def write_scores_csv(evaluation: Evaluation, path: Path) -> None:
 
 
 def write_results_csv(evaluation: Evaluation, path: Path) -> None:
+    """The table in percent, as every table file of negspace (``results.md``, bench's
+    ``results.csv``) and the console: the unit is in each column's name."""
     with path.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
-        writer.writerow(["ood_set", *METRIC_NAMES])
+        writer.writerow(["ood_set", *(f"{m}_percent" for m in METRIC_NAMES)])
         for name, metrics in table_rows(evaluation):
-            writer.writerow([name, *(f"{metrics[m]:.6f}" for m in METRIC_NAMES)])
+            writer.writerow([name, *(f"{100 * metrics[m]:.4f}" for m in METRIC_NAMES)])
 
 
 def md_text(text: str) -> str:

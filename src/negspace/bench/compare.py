@@ -113,7 +113,8 @@ def csv_rows(comparison: RunComparison, backbone: str, subset: bool) -> list[dic
                 continue
             rows.append({"suite": comparison.suite.name, "run": comparison.run.name,
                          "id_set": comparison.run.id.published_as, "ood_set": column, "method": method,
-                         "metric": metric, "fpr95_convention": comparison.suite.fpr95 if metric == "FPR95" else "",
+                         "metric": metric, "unit": "percent",
+                         "fpr95_convention": comparison.suite.fpr95 if metric == "FPR95" else "",
                          "ours": "" if cell.ours is None else round(cell.ours, 4),
                          "published": "" if cell.published is None else cell.published,
                          "difference": "" if cell.difference is None else round(cell.difference, 4),
