@@ -104,7 +104,8 @@ def test_bench_runs_every_method_once_per_image_with_both_columns(tmp_path, mini
                  "--no-count-check", "--limit", "2", "--batch-size", "4", "--out", str(out), *_model_args(tiny_openclip)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "ANTS was skipped" in printed and "A subset: at most 2 images per set" in printed
+    assert "ANTS was skipped" in printed and "Not the papers' sets at their counts (a subset of at most 2" in printed
+    assert "published on the full sets" in printed and "Δ" not in printed  # no difference where none is meaningful
     rows = _csv(out / "results.csv")
     cell = {(r["method"], r["ood_set"], r["metric"]): r for r in rows}
     # published side: the paper's numbers; ours: what each method's own metrics.json says
@@ -112,19 +113,22 @@ def test_bench_runs_every_method_once_per_image_with_both_columns(tmp_path, mini
     per_method = json.loads((out / "imagenet" / "neglabel" / "metrics.json").read_text())
     ours = np.mean([100 * per_method["ood"][s]["fpr95_ood"] for s in ("inaturalist", "sun", "places", "textures")])
     assert float(cell[("NegLabel", "Average", "FPR95")]["ours"]) == pytest.approx(ours, abs=1e-3)
-    assert float(cell[("NegLabel", "Average", "FPR95")]["difference"]) == pytest.approx(ours - 25.40, abs=1e-3)
+    assert cell[("NegLabel", "Average", "FPR95")]["difference"] == ""  # a subset: published is a reference only
     assert cell[("ANTS", "Average", "FPR95")]["ours"] == "" and cell[("CSP", "Average", "FPR95")]["published"] == "17.51"
     assert {r["subset"] for r in rows} == {"True"} and cell[("MCM", "SUN", "AUROC")]["our_backbone"].startswith("openclip:")
     for method in ("mcm", "neglabel", "tanl", "adaneg"):  # the eval files of every method
         assert (out / "imagenet" / method / "scores.csv").is_file()
         assert json.loads((out / "imagenet" / method / "metrics.json").read_text())["id_set"]["n"] == 2
     markdown = (out / "results.md").read_text()
-    assert "| NegLabel | ours |" in markdown and "|  | published |" in markdown and "A subset" in markdown
+    assert "| NegLabel | ours |" in markdown and "|  | published (reference) |" in markdown
+    assert "Not the papers' sets" in markdown and "| Δ |" not in markdown
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 5  # ROC + one histogram figure per method
     assert "src='http" not in report and "href='http" not in report  # self-contained
+    assert "not the papers&#x27; sets" in report or "not the papers' sets" in report
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["subset"] and summary["fpr95_convention"] == "fpr95_ood" and set(summary["runs"]["imagenet"]) == {
+    assert summary["subset"] and not summary["papers_sets"] and "50,000" in " ".join(summary["not_papers_sets_because"])
+    assert summary["fpr95_convention"] == "fpr95_ood" and set(summary["runs"]["imagenet"]) == {
         "mcm", "neglabel", "tanl", "adaneg"}
 
 
@@ -240,3 +244,24 @@ def test_bench_stops_ants_and_exits_3_when_the_mllm_answers_garbage(tmp_path, mi
     assert "mcm" in summary["runs"]["imagenet20"]  # the other methods went on
     assert json.loads((out / "imagenet10" / "ants" / "metrics.json").read_text())["incomplete"]
     assert "ANTS stopped" in (out / "results.md").read_text()
+
+
+def test_a_count_check_turned_off_is_not_the_papers_sets_and_the_difference_needs_them(tmp_path, miniatures,
+                                                                                       tiny_openclip, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", "--suite", "imagenet10-20", "--data-root", str(miniatures / "imagenet10-20"), "--method",
+                 "mcm", "--no-count-check", "--batch-size", "4", "--out", str(out), *_model_args(tiny_openclip)]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["subset"] and summary["limit"] is None and "image counts other than the papers'" in \
+        summary["not_papers_sets_because"][0]
+    assert {r["difference"] for r in _csv(out / "results.csv")} == {""}
+    # the same tables on the papers' sets: ours beside published with their difference
+    from negspace.bench.compare import compare_run, console_summary, markdown
+
+    suite = load_suite("imagenet10-20")
+    run = suite.runs[0]
+    evaluation = type("E", (), {"results": {}})()
+    table = compare_run(suite, run, {"mcm": evaluation}, comparable=True)
+    assert table.comparable and "| Δ |" in markdown(table)
+    assert not compare_run(suite, run, {"mcm": evaluation}, comparable=False).comparable
+    assert "published on the full sets" not in console_summary(table)

@@ -39,6 +39,13 @@ class RunComparison:
     columns: list[str]
     cells: dict[str, dict[tuple[str, str], Cell]] = field(default_factory=dict)  # method -> (column, metric)
     ours: set[str] = field(default_factory=set)  # the methods we ran (tables' names)
+    # True only when the sets are the papers' sets at their counts: then ours and published are
+    # set side by side with their difference; otherwise published numbers are a reference only.
+    comparable: bool = True
+
+    def difference(self, cell: Cell) -> float | None:
+        """ours − published, only where the two were measured on the same sets."""
+        return cell.difference if self.comparable else None
 
     def methods(self) -> list[str]:
         return list(self.cells)
@@ -62,10 +69,12 @@ def our_values(suite: Suite, run: RunSpec, evaluation: Evaluation) -> dict[tuple
     return values
 
 
-def compare_run(suite: Suite, run: RunSpec, evaluations: Mapping[str, Evaluation]) -> RunComparison:
-    """The side-by-side table of one run; ``evaluations`` maps negspace method names to results."""
+def compare_run(suite: Suite, run: RunSpec, evaluations: Mapping[str, Evaluation],
+                comparable: bool = True) -> RunComparison:
+    """The side-by-side table of one run; ``evaluations`` maps negspace method names to results;
+    ``comparable=False`` when the sets are not the papers' sets at their counts."""
     columns = [spec.published_as for spec in run.ood] + [average.name for average in run.averages]
-    comparison = RunComparison(suite, run, columns)
+    comparison = RunComparison(suite, run, columns, comparable=comparable)
     published = published_for(suite.tables, run.id.published_as)
     lookup = {(v.method, v.ood_set, v.metric): v for v in published}
     ours = {PUBLISHED_NAMES.get(method, method): our_values(suite, run, ev) for method, ev in evaluations.items()}
@@ -96,15 +105,15 @@ def markdown(comparison: RunComparison) -> str:
     for method in comparison.methods():
         cells = comparison.cells[method]
         kinds = [("ours", lambda c: _number(c.ours))] if method in comparison.ours else []
-        kinds.append(("published", lambda c: _number(c.published)))
-        if method in comparison.ours:
+        kinds.append(("published" if comparison.comparable else "published (reference)", lambda c: _number(c.published)))
+        if method in comparison.ours and comparison.comparable:
             kinds.append(("Δ", lambda c: _number(c.difference, signed=True)))
         for i, (kind, show) in enumerate(kinds):
             lines.append(f"| {method if i == 0 else ''} | {kind} | " + " | ".join(show(cells[k]) for k in keys) + " |")
     return "\n".join(lines)
 
 
-def csv_rows(comparison: RunComparison, backbone: str, subset: bool) -> list[dict[str, object]]:
+def csv_rows(comparison: RunComparison, backbone: str) -> list[dict[str, object]]:
     """Long-format rows (one per method, column and metric) for ``results.csv``."""
     rows = []
     for method, cells in comparison.cells.items():
@@ -117,9 +126,10 @@ def csv_rows(comparison: RunComparison, backbone: str, subset: bool) -> list[dic
                          "fpr95_convention": comparison.suite.fpr95 if metric == "FPR95" else "",
                          "ours": "" if cell.ours is None else round(cell.ours, 4),
                          "published": "" if cell.published is None else cell.published,
-                         "difference": "" if cell.difference is None else round(cell.difference, 4),
+                         "difference": "" if comparison.difference(cell) is None
+                         else round(comparison.difference(cell), 4),
                          "published_in": cell.table, "our_backbone": backbone if cell.ours is not None else "",
-                         "subset": subset})
+                         "subset": not comparison.comparable})
     return rows
 
 
@@ -136,7 +146,12 @@ def console_summary(comparison: RunComparison) -> str:
         for column in averages:
             for metric in METRICS:
                 cell = comparison.cells[method][(column, metric)]
-                published = "" if cell.published is None else f" ({_number(cell.published)}, Δ {_number(cell.difference, True)})"
+                if cell.published is None:
+                    published = ""
+                elif comparison.comparable:
+                    published = f" ({_number(cell.published)}, Δ {_number(cell.difference, True)})"
+                else:
+                    published = f" (published on the full sets: {_number(cell.published)})"
                 parts.append(f"{column} {metric} {_number(cell.ours)}{published}")
         lines.append(f"  {method:<{width}}  " + "; ".join(parts))
     return "\n".join(lines)

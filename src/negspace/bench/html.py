@@ -73,9 +73,10 @@ def comparison_table(comparison: RunComparison) -> str:
     for method in comparison.methods():
         cells = comparison.cells[method]
         ran = method in comparison.ours
-        kinds = (["ours"] if ran else []) + ["published"] + (["Δ"] if ran else [])
+        kinds = (["ours"] if ran else []) + ["published"] + (["Δ"] if ran and comparison.comparable else [])
         for i, kind in enumerate(kinds):
             css = {"ours": "ours", "published": "pub", "Δ": "delta"}[kind]
+            label = kind if kind != "published" or comparison.comparable else "published (reference)"
             tds = []
             for key in keys:
                 cell = cells[key]
@@ -90,7 +91,7 @@ def comparison_table(comparison: RunComparison) -> str:
                     grade = "" if diff is None or diff == 0 else (" class='better'" if better else " class='worse'")
                     tds.append(f"<td{grade}>{_number(diff, signed=True)}</td>")
             name = f"<td class='m' rowspan='{len(kinds)}'>{escape(method)}</td>" if i == 0 else ""
-            rows.append(f"<tr class='{css}'>{name}<td class='m'>{kind}</td>{''.join(tds)}</tr>")
+            rows.append(f"<tr class='{css}'>{name}<td class='m'>{label}</td>{''.join(tds)}</tr>")
     return f"<table class='cmp'>{''.join(head)}{''.join(rows)}</table>"
 
 

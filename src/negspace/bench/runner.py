@@ -137,9 +137,10 @@ def run_suite(config: BenchConfig, *, data_root: str | Path, model: ModelConfig 
         notes.append("ANTS was skipped: it needs a multimodal LLM (--mllm SPEC).")
     if not methods:
         raise NegspaceError("no method left to run: ANTS needs --mllm SPEC.")
-    if config.limit is not None:
-        notes.append(f"A subset: at most {config.limit} images per set (seed {config.seed}); the published numbers "
-                     "are on the full sets.")
+    not_papers = not_the_papers_sets(checks, config.limit, config.seed)
+    if not_papers:
+        notes.append(f"Not the papers' sets at their counts ({'; '.join(not_papers)}): the published numbers are "
+                     "shown for reference only, with no difference; ours are not comparable with them.")
     if "ants" in methods and isinstance(mllm, MLLMConfig):
         mllm = load_mllm(mllm)
     out_dir = Path(out) if out is not None else None
@@ -151,14 +152,27 @@ def run_suite(config: BenchConfig, *, data_root: str | Path, model: ModelConfig 
                 shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
         created_top = prepare_out_dir(out_dir, overwrite)
     try:
-        return _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command)
+        return _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command,
+                      not_papers)
     except BaseException:
         if out_dir is not None:  # a failed run leaves no empty folder behind
             remove_empty_out_dir(out_dir, created_top)
         raise
 
 
-def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command) -> SuiteResult:
+def not_the_papers_sets(checks: Mapping[str, Any], limit: int | None, seed: int) -> list[str]:
+    """Why the run's sets are not the papers' sets at their counts (empty when they are)."""
+    reasons = [f"a subset of at most {limit} images per set, seed {seed}"] if limit is not None else []
+    wrong = [f"{name} {len(check.images):,} of {check.spec.count:,}" for name, check in checks.items()
+             if check.images is not None and len(check.images) != check.spec.count]
+    if wrong:
+        reasons.append("image counts other than the papers' (" + ", ".join(wrong[:4])
+                       + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "") + ")")
+    return reasons
+
+
+def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command,
+           not_papers) -> SuiteResult:
     started = time.perf_counter()
     model_spec = getattr(encoder, "spec", model.spec) if encoder is not None else model.spec
     encoder = encoder if encoder is not None else load_model(model)
@@ -168,7 +182,7 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
     stopped = None
     for spec in suite.runs:
         page, run_evaluations = _run_one(config, suite, spec, checks, classes[spec.name], methods, model, encoder,
-                                         mllm, out_dir, mllm_seen)
+                                         mllm, out_dir, mllm_seen, comparable=not not_papers)
         pages.append(page)
         evaluations[spec.name] = run_evaluations
         summary[spec.name] = {m: {"ood": {k: r.as_dict() for k, r in ev.results.items()}, "average": ev.average(),
@@ -183,12 +197,12 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
                 break
     if out_dir is not None:
         _write_suite_files(config, suite, pages, summary, notes, backbone, model_spec, encoder, out_dir,
-                           time.perf_counter() - started, command)
+                           time.perf_counter() - started, command, not_papers)
     return SuiteResult(suite, evaluations, pages, notes, stopped, out_dir)
 
 
 def _run_one(config, suite, spec, checks, classes, methods, model, encoder, mllm, out_dir,
-             mllm_seen) -> tuple[RunPage, dict[str, Evaluation]]:
+             mllm_seen, comparable=True) -> tuple[RunPage, dict[str, Evaluation]]:
     """Encode one run's sets once, then run every method on them."""
     from negspace.report import write_report
 
@@ -229,7 +243,7 @@ def _run_one(config, suite, spec, checks, classes, methods, model, encoder, mllm
                 name = titles_of(spec).get(recorder.stopped, recorder.stopped)
                 page_notes.append(f"ANTS stopped on the stream of {name}: too many MLLM requests failed; its numbers "
                                   "are incomplete.")
-    comparison = compare.compare_run(suite, spec, evaluations)
+    comparison = compare.compare_run(suite, spec, evaluations, comparable=comparable)
     titles = titles_of(spec)
     page = RunPage(comparison, figures.roc_figure(evaluations, [s.name for s in spec.ood], titles),
                    {m: figures.histogram_figure(m, ev, titles) for m, ev in evaluations.items()},
@@ -255,17 +269,17 @@ def _galleries(rows: list[dict[str, Any]], titles: dict[str, str]) -> dict[str, 
 
 
 def _write_suite_files(config, suite, pages, summary, notes, backbone, model_spec, encoder, out_dir, seconds,
-                       command) -> None:
+                       command, not_papers) -> None:
     from negspace import __version__
 
-    subset = config.limit is not None
+    subset = bool(not_papers)
     (out_dir / "results.md").write_text(
         f"# {suite.title}\n\nOurs: {backbone}. FPR95 = {suite.fpr95} (the tables' convention). "
         f"Compared with {', '.join(suite.tables)}.\n\n"
         + "".join(f"> {note}\n\n" for note in notes)
         + "\n\n".join(f"## ID: {p.comparison.run.id.published_as}\n\n{compare.markdown(p.comparison)}" for p in pages)
         + "\n", encoding="utf-8")
-    rows = [row for p in pages for row in compare.csv_rows(p.comparison, backbone, subset)]
+    rows = [row for p in pages for row in compare.csv_rows(p.comparison, backbone)]
     with (out_dir / "results.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["suite"])
         writer.writeheader()
@@ -273,13 +287,16 @@ def _write_suite_files(config, suite, pages, summary, notes, backbone, model_spe
     info = {"suite": suite.name, "tables": list(suite.tables), "fpr95_convention": suite.fpr95,
             "negspace_version": __version__, "command": list(command) if command is not None else None,
             "model": model_spec, "weights_fingerprint": encoder.fingerprint, "device": str(encoder.device),
-            "limit": config.limit, "subset": subset, "seed": config.seed, "batch_size": config.batch_size,
+            "limit": config.limit, "subset": subset, "papers_sets": not subset, "not_papers_sets_because": not_papers,
+            "seed": config.seed, "batch_size": config.batch_size,
             "notes": notes, "runs": summary, "seconds": round(seconds, 3),
             "metric_units": "fractions in [0, 1] (results.md/.csv: percent)"}
     (out_dir / "metrics.json").write_text(to_json(info, indent=2), encoding="utf-8")
     facts = [("suite", f"{suite.name}: {suite.title}"), ("compared with", ", ".join(suite.tables)),
              ("FPR95", f"{suite.fpr95} (the tables' convention)"), ("ours", backbone),
-             ("negspace", __version__), ("images", "a subset" if subset else "the full sets")]
+             ("negspace", __version__),
+             ("images", f"not the papers' sets: {'; '.join(not_papers)}" if subset
+              else "the papers' sets at their counts")]
     # file names that are not UTF-8 (surrogates on Linux) are written escaped, not refused
     (out_dir / "report.html").write_text(render_report(f"negspace bench: {suite.name}", facts, pages, notes),
                                          encoding="utf-8", errors="backslashreplace")

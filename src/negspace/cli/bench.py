@@ -108,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
                        overwrite=args.overwrite, command=args.command_line)
     backbone = model.spec + (f" (weights {model.weights})" if model.weights else "")
     for page in result.pages:
+        shown = "(published, Δ)" if page.comparison.comparable else "(published on the full sets, for reference only)"
         print(f"\n{result.suite.name} / {page.comparison.run.name}: ID {page.comparison.run.id.published_as}, ours "
-              f"(published, Δ), FPR95 = {result.suite.fpr95}, in %")
+              f"{shown}, FPR95 = {result.suite.fpr95}, in %")
         print(compare.console_summary(page.comparison))
     for note in result.notes:
         print(f"\nnote: {note}")
