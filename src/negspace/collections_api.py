@@ -123,10 +123,7 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
     with _locked_output(out) as writer:
         done = writer.done()
         todo, unnamed = _named_in_utf8([p for p in paths if str(p) not in done], out)
-        if model is None:
-            model = ModelConfig()
-            if "model" in provenance:  # the detector's own model
-                model = replace(model, spec=provenance["model"], weights=_existing(provenance.get("weights")))
+        model = model if model is not None else model_of_detector(config.detector, ModelConfig())
         from negspace.runs import load_model
 
         encoder = load_model(model)
@@ -192,15 +189,25 @@ def embed_collection(sources: Sequence[str | Path], out: str | Path, *, model: M
     return counts
 
 
+def model_of_detector(folder: Path | None, base: ModelConfig) -> ModelConfig:
+    """``base`` with the model a saved detector was built with (its provenance), when it names
+    one; ``base``'s weights win over the saved path, which is used only where it still exists."""
+    provenance = detector_provenance(folder)
+    if "model" not in provenance:
+        return base
+    return replace(base, spec=provenance["model"], weights=base.weights or _existing(provenance.get("weights")))
+
+
 def _folder_totals(writer: PartWriter) -> dict[str, int]:
     """Rows and OOD flags in the whole folder: what a resumed run's summary must still say."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     rows = flagged = 0
     for part in writer.parts():
         column = pq.read_table(part, columns=["ood"]).column("ood")
         rows += len(column)
-        flagged += int(sum(bool(v) for v in column.to_pylist()))
+        flagged += int(pc.sum(pc.cast(column, "int64")).as_py() or 0)
     return {"rows_in_folder": rows, "flagged_ood_in_folder": flagged}
 
 
@@ -295,20 +302,15 @@ def _check_table_model(out: Path, writer: PartWriter, meta: dict[str, Any]) -> N
 def _detector(config: ScoreConfig, saved: Any, encoder: Any, model: ModelConfig) -> Any:
     """The saved detector (frozen; reloaded on the encoder's device for the torch backend), or a
     static method built from its classes."""
+    from negspace.methods import backend_keywords, build_detector, load_detector
+
     if saved is not None:
-        if config.scoring_backend == "numpy":
-            return saved
-        from negspace.methods import load_detector
+        backend = backend_keywords(config.scoring_backend, encoder)
+        return load_detector(config.detector, **backend) if backend else saved
+    from negspace.runs import build_inputs, class_list
 
-        return load_detector(config.detector, backend=config.scoring_backend, device=str(encoder.device))
-    from negspace.methods import BuildInputs, build_detector
-    from negspace.runs import class_list, mining_cache_dir
-
-    classes = class_list(config.classes)
     eval_config = EvalConfig(config.method, config.params, scoring_backend=config.scoring_backend)
-    return build_detector(BuildInputs(eval_config, encoder, classes.names, 0, model=model.spec,
-                                      classes=classes.source, progress=model.progress,
-                                      cache_dir=mining_cache_dir(model)))
+    return build_detector(build_inputs(eval_config, encoder, class_list(config.classes), model, model.spec))
 
 
 def _threshold(config: ScoreConfig, detector: Any, encoder: Any, provenance: dict[str, Any], id_images: Any,

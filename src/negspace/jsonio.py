@@ -7,6 +7,8 @@ import json
 import math
 from typing import Any
 
+import numpy as np
+
 
 def finite_or_none(value: Any) -> Any:
     """``value`` with every non-finite float (NumPy's included) replaced by ``None``, recursively."""
@@ -14,10 +16,10 @@ def finite_or_none(value: Any) -> Any:
         return {key: finite_or_none(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [finite_or_none(item) for item in value]
-    if isinstance(value, float) or type(value).__name__.startswith("float"):
+    if isinstance(value, (float, np.floating)):
         number = float(value)
         return number if math.isfinite(number) else None
-    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # NumPy ints and bools
+    if isinstance(value, np.generic):  # NumPy ints and bools as Python's
         return value.item()
     return value
 

@@ -35,6 +35,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("negspace")
 
+ANTS_NEEDS_MLLM = ("ANTS needs a multimodal LLM: pass --mllm SPEC (see 'Using an MLLM' in the README) "
+                   "or --negative-space DIR.")
+
+
+def params_of(config: EvalConfig) -> Any:
+    """The method's config of a run, the paper's defaults where none was given."""
+    return config.params if config.params is not None else METHODS[config.method].config()
+
+
+def backend_keywords(scoring_backend: str, encoder: Any) -> dict[str, str]:
+    """The detectors' ``backend``/``device`` keywords: torch scores on the encoder's device."""
+    if scoring_backend == "numpy":
+        return {}
+    return {"backend": scoring_backend, "device": str(encoder.device)}
+
 
 @dataclass
 class BuildInputs:
@@ -58,13 +73,10 @@ class BuildInputs:
     @property
     def params(self) -> Any:
         """The method's config, the paper's defaults where none was given."""
-        return self.config.params if self.config.params is not None else METHODS[self.config.method].config()
+        return params_of(self.config)
 
     def backend(self) -> dict[str, str]:
-        """The detectors' ``backend``/``device`` keywords: torch scores on the encoder's device."""
-        if self.config.scoring_backend == "numpy":
-            return {}
-        return {"backend": self.config.scoring_backend, "device": str(self.encoder.device)}
+        return backend_keywords(self.config.scoring_backend, self.encoder)
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,6 @@ class Method:
     config: type
     build: Callable[[BuildInputs], Detector]
     bank_groups: str | None = None  # the config field that cannot exceed the negative bank's size
-    online: bool = False  # learns from the stream (scored under a stream protocol)
 
 
 # ------------------------------------------------------------------------------ negatives
@@ -157,8 +168,7 @@ def build_ants(inputs: BuildInputs) -> Detector:
         return _load_space(inputs)
     config: ANTSConfig = inputs.params
     if inputs.mllm is None and config.mode != "neglabel":
-        raise NegspaceError("ANTS needs a multimodal LLM: pass --mllm SPEC (see 'Using an MLLM' in the README) "
-                            "or --negative-space DIR.")
+        raise NegspaceError(ANTS_NEEDS_MLLM)
     if run.schedule == "scaled":
         schedule = scaled_schedule(inputs.stream_size, inputs.config.batch_size)
         config = replace(config, **{k: v for k, v in schedule.items() if k not in run.keep})
@@ -191,9 +201,9 @@ def _load_space(inputs: BuildInputs) -> ANTS:
 METHODS: dict[str, Method] = {
     "mcm": Method("mcm", MCM, MCMConfig, build_mcm),
     "neglabel": Method("neglabel", NegLabel, NegLabelConfig, build_neglabel, bank_groups="groups"),
-    "tanl": Method("tanl", TANL, TANLConfig, build_tanl, online=True),
-    "adaneg": Method("adaneg", AdaNeg, AdaNegConfig, build_adaneg, bank_groups="groups", online=True),
-    "ants": Method("ants", ANTS, ANTSConfig, build_ants, bank_groups="groups", online=True),
+    "tanl": Method("tanl", TANL, TANLConfig, build_tanl),
+    "adaneg": Method("adaneg", AdaNeg, AdaNegConfig, build_adaneg, bank_groups="groups"),
+    "ants": Method("ants", ANTS, ANTSConfig, build_ants, bank_groups="groups"),
 }
 
 

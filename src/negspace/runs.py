@@ -29,7 +29,7 @@ from negspace.detectors.base import Detector, OnlineDetector
 from negspace.errors import NegspaceError
 from negspace.evaluation import EncodedSet, Evaluation, FeatureFile, encode_set, evaluate_detector, evaluate_stream, open_set
 from negspace.features_table import FeatureTable
-from negspace.methods import METHODS, BuildInputs, build_detector, method
+from negspace.methods import ANTS_NEEDS_MLLM, METHODS, BuildInputs, backend_keywords, build_detector, method, params_of
 from negspace.outdir import check_save_dir, clear_saved_detector, prepare_out_dir, remove_empty_out_dir
 from negspace.runconfig import EvalConfig, MLLMConfig, ModelConfig
 
@@ -56,6 +56,20 @@ def load_model(config: ModelConfig) -> ClipEncoder:
         added = import_into_cache(read_feature_table(config.features), encoder)
         log.info("--features %s: %d image features ready in the cache", config.features, added)
     return encoder
+
+
+def resolve_encoder(model: ModelConfig, encoder: ClipEncoder | None) -> tuple[ClipEncoder, str]:
+    """The encoder (``encoder`` as given, else ``model`` loaded) and the model spec a run records."""
+    if encoder is not None:
+        return encoder, getattr(encoder, "spec", model.spec)
+    return load_model(model), model.spec
+
+
+def build_inputs(config: EvalConfig, encoder: ClipEncoder, classes: ClassList, model: ModelConfig, model_spec: str,
+                 stream_size: int = 0, mllm: Any = None) -> BuildInputs:
+    """What a method's builder gets in a run of ``model`` (its progress bars, its mined-list cache)."""
+    return BuildInputs(config, encoder, classes.names, stream_size, mllm, model=model_spec, classes=classes.source,
+                       progress=model.progress, cache_dir=mining_cache_dir(model))
 
 
 def mining_cache_dir(config: ModelConfig) -> Path | None:
@@ -114,15 +128,14 @@ def _opened(source: SetSource, name: str) -> Any:
 def check_method_options(config: EvalConfig, classes: ClassList, has_mllm: bool = True) -> None:
     """Option combinations that cannot work, refused before the model loads and mining runs."""
     spec = method(config.method)
-    params = config.params if config.params is not None else spec.config()
+    params = params_of(config)
     labels_file = config.negatives.labels_file
     if config.method == "mcm" and len(classes) < 2:
         raise NegspaceError(f"MCM needs at least two ID classes, --classes {classes.source} has {len(classes)}: "
                             "its max softmax over one class is 1.0 for every image.")
     if (config.method == "ants" and config.ants.negative_space is None and not has_mllm
-            and getattr(params, "mode", "ada") != "neglabel"):
-        raise NegspaceError("ANTS needs a multimodal LLM: pass --mllm SPEC (see 'Using an MLLM' in the README) "
-                            "or --negative-space DIR.")
+            and params.mode != "neglabel"):
+        raise NegspaceError(ANTS_NEEDS_MLLM)
     if labels_file is not None and spec.bank_groups is None:
         users = sorted(name for name, m in METHODS.items() if m.bank_groups is not None)
         raise NegspaceError(f"--negatives is not used by --method {config.method}; drop it "
@@ -170,8 +183,7 @@ def save_detector(detector: Detector, folder: Path, *, method_name: str, model: 
 
     clear_saved_detector(folder)
     detector.save(folder)
-    backend = {} if scoring_backend == "numpy" else {"backend": scoring_backend, "device": str(encoder.device)}
-    frozen = load_detector(folder, **backend)
+    frozen = load_detector(folder, **backend_keywords(scoring_backend, encoder))
     id_scores = score_in_batches(frozen.score_features, id_set.features, batch_size)
     write_provenance(folder, {
         "method": method_name, "model": model.spec, "weights": str(model.weights) if model.weights else None,
@@ -241,11 +253,9 @@ def _evaluate(config: EvalConfig, classes: ClassList, id_source: Any, ood_source
     elif config.method != "ants":
         mllm = None
     started = time.perf_counter()
-    model_spec = getattr(encoder, "spec", model.spec) if encoder is not None else model.spec
-    encoder = encoder if encoder is not None else load_model(model)
-    inputs = BuildInputs(config, encoder, classes.names, len(id_source) + max(len(s) for s in ood_sources), mllm,
-                         model=model_spec, classes=classes.source, progress=model.progress,
-                         cache_dir=mining_cache_dir(model))
+    encoder, model_spec = resolve_encoder(model, encoder)
+    inputs = build_inputs(config, encoder, classes, model, model_spec,
+                          len(id_source) + max(len(s) for s in ood_sources), mllm)
     detector = build_detector(inputs)
     id_set = encode_set(id_source, encoder, config.batch_size, model.progress)
     ood_sets = [encode_set(s, encoder, config.batch_size, model.progress) for s in ood_sources]
@@ -276,13 +286,10 @@ def _evaluate(config: EvalConfig, classes: ClassList, id_source: Any, ood_source
     if recorder is not None:
         evaluation.messages += recorder.shortfalls()
         evaluation.traces["lam"] = recorder.lam  # per stream
-    if recorder is not None and recorder.stopped is not None:
+    incomplete = recorder.incomplete([s.name for s in ood_sources], evaluation.ood_scores) if recorder else None
+    if incomplete is not None:
         evaluation.stopped = recorder.stopped
-        evaluation.info["incomplete"] = {
-            "reason": f"more than {config.ants.max_failures:.0%} of the MLLM requests of stream {recorder.stopped} "
-                      "failed or gave unusable answers",
-            "ood_sets_not_scored": [s.name for s in ood_sources if s.name not in evaluation.ood_scores],
-        }
+        evaluation.info["incomplete"] = incomplete
     if save_dir is not None:
         save_detector(detector, save_dir, method_name=config.method, model=model, encoder=encoder,
                       classes=classes.source, id_set=id_set, id_source=id_name, batch_size=config.batch_size,

@@ -31,10 +31,10 @@ from negspace.detectors.ants.recorder import StreamRecorder
 from negspace.errors import DatasetError, NegspaceError
 from negspace.evaluation import Evaluation, encode_set
 from negspace.jsonio import to_json
-from negspace.methods import METHODS, BuildInputs, build_detector
+from negspace.methods import METHODS, build_detector
 from negspace.outdir import prepare_out_dir, remove_empty_out_dir
 from negspace.runconfig import ANTSRunConfig, EvalConfig, MLLMConfig, ModelConfig
-from negspace.runs import load_mllm, load_model, mining_cache_dir, score_sets
+from negspace.runs import build_inputs, load_mllm, resolve_encoder, score_sets
 
 log = logging.getLogger("negspace")
 
@@ -174,15 +174,14 @@ def not_the_papers_sets(checks: Mapping[str, Any], limit: int | None, seed: int)
 def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command,
            not_papers) -> SuiteResult:
     started = time.perf_counter()
-    model_spec = getattr(encoder, "spec", model.spec) if encoder is not None else model.spec
-    encoder = encoder if encoder is not None else load_model(model)
+    encoder, model_spec = resolve_encoder(model, encoder)
     backbone = model_spec + (f" (weights {model.weights})" if model.weights else "")
     pages, summary, evaluations = [], {}, {}
     mllm_seen: dict[str, int] = {}  # the MLLM's counters, accounted for run after run
     stopped = None
     for spec in suite.runs:
-        page, run_evaluations = _run_one(config, suite, spec, checks, classes[spec.name], methods, model, encoder,
-                                         mllm, out_dir, mllm_seen, comparable=not not_papers)
+        page, run_evaluations = _run_one(config, suite, spec, checks, classes[spec.name], methods, model, model_spec,
+                                         encoder, mllm, out_dir, mllm_seen, comparable=not not_papers)
         pages.append(page)
         evaluations[spec.name] = run_evaluations
         summary[spec.name] = {m: {"ood": {k: r.as_dict() for k, r in ev.results.items()}, "average": ev.average(),
@@ -201,7 +200,7 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
     return SuiteResult(suite, evaluations, pages, notes, stopped, out_dir)
 
 
-def _run_one(config, suite, spec, checks, classes, methods, model, encoder, mllm, out_dir,
+def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, encoder, mllm, out_dir,
              mllm_seen, comparable=True) -> tuple[RunPage, dict[str, Evaluation]]:
     """Encode one run's sets once, then run every method on them."""
     from negspace.report import write_report
@@ -216,9 +215,8 @@ def _run_one(config, suite, spec, checks, classes, methods, model, encoder, mllm
         eval_config = config.eval_config(method)
         method_dir = out_dir / spec.name / method if out_dir is not None else None
         log.info("bench %s / %s: %s", suite.name, spec.name, method)
-        inputs = BuildInputs(eval_config, encoder, classes.names, stream_size, mllm if method == "ants" else None,
-                             model=model.spec, classes=classes.source, progress=model.progress,
-                             cache_dir=mining_cache_dir(model))
+        inputs = build_inputs(eval_config, encoder, classes, model, model_spec, stream_size,
+                              mllm if method == "ants" else None)
         detector = build_detector(inputs)
         recorder = StreamRecorder(method_dir, GALLERY_SIZE, config.ants.max_failures,
                                   stats_seen=mllm_seen) if method == "ants" else None
@@ -226,12 +224,10 @@ def _run_one(config, suite, spec, checks, classes, methods, model, encoder, mllm
         evaluation.info = {"method": method, "params": detector.get_params(), "suite": suite.name, "run": spec.name,
                            **inputs.notes, **evaluation.info,
                            **(recorder.write(mllm) if recorder is not None else {})}
-        if recorder is not None and recorder.stopped is not None:
-            stopped = recorder.stopped
-            evaluation.info["incomplete"] = {"reason": f"more than {config.ants.max_failures:.0%} of the MLLM "
-                                                       f"requests of stream {stopped} failed or gave unusable answers",
-                                             "ood_sets_not_scored": [s.name for s in spec.ood
-                                                                     if s.name not in evaluation.ood_scores]}
+        incomplete = recorder.incomplete([s.name for s in spec.ood], evaluation.ood_scores) if recorder else None
+        if incomplete is not None:
+            stopped = evaluation.stopped = recorder.stopped
+            evaluation.info["incomplete"] = incomplete
         if method_dir is not None:
             write_report(evaluation, method_dir)
         evaluation.detector = detector

@@ -8,7 +8,6 @@ The options become a :class:`~negspace.collections_api.ScoreConfig`, a
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ from negspace.cli.eval import CLASSES_HELP
 from negspace.collections_api import (
     CollectionConfig,
     ScoreConfig,
-    detector_provenance,
     embed_collection,
+    model_of_detector,
     score_collection,
 )
 
@@ -63,11 +62,8 @@ def run_score(args: argparse.Namespace) -> int:
                          threshold_id=args.threshold_id, scoring_backend=args.scoring_backend)
     config.check()
     model = options.model_config(args)
-    provenance = detector_provenance(args.detector)
-    if provenance and not _model_given(args) and "model" in provenance:  # the detector's own model
-        saved_weights = provenance.get("weights")
-        weights = args.weights or (Path(saved_weights) if saved_weights and Path(saved_weights).exists() else None)
-        model = replace(model, spec=provenance["model"], weights=weights)
+    if not _model_given(args):  # the detector's own model, with this command's other model options
+        model = model_of_detector(args.detector, model)
     summary = score_collection(args.sources, args.out, config, model=model, collection=collection_config(args))
     skipped_log = args.out / "_skipped.csv"
     print(f"{summary['scored']:,} images scored ({summary['already_written']:,} already written, "

@@ -59,6 +59,15 @@ class StreamRecorder:
             self.stopped = ood_name
         return self.stopped is not None
 
+    def incomplete(self, ood_names: list[str], scored: Any) -> dict[str, Any] | None:
+        """What ``metrics.json`` says of a run the MLLM stopped (``None`` when it did not):
+        why, and the OOD sets of ``ood_names`` not in ``scored``."""
+        if self.stopped is None:
+            return None
+        return {"reason": f"more than {self.max_failures:.0%} of the MLLM requests of stream {self.stopped} "
+                          "failed or gave unusable answers",
+                "ood_sets_not_scored": [name for name in ood_names if name not in scored]}
+
     def shortfalls(self) -> list[str]:
         """One line per stream whose banks were built from fewer MLLM answers than were asked for."""
         return [f"ANTS stream {name}: banks built from {info['mllm_answers_used']} of {info['mllm_requests']} MLLM "
