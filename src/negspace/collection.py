@@ -4,7 +4,8 @@ Inputs (``negspace score SRC ...``): image folders (recursive), ``.txt`` path li
 of paths (``file.parquet`` or ``file.csv``, the column ``path`` unless ``FILE:COLUMN`` names one).
 Output: a folder of Parquet parts (``part-RUNID-00000.parquet``, ...), each written whole and
 renamed into place, so a run killed at any moment leaves only complete parts; a re-run skips every
-path already written; a second run into the same folder at the same time is refused. Read it as one table with ``pyarrow.dataset.dataset(folder)`` or
+path already written; a second run into the same folder at the same time is refused. Read it as
+one table with ``pyarrow.dataset.dataset(folder)`` or
 ``pandas.read_parquet(folder)`` (``_summary.json`` and ``_skipped.csv`` beside the parts are
 ignored by both, as files starting with ``_`` are).
 """
@@ -26,6 +27,18 @@ log = logging.getLogger(__name__)
 TABLE_SUFFIXES = (".parquet", ".csv")
 
 
+def read_parquet(path: Path, columns: Sequence[str] | None = None, schema_only: bool = False, hint: str = "") -> Any:
+    """A Parquet file's table (or only its schema); a file that is not Parquet, or damaged, is one
+    :class:`DatasetError` sentence naming it, ending with ``hint`` (pyarrow raises several kinds
+    of error for those)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path) if schema_only else pq.read_table(path, columns=columns)
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        raise DatasetError(f"{path} cannot be read as Parquet ({err}){hint}.") from None
+
+
 def _table_paths(spec: str) -> list[Path]:
     """The path column of a Parquet or CSV table (``FILE`` or ``FILE:COLUMN``)."""
     file, column = spec, "path"
@@ -36,18 +49,11 @@ def _table_paths(spec: str) -> list[Path]:
     if not path.is_file():
         raise DatasetError(f"The table {path} does not exist.")
     if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            names = pq.read_schema(path).names
-            if column not in names:
-                raise DatasetError(f"The table {path} has no column {column!r} (columns: {', '.join(names)}); "
-                                   f"name one as {path}:COLUMN.")
-            values = pq.read_table(path, columns=[column]).column(column).to_pylist()
-        except DatasetError:
-            raise
-        except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
-            raise DatasetError(f"The table {path} cannot be read as Parquet ({err}).") from None
+        names = read_parquet(path, schema_only=True).names
+        if column not in names:
+            raise DatasetError(f"The table {path} has no column {column!r} (columns: {', '.join(names)}); "
+                               f"name one as {path}:COLUMN.")
+        values = read_parquet(path, columns=[column]).column(column).to_pylist()
     else:
         import csv
 
@@ -145,15 +151,10 @@ class PartWriter:
 
     def done(self, column: str = "path") -> set[str]:
         """The values of ``column`` in the parts already written (what a re-run skips)."""
-        import pyarrow.parquet as pq
-
         seen: set[str] = set()
         for part in self.parts():
-            try:
-                seen.update(pq.read_table(part, columns=[column]).column(column).to_pylist())
-            except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
-                raise DatasetError(f"--out {self.folder}: the part {part.name} cannot be read ({err}); move it "
-                                   "away and run again.") from None
+            table = read_parquet(part, columns=[column], hint="; move it away and run again")
+            seen.update(table.column(column).to_pylist())
         return seen
 
     def write(self, rows: dict[str, Any]) -> Path:

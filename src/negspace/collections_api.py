@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from negspace.collection import PartWriter, chunks, collection_paths
+from negspace.collection import PartWriter, chunks, collection_paths, read_parquet
 from negspace.detectors.saved import read_provenance
 from negspace.errors import NegspaceError
 from negspace.jsonio import to_json
@@ -201,11 +201,10 @@ def model_of_detector(folder: Path | None, base: ModelConfig) -> ModelConfig:
 def _folder_totals(writer: PartWriter) -> dict[str, int]:
     """Rows and OOD flags in the whole folder: what a resumed run's summary must still say."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     rows = flagged = 0
     for part in writer.parts():
-        column = pq.read_table(part, columns=["ood"]).column("ood")
+        column = read_parquet(part, columns=["ood"]).column("ood")
         rows += len(column)
         flagged += int(pc.sum(pc.cast(column, "int64")).as_py() or 0)
     return {"rows_in_folder": rows, "flagged_ood_in_folder": flagged}
@@ -287,12 +286,11 @@ def _check_dimension(config: ScoreConfig, detector: Any, encoder: Any) -> None:
 
 def _check_table_model(out: Path, writer: PartWriter, meta: dict[str, Any]) -> None:
     """``embed`` adds to a folder only the features of the same model (and dimension)."""
-    import pyarrow.parquet as pq
 
     from negspace.features_table import META_KEY
 
     for part in writer.parts():
-        found = json.loads((pq.read_schema(part).metadata or {}).get(META_KEY, b"{}"))
+        found = json.loads((read_parquet(part, schema_only=True).metadata or {}).get(META_KEY, b"{}"))
         if (found.get("weights_fingerprint"), found.get("dim")) != (meta["weights_fingerprint"], meta["dim"]):
             raise NegspaceError(f"--out {out} holds features of another model ({found.get('model', 'unknown')}, "
                                 f"dimension {found.get('dim', '?')}) than this run's {meta['model']} (dimension "

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from negspace.collection import read_parquet
 from negspace.errors import DatasetError
 
 META_KEY = b"negspace"
@@ -48,16 +49,7 @@ def is_feature_table(spec: str | Path) -> bool:
     files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path] if path.suffix == ".parquet" else []
     if not files or not files[0].is_file():
         return False
-    return "feature" in _schema(files[0]).names
-
-
-def _schema(file: Path) -> Any:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_schema(file)
-    except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
-        raise DatasetError(f"{file} cannot be read as Parquet ({err}).") from None
+    return "feature" in read_parquet(files[0], schema_only=True).names
 
 
 @dataclass(frozen=True)
@@ -81,7 +73,6 @@ def read_feature_table(spec: str | Path, name: str | None = None) -> FeatureTabl
     Raises:
         DatasetError: not a feature table, parts of different models, or bad rows.
     """
-    import pyarrow.parquet as pq
 
     path = Path(spec)
     files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
@@ -89,10 +80,7 @@ def read_feature_table(spec: str | Path, name: str | None = None) -> FeatureTabl
         raise DatasetError(f"{path} is not a feature table (a .parquet file or a folder of part-*.parquet files).")
     paths, hashes, blocks, meta = [], [], [], None
     for file in files:
-        try:
-            table = pq.read_table(file)
-        except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
-            raise DatasetError(f"{file} cannot be read as Parquet ({err}).") from None
+        table = read_parquet(file)
         if "feature" not in table.column_names:
             raise DatasetError(f"{file} has no 'feature' column: it is not a feature table from `negspace embed`.")
         part_meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
