@@ -85,7 +85,6 @@ def bench_config(args: argparse.Namespace) -> Any:
         ants, keep = options.ants_config(args, tau=defaults.tau, groups=defaults.groups)
     except ValueError as err:
         raise NegspaceError(f"Invalid ants setting: {err}.") from None
-    args.negative_space = None  # a benchmark learns its spaces
     return BenchConfig(args.suite, tuple(methods), limit=args.limit, check_counts=not args.no_count_check,
                        batch_size=args.batch_size, seed=args.seed, scoring_backend=args.scoring_backend,
                        params={"ants": ants}, ants=options.ants_run_config(args, keep))

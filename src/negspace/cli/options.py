@@ -21,13 +21,16 @@ from negspace.runconfig import DEFAULT_MODEL, ANTSRunConfig, MLLMConfig, ModelCo
 MAX_SEED = 2**32 - 1  # numpy and torch both accept every seed up to here
 
 
-def _number(kind: type, minimum: float, strict: bool, what: str) -> Callable[[str], float]:
+def _number(kind: type, minimum: float, strict: bool, what: str,
+            maximum: float = math.inf) -> Callable[[str], float]:
+    """A parser of finite numbers of ``kind`` above ``minimum`` (``strict``: not equal to it) and
+    at most ``maximum``; argparse names the option and ``what`` in its message."""
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum) or value > maximum:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value
 
@@ -41,23 +44,9 @@ positive_float = _number(float, 0.0, True, "a positive number")
 non_negative_float = _number(float, 0.0, False, "a number >= 0")
 
 
-def _interval(low: float, high: float, low_open: bool, what: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not (low < value if low_open else low <= value) or not value <= high:  # NaN fails too
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
-        return value
-
-    parse.__name__ = what
-    return parse
-
-
-fraction = _interval(0.0, 1.0, False, "a number between 0 and 1")
-positive_fraction = _interval(0.0, 1.0, True, "a number in (0, 1]")
-percent = _interval(0.0, 100.0, False, "a percentage between 0 and 100")
+fraction = _number(float, 0.0, False, "a number between 0 and 1", maximum=1.0)
+positive_fraction = _number(float, 0.0, True, "a number in (0, 1]", maximum=1.0)
+percent = _number(float, 0.0, False, "a percentage between 0 and 100", maximum=100.0)
 
 
 def finite_float(text: str) -> float:
@@ -272,7 +261,7 @@ def ants_config(args: argparse.Namespace, tau: float, groups: int) -> tuple[ANTS
 
 
 def ants_run_config(args: argparse.Namespace, keep: frozenset[str]) -> ANTSRunConfig:
-    return ANTSRunConfig(schedule=args.ants_schedule, keep=keep, negative_space=getattr(args, "negative_space", None),
+    return ANTSRunConfig(schedule=args.ants_schedule, keep=keep, negative_space=args.negative_space,
                          mode=args.ants_score, lam=args.ants_lam,
-                         explanations=getattr(args, "explanations", ANTSRunConfig().explanations),
+                         explanations=args.explanations,
                          max_failures=args.mllm_max_failures)
