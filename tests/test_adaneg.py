@@ -1,4 +1,4 @@
-"""AdaNeg (SPEC section 6): memories, replacement rule, proxies, stream behaviour."""
+"""AdaNeg (docs/methods/adaneg.md): memories, replacement rule, proxies, stream behaviour."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _empty_memory(n_labels=3, slots=4, dim=3):
 
 
 def _sequential_reference(memory, filled, entropy, labels, entropies, features):
-    """The rule written one sample at a time, as SPEC states it."""
+    """The rule written one sample at a time, as docs/methods/adaneg.md states it."""
     for label, ent, feat in zip(labels, entropies, features):
         if filled[label] < memory.shape[1]:
             memory[label, filled[label]] = feat

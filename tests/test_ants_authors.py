@@ -1,6 +1,6 @@
 """``ANTSConfig.authors()`` reproduces the authors' code decision by decision.
 
-The reference below restates SPEC section 4 steps 10-11 (the authors' ``ANTSPostprocessor``)
+The reference below restates docs/methods/ants.md, steps 10-11 (the authors' ``ANTSPostprocessor``)
 literally and slowly: Python lists for every history, ``np.histogram`` / ``np.percentile`` for the
 threshold, ``collections.Counter.most_common`` for ``Y'``, a dict as the VSNL cache, direct
 softmaxes for every score, one loop per group. It shares no code with negspace except the
@@ -31,7 +31,7 @@ TAU = 0.01
 
 class PlainMLLM(ScriptedMLLM):
     """The scripted answers without the ID class name the VSNL answers start with (the authors keep
-    ID names, SPEC step 5 drops them: a stream without any keeps the comparison exact); every
+    ID names, docs/methods/ants.md, step 5 drops them: a stream without any keeps the comparison exact); every
     other far-OOD image gets a sentence of its own, so the ENS bank outgrows one group."""
 
     def _describe(self, path) -> str:
@@ -122,7 +122,7 @@ def activation(id_cos, ens_cos, r, t, gap, count, step) -> np.ndarray | None:
 
 @dataclass
 class Reference:
-    """The authors' loop (SPEC 4 steps 10-11), one batch at a time."""
+    """The authors' loop (docs/methods/ants.md, steps 10-11), one batch at a time."""
 
     world: object
     corpus: np.ndarray

@@ -1,4 +1,4 @@
-"""Each ANTS rule against a hand-computed expectation or a slow direct formula (SPEC section 4)."""
+"""Each ANTS rule against a hand-computed expectation or a slow direct formula (docs/methods/ants.md)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def test_every_published_cell_of_a_suite_lands_in_one_of_its_columns(name):
 
 
 def test_published_numbers_agree_with_the_spec_and_the_papers():
-    """Golden cells, read from SPEC.md and the papers, not from the shipped file."""
+    """Golden cells, read from the papers' tables, not from the shipped file."""
     table1 = {(v.method, v.ood_set, v.metric): v.value for v in published_for(["ANTS paper/Table 1"], "ImageNet-1k")}
     assert table1[("ANTS", "Average", "FPR95")] == 13.31
     openood = {(v.method, v.ood_set, v.metric): v.value
@@ -177,26 +178,87 @@ def _browser():
     return webdriver.Chrome(options=options, service=service)
 
 
-def test_report_opens_in_a_real_browser(tmp_path, miniatures, tiny_openclip, mllm_server):
+# Per figure: its size and the share of its pixels in colour (data: curves, bars, markers); axes,
+# text and grid are grey, so an empty chart has none.
+_FIGURE_INK = """
+return Array.from(document.querySelectorAll('img.fig')).map(img => {
+  const canvas = document.createElement('canvas');
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const context = canvas.getContext('2d');
+  context.drawImage(img, 0, 0);
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height).data;
+  let coloured = 0;
+  for (let i = 0; i < pixels.length; i += 4) {
+    const r = pixels[i], g = pixels[i + 1], b = pixels[i + 2];
+    if (Math.max(r, g, b) - Math.min(r, g, b) > 60) coloured++;
+  }
+  return [img.alt, img.naturalWidth, coloured / (canvas.width * canvas.height)];
+});
+"""
+
+_CARDS = """
+return Array.from(document.querySelectorAll('.gallery .card')).map(card => {
+  const mark = card.querySelector('.mark');
+  const title = card.querySelector('div[title]');
+  return [card.closest('section.run').id, card.className, mark ? mark.textContent : null,
+          title ? title.getAttribute('title') : null];
+});
+"""
+
+
+def test_report_reads_well_in_a_real_browser(tmp_path, miniatures, tiny_openclip, mllm_server):
+    """The report of a miniature run in headless Chromium: the not-the-papers'-sets banner, a notes
+    section holding the run's logged warnings, no empty chart, and every gallery card marked with
+    the set its image is from. The screenshot is kept in NEGSPACE_TEST_SCREENSHOTS when set."""
     server, _ = mllm_server
     out = tmp_path / "report"
-    assert main(["bench", "--suite", "imagenet10-20", "--data-root", str(miniatures / "imagenet10-20"),
-                 "--method", "mcm,ants", "--no-count-check", "--batch-size", "2", "--ants-schedule", "scaled",
-                 "--mllm", server.spec, "--out", str(out), *_model_args(tiny_openclip)]) == 0
+    data = tmp_path / "data"
+    shutil.copytree(miniatures / "imagenet10-20", data)
+    first = next(path for path in sorted((data / "ImageNet20").rglob("*")) if path.is_file())
+    first.with_name("broken" + first.suffix).write_bytes(b"not an image")  # logs a warning, skipped
+    assert main(["bench", "--suite", "imagenet10-20", "--data-root", str(data),
+                 "--method", "mcm,neglabel,ants", "--no-count-check", "--batch-size", "2",
+                 "--ants-schedule", "scaled", "--mllm", server.spec, "--out", str(out),
+                 *_model_args(tiny_openclip)]) == 0
+    warnings = json.loads((out / "metrics.json").read_text())["warnings"]
+    assert any("broken" in text for text in warnings)
     driver = _browser()
     try:
+        driver.set_window_size(1400, 1000)
         driver.get((out / "report.html").resolve().as_uri())
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-        assert errors == []
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(1400, min(height + 200, 16000))
+        screenshot = driver.get_screenshot_as_png()
         tables = driver.execute_script("return document.querySelectorAll('table.cmp').length")
-        images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
-        text = driver.execute_script("return document.body.innerText")
+        banner = driver.execute_script(
+            "const b = document.getElementById('not-papers-sets'); return b ? b.innerText : null")
+        notes = driver.execute_script(
+            "const n = document.getElementById('notes'); return n ? n.innerText : null")
+        figures = driver.execute_script(_FIGURE_INK)
+        cards = driver.execute_script(_CARDS)
+        deltas = driver.execute_script("return document.querySelectorAll('tr.delta').length")
     finally:
         driver.quit()
+    if os.environ.get("NEGSPACE_TEST_SCREENSHOTS"):
+        Path(os.environ["NEGSPACE_TEST_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        (Path(os.environ["NEGSPACE_TEST_SCREENSHOTS"]) / "bench-report.png").write_bytes(screenshot)
+    assert errors == [] and screenshot.startswith(b"\x89PNG") and len(screenshot) > 50_000
     assert tables == 2  # one per run
-    assert len(images) >= 6 and all(complete and width > 0 for complete, width, _ in images)
-    assert "published" in text and "MCM" in text and "ImageNet-20" in text
+    assert banner is not None and "image counts other than the papers'" in banner
+    assert deltas == 0  # not the papers' sets: no difference row beside the published numbers
+    assert notes is not None and "Not the papers' sets" in notes
+    assert warnings and all(text in notes for text in warnings)  # every logged warning reaches the page
+    names = [alt for alt, _, _ in figures]
+    assert any("lam" in name for name in names) and sum("histograms" in name for name in names) == 6
+    empty = [(alt, ink) for alt, width, ink in figures if width == 0 or ink < 0.002]
+    assert empty == [], empty
+    assert cards, "no gallery"
+    id_folders = {run.name: str(data / run.id.layout()) for run in load_suite("imagenet10-20").runs}
+    for run, css, mark, sample in cards:
+        truth = "ID" if sample.startswith(id_folders[run.removeprefix("run-")] + "/") else "OOD"
+        assert mark == truth and truth.lower() in css.split(), (run, css, mark, sample)
+    assert {mark for _, _, mark, _ in cards} == {"ID", "OOD"}
 
 
 def test_the_readme_lists_every_layout_and_count_of_the_suites():

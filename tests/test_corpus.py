@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO_ROOT / "tools" / "build_wordnet_corpus.py"
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 
-# Pinned from WordNet 3.0 as packaged by Debian (wordnet-base 1:3.0-37); see SPEC section 3.
+# Pinned from WordNet 3.0 as packaged by Debian (wordnet-base 1:3.0-37); see docs/methods/neglabel.md.
 EXPECTED_COUNTS = {
     "neglabel": {
         "noun_synsets": 72_033,

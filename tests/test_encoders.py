@@ -367,18 +367,25 @@ def offline_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Non
 
 
 @pytest.mark.parametrize(
-    "spec",
+    ("spec", "what", "where"),
     [
-        "openclip:ViT-B-16/openai",
-        "openclip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
-        "hf:openai/clip-vit-base-patch16",
+        # the default model: open_clip's checkpoint file and the hub repository that holds it
+        ("openclip:ViT-B-16/openai", "the file open_clip_model.safetensors",
+         "https://huggingface.co/timm/vit_base_patch16_clip_224.openai"),
+        ("openclip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_config.json",
+         "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
+        ("hf:openai/clip-vit-base-patch16", "config.json, model.safetensors",
+         "https://huggingface.co/openai/clip-vit-base-patch16"),
     ],
 )
-def test_offline_hub_is_one_clear_sentence(offline_hub: None, spec: str) -> None:
+def test_offline_hub_names_the_file_and_where_it_comes_from(
+    offline_hub: None, spec: str, what: str, where: str
+) -> None:
     with pytest.raises(WeightsUnavailableError) as info:
         load_encoder(spec, use_cache=False)
     msg = _one_clear_sentence(info.value)
     assert spec in msg and "hub" in msg
+    assert what in msg and f"{where} " in msg
 
 
 def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ def test_markdown_escaping_of_file_names():
 
 
 def test_squashed_scores_are_plotted_on_a_logit_axis():
-    from negspace.report import logit_of_scores, scores_squashed
+    from negspace.plots import logit_of_scores, scores_squashed
 
     squashed = np.concatenate([1 - np.logspace(-11, -6, 50), np.logspace(-9, -7, 50)])
     assert scores_squashed(squashed) and not scores_squashed(np.linspace(0.1, 0.9, 100))

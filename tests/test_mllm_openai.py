@@ -392,7 +392,7 @@ def test_a_listed_model_list_without_the_model_stops_even_if_chats_would_answer(
 
 
 def test_the_cache_identity_does_not_depend_on_the_url(server):
-    """localhost and 127.0.0.1 reach the same model: the same cache entries (SPEC: keyed by model)."""
+    """localhost and 127.0.0.1 reach the same model: the same cache entries (the cache is keyed by model)."""
     port = server.port
     a = OpenAIChatBackend(f"http://localhost:{port}/v1", "tiny-vl")
     b = OpenAIChatBackend(f"http://127.0.0.1:{port}/v1", "tiny-vl")

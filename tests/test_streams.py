@@ -1,4 +1,5 @@
-"""The three stream protocols of ``evaluate_stream`` (SPEC section 7) with ANTS on a synthetic world."""
+"""The three stream protocols of ``evaluate_stream`` (docs/methods/evaluation.md) with ANTS on a
+synthetic world."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TANL (SPEC section 5): activation-aware score, Otsu split, bounded queues, stream behaviour."""
+"""TANL (docs/methods/tanl.md): activation-aware score, Otsu split, bounded queues, stream behaviour."""
 
 from __future__ import annotations
 
@@ -235,7 +235,7 @@ def test_from_encoder_encodes_corpus_and_noise(monkeypatch):
 
 def _literal_tanl_scores(id_text, pool, noise, batches, tau=0.01, queue_length=300, alpha=0.0, beta=200,
                          g=0.5, window_length=20000, seed=0):
-    """SPEC section 5 restated slowly: deques of float64 rows, means recomputed from the queues,
+    """docs/methods/tanl.md restated slowly: deques of float64 rows, means recomputed from the queues,
     full softmaxes, a stable full sort, one ``logsumexp`` per prefix and a looped Otsu scan."""
     from collections import deque
 

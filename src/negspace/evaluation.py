@@ -208,7 +208,7 @@ def evaluate_stream(
     after_stream: Callable[[str, OnlineDetector, EncodedSet, np.ndarray], bool | None] | None = None,
     mode: str = "per-set",
 ) -> Evaluation:
-    """The stream protocols of test-time methods (SPEC section 7).
+    """The stream protocols of test-time methods (docs/methods/evaluation.md).
 
     - ``per-set`` (the papers' protocol): for each OOD set, reset the detector, shuffle
       ``ID ∪ OOD`` with ``seed`` and score it in batches of ``batch_size``.

@@ -1,4 +1,4 @@
-"""OOD detection metrics (SPEC section 7), as pure functions and as a streaming object.
+"""OOD detection metrics (docs/methods/evaluation.md), as pure functions and as a streaming object.
 
 Scores follow the negspace convention: **higher = more in-distribution**. Two FPR95 conventions are
 in use in the literature and both are reported:

@@ -13,6 +13,7 @@ import numpy as np
 from negspace.evaluation import METRIC_NAMES, Evaluation, summarise_skipped
 from negspace.metrics import threshold_at_id_recall
 from negspace.jsonio import to_json
+from negspace.plots import png_bytes, pyplot, score_histogram
 
 log = logging.getLogger(__name__)
 
@@ -151,61 +152,28 @@ def write_results_md(evaluation: Evaluation, path: Path) -> None:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
-def scores_squashed(scores: np.ndarray) -> bool:
-    """Whether most probability-like scores sit so close to 0 or 1 that linear bins merge them."""
-    if scores.size == 0 or scores.min() < 0 or scores.max() > 1:
-        return False
-    return bool(np.mean((scores < 1e-3) | (scores > 1 - 1e-3)) > 0.5)
-
-
-def logit_of_scores(scores: np.ndarray) -> np.ndarray:
-    clipped = np.clip(scores.astype(np.float64), 1e-300, 1 - 1e-16)
-    return np.log(clipped) - np.log1p(-clipped)
-
-
 def plot_histograms(evaluation: Evaluation, out_dir: Path) -> list[Path]:
-    """One PNG per OOD set: ID and OOD score histograms with the 95%-ID-recall threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One PNG per OOD set: ID and OOD score histograms (image counts) with the 95%-ID-recall
+    threshold."""
     written = []
+    plt = pyplot()
     for name, ood in evaluation.ood_scores.items():
-        id_scores = evaluation.id_scores_for(name)
-        threshold = threshold_at_id_recall(id_scores)
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        both = np.concatenate([id_scores, ood])
-        squashed = scores_squashed(both)
-        if squashed:  # NegLabel-family scores pile up within 1e-6 of 0 or 1: spread them
-            id_scores, ood, threshold = logit_of_scores(id_scores), logit_of_scores(ood), float(logit_of_scores(np.asarray([threshold]))[0])
-            both = np.concatenate([id_scores, ood])
-        bins = np.linspace(both.min(), both.max(), 51) if both.max() > both.min() else 10
-        ax.hist(id_scores, bins=bins, alpha=0.6, density=True, label=f"ID ({evaluation.id_set.name})")
-        ax.hist(ood, bins=bins, alpha=0.6, density=True, label=f"OOD ({name})")
-        ax.axvline(threshold, color="black", linestyle="--", label=f"95% ID recall: {threshold:.3g}")
-        ax.set_xlabel("logit of the score, log(s / (1 - s)) (higher = more in-distribution)" if squashed
-                      else "score (higher = more in-distribution)")
-        ax.set_ylabel("density")
+        score_histogram(ax, evaluation.id_scores_for(name), ood, f"ID ({evaluation.id_set.name})", f"OOD ({name})",
+                        bins=50)
         ax.set_title(f"{evaluation.info.get('method', '')}: {evaluation.id_set.name} vs {name}")
-        ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / f"hist_{name}.png"
-        fig.savefig(path)
-        plt.close(fig)
+        path.write_bytes(png_bytes(fig))
         written.append(path)
     return written
 
 
 def plot_roc(evaluation: Evaluation, out_dir: Path) -> Path:
     """ROC curves (ID positive) of every OOD set in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(5, 5), dpi=100)
     for name, ood in evaluation.ood_scores.items():
         id_scores = evaluation.id_scores_for(name)
         labels = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood))])
@@ -219,8 +187,7 @@ def plot_roc(evaluation: Evaluation, out_dir: Path) -> Path:
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path = out_dir / "roc.png"
-    fig.savefig(path)
-    plt.close(fig)
+    path.write_bytes(png_bytes(fig))
     return path
 
 

@@ -1,4 +1,4 @@
-"""The shared core of every negative-label method (SPEC section 1), as pure log-space functions.
+"""The shared core of every negative-label method (docs/methods/core.md), as pure log-space functions.
 
 For an image feature ``v``, ID text features ``t_i`` and negative text features ``t-_j`` (all
 L2-normalised), the negative-label score is the softmax mass on the ID labels over ``ID ∪ T-``::
@@ -287,8 +287,8 @@ def otsu_threshold(scores: np.ndarray, step: float = 0.01, ties: str = "middle")
     ``w0·var(S < t) + w1·var(S ≥ t)`` (infinite when a class is empty). Among the thresholds with
     the minimum criterion the middle one is taken (index ``len // 2`` of the candidates), as in
     the official TANL code; ``ties="first"`` takes the first one and, when no threshold splits the
-    scores, returns their (lower) median, as the ANTS authors' activation-aware ENS does (SPEC 4
-    step 11). Vectorised with prefix sums over the sorted scores.
+    scores, returns their (lower) median, as the ANTS authors' activation-aware ENS does
+    (docs/methods/ants.md, step 11). Vectorised with prefix sums over the sorted scores.
     """
     if ties not in ("middle", "first"):
         raise ValueError(f"ties must be 'middle' or 'first', got {ties!r}")

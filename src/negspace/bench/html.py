@@ -17,6 +17,8 @@ class ExplainedImage:
     score: float
     thumbnail: bytes | None
     texts: tuple[tuple[str, str, float], ...]  # (negative text, bank, weight)
+    truth: str = ""  # "ID" or "OOD": which set the image is from
+    set_name: str = ""  # that set's name as the tables print it
 
 
 @dataclass
@@ -43,7 +45,12 @@ td.better{color:#176317}td.worse{color:#a11}
 .facts td{padding:2px 10px 2px 0;vertical-align:top}
 .note{background:#fff6d5;border:1px solid #e8d48a;padding:0.5em 1em;margin:1em 0}
 .gallery{display:flex;flex-wrap:wrap;gap:10px}
+.banner{background:#fde2e1;border:2px solid #c0392b;padding:0.6em 1em;margin:1em 0;font-weight:600}
+#notes ul{margin:0.3em 0 0 1.2em;padding:0}#notes li{margin:0.2em 0}
 .card{width:220px;border:1px solid #ddd;padding:6px;font-size:0.78em}
+.card.id{border:2px solid #d35400}.card.ood{border:2px solid #2471a3}
+.mark{display:inline-block;font-weight:700;padding:0 5px;border-radius:3px;color:#fff;margin-bottom:3px}
+.mark.id{background:#d35400}.mark.ood{background:#2471a3}
 .card img{max-width:208px;max-height:160px;display:block;margin:0 auto 4px}
 .card ol{margin:4px 0 0 1.2em;padding:0}
 img.fig{max-width:100%}
@@ -102,21 +109,45 @@ def _gallery(images: list[ExplainedImage]) -> str:
                    if image.thumbnail else "<p><em>image not readable</em></p>")
         texts = "".join(f"<li>{escape(text)} <small>({escape(source)}, {weight:.2f})</small></li>"
                         for text, source, weight in image.texts)
-        cards.append(f"<div class='card'>{picture}<div title='{escape(image.sample)}'>score {image.score:.4g}</div>"
-                     f"<ol>{texts}</ol></div>")
+        kind = image.truth.lower() if image.truth in ("ID", "OOD") else ""
+        mark = (f"<span class='mark {kind}'>{escape(image.truth)}</span> {escape(image.set_name)}<br>"
+                if kind else "")
+        cards.append(f"<div class='card {kind}'>{mark}{picture}<div title='{escape(image.sample)}'>score "
+                     f"{image.score:.4g}</div><ol>{texts}</ol></div>")
     return f"<div class='gallery'>{''.join(cards)}</div>"
 
 
-def render_report(title: str, facts: list[tuple[str, str]], runs: list[RunPage], notes: list[str]) -> str:
-    """The whole page as one HTML string."""
+def notes_section(notes: list[str], warnings: list[str]) -> str:
+    """What a reader should know about the run: its notes, then every warning it logged."""
+    parts = ["<section id='notes'><h2>Notes</h2>"]
+    if notes:
+        parts.append("<ul class='run-notes'>" + "".join(f"<li>{escape(note)}</li>" for note in notes) + "</ul>")
+    if warnings:
+        parts.append("<h3>Warnings logged during the run</h3><ul class='warnings'>"
+                     + "".join(f"<li>{escape(text)}</li>" for text in warnings) + "</ul>")
+    if not notes and not warnings:
+        parts.append("<p>Nothing to note: the run logged no warning.</p>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_report(title: str, facts: list[tuple[str, str]], runs: list[RunPage], notes: list[str],
+                  warnings: list[str] | None = None, not_papers_sets: str | None = None) -> str:
+    """The whole page as one HTML string: the facts, a banner when the sets are not the papers'
+    sets at their counts (``not_papers_sets`` says why), the notes and logged warnings, then per
+    run its table, pictures and ANTS galleries."""
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>"]
+    if not_papers_sets:
+        parts.append(f"<div class='banner' id='not-papers-sets'>Not the papers' sets at their counts "
+                     f"({escape(not_papers_sets)}): the published numbers are a reference only, not a "
+                     "comparison.</div>")
     parts.append("<table class='facts'>" + "".join(f"<tr><td><b>{escape(k)}</b></td><td>{escape(v)}</td></tr>"
                                                    for k, v in facts) + "</table>")
-    parts += [f"<div class='note'>{escape(note)}</div>" for note in notes]
+    parts.append(notes_section(notes, warnings or []))
     for page in runs:
         run = page.comparison.run
-        parts.append(f"<h2 id='run-{escape(run.name)}'>ID: {escape(run.id.published_as)}</h2>")
+        parts.append(f"<section class='run' id='run-{escape(run.name)}'><h2>ID: {escape(run.id.published_as)}</h2>")
         parts += [f"<div class='note'>{escape(note)}</div>" for note in page.notes]
         parts.append(comparison_table(page.comparison))
         parts.append(f"<h3>ROC curves</h3><img class='fig' alt='ROC curves' src='{_data_uri(page.roc_png, 'image/png')}'>")
@@ -128,7 +159,11 @@ def render_report(title: str, facts: list[tuple[str, str]], runs: list[RunPage],
                          f"<img class='fig' alt='lam over the stream' src='{_data_uri(page.lam_png, 'image/png')}'>")
         for ood_set, images in page.galleries.items():
             parts.append(f"<h3>ANTS: the most OOD-looking images of the stream of {escape(ood_set)} (ID and "
-                         f"{escape(ood_set)} images) and the negative texts that pulled them toward OOD</h3>")
+                         f"{escape(ood_set)} images) and the negative texts that pulled them toward OOD</h3>"
+                         "<p>Each card says which set its image is from: <span class='mark id'>ID</span> or "
+                         "<span class='mark ood'>OOD</span>. An ID image scored below the threshold line of the "
+                         "histograms is a false alarm; an OOD image there is a detection.</p>")
             parts.append(_gallery(images))
+        parts.append("</section>")
     parts.append("</body></html>")
     return "".join(parts)

@@ -26,6 +26,7 @@ from negspace.bench import compare, figures
 from negspace.bench.classlists import run_classes
 from negspace.bench.html import ExplainedImage, RunPage, render_report
 from negspace.bench.layout import check_sets, layout_report, run_sets
+from negspace.bench.logged import logged_warnings
 from negspace.bench.suites import Suite, load_suite
 from negspace.detectors.ants.recorder import StreamRecorder
 from negspace.errors import DatasetError, NegspaceError
@@ -129,6 +130,11 @@ def run_suite(config: BenchConfig, *, data_root: str | Path, model: ModelConfig 
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown or not config.methods:
         raise NegspaceError(f"methods {list(config.methods)}: expected some of {', '.join(ALL_METHODS)}.")
+    with logged_warnings() as warnings:
+        return _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwrite, command, warnings)
+
+
+def _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwrite, command, warnings) -> SuiteResult:
     methods = list(dict.fromkeys(config.methods))
     checks, classes = check_data(suite, data_root, config.check_counts)
     notes = []
@@ -153,7 +159,7 @@ def run_suite(config: BenchConfig, *, data_root: str | Path, model: ModelConfig 
         created_top = prepare_out_dir(out_dir, overwrite)
     try:
         return _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command,
-                      not_papers)
+                      not_papers, warnings)
     except BaseException:
         if out_dir is not None:  # a failed run leaves no empty folder behind
             remove_empty_out_dir(out_dir, created_top)
@@ -172,7 +178,7 @@ def not_the_papers_sets(checks: Mapping[str, Any], limit: int | None, seed: int)
 
 
 def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command,
-           not_papers) -> SuiteResult:
+           not_papers, warnings) -> SuiteResult:
     started = time.perf_counter()
     encoder, model_spec = resolve_encoder(model, encoder)
     backbone = model_spec + (f" (weights {model.weights})" if model.weights else "")
@@ -196,7 +202,7 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
                 break
     if out_dir is not None:
         _write_suite_files(config, suite, pages, summary, notes, backbone, model_spec, encoder, out_dir,
-                           time.perf_counter() - started, command, not_papers)
+                           time.perf_counter() - started, command, not_papers, warnings)
     return SuiteResult(suite, evaluations, pages, notes, stopped, out_dir)
 
 
@@ -234,7 +240,8 @@ def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, e
         evaluations[method] = evaluation
         if recorder is not None:
             traces = evaluation.traces["lam"] = recorder.lam
-            galleries = _galleries(recorder.explanation_rows, {s.name: s.published_as for s in spec.ood})
+            galleries = _galleries(recorder.explanation_rows, titles_of(spec), set(id_set.sample_ids),
+                                   spec.id.published_as)
             if recorder.stopped is not None:
                 name = titles_of(spec).get(recorder.stopped, recorder.stopped)
                 page_notes.append(f"ANTS stopped on the stream of {name}: too many MLLM requests failed; its numbers "
@@ -253,19 +260,22 @@ def titles_of(spec: Any) -> dict[str, str]:
     return {s.name: s.published_as for s in spec.ood}
 
 
-def _galleries(rows: list[dict[str, Any]], titles: dict[str, str]) -> dict[str, list[ExplainedImage]]:
-    """The explained images of each OOD stream (rows of explanations.csv), with thumbnails."""
+def _galleries(rows: list[dict[str, Any]], titles: dict[str, str], id_samples: set[str],
+               id_title: str) -> dict[str, list[ExplainedImage]]:
+    """The explained images of each OOD stream (rows of explanations.csv), with thumbnails, each
+    marked with the set it is from (``id_samples``: the ID set's sample ids)."""
     grouped: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         sample = grouped.setdefault(titles.get(row["ood_set"], row["ood_set"]), {}).setdefault(
             row["sample"], {"score": row["score"], "texts": []})
         sample["texts"].append((row["text"], row["source"], float(row["weight"])))
-    return {name: [ExplainedImage(path, info["score"], figures.thumbnail(path), tuple(info["texts"]))
+    return {name: [ExplainedImage(path, info["score"], figures.thumbnail(path), tuple(info["texts"]),
+                                  *(("ID", id_title) if path in id_samples else ("OOD", name)))
                    for path, info in samples.items()] for name, samples in grouped.items()}
 
 
 def _write_suite_files(config, suite, pages, summary, notes, backbone, model_spec, encoder, out_dir, seconds,
-                       command, not_papers) -> None:
+                       command, not_papers, warnings) -> None:
     from negspace import __version__
 
     subset = bool(not_papers)
@@ -285,7 +295,7 @@ def _write_suite_files(config, suite, pages, summary, notes, backbone, model_spe
             "model": model_spec, "weights_fingerprint": encoder.fingerprint, "device": str(encoder.device),
             "limit": config.limit, "subset": subset, "papers_sets": not subset, "not_papers_sets_because": not_papers,
             "seed": config.seed, "batch_size": config.batch_size,
-            "notes": notes, "runs": summary, "seconds": round(seconds, 3),
+            "notes": notes, "warnings": list(warnings), "runs": summary, "seconds": round(seconds, 3),
             "metric_units": "fractions in [0, 1] (results.md/.csv: percent)"}
     (out_dir / "metrics.json").write_text(to_json(info, indent=2), encoding="utf-8")
     facts = [("suite", f"{suite.name}: {suite.title}"), ("compared with", ", ".join(suite.tables)),
@@ -294,5 +304,6 @@ def _write_suite_files(config, suite, pages, summary, notes, backbone, model_spe
              ("images", f"not the papers' sets: {'; '.join(not_papers)}" if subset
               else "the papers' sets at their counts")]
     # file names that are not UTF-8 (surrogates on Linux) are written escaped, not refused
-    (out_dir / "report.html").write_text(render_report(f"negspace bench: {suite.name}", facts, pages, notes),
-                                         encoding="utf-8", errors="backslashreplace")
+    page = render_report(f"negspace bench: {suite.name}", facts, pages, notes, warnings,
+                         "; ".join(not_papers) if subset else None)
+    (out_dir / "report.html").write_text(page, encoding="utf-8", errors="backslashreplace")

@@ -1,4 +1,4 @@
-"""NegLabel negative-label mining (SPEC section 3; Jiang et al., ICLR 2024).
+"""NegLabel negative-label mining (docs/methods/neglabel.md; Jiang et al., ICLR 2024).
 
 For each corpus word ``c`` the distance to the ID task is measured by
 
@@ -184,10 +184,13 @@ def mine_negative_labels(
         log.info("reusing %d mined negative labels from %s", len(nouns) + len(adjectives), cache_file)
     else:
         corpus = load_corpus(config.corpus, exclude=class_names)
-        log.info("mining negatives from %d nouns and %d adjectives", len(corpus.nouns), len(corpus.adjectives))
-        noun_features = encoder.encode_texts(list(corpus.nouns), template=NOUN_TEMPLATE, progress=progress)
+        log.info("mining negatives from %d nouns and %d adjectives (their prompts are encoded once, then read "
+                 "from the feature cache)", len(corpus.nouns), len(corpus.adjectives))
+        noun_features = encoder.encode_texts(list(corpus.nouns), template=NOUN_TEMPLATE, progress=progress,
+                                             description="Encoding corpus nouns (once)")
         adjective_features = encoder.encode_texts(
-            list(corpus.adjectives), template=ADJECTIVE_TEMPLATE, progress=progress
+            list(corpus.adjectives), template=ADJECTIVE_TEMPLATE, progress=progress,
+            description="Encoding corpus adjectives (once)"
         )
         noun_idx, adjective_idx = select_negatives(noun_features, adjective_features, id_features, config)
         nouns = [corpus.nouns[i] for i in noun_idx]

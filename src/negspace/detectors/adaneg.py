@@ -1,7 +1,8 @@
 """AdaNeg: adaptive negative proxies built from test features.
 
 Paper: Zhang & Zhang, "AdaNeg: Adaptive Negative Proxy Guided OOD Detection with
-Vision-Language Models", NeurIPS 2024 (official code github.com/YBZh/OpenOOD-VLM). SPEC section 6.
+Vision-Language Models", NeurIPS 2024 (official code github.com/YBZh/OpenOOD-VLM). Formulas,
+defaults and departures: docs/methods/adaneg.md.
 
 Every label (the ``K`` ID classes and the ``M`` NegLabel negatives) owns a memory of ``L = 10``
 slots; slot 0 holds the label's text feature and is never replaced, so at most ``L − 1`` test
@@ -158,7 +159,7 @@ def sample_adaptive_cosines(
 
 @dataclass(frozen=True)
 class AdaNegConfig:
-    """AdaNeg's hyper-parameters, with the authors' defaults (SPEC section 6)."""
+    """AdaNeg's hyper-parameters, with the authors' defaults (docs/methods/adaneg.md)."""
 
     tau: float = DEFAULT_TAU
     memory_length: int = 10  # slots per label; slot 0 holds its text feature

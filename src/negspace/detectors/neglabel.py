@@ -2,7 +2,7 @@
 Models", ICLR 2024).
 
 The score is the ID softmax mass over ``ID ∪ negatives`` at ``τ = 0.01``, averaged over ``G``
-seeded groups of negatives (SPEC sections 1 and 3)::
+seeded groups of negatives (docs/methods/core.md and docs/methods/neglabel.md)::
 
     S_nl(v) = (1/G) Σ_g  Σ_i e^{cos(v,t_i)/τ} / (Σ_i e^{cos(v,t_i)/τ} + Σ_{j∈g} e^{cos(v,t-_j)/τ})
 

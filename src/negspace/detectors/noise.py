@@ -1,4 +1,4 @@
-"""The 15 synthetic noise images that seed TANL's confident-OOD queue (SPEC section 5).
+"""The 15 synthetic noise images that seed TANL's confident-OOD queue (docs/methods/tanl.md).
 
 Three images each of Gaussian, uniform, Poisson, Gamma and salt-and-pepper noise, as in the
 official TANL code: each image is drawn per pixel and channel, min-max normalised to ``[0, 1]``

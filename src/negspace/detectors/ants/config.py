@@ -1,4 +1,4 @@
-"""ANTS hyper-parameters (SPEC section 4) and the authors' preset.
+"""ANTS hyper-parameters (docs/methods/ants.md) and the authors' preset.
 
 :class:`ANTSConfig` holds every constant of the method as a field with the paper's default.
 :meth:`ANTSConfig.authors` is the one place that lists what the authors' code
@@ -38,7 +38,7 @@ _AT_LEAST_ONE = (
 
 @dataclass(frozen=True)
 class ANTSConfig:
-    """Hyper-parameters of ANTS; defaults from SPEC section 4 (ImageNet-scale streams).
+    """Hyper-parameters of ANTS; defaults from docs/methods/ants.md (ImageNet-scale streams).
 
     Scoring: ``S_ada = lam * S_ens + (1 - lam) * S_vsnl`` (``mode="ada"``), or one bank alone.
     ``lam_rule="paper"`` is Eq. 15 with the current banks over a bounded sample of negatives;
@@ -48,16 +48,16 @@ class ANTSConfig:
 
     # -- scoring
     tau: float = 0.01
-    groups: int = 100  # NegLabel grouping of the corpus bank (fixed count, SPEC 1)
+    groups: int = 100  # NegLabel grouping of the corpus bank (fixed count, docs/methods/core.md)
     seed: int = 0
-    group_size: int = 100  # target group size of the changing banks (ENS, VSNL; SPEC 1)
+    group_size: int = 100  # target group size of the changing banks (ENS, VSNL; docs/methods/core.md)
     mode: str = "ada"
     lam: float | None = None  # fixed lam (ablations, paper Table 3); None = adaptive
     lam_rule: str = "paper"
     lam_sample: int = 4096  # negatives kept to recompute a, b with the current banks (paper rule)
     balanced_group_size: int = 1000  # authors' lam: group size of the balanced scores
     vsnl_balance_repeats: int = 10  # authors' lam: VSNL labels repeated before grouping
-    ens_score: str = "grouped"  # or "activation" (the authors' TANL-style ENS score, SPEC 4 step 11)
+    ens_score: str = "grouped"  # or "activation" (the authors' TANL-style score, docs/methods/ants.md, step 11)
     activation_negatives: int = 1000  # sentences kept by relevance
     activation_step: int = 2  # step of the cumulative score
     activation_gap: float = 0.5  # confidence gap around the two-cluster threshold
@@ -124,7 +124,7 @@ class ANTSConfig:
 
     @classmethod
     def authors(cls, **overrides: Any) -> ANTSConfig:
-        """The rules of the authors' code (SPEC 4 step 10), for exact reproduction.
+        """The rules of the authors' code (docs/methods/ants.md, step 10), for exact reproduction.
 
         Every rule it changes, with the authors' behaviour:
 

@@ -1,9 +1,9 @@
 """ANTS: the adaptive negative textual space (Zhu et al., "ANTS: Shaping the Adaptive Negative
-Textual Space by MLLM for OOD Detection"; SPEC section 4).
+Textual Space by MLLM for OOD Detection"; docs/methods/ants.md).
 
 Over a test stream, ANTS grows two negative banks with a multimodal LLM and fuses their scores::
 
-    S_nl   = NegLabel's grouped score (corpus bank)                        (SPEC 3)
+    S_nl   = NegLabel's grouped score (corpus bank)   (docs/methods/neglabel.md)
     X_neg  = the eta fraction of lowest S_nl among S_nl < gamma0; gamma* = max S_nl over X_neg
     ENS    = MLLM descriptions of negative images ("... Do not include the class name {H(x)}.")
     Y'     = top delta*K ID classes by prediction frequency among negatives
@@ -13,8 +13,8 @@ Over a test stream, ANTS grows two negative banks with a multimodal LLM and fuse
     S_ada  = lam * S_ens + (1 - lam) * S_vsnl          (a missing bank falls back to S_nl)
 
 **Online mode** (the paper): per batch, the base score, the negatives, the ENS and VSNL updates,
-then the batch is scored with the **updated** banks and fused (SPEC 4 step 9, the authors'
-order; ``mllm_lag >= 1`` instead lets the MLLM work in the background and changes the banks
+then the batch is scored with the **updated** banks and fused (the authors' order,
+docs/methods/ants.md, step 9; ``mllm_lag >= 1`` instead lets the MLLM work in the background and changes the banks
 before batch ``t + lag``). **Two-pass mode** (``two_pass=True``): :meth:`ANTS.score_stream`
 builds the banks from the whole stream first, then scores every image with the final banks.
 
@@ -23,9 +23,9 @@ builds the banks from the whole stream first, then scores every image with the f
 changes), so it moves as the banks fit the stream. ``lam_rule="authors"`` is the authors' running
 mean of balanced scores over every sample; :meth:`ANTSConfig.authors` gathers all of the
 authors' rules (their code produced the published numbers). ``ens_score="activation"`` is the
-authors' activation-aware ENS score (SPEC 4 step 11).
+authors' activation-aware ENS score (docs/methods/ants.md, step 11).
 
-Choices where the paper leaves room (SPEC section 4 is followed otherwise):
+Choices where the paper leaves room (docs/methods/ants.md is followed otherwise):
 
 - Online mining (``threshold="paper"``): Eq. 5-6 are applied to the whole history, kept as a
   fixed-bin histogram of ``S_nl``: ``gamma*`` is the ``eta`` quantile of all past scores below
@@ -331,7 +331,8 @@ class ANTS(BankBuilder, OnlineDetector):
         return self._fuse(self._bank_parts(self._base(features), "peek"))
 
     def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
-        """Online ANTS on one batch: mine, update the banks, score with them, fuse (SPEC 4 step 9).
+        """Online ANTS on one batch: mine, update the banks, score with them, fuse (docs/methods/ants.md,
+        step 9).
 
         ``images`` (paths or PIL images, aligned with the rows) are needed only for the negatives
         sent to the MLLM; without them the ENS bank cannot grow. A frozen or two-pass detector

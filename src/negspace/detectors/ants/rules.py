@@ -1,4 +1,4 @@
-"""The pure rules of ANTS (SPEC section 4): thresholds, ``Y'``, grouping of the changing banks,
+"""The pure rules of ANTS (docs/methods/ants.md): thresholds, ``Y'``, grouping of the changing banks,
 the fusion weight, the activation-aware ENS score, diversity selection and the scaled schedule.
 
 No state lives here: every function takes arrays and returns arrays or numbers.
@@ -49,7 +49,7 @@ def paper_threshold(hist: np.ndarray, gamma0: float, eta: float) -> float | None
 
 
 def histogram_threshold(scores: np.ndarray, eta: float, coarse_width: float = 0.1) -> float | None:
-    """The authors' threshold over all past base scores (SPEC 4 step 10).
+    """The authors' threshold over all past base scores (docs/methods/ants.md, step 10).
 
     ``counts`` = ``np.histogram`` of the scores (float32, as the authors keep them) over the bin
     edges ``arange(0, 1 + width, width)``; the upper bound is the edge after the largest absolute
@@ -106,7 +106,7 @@ def frequency_classes(neg_pred_counts: np.ndarray, delta: float) -> list[int]:
 
 
 def changing_bank_groups(n: int, group_size: int, seed: int = 0) -> tuple[np.ndarray, int]:
-    """Column order and group count of a bank that changes at test time (SPEC section 1).
+    """Column order and group count of a bank that changes at test time (docs/methods/core.md).
 
     A bank of ``n <= group_size`` rows is scored ungrouped (all rows, one group); otherwise
     ``G = max(1, n // group_size)`` groups of ``n // G`` rows: the last ``n mod G`` rows are
@@ -160,7 +160,7 @@ def crossfit_lam(
     return float(ties[np.argmin(np.abs(ties - 0.5))])
 
 
-# -- activation-aware ENS (SPEC 4 step 11) -------------------------------------------------------------
+# -- activation-aware ENS (docs/methods/ants.md, step 11) -----------------------------------------------
 
 
 def activation_threshold(window: np.ndarray) -> float:

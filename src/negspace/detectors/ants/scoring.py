@@ -1,5 +1,5 @@
 """The banks that change at test time (ENS and VSNL), stacked so that one GEMM scores a batch
-against both, each bank already in its SPEC-1 group order.
+against both, each bank already in the group order of docs/methods/core.md.
 
 A bank of ``n`` rows is stored as its group order (``changing_bank_groups``) followed by the
 ``n mod G`` rows the grouping leaves out, so the first ``kept`` columns of its block of the
@@ -66,7 +66,8 @@ class StackedBanks:
         return image @ self.matrix.T
 
     def grouped_score(self, product: Any, name: str, id_cos: Any, tau: float, id_lse: Any = None) -> np.ndarray:
-        """``S(v; bank)`` with the bank's SPEC-1 grouping, from the stacked product (NumPy float64)."""
+        """``S(v; bank)`` with the bank's grouping (docs/methods/core.md), from the stacked product
+        (NumPy float64)."""
         block = self.blocks[name]
         grouped = product[:, block.start : block.start + block.kept]
         return self._score_groups(grouped, block.groups, id_cos, tau, id_lse)
