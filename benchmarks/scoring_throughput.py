@@ -44,6 +44,7 @@ from ants_overhead import NoOpMLLM, TableEncoder  # the stubs of the ANTS overhe
 from negspace.detectors.adaneg import AdaNeg, task_proxies
 from negspace.detectors.ants import ANTS
 from negspace.detectors.mcm import MCM
+from negspace.detectors.csp import CSP
 from negspace.detectors.neglabel import NegLabel
 from negspace.detectors.tanl import TANL
 from negspace.scoring import log_sum_exp
@@ -185,6 +186,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=70_000, help="TANL label pool size")
     parser.add_argument("--beta", type=int, default=1000, help="TANL top-beta labels")
     parser.add_argument("--ens", type=int, default=10_000, help="ANTS ENS bank size")
+    parser.add_argument("--csp-bank", type=int, default=8_493, help="CSP bank size (its ImageNet-1k selection)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-online", action="store_true", help="only MCM and NegLabel")
     parser.add_argument("--skip-torch", action="store_true", help="no backend='torch' rows")
@@ -202,6 +204,10 @@ def main() -> None:
     both = np.concatenate([id_text, negatives])
     # the bare bound of each scorer: the GEMMs and log-sum-exps of the same shapes it must do
     bounds = {"MCM": bare_bound([id_text]), "NegLabel (G=100)": bare_bound([both]), "NegLabel (G=1)": bare_bound([both])}
+    # CSP: NegLabel's score over its bank (about 8,500 labels for ImageNet-1k)
+    csp_bank = unit_rows(rng, args.csp_bank, args.dim)
+    detectors[f"CSP (bank {args.csp_bank:,}, G=100)"] = CSP.from_features(id_text, csp_bank)
+    bounds[f"CSP (bank {args.csp_bank:,}, G=100)"] = bare_bound([np.concatenate([id_text, csp_bank])])
     state: dict[str, tuple[float, float]] = {}  # name -> (state MiB, held MiB)
     if not args.skip_online:
         pool = unit_rows(rng, args.pool, args.dim)

@@ -101,7 +101,10 @@ def test_missing_and_short_sets_are_listed_before_any_model_loads(tmp_path, mini
 
 def test_bench_runs_every_method_once_per_image_with_both_columns(tmp_path, miniatures, tiny_openclip, capsys):
     out = tmp_path / "out"
-    code = main(["bench", "--suite", "imagenet", "--data-root", str(miniatures / "imagenet"), "--method", "all",
+    # every method but CSP, whose WordNet pool (415k prompts) takes minutes even with the tiny model;
+    # CSP runs in the bench below with a small pool
+    code = main(["bench", "--suite", "imagenet", "--data-root", str(miniatures / "imagenet"), "--method",
+                 "mcm,neglabel,tanl,adaneg,ants",
                  "--no-count-check", "--limit", "2", "--batch-size", "4", "--out", str(out), *_model_args(tiny_openclip)])
     assert code == 0
     printed = capsys.readouterr().out
@@ -327,3 +330,24 @@ def test_a_count_check_turned_off_is_not_the_papers_sets_and_the_difference_need
     assert table.comparable and "| Δ |" in markdown(table)
     assert not compare_run(suite, run, {"mcm": evaluation}, comparable=False).comparable
     assert "published on the full sets" not in console_summary(table)
+
+
+def test_bench_csp_on_the_miniature_suite_with_a_small_pool(tmp_path, miniatures, tiny_openclip):
+    from negspace.bench import BenchConfig, run_suite
+    from negspace.detectors.csp import CSPConfig
+    from negspace.runconfig import ModelConfig
+
+    corpus = tmp_path / "pool.txt"
+    corpus.write_text("\n".join([f"object{i}" for i in range(300)] + [f"adj{i}\tadj" for i in range(100)]),
+                      encoding="utf-8")
+    config = BenchConfig("imagenet", methods=("csp", "neglabel"), check_counts=False, limit=2, batch_size=4,
+                         params={"csp": CSPConfig(pool=str(corpus), groups=10)})
+    model = ModelConfig(tiny_openclip.spec, tiny_openclip.weights, device="cpu", progress=False)
+    result = run_suite(config, data_root=miniatures / "imagenet", model=model, out=tmp_path / "out")
+    csp = result.evaluations["imagenet"]["csp"]
+    assert csp.info["params"]["n_negatives"] == int(300 * 0.15) + int(100 * 0.15)
+    assert set(csp.results) == {"inaturalist", "sun", "places", "textures"}
+    rows = _csv(tmp_path / "out" / "results.csv")
+    cell = {(r["method"], r["ood_set"], r["metric"]): r for r in rows}
+    assert cell[("CSP", "Average", "FPR95")]["ours"] != "" and cell[("CSP", "Average", "FPR95")]["published"] == "17.51"
+    assert (tmp_path / "out" / "imagenet" / "csp" / "scores.csv").is_file()

@@ -215,13 +215,13 @@ def test_cache_clear_keeps_paid_answers_unless_confirmed(tmp_path):
     import json
     import os
 
-    from negspace.corpus.mining import _write_json_atomic
+    from negspace.corpus.mining import write_json_atomic
     from negspace.mllm.response_cache import ResponseStore
 
     store = ResponseStore(tmp_path / "mllm.sqlite3")
     store.put_many("some-model", {"k1": "a", "k2": "b"})
     store.close()
-    _write_json_atomic(tmp_path / "mined" / "x.json", {"labels": []})
+    write_json_atomic(tmp_path / "mined" / "x.json", {"labels": []})
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "mined" / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not 0600
@@ -267,7 +267,7 @@ def test_help_describes_every_option_with_its_default():
     import re
 
     text = " ".join(negspace("eval", "--help").stdout.split())  # argparse wraps lines
-    assert re.search(r"--method \{[a-z,]+\}\s+mcm, neglabel \(static\)", text)
+    assert re.search(r"--method \{[a-z,]+\}\s+mcm, neglabel, csp \(static\)", text)
     for option, default in (("--split", "proportional"), ("--per-part-fraction", "0.15"),
                             ("--ants-threshold", "paper"), ("--ants-schedule", "default"),
                             ("--ants-diversity-size", "50")):
@@ -307,7 +307,7 @@ def test_help_offers_only_what_a_command_uses():
 
     commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse's own tree
     score_help, mine_help = commands["score"].format_help(), commands["mine"].format_help()
-    assert "{mcm,neglabel}" in score_help and "tanl" not in score_help.split("--method")[1].split("--classes")[0]
+    assert "{mcm,neglabel,csp}" in score_help and "tanl" not in score_help.split("--method")[1].split("--classes")[0]
     for option in ("--workers", "--features", "--scoring-backend", "--preprocess"):
         assert option not in mine_help, option
     assert "imagenet-20" in commands["eval"].format_help()  # the built-in class lists are named

@@ -165,6 +165,32 @@ def test_template_is_applied(saved: SavedModel) -> None:
             enc.encode_texts(["cat"], template=bad)
 
 
+def test_features_averaged_over_templates_are_the_mean_of_raw_features(saved: SavedModel, tmp_path: Path) -> None:
+    """CSP's and NegRefine's label feature: mean of the unnormalised template features, then
+    normalised (not the mean of unit features); raw features are cached apart from unit ones."""
+    templates = ["a photo of a {}.", "a drawing of the {}.", "{} in the wild."]
+    words = ["cat", "stone wall", "cat"]
+    enc = _load(saved, tmp_path / "cache")
+    averaged = enc.encode_texts_averaged(words, templates, progress=False)
+    with torch.inference_mode():
+        raw = [enc.backend.encode_text_batch([t.format(w) for w in words]).double().numpy() for t in templates]
+    expected = np.mean(raw, axis=0)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    _unit(averaged)
+    np.testing.assert_allclose(averaged, expected, atol=FEATURE_ERROR)
+    of_units = np.mean([enc.encode_texts(words, t) for t in templates], axis=0)
+    of_units /= np.linalg.norm(of_units, axis=1, keepdims=True)
+    assert np.abs(of_units - averaged).max() > 10 * FEATURE_ERROR  # the raw norms weigh the templates
+    raw_first = enc.encode_texts(words, templates[0], unit=False)
+    np.testing.assert_allclose(raw_first, raw[0], rtol=1e-4, atol=1e-5)
+    again = _load(saved, tmp_path / "cache")
+    counter = Counter(again, "encode_text_batch")
+    np.testing.assert_array_equal(again.encode_texts_averaged(words, templates), averaged)
+    assert counter.calls == []  # every raw feature came from the cache
+    with pytest.raises(NegspaceError, match="template"):
+        enc.encode_texts_averaged(words, [])
+
+
 def test_empty_inputs(saved: SavedModel) -> None:
     enc = _load(saved)
     assert enc.encode_texts([]).shape == (0, TINY_DIM)

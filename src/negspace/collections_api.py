@@ -33,7 +33,7 @@ from negspace.runconfig import EvalConfig, ModelConfig
 
 log = logging.getLogger("negspace")
 
-STATIC_METHODS = ("mcm", "neglabel")
+STATIC_METHODS = ("mcm", "neglabel", "csp")
 ENGINES = ("local", "ray")
 
 

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from negspace.corpus.csp import bank_of, select_from_pool
 from negspace.corpus.labelfile import clean_labels, read_label_file, read_label_file_settings
 from negspace.corpus.mining import MinedNegatives, mine_negative_labels
 from negspace.detectors.adaneg import AdaNeg, AdaNegConfig
 from negspace.detectors.ants import ANTS, ANTSConfig
 from negspace.detectors.ants.rules import scaled_schedule
 from negspace.detectors.base import Detector
+from negspace.detectors.csp import CSP, CSPConfig
 from negspace.detectors.mcm import MCM, MCMConfig
 from negspace.detectors.neglabel import NegLabel, NegLabelConfig
 from negspace.detectors.saved import FILE, read_saved
@@ -149,6 +151,25 @@ def build_neglabel(inputs: BuildInputs) -> Detector:
                                **inputs.backend())
 
 
+def build_csp(inputs: BuildInputs) -> Detector:
+    """CSP's bank selected from its conjugated pool, or read from a label file (nouns, then the
+    conjugated phrases as its adjectives)."""
+    config: CSPConfig = inputs.params
+    id_features = CSP.encode_id_names(inputs.encoder, inputs.class_names)
+    if inputs.config.negatives.labels_file is not None:
+        nouns, phrases, inputs.notes["negatives_file"] = read_negatives_file(
+            inputs.config.negatives.labels_file, inputs.class_names, model=inputs.model, classes=inputs.classes)
+        bank = bank_of(inputs.encoder, nouns, phrases, inputs.progress)
+    else:
+        bank = select_from_pool(inputs.encoder, inputs.class_names, id_features, config.selection(),
+                                inputs.cache_dir, inputs.progress)
+    if config.groups > len(bank.labels):
+        raise NegspaceError(f"--groups {config.groups} is larger than the {len(bank.labels)} negative labels.")
+    detector = CSP(id_features, bank.features, config, neg_labels=bank.labels, **inputs.backend())
+    detector.encoder, detector.class_names = inputs.encoder, list(inputs.class_names)
+    return detector
+
+
 def build_tanl(inputs: BuildInputs) -> Detector:
     params = inputs.params
     return TANL.from_encoder(inputs.encoder, inputs.class_names, corpus=inputs.config.tanl_corpus,
@@ -201,6 +222,7 @@ def _load_space(inputs: BuildInputs) -> ANTS:
 METHODS: dict[str, Method] = {
     "mcm": Method("mcm", MCM, MCMConfig, build_mcm),
     "neglabel": Method("neglabel", NegLabel, NegLabelConfig, build_neglabel, bank_groups="groups"),
+    "csp": Method("csp", CSP, CSPConfig, build_csp, bank_groups="groups"),
     "tanl": Method("tanl", TANL, TANLConfig, build_tanl),
     "adaneg": Method("adaneg", AdaNeg, AdaNegConfig, build_adaneg, bank_groups="groups"),
     "ants": Method("ants", ANTS, ANTSConfig, build_ants, bank_groups="groups"),

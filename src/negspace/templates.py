@@ -14,3 +14,28 @@ ADJECTIVE_TEMPLATE = "This is a {} photo."  # corpus adjectives
 MCM_TEMPLATE = "a photo of a {}."  # MCM's class names
 VSNL_TEMPLATE = NOUN_TEMPLATE  # ANTS: class names the MLLM finds visually similar
 ENS_TEMPLATE = "{}"  # ANTS: the MLLM's descriptions of negative images, as written
+
+# CSP (Chen et al., NeurIPS 2024) and NegRefine (ICCV 2025), from the CSP authors' code
+# (github.com/MengyuanChen21/NeurIPS2024-CSP, mmcls/models/classifiers/class_names.py:
+# preset_noun_prompt_templates, preset_adj_prompt_templates, csp_templates). A label's feature is
+# the mean of its unnormalised features over the templates, then normalised.
+CSP_NOUN_TEMPLATES = (  # ID class names and corpus nouns
+    "a close-up photo of the nice {}.",
+    "a photo with the nice {}.",
+    "a good photo with the nice {}.",
+    "a photo of the nice {}.",
+    "{}",
+    "the {}",
+    "the good {}",
+    "the nice {}",
+)
+CSP_ADJECTIVE_TEMPLATES = (  # conjugated adjective phrases ("lively area"); no article
+    "{}",
+    "a nice photo of {}",
+    "a good photo of {}",
+    "a close-up photo of {}",
+)
+#: The superclass words an adjective is conjugated with, ``"{adjective} {word}"``, one drawn per
+#: adjective (``random.seed(0)``, ``random.choice``).
+CSP_SUPERCLASS_WORDS = ("environment", "space", "object", "scene", "place", "item", "area", "view", "thing",
+                        "pattern", "structure", "landscape", "vista", "creature")

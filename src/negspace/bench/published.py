@@ -10,7 +10,8 @@ from functools import cache
 from importlib import resources
 
 # negspace's method names -> the tables' names
-PUBLISHED_NAMES = {"mcm": "MCM", "neglabel": "NegLabel", "tanl": "TANL", "adaneg": "AdaNeg", "ants": "ANTS"}
+PUBLISHED_NAMES = {"mcm": "MCM", "neglabel": "NegLabel", "csp": "CSP", "negrefine": "NegRefine", "tanl": "TANL",
+                   "adaneg": "AdaNeg", "ants": "ANTS"}
 
 
 @dataclass(frozen=True)

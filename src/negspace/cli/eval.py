@@ -15,7 +15,9 @@ from typing import Any
 
 from negspace.cli import options
 from negspace.cli.options import positive_int, seed
+from negspace.corpus.mining import MiningConfig
 from negspace.detectors.adaneg import AdaNegConfig
+from negspace.detectors.csp import CSPConfig
 from negspace.detectors.mcm import MCMConfig
 from negspace.detectors.neglabel import NegLabelConfig
 from negspace.detectors.tanl import DEFAULT_CORPUS, TANLConfig
@@ -28,6 +30,7 @@ log = logging.getLogger("negspace")
 
 # The paper defaults the options show, read from the configs: the command line restates none.
 _MCM, _NEGLABEL, _TANL, _ADANEG = MCMConfig(), NegLabelConfig(), TANLConfig(), AdaNegConfig()
+_MINING = MiningConfig()
 CLASSES_HELP = ("ID class names: a built-in list (imagenet, imagenet-a, imagenet-r, imagenet-10, imagenet-20, "
                 "oxford-pet) or a text file with one class name per line")
 
@@ -35,7 +38,7 @@ CLASSES_HELP = ("ID class names: a built-in list (imagenet, imagenet-a, imagenet
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     ev = commands.add_parser("eval", parents=[common], help="score ID and OOD sets and report AUROC / FPR95 / AUPR")
     ev.add_argument("--method", choices=sorted(METHODS), required=True,
-                    help="mcm, neglabel (static); ants (needs --mllm), tanl, adaneg (test-time: see --stream)")
+                    help="mcm, neglabel, csp (static); ants (needs --mllm), tanl, adaneg (test-time: see --stream)")
     ev.add_argument("--classes", required=True, help=CLASSES_HELP)
     ev.add_argument("--id", dest="id_set", required=True, help="ID images: folder, path list, LIST:ROOT, or .npy features")
     ev.add_argument("--ood", action="append", required=True, metavar="NAME=PATH", help="an OOD set (repeatable)")
@@ -56,8 +59,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     method.add_argument("--temperature", type=options.positive_float, default=_MCM.temperature,
                         help="MCM softmax temperature (default: %(default)s)")
     method.add_argument("--tau", type=options.positive_float, default=_NEGLABEL.tau,
-                        help="NegLabel temperature (default: %(default)s)")
-    method.add_argument("--groups", type=positive_int, default=_NEGLABEL.groups, help="NegLabel groups G (default: %(default)s)")
+                        help="NegLabel (and CSP) temperature (default: %(default)s)")
+    method.add_argument("--groups", type=positive_int, default=_NEGLABEL.groups, help="NegLabel (and CSP) groups G (default: %(default)s)")
     method.add_argument("--negatives", type=Path, help="negative-label file from 'negspace mine' (skips mining)")
     tanl = ev.add_argument_group("TANL (test-time activated negative labels)")
     tanl.add_argument("--tanl-corpus", type=options.corpus, default=DEFAULT_CORPUS,
@@ -89,6 +92,8 @@ def method_params(args: argparse.Namespace, method: str) -> tuple[Any, frozenset
             return MCMConfig(temperature=args.temperature), frozenset()
         if method == "neglabel":
             return NegLabelConfig(tau=args.tau, groups=args.groups, seed=args.seed), frozenset()
+        if method == "csp":
+            return CSPConfig(tau=args.tau, groups=args.groups, seed=args.seed, pool=csp_pool(args.corpus)), frozenset()
         if method == "tanl":
             return TANLConfig(tau=args.tau, queue_length=args.tanl_queue_length, alpha=args.tanl_alpha,
                               beta=args.tanl_beta, step=args.tanl_step, g=args.tanl_g,
@@ -101,6 +106,19 @@ def method_params(args: argparse.Namespace, method: str) -> tuple[Any, frozenset
         return options.ants_config(args, tau=args.tau, groups=args.groups)
     except ValueError as err:  # combinations only the config can judge
         raise NegspaceError(f"Invalid {method} setting: {err}.") from None
+
+
+def csp_pool(corpus: str) -> str:
+    """``--corpus`` for CSP: its own WordNet pool by default, or the user's corpus file."""
+    from negspace.corpus.csp import WORDNET_POOL
+    from negspace.corpus.wordnet import SELECTIONS
+
+    if corpus == _MINING.corpus:
+        return WORDNET_POOL
+    if corpus in SELECTIONS:
+        raise NegspaceError(f"--corpus {corpus}: CSP builds its pool from its own WordNet selection; give a corpus "
+                            "file, or leave --corpus out.")
+    return corpus
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:

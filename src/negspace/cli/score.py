@@ -14,6 +14,7 @@ from typing import Any
 from negspace.cli import options
 from negspace.cli.eval import CLASSES_HELP
 from negspace.collections_api import (
+    STATIC_METHODS,
     CollectionConfig,
     ScoreConfig,
     embed_collection,
@@ -29,7 +30,7 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
                     help="image folders, .txt path lists, or .parquet/.csv tables of paths (FILE:COLUMN; column 'path' by default)")
     sc.add_argument("--out", type=Path, required=True, help="folder of Parquet parts to write (a re-run skips what is in it)")
     sc.add_argument("--detector", type=Path, help="a detector saved by `negspace eval --save-detector` or det.save()")
-    sc.add_argument("--method", metavar="{mcm,neglabel}",
+    sc.add_argument("--method", metavar="{" + ",".join(STATIC_METHODS) + "}",
                     help="or a static method, built from --classes (methods that learn from the stream are "
                          "saved with `negspace eval --save-detector` and scored with --detector)")
     sc.add_argument("--classes", help="with --method: " + CLASSES_HELP)

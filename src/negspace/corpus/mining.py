@@ -144,7 +144,11 @@ def mine_from_features(
 
 def _mining_key(encoder: ClipEncoder, class_names: Sequence[str], config: MiningConfig) -> str:
     # a corpus file is identified by its content, so an edited file is mined afresh
-    settings = {**asdict(config), "corpus": corpus_fingerprint(config.corpus)}
+    return selection_key(encoder, class_names, {**asdict(config), "corpus": corpus_fingerprint(config.corpus)})
+
+
+def selection_key(encoder: ClipEncoder, class_names: Sequence[str], settings: dict[str, object]) -> str:
+    """The cache key of a label list selected with ``encoder`` for ``class_names`` under ``settings``."""
     payload = json.dumps(
         {"model": encoder.spec, "weights": encoder.fingerprint, "classes": list(class_names), **settings},
         sort_keys=True,
@@ -152,7 +156,9 @@ def _mining_key(encoder: ClipEncoder, class_names: Sequence[str], config: Mining
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def _write_json_atomic(path: Path, data: object) -> None:
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file, so a killed run leaves the old
+    file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(handle, "w", encoding="utf-8") as out:
@@ -196,7 +202,7 @@ def mine_negative_labels(
         nouns = [corpus.nouns[i] for i in noun_idx]
         adjectives = [corpus.adjectives[i] for i in adjective_idx]
         if cache_file is not None:
-            _write_json_atomic(cache_file, {"nouns": nouns, "adjectives": adjectives})
+            write_json_atomic(cache_file, {"nouns": nouns, "adjectives": adjectives})
     features = np.concatenate(
         [
             encoder.encode_texts(nouns, template=NOUN_TEMPLATE, progress=False),

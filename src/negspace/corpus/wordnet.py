@@ -44,6 +44,7 @@ __all__ = [
     "DATA_FILE_NAME",
     "SELECTIONS",
     "Corpus",
+    "lexicographer_files",
     "load_wordnet_corpus",
     "selection_counts",
 ]
@@ -108,6 +109,21 @@ def load_wordnet_corpus(selection: str = "neglabel", exclude: Iterable[str] = ()
     )
     log.debug("excluded %d corpus entries matching %d names", len(corpus) - len(kept), len(drop))
     return kept
+
+
+def lexicographer_files() -> dict[str, tuple[str, ...]]:
+    """Each WordNet lexicographer file (``noun.artifact``, ``adj.all``, ...) with its entries (one
+    per synset, as shipped), in WordNet's order, each word once per file; CSP and NegRefine build
+    their pool from these."""
+    return dict(_files())
+
+
+@lru_cache(maxsize=1)
+def _files() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    files: dict[str, dict[str, None]] = {}
+    for _, lexname, lemma in _rows():
+        files.setdefault(lexname, {}).setdefault(lemma)
+    return tuple((name, tuple(words)) for name, words in files.items())
 
 
 def selection_counts(selection: str = "neglabel") -> dict[str, int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -57,6 +57,11 @@ class NegLabel(Detector):
         group_index_: indices of the bank in group order (the seeded permutation).
     """
 
+    #: the name it is saved and registered under, and its config class (CSP, NegRefine reuse
+    #: this detector with their own)
+    method_name: ClassVar[str] = "neglabel"
+    config_class: ClassVar[type] = NegLabelConfig
+
     def __init__(
         self,
         id_text_features: np.ndarray,
@@ -68,7 +73,7 @@ class NegLabel(Detector):
         device: str = "auto",
         **params: Any,
     ) -> None:
-        self.config = resolve_config(NegLabelConfig, config, params)
+        self.config = resolve_config(self.config_class, config, params)
         groups = self.config.groups
         self.backend = resolve_backend(backend, device)
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
@@ -114,13 +119,18 @@ class NegLabel(Detector):
         device: str = "auto",
         **params: Any,
     ) -> NegLabel:
-        """Build from mined negatives; ID names are encoded with ``The nice {}.``."""
-        id_features = encoder.encode_texts(list(class_names), template=NEGLABEL_ID_TEMPLATE)
+        """Build from mined negatives; ID names are encoded as :meth:`encode_id_names` says."""
+        id_features = cls.encode_id_names(encoder, class_names)
         detector = cls(id_features, mined.features, config, neg_labels=mined.labels, backend=backend,
                        device=device, **params)
         detector.encoder = encoder
         detector.class_names = list(class_names)
         return detector
+
+    @classmethod
+    def encode_id_names(cls, encoder: ClipEncoder, class_names: Sequence[str]) -> np.ndarray:
+        """The ID label features: ``The nice {}.`` (NegLabel's ID and noun template)."""
+        return encoder.encode_texts(list(class_names), template=NEGLABEL_ID_TEMPLATE)
 
     def id_and_negative_cosines(self, image_features: Any) -> tuple[Any, Any]:
         """``(B, K)`` cosines to the ID labels and ``(B, M')`` to the bank in group order (arrays
@@ -135,7 +145,7 @@ class NegLabel(Detector):
         return to_numpy(self.backend.ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau))
 
     def to_saved(self) -> SavedDetector:
-        return SavedDetector("neglabel", asdict(self.config),
+        return SavedDetector(self.method_name, asdict(self.config),
                              {"id_text_features": self.id_text_features, "neg_text_features": self.neg_text_features},
                              {"neg_labels": self.neg_labels, "class_names": self.class_names})
 

@@ -174,6 +174,12 @@ def _check_batch_size(batch_size: int) -> None:
         raise NegspaceError(f"batch size must be a positive integer, got {batch_size}.")
 
 
+def as_unit_float32(features: np.ndarray) -> np.ndarray:
+    """Rows to unit L2 norm (norms taken in the input's precision), as float32."""
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 def unit_features(features: torch.Tensor) -> np.ndarray:
     """Rows to unit L2 norm, computed in float32 (fp16 features would lose precision)."""
     feats = features.detach().float()
@@ -239,10 +245,12 @@ class ClipEncoder:
 
     # -- keys ---------------------------------------------------------------------------------
 
-    def text_key(self, text: str, template: str = "{}") -> str:
-        """Cache key of one text under one template."""
+    def text_key(self, text: str, template: str = "{}", unit: bool = True) -> str:
+        """Cache key of one text under one template (``unit=False``: its raw, unnormalised
+        feature, kept apart)."""
         return make_key(
-            kind="text", spec=self.spec, fingerprint=self.fingerprint, template=template, text=text
+            kind="text" if unit else "text-raw", spec=self.spec, fingerprint=self.fingerprint,
+            template=template, text=text,
         )
 
     def image_key(self, content_sha256: str) -> str:
@@ -267,10 +275,12 @@ class ClipEncoder:
         batch_size: int = 256,
         progress: bool | None = None,
         description: str = "Encoding texts",
+        unit: bool = True,
     ) -> np.ndarray:
         """Encode ``template.format(text)`` for each text (a progress bar named ``description``,
         with its rate and time left, unless ``progress`` is false; ``None`` follows
-        :attr:`show_progress`).
+        :attr:`show_progress`). ``unit=False`` returns the model's raw features (float32, not
+        normalised), for averaging over templates (:meth:`encode_texts_averaged`).
 
         Each text is cached on its own, so a killed run resumes where it stopped and texts shared
         between runs (class names, corpus words) are encoded once. Duplicates are encoded once.
@@ -285,7 +295,7 @@ class ClipEncoder:
         found: dict[str, np.ndarray] = {}
         keys: dict[str, str] = {}
         if self.store is not None:
-            keys = {t: self.text_key(t, template) for t in unique}
+            keys = {t: self.text_key(t, template, unit) for t in unique}
             cached = self.store.get_many(keys.values())
             found = {t: cached[k] for t, k in keys.items() if k in cached}
         todo = self._by_token_count([t for t in unique if t not in found], template)
@@ -302,7 +312,8 @@ class ClipEncoder:
                 for batch in _batches(todo, batch_size):
                     prompts = [template.format(t) for t in batch]
                     with torch.inference_mode():
-                        feats = unit_features(self.backend.encode_text_batch(prompts))
+                        raw = self.backend.encode_text_batch(prompts)
+                        feats = unit_features(raw) if unit else raw.detach().float().cpu().numpy()
                     new = dict(zip(batch, feats, strict=True))
                     if self.store is not None:
                         # One transaction per batch: a killed run keeps every finished batch.
@@ -312,6 +323,29 @@ class ClipEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
+
+    def encode_texts_averaged(
+        self,
+        texts: Sequence[str],
+        templates: Sequence[str],
+        batch_size: int = 256,
+        progress: bool | None = None,
+        description: str = "Encoding texts",
+    ) -> np.ndarray:
+        """Each text's feature averaged over prompt ``templates``: the mean of the raw
+        (unnormalised) features of ``template.format(text)``, then L2-normalised, as CLIP's
+        prompt ensembles (and CSP's and NegRefine's code) compute it.
+
+        Returns:
+            ``(len(texts), D)`` float32, rows L2-normalised, in input order.
+        """
+        if not templates:
+            raise NegspaceError("at least one prompt template is needed")
+        total = np.zeros((len(texts), self.dim), dtype=np.float64)
+        for k, template in enumerate(templates, 1):
+            total += self.encode_texts(texts, template, batch_size, progress, unit=False,
+                                       description=f"{description} (template {k} of {len(templates)})")
+        return as_unit_float32(total)
 
     def _by_token_count(self, texts: list[str], template: str) -> list[str]:
         """``texts`` ordered by their prompts' token counts, so a batch holds prompts of one
