@@ -267,7 +267,7 @@ def test_help_describes_every_option_with_its_default():
     import re
 
     text = " ".join(negspace("eval", "--help").stdout.split())  # argparse wraps lines
-    assert re.search(r"--method \{[a-z,]+\}\s+mcm, neglabel, csp \(static\)", text)
+    assert re.search(r"--method \{[a-z,]+\}\s+mcm, neglabel, csp, negrefine \(static", text)
     for option, default in (("--split", "proportional"), ("--per-part-fraction", "0.15"),
                             ("--ants-threshold", "paper"), ("--ants-schedule", "default"),
                             ("--ants-diversity-size", "50")):
@@ -307,7 +307,7 @@ def test_help_offers_only_what_a_command_uses():
 
     commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse's own tree
     score_help, mine_help = commands["score"].format_help(), commands["mine"].format_help()
-    assert "{mcm,neglabel,csp}" in score_help and "tanl" not in score_help.split("--method")[1].split("--classes")[0]
+    assert "{mcm,neglabel,csp,negrefine}" in score_help and "tanl" not in score_help.split("--method")[1].split("--classes")[0]
     for option in ("--workers", "--features", "--scoring-backend", "--preprocess"):
         assert option not in mine_help, option
     assert "imagenet-20" in commands["eval"].format_help()  # the built-in class lists are named

@@ -215,7 +215,7 @@ def test_csp_corpus_option_refuses_another_wordnet_selection(tmp_path, tiny_open
     images = _images(tmp_path)
     code = main(["eval", "--method", "csp", "--classes", str(images["classes"]), "--id", str(images["id"]),
                  "--ood", f"noise={images['ood']}", "--corpus", "all", *_model_args(tiny_openclip)])
-    assert code == 2 and "CSP builds its pool from its own WordNet selection" in capsys.readouterr().err
+    assert code == 2 and "CSP builds its pool from CSP's WordNet selection" in capsys.readouterr().err
 
 
 def _images(root):

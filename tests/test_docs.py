@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods"
-PAGES = ("README.md", "core.md", "mcm.md", "neglabel.md", "csp.md", "ants.md", "tanl.md", "adaneg.md",
+PAGES = ("README.md", "core.md", "mcm.md", "neglabel.md", "csp.md", "negrefine.md", "ants.md", "tanl.md", "adaneg.md",
          "evaluation.md")
 
 # Each method page and the config dataclasses whose defaults table it must hold.
@@ -21,6 +21,7 @@ CONFIGS = {
     "mcm.md": [("negspace.detectors.mcm", "MCMConfig")],
     "neglabel.md": [("negspace.detectors.neglabel", "NegLabelConfig"), ("negspace.corpus.mining", "MiningConfig")],
     "csp.md": [("negspace.detectors.csp", "CSPConfig")],
+    "negrefine.md": [("negspace.detectors.negrefine", "NegRefineConfig")],
     "ants.md": [("negspace.detectors.ants.config", "ANTSConfig")],
     "tanl.md": [("negspace.detectors.tanl", "TANLConfig")],
     "adaneg.md": [("negspace.detectors.adaneg", "AdaNegConfig")],

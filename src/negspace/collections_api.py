@@ -33,7 +33,7 @@ from negspace.runconfig import EvalConfig, ModelConfig
 
 log = logging.getLogger("negspace")
 
-STATIC_METHODS = ("mcm", "neglabel", "csp")
+STATIC_METHODS = ("mcm", "neglabel", "csp", "negrefine")
 ENGINES = ("local", "ray")
 
 
@@ -304,7 +304,9 @@ def _detector(config: ScoreConfig, saved: Any, encoder: Any, model: ModelConfig)
 
     if saved is not None:
         backend = backend_keywords(config.scoring_backend, encoder)
-        return load_detector(config.detector, **backend) if backend else saved
+        detector = load_detector(config.detector, **backend) if backend else saved
+        detector.encoder = encoder  # NegRefine encodes its label pairs with it
+        return detector
     from negspace.runs import build_inputs, class_list
 
     eval_config = EvalConfig(config.method, config.params, scoring_backend=config.scoring_backend)

@@ -19,6 +19,7 @@ import numpy as np
 from negspace.corpus.csp import bank_of, select_from_pool
 from negspace.corpus.labelfile import clean_labels, read_label_file, read_label_file_settings
 from negspace.corpus.mining import MinedNegatives, mine_negative_labels
+from negspace.corpus.negrefine import refine_bank
 from negspace.detectors.adaneg import AdaNeg, AdaNegConfig
 from negspace.detectors.ants import ANTS, ANTSConfig
 from negspace.detectors.ants.rules import scaled_schedule
@@ -26,6 +27,7 @@ from negspace.detectors.base import Detector
 from negspace.detectors.csp import CSP, CSPConfig
 from negspace.detectors.mcm import MCM, MCMConfig
 from negspace.detectors.neglabel import NegLabel, NegLabelConfig
+from negspace.detectors.negrefine import NegRefine, NegRefineConfig
 from negspace.detectors.saved import FILE, read_saved
 from negspace.detectors.tanl import TANL, TANLConfig
 from negspace.errors import NegspaceError
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
 
 log = logging.getLogger("negspace")
+
+#: Methods that ask a (multimodal) LLM: ANTS needs one, NegRefine's label filter uses one when given.
+LLM_METHODS = ("ants", "negrefine")
 
 ANTS_NEEDS_MLLM = ("ANTS needs a multimodal LLM: pass --mllm SPEC (see 'Using an MLLM' in the README) "
                    "or --negative-space DIR.")
@@ -170,6 +175,28 @@ def build_csp(inputs: BuildInputs) -> Detector:
     return detector
 
 
+def build_negrefine(inputs: BuildInputs) -> Detector:
+    """NegRefine's bank (the initial selection, cleaned, filtered by the LLM in ``inputs.mllm``
+    when there is one), or a label file it wrote (``--negatives``), with its multi-matching score."""
+    config: NegRefineConfig = inputs.params
+    id_features = NegRefine.encode_id_names(inputs.encoder, inputs.class_names)
+    if inputs.config.negatives.labels_file is not None:
+        nouns, phrases, inputs.notes["negatives_file"] = read_negatives_file(
+            inputs.config.negatives.labels_file, inputs.class_names, model=inputs.model, classes=inputs.classes)
+        bank = bank_of(inputs.encoder, nouns, phrases, inputs.progress)
+    else:
+        refined = refine_bank(inputs.encoder, inputs.class_names, id_features, inputs.mllm, config.selection(),
+                              config.nearest, inputs.cache_dir, inputs.progress)
+        inputs.notes["negrefine"] = refined.notes
+        bank = refined.bank
+    if config.groups > len(bank.labels):
+        raise NegspaceError(f"--groups {config.groups} is larger than the {len(bank.labels)} negative labels.")
+    detector = NegRefine(id_features, bank.features, config, class_names=inputs.class_names, neg_labels=bank.labels,
+                         **inputs.backend())
+    detector.encoder = inputs.encoder
+    return detector
+
+
 def build_tanl(inputs: BuildInputs) -> Detector:
     params = inputs.params
     return TANL.from_encoder(inputs.encoder, inputs.class_names, corpus=inputs.config.tanl_corpus,
@@ -223,6 +250,7 @@ METHODS: dict[str, Method] = {
     "mcm": Method("mcm", MCM, MCMConfig, build_mcm),
     "neglabel": Method("neglabel", NegLabel, NegLabelConfig, build_neglabel, bank_groups="groups"),
     "csp": Method("csp", CSP, CSPConfig, build_csp, bank_groups="groups"),
+    "negrefine": Method("negrefine", NegRefine, NegRefineConfig, build_negrefine, bank_groups="groups"),
     "tanl": Method("tanl", TANL, TANLConfig, build_tanl),
     "adaneg": Method("adaneg", AdaNeg, AdaNegConfig, build_adaneg, bank_groups="groups"),
     "ants": Method("ants", ANTS, ANTSConfig, build_ants, bank_groups="groups"),
@@ -245,12 +273,14 @@ def build_detector(inputs: BuildInputs) -> Detector:
         raise NegspaceError(f"Invalid {inputs.config.method} setting: {err}.") from None
 
 
-def load_detector(directory: str | Path, backend: str = "numpy", device: str = "auto", **options: Any) -> Any:
+def load_detector(directory: str | Path, backend: str = "numpy", device: str = "auto", encoder: Any = None,
+                  **options: Any) -> Any:
     """The detector saved in ``directory`` (by ``det.save(directory)``), ready to score.
 
     Test-time detectors come back frozen (they score with the state they were saved with and
     learn no further; ``unfreeze()`` lets them learn on). ANTS negative spaces are loaded with
-    :meth:`negspace.detectors.ants.ANTS.load` (``options`` go there, e.g. ``mllm=``).
+    :meth:`negspace.detectors.ants.ANTS.load` (``options`` go there, e.g. ``mllm=``). ``encoder``
+    (a :class:`~negspace.encoders.ClipEncoder`) is what NegRefine encodes its label pairs with.
 
     Raises:
         ValueError: nothing saved there, or an unknown method.
@@ -262,7 +292,10 @@ def load_detector(directory: str | Path, backend: str = "numpy", device: str = "
     if saved.method not in METHODS or saved.method == "ants":
         raise ValueError(f"{folder} holds a detector of unknown method {saved.method!r}")
     try:
-        return METHODS[saved.method].detector.from_saved(saved, backend=backend, device=device)
+        detector = METHODS[saved.method].detector.from_saved(saved, backend=backend, device=device)
+        if encoder is not None:
+            detector.encoder = encoder
+        return detector
     except TypeError as err:  # a parameter this version does not know
         raise ValueError(f"{folder} was saved with settings this negspace does not know ({err}); a newer "
                          "negspace may have written it") from None

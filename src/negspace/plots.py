@@ -65,4 +65,4 @@ def score_histogram(ax: Any, id_scores: np.ndarray, ood_scores: np.ndarray, id_l
     ax.xaxis.set_major_locator(MaxNLocator(4))
     ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
     ax.ticklabel_format(axis="x", useOffset=False, style="plain")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center")  # a fixed place: "best" is slow on large sets

@@ -29,7 +29,7 @@ from negspace.detectors.base import Detector, OnlineDetector
 from negspace.errors import NegspaceError
 from negspace.evaluation import EncodedSet, Evaluation, FeatureFile, encode_set, evaluate_detector, evaluate_stream, open_set
 from negspace.features_table import FeatureTable
-from negspace.methods import ANTS_NEEDS_MLLM, METHODS, BuildInputs, backend_keywords, build_detector, method, params_of
+from negspace.methods import ANTS_NEEDS_MLLM, LLM_METHODS, METHODS, BuildInputs, backend_keywords, build_detector, method, params_of
 from negspace.outdir import check_save_dir, clear_saved_detector, prepare_out_dir, remove_empty_out_dir
 from negspace.runconfig import EvalConfig, MLLMConfig, ModelConfig
 
@@ -183,7 +183,7 @@ def save_detector(detector: Detector, folder: Path, *, method_name: str, model: 
 
     clear_saved_detector(folder)
     detector.save(folder)
-    frozen = load_detector(folder, **backend_keywords(scoring_backend, encoder))
+    frozen = load_detector(folder, encoder=encoder, **backend_keywords(scoring_backend, encoder))
     id_scores = score_in_batches(frozen.score_features, id_set.features, batch_size)
     write_provenance(folder, {
         "method": method_name, "model": model.spec, "weights": str(model.weights) if model.weights else None,
@@ -216,7 +216,8 @@ def evaluate(
         id, ood: the ID set and the named OOD sets: folders, path lists, ``LIST:ROOT``, ``.npy``
             features or feature tables (or already opened sets).
         model, encoder: the CLIP model to load (default :class:`ModelConfig`), or a loaded one.
-        mllm: ANTS's MLLM, an :class:`MLLMConfig` to load or a loaded client.
+        mllm: ANTS's MLLM (or NegRefine's LLM for its label filter), an :class:`MLLMConfig` to
+            load or a loaded client.
         out: the results folder (new or empty unless ``overwrite``); ``None`` writes nothing.
         save_detector_to: also save the detector there (with the 95%-ID threshold it flags with):
             a new or empty folder, or with ``overwrite`` a saved detector to replace.
@@ -248,9 +249,9 @@ def _evaluate(config: EvalConfig, classes: ClassList, id_source: Any, ood_source
     from negspace import __version__
     from negspace.report import write_report
 
-    if config.method == "ants" and isinstance(mllm, MLLMConfig):
+    if config.method in LLM_METHODS and isinstance(mllm, MLLMConfig):
         mllm = load_mllm(mllm)  # checked before the model loads and the corpus is mined
-    elif config.method != "ants":
+    elif config.method not in LLM_METHODS:
         mllm = None
     started = time.perf_counter()
     encoder, model_spec = resolve_encoder(model, encoder)

@@ -32,7 +32,7 @@ from negspace.detectors.ants.recorder import StreamRecorder
 from negspace.errors import DatasetError, NegspaceError
 from negspace.evaluation import Evaluation, encode_set
 from negspace.jsonio import to_json
-from negspace.methods import METHODS, build_detector
+from negspace.methods import LLM_METHODS, METHODS, build_detector
 from negspace.outdir import prepare_out_dir, remove_empty_out_dir
 from negspace.runconfig import ANTSRunConfig, EvalConfig, MLLMConfig, ModelConfig
 from negspace.runs import build_inputs, load_mllm, resolve_encoder, score_sets
@@ -147,7 +147,10 @@ def _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwr
     if not_papers:
         notes.append(f"Not the papers' sets at their counts ({'; '.join(not_papers)}): the published numbers are "
                      "shown for reference only, with no difference; ours are not comparable with them.")
-    if "ants" in methods and isinstance(mllm, MLLMConfig):
+    if "negrefine" in methods and mllm is None:
+        notes.append("NegRefine ran without its LLM filter (no --mllm or --llm): its bank is the initial selection, "
+                     "cleaned; not the authors' method.")
+    if any(m in LLM_METHODS for m in methods) and isinstance(mllm, MLLMConfig):
         mllm = load_mllm(mllm)
     out_dir = Path(out) if out is not None else None
     created_top = None
@@ -222,7 +225,7 @@ def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, e
         method_dir = out_dir / spec.name / method if out_dir is not None else None
         log.info("bench %s / %s: %s", suite.name, spec.name, method)
         inputs = build_inputs(eval_config, encoder, classes, model, model_spec, stream_size,
-                              mllm if method == "ants" else None)
+                              mllm if method in LLM_METHODS else None)
         detector = build_detector(inputs)
         recorder = StreamRecorder(method_dir, GALLERY_SIZE, config.ants.max_failures,
                                   stats_seen=mllm_seen) if method == "ants" else None

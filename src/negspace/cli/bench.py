@@ -103,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
     config = bench_config(args)
     out_dir = args.out or Path("runs") / f"bench-{args.suite}-{time.strftime('%Y%m%d-%H%M%S')}"
     model = options.model_config(args)
-    result = run_suite(config, data_root=args.data_root, model=model, mllm=options.mllm_config(args), out=out_dir,
+    if args.llm and args.mllm and "ants" in config.methods:
+        raise NegspaceError("--llm: bench asks one model, ANTS's --mllm, for NegRefine's filter as well; drop --llm.")
+    llm = options.mllm_config(args, prefer_llm="ants" not in config.methods)
+    result = run_suite(config, data_root=args.data_root, model=model, mllm=llm, out=out_dir,
                        overwrite=args.overwrite, command=args.command_line)
     backbone = model.spec + (f" (weights {model.weights})" if model.weights else "")
     for page in result.pages:

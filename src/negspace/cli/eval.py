@@ -20,6 +20,7 @@ from negspace.detectors.adaneg import AdaNegConfig
 from negspace.detectors.csp import CSPConfig
 from negspace.detectors.mcm import MCMConfig
 from negspace.detectors.neglabel import NegLabelConfig
+from negspace.detectors.negrefine import NegRefineConfig
 from negspace.detectors.tanl import DEFAULT_CORPUS, TANLConfig
 from negspace.errors import NegspaceError
 from negspace.evaluation import STREAM_MODES
@@ -38,7 +39,8 @@ CLASSES_HELP = ("ID class names: a built-in list (imagenet, imagenet-a, imagenet
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     ev = commands.add_parser("eval", parents=[common], help="score ID and OOD sets and report AUROC / FPR95 / AUPR")
     ev.add_argument("--method", choices=sorted(METHODS), required=True,
-                    help="mcm, neglabel, csp (static); ants (needs --mllm), tanl, adaneg (test-time: see --stream)")
+                    help="mcm, neglabel, csp, negrefine (static; negrefine filters its labels with --llm or "
+                         "--mllm); ants (needs --mllm), tanl, adaneg (test-time: see --stream)")
     ev.add_argument("--classes", required=True, help=CLASSES_HELP)
     ev.add_argument("--id", dest="id_set", required=True, help="ID images: folder, path list, LIST:ROOT, or .npy features")
     ev.add_argument("--ood", action="append", required=True, metavar="NAME=PATH", help="an OOD set (repeatable)")
@@ -94,6 +96,9 @@ def method_params(args: argparse.Namespace, method: str) -> tuple[Any, frozenset
             return NegLabelConfig(tau=args.tau, groups=args.groups, seed=args.seed), frozenset()
         if method == "csp":
             return CSPConfig(tau=args.tau, groups=args.groups, seed=args.seed, pool=csp_pool(args.corpus)), frozenset()
+        if method == "negrefine":
+            return NegRefineConfig(tau=args.tau, groups=args.groups, seed=args.seed,
+                                   pool=csp_pool(args.corpus, "NegRefine")), frozenset()
         if method == "tanl":
             return TANLConfig(tau=args.tau, queue_length=args.tanl_queue_length, alpha=args.tanl_alpha,
                               beta=args.tanl_beta, step=args.tanl_step, g=args.tanl_g,
@@ -108,15 +113,15 @@ def method_params(args: argparse.Namespace, method: str) -> tuple[Any, frozenset
         raise NegspaceError(f"Invalid {method} setting: {err}.") from None
 
 
-def csp_pool(corpus: str) -> str:
-    """``--corpus`` for CSP: its own WordNet pool by default, or the user's corpus file."""
+def csp_pool(corpus: str, method: str = "CSP") -> str:
+    """``--corpus`` for CSP and NegRefine: CSP's WordNet pool by default, or the user's corpus file."""
     from negspace.corpus.csp import WORDNET_POOL
     from negspace.corpus.wordnet import SELECTIONS
 
     if corpus == _MINING.corpus:
         return WORDNET_POOL
     if corpus in SELECTIONS:
-        raise NegspaceError(f"--corpus {corpus}: CSP builds its pool from its own WordNet selection; give a corpus "
+        raise NegspaceError(f"--corpus {corpus}: {method} builds its pool from CSP's WordNet selection; give a corpus "
                             "file, or leave --corpus out.")
     return corpus
 
@@ -154,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         _warn_ignored_for_space(args)
     out_dir = args.out or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     evaluation = evaluate(config, classes=args.classes, id=args.id_set, ood=args.ood, model=options.model_config(args),
-                          mllm=options.mllm_config(args), out=out_dir, overwrite=args.overwrite,
+                          mllm=options.mllm_config(args, prefer_llm=args.method == "negrefine"), out=out_dir,
+                          overwrite=args.overwrite,
                           save_detector_to=args.save_detector, command=args.command_line)
     print(format_table(evaluation))
     for line in evaluation.messages:

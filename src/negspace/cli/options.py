@@ -170,8 +170,10 @@ def add_collection_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_mllm_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("multimodal LLM (ANTS)")
+    group = parser.add_argument_group("multimodal LLM (ANTS) and LLM (NegRefine's label filter)")
     group.add_argument("--mllm", help="openai:BASE_URL/MODEL (any OpenAI-compatible server) or hf:NAME_OR_PATH")
+    group.add_argument("--llm", help="NegRefine: the text-only chat model that filters its labels, as --mllm "
+                                     "(default: --mllm's model; without either the filter is skipped)")
     group.add_argument("--mllm-text", help="a separate model for text-only prompts (VSNL); default: --mllm")
     group.add_argument("--mllm-concurrency", type=positive_int, default=_MLLM.concurrency, help="requests in flight (default: %(default)s)")
     group.add_argument("--mllm-timeout", type=positive_float, default=_MLLM.timeout, help="seconds per request (default: %(default)s)")
@@ -187,11 +189,13 @@ def add_mllm_options(parser: argparse.ArgumentParser) -> None:
                             "unusable answers (default: %(default)s)")
 
 
-def mllm_config(args: argparse.Namespace) -> MLLMConfig | None:
-    """The MLLM of ``--mllm`` (``None`` without one)."""
-    if args.mllm is None:
+def mllm_config(args: argparse.Namespace, prefer_llm: bool = False) -> MLLMConfig | None:
+    """The MLLM of ``--mllm`` (``None`` without one); with ``prefer_llm`` (NegRefine), the model of
+    ``--llm`` when it is given."""
+    spec = args.llm if prefer_llm and getattr(args, "llm", None) else args.mllm
+    if spec is None:
         return None
-    return MLLMConfig(spec=args.mllm, text_spec=args.mllm_text, use_cache=not (args.no_mllm_cache or args.no_cache),
+    return MLLMConfig(spec=spec, text_spec=args.mllm_text, use_cache=not (args.no_mllm_cache or args.no_cache),
                       cache_dir=args.cache_dir, image_size=args.mllm_image_size, concurrency=args.mllm_concurrency,
                       timeout=args.mllm_timeout, retries=args.mllm_retries, max_wait=args.mllm_max_wait,
                       api_key_env=args.mllm_api_key_env, device=args.device, batch_size=args.mllm_batch_size)
