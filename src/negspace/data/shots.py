@@ -1,0 +1,164 @@
+"""Few-shot ID images ("shots"): a handful of labelled images per ID class, and their prototypes.
+
+InterNeg and TINS (docs/methods) use ``k = 16`` labelled ID images per class: the normalised mean
+of a class's image features is its *prototype*, against which negatives are checked. A shots
+source is
+
+* a **folder of class folders** (``ROOT/<class>/*.jpg``): a sub-folder is matched to a class by its
+  name (exactly, or with ``_`` for spaces, case-insensitive); when no name matches but there are
+  as many sub-folders as classes, the sorted folders are the classes in order (ImageNet's
+  ``train/n01440764/...`` layout with the 1000 names in WordNet-ID order);
+* a **list file** of ``path<TAB>class`` lines (``class`` a name or a 0-based index; paths relative
+  to the file).
+
+At most ``k`` images per class are drawn with ``seed`` (all of them when a class has fewer, which
+is counted and logged); a class with none is an error naming it, since its prototype is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from negspace.data.sets import IMAGE_EXTENSIONS
+from negspace.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHOTS = 16
+
+
+@dataclass
+class IDShots:
+    """The drawn shots: image paths with their class indices, and what was short."""
+
+    paths: list[Path]
+    labels: np.ndarray  # (N,) int: class index of each path
+    n_classes: int
+    k: int
+    seed: int
+    fewer: dict[str, int] = field(default_factory=dict)  # class name -> shots found (< k)
+
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.n_classes)
+
+    def summary(self) -> dict[str, object]:
+        """What ``metrics.json`` records of the shots."""
+        return {"k": self.k, "seed": self.seed, "images": len(self.paths), "classes": self.n_classes,
+                "classes_with_fewer": len(self.fewer), "fewer": dict(list(self.fewer.items())[:20])}
+
+
+def _name_key(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _from_folder(root: Path, class_names: Sequence[str]) -> dict[int, list[Path]]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DatasetError(f"--id-shots {root} holds no class folders (ROOT/<class>/images).")
+    index = {_name_key(name): i for i, name in reversed(list(enumerate(class_names)))}
+    by_name = {index[_name_key(f.name)]: f for f in folders if _name_key(f.name) in index}
+    if by_name:
+        unknown = [f.name for f in folders if _name_key(f.name) not in index]
+        if unknown:
+            log.warning("--id-shots %s: %d folder(s) name no class and are ignored (e.g. %r)", root, len(unknown),
+                        unknown[0])
+        return {c: _images_in(folder) for c, folder in by_name.items()}
+    if len(folders) == len(class_names):
+        log.info("--id-shots %s: no folder is named after a class; the %d sorted folders are taken as the classes "
+                 "in order (ImageNet's WordNet-ID layout)", root, len(folders))
+        return {c: _images_in(folder) for c, folder in enumerate(folders)}
+    raise DatasetError(f"--id-shots {root}: its {len(folders)} folders match none of the {len(class_names)} class "
+                       "names, and are not one per class.")
+
+
+def _from_list(file: Path, class_names: Sequence[str]) -> dict[int, list[Path]]:
+    index = {_name_key(name): i for i, name in reversed(list(enumerate(class_names)))}
+    found: dict[int, list[Path]] = {}
+    for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        path, tab, label = line.partition("\t")
+        if not tab:
+            raise DatasetError(f"--id-shots {file} line {lineno}: expected 'path<TAB>class'.")
+        label = label.strip()
+        if label.isdigit() and int(label) < len(class_names):
+            c = int(label)
+        elif _name_key(label) in index:
+            c = index[_name_key(label)]
+        else:
+            raise DatasetError(f"--id-shots {file} line {lineno}: {label!r} is no class of the class list.")
+        found.setdefault(c, []).append((file.parent / path.strip()).resolve())
+    return found
+
+
+def read_shots(source: str | Path, class_names: Sequence[str], k: int = DEFAULT_SHOTS, seed: int = 0) -> IDShots:
+    """Draw at most ``k`` shots per class from ``source`` (see the module docstring).
+
+    Raises:
+        DatasetError: the source is missing or malformed, or a class has no image (one sentence).
+    """
+    if k < 1:
+        raise DatasetError(f"--shots {k}: expected at least one image per class.")
+    root = Path(source)
+    if root.is_dir():
+        found = _from_folder(root, class_names)
+    elif root.is_file():
+        found = _from_list(root, class_names)
+    else:
+        raise DatasetError(f"--id-shots {root} does not exist (a folder of class folders, or a path<TAB>class list).")
+    empty = [class_names[c] for c in range(len(class_names)) if not found.get(c)]
+    if empty:
+        raise DatasetError(f"--id-shots {root}: {len(empty)} class(es) have no image, e.g. {empty[0]!r}; every class "
+                           "needs at least one for its prototype.")
+    rng = np.random.default_rng(seed)
+    paths: list[Path] = []
+    labels: list[int] = []
+    fewer: dict[str, int] = {}
+    for c in range(len(class_names)):
+        images = found[c]
+        if len(images) > k:
+            images = [images[i] for i in sorted(rng.choice(len(images), size=k, replace=False))]
+        elif len(images) < k:
+            fewer[class_names[c]] = len(images)
+        paths += images
+        labels += [c] * len(images)
+    if fewer:
+        log.warning("--id-shots %s: %d class(es) have fewer than %d images (e.g. %r: %d); all of theirs are used",
+                    root, len(fewer), k, *next(iter(fewer.items())))
+    return IDShots(paths, np.asarray(labels, dtype=np.int64), len(class_names), k, seed, fewer)
+
+
+def class_prototypes(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """``p_c``: the L2-normalised mean of the L2-normalised image features of class ``c``'s
+    shots; ``(n_classes, D)`` float32."""
+    features = np.asarray(features, dtype=np.float64)
+    features = features / np.linalg.norm(features, axis=1, keepdims=True)
+    sums = np.zeros((n_classes, features.shape[1]))
+    np.add.at(sums, labels, features)
+    counts = np.bincount(labels, minlength=n_classes)
+    if (counts == 0).any():
+        raise ValueError(f"class {int(np.argmin(counts))} has no shot: its prototype is undefined")
+    means = sums / counts[:, None]
+    return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+
+
+def encode_prototypes(encoder, shots: IDShots, batch_size: int = 64) -> np.ndarray:
+    """The prototypes of ``shots`` with ``encoder`` (image features through its feature cache;
+    unreadable shots are skipped and logged by the encoder)."""
+    encoded = encoder.encode_image_files(shots.paths, batch_size=batch_size)
+    label_of = dict(zip(shots.paths, shots.labels.tolist()))
+    labels = np.asarray([label_of[Path(p)] for p in encoded.paths], dtype=np.int64)
+    missing = sorted(set(range(shots.n_classes)) - set(labels.tolist()))
+    if missing:
+        raise DatasetError(f"--id-shots: no readable image of class {missing[0]} is left for its prototype.")
+    return class_prototypes(encoded.features, labels, shots.n_classes)
