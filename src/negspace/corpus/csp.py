@@ -14,8 +14,8 @@ averages each label's features over several prompt templates (docs/methods/csp.m
 * **Selection**: the ``int(len · fraction)`` lowest ratios of the nouns and, apart, of the phrases
   (fraction 0.15); the bank is the kept nouns by ascending ratio, then the kept phrases.
 
-NegRefine (ICCV 2025) starts from the same pool with the ID names removed from the nouns and the
-largest cosine as the ratio (``quantile=1``, no saturation).
+NegRefine (ICCV 2025) starts from the same pool with the ID names removed from the nouns (exact
+match) and the largest cosine as the ratio (``quantile=1``, saturation kept).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class Pool:
 @dataclass(frozen=True)
 class PoolSelection:
     """How labels are chosen from the pool (CSP's rule by default; NegRefine's: ``quantile=1``,
-    ``saturate_above=None``, ``remove_id_nouns=True``)."""
+    ``remove_id_nouns=True``)."""
 
     pool: str = WORDNET_POOL
     pool_seed: int = 0
@@ -151,9 +151,9 @@ def select_from_pool(encoder: ClipEncoder, class_names: Sequence[str], id_featur
     else:
         pool = load_pool(selection.pool, selection.pool_seed)
         pool_nouns = list(pool.nouns)
-        if selection.remove_id_nouns:
-            names = {name.strip().lower() for name in class_names}
-            pool_nouns = [word for word in pool_nouns if word.lower() not in names]
+        if selection.remove_id_nouns:  # exact, as the authors' `line.strip() in class_name`
+            names = set(class_names)
+            pool_nouns = [word for word in pool_nouns if word not in names]
         log.info("selecting from a pool of %d nouns and %d conjugated adjectives (%d prompts, encoded once, then "
                  "read from the feature cache)", len(pool_nouns), len(pool.phrases),
                  len(pool_nouns) * len(CSP_NOUN_TEMPLATES) + len(pool.phrases) * len(CSP_ADJECTIVE_TEMPLATES))

@@ -5,9 +5,9 @@ NegRefine (ICCV 2025; code github.com/ah-ansari/NegRefine, ``src/create_negs.py`
 names removed from the nouns and the largest cosine to the ID classes as the ratio, keeps the
 lowest 15% of each part, then (docs/methods/negrefine.md):
 
-* **cleans** each label: only letters (Unicode-aware), ``_``, ``-`` and spaces are kept, labels of
-  two characters or fewer dropped, repeats dropped (first seen kept); the cleaned string is what
-  is embedded;
+* **cleans** each label: only letters (Unicode-aware), ``_``, ``-`` and spaces are kept (spaces
+  collapsed), labels of two characters or fewer dropped, repeats dropped (first seen kept); the
+  cleaned string is what is embedded;
 * **filters** it with a text-only LLM: a label the LLM calls a proper noun is dropped; otherwise,
   for each of the 10 ID names nearest to it (cosine of the bare strings' text features), nearest
   first, the label is dropped if it equals the name or the LLM calls it a subcategory of it (the
@@ -19,6 +19,7 @@ once per model, class list and LLM; ``--negatives FILE`` reuses it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -45,8 +46,9 @@ NEGREFINE_SELECTION = PoolSelection(quantile=1.0, saturate_above=0.95, fraction=
 
 def clean_label(label: str) -> str:
     """The label with only letters, ``_``, ``-`` and spaces kept (``"bird's nest"`` ->
-    ``"birds nest"``)."""
-    return "".join(c for c in label if c.isalpha() or c in "_- ")
+    ``"birds nest"``), its spaces collapsed (``"cesium 137"`` -> ``"cesium"``: the same text to
+    CLIP's tokenizer as the authors' ``"cesium "``, and a label file keeps it as written)."""
+    return " ".join("".join(c for c in label if c.isalpha() or c in "_- ").split())
 
 
 def clean_labels(labels: Sequence[str]) -> list[str]:
@@ -176,7 +178,9 @@ def refine_bank(encoder: ClipEncoder, class_names: Sequence[str], id_features: n
         notes["llm_filter"] = "skipped: no LLM was given"
         return RefinedBank(bank_of(encoder, nouns, phrases, progress=False), notes)
     model_id = getattr(llm, "model_id", type(llm).__name__)
-    settings = {"kind": "negrefine-filtered", "selection": repr(selection), "nearest": nearest, "llm": model_id}
+    # keyed by the labels asked about (everything upstream: pool content, selection, model, classes)
+    labels_digest = hashlib.sha256(json.dumps([nouns, phrases]).encode("utf-8")).hexdigest()
+    settings = {"kind": "negrefine-filtered", "labels": labels_digest, "nearest": nearest, "llm": model_id}
     label_file = cache_dir / "mined" / f"{selection_key(encoder, class_names, settings)}.txt" if cache_dir else None
     if label_file is not None and label_file.is_file():
         from negspace.corpus.labelfile import read_label_file
@@ -199,7 +203,10 @@ def refine_bank(encoder: ClipEncoder, class_names: Sequence[str], id_features: n
             kind = reason.split(" ")[0]
             summary["dropped"][kind] = summary["dropped"].get(kind, 0) + 1
     notes.update({"llm_filter": summary, "filtered_labels": len(kept[0]) + len(kept[1])})
-    if label_file is not None:
+    if summary["failed_requests"]:
+        log.warning("NegRefine: %d of the LLM's %d requests failed (their labels were kept); the filtered list is not "
+                    "saved, so the next run asks them again", summary["failed_requests"], summary["requests"])
+    elif label_file is not None:
         label_file.parent.mkdir(parents=True, exist_ok=True)
         write_label_file(label_file, kept[0], kept[1], comment=json.dumps(
             {"method": "negrefine", "model": encoder.spec, "llm": model_id}))

@@ -35,6 +35,7 @@ from negspace.scoring import DEFAULT_TAU
 from negspace.templates import CSP_NOUN_TEMPLATES, NEGREFINE_PAIR
 
 if TYPE_CHECKING:
+    from negspace.corpus.mining import MinedNegatives
     from negspace.encoders import ClipEncoder
 
 PairEncoder = Callable[[list[str]], np.ndarray]  # texts -> (n, D) unit features
@@ -54,7 +55,7 @@ class NegRefineConfig:
     match_weight: float = 2.0
     top_id: int = 5
     top_negatives: int = 5
-    pair_cache: int = 200_000
+    pair_cache: int = 100_000  # about 200 MB at D = 512
     pool: str = WORDNET_POOL
     pool_seed: int = 0
     fraction: float = 0.15
@@ -118,6 +119,17 @@ class NegRefine(NegLabel):
                    pair_encoder=pair_encoder, backend=backend, device=device, **params)
 
     @classmethod
+    def from_mined(cls, encoder: ClipEncoder, class_names: Sequence[str], mined: MinedNegatives,
+                   config: NegRefineConfig | None = None, *, backend: str = "numpy", device: str = "auto",
+                   **params: Any) -> NegRefine:
+        """Build from a bank (e.g. :func:`negspace.corpus.negrefine.refine_bank`); ID names are
+        encoded as :meth:`encode_id_names` says, pairs with ``encoder``."""
+        detector = cls(cls.encode_id_names(encoder, class_names), mined.features, config, class_names=class_names,
+                       neg_labels=mined.labels, backend=backend, device=device, **params)
+        detector.encoder = encoder
+        return detector
+
+    @classmethod
     def encode_id_names(cls, encoder: ClipEncoder, class_names: Sequence[str]) -> np.ndarray:
         """The ID label features: the mean of CSP's 8 noun templates' raw features, normalised."""
         return encoder.encode_texts_averaged(list(class_names), CSP_NOUN_TEMPLATES, progress=False)
@@ -125,6 +137,8 @@ class NegRefine(NegLabel):
     # -- scoring ----------------------------------------------------------------------------------
 
     def score_features(self, image_features: Any) -> np.ndarray:
+        if len(image_features) == 0:
+            return np.zeros(0, dtype=np.float64)
         id_cos, grouped_cos = self.id_and_negative_cosines(image_features)
         base = to_numpy(self.backend.ops.grouped_id_mass(id_cos, grouped_cos, self.groups, self.tau))
         image = np.asarray(to_numpy(self.backend.unit_rows(image_features, "image features",
