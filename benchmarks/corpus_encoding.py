@@ -34,7 +34,7 @@ from negspace.classnames import load_class_names
 from negspace.corpus.mining import MiningConfig, select_negatives
 from negspace.corpus.wordnet import load_wordnet_corpus, selection_counts
 from negspace.encoders.base import unit_features
-from negspace.encoders.openclip_backend import _encode_text_trimmed
+from negspace.encoders.openclip_backend import encode_text_trimmed
 from negspace.templates import NOUN_TEMPLATE
 
 
@@ -100,7 +100,7 @@ def main() -> None:
     by_chars = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     before_s = now_s = float("inf")
     for _ in range(args.repeats):  # interleaved, best of each: the first pass also warms the kernels up
-        before, seconds = timed(in_batches, model, tokens[by_chars], args.batch, _encode_text_trimmed)
+        before, seconds = timed(in_batches, model, tokens[by_chars], args.batch, encode_text_trimmed)
         before_s = min(before_s, seconds)
         now, seconds = timed(encoder.encode_texts, words, NOUN_TEMPLATE, args.batch)
         now_s = min(now_s, seconds)

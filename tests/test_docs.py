@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods"
-PAGES = ("README.md", "core.md", "mcm.md", "neglabel.md", "csp.md", "negrefine.md", "ants.md", "tanl.md", "adaneg.md",
+PAGES = ("README.md", "core.md", "mcm.md", "neglabel.md", "csp.md", "negrefine.md", "interneg.md", "ants.md", "tanl.md", "adaneg.md",
          "evaluation.md")
 
 # Each method page and the config dataclasses whose defaults table it must hold.
@@ -22,6 +22,7 @@ CONFIGS = {
     "neglabel.md": [("negspace.detectors.neglabel", "NegLabelConfig"), ("negspace.corpus.mining", "MiningConfig")],
     "csp.md": [("negspace.detectors.csp", "CSPConfig")],
     "negrefine.md": [("negspace.detectors.negrefine", "NegRefineConfig")],
+    "interneg.md": [("negspace.detectors.interneg", "InterNegConfig")],
     "ants.md": [("negspace.detectors.ants.config", "ANTSConfig")],
     "tanl.md": [("negspace.detectors.tanl", "TANLConfig")],
     "adaneg.md": [("negspace.detectors.adaneg", "AdaNegConfig")],

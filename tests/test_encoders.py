@@ -519,15 +519,15 @@ def test_trimmed_text_forward_equals_full_forward(tiny_openclip):
     """Dropping padding past the longest prompt must not change open_clip text features."""
     import torch
 
-    from negspace.encoders.openclip_backend import _can_trim_padding, _encode_text_trimmed
+    from negspace.encoders.openclip_backend import can_trim_padding, encode_text_trimmed
 
     encoder = load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, use_cache=False)
     model, tokenizer = encoder.backend.model, encoder.backend.tokenizer
-    assert _can_trim_padding(model)
+    assert can_trim_padding(model)
     tokens = tokenizer(["The nice cat.", "This is a very gilded and old photo.", "x"])
     with torch.inference_mode():
         full = model.encode_text(tokens)
-        trimmed = _encode_text_trimmed(model, tokens)
+        trimmed = encode_text_trimmed(model, tokens)
     assert (tokens[:, 12:] == 0).all()  # the batch really had padding to drop
     torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-6)
 

@@ -25,6 +25,7 @@ from negspace.detectors.ants import ANTS, ANTSConfig
 from negspace.detectors.ants.rules import scaled_schedule
 from negspace.detectors.base import Detector
 from negspace.detectors.csp import CSP, CSPConfig
+from negspace.detectors.interneg import InterNeg, InterNegConfig
 from negspace.detectors.mcm import MCM, MCMConfig
 from negspace.detectors.neglabel import NegLabel, NegLabelConfig
 from negspace.detectors.negrefine import NegRefine, NegRefineConfig
@@ -32,12 +33,15 @@ from negspace.detectors.saved import FILE, read_saved
 from negspace.detectors.tanl import TANL, TANLConfig
 from negspace.errors import NegspaceError
 from negspace.runconfig import EvalConfig
-from negspace.templates import ADJECTIVE_TEMPLATE, NOUN_TEMPLATE
+from negspace.templates import ADJECTIVE_TEMPLATE, ID_TEMPLATE, NOUN_TEMPLATE
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
 
 log = logging.getLogger("negspace")
+
+INTERNEG_NEEDS_SHOTS = ("InterNeg needs a few labelled ID images per class: pass --id-shots (a folder of class "
+                        "folders, or a path<TAB>class list).")
 
 #: Methods that ask a (multimodal) LLM: ANTS needs one, NegRefine's label filter uses one when given.
 LLM_METHODS = ("ants", "negrefine")
@@ -197,6 +201,31 @@ def build_negrefine(inputs: BuildInputs) -> Detector:
     return detector
 
 
+def build_interneg(inputs: BuildInputs) -> Detector:
+    """InterNeg: the class prototypes from the ID shots, the inter-modal bank, and the inversion
+    through the encoder's text tower."""
+    from negspace.corpus.interneg import select_interneg_bank
+    from negspace.data.shots import encode_prototypes, read_shots
+    from negspace.encoders.inversion import PseudoTokenInverter
+
+    config: InterNegConfig = inputs.params
+    run = inputs.config
+    if run.id_shots is None:
+        raise NegspaceError(INTERNEG_NEEDS_SHOTS)
+    shots = read_shots(run.id_shots, inputs.class_names, run.shots, run.seed)
+    inputs.notes["id_shots"] = {"source": str(run.id_shots), **shots.summary()}
+    prototypes = encode_prototypes(inputs.encoder, shots, run.batch_size)
+    id_features = inputs.encoder.encode_texts(list(inputs.class_names), template=ID_TEMPLATE)
+    bank = select_interneg_bank(inputs.encoder, inputs.class_names, id_features, prototypes, config.negatives,
+                                inputs.cache_dir, inputs.progress)
+    inverter = PseudoTokenInverter(inputs.encoder, steps=config.steps, lr=config.lr,
+                                   weight_decay=config.weight_decay, init_std=config.init_std, seed=config.seed)
+    detector = InterNeg(id_features, bank.features, prototypes, config, neg_labels=bank.labels, inverter=inverter,
+                        **inputs.backend())
+    detector.encoder, detector.class_names = inputs.encoder, list(inputs.class_names)
+    return detector
+
+
 def build_tanl(inputs: BuildInputs) -> Detector:
     params = inputs.params
     return TANL.from_encoder(inputs.encoder, inputs.class_names, corpus=inputs.config.tanl_corpus,
@@ -251,6 +280,7 @@ METHODS: dict[str, Method] = {
     "neglabel": Method("neglabel", NegLabel, NegLabelConfig, build_neglabel, bank_groups="groups"),
     "csp": Method("csp", CSP, CSPConfig, build_csp, bank_groups="groups"),
     "negrefine": Method("negrefine", NegRefine, NegRefineConfig, build_negrefine, bank_groups="groups"),
+    "interneg": Method("interneg", InterNeg, InterNegConfig, build_interneg),
     "tanl": Method("tanl", TANL, TANLConfig, build_tanl),
     "adaneg": Method("adaneg", AdaNeg, AdaNegConfig, build_adaneg, bank_groups="groups"),
     "ants": Method("ants", ANTS, ANTSConfig, build_ants, bank_groups="groups"),

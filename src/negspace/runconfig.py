@@ -102,6 +102,8 @@ class EvalConfig:
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     tanl_corpus: str = DEFAULT_CORPUS
     scoring_backend: str = "numpy"
+    id_shots: Path | None = None  # few-shot ID images (InterNeg): a folder of class folders or a path<TAB>class list
+    shots: int = 16  # ID images per class drawn from id_shots (with `seed`)
     ants: ANTSRunConfig = field(default_factory=ANTSRunConfig)
 
     def __post_init__(self) -> None:

@@ -147,6 +147,12 @@ def _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwr
     if not_papers:
         notes.append(f"Not the papers' sets at their counts ({'; '.join(not_papers)}): the published numbers are "
                      "shown for reference only, with no difference; ours are not comparable with them.")
+    if "interneg" in methods:
+        methods.remove("interneg")
+        notes.append("InterNeg was skipped: it needs labelled ID images per class (run it with negspace eval "
+                     "--id-shots); bench does not yet draw them from the suites' training splits.")
+    if not methods:
+        raise NegspaceError("no method left to run: InterNeg needs --id-shots, which bench does not take yet.")
     if "negrefine" in methods and mllm is None:
         notes.append("NegRefine ran without its LLM filter (no --mllm or --llm): its bank is the initial selection, "
                      "cleaned; not the authors' method.")

@@ -18,6 +18,7 @@ from negspace.cli.options import positive_int, seed
 from negspace.corpus.mining import MiningConfig
 from negspace.detectors.adaneg import AdaNegConfig
 from negspace.detectors.csp import CSPConfig
+from negspace.detectors.interneg import InterNegConfig
 from negspace.detectors.mcm import MCMConfig
 from negspace.detectors.neglabel import NegLabelConfig
 from negspace.detectors.negrefine import NegRefineConfig
@@ -32,6 +33,7 @@ log = logging.getLogger("negspace")
 # The paper defaults the options show, read from the configs: the command line restates none.
 _MCM, _NEGLABEL, _TANL, _ADANEG = MCMConfig(), NegLabelConfig(), TANLConfig(), AdaNegConfig()
 _MINING = MiningConfig()
+_INTERNEG = InterNegConfig()
 CLASSES_HELP = ("ID class names: a built-in list (imagenet, imagenet-a, imagenet-r, imagenet-10, imagenet-20, "
                 "oxford-pet) or a text file with one class name per line")
 
@@ -40,7 +42,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     ev = commands.add_parser("eval", parents=[common], help="score ID and OOD sets and report AUROC / FPR95 / AUPR")
     ev.add_argument("--method", choices=sorted(METHODS), required=True,
                     help="mcm, neglabel, csp, negrefine (static; negrefine filters its labels with --llm or "
-                         "--mllm); ants (needs --mllm), tanl, adaneg (test-time: see --stream)")
+                         "--mllm); ants (needs --mllm), tanl, adaneg, interneg (needs --id-shots) (test-time: see "
+                         "--stream)")
     ev.add_argument("--classes", required=True, help=CLASSES_HELP)
     ev.add_argument("--id", dest="id_set", required=True, help="ID images: folder, path list, LIST:ROOT, or .npy features")
     ev.add_argument("--ood", action="append", required=True, metavar="NAME=PATH", help="an OOD set (repeatable)")
@@ -81,6 +84,18 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     adaneg.add_argument("--adaneg-groups", type=positive_int, default=_ADANEG.groups, help="groups of the AdaNeg score (default: %(default)s)")
     adaneg.add_argument("--adaneg-sample-scale", type=options.non_negative_float, default=_ADANEG.sample_weight_scale, help="sample-adaptive weight scale (default: %(default)s)")
     adaneg.add_argument("--adaneg-nl-weight", type=options.non_negative_float, default=_ADANEG.nl_weight, help="weight of the NegLabel term (default: %(default)s)")
+    interneg = ev.add_argument_group("InterNeg (few-shot ID prototypes, test-time inversion)")
+    interneg.add_argument("--id-shots", type=Path, metavar="PATH",
+                          help="labelled ID images: a folder of class folders, or a path<TAB>class list")
+    interneg.add_argument("--shots", type=positive_int, default=16, help="ID images per class drawn from --id-shots "
+                          "with --seed (default: %(default)s)")
+    interneg.add_argument("--interneg-groups", type=positive_int, default=_INTERNEG.groups,
+                          help="groups of its score: 5 four-OOD/far-OOD, 1 near-OOD (default: %(default)s)")
+    interneg.add_argument("--interneg-beta", type=options.fraction, default=_INTERNEG.beta,
+                          help="images scoring below this are inverted (default: %(default)s)")
+    interneg.add_argument("--max-inverted", type=options.non_negative_int, default=_INTERNEG.max_inverted,
+                          help="at most this many images inverted per batch, the lowest scores first; 0 = all "
+                               "(the authors) (default: %(default)s)")
     options.add_ants_options(ev)
     options.add_mllm_options(ev)
     options.add_mining_options(ev)
@@ -96,6 +111,9 @@ def method_params(args: argparse.Namespace, method: str) -> tuple[Any, frozenset
             return NegLabelConfig(tau=args.tau, groups=args.groups, seed=args.seed), frozenset()
         if method == "csp":
             return CSPConfig(tau=args.tau, groups=args.groups, seed=args.seed, pool=csp_pool(args.corpus)), frozenset()
+        if method == "interneg":
+            return InterNegConfig(tau=args.tau, groups=args.interneg_groups, seed=args.seed, beta=args.interneg_beta,
+                                  max_inverted=args.max_inverted), frozenset()
         if method == "negrefine":
             return NegRefineConfig(tau=args.tau, groups=args.groups, seed=args.seed,
                                    pool=csp_pool(args.corpus, "NegRefine")), frozenset()
@@ -130,6 +148,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
     """``negspace eval``'s options as the run's config."""
     params, keep = method_params(args, args.method)
     return EvalConfig(args.method, params, stream=args.stream, batch_size=args.batch_size, seed=args.seed,
+                      id_shots=args.id_shots, shots=args.shots,
                       negatives=NegativesConfig(options.mining_config(args), args.negatives),
                       tanl_corpus=args.tanl_corpus, scoring_backend=args.scoring_backend,
                       ants=options.ants_run_config(args, keep))

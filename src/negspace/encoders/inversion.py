@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from negspace.encoders.base import ClipEncoder
+from negspace.encoders.openclip_backend import can_trim_padding, encode_text_trimmed
 from negspace.errors import NegspaceError
 
 PLACEHOLDER = "x"  # a one-token word CLIP's tokenizer keeps apart from punctuation ("x." is "x", ".")
@@ -105,6 +106,8 @@ class TokenInjection:
                 if self.is_hf:
                     features = self.model.get_text_features(input_ids=ids, attention_mask=mask)
                     features = getattr(features, "pooler_output", features)
+                elif can_trim_padding(self.model):  # a ~10-token prompt need not run over 77 positions
+                    features = encode_text_trimmed(self.model, ids)
                 else:
                     features = self.model.encode_text(ids)
         finally:
@@ -124,3 +127,76 @@ def _frozen(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for parameter in trainable:
             parameter.requires_grad_(True)
+
+
+def imagenet_templates() -> list[str]:
+    """CLIP's 80 ImageNet prompt templates (as open_clip ships them), each with one ``{}``."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return [template("{}") for template in OPENAI_IMAGENET_TEMPLATES]
+
+
+class PseudoTokenInverter:
+    """InterNeg's test-time inversion: for each image feature ``v``, a pseudo-token ``s`` in a
+    prompt template is optimised so that the prompt's text feature matches ``v``::
+
+        min_s  mean_i (1 − cos(f_text(T_i(s_i)), v_i))      AdamW, ``steps`` steps
+
+    ``s`` starts from N(0, ``init_std``²) (drawn with ``seed``, the same for every batch of one
+    size, as the authors' reseeded draw); each step gives each image a random template of
+    ``templates`` (Python's ``random`` seeded with ``seed`` at :meth:`reset`); the learned
+    features are the last step's prompts encoded once more, normalised. Every image is inverted
+    in one batch: ``steps + 1`` text-tower passes per batch.
+    """
+
+    def __init__(self, encoder: ClipEncoder, templates: Sequence[str] | None = None, steps: int = 10,
+                 lr: float = 2e-2, weight_decay: float = 0.01, init_std: float = 0.02, seed: int = 0) -> None:
+        import random
+
+        self.injection = TokenInjection(encoder)
+        self.templates = list(templates) if templates is not None else imagenet_templates()
+        prompts = [self.injection.placeholder_prompt(t) for t in self.templates]
+        width = max(ids.shape[1] for ids, _, _ in prompts)
+        self.ids = torch.cat([torch.nn.functional.pad(ids, (0, width - ids.shape[1])) for ids, _, _ in prompts])
+        self.masks = (torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m, _ in prompts])
+                      if prompts[0][1] is not None else None)
+        self.positions = torch.tensor([position for _, _, position in prompts], device=self.ids.device)
+        self.steps, self.lr, self.weight_decay, self.init_std, self.seed = steps, lr, weight_decay, init_std, seed
+        self.random = random.Random(seed)
+        self.text_passes = 0  # text-tower forward passes (each over a whole batch of images)
+        self.inverted = 0  # images inverted
+
+    def reset(self) -> None:
+        """The template draws start again (a new stream)."""
+        import random
+
+        self.random = random.Random(self.seed)
+
+    def __call__(self, image_features: Any) -> Any:
+        import numpy as np
+
+        targets = torch.nn.functional.normalize(torch.as_tensor(np.asarray(image_features, np.float32)), dim=-1)
+        targets = targets.to(self.ids.device)
+        batch = len(targets)
+        generator = torch.Generator().manual_seed(self.seed)
+        vectors = (self.init_std * torch.randn(batch, self.injection.width, generator=generator)).to(self.ids.device)
+        vectors.requires_grad_(True)
+        optimiser = torch.optim.AdamW([vectors], lr=self.lr, weight_decay=self.weight_decay)
+        chosen = torch.zeros(batch, dtype=torch.long)
+        for _ in range(self.steps):
+            chosen = torch.tensor([self.random.randrange(len(self.templates)) for _ in range(batch)])
+            features = self._encode(chosen, vectors)
+            loss = (1 - (torch.nn.functional.normalize(features, dim=-1) * targets).sum(dim=-1)).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        with torch.no_grad():
+            learned = torch.nn.functional.normalize(self._encode(chosen, vectors), dim=-1)
+        self.text_passes += self.steps + 1
+        self.inverted += batch
+        return learned.cpu().numpy().astype(np.float32)
+
+    def _encode(self, chosen: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        ids = self.ids[chosen.to(self.ids.device)]
+        mask = self.masks[chosen.to(self.ids.device)] if self.masks is not None else None
+        return self.injection.encode(ids, self.positions[chosen.to(self.ids.device)], vectors, mask)

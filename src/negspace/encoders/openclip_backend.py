@@ -136,7 +136,7 @@ def _checkpoint_in_folder(folder: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def _can_trim_padding(model: Any) -> bool:
+def can_trim_padding(model: Any) -> bool:
     """Whether padding can be dropped from ``model``'s text input without changing its features.
 
     True for the classic ``open_clip.CLIP`` text tower with a causal mask and EOT/EOS pooling:
@@ -152,7 +152,7 @@ def _can_trim_padding(model: Any) -> bool:
     )
 
 
-def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """``model.encode_text(tokens)`` computed on the first ``L`` positions only.
 
     ``L`` is one past the last non-padding token of the batch. CLIP pads every prompt to 77
@@ -198,8 +198,8 @@ class OpenClipBackend:
 
     def encode_text_batch(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts).to(self.device)
-        if _can_trim_padding(self.model):
-            return _encode_text_trimmed(self.model, tokens)
+        if can_trim_padding(self.model):
+            return encode_text_trimmed(self.model, tokens)
         return self.model.encode_text(tokens)
 
     def token_counts(self, texts: list[str]) -> list[int]:

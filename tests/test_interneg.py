@@ -1,0 +1,209 @@
+"""InterNeg: the inter-modal selection and the per-batch loop (score, invert, filter, bank, re-score)
+against a literal restatement of the authors' code (ZhikangXu0112/InterNeg:
+openood/networks/clip_fixed_ood_prompt.py selects, openood/postprocessors/
+oneoodprompt_postprocessor.py scores and inverts), reset and save/load, and an eval run on the
+tiny model with real inversion through its text tower."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from negspace.cli import main
+from negspace.corpus.interneg import by_deviation, class_baselines, intermodal_test, split_by_survivors
+from negspace.data.shots import class_prototypes
+from negspace.detectors.interneg import InterNeg, InterNegConfig
+from negspace.methods import load_detector
+from negspace.testing import make_world
+from numerics import assert_scores_close
+
+pytestmark = pytest.mark.numerics
+
+
+# -- the authors' code, restated literally -----------------------------------------------------------------
+
+
+def authors_selection(adj_features, noun_features, text_features, prototypes, ood_number=2000):
+    """clip_fixed_ood_prompt.py: survivors of the strict all-classes test, the adjective share of
+    the survivors, the largest mean deviation first; [adjectives; nouns]."""
+    can_cos_id = torch.sum(torch.from_numpy(text_features) * torch.from_numpy(prototypes), dim=1)
+    chosen, kept = [], []
+    for features in (adj_features, noun_features):
+        can_cos = torch.from_numpy(features) @ torch.from_numpy(prototypes).T
+        mask = torch.all(can_cos < can_cos_id.unsqueeze(0), dim=1)
+        kept.append((mask, can_cos))
+    n_adj, n_noun = int(kept[0][0].sum()), int(kept[1][0].sum())
+    adj_num = int(ood_number * n_adj / (n_adj + n_noun))
+    for (mask, can_cos), number in zip(kept, (adj_num, ood_number - adj_num)):
+        survivors = torch.nonzero(mask).flatten()
+        d = (can_cos_id - can_cos[survivors]).mean(dim=1)
+        order = torch.sort(d, descending=True).indices[:number]
+        chosen.append(survivors[order].numpy())
+    return chosen
+
+
+def authors_group_score(image, id_features, negatives, group_num=5):
+    pos = 100 * torch.from_numpy(image) @ torch.from_numpy(id_features).T
+    neg = 100 * torch.from_numpy(image) @ torch.from_numpy(negatives).T
+    drop = neg.shape[1] % group_num
+    if drop > 0:
+        neg = neg[:, :-drop]
+    torch.manual_seed(0)
+    idx = torch.randperm(neg.shape[1])
+    negs = neg.T[idx].T.reshape(pos.shape[0], group_num, -1)
+    scores = [torch.softmax(torch.cat([pos, negs[:, g]], dim=1).double(), dim=1)[:, : pos.shape[1]].sum(1)
+              for g in range(group_num)]
+    return torch.stack(scores, 1).mean(1).numpy()
+
+
+def authors_stream(batches, id_features, fixed, prototypes, invert, thres=0.35, extra_length=2000):
+    """oneoodprompt_postprocessor.py, batch after batch: score with [fixed; bank[:2000]]; invert the
+    images below thres; keep the learned features passing the test; the bank re-sorted by d; the
+    whole batch re-scored when some image was inverted."""
+    base = torch.sum(torch.from_numpy(id_features) * torch.from_numpy(prototypes), dim=1)
+    bank, bank_d, out = np.zeros((0, fixed.shape[1]), np.float32), np.zeros(0), []
+    for image in batches:
+        conf = authors_group_score(image, id_features, np.concatenate([fixed, bank[:extra_length]]))
+        activate = conf < thres
+        if activate.sum() == 0:
+            out.append(conf)
+            continue
+        learned = invert(image[activate])
+        new = torch.from_numpy(learned) @ torch.from_numpy(prototypes).T
+        mask = torch.all(new < base, dim=1).numpy()
+        d = (base - new).mean(1).numpy()
+        bank = np.concatenate([bank, learned[mask]])
+        bank_d = np.concatenate([bank_d, d[mask]])
+        order = np.argsort(-bank_d, kind="stable")
+        bank, bank_d = bank[order], bank_d[order]
+        out.append(authors_group_score(image, id_features, np.concatenate([fixed, bank[:extra_length]])))
+    return out
+
+
+# -- a synthetic world with prototypes ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(dim=64, n_classes=12, n_corpus=1500, n_per_class=16, seed=7)
+
+
+def _prototypes(world):
+    return class_prototypes(world.id_image_features, world.id_image_labels, len(world.class_names))
+
+
+def _inverter(world):
+    """A fixed, deterministic stand-in for the text tower's inversion: the image, rotated a little."""
+    rng = np.random.default_rng(11)
+    rotation = np.linalg.qr(np.eye(world.dim) + 0.3 * rng.standard_normal((world.dim, world.dim)))[0]
+
+    def invert(features):
+        out = np.asarray(features, np.float64) @ rotation
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+    return invert
+
+
+def test_selection_matches_the_authors_code(world):
+    prototypes = _prototypes(world)
+    near = prototypes[:6] + 0.05 * np.random.default_rng(0).standard_normal((6, world.dim))  # fail the test
+    near = (near / np.linalg.norm(near, axis=1, keepdims=True)).astype(np.float32)
+    adjectives, nouns = np.concatenate([world.corpus_features[:400], near]), world.corpus_features[400:]
+    want_adj, want_noun = authors_selection(adjectives, nouns, world.id_text_features, prototypes, 300)
+    base = class_baselines(world.id_text_features, prototypes)
+    adj_pass, adj_d = intermodal_test(adjectives, prototypes, base)
+    noun_pass, noun_d = intermodal_test(nouns, prototypes, base)
+    n_adj, n_noun = split_by_survivors(int(adj_pass.sum()), int(noun_pass.sum()), 300)
+    np.testing.assert_array_equal(by_deviation(adj_pass, adj_d, n_adj), want_adj)
+    np.testing.assert_array_equal(by_deviation(noun_pass, noun_d, n_noun), want_noun)
+    assert 0 < adj_pass.sum() < len(adjectives) and n_adj + n_noun == 300
+
+
+def test_the_stream_matches_the_authors_loop(world):
+    prototypes = _prototypes(world)
+    fixed = world.corpus_features[:300]
+    images = np.concatenate([world.id_image_features[::3], world.far_ood_features[::4], world.near_ood_features[::4]])
+    order = np.random.default_rng(0).permutation(len(images))
+    batches = [images[order[i:i + 32]] for i in range(0, len(images), 32)]
+    invert = _inverter(world)
+    want = authors_stream(batches, world.id_text_features, fixed, prototypes, invert, thres=0.5, extra_length=40)
+    detector = InterNeg.from_features(world.id_text_features, fixed, prototypes, beta=0.5, learned=40,
+                                      inverter=invert)
+    got = [detector.score_features(batch) for batch in batches]
+    assert detector.inverted > 0 and 0 < len(detector.learned_features) <= 40
+    for g, w in zip(got, want):
+        assert_scores_close(g, w, dim=world.dim)
+    # reset: the same stream again gives the same scores exactly
+    detector.reset()
+    again = [detector.score_features(batch) for batch in batches]
+    for g, a in zip(got, again):
+        np.testing.assert_array_equal(g, a)
+
+
+def test_saved_and_loaded_exactly_with_its_learned_bank(world, tmp_path):
+    prototypes = _prototypes(world)
+    detector = InterNeg.from_features(world.id_text_features, world.corpus_features[:300], prototypes, beta=0.6,
+                                      inverter=_inverter(world))
+    detector.score_features(world.far_ood_features[:64])
+    assert len(detector.learned_features) > 0
+    detector.save(tmp_path / "det")
+    loaded = load_detector(tmp_path / "det")
+    assert loaded.frozen and len(loaded.learned_features) == len(detector.learned_features)
+    detector.freeze()
+    probe = world.near_ood_features[:20]
+    np.testing.assert_array_equal(loaded.score_features(probe), detector.score_features(probe))
+
+
+def test_the_inversion_cap_and_the_config():
+    assert InterNegConfig().groups == 5 and InterNegConfig().beta == 0.35 and InterNegConfig().steps == 10
+    with pytest.raises(ValueError, match="beta"):
+        InterNegConfig(beta=2)
+
+
+def test_at_most_max_inverted_images_per_batch(world):
+    calls = []
+
+    def invert(features):
+        calls.append(len(features))
+        return _inverter(world)(features)
+
+    detector = InterNeg.from_features(world.id_text_features, world.corpus_features[:300], _prototypes(world),
+                                      beta=0.99, max_inverted=3, inverter=invert)
+    detector.score_features(world.far_ood_features[:20])
+    assert calls == [3]
+
+
+# -- on the tiny model, with real inversion ------------------------------------------------------------------
+
+
+def test_eval_interneg_with_id_shots_on_the_tiny_model(tmp_path, tiny_openclip, capsys):
+    rng = np.random.default_rng(2)
+    classes = ["red square", "green square", "blue square"]
+    for name, colour in zip(classes, [(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
+        for folder, count in ((tmp_path / "shots" / name.replace(" ", "_"), 5), (tmp_path / "id", 3)):
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(count):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{name[0]}{k}.png")
+    (tmp_path / "ood").mkdir()
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "ood" / f"n{k}.png")
+    (tmp_path / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    base = ["eval", "--method", "interneg", "--classes", str(tmp_path / "classes.txt"), "--id", str(tmp_path / "id"),
+            "--ood", f"noise={tmp_path / 'ood'}", "--model", tiny_openclip.spec, "--weights",
+            str(tiny_openclip.weights), "--device", "cpu", "-q", "--batch-size", "4"]
+    assert main([*base, "--out", str(tmp_path / "none")]) == 2
+    assert "InterNeg needs a few labelled ID images per class" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert main([*base, "--id-shots", str(tmp_path / "shots"), "--shots", "4", "--interneg-beta", "1.0",
+                 "--out", str(out), "--save-detector", str(tmp_path / "det")]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["id_shots"]["images"] == 12 and metrics["id_shots"]["k"] == 4
+    assert metrics["params"]["inverted"] > 0  # every image scored below 1.0 was inverted
+    assert metrics["params"]["n_negatives"] == 2000
+    detector = load_detector(tmp_path / "det")
+    assert detector.frozen and detector.prototypes.shape == (3, detector.id_text_features.shape[1])
