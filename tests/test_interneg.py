@@ -207,3 +207,26 @@ def test_eval_interneg_with_id_shots_on_the_tiny_model(tmp_path, tiny_openclip, 
     assert metrics["params"]["n_negatives"] == 2000
     detector = load_detector(tmp_path / "det")
     assert detector.frozen and detector.prototypes.shape == (3, detector.id_text_features.shape[1])
+
+
+def test_bench_draws_interneg_shots_from_the_training_split(tmp_path, tiny_openclip):
+    from negspace.bench import BenchConfig, run_suite
+    from negspace.bench.miniature import write_miniature
+    from negspace.bench.suites import load_suite
+    from negspace.runconfig import ModelConfig
+
+    data = write_miniature(load_suite("imagenet"), tmp_path / "data", per_set=2)
+    model = ModelConfig(tiny_openclip.spec, tiny_openclip.weights, device="cpu", progress=False)
+    config = BenchConfig("imagenet", methods=("interneg", "mcm"), check_counts=False, batch_size=4, shots=1)
+    result = run_suite(config, data_root=data, model=model, out=tmp_path / "out")
+    interneg = result.evaluations["imagenet"]["interneg"]
+    assert interneg.info["id_shots"]["images"] == 1000 and interneg.info["id_shots"]["seed"] == 0
+    rows = (tmp_path / "out" / "results.csv").read_text()
+    assert ",Average,InterNeg,FPR95," in rows and ",14.04," in rows
+    # without the training split, InterNeg is skipped and the note says what is missing
+    import shutil
+
+    shutil.rmtree(data / "imagenet" / "train")
+    result = run_suite(config, data_root=data, model=model)
+    assert "interneg" not in result.evaluations["imagenet"]
+    assert any("imagenet/train under --data-root, which is missing" in note for note in result.notes)

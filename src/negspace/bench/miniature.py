@@ -21,7 +21,18 @@ def write_miniature(suite: Suite, root: Path, per_set: int = 3, seed: int = 0) -
     for run in suite.runs:
         if run.classes.file:
             _write_classes(run.classes, root)
+        if run.train:
+            _write_train(run, root, rng)
     return root
+
+
+def _write_train(run, root: Path, rng: np.random.Generator) -> None:
+    """One image per class of the run's built-in class list, in one sorted folder per class (as
+    ImageNet's train/n01440764/...): the few-shot methods' ID shots."""
+    from negspace.classnames import load_class_names
+
+    for index in range(len(load_class_names(run.classes.builtin).names)):
+        _image(root / run.train / f"n{index:08d}" / "shot_0.jpg", rng, colour=index)
 
 
 def _image(path: Path, rng: np.random.Generator, colour: int) -> None:

@@ -63,6 +63,7 @@ class BenchConfig:
     scoring_backend: str = "numpy"
     params: Mapping[str, Any] = field(default_factory=dict)
     ants: ANTSRunConfig = field(default_factory=ANTSRunConfig)
+    shots: int = 16  # ID images per class the few-shot methods draw from a run's training split
 
     def eval_config(self, method: str) -> EvalConfig:
         """The evaluation of one method within the benchmark: per-set streams, paper defaults."""
@@ -147,12 +148,15 @@ def _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwr
     if not_papers:
         notes.append(f"Not the papers' sets at their counts ({'; '.join(not_papers)}): the published numbers are "
                      "shown for reference only, with no difference; ours are not comparable with them.")
-    if "interneg" in methods:
+    missing_train = [run.train or f"(run {run.name} has none)" for run in suite.runs
+                     if not run.train or not (data_root / run.train).is_dir()]
+    if "interneg" in methods and missing_train:
         methods.remove("interneg")
-        notes.append("InterNeg was skipped: it needs labelled ID images per class (run it with negspace eval "
-                     "--id-shots); bench does not yet draw them from the suites' training splits.")
+        notes.append(f"InterNeg was skipped: it draws {config.shots} labelled images per class (seed {config.seed}) "
+                     f"from the ID training split, {missing_train[0]} under --data-root, which is missing.")
     if not methods:
-        raise NegspaceError("no method left to run: InterNeg needs --id-shots, which bench does not take yet.")
+        raise NegspaceError(f"no method left to run: InterNeg needs the ID training split {missing_train[0]} under "
+                            "--data-root.")
     if "negrefine" in methods and mllm is None:
         notes.append("NegRefine ran without its LLM filter (no --mllm or --llm): its bank is the initial selection, "
                      "cleaned; not the authors' method.")
@@ -168,7 +172,7 @@ def _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwr
         created_top = prepare_out_dir(out_dir, overwrite)
     try:
         return _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command,
-                      not_papers, warnings)
+                      not_papers, warnings, data_root)
     except BaseException:
         if out_dir is not None:  # a failed run leaves no empty folder behind
             remove_empty_out_dir(out_dir, created_top)
@@ -187,7 +191,7 @@ def not_the_papers_sets(checks: Mapping[str, Any], limit: int | None, seed: int)
 
 
 def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command,
-           not_papers, warnings) -> SuiteResult:
+           not_papers, warnings, data_root) -> SuiteResult:
     started = time.perf_counter()
     encoder, model_spec = resolve_encoder(model, encoder)
     backbone = model_spec + (f" (weights {model.weights})" if model.weights else "")
@@ -196,7 +200,8 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
     stopped = None
     for spec in suite.runs:
         page, run_evaluations = _run_one(config, suite, spec, checks, classes[spec.name], methods, model, model_spec,
-                                         encoder, mllm, out_dir, mllm_seen, comparable=not not_papers)
+                                         encoder, mllm, out_dir, mllm_seen, comparable=not not_papers,
+                                         data_root=data_root)
         pages.append(page)
         evaluations[spec.name] = run_evaluations
         summary[spec.name] = {m: {"ood": {k: r.as_dict() for k, r in ev.results.items()}, "average": ev.average(),
@@ -216,7 +221,7 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
 
 
 def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, encoder, mllm, out_dir,
-             mllm_seen, comparable=True) -> tuple[RunPage, dict[str, Evaluation]]:
+             mllm_seen, comparable=True, data_root=Path(".")) -> tuple[RunPage, dict[str, Evaluation]]:
     """Encode one run's sets once, then run every method on them."""
     from negspace.report import write_report
 
@@ -228,6 +233,8 @@ def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, e
     page_notes, traces, galleries, stopped = [], {}, {}, None
     for method in methods:
         eval_config = config.eval_config(method)
+        if spec.train:  # the few-shot methods' ID shots, drawn from the training split with the bench's seed
+            eval_config = replace(eval_config, id_shots=data_root / spec.train, shots=config.shots)
         method_dir = out_dir / spec.name / method if out_dir is not None else None
         log.info("bench %s / %s: %s", suite.name, spec.name, method)
         inputs = build_inputs(eval_config, encoder, classes, model, model_spec, stream_size,

@@ -77,6 +77,7 @@ class RunSpec:
     classes: ClassSpec
     ood: tuple[SetSpec, ...]
     averages: tuple[Average, ...] = ()
+    train: str = ""  # the ID training split, a folder of class folders under --data-root (few-shot methods)
 
     def average_members(self, average: Average) -> list[SetSpec]:
         return [s for s in self.ood if not average.group or s.group == average.group]
@@ -144,7 +145,7 @@ def parse_suite(doc: dict) -> Suite:
         if spec.format not in CLASS_FORMATS:
             raise ValueError(f"run {run['name']}: class list format must be one of {CLASS_FORMATS}")
         runs.append(RunSpec(run["name"], resolve(run["id"]), spec, tuple(resolve(item) for item in run["ood"]),
-                            averages))
+                            averages, run.get("train", "")))
     suite = Suite(doc["name"], doc["title"], tuple(doc["tables"]), doc["fpr95"], tuple(runs), doc.get("notes", ""))
     if suite.fpr95 not in FPR95_CONVENTIONS:
         raise ValueError(f"suite {suite.name}: fpr95 must be one of {FPR95_CONVENTIONS}, got {suite.fpr95!r}")

@@ -66,6 +66,9 @@ def describe_suites() -> str:
             lines.append(f"  {suite.notes}")
         for run_spec in suite.runs:
             lines.append(f"  run {run_spec.name}: ID {run_spec.id.published_as}, classes {run_spec.classes.describe()}")
+            if run_spec.train:
+                lines.append(f"    optional: {run_spec.train}/ (the ID training split, class folders: InterNeg draws "
+                             "its --shots images per class from it)")
         lines.append("  expected under --data-root:")
         for spec in suite.all_sets():
             group = f" [{spec.group}]" if spec.group else ""
