@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods"
-PAGES = ("README.md", "core.md", "mcm.md", "neglabel.md", "csp.md", "negrefine.md", "interneg.md", "ants.md", "tanl.md", "adaneg.md",
+PAGES = ("README.md", "core.md", "mcm.md", "neglabel.md", "csp.md", "negrefine.md", "interneg.md", "tins.md",
+         "ants.md", "tanl.md", "adaneg.md",
          "evaluation.md")
 
 # Each method page and the config dataclasses whose defaults table it must hold.
@@ -23,6 +24,7 @@ CONFIGS = {
     "csp.md": [("negspace.detectors.csp", "CSPConfig")],
     "negrefine.md": [("negspace.detectors.negrefine", "NegRefineConfig")],
     "interneg.md": [("negspace.detectors.interneg", "InterNegConfig")],
+    "tins.md": [("negspace.detectors.tins", "TINSConfig")],
     "ants.md": [("negspace.detectors.ants.config", "ANTSConfig")],
     "tanl.md": [("negspace.detectors.tanl", "TANLConfig")],
     "adaneg.md": [("negspace.detectors.adaneg", "AdaNegConfig")],

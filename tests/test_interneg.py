@@ -197,7 +197,7 @@ def test_eval_interneg_with_id_shots_on_the_tiny_model(tmp_path, tiny_openclip, 
             "--ood", f"noise={tmp_path / 'ood'}", "--model", tiny_openclip.spec, "--weights",
             str(tiny_openclip.weights), "--device", "cpu", "-q", "--batch-size", "4"]
     assert main([*base, "--out", str(tmp_path / "none")]) == 2
-    assert "InterNeg needs a few labelled ID images per class" in capsys.readouterr().err
+    assert "InterNeg and TINS need a few labelled ID images per class" in capsys.readouterr().err
     out = tmp_path / "run"
     assert main([*base, "--id-shots", str(tmp_path / "shots"), "--shots", "4", "--interneg-beta", "1.0",
                  "--out", str(out), "--save-detector", str(tmp_path / "det")]) == 0

@@ -31,6 +31,7 @@ from negspace.detectors.neglabel import NegLabel, NegLabelConfig
 from negspace.detectors.negrefine import NegRefine, NegRefineConfig
 from negspace.detectors.saved import FILE, read_saved
 from negspace.detectors.tanl import TANL, TANLConfig
+from negspace.detectors.tins import TINS, TINSConfig
 from negspace.errors import NegspaceError
 from negspace.runconfig import EvalConfig
 from negspace.templates import ADJECTIVE_TEMPLATE, ID_TEMPLATE, NOUN_TEMPLATE
@@ -40,8 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("negspace")
 
-INTERNEG_NEEDS_SHOTS = ("InterNeg needs a few labelled ID images per class: pass --id-shots (a folder of class "
-                        "folders, or a path<TAB>class list).")
+#: Methods that need a few labelled ID images per class (``EvalConfig.id_shots``).
+FEW_SHOT_METHODS = ("interneg", "tins")
+FEW_SHOT_NEEDS_SHOTS = ("InterNeg and TINS need a few labelled ID images per class: pass --id-shots (a folder of "
+                        "class folders, or a path<TAB>class list).")
 
 #: Methods that ask a (multimodal) LLM: ANTS needs one, NegRefine's label filter uses one when given.
 LLM_METHODS = ("ants", "negrefine")
@@ -204,26 +207,53 @@ def build_negrefine(inputs: BuildInputs) -> Detector:
 def build_interneg(inputs: BuildInputs) -> Detector:
     """InterNeg: the class prototypes from the ID shots, the inter-modal bank, and the inversion
     through the encoder's text tower."""
-    from negspace.corpus.interneg import select_interneg_bank
-    from negspace.data.shots import encode_prototypes, read_shots
     from negspace.encoders.inversion import PseudoTokenInverter
 
     config: InterNegConfig = inputs.params
-    run = inputs.config
-    if run.id_shots is None:
-        raise NegspaceError(INTERNEG_NEEDS_SHOTS)
-    shots = read_shots(run.id_shots, inputs.class_names, run.shots, run.seed)
-    inputs.notes["id_shots"] = {"source": str(run.id_shots), **shots.summary()}
-    prototypes = encode_prototypes(inputs.encoder, shots, run.batch_size)
-    id_features = inputs.encoder.encode_texts(list(inputs.class_names), template=ID_TEMPLATE)
-    bank = select_interneg_bank(inputs.encoder, inputs.class_names, id_features, prototypes, config.negatives,
-                                inputs.cache_dir, inputs.progress)
+    id_features, prototypes = _shots_and_prototypes(inputs)
+    bank = _interneg_bank(inputs, id_features, prototypes, config.negatives)
     inverter = PseudoTokenInverter(inputs.encoder, steps=config.steps, lr=config.lr,
                                    weight_decay=config.weight_decay, init_std=config.init_std, seed=config.seed)
     detector = InterNeg(id_features, bank.features, prototypes, config, neg_labels=bank.labels, inverter=inverter,
                         **inputs.backend())
     detector.encoder, detector.class_names = inputs.encoder, list(inputs.class_names)
     return detector
+
+
+def build_tins(inputs: BuildInputs) -> Detector:
+    """TINS: InterNeg's prototypes and bank (at least one label per part), its scaled score, and
+    the word-initialised inversion through the encoder's text tower."""
+    from negspace.encoders.inversion import WordInitialisedInverter
+
+    config: TINSConfig = inputs.params
+    id_features, prototypes = _shots_and_prototypes(inputs)
+    bank = _interneg_bank(inputs, id_features, prototypes, config.negatives, at_least_one=True)
+    inverter = WordInitialisedInverter(inputs.encoder, bank.labels, prototypes, steps=config.steps, lr=config.lr,
+                                       weight_decay=config.weight_decay, lam=config.lam)
+    detector = TINS(id_features, bank.features, prototypes, config, neg_labels=bank.labels, inverter=inverter)
+    detector.encoder, detector.class_names = inputs.encoder, list(inputs.class_names)
+    return detector
+
+
+def _shots_and_prototypes(inputs: BuildInputs) -> tuple[np.ndarray, np.ndarray]:
+    """The ID text features and the class prototypes of the run's ID shots (few-shot methods)."""
+    from negspace.data.shots import encode_prototypes, read_shots
+
+    run = inputs.config
+    if run.id_shots is None:
+        raise NegspaceError(FEW_SHOT_NEEDS_SHOTS)
+    shots = read_shots(run.id_shots, inputs.class_names, run.shots, run.seed)
+    inputs.notes["id_shots"] = {"source": str(run.id_shots), **shots.summary()}
+    prototypes = encode_prototypes(inputs.encoder, shots, run.batch_size)
+    return inputs.encoder.encode_texts(list(inputs.class_names), template=ID_TEMPLATE), prototypes
+
+
+def _interneg_bank(inputs: BuildInputs, id_features: np.ndarray, prototypes: np.ndarray, count: int,
+                   at_least_one: bool = False) -> Any:
+    from negspace.corpus.interneg import select_interneg_bank
+
+    return select_interneg_bank(inputs.encoder, inputs.class_names, id_features, prototypes, count, inputs.cache_dir,
+                                inputs.progress, at_least_one)
 
 
 def build_tanl(inputs: BuildInputs) -> Detector:
@@ -281,6 +311,7 @@ METHODS: dict[str, Method] = {
     "csp": Method("csp", CSP, CSPConfig, build_csp, bank_groups="groups"),
     "negrefine": Method("negrefine", NegRefine, NegRefineConfig, build_negrefine, bank_groups="groups"),
     "interneg": Method("interneg", InterNeg, InterNegConfig, build_interneg),
+    "tins": Method("tins", TINS, TINSConfig, build_tins),
     "tanl": Method("tanl", TANL, TANLConfig, build_tanl),
     "adaneg": Method("adaneg", AdaNeg, AdaNegConfig, build_adaneg, bank_groups="groups"),
     "ants": Method("ants", ANTS, ANTSConfig, build_ants, bank_groups="groups"),

@@ -29,7 +29,7 @@ from negspace.detectors.base import Detector, OnlineDetector
 from negspace.errors import NegspaceError
 from negspace.evaluation import EncodedSet, Evaluation, FeatureFile, encode_set, evaluate_detector, evaluate_stream, open_set
 from negspace.features_table import FeatureTable
-from negspace.methods import ANTS_NEEDS_MLLM, INTERNEG_NEEDS_SHOTS, LLM_METHODS, METHODS, BuildInputs, backend_keywords, build_detector, method, params_of
+from negspace.methods import ANTS_NEEDS_MLLM, FEW_SHOT_METHODS, FEW_SHOT_NEEDS_SHOTS, LLM_METHODS, METHODS, BuildInputs, backend_keywords, build_detector, method, params_of
 from negspace.outdir import check_save_dir, clear_saved_detector, prepare_out_dir, remove_empty_out_dir
 from negspace.runconfig import EvalConfig, MLLMConfig, ModelConfig
 
@@ -136,8 +136,8 @@ def check_method_options(config: EvalConfig, classes: ClassList, has_mllm: bool 
     if (config.method == "ants" and config.ants.negative_space is None and not has_mllm
             and params.mode != "neglabel"):
         raise NegspaceError(ANTS_NEEDS_MLLM)
-    if config.method == "interneg" and config.id_shots is None:
-        raise NegspaceError(INTERNEG_NEEDS_SHOTS)
+    if config.method in FEW_SHOT_METHODS and config.id_shots is None:
+        raise NegspaceError(FEW_SHOT_NEEDS_SHOTS)
     if labels_file is not None and spec.bank_groups is None:
         users = sorted(name for name, m in METHODS.items() if m.bank_groups is not None)
         raise NegspaceError(f"--negatives is not used by --method {config.method}; drop it "

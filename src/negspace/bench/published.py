@@ -11,7 +11,7 @@ from importlib import resources
 
 # negspace's method names -> the tables' names
 PUBLISHED_NAMES = {"mcm": "MCM", "neglabel": "NegLabel", "csp": "CSP", "negrefine": "NegRefine", "tanl": "TANL",
-                   "adaneg": "AdaNeg", "ants": "ANTS", "interneg": "InterNeg"}
+                   "adaneg": "AdaNeg", "ants": "ANTS", "interneg": "InterNeg", "tins": "TINS"}
 
 
 @dataclass(frozen=True)

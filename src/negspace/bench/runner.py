@@ -32,7 +32,8 @@ from negspace.detectors.ants.recorder import StreamRecorder
 from negspace.errors import DatasetError, NegspaceError
 from negspace.evaluation import Evaluation, encode_set
 from negspace.jsonio import to_json
-from negspace.methods import LLM_METHODS, METHODS, build_detector
+from negspace.bench.published import PUBLISHED_NAMES
+from negspace.methods import FEW_SHOT_METHODS, LLM_METHODS, METHODS, build_detector
 from negspace.outdir import prepare_out_dir, remove_empty_out_dir
 from negspace.runconfig import ANTSRunConfig, EvalConfig, MLLMConfig, ModelConfig
 from negspace.runs import build_inputs, load_mllm, resolve_encoder, score_sets
@@ -150,13 +151,15 @@ def _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwr
                      "shown for reference only, with no difference; ours are not comparable with them.")
     missing_train = [run.train or f"(run {run.name} has none)" for run in suite.runs
                      if not run.train or not (data_root / run.train).is_dir()]
-    if "interneg" in methods and missing_train:
-        methods.remove("interneg")
-        notes.append(f"InterNeg was skipped: it draws {config.shots} labelled images per class (seed {config.seed}) "
+    few_shot = [m for m in methods if m in FEW_SHOT_METHODS]
+    if few_shot and missing_train:
+        methods = [m for m in methods if m not in FEW_SHOT_METHODS]
+        names = " and ".join(PUBLISHED_NAMES.get(m, m) for m in few_shot)
+        notes.append(f"{names} skipped: each draws {config.shots} labelled images per class (seed {config.seed}) "
                      f"from the ID training split, {missing_train[0]} under --data-root, which is missing.")
     if not methods:
-        raise NegspaceError(f"no method left to run: InterNeg needs the ID training split {missing_train[0]} under "
-                            "--data-root.")
+        raise NegspaceError(f"no method left to run: InterNeg and TINS need the ID training split {missing_train[0]} "
+                            "under --data-root.")
     if "negrefine" in methods and mllm is None:
         notes.append("NegRefine ran without its LLM filter (no --mllm or --llm): its bank is the initial selection, "
                      "cleaned; not the authors' method.")

@@ -23,6 +23,7 @@ from negspace.detectors.mcm import MCMConfig
 from negspace.detectors.neglabel import NegLabelConfig
 from negspace.detectors.negrefine import NegRefineConfig
 from negspace.detectors.tanl import DEFAULT_CORPUS, TANLConfig
+from negspace.detectors.tins import TINSConfig
 from negspace.errors import NegspaceError
 from negspace.evaluation import STREAM_MODES
 from negspace.methods import METHODS
@@ -42,7 +43,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     ev = commands.add_parser("eval", parents=[common], help="score ID and OOD sets and report AUROC / FPR95 / AUPR")
     ev.add_argument("--method", choices=sorted(METHODS), required=True,
                     help="mcm, neglabel, csp, negrefine (static; negrefine filters its labels with --llm or "
-                         "--mllm); ants (needs --mllm), tanl, adaneg, interneg (needs --id-shots) (test-time: see "
+                         "--mllm); ants (needs --mllm), tanl, adaneg, interneg and tins (need --id-shots) (test-time: see "
                          "--stream)")
     ev.add_argument("--classes", required=True, help=CLASSES_HELP)
     ev.add_argument("--id", dest="id_set", required=True, help="ID images: folder, path list, LIST:ROOT, or .npy features")
@@ -84,7 +85,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     adaneg.add_argument("--adaneg-groups", type=positive_int, default=_ADANEG.groups, help="groups of the AdaNeg score (default: %(default)s)")
     adaneg.add_argument("--adaneg-sample-scale", type=options.non_negative_float, default=_ADANEG.sample_weight_scale, help="sample-adaptive weight scale (default: %(default)s)")
     adaneg.add_argument("--adaneg-nl-weight", type=options.non_negative_float, default=_ADANEG.nl_weight, help="weight of the NegLabel term (default: %(default)s)")
-    interneg = ev.add_argument_group("InterNeg (few-shot ID prototypes, test-time inversion)")
+    interneg = ev.add_argument_group("InterNeg and TINS (few-shot ID prototypes, test-time inversion)")
     interneg.add_argument("--id-shots", type=Path, metavar="PATH",
                           help="labelled ID images: a folder of class folders, or a path<TAB>class list")
     interneg.add_argument("--shots", type=positive_int, default=16, help="ID images per class drawn from --id-shots "
@@ -93,6 +94,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                           help="groups of its score: 5 four-OOD/far-OOD, 1 near-OOD (default: %(default)s)")
     interneg.add_argument("--interneg-beta", type=options.fraction, default=_INTERNEG.beta,
                           help="images scoring below this are inverted (default: %(default)s)")
+    interneg.add_argument("--tins-beta", type=options.fraction, default=TINSConfig().beta,
+                          help="TINS: images scoring below this are inverted (default: %(default)s)")
     interneg.add_argument("--max-inverted", type=options.non_negative_int, default=_INTERNEG.max_inverted,
                           help="at most this many images inverted per batch, the lowest scores first; 0 = all "
                                "(the authors) (default: %(default)s)")
@@ -114,6 +117,9 @@ def method_params(args: argparse.Namespace, method: str) -> tuple[Any, frozenset
         if method == "interneg":
             return InterNegConfig(tau=args.tau, groups=args.interneg_groups, seed=args.seed, beta=args.interneg_beta,
                                   max_inverted=args.max_inverted), frozenset()
+        if method == "tins":
+            return TINSConfig(tau=args.tau, seed=args.seed, beta=args.tins_beta, max_inverted=args.max_inverted), \
+                frozenset()
         if method == "negrefine":
             return NegRefineConfig(tau=args.tau, groups=args.groups, seed=args.seed,
                                    pool=csp_pool(args.corpus, "NegRefine")), frozenset()

@@ -79,22 +79,27 @@ def by_deviation(passes: np.ndarray, deviation: np.ndarray, count: int) -> np.nd
     return survivors[order[:count]]
 
 
-def split_by_survivors(n_adjectives: int, n_nouns: int, count: int) -> tuple[int, int]:
-    """``(adjectives, nouns)`` of a bank of ``count``: ``int(count · A / (A + N))`` adjectives."""
+def split_by_survivors(n_adjectives: int, n_nouns: int, count: int, at_least_one: bool = False) -> tuple[int, int]:
+    """``(adjectives, nouns)`` of a bank of ``count``: ``int(count · A / (A + N))`` adjectives;
+    ``at_least_one`` (TINS) keeps one of a part that has survivors even when its share rounds to
+    none (the total may then be ``count + 1``)."""
     if n_adjectives + n_nouns == 0:
         return 0, 0
     adjectives = int(count * n_adjectives / (n_adjectives + n_nouns))
-    return adjectives, count - adjectives
+    nouns = count - adjectives
+    if at_least_one:
+        adjectives, nouns = max(1, adjectives) if n_adjectives else 0, max(1, nouns) if n_nouns else 0
+    return adjectives, nouns
 
 
 def select_interneg_bank(encoder: ClipEncoder, class_names: Sequence[str], id_text_features: np.ndarray,
                          prototypes: np.ndarray, count: int = 2000, cache_dir: Path | None = None,
-                         progress: bool = True) -> InterNegBank:
+                         progress: bool = True, at_least_one: bool = False) -> InterNegBank:
     """InterNeg's fixed bank for ``class_names``: adjectives then nouns, each by descending ``d``
     (every prompt's feature cached; the selected list cached as JSON under ``cache_dir/mined``,
     keyed by the model, the classes and the prototypes)."""
     baselines = class_baselines(id_text_features, prototypes)
-    settings = {"kind": "interneg", "count": count,
+    settings = {"kind": "interneg", "count": count, "at_least_one": at_least_one,
                 "prototypes": hashlib.sha256(np.ascontiguousarray(prototypes, np.float32)).hexdigest()}
     cache_file = cache_dir / "mined" / f"{selection_key(encoder, class_names, settings)}.json" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
@@ -110,7 +115,8 @@ def select_interneg_bank(encoder: ClipEncoder, class_names: Sequence[str], id_te
                                                   progress=progress, description="Encoding corpus adjectives (once)")
         noun_pass, noun_d = intermodal_test(noun_features, prototypes, baselines)
         adjective_pass, adjective_d = intermodal_test(adjective_features, prototypes, baselines)
-        n_adjectives, n_nouns = split_by_survivors(int(adjective_pass.sum()), int(noun_pass.sum()), count)
+        n_adjectives, n_nouns = split_by_survivors(int(adjective_pass.sum()), int(noun_pass.sum()), count,
+                                                   at_least_one)
         adjectives = [corpus.adjectives[i] for i in by_deviation(adjective_pass, adjective_d, n_adjectives)]
         nouns = [corpus.nouns[i] for i in by_deviation(noun_pass, noun_d, n_nouns)]
         log.info("InterNeg: %d of %d nouns and %d of %d adjectives pass the inter-modal test; %d + %d kept",

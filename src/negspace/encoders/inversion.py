@@ -200,3 +200,61 @@ class PseudoTokenInverter:
         ids = self.ids[chosen.to(self.ids.device)]
         mask = self.masks[chosen.to(self.ids.device)] if self.masks is not None else None
         return self.injection.encode(ids, self.positions[chosen.to(self.ids.device)], vectors, mask)
+
+
+class WordInitialisedInverter:
+    """TINS's test-time inversion: each image's pseudo-token starts from the fixed-bank word ``w``
+    that best fits it, and replaces ``w``'s last token in ``"a photo of a {w}."``::
+
+        w(v) = argmin_w  1 − cos(v, f(w)) + λ · mean_c (1 + cos(f(w), p_c))
+        min_s  mean_i (1 − cos(e_i, v_i)) + λ · mean_{i,c} (1 + cos(e_i, p_c))      AdamW, ``steps`` steps
+
+    (``f(w)`` the prompt's text feature, ``e_i`` the learned one, ``p_c`` the class prototypes,
+    ``λ = 0.3``). ``steps + 1`` text-tower passes per batch of inverted images, plus one encoding
+    of the candidate prompts (cached).
+    """
+
+    template = "a photo of a {}."
+
+    def __init__(self, encoder: ClipEncoder, words: Sequence[str], prototypes: Any, steps: int = 30,
+                 lr: float = 2e-2, weight_decay: float = 1e-2, lam: float = 0.3) -> None:
+        import numpy as np
+
+        self.injection = TokenInjection(encoder)
+        self.words = list(words)
+        self.prototypes = torch.as_tensor(np.asarray(prototypes, np.float32)).to(encoder.device)
+        self.candidates = torch.as_tensor(encoder.encode_texts(self.words, template=self.template, progress=False))
+        self.candidates = self.candidates.to(encoder.device)
+        self.steps, self.lr, self.weight_decay, self.lam = steps, lr, weight_decay, lam
+        self.text_passes = 0
+        self.inverted = 0
+
+    def best_words(self, targets: torch.Tensor) -> torch.Tensor:
+        """Each image's starting word: the argmin of the init objective over the fixed bank."""
+        reg = (1 + self.candidates @ self.prototypes.T).mean(dim=1)
+        return torch.argmin(1 - targets @ self.candidates.T + self.lam * reg, dim=1)
+
+    def __call__(self, image_features: Any) -> Any:
+        import numpy as np
+
+        targets = torch.nn.functional.normalize(torch.as_tensor(np.asarray(image_features, np.float32)), dim=-1)
+        targets = targets.to(self.prototypes.device)
+        chosen = self.best_words(targets).tolist()
+        prompts = [self.template.format(self.words[i]) for i in chosen]
+        ids, mask = self.injection.tokenize(prompts)
+        positions = torch.tensor([self.injection.last_token_position(p, self.words[i])
+                                  for p, i in zip(prompts, chosen)], device=ids.device)
+        vectors = self.injection.token_vectors(ids, positions).requires_grad_(True)
+        optimiser = torch.optim.AdamW([vectors], lr=self.lr, weight_decay=self.weight_decay)
+        for _ in range(self.steps):
+            features = torch.nn.functional.normalize(self.injection.encode(ids, positions, vectors, mask), dim=-1)
+            loss = ((1 - (features * targets).sum(dim=-1)).mean()
+                    + self.lam * (1 + features @ self.prototypes.T).mean())
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        with torch.no_grad():
+            learned = torch.nn.functional.normalize(self.injection.encode(ids, positions, vectors, mask), dim=-1)
+        self.text_passes += self.steps + 1
+        self.inverted += len(targets)
+        return learned.cpu().numpy().astype(np.float32)

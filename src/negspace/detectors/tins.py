@@ -1,0 +1,192 @@
+"""TINS (arXiv 2605.10756, 2026; official code github.com/zxk1212/tins, ``eval_tins_w_init.py``):
+InterNeg's successor, with a scaled group score and a bounded dynamic bank of inverted negatives.
+
+Fixed bank: InterNeg's inter-modal selection (``M = 2000``, at least one label of a part that has
+survivors). The score averages, over ``G = 5`` seeded groups of the bank (fixed, then dynamic), the
+ID mass against ``C`` times the group's *mean* negative exponential (docs/methods/tins.md)::
+
+    S(v) = (1/G) Σ_g  A / (A + C · mean_{j∈g} e^{cos(v,n_j)/τ}),     A = Σ_c e^{cos(v,t_c)/τ}
+
+Images scoring below ``beta = 0.3`` are inverted
+(:class:`negspace.encoders.inversion.WordInitialisedInverter`); the learned features passing the
+inter-modal test join the dynamic bank, kept sorted by deviation and bounded to ``K = 2000``; what
+overflows goes to a buffer of ``buffer = 2000``; a full buffer pools its better half with the bank
+and a seeded random ``K`` of the pool become the bank (unsorted until the next update). The batch
+is scored again when some learned feature was kept. Bank and buffer reset per stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from negspace.corpus.interneg import class_baselines, intermodal_test
+from negspace.detectors.base import OnlineDetector, as_unit_rows, resolve_config
+from negspace.detectors.saved import SavedDetector
+from negspace.scoring import DEFAULT_TAU, group_order, log_sum_exp
+
+Inverter = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TINSConfig:
+    """TINS's hyper-parameters, with the authors' defaults (ImageNet four-OOD): the score's
+    ``tau``, ``groups`` and grouping ``seed``; the fixed bank's size ``negatives``; the inversion
+    of images below ``beta`` (``steps`` AdamW steps at ``lr`` with ``weight_decay``, prototype
+    weight ``lam``; at most ``max_inverted`` images per batch, 0 = all); the dynamic bank's size
+    ``learned`` and its overflow ``buffer``."""
+
+    tau: float = DEFAULT_TAU
+    groups: int = 5
+    seed: int = 0
+    negatives: int = 2000
+    beta: float = 0.3
+    learned: int = 2000
+    buffer: int = 2000
+    steps: int = 30
+    lr: float = 2e-2
+    weight_decay: float = 1e-2
+    lam: float = 0.3
+    max_inverted: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.tau > 0:
+            raise ValueError(f"tau must be positive, got {self.tau}")
+        for name in ("groups", "negatives", "steps", "learned", "buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.beta <= 1:
+            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+        if self.max_inverted < 0 or self.lam < 0:
+            raise ValueError("max_inverted and lam must be >= 0")
+
+
+def scaled_group_score(id_cos: np.ndarray, grouped_cos: np.ndarray, groups: int, tau: float = DEFAULT_TAU) -> np.ndarray:
+    """TINS's score in log-space: ``mean_g exp(log A − logaddexp(log A, LSE_g − log m + log C))``
+    for ``grouped_cos`` of ``groups`` consecutive blocks of ``m`` columns (float64)."""
+    n_classes = id_cos.shape[1]
+    log_a = log_sum_exp(np.asarray(id_cos, np.float64) / tau)
+    blocks = np.asarray(grouped_cos, np.float64).reshape(len(grouped_cos), groups, -1) / tau
+    log_mean = log_sum_exp(blocks) - np.log(blocks.shape[2])
+    return np.exp(log_a[:, None] - np.logaddexp(log_a[:, None], log_mean + np.log(n_classes))).mean(axis=1)
+
+
+class TINS(OnlineDetector):
+    """TINS (see the module docstring): from the ID text features, the fixed bank's features, the
+    class prototypes and an ``inverter`` (without one, or frozen, it scores with the banks it
+    has)."""
+
+    method_name = "tins"
+
+    def __init__(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
+                 config: TINSConfig | None = None, *, neg_labels: Sequence[str] | None = None,
+                 inverter: Inverter | None = None, **params: Any) -> None:
+        self.config = resolve_config(TINSConfig, config, params)
+        self.id_text_features = as_unit_rows(id_text_features, "ID text features")
+        dim = self.id_text_features.shape[1]
+        self.negative_features = as_unit_rows(negative_features, "negative text features", dim)
+        self.prototypes = as_unit_rows(prototypes, "class prototypes", dim)
+        if len(self.prototypes) != len(self.id_text_features):
+            raise ValueError(f"{len(self.prototypes)} prototypes for {len(self.id_text_features)} ID classes")
+        self.neg_labels = list(neg_labels) if neg_labels is not None else None
+        self.baselines = class_baselines(self.id_text_features, self.prototypes)
+        self.inverter = inverter
+        self.reset()
+
+    @classmethod
+    def from_features(cls, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
+                      config: TINSConfig | None = None, **options: Any) -> TINS:
+        return cls(id_text_features, negative_features, prototypes, config, **options)
+
+    def reset(self) -> None:
+        """Forget the dynamic bank and the buffer (a new stream)."""
+        dim = self.id_text_features.shape[1]
+        self.bank, self.bank_d = np.zeros((0, dim), np.float32), np.zeros(0)
+        self.buffer, self.buffer_d = np.zeros((0, dim), np.float32), np.zeros(0)
+        self.inverted = 0
+        self._grouped: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _bank_in_group_order(self) -> np.ndarray:
+        if self._grouped is None:
+            negatives = np.concatenate([self.negative_features, self.bank])
+            self._grouped = negatives[group_order(len(negatives), self.config.groups, self.config.seed)]
+        return self._grouped
+
+    def score_once(self, image_features: np.ndarray) -> np.ndarray:
+        """The score with the banks as they are (no learning)."""
+        image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
+        return scaled_group_score(image @ self.id_text_features.T, image @ self._bank_in_group_order().T,
+                                  self.config.groups, self.config.tau)
+
+    def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
+        if len(image_features) == 0:
+            return np.zeros(0, dtype=np.float64)
+        scores = self.score_once(image_features)
+        if self.frozen or self.inverter is None:
+            return scores
+        active = np.flatnonzero(scores < self.config.beta)
+        if self.config.max_inverted and len(active) > self.config.max_inverted:
+            active = active[np.argsort(scores[active], kind="stable")[: self.config.max_inverted]]
+        if not len(active):
+            return scores
+        learned = np.asarray(self.inverter(np.asarray(image_features, np.float32)[active]), np.float32)
+        self.inverted += len(active)
+        if not self.add_learned(learned):
+            return scores
+        return self.score_once(image_features)
+
+    def add_learned(self, features: np.ndarray) -> int:
+        """The learned features passing the inter-modal test into the dynamic bank (sorted by
+        deviation, at most ``learned``); the overflow into the buffer; a full buffer's better half
+        pooled with the bank, of which a seeded random ``learned`` stay. Returns how many passed."""
+        passes, deviation = intermodal_test(features, self.prototypes, self.baselines)
+        if not passes.any():
+            return 0
+        import torch  # its randperm stream, as the authors draw it
+
+        config = self.config
+        merged = np.concatenate([self.bank, features[passes]])
+        merged_d = np.concatenate([self.bank_d, deviation[passes]])
+        order = np.argsort(-merged_d, kind="stable")
+        self.bank, self.bank_d = merged[order[: config.learned]], merged_d[order[: config.learned]]
+        overflow = order[config.learned:]
+        if len(overflow):
+            self.buffer = np.concatenate([self.buffer, merged[overflow]])
+            self.buffer_d = np.concatenate([self.buffer_d, merged_d[overflow]])
+        if len(self.buffer) >= config.buffer:
+            best = np.argsort(-self.buffer_d, kind="stable")[: len(self.buffer) // 2]
+            pool = np.concatenate([self.bank, self.buffer[best]])
+            pool_d = np.concatenate([self.bank_d, self.buffer_d[best]])
+            keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(config.seed)).numpy()
+            keep = keep[: min(config.learned, len(pool))]
+            self.bank, self.bank_d = pool[keep], pool_d[keep]  # unsorted until the next update, as the authors'
+            self.buffer, self.buffer_d = self.buffer[:0], self.buffer_d[:0]
+        self._grouped = None
+        return int(passes.sum())
+
+    def to_saved(self) -> SavedDetector:
+        arrays = {"id_text_features": self.id_text_features, "negative_features": self.negative_features,
+                  "prototypes": self.prototypes, "bank": self.bank, "bank_d": self.bank_d, "buffer": self.buffer,
+                  "buffer_d": self.buffer_d}
+        return SavedDetector(self.method_name, asdict(self.config), arrays,
+                             {"neg_labels": self.neg_labels, "class_names": self.class_names})
+
+    @classmethod
+    def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> TINS:
+        """The detector :meth:`save` wrote, with its dynamic bank and buffer, frozen."""
+        a = saved.arrays
+        det = cls(a["id_text_features"], a["negative_features"], a["prototypes"], neg_labels=saved.extra.get("neg_labels"),
+                  **saved.params)
+        det.bank, det.bank_d = np.asarray(a["bank"], np.float32), np.asarray(a["bank_d"])
+        det.buffer, det.buffer_d = np.asarray(a["buffer"], np.float32), np.asarray(a["buffer_d"])
+        det.class_names = saved.extra.get("class_names")
+        det.freeze()
+        return det
+
+    def get_params(self) -> dict[str, Any]:
+        return {"n_classes": len(self.id_text_features), "n_negatives": len(self.negative_features),
+                "n_learned": len(self.bank), "n_buffered": len(self.buffer), "inverted": self.inverted,
+                **asdict(self.config)}

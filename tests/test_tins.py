@@ -1,0 +1,178 @@
+"""TINS: its scaled group score and its dynamic bank with the buffer, against a literal restatement
+of the authors' eval_tins_w_init.py (zxk1212/tins), reset and save/load, the word-initialised
+inversion on the tiny model, and an eval run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from negspace.cli import main
+from negspace.data.shots import class_prototypes
+from negspace.detectors.tins import TINS, TINSConfig
+from negspace.methods import load_detector
+from negspace.testing import make_world
+from numerics import assert_scores_close
+
+pytestmark = pytest.mark.numerics
+
+
+def authors_score(image, id_features, negatives, group_num=5, scale=100.0):
+    """compute_grouped_positive_score: the tail dropped, permuted with seed 0, per group
+    exp(logA - logaddexp(logA, logsumexp(g) - log|g| + log C)), the mean over groups."""
+    pos = scale * torch.from_numpy(image).double() @ torch.from_numpy(id_features).double().T
+    neg = scale * torch.from_numpy(image).double() @ torch.from_numpy(negatives).double().T
+    drop = neg.shape[1] % group_num
+    if drop:
+        neg = neg[:, :-drop]
+    torch.manual_seed(0)
+    neg = neg[:, torch.randperm(neg.shape[1])].reshape(len(pos), group_num, -1)
+    log_a = torch.logsumexp(pos, dim=1, keepdim=True)
+    log_c = np.log(pos.shape[1])
+    per_group = torch.exp(log_a - torch.logaddexp(log_a, torch.logsumexp(neg, dim=2) - np.log(neg.shape[2]) + log_c))
+    return per_group.mean(dim=1).numpy()
+
+
+def authors_stream(batches, id_features, fixed, prototypes, invert, beta, bank_size, buffer_size):
+    """The per-batch update: invert below beta, keep what passes, the bank sorted and cut to K,
+    the overflow to the buffer, a full buffer's top half pooled and a seeded random K kept,
+    re-scored only when something passed."""
+    base = torch.sum(torch.from_numpy(id_features) * torch.from_numpy(prototypes), dim=1)
+    bank, scores = torch.zeros((0, fixed.shape[1])), torch.zeros(0, dtype=torch.float64)
+    buffer, buffer_scores = torch.zeros((0, fixed.shape[1])), torch.zeros(0, dtype=torch.float64)
+    out = []
+    for image in batches:
+        current = authors_score(image, id_features, np.concatenate([fixed, bank.numpy()]))
+        trigger = current < beta
+        if not trigger.any():
+            out.append(current)
+            continue
+        new = torch.from_numpy(invert(image[trigger]))
+        sim = new @ torch.from_numpy(prototypes).T
+        valid = torch.all(sim < base, dim=1)
+        if not valid.any():
+            out.append(current)
+            continue
+        d = (base - sim).mean(1).double()
+        combined, combined_scores = torch.cat([bank, new[valid]]), torch.cat([scores, d[valid]])
+        order = torch.sort(combined_scores, descending=True).indices
+        bank, scores = combined[order[:bank_size]], combined_scores[order[:bank_size]]
+        rest = order[bank_size:]
+        if len(rest):
+            buffer, buffer_scores = torch.cat([buffer, combined[rest]]), torch.cat([buffer_scores, combined_scores[rest]])
+        if buffer.shape[0] >= buffer_size:
+            half = buffer.shape[0] // 2
+            top = torch.sort(buffer_scores, descending=True).indices[:half]
+            pool, pool_scores = torch.cat([bank, buffer[top]]), torch.cat([scores, buffer_scores[top]])
+            torch.manual_seed(0)
+            perm = torch.randperm(len(pool))[: min(bank_size, len(pool))]
+            bank, scores = pool[perm], pool_scores[perm]
+            buffer, buffer_scores = buffer[:0], buffer_scores[:0]
+        out.append(authors_score(image, id_features, np.concatenate([fixed, bank.numpy()])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(dim=64, n_classes=12, n_corpus=1500, n_per_class=16, seed=9)
+
+
+def _prototypes(world):
+    return class_prototypes(world.id_image_features, world.id_image_labels, len(world.class_names))
+
+
+def _inverter(world):
+    rng = np.random.default_rng(13)
+    rotation = np.linalg.qr(np.eye(world.dim) + 0.4 * rng.standard_normal((world.dim, world.dim)))[0]
+
+    def invert(features):
+        out = np.asarray(features, np.float64) @ rotation
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+    return invert
+
+
+def test_the_score_matches_the_authors_formula(world):
+    images = np.concatenate([world.id_image_features[:30], world.far_ood_features[:30]])
+    bank = world.corpus_features[:303]  # 3 dropped before grouping
+    got = TINS.from_features(world.id_text_features, bank, _prototypes(world)).score_features(images)
+    assert_scores_close(got, authors_score(images, world.id_text_features, bank), dim=world.dim)
+
+
+def test_the_stream_with_bank_and_buffer_matches_the_authors_loop(world, tmp_path):
+    prototypes = _prototypes(world)
+    fixed = world.corpus_features[:300]
+    images = np.concatenate([world.id_image_features[::2], world.far_ood_features, world.near_ood_features])
+    order = np.random.default_rng(1).permutation(len(images))
+    batches = [images[order[i:i + 40]] for i in range(0, len(images), 40)]
+    invert = _inverter(world)
+    want = authors_stream(batches, world.id_text_features, fixed, prototypes, invert, beta=0.9, bank_size=30,
+                          buffer_size=20)
+    detector = TINS.from_features(world.id_text_features, fixed, prototypes, beta=0.9, learned=30, buffer=20,
+                                  inverter=invert)
+    got = [detector.score_features(batch) for batch in batches]
+    assert detector.inverted > 0 and len(detector.bank) == 30
+    for g, w in zip(got, want):
+        assert_scores_close(g, w, dim=world.dim)
+    detector.reset()
+    again = [detector.score_features(batch) for batch in batches]
+    for g, a in zip(got, again):
+        np.testing.assert_array_equal(g, a)
+    detector.save(tmp_path / "det")
+    loaded = load_detector(tmp_path / "det")
+    detector.freeze()
+    assert loaded.frozen
+    np.testing.assert_array_equal(loaded.score_features(images[:25]), detector.score_features(images[:25]))
+
+
+def test_config_defaults():
+    config = TINSConfig()
+    assert (config.beta, config.steps, config.lam, config.groups, config.learned, config.buffer) == (
+        0.3, 30, 0.3, 5, 2000, 2000)
+
+
+def test_word_initialised_inversion_on_the_tiny_model(tiny_openclip):
+    from negspace.encoders import load_encoder
+    from negspace.encoders.inversion import WordInitialisedInverter
+
+    encoder = load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, device="cpu", use_cache=False)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((5, encoder.dim)).astype(np.float32)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    prototypes = rng.standard_normal((3, encoder.dim)).astype(np.float32)
+    prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
+    words = ["stone wall", "lively area", "cloud", "teapot"]
+    start = WordInitialisedInverter(encoder, words, prototypes, steps=0)
+    first = start(images)  # no step: the best word's own prompt feature
+    chosen = start.best_words(torch.from_numpy(images)).tolist()
+    expected = encoder.encode_texts([words[i] for i in chosen], template="a photo of a {}.")
+    np.testing.assert_allclose(first, expected, atol=1e-5)
+    learned = WordInitialisedInverter(encoder, words, prototypes, steps=30)(images)
+    assert np.mean(np.sum(learned * images, 1)) > np.mean(np.sum(first * images, 1))  # closer to the images
+
+
+def test_eval_tins_on_the_tiny_model(tmp_path, tiny_openclip):
+    rng = np.random.default_rng(3)
+    classes = ["red square", "green square", "blue square"]
+    for name, colour in zip(classes, [(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
+        for folder, count in ((tmp_path / "shots" / name.replace(" ", "_"), 4), (tmp_path / "id", 3)):
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(count):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{name[0]}{k}.png")
+    (tmp_path / "ood").mkdir()
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "ood" / f"n{k}.png")
+    (tmp_path / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["eval", "--method", "tins", "--classes", str(tmp_path / "classes.txt"), "--id", str(tmp_path / "id"),
+                 "--ood", f"noise={tmp_path / 'ood'}", "--id-shots", str(tmp_path / "shots"), "--tins-beta", "1.0",
+                 "--batch-size", "4", "--out", str(out), "--save-detector", str(tmp_path / "det"),
+                 "--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu", "-q"]) == 0
+    params = json.loads((out / "metrics.json").read_text())["params"]
+    assert params["inverted"] > 0 and params["n_negatives"] >= 2000
+    assert load_detector(tmp_path / "det").frozen
