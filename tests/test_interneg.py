@@ -217,12 +217,20 @@ def test_bench_draws_interneg_shots_from_the_training_split(tmp_path, tiny_openc
 
     data = write_miniature(load_suite("imagenet"), tmp_path / "data", per_set=2)
     model = ModelConfig(tiny_openclip.spec, tiny_openclip.weights, device="cpu", progress=False)
-    config = BenchConfig("imagenet", methods=("interneg", "mcm"), check_counts=False, batch_size=4, shots=1)
+    config = BenchConfig("imagenet", methods=("interneg", "tins", "mcm"), check_counts=False, batch_size=4, shots=1)
     result = run_suite(config, data_root=data, model=model, out=tmp_path / "out")
-    interneg = result.evaluations["imagenet"]["interneg"]
-    assert interneg.info["id_shots"]["images"] == 1000 and interneg.info["id_shots"]["seed"] == 0
+    for method in ("interneg", "tins"):
+        info = result.evaluations["imagenet"][method].info
+        assert info["id_shots"]["images"] == 1000 and info["id_shots"]["seed"] == 0
     rows = (tmp_path / "out" / "results.csv").read_text()
-    assert ",Average,InterNeg,FPR95," in rows and ",14.04," in rows
+    assert ",Average,InterNeg,FPR95," in rows and ",14.04," in rows and ",Average,TINS,FPR95," in rows
+    # a saved InterNeg scores a collection, frozen with what it learned
+    saved = tmp_path / "det"
+    result.evaluations["imagenet"]["interneg"].detector.save(saved)
+    assert main(["score", str(data / "iNaturalist"), "--detector", str(saved), "--out", str(tmp_path / "scored"),
+                 "--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu",
+                 "--threshold", "0.5", "-q"]) == 0
+    assert list((tmp_path / "scored").glob("part-*.parquet"))
     # without the training split, InterNeg is skipped and the note says what is missing
     import shutil
 
@@ -230,3 +238,4 @@ def test_bench_draws_interneg_shots_from_the_training_split(tmp_path, tiny_openc
     result = run_suite(config, data_root=data, model=model)
     assert "interneg" not in result.evaluations["imagenet"]
     assert any("imagenet/train under --data-root, which is missing" in note for note in result.notes)
+    assert "tins" not in result.evaluations["imagenet"]
