@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from image_sets import write_sets
 from negspace.cli import main
 from negspace.corpus.csp import (
     CSP_EXCLUDED_FILES,
@@ -190,7 +191,7 @@ def _model_args(model) -> list[str]:
 
 
 def test_eval_csp_saves_a_detector_that_scores_the_same(tmp_path, tiny_openclip, small_corpus, capsys):
-    images = _images(tmp_path)
+    images = write_sets(tmp_path)
     out, saved = tmp_path / "run", tmp_path / "det"
     assert main(["eval", "--method", "csp", "--classes", str(images["classes"]), "--id", str(images["id"]),
                  "--ood", f"noise={images['ood']}", "--corpus", str(small_corpus), "--groups", "10",
@@ -212,23 +213,7 @@ def test_eval_csp_saves_a_detector_that_scores_the_same(tmp_path, tiny_openclip,
 
 
 def test_csp_corpus_option_refuses_another_wordnet_selection(tmp_path, tiny_openclip, capsys):
-    images = _images(tmp_path)
+    images = write_sets(tmp_path)
     code = main(["eval", "--method", "csp", "--classes", str(images["classes"]), "--id", str(images["id"]),
                  "--ood", f"noise={images['ood']}", "--corpus", "all", *_model_args(tiny_openclip)])
     assert code == 2 and "CSP builds its pool from CSP's WordNet selection" in capsys.readouterr().err
-
-
-def _images(root):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    id_dir, ood_dir = root / "id", root / "ood"
-    id_dir.mkdir(exist_ok=True)
-    ood_dir.mkdir(exist_ok=True)
-    for k in range(5):
-        Image.fromarray(np.zeros((32, 32, 3), np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)).save(
-            id_dir / f"img_{k}.png")
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(ood_dir / f"noise_{k}.png")
-    classes = root / "classes.txt"
-    classes.write_text("red square\ngreen square\nblue square\n", encoding="utf-8")
-    return {"id": id_dir, "ood": ood_dir, "classes": classes}

@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from image_sets import write_sets
 from negspace.cli import main
 from negspace.corpus.interneg import by_deviation, class_baselines, intermodal_test, split_by_survivors
 from negspace.data.shots import class_prototypes
@@ -181,25 +181,14 @@ def test_at_most_max_inverted_images_per_batch(world):
 
 
 def test_eval_interneg_with_id_shots_on_the_tiny_model(tmp_path, tiny_openclip, capsys):
-    rng = np.random.default_rng(2)
-    classes = ["red square", "green square", "blue square"]
-    for name, colour in zip(classes, [(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
-        for folder, count in ((tmp_path / "shots" / name.replace(" ", "_"), 5), (tmp_path / "id", 3)):
-            folder.mkdir(parents=True, exist_ok=True)
-            for k in range(count):
-                pixels = np.clip(np.array(colour) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{name[0]}{k}.png")
-    (tmp_path / "ood").mkdir()
-    for k in range(6):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "ood" / f"n{k}.png")
-    (tmp_path / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
-    base = ["eval", "--method", "interneg", "--classes", str(tmp_path / "classes.txt"), "--id", str(tmp_path / "id"),
-            "--ood", f"noise={tmp_path / 'ood'}", "--model", tiny_openclip.spec, "--weights",
+    sets = write_sets(tmp_path, seed=2, id_per_class=3, shots_per_class=5)
+    base = ["eval", "--method", "interneg", "--classes", str(sets["classes"]), "--id", str(sets["id"]),
+            "--ood", f"noise={sets['ood']}", "--model", tiny_openclip.spec, "--weights",
             str(tiny_openclip.weights), "--device", "cpu", "-q", "--batch-size", "4"]
     assert main([*base, "--out", str(tmp_path / "none")]) == 2
     assert "InterNeg and TINS need a few labelled ID images per class" in capsys.readouterr().err
     out = tmp_path / "run"
-    assert main([*base, "--id-shots", str(tmp_path / "shots"), "--shots", "4", "--interneg-beta", "1.0",
+    assert main([*base, "--id-shots", str(sets["shots"]), "--shots", "4", "--interneg-beta", "1.0",
                  "--out", str(out), "--save-detector", str(tmp_path / "det")]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["id_shots"]["images"] == 12 and metrics["id_shots"]["k"] == 4

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from image_sets import write_sets
 from negspace.cli import main
 from negspace.corpus.csp import label_ratios, lowest
 from negspace.corpus.negrefine import clean_labels, filter_labels, is_yes
@@ -277,22 +278,6 @@ def llm_server():
     server.stop()
 
 
-def _images(root):
-    from PIL import Image
-
-    rng = np.random.default_rng(1)
-    id_dir, ood_dir = root / "id", root / "ood"
-    id_dir.mkdir(exist_ok=True)
-    ood_dir.mkdir(exist_ok=True)
-    for k in range(5):
-        Image.fromarray(np.zeros((32, 32, 3), np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)).save(
-            id_dir / f"img_{k}.png")
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(ood_dir / f"noise_{k}.png")
-    classes = root / "classes.txt"
-    classes.write_text("red square\ngreen square\nblue square\n", encoding="utf-8")
-    return {"id": id_dir, "ood": ood_dir, "classes": classes}
-
-
 def _model_args(model) -> list[str]:
     return ["--model", model.spec, "--weights", str(model.weights), "--device", "cpu", "-q"]
 
@@ -305,7 +290,7 @@ def _word(prefix: str, i: int) -> str:
 def test_eval_negrefine_filters_with_an_http_llm_once_and_saves_a_detector(tmp_path, tiny_openclip, llm_server,
                                                                           capsys):
     server, prompts = llm_server
-    images = _images(tmp_path)
+    images = write_sets(tmp_path)
     corpus = tmp_path / "pool.txt"
     corpus.write_text("\n".join([_word("thing", i) for i in range(300)] + [_word("place", i) for i in range(40)]
                                 + ["red square", "o'clock item"] + [_word("adj", i) + "\tadj" for i in range(80)]),
@@ -339,7 +324,7 @@ def test_eval_negrefine_filters_with_an_http_llm_once_and_saves_a_detector(tmp_p
 
 
 def test_eval_negrefine_without_an_llm_says_the_filter_was_skipped(tmp_path, tiny_openclip, capsys):
-    images = _images(tmp_path)
+    images = write_sets(tmp_path)
     corpus = tmp_path / "pool.txt"
     corpus.write_text("\n".join([_word("thing", i) for i in range(200)] + [_word("adj", i) + "\tadj" for i in range(60)]),
                       encoding="utf-8")

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from image_sets import write_sets
 from negspace.cli import main
 from negspace.data.shots import class_prototypes
 from negspace.detectors.tins import TINS, TINSConfig
@@ -156,21 +156,10 @@ def test_word_initialised_inversion_on_the_tiny_model(tiny_openclip):
 
 
 def test_eval_tins_on_the_tiny_model(tmp_path, tiny_openclip):
-    rng = np.random.default_rng(3)
-    classes = ["red square", "green square", "blue square"]
-    for name, colour in zip(classes, [(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
-        for folder, count in ((tmp_path / "shots" / name.replace(" ", "_"), 4), (tmp_path / "id", 3)):
-            folder.mkdir(parents=True, exist_ok=True)
-            for k in range(count):
-                pixels = np.clip(np.array(colour) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{name[0]}{k}.png")
-    (tmp_path / "ood").mkdir()
-    for k in range(6):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "ood" / f"n{k}.png")
-    (tmp_path / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    sets = write_sets(tmp_path, seed=3, id_per_class=3, shots_per_class=4)
     out = tmp_path / "run"
-    assert main(["eval", "--method", "tins", "--classes", str(tmp_path / "classes.txt"), "--id", str(tmp_path / "id"),
-                 "--ood", f"noise={tmp_path / 'ood'}", "--id-shots", str(tmp_path / "shots"), "--tins-beta", "1.0",
+    assert main(["eval", "--method", "tins", "--classes", str(sets["classes"]), "--id", str(sets["id"]),
+                 "--ood", f"noise={sets['ood']}", "--id-shots", str(sets["shots"]), "--tins-beta", "1.0",
                  "--batch-size", "4", "--out", str(out), "--save-detector", str(tmp_path / "det"),
                  "--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu", "-q"]) == 0
     params = json.loads((out / "metrics.json").read_text())["params"]

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from negspace.corpus.interneg import class_baselines, intermodal_test
+from negspace.corpus.interneg import intermodal_test
 from negspace.detectors.base import OnlineDetector, as_unit_rows, resolve_config
+from negspace.detectors.fewshot import FewShotBanks, images_to_invert
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU, group_order, log_sum_exp
 
@@ -85,14 +86,9 @@ class TINS(OnlineDetector):
                  config: TINSConfig | None = None, *, neg_labels: Sequence[str] | None = None,
                  inverter: Inverter | None = None, **params: Any) -> None:
         self.config = resolve_config(TINSConfig, config, params)
-        self.id_text_features = as_unit_rows(id_text_features, "ID text features")
-        dim = self.id_text_features.shape[1]
-        self.negative_features = as_unit_rows(negative_features, "negative text features", dim)
-        self.prototypes = as_unit_rows(prototypes, "class prototypes", dim)
-        if len(self.prototypes) != len(self.id_text_features):
-            raise ValueError(f"{len(self.prototypes)} prototypes for {len(self.id_text_features)} ID classes")
-        self.neg_labels = list(neg_labels) if neg_labels is not None else None
-        self.baselines = class_baselines(self.id_text_features, self.prototypes)
+        banks = FewShotBanks(id_text_features, negative_features, prototypes, neg_labels)
+        self.id_text_features, self.negative_features = banks.id_text_features, banks.negative_features
+        self.prototypes, self.baselines, self.neg_labels = banks.prototypes, banks.baselines, banks.neg_labels
         self.inverter = inverter
         self.reset()
 
@@ -127,9 +123,7 @@ class TINS(OnlineDetector):
         scores = self.score_once(image_features)
         if self.frozen or self.inverter is None:
             return scores
-        active = np.flatnonzero(scores < self.config.beta)
-        if self.config.max_inverted and len(active) > self.config.max_inverted:
-            active = active[np.argsort(scores[active], kind="stable")[: self.config.max_inverted]]
+        active = images_to_invert(scores, self.config.beta, self.config.max_inverted)
         if not len(active):
             return scores
         learned = np.asarray(self.inverter(np.asarray(image_features, np.float32)[active]), np.float32)
