@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from image_sets import write_sets
+from fewshot_world import prototypes_of, rotating_inverter
 from negspace.cli import main
 from negspace.corpus.interneg import by_deviation, class_baselines, intermodal_test, split_by_survivors
-from negspace.data.shots import class_prototypes
 from negspace.detectors.interneg import InterNeg, InterNegConfig
 from negspace.methods import load_detector
 from negspace.testing import make_world
@@ -93,19 +93,11 @@ def world():
 
 
 def _prototypes(world):
-    return class_prototypes(world.id_image_features, world.id_image_labels, len(world.class_names))
+    return prototypes_of(world)
 
 
 def _inverter(world):
-    """A fixed, deterministic stand-in for the text tower's inversion: the image, rotated a little."""
-    rng = np.random.default_rng(11)
-    rotation = np.linalg.qr(np.eye(world.dim) + 0.3 * rng.standard_normal((world.dim, world.dim)))[0]
-
-    def invert(features):
-        out = np.asarray(features, np.float64) @ rotation
-        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
-
-    return invert
+    return rotating_inverter(world, seed=11, strength=0.3)
 
 
 def test_selection_matches_the_authors_code(world):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from image_sets import write_sets
+from fewshot_world import prototypes_of, rotating_inverter
 from negspace.cli import main
-from negspace.data.shots import class_prototypes
 from negspace.detectors.tins import TINS, TINSConfig
 from negspace.methods import load_detector
 from negspace.testing import make_world
@@ -82,18 +82,11 @@ def world():
 
 
 def _prototypes(world):
-    return class_prototypes(world.id_image_features, world.id_image_labels, len(world.class_names))
+    return prototypes_of(world)
 
 
 def _inverter(world):
-    rng = np.random.default_rng(13)
-    rotation = np.linalg.qr(np.eye(world.dim) + 0.4 * rng.standard_normal((world.dim, world.dim)))[0]
-
-    def invert(features):
-        out = np.asarray(features, np.float64) @ rotation
-        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
-
-    return invert
+    return rotating_inverter(world, seed=13, strength=0.4)
 
 
 def test_the_score_matches_the_authors_formula(world):
