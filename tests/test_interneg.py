@@ -148,6 +148,10 @@ def test_saved_and_loaded_exactly_with_its_learned_bank(world, tmp_path):
     detector.freeze()
     probe = world.near_ood_features[:20]
     np.testing.assert_array_equal(loaded.score_features(probe), detector.score_features(probe))
+    loaded.reset()  # a new stream starts from what it was saved with
+    np.testing.assert_array_equal(loaded.score_features(probe), detector.score_features(probe))
+    with pytest.raises(ValueError, match="encoder"):
+        loaded.unfreeze()  # learning on needs the text tower
 
 
 def test_the_inversion_cap_and_the_config():

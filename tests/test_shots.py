@@ -83,3 +83,10 @@ def test_prototypes_are_encoded_through_the_feature_cache(tmp_path, tiny_opencli
     features = encoder.encode_image_files(shots.paths).features
     np.testing.assert_allclose(prototypes, class_prototypes(features, shots.labels, 3), atol=1e-6)
     assert prototypes.shape == (3, encoder.dim)
+
+
+def test_a_class_name_listed_twice_gets_its_folder_for_both(tmp_path):
+    classes = ["missile", "red square", "missile"]  # as ImageNet's list has "missile" twice
+    root = _folder(tmp_path / "shots", [2, 2], names=["missile", "red_square"])
+    shots = read_shots(root, classes, k=2)
+    assert shots.counts().tolist() == [2, 2, 2]

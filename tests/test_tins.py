@@ -22,7 +22,8 @@ pytestmark = pytest.mark.numerics
 
 
 def authors_score(image, id_features, negatives, group_num=5, scale=100.0):
-    """compute_grouped_positive_score: the tail dropped, permuted with seed 0, per group
+    """compute_grouped_positive_score: the tail dropped, permuted with seed 0 (on the CPU: the
+    authors draw on CUDA, which no CPU reproduces), per group
     exp(logA - logaddexp(logA, logsumexp(g) - log|g| + log C)), the mean over groups."""
     pos = scale * torch.from_numpy(image).double() @ torch.from_numpy(id_features).double().T
     neg = scale * torch.from_numpy(image).double() @ torch.from_numpy(negatives).double().T
@@ -120,6 +121,10 @@ def test_the_stream_with_bank_and_buffer_matches_the_authors_loop(world, tmp_pat
     detector.freeze()
     assert loaded.frozen
     np.testing.assert_array_equal(loaded.score_features(images[:25]), detector.score_features(images[:25]))
+    loaded.reset()  # a new stream starts from what it was saved with
+    np.testing.assert_array_equal(loaded.score_features(images[:25]), detector.score_features(images[:25]))
+    with pytest.raises(ValueError, match="encoder"):
+        loaded.unfreeze()
 
 
 def test_config_defaults():

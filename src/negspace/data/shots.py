@@ -65,8 +65,9 @@ def _from_folder(root: Path, class_names: Sequence[str]) -> dict[int, list[Path]
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DatasetError(f"--id-shots {root} holds no class folders (ROOT/<class>/images).")
-    index = {_name_key(name): i for i, name in reversed(list(enumerate(class_names)))}
-    by_name = {index[_name_key(f.name)]: f for f in folders if _name_key(f.name) in index}
+    index = _indices_by_name(class_names)
+    # a name listed twice (ImageNet's "missile", "sunglasses") gets its folder for both classes
+    by_name = {c: f for f in folders for c in index.get(_name_key(f.name), ())}
     if by_name:
         unknown = [f.name for f in folders if _name_key(f.name) not in index]
         if unknown:
@@ -81,8 +82,15 @@ def _from_folder(root: Path, class_names: Sequence[str]) -> dict[int, list[Path]
                        "names, and are not one per class.")
 
 
+def _indices_by_name(class_names: Sequence[str]) -> dict[str, list[int]]:
+    index: dict[str, list[int]] = {}
+    for i, name in enumerate(class_names):
+        index.setdefault(_name_key(name), []).append(i)
+    return index
+
+
 def _from_list(file: Path, class_names: Sequence[str]) -> dict[int, list[Path]]:
-    index = {_name_key(name): i for i, name in reversed(list(enumerate(class_names)))}
+    index = _indices_by_name(class_names)
     found: dict[int, list[Path]] = {}
     for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -92,12 +100,13 @@ def _from_list(file: Path, class_names: Sequence[str]) -> dict[int, list[Path]]:
             raise DatasetError(f"--id-shots {file} line {lineno}: expected 'path<TAB>class'.")
         label = label.strip()
         if label.isdigit() and int(label) < len(class_names):
-            c = int(label)
+            classes = [int(label)]
         elif _name_key(label) in index:
-            c = index[_name_key(label)]
+            classes = index[_name_key(label)]
         else:
             raise DatasetError(f"--id-shots {file} line {lineno}: {label!r} is no class of the class list.")
-        found.setdefault(c, []).append((file.parent / path.strip()).resolve())
+        for c in classes:
+            found.setdefault(c, []).append((file.parent / path.strip()).resolve())
     return found
 
 
@@ -156,8 +165,13 @@ def encode_prototypes(encoder, shots: IDShots, batch_size: int = 64) -> np.ndarr
     """The prototypes of ``shots`` with ``encoder`` (image features through its feature cache;
     unreadable shots are skipped and logged by the encoder)."""
     encoded = encoder.encode_image_files(shots.paths, batch_size=batch_size)
-    label_of = dict(zip(shots.paths, shots.labels.tolist()))
-    labels = np.asarray([label_of[Path(p)] for p in encoded.paths], dtype=np.int64)
+    labels, position = [], 0
+    for path in encoded.paths:  # the kept files, in the order given: match them by position
+        while Path(shots.paths[position]) != Path(path):
+            position += 1
+        labels.append(int(shots.labels[position]))
+        position += 1
+    labels = np.asarray(labels, dtype=np.int64)
     missing = sorted(set(range(shots.n_classes)) - set(labels.tolist()))
     if missing:
         raise DatasetError(f"--id-shots: no readable image of class {missing[0]} is left for its prototype.")

@@ -93,10 +93,12 @@ class InterNeg(OnlineDetector):
     # -- state ------------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget the learned bank (a new stream)."""
+        """Back to the initial learned bank (a new stream): empty, or what a loaded detector was
+        saved with."""
         dim = self.id_text_features.shape[1]
-        self.learned_features = np.zeros((0, dim), dtype=np.float32)
-        self.learned_deviation = np.zeros(0, dtype=np.float64)
+        initial = getattr(self, "_initial", None)
+        self.learned_features = initial[0].copy() if initial else np.zeros((0, dim), dtype=np.float32)
+        self.learned_deviation = initial[1].copy() if initial else np.zeros(0, dtype=np.float64)
         self.inverted = 0
         self._scorer: NegLabel | None = None
         if self.inverter is not None and hasattr(self.inverter, "reset"):
@@ -113,6 +115,21 @@ class InterNeg(OnlineDetector):
             self._scorer = NegLabel(self.id_text_features, self.negatives_scored(), tau=config.tau,
                                     groups=config.groups, seed=config.seed, **self.backend_options)
         return self._scorer
+
+    def unfreeze(self) -> None:
+        """Learn on: the inversion needs the text tower (a loaded detector gets one from its
+        ``encoder``, which ``load_detector(folder, encoder=...)`` sets)."""
+        if self.inverter is None:
+            if self.encoder is None:
+                raise ValueError("InterNeg learns through the text tower: load it with load_detector(folder, "
+                                 "encoder=...) to unfreeze it")
+            from negspace.encoders.inversion import PseudoTokenInverter
+
+            config = self.config
+            self.inverter = PseudoTokenInverter(self.encoder, steps=config.steps, lr=config.lr,
+                                                weight_decay=config.weight_decay, init_std=config.init_std,
+                                                seed=config.seed)
+        super().unfreeze()
 
     # -- scoring ------------------------------------------------------------------------------------
 
@@ -139,7 +156,7 @@ class InterNeg(OnlineDetector):
             merged_d = np.concatenate([self.learned_deviation, deviation[passes]])
             order = np.argsort(-merged_d, kind="stable")[: self.config.learned]
             self.learned_features, self.learned_deviation = merged[order], merged_d[order]
-        self._scorer = None  # re-scored with a new grouping, as the authors do, even when none passed
+        self._scorer = None  # the bank may have changed: its grouping is drawn again for its size
         return int(passes.sum())
 
     # -- saving -------------------------------------------------------------------------------------
@@ -157,8 +174,8 @@ class InterNeg(OnlineDetector):
         a = saved.arrays
         det = cls(a["id_text_features"], a["negative_features"], a["prototypes"], neg_labels=saved.extra.get("neg_labels"),
                   backend=backend, device=device, **saved.params)
-        det.learned_features = np.asarray(a["learned_features"], np.float32)
-        det.learned_deviation = np.asarray(a["learned_deviation"], np.float64)
+        det._initial = (np.asarray(a["learned_features"], np.float32), np.asarray(a["learned_deviation"], np.float64))
+        det.reset()
         det.class_names = saved.extra.get("class_names")
         det.freeze()
         return det

@@ -98,10 +98,12 @@ class TINS(OnlineDetector):
         return cls(id_text_features, negative_features, prototypes, config, **options)
 
     def reset(self) -> None:
-        """Forget the dynamic bank and the buffer (a new stream)."""
+        """Back to the initial dynamic bank and buffer (a new stream): empty, or what a loaded
+        detector was saved with."""
         dim = self.id_text_features.shape[1]
-        self.bank, self.bank_d = np.zeros((0, dim), np.float32), np.zeros(0)
-        self.buffer, self.buffer_d = np.zeros((0, dim), np.float32), np.zeros(0)
+        empty = (np.zeros((0, dim), np.float32), np.zeros(0))
+        initial = getattr(self, "_initial", None) or (*empty, *empty)
+        self.bank, self.bank_d, self.buffer, self.buffer_d = (array.copy() for array in initial)
         self.inverted = 0
         self._grouped: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -110,6 +112,20 @@ class TINS(OnlineDetector):
             negatives = np.concatenate([self.negative_features, self.bank])
             self._grouped = negatives[group_order(len(negatives), self.config.groups, self.config.seed)]
         return self._grouped
+
+    def unfreeze(self) -> None:
+        """Learn on: the inversion needs the text tower (a loaded detector gets one from its
+        ``encoder``, which ``load_detector(folder, encoder=...)`` sets)."""
+        if self.inverter is None:
+            if self.encoder is None or self.neg_labels is None:
+                raise ValueError("TINS learns through the text tower: load it with load_detector(folder, "
+                                 "encoder=...) to unfreeze it")
+            from negspace.encoders.inversion import WordInitialisedInverter
+
+            config = self.config
+            self.inverter = WordInitialisedInverter(self.encoder, self.neg_labels, self.prototypes, steps=config.steps,
+                                                    lr=config.lr, weight_decay=config.weight_decay, lam=config.lam)
+        super().unfreeze()
 
     def score_once(self, image_features: np.ndarray) -> np.ndarray:
         """The score with the banks as they are (no learning)."""
@@ -174,8 +190,9 @@ class TINS(OnlineDetector):
         a = saved.arrays
         det = cls(a["id_text_features"], a["negative_features"], a["prototypes"], neg_labels=saved.extra.get("neg_labels"),
                   **saved.params)
-        det.bank, det.bank_d = np.asarray(a["bank"], np.float32), np.asarray(a["bank_d"])
-        det.buffer, det.buffer_d = np.asarray(a["buffer"], np.float32), np.asarray(a["buffer_d"])
+        det._initial = (np.asarray(a["bank"], np.float32), np.asarray(a["bank_d"]), np.asarray(a["buffer"], np.float32),
+                        np.asarray(a["buffer_d"]))
+        det.reset()
         det.class_names = saved.extra.get("class_names")
         det.freeze()
         return det

@@ -37,7 +37,7 @@ class TokenInjection:
         if self.is_hf:
             self.embedding = self.model.text_model.embeddings.token_embedding
         else:
-            self.embedding = self.model.token_embedding
+            self.embedding = getattr(self.model, "token_embedding", None)
         if not isinstance(self.embedding, torch.nn.Embedding):
             raise NegspaceError(f"the text tower of {encoder.spec} has no token-embedding table to inject into")
         self.width = int(self.embedding.embedding_dim)
@@ -115,6 +115,25 @@ class TokenInjection:
         return features.float()
 
 
+class _Steps:
+    """``loss.backward()`` and an optimiser step; on CUDA, where the text tower runs in fp16, with
+    a gradient scaler (a batch mean's gradients fall below fp16's smallest normal number)."""
+
+    def __init__(self, optimiser: torch.optim.Optimizer, device: torch.device) -> None:
+        self.optimiser = optimiser
+        self.scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.optimiser.zero_grad()
+        if self.scaler is None:
+            loss.backward()
+            self.optimiser.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimiser)
+        self.scaler.update()
+
+
 @contextmanager
 def _frozen(model: torch.nn.Module) -> Iterator[None]:
     """The model's parameters without gradients for the block (restored after): the inversion
@@ -181,15 +200,12 @@ class PseudoTokenInverter:
         generator = torch.Generator().manual_seed(self.seed)
         vectors = (self.init_std * torch.randn(batch, self.injection.width, generator=generator)).to(self.ids.device)
         vectors.requires_grad_(True)
-        optimiser = torch.optim.AdamW([vectors], lr=self.lr, weight_decay=self.weight_decay)
+        step = _Steps(torch.optim.AdamW([vectors], lr=self.lr, weight_decay=self.weight_decay), self.ids.device)
         chosen = torch.zeros(batch, dtype=torch.long)
         for _ in range(self.steps):
             chosen = torch.tensor([self.random.randrange(len(self.templates)) for _ in range(batch)])
             features = self._encode(chosen, vectors)
-            loss = (1 - (torch.nn.functional.normalize(features, dim=-1) * targets).sum(dim=-1)).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+            step((1 - (torch.nn.functional.normalize(features, dim=-1) * targets).sum(dim=-1)).mean())
         with torch.no_grad():
             learned = torch.nn.functional.normalize(self._encode(chosen, vectors), dim=-1)
         self.text_passes += self.steps + 1
@@ -245,14 +261,10 @@ class WordInitialisedInverter:
         positions = torch.tensor([self.injection.last_token_position(p, self.words[i])
                                   for p, i in zip(prompts, chosen)], device=ids.device)
         vectors = self.injection.token_vectors(ids, positions).requires_grad_(True)
-        optimiser = torch.optim.AdamW([vectors], lr=self.lr, weight_decay=self.weight_decay)
+        step = _Steps(torch.optim.AdamW([vectors], lr=self.lr, weight_decay=self.weight_decay), ids.device)
         for _ in range(self.steps):
             features = torch.nn.functional.normalize(self.injection.encode(ids, positions, vectors, mask), dim=-1)
-            loss = ((1 - (features * targets).sum(dim=-1)).mean()
-                    + self.lam * (1 + features @ self.prototypes.T).mean())
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+            step((1 - (features * targets).sum(dim=-1)).mean() + self.lam * (1 + features @ self.prototypes.T).mean())
         with torch.no_grad():
             learned = torch.nn.functional.normalize(self.injection.encode(ids, positions, vectors, mask), dim=-1)
         self.text_passes += self.steps + 1
