@@ -8,6 +8,7 @@ resident memory (``/proc/PID/status``) every 0.2 s. The first run is killed with
 about a third of the parts are written; the second run resumes. Prints the memory over each run
 (first, median and peak after the model loaded; flat = the peak stays near the median), the
 rows written before the kill, and checks that the final table holds every image exactly once.
+First it times the rows of a collection against ``score_features`` alone (``--rows-only``: just that).
 """
 
 from __future__ import annotations
@@ -62,11 +63,54 @@ def describe(samples: list[float]) -> str:
             f"peak {max(steady):.0f} MiB over {len(samples)} samples")
 
 
+def rows_against_scores(n: int = 8192, dim: int = 512, batch: int = 256, repeats: int = 5) -> None:
+    """The cost of a collection's rows (``score_rows``: scores, flags, nearest ID class and
+    negative) against ``score_features`` alone, per image, on a feature matrix (no files): the
+    static methods make their products once for both (goal: at most 1.1x)."""
+    from types import SimpleNamespace
+
+    from negspace.collections_api import score_rows
+    from negspace.detectors.csp import CSP
+    from negspace.detectors.mcm import MCM
+    from negspace.detectors.neglabel import NegLabel
+
+    rng = np.random.default_rng(0)
+
+    def unit(rows: int) -> np.ndarray:
+        x = rng.standard_normal((rows, dim)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    id_text, features = unit(1000), unit(n)
+    detectors = {"MCM": MCM.from_features(id_text),
+                 "NegLabel (10,000 labels)": NegLabel(id_text, unit(10_000), neg_labels=[f"n{j}" for j in range(10_000)]),
+                 "CSP (8,493 labels)": CSP(id_text, unit(8493), neg_labels=[f"n{j}" for j in range(8493)])}
+    encoding = SimpleNamespace(features=features, paths=[f"{i}.jpg" for i in range(n)], hashes=[""] * n)
+    names = [f"c{k}" for k in range(1000)]
+    print(f"rows of `negspace score` vs score_features alone: {n} features, D {dim}, batch {batch} (best of {repeats})")
+    for name, detector in detectors.items():
+        times = {"score": [], "rows": []}
+        for _ in range(repeats):  # interleaved: the machine's load hits both alike
+            started = time.perf_counter()
+            for start in range(0, n, batch):
+                detector.score_features(features[start:start + batch])
+            times["score"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            score_rows(detector, encoding, 0.5, names, batch)
+            times["rows"].append(time.perf_counter() - started)
+        ratio = min(times["rows"]) / min(times["score"])
+        print(f"  {name:<26} score_features {n / min(times['score']):>9,.0f} images/s; rows {n / min(times['rows']):>9,.0f}"
+              f" images/s: {ratio:.2f}x (goal <= 1.1x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--chunk", type=int, default=512)
+    parser.add_argument("--rows-only", action="store_true", help="only the rows-vs-scores timing (seconds)")
     args = parser.parse_args()
+    rows_against_scores()
+    if args.rows_only:
+        return
     import open_clip
     import pyarrow.dataset as ds
 

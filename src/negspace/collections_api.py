@@ -360,10 +360,11 @@ def _score_locally(todo, tables, out, writer, encoder, detector, threshold, name
 
 def score_rows(detector: Any, encoding: Any, threshold: float, names: list[str], batch_size: int) -> dict[str, Any]:
     """One row per encoded image: path, content hash, score, OOD flag, nearest ID class and negative."""
-    from negspace.evaluation import score_in_batches
-
-    scores = score_in_batches(detector.score_features, encoding.features, batch_size)
-    nearest_id, nearest_negative = detector.nearest_labels(encoding.features)
+    parts = [detector.score_with_nearest(encoding.features[start:start + batch_size])
+             for start in range(0, len(encoding.features), batch_size)]  # one product per batch
+    scores = np.concatenate([part[0] for part in parts]) if parts else np.zeros(0)
+    nearest_id = np.concatenate([part[1] for part in parts]) if parts else np.zeros(0, int)
+    nearest_negative = [text for part in parts for text in part[2]]
     flags = scores < threshold
     return {"path": [str(p) for p in encoding.paths], "sha256": list(encoding.hashes), "score": scores,
             "ood": flags, "id_class": [names[i] if i < len(names) else str(i) for i in nearest_id],

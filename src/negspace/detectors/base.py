@@ -66,6 +66,11 @@ class Detector(ABC):
                                   for s in range(0, len(image), chunk)]) if len(image) else np.zeros(0, int)
         return nearest_id, [texts[i] for i in nearest]
 
+    def score_with_nearest(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The scores and what `negspace score` writes beside them (:meth:`nearest_labels`);
+        detectors whose score already makes the products override it to make them once."""
+        return (self.score_features(image_features), *self.nearest_labels(image_features))
+
     @abstractmethod
     def score_features(self, image_features: np.ndarray) -> np.ndarray:
         """Score a batch of image features ``(B, D)``; returns ``(B,)`` float64."""

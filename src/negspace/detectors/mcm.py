@@ -76,11 +76,20 @@ class MCM(Detector):
         return detector
 
     def score_features(self, image_features: np.ndarray) -> np.ndarray:
+        return to_numpy(self.backend.ops.max_softmax(self._logits(image_features)))
+
+    def score_with_nearest(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The scores and each image's nearest ID class from one product (MCM has no negatives)."""
+        logits = self._logits(image_features)
+        nearest_id = np.asarray(to_numpy(logits)).argmax(axis=1)
+        return to_numpy(self.backend.ops.max_softmax(logits)), nearest_id, [""] * len(nearest_id)
+
+    def _logits(self, image_features: np.ndarray) -> Any:
         image = self.backend.unit_rows(image_features, "image features", self.id_text_features.shape[1])
         logits = image @ self._id_text.T
         if self.temperature != 1.0:
             logits /= self.temperature  # in place: no second (B, K) array
-        return to_numpy(self.backend.ops.max_softmax(logits))
+        return logits
 
     def to_saved(self) -> SavedDetector:
         return SavedDetector("mcm", asdict(self.config), {"id_text_features": self.id_text_features},

@@ -144,6 +144,24 @@ class NegLabel(Detector):
         id_cos, neg_cos = self.id_and_negative_cosines(image_features)
         return to_numpy(self.backend.ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau))
 
+    def score_with_nearest(self, image_features: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The scores, each image's nearest ID class and nearest negative label, from one product
+        with the banks (the few labels the grouping leaves out are multiplied apart)."""
+        id_cos, neg_cos = self.id_and_negative_cosines(image_features)
+        scores = to_numpy(self.backend.ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau))
+        nearest_id = np.asarray(to_numpy(id_cos)).argmax(axis=1)
+        if self.neg_labels is None or len(nearest_id) == 0:
+            return scores, nearest_id, [""] * len(nearest_id)
+        grouped = np.asarray(to_numpy(neg_cos))
+        best = self.group_index_[grouped.argmax(axis=1)]
+        kept = len(self.group_index_)
+        if kept < len(self.neg_text_features):  # the bank's tail, outside the groups
+            image = as_unit_rows(np.asarray(to_numpy(image_features)), "image features", self.id_text_features.shape[1])
+            tail = image @ self.neg_text_features[kept:].T
+            from_tail = tail.max(axis=1) > grouped.max(axis=1)
+            best = np.where(from_tail, kept + tail.argmax(axis=1), best)
+        return scores, nearest_id, [self.neg_labels[i] for i in best]
+
     def to_saved(self) -> SavedDetector:
         return SavedDetector(self.method_name, asdict(self.config),
                              {"id_text_features": self.id_text_features, "neg_text_features": self.neg_text_features},

@@ -147,6 +147,10 @@ class NegRefine(NegLabel):
         return base + self.config.match_weight * self.multi_matching(image, np.asarray(to_numpy(id_cos)), top_neg,
                                                                      top_neg_cos)
 
+    def score_with_nearest(self, image_features: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """NegRefine's own score (NegLabel's one-product shortcut would leave out its matching)."""
+        return (self.score_features(image_features), *self.nearest_labels(image_features))
+
     def _top_negatives(self, image: np.ndarray, grouped_cos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each image's ``top_negatives`` over the whole bank (bank indices, and their cosines):
         from the grouped product and the few labels the grouping leaves out, without putting the

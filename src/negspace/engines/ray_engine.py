@@ -131,8 +131,7 @@ class EncodeActor:
         scores = np.full(len(ok), np.nan)
         nearest_id, negatives = np.zeros(len(ok), np.int64), [""] * len(ok)
         if ok.any():
-            scores[ok] = self.detector.score_features(features[ok])
-            ids, texts = self.detector.nearest_labels(features[ok])
+            scores[ok], ids, texts = self.detector.score_with_nearest(features[ok])  # one product
             nearest_id[ok] = ids
             for k, text in zip(np.flatnonzero(ok), texts):
                 negatives[k] = text
