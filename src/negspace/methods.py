@@ -144,11 +144,25 @@ def read_negatives_file(path: Path, class_names: Sequence[str], model: str = "",
 
 
 def _checked_negatives(inputs: BuildInputs) -> MinedNegatives:
-    mined = negatives(inputs)
+    return _checked_groups(inputs, negatives(inputs))
+
+
+def _checked_groups(inputs: BuildInputs, bank: MinedNegatives) -> MinedNegatives:
+    """``bank``, when the method's groups fit in it (else one sentence)."""
     groups = inputs.params.groups
-    if groups > len(mined.labels):
-        raise NegspaceError(f"--groups {groups} is larger than the {len(mined.labels)} negative labels.")
-    return mined
+    if groups > len(bank.labels):
+        raise NegspaceError(f"--groups {groups} is larger than the {len(bank.labels)} negative labels.")
+    return bank
+
+
+def _conjugated_bank(inputs: BuildInputs, select: Callable[[], MinedNegatives]) -> MinedNegatives:
+    """CSP's and NegRefine's bank: a label file (nouns, then conjugated phrases as its
+    adjectives) when ``--negatives`` names one, else what ``select`` picks from the pool."""
+    if inputs.config.negatives.labels_file is None:
+        return _checked_groups(inputs, select())
+    nouns, phrases, inputs.notes["negatives_file"] = read_negatives_file(
+        inputs.config.negatives.labels_file, inputs.class_names, model=inputs.model, classes=inputs.classes)
+    return _checked_groups(inputs, bank_of(inputs.encoder, nouns, phrases, inputs.progress))
 
 
 # ------------------------------------------------------------------------------ builders
@@ -168,15 +182,8 @@ def build_csp(inputs: BuildInputs) -> Detector:
     conjugated phrases as its adjectives)."""
     config: CSPConfig = inputs.params
     id_features = CSP.encode_id_names(inputs.encoder, inputs.class_names)
-    if inputs.config.negatives.labels_file is not None:
-        nouns, phrases, inputs.notes["negatives_file"] = read_negatives_file(
-            inputs.config.negatives.labels_file, inputs.class_names, model=inputs.model, classes=inputs.classes)
-        bank = bank_of(inputs.encoder, nouns, phrases, inputs.progress)
-    else:
-        bank = select_from_pool(inputs.encoder, inputs.class_names, id_features, config.selection(),
-                                inputs.cache_dir, inputs.progress)
-    if config.groups > len(bank.labels):
-        raise NegspaceError(f"--groups {config.groups} is larger than the {len(bank.labels)} negative labels.")
+    bank = _conjugated_bank(inputs, lambda: select_from_pool(inputs.encoder, inputs.class_names, id_features,
+                                                             config.selection(), inputs.cache_dir, inputs.progress))
     detector = CSP(id_features, bank.features, config, neg_labels=bank.labels, **inputs.backend())
     detector.encoder, detector.class_names = inputs.encoder, list(inputs.class_names)
     return detector
@@ -187,17 +194,14 @@ def build_negrefine(inputs: BuildInputs) -> Detector:
     when there is one), or a label file it wrote (``--negatives``), with its multi-matching score."""
     config: NegRefineConfig = inputs.params
     id_features = NegRefine.encode_id_names(inputs.encoder, inputs.class_names)
-    if inputs.config.negatives.labels_file is not None:
-        nouns, phrases, inputs.notes["negatives_file"] = read_negatives_file(
-            inputs.config.negatives.labels_file, inputs.class_names, model=inputs.model, classes=inputs.classes)
-        bank = bank_of(inputs.encoder, nouns, phrases, inputs.progress)
-    else:
-        refined = refine_bank(inputs.encoder, inputs.class_names, id_features, inputs.mllm, config.selection(),
-                              config.nearest, inputs.cache_dir, inputs.progress)
-        inputs.notes["negrefine"] = refined.notes
-        bank = refined.bank
-    if config.groups > len(bank.labels):
-        raise NegspaceError(f"--groups {config.groups} is larger than the {len(bank.labels)} negative labels.")
+
+    def refined() -> MinedNegatives:
+        result = refine_bank(inputs.encoder, inputs.class_names, id_features, inputs.mllm, config.selection(),
+                             config.nearest, inputs.cache_dir, inputs.progress)
+        inputs.notes["negrefine"] = result.notes
+        return result.bank
+
+    bank = _conjugated_bank(inputs, refined)
     detector = NegRefine(id_features, bank.features, config, class_names=inputs.class_names, neg_labels=bank.labels,
                          **inputs.backend())
     detector.encoder = inputs.encoder

@@ -4,19 +4,22 @@ bank and the class prototypes, checked once; and which images of a batch are inv
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from negspace.corpus.interneg import class_baselines
-from negspace.detectors.base import as_unit_rows
+from negspace.detectors.base import OnlineDetector, as_unit_rows
 
 
-class FewShotBanks:
-    """The features a few-shot detector starts from (unit rows of one width), and
-    ``baselines`` = ``cos(t_c, p_c)`` of its inter-modal test."""
+class FewShotDetector(OnlineDetector):
+    """A test-time detector built from ID text features, a fixed negative bank and the class
+    prototypes of few-shot ID images (InterNeg, TINS)."""
 
-    def __init__(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
-                 neg_labels: Sequence[str] | None = None) -> None:
+    def _set_banks(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
+                   neg_labels: Sequence[str] | None) -> None:
+        """The features as unit rows of one width, and ``baselines`` = ``cos(t_c, p_c)`` of the
+        inter-modal test."""
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
         dim = self.id_text_features.shape[1]
         self.negative_features = as_unit_rows(negative_features, "negative text features", dim)
@@ -25,6 +28,12 @@ class FewShotBanks:
             raise ValueError(f"{len(self.prototypes)} prototypes for {len(self.id_text_features)} ID classes")
         self.neg_labels = list(neg_labels) if neg_labels is not None else None
         self.baselines = class_baselines(self.id_text_features, self.prototypes)
+
+    @classmethod
+    def from_features(cls, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
+                      config: Any = None, **options: Any) -> Any:
+        """Build from features (no encoder needed; pass ``inverter=`` to learn at test time)."""
+        return cls(id_text_features, negative_features, prototypes, config, **options)
 
 
 def images_to_invert(scores: np.ndarray, beta: float, max_inverted: int = 0) -> np.ndarray:

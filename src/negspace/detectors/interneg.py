@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from negspace.corpus.interneg import intermodal_test
-from negspace.detectors.base import OnlineDetector, resolve_config
-from negspace.detectors.fewshot import FewShotBanks, images_to_invert
+from negspace.detectors.base import resolve_config
+from negspace.detectors.fewshot import FewShotDetector, images_to_invert
 from negspace.detectors.neglabel import NegLabel
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU
@@ -66,7 +66,7 @@ class InterNegConfig:
             raise ValueError(f"beta must be in [0, 1], got {self.beta}")
 
 
-class InterNeg(OnlineDetector):
+class InterNeg(FewShotDetector):
     """InterNeg (see the module docstring). Built from the ID text features, the fixed bank's
     features, the class prototypes and an ``inverter`` (without one, or frozen, it scores with the
     banks it has and learns nothing)."""
@@ -77,18 +77,11 @@ class InterNeg(OnlineDetector):
                  config: InterNegConfig | None = None, *, neg_labels: Sequence[str] | None = None,
                  inverter: Inverter | None = None, backend: str = "numpy", device: str = "auto", **params: Any) -> None:
         self.config = resolve_config(InterNegConfig, config, params)
-        banks = FewShotBanks(id_text_features, negative_features, prototypes, neg_labels)
-        self.id_text_features, self.negative_features = banks.id_text_features, banks.negative_features
-        self.prototypes, self.baselines, self.neg_labels = banks.prototypes, banks.baselines, banks.neg_labels
+        self._set_banks(id_text_features, negative_features, prototypes, neg_labels)
         self.inverter = inverter
         self.backend_options = {"backend": backend, "device": device}
+        self._initial: tuple[np.ndarray, np.ndarray] | None = None  # a loaded detector's learned bank
         self.reset()
-
-    @classmethod
-    def from_features(cls, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
-                      config: InterNegConfig | None = None, **options: Any) -> InterNeg:
-        """Build from features (no encoder needed; pass ``inverter=`` to learn at test time)."""
-        return cls(id_text_features, negative_features, prototypes, config, **options)
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -96,9 +89,8 @@ class InterNeg(OnlineDetector):
         """Back to the initial learned bank (a new stream): empty, or what a loaded detector was
         saved with."""
         dim = self.id_text_features.shape[1]
-        initial = getattr(self, "_initial", None)
-        self.learned_features = initial[0].copy() if initial else np.zeros((0, dim), dtype=np.float32)
-        self.learned_deviation = initial[1].copy() if initial else np.zeros(0, dtype=np.float64)
+        initial = self._initial or (np.zeros((0, dim), np.float32), np.zeros(0, np.float64))
+        self.learned_features, self.learned_deviation = (array.copy() for array in initial)
         self.inverted = 0
         self._scorer: NegLabel | None = None
         if self.inverter is not None and hasattr(self.inverter, "reset"):

@@ -29,6 +29,7 @@ import numpy as np
 
 from negspace.backend import to_numpy
 from negspace.corpus.csp import WORDNET_POOL, PoolSelection
+from negspace.detectors.base import Detector
 from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU
@@ -149,7 +150,7 @@ class NegRefine(NegLabel):
 
     def score_with_nearest(self, image_features: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """NegRefine's own score (NegLabel's one-product shortcut would leave out its matching)."""
-        return (self.score_features(image_features), *self.nearest_labels(image_features))
+        return Detector.score_with_nearest(self, image_features)
 
     def _top_negatives(self, image: np.ndarray, grouped_cos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each image's ``top_negatives`` over the whole bank (bank indices, and their cosines):

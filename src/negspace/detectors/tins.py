@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from negspace.corpus.interneg import intermodal_test
-from negspace.detectors.base import OnlineDetector, as_unit_rows, resolve_config
-from negspace.detectors.fewshot import FewShotBanks, images_to_invert
+from negspace.detectors.base import as_unit_rows, resolve_config
+from negspace.detectors.fewshot import FewShotDetector, images_to_invert
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU, group_order, log_sum_exp
 
@@ -75,7 +75,7 @@ def scaled_group_score(id_cos: np.ndarray, grouped_cos: np.ndarray, groups: int,
     return np.exp(log_a[:, None] - np.logaddexp(log_a[:, None], log_mean + np.log(n_classes))).mean(axis=1)
 
 
-class TINS(OnlineDetector):
+class TINS(FewShotDetector):
     """TINS (see the module docstring): from the ID text features, the fixed bank's features, the
     class prototypes and an ``inverter`` (without one, or frozen, it scores with the banks it
     has)."""
@@ -86,23 +86,17 @@ class TINS(OnlineDetector):
                  config: TINSConfig | None = None, *, neg_labels: Sequence[str] | None = None,
                  inverter: Inverter | None = None, **params: Any) -> None:
         self.config = resolve_config(TINSConfig, config, params)
-        banks = FewShotBanks(id_text_features, negative_features, prototypes, neg_labels)
-        self.id_text_features, self.negative_features = banks.id_text_features, banks.negative_features
-        self.prototypes, self.baselines, self.neg_labels = banks.prototypes, banks.baselines, banks.neg_labels
+        self._set_banks(id_text_features, negative_features, prototypes, neg_labels)
         self.inverter = inverter
+        self._initial: tuple[np.ndarray, ...] | None = None  # a loaded detector's bank and buffer
         self.reset()
-
-    @classmethod
-    def from_features(cls, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
-                      config: TINSConfig | None = None, **options: Any) -> TINS:
-        return cls(id_text_features, negative_features, prototypes, config, **options)
 
     def reset(self) -> None:
         """Back to the initial dynamic bank and buffer (a new stream): empty, or what a loaded
         detector was saved with."""
         dim = self.id_text_features.shape[1]
         empty = (np.zeros((0, dim), np.float32), np.zeros(0))
-        initial = getattr(self, "_initial", None) or (*empty, *empty)
+        initial = self._initial or (*empty, *empty)
         self.bank, self.bank_d, self.buffer, self.buffer_d = (array.copy() for array in initial)
         self.inverted = 0
         self._grouped: tuple[np.ndarray, np.ndarray] | None = None
