@@ -29,38 +29,12 @@ from negspace.detectors.base import StreamBatch
 from negspace.detectors.neglabel import NegLabel
 from negspace.evaluation import stream_order
 from negspace.metrics import auroc
-from negspace.mllm.protocol import ImagePart, MLLMStats
-from negspace.testing import make_world
+from negspace.testing import InstantMLLM, make_world
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     x = rng.standard_normal((n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-class NoOpMLLM:
-    """Answers every request at once: descriptions unique per request, fixed class lists."""
-
-    model_id = "noop"
-
-    def __init__(self, concept_text=None) -> None:
-        self.stats = MLLMStats()
-        self.received = 0
-        self.concept_text = concept_text
-
-    def generate(self, requests):
-        answers = []
-        for request in requests:
-            self.received += 1
-            image = next((p.image for m in request.messages for p in m.content if isinstance(p, ImagePart)), None)
-            if image is None:
-                answers.append("\n".join(f"{k}. lookalike {self.received} {w}" for k, w in enumerate("abcde", 1)))
-            elif self.concept_text is not None and Path(image).parent.name == "far":
-                answers.append(self.concept_text(int(Path(image).stem.split("_")[0])))
-            else:
-                answers.append(f"an ordinary scene number {self.received}")
-        self.stats.calls += len(requests)
-        return answers
 
 
 class TableEncoder:
@@ -103,7 +77,7 @@ def scoring_overhead(args: argparse.Namespace) -> None:
     paths = [[Path(f"img/{s}_{i}.png") for i in range(args.batch)] for s in range(len(batches))]
 
     neglabel = NegLabel.from_features(id_text, corpus)
-    det = ANTS.from_features(id_text, corpus, TableEncoder(args.dim), NoOpMLLM(), [f"c{i}" for i in range(args.classes)],
+    det = ANTS.from_features(id_text, corpus, TableEncoder(args.dim), InstantMLLM(), [f"c{i}" for i in range(args.classes)],
                              ens_size=args.ens, max_mllm_calls=10**9)
     det.state.add_ens([f"s{i}" for i in range(args.ens)], unit_rows(rng, args.ens, args.dim), np.ones(args.ens),
                       prepend=False)
@@ -153,7 +127,7 @@ def calls_per_stream(args: argparse.Namespace) -> None:
     print(f"{'selection':<26}{'mode':<10}{'requests':>10}{'per 10k':>10}{'ENS':>6}{'AUROC':>8}")
     for mode in ("online", "two-pass"):
         for diversity in (None, "kcenter"):
-            mllm = NoOpMLLM(lambda c: world.far_concepts[c])
+            mllm = InstantMLLM(lambda c: world.far_concepts[c])
             det = ANTS.from_features(world.id_text_features, corpus, TableEncoder(world.dim, known), mllm,
                                      world.class_names, neg_labels=labels, diversity=diversity,
                                      two_pass=mode == "two-pass", max_mllm_calls=10**9)

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ants_overhead import NoOpMLLM, TableEncoder  # noqa: E402
+from negspace.testing import InstantMLLM  # noqa: E402
+from ants_overhead import TableEncoder  # noqa: E402
 from encode_pipeline import build_encoder, write_images  # noqa: E402
 
 from negspace.detectors.adaneg import AdaNeg  # noqa: E402
@@ -112,7 +113,7 @@ def agreement(dim: int, device: str, classes: int, negatives: int, rng: np.rando
 
 
 def _frozen_ants(id_text, bank, dim, classes, **on):
-    detector = ANTS.from_features(id_text, bank, TableEncoder(dim), NoOpMLLM(), [f"c{i}" for i in range(classes)],
+    detector = ANTS.from_features(id_text, bank, TableEncoder(dim), InstantMLLM(), [f"c{i}" for i in range(classes)],
                                   **on)
     detector.freeze()
     return detector
@@ -161,7 +162,7 @@ def main() -> None:
         id_text, bank = unit(rng, classes, dim), unit(rng, negatives, dim)
         on = {"backend": "torch", "device": device}
         neglabel = NegLabel.from_features(id_text, bank, groups=min(100, negatives), **on)
-        ants = ANTS.from_features(id_text, bank, TableEncoder(dim), NoOpMLLM(), [f"c{i}" for i in range(classes)],
+        ants = ANTS.from_features(id_text, bank, TableEncoder(dim), InstantMLLM(), [f"c{i}" for i in range(classes)],
                                   max_mllm_calls=10**9, **on)
         nl_rate = end_to_end(encoder, neglabel, batch, repeats)
         ants_rate = end_to_end(encoder, ants, batch, repeats, with_paths=True)

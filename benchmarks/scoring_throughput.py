@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_info
 
-from ants_overhead import NoOpMLLM, TableEncoder  # the stubs of the ANTS overhead benchmark
+from negspace.testing import InstantMLLM
+from ants_overhead import TableEncoder  # the stubs of the ANTS overhead benchmark
 from negspace.detectors.adaneg import AdaNeg, task_proxies
 from negspace.detectors.ants import ANTS
 from negspace.detectors.mcm import MCM
@@ -141,7 +142,7 @@ def bare_bound(text_banks: list[np.ndarray], tau: float = 0.01) -> Callable[[np.
 def steady_ants(id_text: np.ndarray, corpus: np.ndarray, n_ens: int, rng: np.random.Generator, **backend: str) -> ANTS:
     """ANTS in the steady state of a long stream: a full ENS bank, a VSNL bank of 80 classes."""
     dim = id_text.shape[1]
-    det = ANTS.from_features(id_text, corpus, TableEncoder(dim), NoOpMLLM(), [f"c{i}" for i in range(len(id_text))],
+    det = ANTS.from_features(id_text, corpus, TableEncoder(dim), InstantMLLM(), [f"c{i}" for i in range(len(id_text))],
                              ens_size=n_ens, max_mllm_calls=10**9, **backend)
     det.state.add_ens([f"s{i}" for i in range(n_ens)], unit_rows(rng, n_ens, dim), np.ones(n_ens), prepend=False)
     det._update_vsnl(list(range(80)))  # 80 = 0.08 * 1000 classes, 5 labels each

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from negspace.bench import BenchConfig, run_suite
 from negspace.bench.layout import check_sets
 from negspace.bench.miniature import write_miniature
 from negspace.bench.published import published_for
 from negspace.bench.suites import load_suite, suite_names
 from negspace.classnames import load_class_names
 from negspace.cli import main
+from negspace.runconfig import ModelConfig
 from external_tools import missing_tool
 
 SUITES = ("domain-shift", "fine-grained", "imagenet", "imagenet10-20", "openood-v1.5")
@@ -351,3 +353,33 @@ def test_bench_csp_on_the_miniature_suite_with_a_small_pool(tmp_path, miniatures
     cell = {(r["method"], r["ood_set"], r["metric"]): r for r in rows}
     assert cell[("CSP", "Average", "FPR95")]["ours"] != "" and cell[("CSP", "Average", "FPR95")]["published"] == "17.51"
     assert (tmp_path / "out" / "imagenet" / "csp" / "scores.csv").is_file()
+
+
+def test_bench_times_each_stage_and_a_second_run_reads_every_image_from_the_cache(tmp_path, miniatures, tiny_openclip,
+                                                                                capsys):
+    """metrics.json's seconds per stage (listing, hashing, decoding, encoding, each method's building
+    and scoring, report) add up to at most the run's time; run again on the same cache, the images
+    are neither decoded nor encoded, and every set says so."""
+    data = miniatures / "imagenet10-20"
+    runs = []
+    for name in ("first", "again"):
+        args = ["bench", "--suite", "imagenet10-20", "--data-root", str(data), "--method", "mcm,neglabel",
+                "--no-count-check", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / name),
+                *_model_args(tiny_openclip)]
+        assert main(args) == 0
+        assert "Time: " in capsys.readouterr().out
+        runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    first, again = (run["seconds_per_stage"] for run in runs)
+    stages = {"listing and checking", "loading the model", "images: hash", "images: decode", "images: encode",
+              "mcm: building (texts, banks)", "mcm: scoring", "neglabel: building (texts, banks)", "neglabel: scoring",
+              "report"}
+    assert set(first) == set(again) == stages
+    assert all(seconds >= 0 for seconds in first.values()) and sum(first.values()) <= runs[0]["seconds"] + 0.5
+    assert first["images: decode"] > 0 and first["images: encode"] > 0 and first["neglabel: building (texts, banks)"] > 0
+    assert again["images: decode"] == again["images: encode"] == 0.0
+    result = run_suite(BenchConfig("imagenet10-20", methods=("mcm",), check_counts=False), data_root=data,
+                       model=ModelConfig(tiny_openclip.spec, weights=tiny_openclip.weights, device="cpu",
+                                         cache_dir=tmp_path / "cache", progress=False))
+    for evaluations in result.evaluations.values():
+        sets = [evaluations["mcm"].id_set, *evaluations["mcm"].ood_sets]
+        assert [s.from_cache for s in sets] == [len(s.features) for s in sets]

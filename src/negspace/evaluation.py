@@ -49,6 +49,8 @@ class EncodedSet:
     features: np.ndarray
     sample_ids: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # encoding's stages (ImageEncoding.seconds)
+    from_cache: int = 0  # rows read from the feature cache instead of encoded
 
 
 def _check_feature_file(path: Path, name: str) -> FeatureFile:
@@ -117,7 +119,8 @@ def encode_set(
         log.warning("%s: %d unreadable file(s) skipped", source.name, len(skipped))
     if len(encoding.features) == 0:
         raise DatasetError(f"No image of set {source.name!r} could be read ({len(skipped)} unreadable).")
-    return EncodedSet(source.name, encoding.features, [str(p) for p in encoding.paths], skipped)
+    return EncodedSet(source.name, encoding.features, [str(p) for p in encoding.paths], skipped, encoding.seconds,
+                      encoding.from_cache)
 
 
 @dataclass

@@ -266,6 +266,38 @@ class WorldMLLM:
         return "\n".join(f"{i}. {n}" for i, n in enumerate(names, start=1))
 
 
+class InstantMLLM:
+    """An MLLM (the :class:`negspace.mllm.protocol.MLLM` protocol) that answers every request at
+    once, for timing everything around the MLLM on any images: a description unique to each
+    request (``concept_text(i)`` for an image ``far/<i>_<j>.*`` when given), five made-up names
+    for ANTS's similar-class question, and "No." to any other question (NegRefine's filter)."""
+
+    model_id = "instant"
+
+    def __init__(self, concept_text: Any = None) -> None:
+        self.stats = MLLMStats()
+        self.received = 0
+        self.concept_text = concept_text
+
+    def generate(self, requests: Sequence[Any]) -> list[str | None]:
+        answers: list[str | None] = []
+        for request in requests:
+            self.received += 1
+            parts = [p for m in request.messages for p in m.content]
+            image = next((p.image for p in parts if isinstance(p, ImagePart)), None)
+            text = " ".join(p.text for p in parts if isinstance(p, TextPart))
+            if image is None and "share visual features with" in text:
+                answers.append("\n".join(f"{k}. lookalike {self.received} {w}" for k, w in enumerate("abcde", 1)))
+            elif image is None:
+                answers.append("No.")
+            elif self.concept_text is not None and Path(image).parent.name == "far":
+                answers.append(self.concept_text(int(Path(image).stem.split("_")[0])))
+            else:
+                answers.append(f"an ordinary scene number {self.received}")
+        self.stats.calls += len(requests)
+        return answers
+
+
 class WorldTextEncoder:
     """A text encoder for a world: its texts map to their vectors, any other text to a unit vector
     seeded by the hash of the prompt (so ANTS's banks can be built without a CLIP model)."""

@@ -12,27 +12,36 @@ from negspace.bench.suites import ClassSpec, SetSpec, Suite
 _CLASS_NAMES = ("black footed albatross", "laysan albatross", "sooty albatross")
 
 
-def write_miniature(suite: Suite, root: Path, per_set: int = 3, seed: int = 0) -> Path:
-    """Write ``per_set`` images for every set of ``suite`` under ``root``, laid out as the suite
-    expects, and the class files its runs read; returns ``root``."""
+def write_miniature(suite: Suite, root: Path, per_set: int | None = 3, seed: int = 0, shots: int = 1,
+                    progress: bool = False) -> Path:
+    """Write ``per_set`` images for every set of ``suite`` under ``root`` (``None``: each set's
+    real count, e.g. 85,640 for ``imagenet``), laid out as the suite expects, the class files its
+    runs read and ``shots`` training images per class; returns ``root``."""
+    from tqdm.auto import tqdm
+
     rng = np.random.default_rng(seed)
-    for index, spec in enumerate(suite.all_sets()):
-        _write_set(spec, root, per_set, rng, colour=index)
+    sets = list(suite.all_sets())
+    counts = [spec.count if per_set is None else per_set for spec in sets]
+    with tqdm(total=sum(counts), desc="Writing generated images", unit="img", disable=not progress) as bar:
+        for index, (spec, count) in enumerate(zip(sets, counts, strict=True)):
+            _write_set(spec, root, count, rng, colour=index)
+            bar.update(count)
     for run in suite.runs:
         if run.classes.file:
             _write_classes(run.classes, root)
         if run.train:
-            _write_train(run, root, rng)
+            _write_train(run, root, rng, shots)
     return root
 
 
-def _write_train(run, root: Path, rng: np.random.Generator) -> None:
-    """One image per class of the run's built-in class list, in one sorted folder per class (as
-    ImageNet's train/n01440764/...): the few-shot methods' ID shots."""
+def _write_train(run, root: Path, rng: np.random.Generator, shots: int) -> None:
+    """``shots`` images per class of the run's built-in class list, in one sorted folder per class
+    (as ImageNet's train/n01440764/...): the few-shot methods' ID shots."""
     from negspace.classnames import load_class_names
 
     for index in range(len(load_class_names(run.classes.builtin).names)):
-        _image(root / run.train / f"n{index:08d}" / "shot_0.jpg", rng, colour=index)
+        for shot in range(shots):
+            _image(root / run.train / f"n{index:08d}" / f"shot_{shot}.jpg", rng, colour=index)
 
 
 def _image(path: Path, rng: np.random.Generator, colour: int) -> None:
@@ -45,7 +54,8 @@ def _image(path: Path, rng: np.random.Generator, colour: int) -> None:
 
 
 def _write_set(spec: SetSpec, root: Path, n: int, rng: np.random.Generator, colour: int) -> None:
-    relative = [f"c{i % 2}/{spec.name}_{i}" for i in range(n)]
+    folders = min(max(2, n // 50), 1000)  # about 50 images per class folder, as ImageNet's val
+    relative = [f"c{i % folders}/{spec.name}_{i}" for i in range(n)]
     if spec.format == "folder":
         for rel in relative:
             _image(root / spec.path / f"{rel}.jpg", rng, colour)

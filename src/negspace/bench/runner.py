@@ -27,6 +27,7 @@ from negspace.bench.classlists import run_classes
 from negspace.bench.html import ExplainedImage, RunPage, render_report
 from negspace.bench.layout import check_sets, layout_report, run_sets
 from negspace.bench.logged import logged_warnings
+from negspace.bench.stages import StageTimes
 from negspace.bench.suites import Suite, load_suite
 from negspace.detectors.ants.recorder import StreamRecorder
 from negspace.errors import DatasetError, NegspaceError
@@ -89,6 +90,7 @@ class SuiteResult:
     notes: list[str]
     stopped: str | None = None
     out: Path | None = None
+    stages: StageTimes = field(default_factory=StageTimes)  # wall time per stage (metrics.json)
 
 
 def check_data(suite: Suite, data_root: Path, check_counts: bool) -> tuple[dict, dict]:
@@ -138,7 +140,9 @@ def run_suite(config: BenchConfig, *, data_root: str | Path, model: ModelConfig 
 
 def _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwrite, command, warnings) -> SuiteResult:
     methods = list(dict.fromkeys(config.methods))
-    checks, classes = check_data(suite, data_root, config.check_counts)
+    stages = StageTimes()
+    with stages.timed("listing and checking"):
+        checks, classes = check_data(suite, data_root, config.check_counts)
     notes = []
     if "ants" in methods and mllm is None:
         methods.remove("ants")
@@ -175,7 +179,7 @@ def _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwr
         created_top = prepare_out_dir(out_dir, overwrite)
     try:
         return _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command,
-                      not_papers, warnings, data_root)
+                      not_papers, warnings, data_root, stages)
     except BaseException:
         if out_dir is not None:  # a failed run leaves no empty folder behind
             remove_empty_out_dir(out_dir, created_top)
@@ -194,16 +198,17 @@ def not_the_papers_sets(checks: Mapping[str, Any], limit: int | None, seed: int)
 
 
 def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command,
-           not_papers, warnings, data_root) -> SuiteResult:
+           not_papers, warnings, data_root, stages) -> SuiteResult:
     started = time.perf_counter()
-    encoder, model_spec = resolve_encoder(model, encoder)
+    with stages.timed("loading the model"):
+        encoder, model_spec = resolve_encoder(model, encoder)
     backbone = model_spec + (f" (weights {model.weights})" if model.weights else "")
     pages, summary, evaluations = [], {}, {}
     mllm_seen: dict[str, int] = {}  # the MLLM's counters, accounted for run after run
     stopped = None
     for spec in suite.runs:
         page, run_evaluations = _run_one(config, suite, spec, checks, classes[spec.name], methods, model, model_spec,
-                                         encoder, mllm, out_dir, mllm_seen, comparable=not not_papers,
+                                         encoder, mllm, out_dir, mllm_seen, stages, comparable=not not_papers,
                                          data_root=data_root)
         pages.append(page)
         evaluations[spec.name] = run_evaluations
@@ -218,19 +223,24 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
             if not methods:
                 break
     if out_dir is not None:
-        _write_suite_files(config, suite, pages, summary, notes, backbone, model_spec, encoder, out_dir,
-                           time.perf_counter() - started, command, not_papers, warnings)
-    return SuiteResult(suite, evaluations, pages, notes, stopped, out_dir)
+        with stages.timed("report"):
+            _write_suite_files(config, suite, pages, summary, notes, backbone, model_spec, encoder, out_dir,
+                               time.perf_counter() - started, command, not_papers, warnings, stages)
+    log.info("bench %s: seconds per stage: %s", suite.name,
+             ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in stages.seconds.items()))
+    return SuiteResult(suite, evaluations, pages, notes, stopped, out_dir, stages)
 
 
 def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, encoder, mllm, out_dir,
-             mllm_seen, comparable=True, data_root=Path(".")) -> tuple[RunPage, dict[str, Evaluation]]:
-    """Encode one run's sets once, then run every method on them."""
+             mllm_seen, stages, comparable=True, data_root=Path(".")) -> tuple[RunPage, dict[str, Evaluation]]:
+    """Encode one run's sets once, then run every method on them (``stages`` gets the times)."""
     from negspace.report import write_report
 
     id_images, ood_images = run_sets(spec, checks, config.limit, config.seed)
     id_set = encode_set(id_images, encoder, config.batch_size, model.progress)
     ood_sets = [encode_set(s, encoder, config.batch_size, model.progress) for s in ood_images]
+    for encoded in (id_set, *ood_sets):
+        stages.add_all({f"images: {stage}": seconds for stage, seconds in encoded.seconds.items()})
     stream_size = len(id_set.features) + max(len(s.features) for s in ood_sets)
     evaluations: dict[str, Evaluation] = {}
     page_notes, traces, galleries, stopped = [], {}, {}, None
@@ -240,12 +250,14 @@ def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, e
             eval_config = replace(eval_config, id_shots=data_root / spec.train, shots=config.shots)
         method_dir = out_dir / spec.name / method if out_dir is not None else None
         log.info("bench %s / %s: %s", suite.name, spec.name, method)
-        inputs = build_inputs(eval_config, encoder, classes, model, model_spec, stream_size,
-                              mllm if method in LLM_METHODS else None)
-        detector = build_detector(inputs)
+        with stages.timed(f"{method}: building (texts, banks)"):
+            inputs = build_inputs(eval_config, encoder, classes, model, model_spec, stream_size,
+                                  mllm if method in LLM_METHODS else None)
+            detector = build_detector(inputs)
         recorder = StreamRecorder(method_dir, GALLERY_SIZE, config.ants.max_failures,
                                   stats_seen=mllm_seen) if method == "ants" else None
-        evaluation = score_sets(detector, id_set, ood_sets, eval_config, True, recorder)
+        with stages.timed(f"{method}: scoring"):
+            evaluation = score_sets(detector, id_set, ood_sets, eval_config, True, recorder)
         evaluation.info = {"method": method, "params": detector.get_params(), "suite": suite.name, "run": spec.name,
                            **inputs.notes, **evaluation.info,
                            **(recorder.write(mllm) if recorder is not None else {})}
@@ -254,7 +266,8 @@ def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, e
             stopped = evaluation.stopped = recorder.stopped
             evaluation.info["incomplete"] = incomplete
         if method_dir is not None:
-            write_report(evaluation, method_dir)
+            with stages.timed("report"):
+                write_report(evaluation, method_dir)
         evaluation.detector = detector
         evaluations[method] = evaluation
         if recorder is not None:
@@ -267,11 +280,17 @@ def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, e
                                   "are incomplete.")
     comparison = compare.compare_run(suite, spec, evaluations, comparable=comparable)
     titles = titles_of(spec)
-    page = RunPage(comparison, figures.roc_figure(evaluations, [s.name for s in spec.ood], titles),
+    with stages.timed("report"):
+        page = _run_page(comparison, evaluations, spec, titles, traces, galleries, page_notes, stopped)
+    return page, evaluations
+
+
+def _run_page(comparison, evaluations, spec, titles, traces, galleries, page_notes, stopped) -> RunPage:
+    """The run's section of report.html: its table, figures and gallery."""
+    return RunPage(comparison, figures.roc_figure(evaluations, [s.name for s in spec.ood], titles),
                    {m: figures.histogram_figure(m, ev, titles) for m, ev in evaluations.items()},
                    figures.lam_figure(traces, titles) if any(traces.values()) else None, galleries, page_notes,
                    stopped)
-    return page, evaluations
 
 
 def titles_of(spec: Any) -> dict[str, str]:
@@ -294,7 +313,7 @@ def _galleries(rows: list[dict[str, Any]], titles: dict[str, str], id_samples: s
 
 
 def _write_suite_files(config, suite, pages, summary, notes, backbone, model_spec, encoder, out_dir, seconds,
-                       command, not_papers, warnings) -> None:
+                       command, not_papers, warnings, stages) -> None:
     from negspace import __version__
 
     subset = bool(not_papers)
@@ -315,6 +334,7 @@ def _write_suite_files(config, suite, pages, summary, notes, backbone, model_spe
             "limit": config.limit, "subset": subset, "papers_sets": not subset, "not_papers_sets_because": not_papers,
             "seed": config.seed, "batch_size": config.batch_size,
             "notes": notes, "warnings": list(warnings), "runs": summary, "seconds": round(seconds, 3),
+            "seconds_per_stage": stages.rounded(),
             "metric_units": "fractions in [0, 1] (results.md/.csv: percent)"}
     (out_dir / "metrics.json").write_text(to_json(info, indent=2), encoding="utf-8")
     facts = [("suite", f"{suite.name}: {suite.title}"), ("compared with", ", ".join(suite.tables)),

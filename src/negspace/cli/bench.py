@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nnote: {note}")
     print(f"\nOurs: {backbone}. Every set and method side by side: {out_dir / 'results.md'}, "
           f"{out_dir / 'report.html'} (open it in a browser)")
+    print(f"Time: {result.stages.summary()} (every stage: seconds_per_stage in {out_dir / 'metrics.json'})")
     if result.stopped is not None:
         print(f"negspace: error: the MLLM failed on {result.stopped}; the ANTS results are incomplete.", file=sys.stderr)
         return 3

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import OnlineDetector, as_unit_rows, resolve_config
+from negspace.detectors.base import LabelledColumns, OnlineDetector, as_unit_rows, nearest_texts, resolve_config, row_argmax
 from negspace.detectors.saved import SavedDetector, constructor_params
 from negspace.scoring import DEFAULT_TAU, group_order, softmax_entropy  # noqa: F401  (re-exported)
 from negspace.templates import ID_TEMPLATE
@@ -383,6 +383,19 @@ class AdaNeg(OnlineDetector):
 
     def score_features(self, image_features: Any, images: Sequence[Any] | None = None) -> np.ndarray:
         """Cache the batch's confident samples, then score it against the updated proxies."""
+        return self._score_batch(image_features)[0]
+
+    def score_with_nearest(self, image_features: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The scores (caching as :meth:`score_features`), each image's nearest ID class and
+        nearest negative label, from the text products the score made."""
+        scores, id_cos, neg_cos = self._score_batch(image_features)
+        nearest_id = row_argmax(id_cos)[1]
+        if self.neg_labels is None:
+            return scores, nearest_id, [""] * len(nearest_id)
+        return scores, nearest_id, nearest_texts([LabelledColumns(neg_cos, self.neg_labels)], len(nearest_id))
+
+    def _score_batch(self, image_features: Any) -> tuple[np.ndarray, Any, Any]:
+        """The batch's scores and its cosines to the ID and negative texts (backend arrays)."""
         features = self.backend.unit_rows(image_features, "image features", self.id_text_features.shape[1])
         host_features = to_numpy(features, np.float32)
         id_cos = features @ self._id_text.T
@@ -394,7 +407,7 @@ class AdaNeg(OnlineDetector):
         neg_proxy_cos = self._proxy_cosines(features, host_features, self.n_classes + self.group_index_)
         self.state_.batches += 1
         proxy_score = self.backend.ops.grouped_id_mass(id_proxy_cos, neg_proxy_cos, self.groups, self.tau)
-        return to_numpy(proxy_score) + self.nl_weight * s_nl
+        return to_numpy(proxy_score) + self.nl_weight * s_nl, id_cos, neg_cos
 
     _STATE_ARRAYS = ("memory", "filled", "entropy", "proxies", "gram")
 

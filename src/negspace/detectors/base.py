@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from negspace.backend import to_numpy
 from negspace.scoring import UNIT_NORM_TOLERANCE, as_unit_rows  # noqa: F401  (the detectors' input check)
 
 if TYPE_CHECKING:
@@ -22,6 +23,44 @@ if TYPE_CHECKING:
 
 
 ConfigT = TypeVar("ConfigT")
+
+
+@dataclass(frozen=True)
+class LabelledColumns:
+    """Cosines of a batch to some negative labels, as a score already computed them: ``(B, m)``
+    on the detector's backend, column ``j`` being label ``labels[rows[j]]`` (``rows`` None: label
+    ``j``)."""
+
+    cosines: Any
+    labels: Sequence[str]
+    rows: np.ndarray | None = None
+
+
+def row_argmax(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's largest value (float64) and its column, computed where ``values`` live (NumPy or
+    a torch tensor on its device: only ``2B`` numbers come back to the host)."""
+    if isinstance(values, np.ndarray):
+        columns = values.argmax(axis=1)
+        return values[np.arange(len(values)), columns].astype(np.float64), columns
+    best, columns = values.max(dim=1)
+    return to_numpy(best), to_numpy(columns, np.int64)
+
+
+def nearest_texts(blocks: Sequence[LabelledColumns], n_images: int) -> list[str]:
+    """Per image, the label of the largest cosine over every block (``""`` when there is none):
+    the nearest negative label, read off products a score has made."""
+    best = np.full(n_images, -np.inf)
+    block_of = np.full(n_images, -1)
+    row_of = np.zeros(n_images, dtype=np.int64)
+    for k, block in enumerate(blocks):
+        if block.cosines.shape[1] == 0:
+            continue
+        values, columns = row_argmax(block.cosines)
+        better = values > best
+        best[better] = values[better]
+        block_of[better] = k
+        row_of[better] = (columns if block.rows is None else block.rows[columns])[better]
+    return [blocks[k].labels[r] if k >= 0 else "" for k, r in zip(block_of.tolist(), row_of.tolist())]
 
 
 def resolve_config(config_type: type[ConfigT], config: ConfigT | None, overrides: dict[str, Any]) -> ConfigT:

@@ -12,9 +12,14 @@ from negspace.corpus.interneg import class_baselines
 from negspace.detectors.base import OnlineDetector, as_unit_rows
 
 
+LEARNED_LABEL = "(learned negative {})"  # a learned row's name where a label is shown (negspace score)
+
+
 class FewShotDetector(OnlineDetector):
     """A test-time detector built from ID text features, a fixed negative bank and the class
     prototypes of few-shot ID images (InterNeg, TINS)."""
+
+    inverter: Any = None
 
     def _set_banks(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
                    neg_labels: Sequence[str] | None) -> None:
@@ -28,6 +33,17 @@ class FewShotDetector(OnlineDetector):
             raise ValueError(f"{len(self.prototypes)} prototypes for {len(self.id_text_features)} ID classes")
         self.neg_labels = list(neg_labels) if neg_labels is not None else None
         self.baselines = class_baselines(self.id_text_features, self.prototypes)
+
+    def bank_labels(self, n_learned: int) -> list[str] | None:
+        """The labels of the scored bank, ``[fixed; learned]``: the fixed negatives' words, then
+        one name per learned (pseudo-token) row, which has no word (None without words)."""
+        if self.neg_labels is None:
+            return None
+        return [*self.neg_labels, *(LEARNED_LABEL.format(i) for i in range(1, n_learned + 1))]
+
+    def learns(self) -> bool:
+        """Whether scoring a batch may change the bank (not frozen, and an inverter to learn with)."""
+        return not self.frozen and self.inverter is not None
 
     @classmethod
     def from_features(cls, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,

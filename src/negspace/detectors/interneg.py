@@ -104,9 +104,15 @@ class InterNeg(FewShotDetector):
         """NegLabel's grouped score over :meth:`negatives_scored` (rebuilt when the bank grows)."""
         if self._scorer is None:
             config = self.config
-            self._scorer = NegLabel(self.id_text_features, self.negatives_scored(), tau=config.tau,
-                                    groups=config.groups, seed=config.seed, **self.backend_options)
+            negatives = self.negatives_scored()
+            self._scorer = NegLabel(self.id_text_features, negatives, tau=config.tau, groups=config.groups,
+                                    seed=config.seed, neg_labels=self.bank_labels(len(negatives) - len(self.negative_features)),
+                                    **self.backend_options)
         return self._scorer
+
+    def negative_bank(self) -> tuple[np.ndarray, list[str]] | None:
+        scorer = self.scorer()
+        return (scorer.neg_text_features, scorer.neg_labels) if scorer.neg_labels is not None else None
 
     def unfreeze(self) -> None:
         """Learn on: the inversion needs the text tower (a loaded detector gets one from its
@@ -129,7 +135,7 @@ class InterNeg(FewShotDetector):
         if len(image_features) == 0:
             return np.zeros(0, dtype=np.float64)
         scores = self.scorer().score_features(image_features)
-        if self.frozen or self.inverter is None:
+        if not self.learns():
             return scores
         active = images_to_invert(scores, self.config.beta, self.config.max_inverted)
         if not len(active):
@@ -138,6 +144,13 @@ class InterNeg(FewShotDetector):
         self.inverted += len(active)
         self.add_learned(learned)
         return self.scorer().score_features(image_features)  # the whole batch again, with the enlarged bank
+
+    def score_with_nearest(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Without learning, NegLabel's one-product rows over the scored bank (learned rows are
+        named ``(learned negative N)``); while learning, the rows after the batch's update."""
+        if self.learns():
+            return super().score_with_nearest(image_features)
+        return self.scorer().score_with_nearest(image_features)
 
     def add_learned(self, features: np.ndarray) -> int:
         """Keep the learned ``features`` that pass the inter-modal test, the bank sorted by

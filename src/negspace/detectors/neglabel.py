@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import Detector, as_unit_rows, resolve_config
+from negspace.detectors.base import Detector, LabelledColumns, as_unit_rows, nearest_texts, resolve_config, row_argmax
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU, group_order
 from negspace.templates import ID_TEMPLATE as NEGLABEL_ID_TEMPLATE
@@ -92,6 +92,9 @@ class NegLabel(Detector):
         self._id_and_grouped = self.backend.asarray(
             np.concatenate([self.id_text_features, self.neg_text_features[self.group_index_]])
         )
+        # the n mod G labels the groups leave out: not scored, but an image's nearest label may be one
+        self._tail_rows = np.arange(len(self.group_index_), n_neg)
+        self._tail = self.backend.asarray(self.neg_text_features[self._tail_rows])
 
     @classmethod
     def from_features(
@@ -135,10 +138,14 @@ class NegLabel(Detector):
     def id_and_negative_cosines(self, image_features: Any) -> tuple[Any, Any]:
         """``(B, K)`` cosines to the ID labels and ``(B, M')`` to the bank in group order (arrays
         of the detector's backend)."""
+        return self._cosines(image_features)[1:]
+
+    def _cosines(self, image_features: Any) -> tuple[Any, Any, Any]:
+        """The unit image rows, then :meth:`id_and_negative_cosines` (one GEMM)."""
         image = self.backend.unit_rows(image_features, "image features", self.id_text_features.shape[1])
         product = image @ self._id_and_grouped.T
         n_classes = len(self.id_text_features)
-        return product[:, :n_classes], product[:, n_classes:]
+        return image, product[:, :n_classes], product[:, n_classes:]
 
     def score_features(self, image_features: Any) -> np.ndarray:
         id_cos, neg_cos = self.id_and_negative_cosines(image_features)
@@ -147,20 +154,21 @@ class NegLabel(Detector):
     def score_with_nearest(self, image_features: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """The scores, each image's nearest ID class and nearest negative label, from one product
         with the banks (the few labels the grouping leaves out are multiplied apart)."""
-        id_cos, neg_cos = self.id_and_negative_cosines(image_features)
+        image, id_cos, neg_cos = self._cosines(image_features)
         scores = to_numpy(self.backend.ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau))
-        nearest_id = np.asarray(to_numpy(id_cos)).argmax(axis=1)
-        if self.neg_labels is None or len(nearest_id) == 0:
+        nearest_id = row_argmax(id_cos)[1]
+        if self.neg_labels is None:
             return scores, nearest_id, [""] * len(nearest_id)
-        grouped = np.asarray(to_numpy(neg_cos))
-        best = self.group_index_[grouped.argmax(axis=1)]
-        kept = len(self.group_index_)
-        if kept < len(self.neg_text_features):  # the bank's tail, outside the groups
-            image = as_unit_rows(np.asarray(to_numpy(image_features)), "image features", self.id_text_features.shape[1])
-            tail = image @ self.neg_text_features[kept:].T
-            from_tail = tail.max(axis=1) > grouped.max(axis=1)
-            best = np.where(from_tail, kept + tail.argmax(axis=1), best)
-        return scores, nearest_id, [self.neg_labels[i] for i in best]
+        return scores, nearest_id, nearest_texts(self.labelled_columns(image, neg_cos), len(nearest_id))
+
+    def labelled_columns(self, image: Any, grouped_cos: Any) -> list[LabelledColumns]:
+        """The bank's labels over a product in group order, and over the tail the groups leave
+        out (multiplied here: fewer than ``G`` labels); ``image``: the unit rows on the backend."""
+        assert self.neg_labels is not None
+        blocks = [LabelledColumns(grouped_cos, self.neg_labels, self.group_index_)]
+        if len(self._tail_rows):
+            blocks.append(LabelledColumns(image @ self._tail.T, self.neg_labels, self._tail_rows))
+        return blocks
 
     def to_saved(self) -> SavedDetector:
         return SavedDetector(self.method_name, asdict(self.config),

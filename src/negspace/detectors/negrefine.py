@@ -29,7 +29,6 @@ import numpy as np
 
 from negspace.backend import to_numpy
 from negspace.corpus.csp import WORDNET_POOL, PoolSelection
-from negspace.detectors.base import Detector
 from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU
@@ -138,19 +137,28 @@ class NegRefine(NegLabel):
     # -- scoring ----------------------------------------------------------------------------------
 
     def score_features(self, image_features: Any) -> np.ndarray:
-        if len(image_features) == 0:
-            return np.zeros(0, dtype=np.float64)
-        id_cos, grouped_cos = self.id_and_negative_cosines(image_features)
-        base = to_numpy(self.backend.ops.grouped_id_mass(id_cos, grouped_cos, self.groups, self.tau))
-        image = np.asarray(to_numpy(self.backend.unit_rows(image_features, "image features",
-                                                           self.id_text_features.shape[1])), dtype=np.float32)
-        top_neg, top_neg_cos = self._top_negatives(image, np.asarray(to_numpy(grouped_cos)))
-        return base + self.config.match_weight * self.multi_matching(image, np.asarray(to_numpy(id_cos)), top_neg,
-                                                                     top_neg_cos)
+        return self._score_batch(image_features)[0]
 
     def score_with_nearest(self, image_features: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """NegRefine's own score (NegLabel's one-product shortcut would leave out its matching)."""
-        return Detector.score_with_nearest(self, image_features)
+        """The scores, each image's nearest ID class and nearest negative label (the first of the
+        top negatives the multi-matching already found), from the score's own products."""
+        scores, id_cos, top_neg, top_neg_cos = self._score_batch(image_features)
+        nearest = np.take_along_axis(top_neg, top_neg_cos.argmax(axis=1)[:, None], axis=1)[:, 0]
+        return scores, id_cos.argmax(axis=1), [self.neg_labels[i] for i in nearest]
+
+    def _score_batch(self, image_features: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The scores, the ID cosines and each image's top negatives (bank indices, cosines), on
+        the host."""
+        if len(image_features) == 0:
+            empty = np.zeros((0, 0), dtype=np.int64)
+            return np.zeros(0, dtype=np.float64), np.zeros((0, len(self.id_text_features))), empty, empty
+        device_image, device_id_cos, grouped_cos = self._cosines(image_features)
+        base = to_numpy(self.backend.ops.grouped_id_mass(device_id_cos, grouped_cos, self.groups, self.tau))
+        image = np.asarray(to_numpy(device_image, np.float32))
+        id_cos = np.asarray(to_numpy(device_id_cos, np.float32))
+        top_neg, top_neg_cos = self._top_negatives(image, np.asarray(to_numpy(grouped_cos, np.float32)))
+        matching = self.multi_matching(image, id_cos, top_neg, top_neg_cos)
+        return base + self.config.match_weight * matching, id_cos, top_neg, top_neg_cos
 
     def _top_negatives(self, image: np.ndarray, grouped_cos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each image's ``top_negatives`` over the whole bank (bank indices, and their cosines):

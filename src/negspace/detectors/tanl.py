@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import OnlineDetector, as_unit_rows, resolve_config
+from negspace.detectors.base import LabelledColumns, OnlineDetector, as_unit_rows, nearest_texts, resolve_config, row_argmax
 from negspace.detectors.ring import RingBuffer, column_sum
 from negspace.detectors.saved import SavedDetector, constructor_params
 from negspace.scoring import (  # noqa: F401  (activation_aware_score, otsu_threshold, top_labels: TANL's public API)
@@ -242,9 +242,15 @@ class TANL(OnlineDetector):
 
     def _score_with(self, features: Any, id_cos: Any, activation: Any) -> Any:
         """``S_aa`` of a batch with the labels ranked by ``activation`` (backend arrays)."""
+        return self._score_and_ranked(features, id_cos, activation)[0]
+
+    def _score_and_ranked(self, features: Any, id_cos: Any, activation: Any) -> tuple[Any, Any, Any]:
+        """``S_aa``, the batch's cosines to the ``beta`` labels ranked by ``activation`` and
+        those labels' pool indices (backend arrays)."""
         ops = self.backend.ops
-        ranked = features @ self._pool_text[ops.top_labels(activation, self.beta)].T
-        return ops.activation_aware_score(id_cos, ranked, self.tau, self.step)
+        top = ops.top_labels(activation, self.beta)
+        ranked = features @ self._pool_text[top].T
+        return ops.activation_aware_score(id_cos, ranked, self.tau, self.step), ranked, top
 
     def _build_initial_state(self) -> TANLState:
         rng = np.random.default_rng(self.seed)
@@ -283,14 +289,30 @@ class TANL(OnlineDetector):
 
     def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
         """Score a batch with the current state, then push its confident rows into the queues."""
+        return self._score_batch(image_features)[0]
+
+    def score_with_nearest(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The scores (learning as :meth:`score_features`), each image's nearest ID class and its
+        nearest label among the ``beta`` activated ones the score used, from the score's products."""
+        scores, id_cos, ranked, top = self._score_batch(image_features)
+        nearest_id = row_argmax(id_cos)[1]
+        if self.pool_labels is None:
+            return scores, nearest_id, [""] * len(nearest_id)
+        labelled = LabelledColumns(ranked, self.pool_labels, to_numpy(top, np.int64))
+        return scores, nearest_id, nearest_texts([labelled], len(nearest_id))
+
+    def _score_batch(self, image_features: np.ndarray) -> tuple[np.ndarray, Any, Any, Any]:
+        """The batch's scores, its ID cosines, and the cosines to the activated labels the final
+        score used with those labels' pool indices; updates the state unless frozen."""
         features = self.backend.unit_rows(image_features, "image features", self.id_text_features.shape[1])
         state = self.state_
         id_cos = features @ self._id_text.T
         queue_pos, queue_neg = state.id_queue.mean(), state.ood_queue.mean()
         queue_activation = queue_neg - queue_pos
-        queue_score = to_numpy(self._score_with(features, id_cos, queue_activation))
+        queue_score, ranked, top = self._score_and_ranked(features, id_cos, queue_activation)
+        queue_score = to_numpy(queue_score)
         if self.frozen:  # the labels the saved queues activate: a pure function of each image
-            return queue_score
+            return queue_score, id_cos, ranked, top
 
         state.window.push(queue_score)
         t = otsu_threshold(state.window.rows(), self.otsu_step)
@@ -317,13 +339,12 @@ class TANL(OnlineDetector):
         batch_pos = sum_pos / n_pos if n_pos else queue_pos
         batch_neg = sum_neg / n_neg if n_neg else queue_neg
 
-        if self.alpha == 1.0 or (n_pos == 0 and n_neg == 0):
-            scores = queue_score  # A is the queue activation itself
-        else:
-            activation = self.alpha * queue_activation + (1.0 - self.alpha) * (batch_neg - batch_pos)
-            scores = to_numpy(self._score_with(features, id_cos, activation))
         state.batches += 1
-        return scores
+        if self.alpha == 1.0 or (n_pos == 0 and n_neg == 0):
+            return queue_score, id_cos, ranked, top  # A is the queue activation itself
+        activation = self.alpha * queue_activation + (1.0 - self.alpha) * (batch_neg - batch_pos)
+        scores, ranked, top = self._score_and_ranked(features, id_cos, activation)
+        return to_numpy(scores), id_cos, ranked, top
 
     _RINGS = ("id_queue", "ood_queue", "window")
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from negspace.corpus.interneg import intermodal_test
-from negspace.detectors.base import as_unit_rows, resolve_config
+from negspace.detectors.base import LabelledColumns, as_unit_rows, nearest_texts, resolve_config
 from negspace.detectors.fewshot import FewShotDetector, images_to_invert
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU, group_order, log_sum_exp
@@ -75,6 +75,17 @@ def scaled_group_score(id_cos: np.ndarray, grouped_cos: np.ndarray, groups: int,
     return np.exp(log_a[:, None] - np.logaddexp(log_a[:, None], log_mean + np.log(n_classes))).mean(axis=1)
 
 
+@dataclass(frozen=True)
+class _GroupedBank:
+    """The scored bank in group order (``features``, from bank ``rows``) and the ``tail`` rows the
+    grouping leaves out (``tail_rows``): not scored, but an image's nearest label may be one."""
+
+    features: np.ndarray
+    rows: np.ndarray
+    tail: np.ndarray
+    tail_rows: np.ndarray
+
+
 class TINS(FewShotDetector):
     """TINS (see the module docstring): from the ID text features, the fixed bank's features, the
     class prototypes and an ``inverter`` (without one, or frozen, it scores with the banks it
@@ -99,13 +110,20 @@ class TINS(FewShotDetector):
         initial = self._initial or (*empty, *empty)
         self.bank, self.bank_d, self.buffer, self.buffer_d = (array.copy() for array in initial)
         self.inverted = 0
-        self._grouped: tuple[np.ndarray, np.ndarray] | None = None
+        self._grouped: _GroupedBank | None = None
 
-    def _bank_in_group_order(self) -> np.ndarray:
+    def _grouped_bank(self) -> _GroupedBank:
+        """The scored bank ``[fixed; learned]`` in group order (rebuilt when the bank changes)."""
         if self._grouped is None:
             negatives = np.concatenate([self.negative_features, self.bank])
-            self._grouped = negatives[group_order(len(negatives), self.config.groups, self.config.seed)]
+            rows = group_order(len(negatives), self.config.groups, self.config.seed)
+            tail_rows = np.arange(len(rows), len(negatives))
+            self._grouped = _GroupedBank(negatives[rows], rows, negatives[tail_rows], tail_rows)
         return self._grouped
+
+    def negative_bank(self) -> tuple[np.ndarray, list[str]] | None:
+        labels = self.bank_labels(len(self.bank))
+        return (np.concatenate([self.negative_features, self.bank]), labels) if labels is not None else None
 
     def unfreeze(self) -> None:
         """Learn on: the inversion needs the text tower (a loaded detector gets one from its
@@ -123,15 +141,35 @@ class TINS(FewShotDetector):
 
     def score_once(self, image_features: np.ndarray) -> np.ndarray:
         """The score with the banks as they are (no learning)."""
+        return self._score_once_with_products(image_features)[0]
+
+    def _score_once_with_products(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`score_once`, the unit image rows and their cosines to the ID texts and to the
+        bank in group order."""
         image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
-        return scaled_group_score(image @ self.id_text_features.T, image @ self._bank_in_group_order().T,
-                                  self.config.groups, self.config.tau)
+        id_cos, grouped_cos = image @ self.id_text_features.T, image @ self._grouped_bank().features.T
+        return scaled_group_score(id_cos, grouped_cos, self.config.groups, self.config.tau), image, id_cos, grouped_cos
+
+    def score_with_nearest(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Without learning, the scores, nearest ID class and nearest negative (learned rows named
+        ``(learned negative N)``) from the score's products; while learning, the rows after the
+        batch's update."""
+        if self.learns():
+            return super().score_with_nearest(image_features)
+        scores, image, id_cos, grouped_cos = self._score_once_with_products(image_features)
+        labels = self.bank_labels(len(self.bank))
+        if labels is None:
+            return scores, id_cos.argmax(axis=1), [""] * len(scores)
+        grouped = self._grouped_bank()
+        blocks = [LabelledColumns(grouped_cos, labels, grouped.rows),
+                  LabelledColumns(image @ grouped.tail.T, labels, grouped.tail_rows)]
+        return scores, id_cos.argmax(axis=1), nearest_texts(blocks, len(scores))
 
     def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
         if len(image_features) == 0:
             return np.zeros(0, dtype=np.float64)
         scores = self.score_once(image_features)
-        if self.frozen or self.inverter is None:
+        if not self.learns():
             return scores
         active = images_to_invert(scores, self.config.beta, self.config.max_inverted)
         if not len(active):

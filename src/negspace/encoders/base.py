@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,12 +59,17 @@ class ImageEncoding:
         features: ``(n_kept, D)`` float32, rows L2-normalised.
         paths: the kept files, in input order (the input minus ``skipped``).
         skipped: files that could not be read, with the reason.
+        seconds: wall time per stage: ``hash`` (stat, hash, cache lookup), ``decode`` (waiting
+            for decoded, transformed batches: the part the workers did not hide), ``encode``
+            (the model and the cache writes).
     """
 
     features: np.ndarray
     paths: list[Path]
     skipped: list[SkippedFile] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)  # SHA-256 of each kept file's bytes, in order
+    seconds: dict[str, float] = field(default_factory=dict)
+    from_cache: int = 0  # how many of the kept files' features were read from the cache
 
 
 class Backend(Protocol):
@@ -399,6 +405,8 @@ class ClipEncoder:
         digest_of: dict[int, str] = {}
         pending: list[tuple[int, str]] = []  # (input index, cache key) awaiting the model
         n_cached = 0
+        seconds = {"hash": 0.0, "decode": 0.0, "encode": 0.0}
+        started = time.perf_counter()
 
         with (
             ThreadPoolExecutor(max_workers=_IO_WORKERS) as pool,
@@ -428,8 +436,9 @@ class ClipEncoder:
                         bar.update(1)
                     else:
                         pending.append((i, key))
+            seconds["hash"] = time.perf_counter() - started
             if pending:
-                self._encode_misses(files, pending, features, skipped, batch_size, bar)
+                self._encode_misses(files, pending, features, skipped, batch_size, bar, seconds)
 
         if n_cached:
             logger.info("%d of %d image files' features from the cache", n_cached, len(files))
@@ -441,6 +450,8 @@ class ClipEncoder:
             paths=[files[i] for i in kept_idx],
             skipped=[skipped[i] for i in sorted(skipped)],
             hashes=[digest_of[i] for i in kept_idx],
+            seconds=seconds,
+            from_cache=n_cached,
         )
 
     def _digests(self, files: list[Path], pool: ThreadPoolExecutor) -> list[str | OSError]:
@@ -470,10 +481,19 @@ class ClipEncoder:
         )
 
     def _encode_misses(self, files: list[Path], pending: list[tuple[int, str]], features: np.ndarray,
-                       skipped: dict[int, SkippedFile], batch_size: int, bar: tqdm) -> None:
-        """Decode, transform and encode the files not in the cache; cache each batch."""
-        loader = self.image_loader([files[i] for i, _ in pending], batch_size)
-        for positions, pixels, failed in loader:
+                       skipped: dict[int, SkippedFile], batch_size: int, bar: tqdm,
+                       seconds: dict[str, float]) -> None:
+        """Decode, transform and encode the files not in the cache; cache each batch. Adds to
+        ``seconds`` the time spent waiting for batches (decode) and in the model (encode)."""
+        loader = iter(self.image_loader([files[i] for i, _ in pending], batch_size))
+        while True:
+            waited = time.perf_counter()
+            batch = next(loader, None)
+            encoding = time.perf_counter()
+            seconds["decode"] += encoding - waited
+            if batch is None:
+                break
+            positions, pixels, failed = batch
             for j, reason in failed:
                 i = pending[j][0]
                 skipped[i] = SkippedFile(files[i], reason)
@@ -487,6 +507,7 @@ class ClipEncoder:
                     done[key] = feat
                 if self.store is not None:
                     self.store.put_many(done)
+            seconds["encode"] += time.perf_counter() - encoding
             bar.update(len(positions) + len(failed))
 
 

@@ -73,7 +73,8 @@ from negspace.detectors.ants.rules import (
 )
 from negspace.detectors.ants.scoring import StackedBanks
 from negspace.detectors.ants.state import ANTSState
-from negspace.detectors.base import OnlineDetector, StreamBatch, as_unit_rows, resolve_config
+from negspace.detectors.base import (LabelledColumns, OnlineDetector, StreamBatch, as_unit_rows, nearest_texts,
+                                     resolve_config)
 from negspace.mllm.protocol import MLLM
 from negspace.backend import resolve_backend, to_numpy
 from negspace.scoring import group_order
@@ -108,6 +109,7 @@ class _Base:
     pred: np.ndarray
     id_lse: Any  # log Σ_i exp(id_cos_i / τ) on the backend, shared by every bank's score
     device_image: Any  # ``image`` on the backend (the same array for NumPy)
+    corpus_cos: Any = None  # (B, M') cosines to the corpus in group order, on the backend
 
     def host_id_cos(self) -> np.ndarray:
         """``id_cos`` as a NumPy array (for the rules computed on the host)."""
@@ -176,10 +178,13 @@ class ANTS(BankBuilder, OnlineDetector):
 
     def _set_corpus(self, features: np.ndarray) -> None:
         self.neg_text_features = features
-        grouped_corpus = features[group_order(len(features), self.config.groups, self.config.seed)]
+        self._corpus_rows = group_order(len(features), self.config.groups, self.config.seed)
         # ID labels and the grouped corpus in one matrix: one GEMM gives a batch's id_cos and S_nl
-        self._id_and_corpus = self.backend.asarray(np.concatenate([self.id_text_features, grouped_corpus]))
+        self._id_and_corpus = self.backend.asarray(np.concatenate([self.id_text_features, features[self._corpus_rows]]))
         self._id_text = self.backend.asarray(self.id_text_features)
+        # the n mod G words the groups leave out: not scored, but an image's nearest word may be one
+        self._corpus_tail_rows = np.arange(len(self._corpus_rows), len(features))
+        self._corpus_tail = self.backend.asarray(features[self._corpus_tail_rows])
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -272,7 +277,7 @@ class ANTS(BankBuilder, OnlineDetector):
         id_lse = ops.log_sum_exp(id_cos, scale=1.0 / tau)
         s_nl = to_numpy(ops.grouped_id_mass(id_cos, product[:, n_classes:], self.config.groups, tau, id_lse=id_lse))
         pred = to_numpy(id_cos.argmax(axis=1) if isinstance(id_cos, np.ndarray) else id_cos.argmax(dim=1), np.int64)
-        return _Base(to_numpy(image, np.float32), id_cos, s_nl, pred, id_lse, image)
+        return _Base(to_numpy(image, np.float32), id_cos, s_nl, pred, id_lse, image, product[:, n_classes:])
 
     def _bank_parts(self, base: _Base, window: str = "peek") -> dict[str, np.ndarray]:
         """``S_ens`` (grouped and as scored), ``S_vsnl`` and their cosines; a missing bank is ``S_nl``.
@@ -289,6 +294,7 @@ class ANTS(BankBuilder, OnlineDetector):
         if not banks.blocks:
             return parts
         product = banks.cosines(base.device_image)  # ENS and VSNL in one GEMM
+        parts["stacked_cos"] = product  # for the nearest negative of negspace score's rows
         # the authors' rules (activation ENS, balanced lam) also read the banks' cosines in bank order
         bank_order = cfg.ens_score == "activation" or (cfg.lam_rule == "authors" and cfg.mode == "ada")
         for name in ("ens", "vsnl"):
@@ -329,6 +335,24 @@ class ANTS(BankBuilder, OnlineDetector):
     def score_fixed(self, features: np.ndarray) -> np.ndarray:
         """Score with the current banks and ``lam``; never updates the state."""
         return self._fuse(self._bank_parts(self._base(features), "peek"))
+
+    def score_with_nearest(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Without learning (frozen, two-pass or NegLabel mode), the scores of :meth:`score_fixed`,
+        each image's nearest ID class and nearest negative text (corpus word, ENS sentence or VSNL
+        label) from the score's products; while learning, the rows after the batch's update."""
+        if self.learning:
+            return super().score_with_nearest(image_features)
+        base = self._base(image_features)
+        parts = self._bank_parts(base, "peek")
+        corpus_labels = self.neg_labels or [f"corpus word {i}" for i in range(len(self.neg_text_features))]
+        blocks = [LabelledColumns(base.corpus_cos, corpus_labels, self._corpus_rows),
+                  LabelledColumns(base.device_image @ self._corpus_tail.T, corpus_labels, self._corpus_tail_rows)]
+        if "stacked_cos" in parts:
+            stack = self._stacked()
+            texts = {"ens": self.state.ens_texts, "vsnl": self.state.vsnl_texts}
+            blocks += [LabelledColumns(stack.block_cosines(parts["stacked_cos"], name), texts[name], block.rows)
+                       for name, block in stack.blocks.items()]
+        return self._fuse(parts), base.pred, nearest_texts(blocks, len(base.pred))
 
     def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
         """Online ANTS on one batch: mine, update the banks, score with them, fuse (docs/methods/ants.md,

@@ -29,6 +29,7 @@ class BankBlock:
     groups: int
     kept: int  # the first ``kept`` columns of the block are the groups, in group order
     to_bank_order: np.ndarray | None  # block columns of bank rows 0..n-1; None: already in bank order
+    rows: np.ndarray  # the bank row of each block column
 
 
 class StackedBanks:
@@ -51,7 +52,7 @@ class StackedBanks:
             kept = len(order)
             columns = np.concatenate([order, np.arange(kept, n)])
             to_bank_order = None if np.array_equal(columns, np.arange(n)) else np.argsort(columns)
-            self.blocks[name] = BankBlock(start, n, groups, kept, to_bank_order)
+            self.blocks[name] = BankBlock(start, n, groups, kept, to_bank_order, columns)
             parts.append(bank[columns])
             start += n
         dim = next(iter(banks.values())).shape[1] if banks else 0
@@ -83,6 +84,11 @@ class StackedBanks:
         block = self.blocks[name]
         columns = to_numpy(product[:, block.start : block.start + block.size], np.float32)
         return columns if block.to_bank_order is None else columns[:, block.to_bank_order]
+
+    def block_cosines(self, product: Any, name: str) -> Any:
+        """One bank's columns of the stacked product (its :attr:`BankBlock.rows` say which row each is)."""
+        block = self.blocks[name]
+        return product[:, block.start : block.start + block.size]
 
     def _score_groups(self, grouped: Any, groups: int, id_cos: Any, tau: float, id_lse: Any) -> np.ndarray:
         ops = self.backend.ops
