@@ -106,7 +106,11 @@ def child(args: argparse.Namespace) -> None:
     Path(args.report).write_text(json.dumps({
         "seconds": time.perf_counter() - started, "stages": result.stages.seconds, "images": images,
         "from_cache": cached, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "methods": list(next(iter(result.evaluations.values()))), "notes": result.notes}))
+        "end_rss_mib": rss_mib(os.getpid()),  # every evaluation still held: what grows with the images
+        "methods": list(next(iter(result.evaluations.values()))), "notes": result.notes,
+        "dim": int(sets[0].features.shape[1]),
+        "inverted": {m: ev.detector.get_params().get("inverted") for r in result.evaluations.values()
+                     for m, ev in r.items() if m in ("interneg", "tins")}}))
 
 
 # -- the parent: five runs -----------------------------------------------------------------------
@@ -143,7 +147,7 @@ def run_child(work: Path, args: argparse.Namespace, name: str, cache: Path, limi
 def print_run(name: str, run: dict, small: dict | None) -> None:
     n = run["images"]
     print(f"\n{name}: {n:,} images ({run['from_cache']:,} from the cache), {run['seconds']:.1f} s, "
-          f"peak RSS {run['peak_rss_mib']:.0f} MiB, cache {run['cache_mib']:.0f} MiB on disk")
+          f"peak RSS {run['peak_rss_mib']:.0f} MiB (at the end {run['end_rss_mib']:.0f} MiB), cache {run['cache_mib']:.0f} MiB on disk")
     print(f"  {'stage':<44}{'seconds':>9}{'s / 1k images':>15}" + (f"{'small run':>11}" if small else ""))
     for stage, seconds in run["stages"].items():
         line = f"  {stage:<44}{seconds:>9.1f}{1000 * seconds / n:>15.3f}"
@@ -189,14 +193,22 @@ def parent(args: argparse.Namespace) -> None:
     encoded = resumed["images"] - resumed["from_cache"]
     print(f"  the resumed run encoded {encoded:,} images: "
           f"{'exactly' if encoded == missing else 'NOT'} the {missing:,} the killed run had not cached")
+    if encoded != missing:
+        raise SystemExit("the resumed run did not encode exactly what the killed run left")
     full_cached = run_child(work, args, "full-cached", work / "cache-full", None)
     print_run("5. full, from the cache", full_cached, small_cached)
-    per_image = (full_cached["peak_rss_mib"] - small_cached["peak_rss_mib"]) * 2**20 / (
-        full_cached["images"] - small_cached["images"])
-    dim = 32  # tests/fixtures_models.TINY_DIM
-    print(f"\nmemory per image (cached runs, peak RSS): {per_image:,.0f} bytes; one image's features: {4 * dim} bytes "
+    extra_images = full_cached["images"] - small_cached["images"]
+    per_image = (full_cached["peak_rss_mib"] - small_cached["peak_rss_mib"]) * 2**20 / extra_images
+    held_per_image = (full_cached["end_rss_mib"] - small_cached["end_rss_mib"]) * 2**20 / extra_images
+    dim = full_cached["dim"]
+    print(f"\nresident memory at the end, every evaluation held: {small_cached['end_rss_mib']:.0f} MiB (small), "
+          f"{full_cached['end_rss_mib']:.0f} MiB (full): {held_per_image:,.0f} bytes per image")
+    print(f"memory per image (cached runs, peak RSS): {per_image:,.0f} bytes; one image's features: {4 * dim} bytes "
           f"(float32, D {dim}), the scores {len(full_cached['methods'])} methods keep: "
           f"{8 * len(full_cached['methods'])} bytes or more")
+    if full_cached["inverted"]:
+        print("images inverted by the few-shot methods in the last stream (full run): "
+              + ", ".join(f"{m} {n:,}" for m, n in full_cached["inverted"].items()))
     if not args.keep:
         shutil.rmtree(work / "out", ignore_errors=True)
 

@@ -133,8 +133,10 @@ def test_adaneg_on_torch_follows_the_numpy_stream(world, proxy):
     np.testing.assert_array_equal(on_torch.state_.filled, on_numpy.state_.filled)
     assert on_numpy.state_.filled.max() == 4
     # proxies: means of unit float32 features, renormalised; each coordinate within a few ulps of 1
-    np.testing.assert_allclose(to_numpy(on_torch.state_.device_proxies), on_numpy.state_.proxies,
-                               atol=16 * UNIT_ROUNDOFF)
+    np.testing.assert_allclose(on_torch.state_.proxies, on_numpy.state_.proxies, atol=16 * UNIT_ROUNDOFF)
+    if on_torch.state_.scoring_proxies is not None:  # task mode: the scored proxies on the device, in scoring order
+        np.testing.assert_array_equal(to_numpy(on_torch.state_.scoring_proxies, np.float32),
+                                      on_torch.state_.proxies[on_torch._scored_labels])
 
 
 def test_backend_choices_are_checked_in_one_sentence():

@@ -29,7 +29,7 @@ from negspace.cli import main
 pytestmark = pytest.mark.numerics  # its numbers are float32 scores: checked under other BLAS kernels too
 
 RECORD = Path(__file__).parent / "data" / "recorded_outputs.json"
-VOLATILE = {"seconds", "command", "negspace_version", "torch_version", "weights_fingerprint", "mllm_stats",
+VOLATILE = {"seconds", "seconds_per_stage", "command", "negspace_version", "torch_version", "weights_fingerprint", "mllm_stats",
             "saved_detector"}
 # Files round their numbers (results.csv: 4 decimals of a percent), so a float32 difference in the
 # last digit of a score may move a printed digit: 1e-4 absolute, far below any real change (one

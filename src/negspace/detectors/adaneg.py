@@ -193,7 +193,7 @@ class AdaNegState:
     entropy: np.ndarray  # (K + M, L) float64
     proxies: np.ndarray  # (K + M, D) float32, task-adaptive proxies
     gram: np.ndarray | None  # (K + M, L, L) float32, sample-adaptive mode only
-    device_proxies: Any = None  # ``proxies`` on the scoring backend (the same array on NumPy)
+    scoring_proxies: Any = None  # the scored labels' proxies in scoring order, on the backend (task mode)
     batches: int = 0
     cached: int = 0
 
@@ -229,8 +229,6 @@ class AdaNeg(OnlineDetector):
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
         dim = self.id_text_features.shape[1]
         self.neg_text_features = as_unit_rows(neg_text_features, "negative text features", dim)
-        self._id_text = self.backend.asarray(self.id_text_features)
-        self._neg_text = self.backend.asarray(self.neg_text_features)
         n_neg = len(self.neg_text_features)
         if not 1 <= groups <= n_neg:
             raise ValueError(f"groups must be between 1 and the {n_neg} negative labels, got {groups}")
@@ -242,7 +240,15 @@ class AdaNeg(OnlineDetector):
         self.chunk_size = int(chunk_size)
         self.neg_labels = list(neg_labels) if neg_labels is not None else None
         self.group_index_ = group_order(n_neg, self.groups, self.seed)
-        self._group_columns = self.backend.index(self.group_index_)
+        # Scoring order: the ID labels, the negatives in group order, then the n mod G negatives the
+        # groups leave out. The texts (and the task proxies) are stored so, so that one GEMM gives
+        # a batch's ID cosines and grouped negative cosines as column slices, with no gather.
+        kept = len(self.group_index_)
+        self._neg_order = np.concatenate([self.group_index_, np.arange(kept, n_neg)])
+        self._text = self.backend.asarray(np.concatenate([self.id_text_features, self.neg_text_features[self._neg_order]]))
+        self._scored_labels = np.concatenate([np.arange(self.n_classes), self.n_classes + self.group_index_])
+        self._scoring_position = np.full(self.n_classes + n_neg, -1, dtype=np.int64)
+        self._scoring_position[self._scored_labels] = np.arange(len(self._scored_labels))
         # No copy of the initial state is kept (it is as large as the state): reset() rebuilds it.
         self.state_ = self._build_initial_state()
 
@@ -308,14 +314,13 @@ class AdaNeg(OnlineDetector):
             gram = np.zeros((n, self.memory_length, self.memory_length), dtype=np.float32)
             gram[:, 0, 0] = np.einsum("nd,nd->n", text, text)
         proxies = text.copy()
-        device_proxies = proxies if self.backend.name == "numpy" else self.backend.asarray(proxies)
         return AdaNegState(
             memory=memory,
             filled=np.ones(n, dtype=np.int64),
             entropy=np.zeros((n, self.memory_length), dtype=np.float64),
             proxies=proxies,
             gram=gram,
-            device_proxies=device_proxies,
+            scoring_proxies=self.backend.asarray(proxies[self._scored_labels]) if self.proxy == "task" else None,
         )
 
     def _cache(self, features: np.ndarray, id_cos: Any, neg_cos: Any, s_nl: np.ndarray) -> None:
@@ -330,32 +335,41 @@ class AdaNeg(OnlineDetector):
         labels = np.empty(len(chosen), dtype=np.int64)
         entropies = np.empty(len(chosen), dtype=np.float64)
         as_id = is_id[chosen]
-        for mask, cos, offset in ((as_id, id_cos, 0), (~as_id, neg_cos, self.n_classes)):
+        for mask, cos, label_of in ((as_id, id_cos, None), (~as_id, neg_cos, self.n_classes + self._neg_order)):
             if mask.any():
                 rows = cos[backend.index(chosen[mask])]
-                labels[mask] = offset + to_numpy(rows.argmax(1), np.int64)
+                best = to_numpy(rows.argmax(1), np.int64)
+                labels[mask] = best if label_of is None else label_of[best]
                 entropies[mask] = to_numpy(backend.ops.softmax_entropy(rows / self.tau))
         touched = write_to_memory(state.memory, state.filled, state.entropy, labels, entropies, features[chosen])
         state.cached += len(chosen)
         if len(touched):
             state.proxies[touched] = task_proxies(state.memory[touched], state.filled[touched])
-            if state.device_proxies is not state.proxies:
-                state.device_proxies[backend.index(touched)] = backend.asarray(state.proxies[touched])
+            if state.scoring_proxies is not None:
+                self._copy_scoring_proxies(touched)
             if state.gram is not None:
                 block = state.memory[touched]
                 state.gram[touched] = np.einsum("nsd,ntd->nst", block, block)
 
-    def _proxy_cosines(self, features: Any, host_features: np.ndarray, labels: np.ndarray) -> Any:
-        """Cosines to the proxies of ``labels``: task-adaptive on the backend, sample-adaptive
-        on the host (its per-slot products read the NumPy memories)."""
+    def _copy_scoring_proxies(self, labels: np.ndarray) -> None:
+        """Copy the proxies of ``labels`` into the scoring-order copy (labels not scored skipped)."""
+        position = self._scoring_position[labels]
+        scored = position >= 0
+        state = self.state_
+        state.scoring_proxies[self.backend.index(position[scored])] = self.backend.asarray(state.proxies[labels[scored]])
+
+    def _proxy_cosines(self, features: Any, host_features: np.ndarray) -> Any:
+        """Cosines to the proxies of the scored labels in scoring order: task-adaptive on the
+        backend (one GEMM), sample-adaptive on the host (its per-slot products read the NumPy
+        memories)."""
         state = self.state_
         if self.proxy == "task":
-            return features @ state.device_proxies[self.backend.index(labels)].T
+            return features @ state.scoring_proxies.T
         assert state.gram is not None
-        features = host_features
+        labels = self._scored_labels
         parts = [
             sample_adaptive_cosines(
-                features, state.memory, state.filled, state.gram, self.sample_weight_scale, part
+                host_features, state.memory, state.filled, state.gram, self.sample_weight_scale, part
             )
             for part in (labels[i : i + self.chunk_size] for i in range(0, len(labels), self.chunk_size))
         ]
@@ -376,10 +390,17 @@ class AdaNeg(OnlineDetector):
     def neglabel_score(self, image_features: Any) -> np.ndarray:
         """``S_nl`` with ``G = groups`` (the caching criterion and the ``nl_weight`` term)."""
         features = self.backend.unit_rows(image_features, "image features", self.id_text_features.shape[1])
-        return to_numpy(self._neglabel_from_cosines(features @ self._id_text.T, features @ self._neg_text.T))
+        return to_numpy(self._neglabel_from_cosines(*self._text_cosines(features)))
+
+    def _text_cosines(self, features: Any) -> tuple[Any, Any]:
+        """``(B, K)`` cosines to the ID texts and ``(B, M)`` to the negatives in scoring order
+        (column views of one product)."""
+        product = features @ self._text.T
+        return product[:, : self.n_classes], product[:, self.n_classes :]
 
     def _neglabel_from_cosines(self, id_cos: Any, neg_cos: Any) -> Any:
-        return self.backend.ops.grouped_id_mass(id_cos, neg_cos[:, self._group_columns], self.groups, self.tau)
+        grouped = neg_cos[:, : len(self.group_index_)]
+        return self.backend.ops.grouped_id_mass(id_cos, grouped, self.groups, self.tau)
 
     def score_features(self, image_features: Any, images: Sequence[Any] | None = None) -> np.ndarray:
         """Cache the batch's confident samples, then score it against the updated proxies."""
@@ -392,19 +413,20 @@ class AdaNeg(OnlineDetector):
         nearest_id = row_argmax(id_cos)[1]
         if self.neg_labels is None:
             return scores, nearest_id, [""] * len(nearest_id)
-        return scores, nearest_id, nearest_texts([LabelledColumns(neg_cos, self.neg_labels)], len(nearest_id))
+        labelled = LabelledColumns(neg_cos, self.neg_labels, self._neg_order)
+        return scores, nearest_id, nearest_texts([labelled], len(nearest_id))
 
     def _score_batch(self, image_features: Any) -> tuple[np.ndarray, Any, Any]:
-        """The batch's scores and its cosines to the ID and negative texts (backend arrays)."""
+        """The batch's scores and its cosines to the ID texts and to the negatives in scoring order
+        (backend arrays)."""
         features = self.backend.unit_rows(image_features, "image features", self.id_text_features.shape[1])
-        host_features = to_numpy(features, np.float32)
-        id_cos = features @ self._id_text.T
-        neg_cos = features @ self._neg_text.T
+        host_features = to_numpy(features, np.float32) if self.proxy == "sample" or not self.frozen else None
+        id_cos, neg_cos = self._text_cosines(features)
         s_nl = to_numpy(self._neglabel_from_cosines(id_cos, neg_cos))
         if not self.frozen:  # frozen: the saved proxies, a pure function of each image
             self._cache(host_features, id_cos, neg_cos, s_nl)
-        id_proxy_cos = self._proxy_cosines(features, host_features, np.arange(self.n_classes))
-        neg_proxy_cos = self._proxy_cosines(features, host_features, self.n_classes + self.group_index_)
+        proxy_cos = self._proxy_cosines(features, host_features)
+        id_proxy_cos, neg_proxy_cos = proxy_cos[:, : self.n_classes], proxy_cos[:, self.n_classes :]
         self.state_.batches += 1
         proxy_score = self.backend.ops.grouped_id_mass(id_proxy_cos, neg_proxy_cos, self.groups, self.tau)
         return to_numpy(proxy_score) + self.nl_weight * s_nl, id_cos, neg_cos
@@ -432,8 +454,8 @@ class AdaNeg(OnlineDetector):
         for name in cls._STATE_ARRAYS:
             if name in a:
                 getattr(state, name)[...] = a[name]
-        if state.device_proxies is not state.proxies:
-            state.device_proxies[...] = det.backend.asarray(state.proxies)
+        if state.scoring_proxies is not None:
+            det._copy_scoring_proxies(np.arange(len(state.proxies)))
         state.batches, state.cached = int(saved.extra["batches"]), int(saved.extra["cached"])
         det.class_names = saved.extra.get("class_names")
         det.freeze()
