@@ -109,8 +109,41 @@ def child(args: argparse.Namespace) -> None:
         "end_rss_mib": rss_mib(os.getpid()),  # every evaluation still held: what grows with the images
         "methods": list(next(iter(result.evaluations.values()))), "notes": result.notes,
         "dim": int(sets[0].features.shape[1]),
+        "scored": {m: _scored(ev) for r in result.evaluations.values() for m, ev in r.items()},
+        "held": _held_bytes(result),
         "inverted": {m: ev.detector.get_params().get("inverted") for r in result.evaluations.values()
                      for m, ev in r.items() if m in ("interneg", "tins")}}))
+
+
+def _held_bytes(result) -> dict[str, int]:
+    """Bytes the result holds per kind, each object counted once: the features, the sample ids
+    (strings and their lists) and every method's scores."""
+    seen: set[int] = set()
+    held = {"features": 0, "sample ids": 0, "scores": 0}
+
+    def add(kind: str, obj, size: int) -> None:
+        if id(obj) not in seen:
+            seen.add(id(obj))
+            held[kind] += size
+
+    for evaluations in result.evaluations.values():
+        for evaluation in evaluations.values():
+            for encoded in (evaluation.id_set, *evaluation.ood_sets):
+                add("features", encoded.features, encoded.features.nbytes)
+                add("sample ids", encoded.sample_ids,
+                    sys.getsizeof(encoded.sample_ids) + sum(sys.getsizeof(i) for i in encoded.sample_ids))
+            arrays = [evaluation.id_scores, *evaluation.ood_scores.values(), *(evaluation.stream_id_scores or {}).values()]
+            for array in arrays:
+                add("scores", array, array.nbytes)
+    return held
+
+
+def _scored(evaluation) -> int:
+    """Images a method scored: each set once, or, for a test-time method, each stream whole (the
+    ID set again in every OOD set's stream, the papers' protocol)."""
+    if evaluation.stream_id_scores:
+        return sum(len(evaluation.stream_id_scores[name]) + len(scores) for name, scores in evaluation.ood_scores.items())
+    return len(evaluation.id_scores) + sum(len(scores) for scores in evaluation.ood_scores.values())
 
 
 # -- the parent: five runs -----------------------------------------------------------------------
@@ -144,16 +177,48 @@ def run_child(work: Path, args: argparse.Namespace, name: str, cache: Path, limi
     return measured
 
 
+def per_thousand(run: dict, stage: str) -> float:
+    """Seconds per 1,000 images of a stage: images scored for a method's scoring (streams for a
+    test-time method), else the run's images."""
+    method, _, what = stage.partition(": ")
+    n = run["scored"][method] if what == "scoring" and method in run["scored"] else run["images"]
+    return 1000 * run["stages"][stage] / n
+
+
 def print_run(name: str, run: dict, small: dict | None) -> None:
     n = run["images"]
     print(f"\n{name}: {n:,} images ({run['from_cache']:,} from the cache), {run['seconds']:.1f} s, "
-          f"peak RSS {run['peak_rss_mib']:.0f} MiB (at the end {run['end_rss_mib']:.0f} MiB), cache {run['cache_mib']:.0f} MiB on disk")
+          f"peak RSS {run['peak_rss_mib']:.0f} MiB (at the end {run['end_rss_mib']:.0f} MiB), "
+          f"cache {run['cache_mib']:.0f} MiB on disk")
+    streamed = {m: k for m, k in run["scored"].items() if k != n}
+    if streamed:
+        print("  images scored by the test-time methods (the ID set once per OOD set's stream): "
+              + ", ".join(f"{m} {k:,}" for m, k in streamed.items()))
     print(f"  {'stage':<44}{'seconds':>9}{'s / 1k images':>15}" + (f"{'small run':>11}" if small else ""))
     for stage, seconds in run["stages"].items():
-        line = f"  {stage:<44}{seconds:>9.1f}{1000 * seconds / n:>15.3f}"
+        line = f"  {stage:<44}{seconds:>9.1f}{per_thousand(run, stage):>15.3f}"
         if small and stage in small["stages"]:
-            line += f"{1000 * small['stages'][stage] / small['images']:>11.3f}"
+            line += f"{per_thousand(small, stage):>11.3f}"
         print(line)
+
+
+def print_memory(small_cached: dict, full_cached: dict) -> None:
+    """Memory per image: the difference between the full and the small run from the caches."""
+    extra_images = full_cached["images"] - small_cached["images"]
+    per_image = (full_cached["peak_rss_mib"] - small_cached["peak_rss_mib"]) * 2**20 / extra_images
+    held_per_image = (full_cached["end_rss_mib"] - small_cached["end_rss_mib"]) * 2**20 / extra_images
+    dim = full_cached["dim"]
+    held = {kind: (full_cached["held"][kind] - small_cached["held"][kind]) / extra_images for kind in full_cached["held"]}
+    print("the result holds per image: " + ", ".join(f"{kind} {size:,.0f} bytes" for kind, size in held.items())
+          + f" ({sum(held.values()):,.0f} bytes)")
+    print(f"\nresident memory at the end, every evaluation held: {small_cached['end_rss_mib']:.0f} MiB (small), "
+          f"{full_cached['end_rss_mib']:.0f} MiB (full): {held_per_image:,.0f} bytes per image")
+    print(f"memory per image (cached runs, peak RSS): {per_image:,.0f} bytes; one image's features: {4 * dim} bytes "
+          f"(float32, D {dim}), the scores {len(full_cached['methods'])} methods keep: "
+          f"{8 * len(full_cached['methods'])} bytes or more")
+    if full_cached["inverted"]:
+        print("images inverted by the few-shot methods in the last stream (full run): "
+              + ", ".join(f"{m} {n:,}" for m, n in full_cached["inverted"].items()))
 
 
 def parent(args: argparse.Namespace) -> None:
@@ -176,9 +241,16 @@ def parent(args: argparse.Namespace) -> None:
     args.spec, args.weights = model.spec, str(model.weights)
     total = sum(spec.count for spec in suite.all_sets())
     small_limit = max(1, round(SMALL_IMAGES * args.scale) // 5)
+    print(f"{work}: {total:,} images, small runs {5 * small_limit:,}; methods {args.methods}")
+    if args.cached_only:  # the two runs from the caches an earlier invocation filled
+        small_cached = run_child(work, args, "small-cached", work / "cache-small", small_limit)
+        print_run("2. small, from the cache", small_cached, None)
+        full_cached = run_child(work, args, "full-cached", work / "cache-full", None)
+        print_run("5. full, from the cache", full_cached, small_cached)
+        print_memory(small_cached, full_cached)
+        return
     for cache in ("cache-small", "cache-full"):
         shutil.rmtree(work / cache, ignore_errors=True)
-    print(f"{work}: {total:,} images, small runs {5 * small_limit:,}; methods {args.methods}")
 
     small = run_child(work, args, "small", work / "cache-small", small_limit)
     print_run("1. small, empty cache", small, None)
@@ -197,18 +269,7 @@ def parent(args: argparse.Namespace) -> None:
         raise SystemExit("the resumed run did not encode exactly what the killed run left")
     full_cached = run_child(work, args, "full-cached", work / "cache-full", None)
     print_run("5. full, from the cache", full_cached, small_cached)
-    extra_images = full_cached["images"] - small_cached["images"]
-    per_image = (full_cached["peak_rss_mib"] - small_cached["peak_rss_mib"]) * 2**20 / extra_images
-    held_per_image = (full_cached["end_rss_mib"] - small_cached["end_rss_mib"]) * 2**20 / extra_images
-    dim = full_cached["dim"]
-    print(f"\nresident memory at the end, every evaluation held: {small_cached['end_rss_mib']:.0f} MiB (small), "
-          f"{full_cached['end_rss_mib']:.0f} MiB (full): {held_per_image:,.0f} bytes per image")
-    print(f"memory per image (cached runs, peak RSS): {per_image:,.0f} bytes; one image's features: {4 * dim} bytes "
-          f"(float32, D {dim}), the scores {len(full_cached['methods'])} methods keep: "
-          f"{8 * len(full_cached['methods'])} bytes or more")
-    if full_cached["inverted"]:
-        print("images inverted by the few-shot methods in the last stream (full run): "
-              + ", ".join(f"{m} {n:,}" for m, n in full_cached["inverted"].items()))
+    print_memory(small_cached, full_cached)
     if not args.keep:
         shutil.rmtree(work / "out", ignore_errors=True)
 
@@ -234,6 +295,8 @@ def main() -> None:
     parser.add_argument("--methods", default="all", help="comma-separated, or all")
     parser.add_argument("--shots", type=int, default=16, help="training images per class (the few-shot methods)")
     parser.add_argument("--keep", action="store_true", help="keep the runs' output folders")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="only the two runs from the caches (runs 2 and 5) of an earlier invocation's --work")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("--data", "--out", "--cache", "--spec", "--weights", "--report"):
         parser.add_argument(name, help=argparse.SUPPRESS)

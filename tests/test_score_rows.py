@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fewshot_world import prototypes_of, rotating_inverter
+from negspace.backend import to_numpy
 from negspace.detectors.adaneg import AdaNeg
 from negspace.detectors.ants import ANTS
 from negspace.detectors.csp import CSP
@@ -103,9 +104,11 @@ def test_test_time_detectors_rows_come_from_their_scores_products(world, backend
         np.testing.assert_array_equal(nearest_id, want_id, err_msg=name)
         if name == "tanl":  # the nearest of the beta labels its queues activate, not of the whole pool
             state = detector.state_
-            activation = np.asarray(state.ood_queue.mean() - state.id_queue.mean(), dtype=np.float64)
+            activation = np.asarray(to_numpy(state.ood_queue.mean() - state.id_queue.mean()))
             top = np.argsort(-activation, kind="stable")[: detector.beta]
-            want_negative = [detector.pool_labels[top[j]] for j in (images @ detector.pool_text_features[top].T).argmax(1)]
+            assert sorted(detector.negative_bank()[1]) == sorted(detector.pool_labels[j] for j in top)
+            assert nearest_negative == [detector.pool_labels[top[j]]
+                                        for j in (images @ detector.pool_text_features[top].T).argmax(1)]
         assert nearest_negative == want_negative, name
     # a learned (pseudo-token) row is named: an image equal to one finds it
     for name, learned in (("interneg", detectors["interneg"].learned_features), ("tins", detectors["tins"].bank)):

@@ -206,10 +206,13 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
     pages, summary, evaluations = [], {}, {}
     mllm_seen: dict[str, int] = {}  # the MLLM's counters, accounted for run after run
     stopped = None
-    for spec in suite.runs:
+    last_use = {s.name: i for i, run in enumerate(suite.runs) for s in (run.id, *run.ood)}
+    for index, spec in enumerate(suite.runs):
+        # the listings no later run reads: dropped once encoded (a Path costs 331 bytes an image)
+        release = [name for name, last in last_use.items() if last == index]
         page, run_evaluations = _run_one(config, suite, spec, checks, classes[spec.name], methods, model, model_spec,
                                          encoder, mllm, out_dir, mllm_seen, stages, comparable=not not_papers,
-                                         data_root=data_root)
+                                         data_root=data_root, release=release)
         pages.append(page)
         evaluations[spec.name] = run_evaluations
         summary[spec.name] = {m: {"ood": {k: r.as_dict() for k, r in ev.results.items()}, "average": ev.average(),
@@ -232,13 +235,19 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
 
 
 def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, encoder, mllm, out_dir,
-             mllm_seen, stages, comparable=True, data_root=Path(".")) -> tuple[RunPage, dict[str, Evaluation]]:
-    """Encode one run's sets once, then run every method on them (``stages`` gets the times)."""
+             mllm_seen, stages, comparable=True, data_root=Path("."),
+             release: Sequence[str] = ()) -> tuple[RunPage, dict[str, Evaluation]]:
+    """Encode one run's sets once, then run every method on them (``stages`` gets the times).
+    The listings of the sets named in ``release`` leave ``checks`` once encoded: their sample ids
+    (strings) are all the run needs of them from then on."""
     from negspace.report import write_report
 
     id_images, ood_images = run_sets(spec, checks, config.limit, config.seed)
     id_set = encode_set(id_images, encoder, config.batch_size, model.progress)
     ood_sets = [encode_set(s, encoder, config.batch_size, model.progress) for s in ood_images]
+    del id_images, ood_images
+    for name in release:
+        checks.pop(name, None)
     for encoded in (id_set, *ood_sets):
         stages.add_all({f"images: {stage}": seconds for stage, seconds in encoded.seconds.items()})
     stream_size = len(id_set.features) + max(len(s.features) for s in ood_sets)

@@ -380,7 +380,12 @@ class TANL(OnlineDetector):
         return det
 
     def negative_bank(self) -> tuple[np.ndarray, list[str]] | None:
-        return (self.pool_text_features, self.pool_labels) if self.pool_labels is not None else None
+        """The ``beta`` labels the queues activate now: those the score reads an image against."""
+        if self.pool_labels is None:
+            return None
+        state = self.state_
+        top = to_numpy(self.backend.ops.top_labels(state.ood_queue.mean() - state.id_queue.mean(), self.beta), np.int64)
+        return self.pool_text_features[top], [self.pool_labels[i] for i in top]
 
     def get_params(self) -> dict[str, Any]:
         return {
