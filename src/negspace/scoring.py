@@ -77,7 +77,13 @@ def log_sum_exp(x: np.ndarray, axis: int = -1, scale: float = 1.0) -> np.ndarray
 SHARED_SHIFT_SPREAD = 80.0
 
 
-def grouped_log_sum_exp(x: np.ndarray, groups: int, scale: float = 1.0) -> np.ndarray:
+def row_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's largest value (in ``x``'s dtype) and its column: one pass over ``x``."""
+    columns = x.argmax(axis=1)
+    return x[np.arange(len(x)), columns], columns
+
+
+def grouped_log_sum_exp(x: np.ndarray, groups: int, scale: float = 1.0, peak: np.ndarray | None = None) -> np.ndarray:
     """``log Σ_{j∈g} exp(scale · x_j)`` for each of ``groups`` consecutive column blocks: ``(B, G)``.
 
     ``x`` is ``(B, M)`` with ``M`` a multiple of ``groups``. When a row's scaled spread
@@ -85,13 +91,13 @@ def grouped_log_sum_exp(x: np.ndarray, groups: int, scale: float = 1.0) -> np.nd
     maximum (every term stays a normal float, so this is exact to rounding) and the ``G`` block
     sums are one reduction over a reshape; this avoids a maximum per block of ~100 columns, which
     costs more than the shift it saves. Wider rows (extreme temperatures) are shifted per block
-    (:func:`log_sum_exp` on the reshape).
+    (:func:`log_sum_exp` on the reshape). ``peak``: each row's maximum, when the caller has it.
     """
     batch, n = x.shape
     blocks = np.reshape(x, (batch, groups, n // groups))
     if batch == 0 or n == 0 or not np.issubdtype(x.dtype, np.floating):
         return log_sum_exp(blocks, scale=scale)
-    peak, low = np.max(x, axis=1), np.min(x, axis=1)
+    peak, low = np.max(x, axis=1) if peak is None else peak, np.min(x, axis=1)
     spread = scale * (peak.astype(np.float64) - low)
     if not (np.all(np.isfinite(spread)) and spread.max() <= SHARED_SHIFT_SPREAD):
         return log_sum_exp(blocks, scale=scale)
@@ -133,6 +139,7 @@ def grouped_id_mass(
     groups: int,
     tau: float = DEFAULT_TAU,
     id_lse: np.ndarray | None = None,
+    neg_peak: np.ndarray | None = None,
 ) -> np.ndarray:
     """Mean over ``groups`` consecutive groups of the negative-label score.
 
@@ -141,14 +148,15 @@ def grouped_id_mass(
 
         S_G(v) = (1/G) Σ_g sigmoid(LSE(id_cos/τ) − LSE(neg_cos[:, block g]/τ))
 
-    ``id_lse`` is ``LSE(id_cos/τ)`` when the caller has it (see :func:`id_mass`).
+    ``id_lse`` is ``LSE(id_cos/τ)`` when the caller has it (see :func:`id_mass`), ``neg_peak``
+    each row's largest negative cosine (see :func:`row_max`).
     """
     batch, n_neg = neg_cos.shape
     if groups < 1 or n_neg % groups:
         raise ValueError(f"{n_neg} negative columns cannot be split into {groups} equal groups")
     if id_lse is None:
         id_lse = log_sum_exp(id_cos, scale=1.0 / tau)
-    neg_lse = grouped_log_sum_exp(neg_cos, groups, scale=1.0 / tau)
+    neg_lse = grouped_log_sum_exp(neg_cos, groups, scale=1.0 / tau, peak=neg_peak)
     from scipy.special import expit
 
     return expit(id_lse[:, None] - neg_lse).mean(axis=1)

@@ -47,13 +47,20 @@ def log_sum_exp(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return total.log() + scale * peak.squeeze(-1).double()
 
 
-def grouped_log_sum_exp(x: torch.Tensor, groups: int, scale: float = 1.0) -> torch.Tensor:
+def row_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's largest value and its column: one pass over ``x``."""
+    values, columns = x.max(dim=1)
+    return values, columns
+
+
+def grouped_log_sum_exp(x: torch.Tensor, groups: int, scale: float = 1.0,
+                        peak: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, G)`` log-sum-exps of ``groups`` consecutive column blocks (see the NumPy kernel)."""
     batch, n = x.shape
     blocks = x.reshape(batch, groups, n // groups)
     if batch == 0 or n == 0:
         return log_sum_exp(blocks, scale)
-    peak, low = x.amax(dim=1), x.amin(dim=1)
+    peak, low = x.amax(dim=1) if peak is None else peak, x.amin(dim=1)
     spread = scale * (peak.double() - low.double())
     if not (bool(torch.isfinite(spread).all()) and float(spread.max()) <= SHARED_SHIFT_SPREAD):
         return log_sum_exp(blocks, scale)
@@ -72,14 +79,14 @@ def id_mass(id_cos: torch.Tensor, neg_cos: torch.Tensor, tau: float, id_lse: tor
 
 
 def grouped_id_mass(id_cos: torch.Tensor, neg_cos: torch.Tensor, groups: int, tau: float,
-                    id_lse: torch.Tensor | None = None) -> torch.Tensor:
+                    id_lse: torch.Tensor | None = None, neg_peak: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over ``groups`` consecutive column blocks of the negative-label score, float64."""
     batch, n_neg = neg_cos.shape
     if groups < 1 or n_neg % groups:
         raise ValueError(f"{n_neg} negative columns cannot be split into {groups} equal groups")
     if id_lse is None:
         id_lse = log_sum_exp(id_cos, 1.0 / tau)
-    return torch.sigmoid(id_lse[:, None] - grouped_log_sum_exp(neg_cos, groups, 1.0 / tau)).mean(dim=1)
+    return torch.sigmoid(id_lse[:, None] - grouped_log_sum_exp(neg_cos, groups, 1.0 / tau, neg_peak)).mean(dim=1)
 
 
 def max_softmax(logits: torch.Tensor) -> torch.Tensor:

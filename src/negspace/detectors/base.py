@@ -34,6 +34,7 @@ class LabelledColumns:
     cosines: Any
     labels: Sequence[str]
     rows: np.ndarray | None = None
+    best: tuple[Any, Any] | None = None  # each row's largest cosine and its column, when the score found them
 
 
 def row_argmax(values: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +56,8 @@ def nearest_texts(blocks: Sequence[LabelledColumns], n_images: int) -> list[str]
     for k, block in enumerate(blocks):
         if block.cosines.shape[1] == 0:
             continue
-        values, columns = row_argmax(block.cosines)
+        values, columns = row_argmax(block.cosines) if block.best is None else (
+            to_numpy(block.best[0]), to_numpy(block.best[1], np.int64))
         better = values > best
         best[better] = values[better]
         block_of[better] = k

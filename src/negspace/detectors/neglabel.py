@@ -155,17 +155,21 @@ class NegLabel(Detector):
         """The scores, each image's nearest ID class and nearest negative label, from one product
         with the banks (the few labels the grouping leaves out are multiplied apart)."""
         image, id_cos, neg_cos = self._cosines(image_features)
-        scores = to_numpy(self.backend.ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau))
+        ops = self.backend.ops
         nearest_id = row_argmax(id_cos)[1]
         if self.neg_labels is None:
-            return scores, nearest_id, [""] * len(nearest_id)
-        return scores, nearest_id, nearest_texts(self.labelled_columns(image, neg_cos), len(nearest_id))
+            return to_numpy(ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau)), nearest_id, [""] * len(nearest_id)
+        best = ops.row_max(neg_cos) if len(nearest_id) else None  # the shift of the log-sum-exps, and the nearest
+        scores = to_numpy(ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau,
+                                              neg_peak=best[0] if best is not None else None))
+        return scores, nearest_id, nearest_texts(self.labelled_columns(image, neg_cos, best), len(nearest_id))
 
-    def labelled_columns(self, image: Any, grouped_cos: Any) -> list[LabelledColumns]:
+    def labelled_columns(self, image: Any, grouped_cos: Any, best: tuple[Any, Any] | None = None) -> list[LabelledColumns]:
         """The bank's labels over a product in group order, and over the tail the groups leave
-        out (multiplied here: fewer than ``G`` labels); ``image``: the unit rows on the backend."""
+        out (multiplied here: fewer than ``G`` labels); ``image``: the unit rows on the backend,
+        ``best``: each row's largest grouped cosine and its column, when known."""
         assert self.neg_labels is not None
-        blocks = [LabelledColumns(grouped_cos, self.neg_labels, self.group_index_)]
+        blocks = [LabelledColumns(grouped_cos, self.neg_labels, self.group_index_, best)]
         if len(self._tail_rows):
             blocks.append(LabelledColumns(image @ self._tail.T, self.neg_labels, self._tail_rows))
         return blocks

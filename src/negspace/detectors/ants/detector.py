@@ -344,7 +344,7 @@ class ANTS(BankBuilder, OnlineDetector):
             return super().score_with_nearest(image_features)
         base = self._base(image_features)
         parts = self._bank_parts(base, "peek")
-        corpus_labels = self.neg_labels or [f"corpus word {i}" for i in range(len(self.neg_text_features))]
+        corpus_labels = self._corpus_labels()
         blocks = [LabelledColumns(base.corpus_cos, corpus_labels, self._corpus_rows),
                   LabelledColumns(base.device_image @ self._corpus_tail.T, corpus_labels, self._corpus_tail_rows)]
         if "stacked_cos" in parts:
@@ -768,9 +768,16 @@ class ANTS(BankBuilder, OnlineDetector):
     def negative_bank(self) -> tuple[np.ndarray, list[str]] | None:
         """The corpus bank with the current ENS sentences and VSNL labels."""
         st = self.state
-        corpus_labels = self.neg_labels or [f"corpus word {i}" for i in range(len(self.neg_text_features))]
         features = np.concatenate([self.neg_text_features, st.ens_bank, st.vsnl_bank])
-        return features, [*corpus_labels, *st.ens_texts, *st.vsnl_texts]
+        return features, [*self._corpus_labels(), *st.ens_texts, *st.vsnl_texts]
+
+    def _corpus_labels(self) -> list[str]:
+        """The corpus words, or ``corpus word i`` for a corpus given without them (made once)."""
+        if self.neg_labels:
+            return self.neg_labels
+        if len(getattr(self, "_unnamed_corpus", ())) != len(self.neg_text_features):
+            self._unnamed_corpus = [f"corpus word {i}" for i in range(len(self.neg_text_features))]
+        return self._unnamed_corpus
 
     def get_params(self) -> dict[str, Any]:
         return {"n_classes": len(self.id_text_features), "n_negatives": len(self.neg_text_features),
