@@ -98,7 +98,8 @@ def rows_against_scores(n: int = 8192, dim: int = 512, batch: int = 256, repeats
         "NegLabel (10,000 labels)": NegLabel(id_text, bank, neg_labels=labels(10_000)),
         "CSP (8,493 labels)": CSP(id_text, bank[:8493], neg_labels=labels(8493)),
         "NegRefine (6,370, pairs warm)": NegRefine.from_features(
-            id_text, bank[:6370], class_names=names, neg_labels=labels(6370), pair_encoder=synthetic_pairs(id_text, bank)),
+            id_text, bank[:6370], class_names=names, neg_labels=labels(6370), pair_encoder=synthetic_pairs(id_text, bank),
+            pair_cache=250_000),  # every pair of these features stays warm (8,192 x 25 pairs)
         "TANL (70k pool, frozen)": TANL.from_features(id_text, unit(70_000), unit(15), pool_labels=labels(70_000)),
         "AdaNeg (task, frozen)": AdaNeg.from_features(id_text, bank, neg_labels=labels(10_000)),
         "ANTS (banks full, frozen)": steady_ants(id_text, bank, 10_000, rng),
