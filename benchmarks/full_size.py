@@ -39,19 +39,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
+sys.path.insert(0, str(HERE.parent))
+from score_collection import rss_mib  # noqa: E402  (resident memory of a process, from /proc)
 
 SMALL_IMAGES = 10_000
 KILL_AT = 0.45  # the first full run dies by SIGKILL once this share of the images is cached
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def cached_rows(cache: Path) -> int:
