@@ -6,7 +6,7 @@ Writes a miniature of the ``imagenet`` suite at its real counts (50,000 ID and 3
 generated images, and 16 training images per class for the few-shot methods; ``--scale`` shrinks
 every count), saves a tiny random-weight CLIP model, then runs the benchmark (the run API that
 ``negspace bench`` calls, ANTS and NegRefine with :class:`negspace.testing.InstantMLLM`) in a child
-process whose resident memory is sampled, five times:
+process that reports its own peak resident memory (VmHWM), five times:
 
 1. small: 10,000 images (``limit`` 2,000 per set), empty cache;
 2. small again, everything from the cache;
@@ -27,7 +27,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import shutil
 import signal
 import sqlite3
@@ -97,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
     images, cached = sum(len(s.features) for s in sets), sum(s.from_cache for s in sets)
     Path(args.report).write_text(json.dumps({
         "seconds": time.perf_counter() - started, "stages": result.stages.seconds, "images": images,
-        "from_cache": cached, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "from_cache": cached, "peak_rss_mib": rss_mib(os.getpid(), "VmHWM"),  # not ru_maxrss: it inherits the parent's peak
         "end_rss_mib": rss_mib(os.getpid()),  # every evaluation still held: what grows with the images
         "methods": list(next(iter(result.evaluations.values()))), "notes": result.notes,
         "dim": int(sets[0].features.shape[1]),
@@ -149,14 +148,8 @@ def run_child(work: Path, args: argparse.Namespace, name: str, cache: Path, limi
                "--cache", str(cache), "--spec", args.spec, "--weights", args.weights, "--methods", args.methods,
                "--scale", str(args.scale), "--report", str(report)] + (["--limit", str(limit)] if limit else []) \
         + (["--kill-after-rows", str(kill_after_rows)] if kill_after_rows else [])
-    log = (work / f"{name}.log").open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    samples = []
-    while process.poll() is None:
-        value = rss_mib(process.pid)
-        if value is not None:
-            samples.append(value)
-        time.sleep(0.2)
+    with (work / f"{name}.log").open("w") as log:
+        process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     if kill_after_rows:
         if process.returncode != -signal.SIGKILL:
             raise SystemExit(f"run {name} was to die by SIGKILL but exited {process.returncode}")
@@ -164,7 +157,6 @@ def run_child(work: Path, args: argparse.Namespace, name: str, cache: Path, limi
     if process.returncode != 0:
         raise SystemExit(f"run {name} failed (exit {process.returncode}); see {work / f'{name}.log'}")
     measured = json.loads(report.read_text())
-    measured["sampled_peak_mib"] = max(samples) if samples else float("nan")
     measured["cache_mib"] = folder_mib(cache)
     return measured
 
@@ -239,6 +231,8 @@ def parent(args: argparse.Namespace) -> None:
         print_run("2. small, from the cache", small_cached, None)
         full_cached = run_child(work, args, "full-cached", work / "cache-full", None)
         print_run("5. full, from the cache", full_cached, small_cached)
+        if any(run["from_cache"] != run["images"] for run in (small_cached, full_cached)):
+            raise SystemExit("--cached-only: some images were not in the caches; run without it first")
         print_memory(small_cached, full_cached)
         return
     for cache in ("cache-small", "cache-full"):

@@ -115,3 +115,10 @@ def test_test_time_detectors_rows_come_from_their_scores_products(world, backend
         bank, labels = detectors[name].negative_bank()
         row = next(j for j in range(637, len(bank)) if np.allclose(bank[j], learned[0]))
         assert detectors[name].score_with_nearest(learned[:1])[2] == [labels[row]] == [f"(learned negative {row - 636})"]
+
+
+def test_an_empty_batch_gives_empty_rows(world):
+    empty = np.zeros((0, world.dim), dtype=np.float32)
+    for name, detector in {**_detectors(world), **_learned(world)}.items():
+        scores, nearest_id, nearest_negative = detector.score_with_nearest(empty)
+        assert (len(scores), len(nearest_id), len(nearest_negative)) == (0, 0, 0), name

@@ -13,6 +13,11 @@ class StageTimes:
     """Seconds per named stage, summed over every time the stage ran, in first-seen order."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)  # when the run began
+
+    def elapsed(self) -> float:
+        """Wall seconds since the run began."""
+        return time.perf_counter() - self.started
 
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds

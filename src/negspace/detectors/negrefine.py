@@ -143,6 +143,8 @@ class NegRefine(NegLabel):
         """The scores, each image's nearest ID class and nearest negative label (the first of the
         top negatives the multi-matching already found), from the score's own products."""
         scores, id_cos, top_neg, top_neg_cos = self._score_batch(image_features)
+        if len(scores) == 0:
+            return scores, np.zeros(0, dtype=np.int64), []
         nearest = np.take_along_axis(top_neg, top_neg_cos.argmax(axis=1)[:, None], axis=1)[:, 0]
         return scores, id_cos.argmax(axis=1), [self.neg_labels[i] for i in nearest]
 

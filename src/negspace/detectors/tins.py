@@ -156,6 +156,8 @@ class TINS(FewShotDetector):
         batch's update."""
         if self.learns():
             return super().score_with_nearest(image_features)
+        if len(image_features) == 0:
+            return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64), []
         scores, image, id_cos, grouped_cos = self._score_once_with_products(image_features)
         labels = self.bank_labels(len(self.bank))
         if labels is None:
