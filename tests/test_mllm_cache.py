@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -192,9 +193,12 @@ SCRIPT = textwrap.dedent(
 
 
 def run_script(url, cache_dir, lo, hi, img):
+    # SIGINT as a terminal gives it: a suite started in the background (`cmd &` without job control)
+    # hands its children SIGINT ignored, and Python then keeps ignoring it
     return subprocess.Popen(
         [sys.executable, "-c", SCRIPT, url, str(cache_dir), str(lo), str(hi), str(img)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -236,7 +240,6 @@ def test_clearing_a_damaged_cache_removes_the_file(tmp_path):
 
 def test_ctrl_c_keeps_every_answer_that_arrived(tmp_path):
     """A real process, a real server: 3 answers arrive at once, the rest hang; SIGINT; the 3 are cached."""
-    import signal
     import threading
 
     srv = HTTPServer(host="127.0.0.1", port=0, threaded=True)
@@ -265,7 +268,7 @@ def test_ctrl_c_keeps_every_answer_that_arrived(tmp_path):
             time.sleep(0.05)
         time.sleep(0.5)  # the three answers reach the client and its cache
         proc.send_signal(signal.SIGINT)
-        time.sleep(1.0)  # the interrupt is handled first, even on a loaded machine
+        time.sleep(1.0)  # the interrupt is handled before the hanging answers are released
         release.set()  # the requests still in flight end (their answers come after the interrupt)
         proc.communicate(timeout=60)
         assert cache_stats(tmp_path / "cache")["mllm"]["entries"] == 3
