@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from negspace import scoring
 from negspace.backend import to_numpy
 from negspace.scoring import UNIT_NORM_TOLERANCE, as_unit_rows  # noqa: F401  (the detectors' input check)
 
@@ -41,9 +42,11 @@ def row_argmax(values: Any) -> tuple[np.ndarray, np.ndarray]:
     """Each row's largest value (float64) and its column, computed where ``values`` live (NumPy or
     a torch tensor on its device: only ``2B`` numbers come back to the host)."""
     if isinstance(values, np.ndarray):
-        columns = values.argmax(axis=1)
-        return values[np.arange(len(values)), columns].astype(np.float64), columns
-    best, columns = values.max(dim=1)
+        best, columns = scoring.row_max(values)
+    else:
+        from negspace import torch_scoring
+
+        best, columns = torch_scoring.row_max(values)
     return to_numpy(best), to_numpy(columns, np.int64)
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import Detector, as_unit_rows, resolve_config
+from negspace.detectors.base import Detector, as_unit_rows, resolve_config, row_argmax
 from negspace.detectors.saved import SavedDetector
 from negspace.templates import MCM_TEMPLATE
 
@@ -81,7 +81,7 @@ class MCM(Detector):
     def score_with_nearest(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """The scores and each image's nearest ID class from one product (MCM has no negatives)."""
         logits = self._logits(image_features)
-        nearest_id = np.asarray(to_numpy(logits)).argmax(axis=1)
+        nearest_id = row_argmax(logits)[1]
         return to_numpy(self.backend.ops.max_softmax(logits)), nearest_id, [""] * len(nearest_id)
 
     def _logits(self, image_features: np.ndarray) -> Any:
