@@ -1,15 +1,18 @@
 """What the few-shot test-time detectors (InterNeg, TINS) share: the ID text features, the fixed
-bank and the class prototypes, checked once; and which images of a batch are inverted."""
+bank and the class prototypes, checked once; saving and loading them with the learned state; and
+which images of a batch are inverted."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import asdict
+from typing import Any, ClassVar
 
 import numpy as np
 
 from negspace.corpus.interneg import class_baselines
 from negspace.detectors.base import OnlineDetector, as_unit_rows
+from negspace.detectors.saved import SavedDetector
 
 
 LEARNED_LABEL = "(learned negative {})"  # a learned row's name where a label is shown (negspace score)
@@ -20,6 +23,10 @@ class FewShotDetector(OnlineDetector):
     prototypes of few-shot ID images (InterNeg, TINS)."""
 
     inverter: Any = None
+    config: Any
+    _initial: tuple[np.ndarray, ...] | None  # a loaded detector's learned state (``reset`` returns to it)
+    #: the learned state's attributes, saved as arrays of these dtypes, in ``_initial``'s order
+    STATE_ARRAYS: ClassVar[tuple[tuple[str, Any], ...]] = ()
 
     def _set_banks(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
                    neg_labels: Sequence[str] | None) -> None:
@@ -40,6 +47,29 @@ class FewShotDetector(OnlineDetector):
         if self.neg_labels is None:
             return None
         return [*self.neg_labels, *(LEARNED_LABEL.format(i) for i in range(1, n_learned + 1))]
+
+    def to_saved(self) -> SavedDetector:
+        arrays = {"id_text_features": self.id_text_features, "negative_features": self.negative_features,
+                  "prototypes": self.prototypes, **{name: getattr(self, name) for name, _ in self.STATE_ARRAYS}}
+        return SavedDetector(self.method_name, asdict(self.config), arrays,
+                             {"neg_labels": self.neg_labels, "class_names": self.class_names})
+
+    @classmethod
+    def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> Any:
+        """The detector :meth:`save` wrote, with its learned state, frozen."""
+        a = saved.arrays
+        det = cls(a["id_text_features"], a["negative_features"], a["prototypes"], neg_labels=saved.extra.get("neg_labels"),
+                  **cls._backend_options(backend, device), **saved.params)
+        det._initial = tuple(np.asarray(a[name], dtype) for name, dtype in cls.STATE_ARRAYS)
+        det.reset()
+        det.class_names = saved.extra.get("class_names")
+        det.freeze()
+        return det
+
+    @classmethod
+    def _backend_options(cls, backend: str, device: str) -> dict[str, str]:
+        """The constructor's scoring-backend keywords for a loaded detector."""
+        return {"backend": backend, "device": device}
 
     def learns(self) -> bool:
         """Whether scoring a batch may change the bank (not frozen, and an inverter to learn with)."""

@@ -27,7 +27,6 @@ from negspace.corpus.interneg import intermodal_test
 from negspace.detectors.base import resolve_config
 from negspace.detectors.fewshot import FewShotDetector, images_to_invert
 from negspace.detectors.neglabel import NegLabel
-from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU
 
 Inverter = Callable[[np.ndarray], np.ndarray]  # image features (B, D) -> learned unit text features (B, D)
@@ -72,6 +71,7 @@ class InterNeg(FewShotDetector):
     banks it has and learns nothing)."""
 
     method_name = "interneg"
+    STATE_ARRAYS = (("learned_features", np.float32), ("learned_deviation", np.float64))
 
     def __init__(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
                  config: InterNegConfig | None = None, *, neg_labels: Sequence[str] | None = None,
@@ -163,27 +163,6 @@ class InterNeg(FewShotDetector):
             self.learned_features, self.learned_deviation = merged[order], merged_d[order]
         self._scorer = None  # the bank may have changed: its grouping is drawn again for its size
         return int(passes.sum())
-
-    # -- saving -------------------------------------------------------------------------------------
-
-    def to_saved(self) -> SavedDetector:
-        arrays = {"id_text_features": self.id_text_features, "negative_features": self.negative_features,
-                  "prototypes": self.prototypes, "learned_features": self.learned_features,
-                  "learned_deviation": self.learned_deviation}
-        return SavedDetector(self.method_name, asdict(self.config), arrays,
-                             {"neg_labels": self.neg_labels, "class_names": self.class_names})
-
-    @classmethod
-    def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> InterNeg:
-        """The detector :meth:`save` wrote, with its learned bank, frozen."""
-        a = saved.arrays
-        det = cls(a["id_text_features"], a["negative_features"], a["prototypes"], neg_labels=saved.extra.get("neg_labels"),
-                  backend=backend, device=device, **saved.params)
-        det._initial = (np.asarray(a["learned_features"], np.float32), np.asarray(a["learned_deviation"], np.float64))
-        det.reset()
-        det.class_names = saved.extra.get("class_names")
-        det.freeze()
-        return det
 
     def get_params(self) -> dict[str, Any]:
         return {"n_classes": len(self.id_text_features), "n_negatives": len(self.negative_features),

@@ -26,7 +26,6 @@ import numpy as np
 from negspace.corpus.interneg import intermodal_test
 from negspace.detectors.base import LabelledColumns, as_unit_rows, nearest_texts, resolve_config
 from negspace.detectors.fewshot import FewShotDetector, images_to_invert
-from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU, group_order, log_sum_exp
 
 Inverter = Callable[[np.ndarray], np.ndarray]
@@ -92,6 +91,7 @@ class TINS(FewShotDetector):
     has)."""
 
     method_name = "tins"
+    STATE_ARRAYS = (("bank", np.float32), ("bank_d", np.float64), ("buffer", np.float32), ("buffer_d", np.float64))
 
     def __init__(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
                  config: TINSConfig | None = None, *, neg_labels: Sequence[str] | None = None,
@@ -211,25 +211,9 @@ class TINS(FewShotDetector):
         self._grouped = None
         return int(passes.sum())
 
-    def to_saved(self) -> SavedDetector:
-        arrays = {"id_text_features": self.id_text_features, "negative_features": self.negative_features,
-                  "prototypes": self.prototypes, "bank": self.bank, "bank_d": self.bank_d, "buffer": self.buffer,
-                  "buffer_d": self.buffer_d}
-        return SavedDetector(self.method_name, asdict(self.config), arrays,
-                             {"neg_labels": self.neg_labels, "class_names": self.class_names})
-
     @classmethod
-    def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> TINS:
-        """The detector :meth:`save` wrote, with its dynamic bank and buffer, frozen."""
-        a = saved.arrays
-        det = cls(a["id_text_features"], a["negative_features"], a["prototypes"], neg_labels=saved.extra.get("neg_labels"),
-                  **saved.params)
-        det._initial = (np.asarray(a["bank"], np.float32), np.asarray(a["bank_d"]), np.asarray(a["buffer"], np.float32),
-                        np.asarray(a["buffer_d"]))
-        det.reset()
-        det.class_names = saved.extra.get("class_names")
-        det.freeze()
-        return det
+    def _backend_options(cls, backend: str, device: str) -> dict[str, str]:
+        return {}  # TINS scores with NumPy
 
     def get_params(self) -> dict[str, Any]:
         return {"n_classes": len(self.id_text_features), "n_negatives": len(self.negative_features),
