@@ -68,6 +68,19 @@ def nearest_texts(blocks: Sequence[LabelledColumns], n_images: int) -> list[str]
     return [blocks[k].labels[r] if k >= 0 else "" for k, r in zip(block_of.tolist(), row_of.tolist())]
 
 
+def check_ranges(config: Any, *, positive: Sequence[str] = (), at_least_one: Sequence[str] = (),
+                 non_negative: Sequence[str] = (), unit_interval: Sequence[str] = ()) -> None:
+    """Raise ``ValueError`` naming the first field of ``config`` outside its range (a config's
+    ``__post_init__`` check)."""
+    ranges = ((positive, lambda v: v > 0, "must be positive"), (at_least_one, lambda v: v >= 1, "must be at least 1"),
+              (non_negative, lambda v: v >= 0, "must be >= 0"), (unit_interval, lambda v: 0 <= v <= 1, "must be in [0, 1]"))
+    for names, inside, says in ranges:
+        for name in names:
+            value = getattr(config, name)
+            if not inside(value):
+                raise ValueError(f"{name} {says}, got {value}")
+
+
 def resolve_config(config_type: type[ConfigT], config: ConfigT | None, overrides: dict[str, Any]) -> ConfigT:
     """``config`` (default: ``config_type()``, the paper's defaults) with keyword ``overrides``.
 

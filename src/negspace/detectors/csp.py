@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from negspace.corpus.csp import WORDNET_POOL, PoolSelection
+from negspace.detectors.base import check_ranges
 from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
 from negspace.scoring import DEFAULT_TAU
 from negspace.templates import CSP_NOUN_TEMPLATES
@@ -46,10 +47,7 @@ class CSPConfig:
     fraction: float = 0.15
 
     def __post_init__(self) -> None:
-        if not self.tau > 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
-        if self.groups < 1:
-            raise ValueError(f"groups must be at least 1, got {self.groups}")
+        check_ranges(self, positive=("tau",), at_least_one=("groups",))
         self.selection()  # the pool settings are checked there
 
     def selection(self) -> PoolSelection:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from negspace.corpus.interneg import intermodal_test
-from negspace.detectors.base import resolve_config
+from negspace.detectors.base import check_ranges, resolve_config
 from negspace.detectors.fewshot import FewShotDetector, images_to_invert
 from negspace.detectors.neglabel import NegLabel
 from negspace.scoring import DEFAULT_TAU
@@ -53,16 +53,8 @@ class InterNegConfig:
     max_inverted: int = 0
 
     def __post_init__(self) -> None:
-        if not self.tau > 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
-        for name in ("groups", "negatives", "steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("learned", "max_inverted"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.beta <= 1:
-            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+        check_ranges(self, positive=("tau",), at_least_one=("groups", "negatives", "steps"),
+                     non_negative=("learned", "max_inverted"), unit_interval=("beta",))
 
 
 class InterNeg(FewShotDetector):

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import Detector, LabelledColumns, as_unit_rows, nearest_texts, resolve_config, row_argmax
+from negspace.detectors.base import (Detector, LabelledColumns, as_unit_rows, check_ranges, nearest_texts, resolve_config,
+                                     row_argmax)
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU, group_order
 from negspace.templates import ID_TEMPLATE as NEGLABEL_ID_TEMPLATE
@@ -41,10 +42,7 @@ class NegLabelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.tau > 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
-        if self.groups < 1:
-            raise ValueError(f"groups must be at least 1, got {self.groups}")
+        check_ranges(self, positive=("tau",), at_least_one=("groups",))
 
 
 class NegLabel(Detector):

@@ -29,6 +29,7 @@ import numpy as np
 
 from negspace.backend import to_numpy
 from negspace.corpus.csp import WORDNET_POOL, PoolSelection
+from negspace.detectors.base import check_ranges
 from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU
@@ -62,13 +63,8 @@ class NegRefineConfig:
     nearest: int = 10
 
     def __post_init__(self) -> None:
-        if not self.tau > 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
-        for name in ("groups", "top_id", "top_negatives", "nearest", "pair_cache"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.match_weight >= 0:
-            raise ValueError(f"match_weight must be >= 0, got {self.match_weight}")
+        check_ranges(self, positive=("tau",), at_least_one=("groups", "top_id", "top_negatives", "nearest", "pair_cache"),
+                     non_negative=("match_weight",))
         self.selection()
 
     def selection(self) -> PoolSelection:

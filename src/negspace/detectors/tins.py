@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from negspace.corpus.interneg import intermodal_test
-from negspace.detectors.base import LabelledColumns, as_unit_rows, nearest_texts, resolve_config
+from negspace.detectors.base import LabelledColumns, as_unit_rows, check_ranges, nearest_texts, resolve_config
 from negspace.detectors.fewshot import FewShotDetector, images_to_invert
 from negspace.scoring import DEFAULT_TAU, group_order, log_sum_exp
 
@@ -53,15 +53,8 @@ class TINSConfig:
     max_inverted: int = 0
 
     def __post_init__(self) -> None:
-        if not self.tau > 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
-        for name in ("groups", "negatives", "steps", "learned", "buffer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.beta <= 1:
-            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
-        if self.max_inverted < 0 or self.lam < 0:
-            raise ValueError("max_inverted and lam must be >= 0")
+        check_ranges(self, positive=("tau",), at_least_one=("groups", "negatives", "steps", "learned", "buffer"),
+                     non_negative=("max_inverted", "lam"), unit_interval=("beta",))
 
 
 def scaled_group_score(id_cos: np.ndarray, grouped_cos: np.ndarray, groups: int, tau: float = DEFAULT_TAU) -> np.ndarray:
