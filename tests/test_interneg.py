@@ -92,16 +92,12 @@ def world():
     return make_world(dim=64, n_classes=12, n_corpus=1500, n_per_class=16, seed=7)
 
 
-def _prototypes(world):
-    return prototypes_of(world)
-
-
 def _inverter(world):
     return rotating_inverter(world, seed=11, strength=0.3)
 
 
 def test_selection_matches_the_authors_code(world):
-    prototypes = _prototypes(world)
+    prototypes = prototypes_of(world)
     near = prototypes[:6] + 0.05 * np.random.default_rng(0).standard_normal((6, world.dim))  # fail the test
     near = (near / np.linalg.norm(near, axis=1, keepdims=True)).astype(np.float32)
     adjectives, nouns = np.concatenate([world.corpus_features[:400], near]), world.corpus_features[400:]
@@ -116,7 +112,7 @@ def test_selection_matches_the_authors_code(world):
 
 
 def test_the_stream_matches_the_authors_loop(world):
-    prototypes = _prototypes(world)
+    prototypes = prototypes_of(world)
     fixed = world.corpus_features[:300]
     images = np.concatenate([world.id_image_features[::3], world.far_ood_features[::4], world.near_ood_features[::4]])
     order = np.random.default_rng(0).permutation(len(images))
@@ -137,7 +133,7 @@ def test_the_stream_matches_the_authors_loop(world):
 
 
 def test_saved_and_loaded_exactly_with_its_learned_bank(world, tmp_path):
-    prototypes = _prototypes(world)
+    prototypes = prototypes_of(world)
     detector = InterNeg.from_features(world.id_text_features, world.corpus_features[:300], prototypes, beta=0.6,
                                       inverter=_inverter(world))
     detector.score_features(world.far_ood_features[:64])
@@ -167,7 +163,7 @@ def test_at_most_max_inverted_images_per_batch(world):
         calls.append(len(features))
         return _inverter(world)(features)
 
-    detector = InterNeg.from_features(world.id_text_features, world.corpus_features[:300], _prototypes(world),
+    detector = InterNeg.from_features(world.id_text_features, world.corpus_features[:300], prototypes_of(world),
                                       beta=0.99, max_inverted=3, inverter=invert)
     detector.score_features(world.far_ood_features[:20])
     assert calls == [3]

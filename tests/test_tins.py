@@ -82,10 +82,6 @@ def world():
     return make_world(dim=64, n_classes=12, n_corpus=1500, n_per_class=16, seed=9)
 
 
-def _prototypes(world):
-    return prototypes_of(world)
-
-
 def _inverter(world):
     return rotating_inverter(world, seed=13, strength=0.4)
 
@@ -93,12 +89,12 @@ def _inverter(world):
 def test_the_score_matches_the_authors_formula(world):
     images = np.concatenate([world.id_image_features[:30], world.far_ood_features[:30]])
     bank = world.corpus_features[:303]  # 3 dropped before grouping
-    got = TINS.from_features(world.id_text_features, bank, _prototypes(world)).score_features(images)
+    got = TINS.from_features(world.id_text_features, bank, prototypes_of(world)).score_features(images)
     assert_scores_close(got, authors_score(images, world.id_text_features, bank), dim=world.dim)
 
 
 def test_the_stream_with_bank_and_buffer_matches_the_authors_loop(world, tmp_path):
-    prototypes = _prototypes(world)
+    prototypes = prototypes_of(world)
     fixed = world.corpus_features[:300]
     images = np.concatenate([world.id_image_features[::2], world.far_ood_features, world.near_ood_features])
     order = np.random.default_rng(1).permutation(len(images))
