@@ -210,32 +210,25 @@ def build_negrefine(inputs: BuildInputs) -> Detector:
 
 def build_interneg(inputs: BuildInputs) -> Detector:
     """InterNeg: the class prototypes from the ID shots, the inter-modal bank, and the inversion
-    through the encoder's text tower."""
-    from negspace.encoders.inversion import PseudoTokenInverter
-
+    through the encoder's text tower (``unfreeze`` builds it)."""
     config: InterNegConfig = inputs.params
     id_features, prototypes = _shots_and_prototypes(inputs)
     bank = _interneg_bank(inputs, id_features, prototypes, config.negatives)
-    inverter = PseudoTokenInverter(inputs.encoder, steps=config.steps, lr=config.lr,
-                                   weight_decay=config.weight_decay, init_std=config.init_std, seed=config.seed)
-    detector = InterNeg(id_features, bank.features, prototypes, config, neg_labels=bank.labels, inverter=inverter,
-                        **inputs.backend())
+    detector = InterNeg(id_features, bank.features, prototypes, config, neg_labels=bank.labels, **inputs.backend())
     detector.encoder, detector.class_names = inputs.encoder, list(inputs.class_names)
+    detector.unfreeze()
     return detector
 
 
 def build_tins(inputs: BuildInputs) -> Detector:
     """TINS: InterNeg's prototypes and bank (at least one label per part), its scaled score, and
-    the word-initialised inversion through the encoder's text tower."""
-    from negspace.encoders.inversion import WordInitialisedInverter
-
+    the word-initialised inversion through the encoder's text tower (``unfreeze`` builds it)."""
     config: TINSConfig = inputs.params
     id_features, prototypes = _shots_and_prototypes(inputs)
     bank = _interneg_bank(inputs, id_features, prototypes, config.negatives, at_least_one=True)
-    inverter = WordInitialisedInverter(inputs.encoder, bank.labels, prototypes, steps=config.steps, lr=config.lr,
-                                       weight_decay=config.weight_decay, lam=config.lam)
-    detector = TINS(id_features, bank.features, prototypes, config, neg_labels=bank.labels, inverter=inverter)
+    detector = TINS(id_features, bank.features, prototypes, config, neg_labels=bank.labels)
     detector.encoder, detector.class_names = inputs.encoder, list(inputs.class_names)
+    detector.unfreeze()
     return detector
 
 
