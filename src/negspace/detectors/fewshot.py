@@ -27,6 +27,7 @@ class FewShotDetector(OnlineDetector):
     _initial: tuple[np.ndarray, ...] | None  # a loaded detector's learned state (``reset`` returns to it)
     #: the learned state's attributes, saved as arrays of these dtypes, in ``_initial``'s order
     STATE_ARRAYS: ClassVar[tuple[tuple[str, Any], ...]] = ()
+    inversion_needs_words: ClassVar[bool] = False  # the inverter also reads the bank's words (neg_labels)
 
     def _set_banks(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
                    neg_labels: Sequence[str] | None) -> None:
@@ -70,6 +71,20 @@ class FewShotDetector(OnlineDetector):
     def _backend_options(cls, backend: str, device: str) -> dict[str, str]:
         """The constructor's scoring-backend keywords for a loaded detector."""
         return {"backend": backend, "device": device}
+
+    def make_inverter(self) -> Any:
+        """The method's inverter over ``encoder``'s text tower."""
+        raise NotImplementedError
+
+    def unfreeze(self) -> None:
+        """Learn on: the inversion needs the text tower (a loaded detector gets one from its
+        ``encoder``, which ``load_detector(folder, encoder=...)`` sets)."""
+        if self.inverter is None:
+            if self.encoder is None or (self.inversion_needs_words and self.neg_labels is None):
+                raise ValueError(f"{type(self).__name__} learns through the text tower: load it with "
+                                 "load_detector(folder, encoder=...) to unfreeze it")
+            self.inverter = self.make_inverter()
+        super().unfreeze()
 
     def learns(self) -> bool:
         """Whether scoring a batch may change the bank (not frozen, and an inverter to learn with)."""

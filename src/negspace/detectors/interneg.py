@@ -106,20 +106,13 @@ class InterNeg(FewShotDetector):
         scorer = self.scorer()
         return (scorer.neg_text_features, scorer.neg_labels) if scorer.neg_labels is not None else None
 
-    def unfreeze(self) -> None:
-        """Learn on: the inversion needs the text tower (a loaded detector gets one from its
-        ``encoder``, which ``load_detector(folder, encoder=...)`` sets)."""
-        if self.inverter is None:
-            if self.encoder is None:
-                raise ValueError("InterNeg learns through the text tower: load it with load_detector(folder, "
-                                 "encoder=...) to unfreeze it")
-            from negspace.encoders.inversion import PseudoTokenInverter
+    def make_inverter(self) -> Inverter:
+        """Pseudo-tokens from N(0, ``init_std``²), ``steps`` seeded AdamW steps over 80 templates."""
+        from negspace.encoders.inversion import PseudoTokenInverter
 
-            config = self.config
-            self.inverter = PseudoTokenInverter(self.encoder, steps=config.steps, lr=config.lr,
-                                                weight_decay=config.weight_decay, init_std=config.init_std,
-                                                seed=config.seed)
-        super().unfreeze()
+        config = self.config
+        return PseudoTokenInverter(self.encoder, steps=config.steps, lr=config.lr, weight_decay=config.weight_decay,
+                                   init_std=config.init_std, seed=config.seed)
 
     # -- scoring ------------------------------------------------------------------------------------
 

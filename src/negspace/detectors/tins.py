@@ -84,6 +84,7 @@ class TINS(FewShotDetector):
     has)."""
 
     method_name = "tins"
+    inversion_needs_words = True  # each token starts from a word of the bank
     STATE_ARRAYS = (("bank", np.float32), ("bank_d", np.float64), ("buffer", np.float32), ("buffer_d", np.float64))
 
     def __init__(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
@@ -118,19 +119,13 @@ class TINS(FewShotDetector):
         labels = self.bank_labels(len(self.bank))
         return (np.concatenate([self.negative_features, self.bank]), labels) if labels is not None else None
 
-    def unfreeze(self) -> None:
-        """Learn on: the inversion needs the text tower (a loaded detector gets one from its
-        ``encoder``, which ``load_detector(folder, encoder=...)`` sets)."""
-        if self.inverter is None:
-            if self.encoder is None or self.neg_labels is None:
-                raise ValueError("TINS learns through the text tower: load it with load_detector(folder, "
-                                 "encoder=...) to unfreeze it")
-            from negspace.encoders.inversion import WordInitialisedInverter
+    def make_inverter(self) -> Inverter:
+        """Tokens initialised from the bank's words, ``steps`` AdamW steps with the prototype penalty."""
+        from negspace.encoders.inversion import WordInitialisedInverter
 
-            config = self.config
-            self.inverter = WordInitialisedInverter(self.encoder, self.neg_labels, self.prototypes, steps=config.steps,
-                                                    lr=config.lr, weight_decay=config.weight_decay, lam=config.lam)
-        super().unfreeze()
+        config = self.config
+        return WordInitialisedInverter(self.encoder, self.neg_labels, self.prototypes, steps=config.steps, lr=config.lr,
+                                       weight_decay=config.weight_decay, lam=config.lam)
 
     def score_once(self, image_features: np.ndarray) -> np.ndarray:
         """The score with the banks as they are (no learning)."""
