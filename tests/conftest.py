@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import sys
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from chat_server import chat_server  # noqa: E402
 from fixtures_models import SavedModel, save_tiny_openclip, tiny_hf_clip  # noqa: E402,F401  (pytest fixtures)
 
 
@@ -52,40 +51,20 @@ def tiny_openclip(tmp_path_factory: pytest.TempPathFactory) -> SavedModel:
                       weights=folder / "tiny_openclip.pt", folder=folder)
 
 
-_SERVERS = itertools.count()
-
-
 @pytest.fixture
 def mllm_server():
     """A real OpenAI-compatible chat server on 127.0.0.1 with scripted, messy-but-usable answers."""
-    from pytest_httpserver import HTTPServer
-    from werkzeug.wrappers import Response
-
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
     chat_requests: list[dict] = []
 
-    def chat(request):
-        payload = json.loads(request.data)
+    def answer(payload):
         chat_requests.append(payload)
         content = payload["messages"][-1]["content"]
         text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
         has_image = not isinstance(content, str) and any(p["type"] == "image_url" for p in content)
         if "Give five" in text:
-            answer = "1. **crimson tile**\n2) mosaic\n3: stained glass\n- red brick\n5. ruby"
-        else:
-            assert has_image and payload["model"] == server.model
-            answer = getattr(server, "describe_answer", "A field of colourful static noise.")
-        body = {"id": "x", "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
-        return Response(json.dumps(body), content_type="application/json")
+            return "1. **crimson tile**\n2) mosaic\n3: stained glass\n- red brick\n5. ruby"
+        assert has_image and payload["model"] == server.model
+        return getattr(server, "describe_answer", "A field of colourful static noise.")
 
-    # The MLLM cache is keyed by the model the server names (not its URL): a name of its own per
-    # test keeps one test's cached answers out of another's request counts.
-    # (the pytest-xdist workers share one cache: the worker's name keeps their servers apart too)
-    server.model = f"tiny-vlm-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{next(_SERVERS)}"
-    server.spec = f"openai:{server.url_for('/v1')}/{server.model}"
-    server.expect_request("/v1/models").respond_with_json({"data": [{"id": server.model}]})
-    server.expect_request("/v1/chat/completions", method="POST").respond_with_handler(chat)
-    yield server, chat_requests
-    server.stop()
+    with chat_server("tiny-vlm", answer) as server:
+        yield server, chat_requests

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from chat_server import chat_server
 from image_sets import write_sets
 from negspace.cli import main
 from negspace.corpus.csp import label_ratios, lowest
@@ -246,36 +247,19 @@ def test_config_defaults():
 @pytest.fixture
 def llm_server():
     """A real OpenAI-compatible chat server answering NegRefine's two questions."""
-    import itertools
-    import os
-
-    from pytest_httpserver import HTTPServer
-    from werkzeug.wrappers import Response
-
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
     prompts = []
 
-    def chat(request):
-        payload = json.loads(request.data)
+    def answer(payload):
         assert payload["messages"][0] == {"role": "system", "content": "You are a helpful assistant. Answering only Yes/No."}
         prompt = payload["messages"][-1]["content"]
         prompts.append(prompt)
         label = prompt.split("'")[1]
         if "proper noun" in prompt:
-            answer = "Yes." if label.startswith("place") else "No."
-        else:
-            answer = "yes, it is" if label.endswith("z") else "No"
-        body = {"id": "x", "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
-        return Response(json.dumps(body), content_type="application/json")
+            return "Yes." if label.startswith("place") else "No."
+        return "yes, it is" if label.endswith("z") else "No"
 
-    server.model = f"tiny-llm-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{next(itertools.count())}-{id(server)}"
-    server.spec = f"openai:{server.url_for('/v1')}/{server.model}"
-    server.expect_request("/v1/models").respond_with_json({"data": [{"id": server.model}]})
-    server.expect_request("/v1/chat/completions", method="POST").respond_with_handler(chat)
-    yield server, prompts
-    server.stop()
+    with chat_server("tiny-llm", answer) as server:
+        yield server, prompts
 
 
 def _model_args(model) -> list[str]:
