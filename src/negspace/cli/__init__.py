@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except NegspaceError as err:
-        print(f"negspace: error: {err}", file=sys.stderr)
+        print(f"negspace: error: {err.cli_message()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("negspace: interrupted; finished work is cached and will be reused", file=sys.stderr)
