@@ -169,6 +169,8 @@ def test_bad_inputs_give_clear_errors(world):
         MCM.from_features(world.id_text_features).score_images([])
 
 
-def test_repr_shows_parameters(detectors):
-    assert "groups=10" in repr(detectors["neglabel"])
-    assert "temperature=1.0" in repr(detectors["mcm"])
+def test_repr_shows_sizes_and_the_parameters_that_differ_from_the_defaults(world, detectors):
+    assert repr(detectors["neglabel"]).startswith("NegLabel(n_classes=20, n_negatives=1000, ")
+    assert "groups=10" in repr(detectors["neglabel"]) and "tau=" not in repr(detectors["neglabel"])
+    assert repr(detectors["mcm"]) == "MCM(n_classes=20)"  # temperature 1.0 is the paper's
+    assert repr(MCM.from_features(world.id_text_features, temperature=0.5)) == "MCM(n_classes=20, temperature=0.5)"

@@ -1,5 +1,8 @@
 """negspace: zero-shot out-of-distribution detection with vision-language models.
 
+Nine methods of the negative-label family: MCM, NegLabel, CSP, NegRefine, InterNeg, TINS, ANTS,
+TANL and AdaNeg (one class each, with its config: ``NegLabel``/``NegLabelConfig``, ...).
+
 Scores are **higher for in-distribution** samples. The feature-level API needs no model::
 
     from negspace import NegLabel, testing
@@ -29,6 +32,10 @@ _LAZY = {
     "CSPConfig": "negspace.detectors.csp",
     "NegRefine": "negspace.detectors.negrefine",
     "NegRefineConfig": "negspace.detectors.negrefine",
+    "InterNeg": "negspace.detectors.interneg",
+    "InterNegConfig": "negspace.detectors.interneg",
+    "TINS": "negspace.detectors.tins",
+    "TINSConfig": "negspace.detectors.tins",
     "load_detector": "negspace.methods",
     "METHODS": "negspace.methods",
     "MCMConfig": "negspace.detectors.mcm",
@@ -84,6 +91,10 @@ __all__ = [
     "NegLabelConfig",
     "CSPConfig",
     "NegRefineConfig",
+    "InterNeg",
+    "InterNegConfig",
+    "TINS",
+    "TINSConfig",
     "NegativesConfig",
     "ScoreConfig",
     "TANLConfig",

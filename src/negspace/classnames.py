@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from negspace.errors import ClassNamesError
+from negspace.reprs import fields_repr
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,21 @@ class ClassList:
     def __len__(self) -> int:
         return len(self.names)
 
+    def __repr__(self) -> str:
+        return fields_repr(self)
+
+
+def _bench_data(file: str) -> dict:
+    import json
+    from importlib import resources
+
+    return json.loads((resources.files("negspace.bench") / "data" / file).read_text(encoding="utf-8"))
+
 
 def _imagenet_names() -> tuple[str, ...]:
-    # The 1000 names CLIP's authors curated for zero-shot ImageNet, shipped with open_clip.
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-    return tuple(IMAGENET_CLASSNAMES)
+    # The 1000 names CLIP's authors curated for zero-shot ImageNet, copied from open_clip into the
+    # package data so that reading them never imports open_clip and torch (PROVENANCE.txt).
+    return tuple(_bench_data("imagenet_classnames.json")["names"])
 
 
 def _line_list(numbers: list[int], limit: int = 8) -> str:
@@ -95,21 +105,15 @@ def parse_class_lines(text: str, source: str) -> ClassList:
 
 def builtin_class_names(name: str) -> tuple[str, ...]:
     """The names of a built-in list (see :data:`BUILTIN_CLASS_LISTS`), in index order."""
-    import json
-    from importlib import resources
-
-    def data(file: str) -> dict:
-        return json.loads((resources.files("negspace.bench") / "data" / file).read_text(encoding="utf-8"))
-
     if name == "imagenet":
         return _imagenet_names()
     if name in ("imagenet-a", "imagenet-r"):  # 200-class subsets, as indices into ImageNet-1k
         names = _imagenet_names()
-        return tuple(names[i] for i in data(f"imagenet_{name[-1]}_indices.json")["indices"])
+        return tuple(names[i] for i in _bench_data(f"imagenet_{name[-1]}_indices.json")["indices"])
     if name in ("imagenet-10", "imagenet-20"):
-        return tuple(entry["name"] for entry in data("imagenet10_20.json")[name])
+        return tuple(entry["name"] for entry in _bench_data("imagenet10_20.json")[name])
     if name == "oxford-pet":
-        return tuple(data("oxford_pet.json")["names"])
+        return tuple(_bench_data("oxford_pet.json")["names"])
     raise ClassNamesError(f"{name!r} is not a built-in class list ({', '.join(BUILTIN_CLASS_LISTS)}).")
 
 

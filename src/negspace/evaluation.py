@@ -20,6 +20,7 @@ from negspace.detectors.base import OnlineDetector, StreamBatch
 from negspace.features_table import FeatureTable, check_model, is_feature_table, read_feature_table
 from negspace.errors import DatasetError
 from negspace.metrics import OODResult, compute_all
+from negspace.reprs import fields_repr
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
@@ -51,6 +52,9 @@ class EncodedSet:
     skipped: list[dict[str, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # encoding's stages (ImageEncoding.seconds)
     from_cache: int = 0  # rows read from the feature cache instead of encoded
+
+    def __repr__(self) -> str:
+        return fields_repr(self)
 
 
 def _check_feature_file(path: Path, name: str) -> FeatureFile:
@@ -151,6 +155,15 @@ class Evaluation:
             metric: float(np.mean([getattr(r, metric) for r in self.results.values()]))
             for metric in METRIC_NAMES
         }
+
+    def __repr__(self) -> str:
+        # a few lines for a notebook: what ran on what, and the averages; never the arrays
+        method = self.info.get("method", "?")
+        ood = ", ".join(f"{s.name}: {len(s.features)}" for s in self.ood_sets)
+        average = ", ".join(f"{metric}={value:.4f}" for metric, value in self.average().items()) if self.results else "none"
+        stopped = f", stopped after {self.stopped!r}" if self.stopped else ""
+        return (f"Evaluation(method={method!r}, id={self.id_set.name!r}: {len(self.id_set.features)} images, "
+                f"ood={{{ood}}},\n           average: {average}{stopped})")
 
 
 def evaluate_detector(

@@ -16,10 +16,12 @@ from negspace.backend import BACKENDS
 from negspace.corpus.mining import MiningConfig
 from negspace.detectors.tanl import DEFAULT_CORPUS
 from negspace.evaluation import STREAM_MODES
+from negspace.reprs import with_config_repr
 
 DEFAULT_MODEL = "openclip:ViT-B-16/openai"
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class ModelConfig:
     """The CLIP model and how images reach it.
@@ -40,6 +42,7 @@ class ModelConfig:
     progress: bool = True
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class MLLMConfig:
     """The multimodal LLM ANTS asks (see "Using an MLLM" in the README)."""
@@ -58,6 +61,7 @@ class MLLMConfig:
     batch_size: int = 8
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class NegativesConfig:
     """Where a negative-label bank comes from: mined from a corpus, or a label file."""
@@ -66,6 +70,7 @@ class NegativesConfig:
     labels_file: Path | None = None  # a file from `negspace mine` instead of mining
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class ANTSRunConfig:
     """How an ANTS run is set up beyond its :class:`~negspace.detectors.ants.ANTSConfig`.
@@ -85,6 +90,7 @@ class ANTSRunConfig:
     max_failures: float = 0.1
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class EvalConfig:
     """One evaluation: a method with its config, the stream protocol and the negatives' source.

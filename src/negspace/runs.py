@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from negspace.classnames import ClassList, load_class_names
-from negspace.data import ImageSet, parse_named_set
+from negspace.data import ImageSet, default_set_name, parse_named_set
 from negspace.detectors.ants import ANTS
 from negspace.detectors.ants.recorder import StreamRecorder
 from negspace.detectors.base import Detector, OnlineDetector
-from negspace.errors import NegspaceError
+from negspace.errors import DatasetError, NegspaceError, arg
 from negspace.evaluation import EncodedSet, Evaluation, FeatureFile, encode_set, evaluate_detector, evaluate_stream, open_set
 from negspace.features_table import FeatureTable
 from negspace.methods import ANTS_NEEDS_MLLM, FEW_SHOT_METHODS, FEW_SHOT_NEEDS_SHOTS, LLM_METHODS, METHODS, BuildInputs, backend_keywords, build_detector, method, params_of
@@ -101,28 +101,70 @@ def class_list(classes: str | Path | Sequence[str] | ClassList) -> ClassList:
     return ClassList(names=names, source=f"{len(names)} names given in Python")
 
 
-def open_sets(id: SetSource, ood: Mapping[str, SetSource] | Sequence[str]) -> tuple[Any, list[Any]]:
+OodSets = Mapping[str, SetSource] | Sequence[str | Path | tuple[str, SetSource] | ImageSet | FeatureFile | FeatureTable] | str | Path
+OOD_FORMS = ("a mapping of names to sets, a sequence of named sets (NAME=PATH strings, paths, (name, set) "
+             "pairs or opened sets) or one path")
+
+
+def named_ood_sets(ood: OodSets) -> list[tuple[str, SetSource]]:
+    """``ood`` in any of its accepted forms as ``(name, source)`` pairs; a path alone is named
+    by its folder (or list) name.
+
+    Raises:
+        TypeError: ``ood`` is none of :data:`OOD_FORMS`.
+    """
+    if isinstance(ood, Mapping):
+        return [(str(name), source) for name, source in ood.items()]
+    if isinstance(ood, (str, Path)):  # one set, not a sequence of characters
+        return [parse_named_set(str(ood)) if isinstance(ood, str) else (default_set_name(ood), ood)]
+    if not isinstance(ood, Sequence):
+        raise TypeError(f"ood must be {OOD_FORMS}; got {type(ood).__name__}.")
+    named: list[tuple[str, SetSource]] = []
+    for item in ood:
+        if isinstance(item, str):
+            named.append(parse_named_set(item))
+        elif isinstance(item, Path):
+            named.append((default_set_name(item), item))
+        elif isinstance(item, (ImageSet, FeatureFile, FeatureTable)):
+            named.append((item.name, item))
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            named.append(item)
+        else:
+            raise TypeError(f"ood must be {OOD_FORMS}; one item is a {type(item).__name__}.")
+    return named
+
+
+def open_sets(id: SetSource, ood: OodSets) -> tuple[Any, list[Any]]:
     """Open and check every set before the model loads: a wrong path fails in a second.
 
-    ``ood`` maps names to sets, or is a list of ``NAME=PATH`` strings (the command line's form).
+    ``ood`` maps names to sets, or is a sequence of named sets (``NAME=PATH`` strings, the
+    command line's form; paths; ``(name, set)`` pairs; opened sets), or one path.
     """
-    id_source = _opened(id, "id")
-    named = list(ood.items()) if isinstance(ood, Mapping) else [parse_named_set(item) for item in ood]
+    named = named_ood_sets(ood)
+    id_source = _opened(id, "id", arg("id"))
     names = [name for name, _ in named]
     reserved = {"average", "whole stream", id_source.name}
     if not named:
-        raise NegspaceError("Give at least one OOD set (--ood NAME=PATH).")
+        raise NegspaceError(f"Give at least one OOD set ({arg('ood', '--ood NAME=PATH')}).")
     if len(set(names)) != len(names) or reserved & set(names):
-        raise NegspaceError(f"--ood names must be unique and none of {sorted(reserved)}: got {names}.")
-    ood_sources = [_opened(path, name) for name, path in named]
+        raise NegspaceError(f"The {arg('ood')} names must be unique and none of {sorted(reserved)}: got {names}.")
+    ood_sources = [_opened(path, name, arg(f"ood[{name!r}]", f"--ood {name}")) for name, path in named]
     for name, path in named:
         if isinstance(path, (str, Path)) and isinstance(id, (str, Path)) and Path(path).resolve() == Path(id).resolve():
             log.warning("--ood %s is the same set as --id: its AUROC will be about 50", name)
     return id_source, ood_sources
 
 
-def _opened(source: SetSource, name: str) -> Any:
-    return open_set(source, name=name) if isinstance(source, (str, Path)) else source
+def _opened(source: SetSource, name: str, where: str) -> Any:
+    """``source`` opened as the set ``name``; a set that cannot be opened names the argument
+    (``where``) it came from."""
+    if not isinstance(source, (str, Path)):
+        return source
+    try:
+        return open_set(source, name=name)
+    except DatasetError as err:
+        message = err.message
+        raise DatasetError(f"{where}: {message[:1].lower()}{message[1:]}") from None
 
 
 def check_method_options(config: EvalConfig, classes: ClassList, has_mllm: bool = True) -> None:
@@ -198,7 +240,7 @@ def evaluate(
     *,
     classes: str | Path | Sequence[str] | ClassList,
     id: SetSource,
-    ood: Mapping[str, SetSource] | Sequence[str],
+    ood: OodSets,
     model: ModelConfig | None = None,
     encoder: ClipEncoder | None = None,
     mllm: MLLMConfig | Any = None,

@@ -28,6 +28,7 @@ import numpy as np
 from negspace.corpus.custom import corpus_fingerprint, load_corpus
 from negspace.corpus.wordnet import Corpus
 from negspace.templates import ADJECTIVE_TEMPLATE, NOUN_TEMPLATE  # noqa: F401  (re-exported)
+from negspace.reprs import fields_repr, with_config_repr
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("proportional", "per_part")
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class MiningConfig:
     """Parameters of the mining rule, with NegLabel's defaults."""
@@ -74,6 +76,9 @@ class MinedNegatives:
     @property
     def adjectives(self) -> list[str]:
         return self.labels[self.n_nouns :]
+
+    def __repr__(self) -> str:
+        return fields_repr(self)
 
 
 def percentile_similarity(

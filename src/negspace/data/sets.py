@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from negspace.errors import DatasetError
+from negspace.reprs import fields_repr
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -73,6 +74,9 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def __repr__(self) -> str:
+        return fields_repr(self)
 
 
 def is_feature_file(spec: str | Path) -> bool:

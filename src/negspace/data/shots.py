@@ -26,6 +26,7 @@ import numpy as np
 
 from negspace.data.sets import IMAGE_EXTENSIONS
 from negspace.errors import DatasetError
+from negspace.reprs import fields_repr
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class IDShots:
         """What ``metrics.json`` records of the shots."""
         return {"k": self.k, "seed": self.seed, "images": len(self.paths), "classes": self.n_classes,
                 "classes_with_fewer": len(self.fewer), "fewer": dict(list(self.fewer.items())[:20])}
+
+    def __repr__(self) -> str:
+        return fields_repr(self)
 
 
 def _name_key(name: str) -> str:

@@ -45,6 +45,7 @@ from negspace.detectors.base import LabelledColumns, OnlineDetector, as_unit_row
 from negspace.detectors.saved import SavedDetector, constructor_params
 from negspace.scoring import DEFAULT_TAU, group_order, softmax_entropy  # noqa: F401  (re-exported)
 from negspace.templates import ID_TEMPLATE
+from negspace.reprs import with_config_repr
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives, MiningConfig
@@ -157,6 +158,7 @@ def sample_adaptive_cosines(
 # --------------------------------------------------------------------------- state
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class AdaNegConfig:
     """AdaNeg's hyper-parameters, with the authors' defaults (docs/methods/adaneg.md)."""

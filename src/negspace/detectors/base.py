@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
@@ -11,7 +12,9 @@ import numpy as np
 
 from negspace import scoring
 from negspace.backend import to_numpy
+from negspace.reprs import changed_fields, params_repr
 from negspace.scoring import UNIT_NORM_TOLERANCE, as_unit_rows  # noqa: F401  (the detectors' input check)
+
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -157,8 +160,15 @@ class Detector(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot be saved")
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items())
-        return f"{type(self).__name__}({params})"
+        # sizes and the settings that differ from the paper's defaults; the whole config is
+        # get_params()
+        params = self.get_params()
+        config = getattr(self, "config", None)
+        if dataclasses.is_dataclass(config):
+            defaults = {f.name for f in dataclasses.fields(config)}
+            params = {key: value for key, value in params.items() if key not in defaults}
+            params.update(changed_fields(config))
+        return params_repr(type(self).__name__, params)
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,13 @@ from negspace.detectors.base import check_ranges
 from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
 from negspace.scoring import DEFAULT_TAU
 from negspace.templates import CSP_NOUN_TEMPLATES
+from negspace.reprs import with_config_repr
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class CSPConfig:
     """CSP's hyper-parameters, with the authors' defaults: the score's ``tau``, ``groups`` and

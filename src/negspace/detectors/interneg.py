@@ -28,10 +28,12 @@ from negspace.detectors.base import check_ranges, resolve_config
 from negspace.detectors.fewshot import FewShotDetector, images_to_invert
 from negspace.detectors.neglabel import NegLabel
 from negspace.scoring import DEFAULT_TAU
+from negspace.reprs import with_config_repr
 
 Inverter = Callable[[np.ndarray], np.ndarray]  # image features (B, D) -> learned unit text features (B, D)
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class InterNegConfig:
     """InterNeg's hyper-parameters, with the authors' defaults (ImageNet four-OOD and far-OOD

@@ -20,11 +20,13 @@ from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.base import Detector, as_unit_rows, resolve_config, row_argmax
 from negspace.detectors.saved import SavedDetector
 from negspace.templates import MCM_TEMPLATE
+from negspace.reprs import with_config_repr
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class MCMConfig:
     """MCM's hyper-parameter, with the paper's default: the softmax temperature ``T = 1``."""

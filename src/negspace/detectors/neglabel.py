@@ -24,6 +24,7 @@ from negspace.detectors.base import (Detector, LabelledColumns, as_unit_rows, ch
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU, group_order
 from negspace.templates import ID_TEMPLATE as NEGLABEL_ID_TEMPLATE
+from negspace.reprs import with_config_repr
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 DEFAULT_GROUPS = 100
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class NegLabelConfig:
     """NegLabel's hyper-parameters, with the paper's defaults: ``tau = 0.01``, ``G = 100`` groups

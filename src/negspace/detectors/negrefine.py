@@ -34,6 +34,7 @@ from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
 from negspace.detectors.saved import SavedDetector
 from negspace.scoring import DEFAULT_TAU
 from negspace.templates import CSP_NOUN_TEMPLATES, NEGREFINE_PAIR
+from negspace.reprs import with_config_repr
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 PairEncoder = Callable[[list[str]], np.ndarray]  # texts -> (n, D) unit features
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class NegRefineConfig:
     """NegRefine's hyper-parameters, with the authors' defaults: NegLabel's ``tau``, ``groups``,

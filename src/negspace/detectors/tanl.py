@@ -61,6 +61,7 @@ from negspace.scoring import (  # noqa: F401  (activation_aware_score, otsu_thre
     top_labels,
 )
 from negspace.templates import ID_TEMPLATE
+from negspace.reprs import with_config_repr
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
@@ -77,6 +78,7 @@ DEFAULT_CORPUS = "neglabel"  # the NegLabel corpus, docs/methods/neglabel.md
 # --------------------------------------------------------------------------- config
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class TANLConfig:
     """TANL's hyper-parameters, with the authors' defaults (docs/methods/tanl.md)."""

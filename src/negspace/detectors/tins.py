@@ -27,10 +27,12 @@ from negspace.corpus.interneg import intermodal_test
 from negspace.detectors.base import LabelledColumns, as_unit_rows, check_ranges, nearest_texts, resolve_config
 from negspace.detectors.fewshot import FewShotDetector, images_to_invert
 from negspace.scoring import DEFAULT_TAU, group_order, log_sum_exp
+from negspace.reprs import with_config_repr
 
 Inverter = Callable[[np.ndarray], np.ndarray]
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class TINSConfig:
     """TINS's hyper-parameters, with the authors' defaults (ImageNet four-OOD): the score's

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from negspace.cache import FeatureStore, make_key
 from negspace.errors import NegspaceError, UnreadableImageError
+from negspace.reprs import fields_repr
 
 __all__ = ["SPEC_FORMS", "Backend", "ClipEncoder", "ImageEncoding", "SkippedFile", "resolve_device"]
 
@@ -70,6 +71,9 @@ class ImageEncoding:
     hashes: list[str] = field(default_factory=list)  # SHA-256 of each kept file's bytes, in order
     seconds: dict[str, float] = field(default_factory=dict)
     from_cache: int = 0  # how many of the kept files' features were read from the cache
+
+    def __repr__(self) -> str:
+        return fields_repr(self)
 
 
 class Backend(Protocol):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from negspace.reprs import with_config_repr
+
 MODES = ("ada", "ens", "vsnl", "neglabel")
 THRESHOLDS = ("paper", "histogram")
 SIMILAR_CLASS_RULES = ("frequency", "history_top40")
@@ -36,6 +38,7 @@ _AT_LEAST_ONE = (
 )
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class ANTSConfig:
     """Hyper-parameters of ANTS; defaults from docs/methods/ants.md (ImageNet-scale streams).
