@@ -5,6 +5,7 @@ inversion on the tiny model, and an eval run."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -149,13 +150,21 @@ def test_word_initialised_inversion_on_the_tiny_model(tiny_openclip):
     assert np.mean(np.sum(learned * images, 1)) > np.mean(np.sum(first * images, 1))  # closer to the images
 
 
-def test_eval_tins_on_the_tiny_model(tmp_path, tiny_openclip):
+def test_eval_tins_on_the_tiny_model(tmp_path, tiny_openclip, capsys):
     sets = write_sets(tmp_path, seed=3, id_per_class=3, shots_per_class=4)
     out = tmp_path / "run"
     assert main(["eval", "--method", "tins", "--classes", str(sets["classes"]), "--id", str(sets["id"]),
                  "--ood", f"noise={sets['ood']}", "--id-shots", str(sets["shots"]), "--tins-beta", "1.0",
                  "--batch-size", "4", "--out", str(out), "--save-detector", str(tmp_path / "det"),
-                 "--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu", "-q"]) == 0
+                 "--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu"]) == 0
     params = json.loads((out / "metrics.json").read_text())["params"]
     assert params["inverted"] > 0 and params["n_negatives"] >= 2000
+    # the log names the method that runs, and its counts in the order its sentence announces them
+    log = capsys.readouterr().err
+    assert "TINS: testing" in log and "InterNeg:" not in log
+    found = re.search(r"TINS: (\d+) of (\d+) nouns and (\d+) of (\d+) adjectives pass the inter-modal test; "
+                      r"(\d+) nouns and (\d+) adjectives kept", log)
+    noun_pass, nouns, adjective_pass, adjectives, nouns_kept, adjectives_kept = map(int, found.groups())
+    assert nouns_kept + adjectives_kept == params["n_negatives"]
+    assert nouns_kept <= noun_pass <= nouns and adjectives_kept <= adjective_pass <= adjectives
     assert load_detector(tmp_path / "det").frozen

@@ -27,8 +27,29 @@ log = logging.getLogger("negspace")
 class Parser(argparse.ArgumentParser):
     """An option error is its one sentence and a pointer to ``--help``, not the whole usage block."""
 
+    commands: argparse._SubParsersAction | None = None  # set on the top-level parser
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        # argparse reports an unknown option of a command from the top-level parser, which would
+        # point to `negspace --help`; the command's own parser names the command and its help
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.innermost_command(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def innermost_command(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The parser of the (sub)command that ``parsed`` ran, e.g. ``negspace cache stats``."""
+        parser: argparse.ArgumentParser = self
+        while (commands := getattr(parser, "commands", None)) is not None:
+            chosen = commands.choices.get(getattr(parsed, commands.dest, None))
+            if chosen is None:
+                break
+            parser = chosen
+        return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
+    parser.commands = commands
     eval_command.add_parser(commands, common)
     mine.add_parser(commands, common)
     cache.add_parser(commands, common)

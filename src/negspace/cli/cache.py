@@ -15,6 +15,7 @@ from negspace.jsonio import to_json
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     cache = commands.add_parser("cache", parents=[common], help="inspect or clear the feature and MLLM caches")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    cache.commands = cache_commands  # an unknown option names `negspace cache stats`, not `negspace cache`
     stats = cache_commands.add_parser("stats", parents=[common], help="entries and size of each cache")
     stats.add_argument("--cache-dir", type=Path, help=CACHE_DIR_HELP)
     stats.add_argument("--json", action="store_true", help="print JSON")

@@ -94,10 +94,11 @@ def split_by_survivors(n_adjectives: int, n_nouns: int, count: int, at_least_one
 
 def select_interneg_bank(encoder: ClipEncoder, class_names: Sequence[str], id_text_features: np.ndarray,
                          prototypes: np.ndarray, count: int = 2000, cache_dir: Path | None = None,
-                         progress: bool = True, at_least_one: bool = False) -> InterNegBank:
+                         progress: bool = True, at_least_one: bool = False, method: str = "InterNeg") -> InterNegBank:
     """InterNeg's fixed bank for ``class_names``: adjectives then nouns, each by descending ``d``
     (every prompt's feature cached; the selected list cached as JSON under ``cache_dir/mined``,
-    keyed by the model, the classes and the prototypes)."""
+    keyed by the model, the classes and the prototypes). ``method`` names the run in the log
+    (TINS selects its bank the same way)."""
     baselines = class_baselines(id_text_features, prototypes)
     settings = {"kind": "interneg", "count": count, "at_least_one": at_least_one,
                 "prototypes": hashlib.sha256(np.ascontiguousarray(prototypes, np.float32)).hexdigest()}
@@ -107,7 +108,7 @@ def select_interneg_bank(encoder: ClipEncoder, class_names: Sequence[str], id_te
         adjectives, nouns = cached["adjectives"], cached["nouns"]
     else:
         corpus = interneg_corpus(class_names)
-        log.info("InterNeg: testing %d nouns and %d adjectives against the %d class prototypes", len(corpus.nouns),
+        log.info("%s: testing %d nouns and %d adjectives against the %d class prototypes", method, len(corpus.nouns),
                  len(corpus.adjectives), len(prototypes))
         noun_features = encoder.encode_texts(list(corpus.nouns), template=NOUN_TEMPLATE, progress=progress,
                                              description="Encoding corpus nouns (once)")
@@ -119,9 +120,9 @@ def select_interneg_bank(encoder: ClipEncoder, class_names: Sequence[str], id_te
                                                    at_least_one)
         adjectives = [corpus.adjectives[i] for i in by_deviation(adjective_pass, adjective_d, n_adjectives)]
         nouns = [corpus.nouns[i] for i in by_deviation(noun_pass, noun_d, n_nouns)]
-        log.info("InterNeg: %d of %d nouns and %d of %d adjectives pass the inter-modal test; %d + %d kept",
-                 int(noun_pass.sum()), len(noun_pass), int(adjective_pass.sum()), len(adjective_pass), len(adjectives),
-                 len(nouns))
+        log.info("%s: %d of %d nouns and %d of %d adjectives pass the inter-modal test; %d nouns and %d adjectives "
+                 "kept", method, int(noun_pass.sum()), len(noun_pass), int(adjective_pass.sum()), len(adjective_pass),
+                 len(nouns), len(adjectives))
         if cache_file is not None:
             write_json_atomic(cache_file, {"adjectives": adjectives, "nouns": nouns})
     features = [encoder.encode_texts(adjectives, template=ADJECTIVE_TEMPLATE, progress=False),
