@@ -326,3 +326,33 @@ def test_cache_stats_in_text_and_json_agree(tmp_path):
     from negspace.mllm.response_cache import _human  # noqa: PLC2701 - the text's own unit
 
     assert f"features: 1 entries, {_human(first['features']['size_bytes'])}" in text
+
+
+@pytest.mark.parametrize("command", [["bench", "--suite", "imagenet"], ["score", "x", "--out", "y"],
+                                     ["cache", "stats"]])
+def test_an_unknown_option_points_to_the_help_of_the_command_that_was_run(command):
+    result = negspace(*command, "--no-such-option")
+    name = "negspace " + " ".join(word for word in command[:2] if not word.startswith("-") and word not in ("x",))
+    assert_clear_error(result, "unrecognized arguments: --no-such-option", f"see '{name} --help'")
+
+
+REFUSED_WITHOUT_TORCH = """
+import sys
+from negspace.cli import main
+code = main(sys.argv[1:])
+print(code, sorted(m for m in ("torch", "open_clip", "torchvision", "sklearn") if m in sys.modules))
+"""
+
+
+def test_bench_and_eval_refuse_bad_data_before_importing_torch(tmp_path, classes):
+    # the data and options are checked before any heavy library loads: a refusal takes a second,
+    # not the 4-20 s of importing torch and open_clip (benchmarks/refusal_time.py measures it)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in (["bench", "--suite", "imagenet", "--data-root", str(empty)],
+                 ["eval", "--method", "neglabel", "--classes", "imagenet", "--id", str(tmp_path / "missing"),
+                  "--ood", f"x={empty}"],
+                 ["eval", "--method", "mcm", "--classes", str(classes), "--id", str(empty), "--ood", str(empty)]):
+        result = subprocess.run([sys.executable, "-c", REFUSED_WITHOUT_TORCH, *args], capture_output=True, text=True,
+                                timeout=120)
+        assert result.stdout.split("\n")[0] == "2 []", (args, result.stdout, result.stderr)

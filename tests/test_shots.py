@@ -90,3 +90,18 @@ def test_a_class_name_listed_twice_gets_its_folder_for_both(tmp_path):
     root = _folder(tmp_path / "shots", [2, 2], names=["missile", "red_square"])
     shots = read_shots(root, classes, k=2)
     assert shots.counts().tolist() == [2, 2, 2]
+
+
+def test_classes_short_of_shots_are_counted_one_by_one_and_duplicate_names_reported(tmp_path, caplog):
+    # ImageNet lists "crane" and "maillot" twice: with one shot per class, every class is short,
+    # and the two names listed twice are reported as such, not collapsed into one class each
+    classes = ["crane", "red square", "crane", "maillot", "blue square", "maillot"]
+    root = _folder(tmp_path / "shots", [1, 1, 1, 1], names=["crane", "red_square", "maillot", "blue_square"])
+    with caplog.at_level("WARNING", logger="negspace"):
+        shots = read_shots(root, classes, k=16)
+    summary = shots.summary()
+    assert summary["classes_with_fewer"] == 6 and len(shots.fewer) == 6
+    assert shots.fewer["crane (class 0)"] == shots.fewer["crane (class 2)"] == 1
+    assert summary["duplicate_names"] == {"crane": [0, 2], "maillot": [3, 5]}
+    assert "6 class(es) have fewer than 16 images" in caplog.text
+    assert "2 class name(s) are listed more than once (e.g. 'crane': classes 0, 2)" in caplog.text

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from negspace.data.sets import IMAGE_EXTENSIONS
-from negspace.errors import DatasetError
+from negspace.errors import DatasetError, arg
 from negspace.reprs import fields_repr
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ class IDShots:
     n_classes: int
     k: int
     seed: int
-    fewer: dict[str, int] = field(default_factory=dict)  # class name -> shots found (< k)
+    fewer: dict[str, int] = field(default_factory=dict)  # class (its name, or "name (class i)") -> shots (< k)
+    duplicates: dict[str, list[int]] = field(default_factory=dict)  # a name listed twice -> its class indices
 
     def counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.n_classes)
@@ -50,7 +51,8 @@ class IDShots:
     def summary(self) -> dict[str, object]:
         """What ``metrics.json`` records of the shots."""
         return {"k": self.k, "seed": self.seed, "images": len(self.paths), "classes": self.n_classes,
-                "classes_with_fewer": len(self.fewer), "fewer": dict(list(self.fewer.items())[:20])}
+                "classes_with_fewer": len(self.fewer), "fewer": dict(list(self.fewer.items())[:20]),
+                "duplicate_names": self.duplicates}
 
     def __repr__(self) -> str:
         return fields_repr(self)
@@ -68,7 +70,7 @@ def _images_in(folder: Path) -> list[Path]:
 def _from_folder(root: Path, class_names: Sequence[str]) -> dict[int, list[Path]]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise DatasetError(f"--id-shots {root} holds no class folders (ROOT/<class>/images).")
+        raise DatasetError(f"{arg('id_shots')} {root} holds no class folders (ROOT/<class>/images).")
     index = _indices_by_name(class_names)
     # a name listed twice (ImageNet's "missile", "sunglasses") gets its folder for both classes
     by_name = {c: f for f in folders for c in index.get(_name_key(f.name), ())}
@@ -82,7 +84,7 @@ def _from_folder(root: Path, class_names: Sequence[str]) -> dict[int, list[Path]
         log.info("--id-shots %s: no folder is named after a class; the %d sorted folders are taken as the classes "
                  "in order (ImageNet's WordNet-ID layout)", root, len(folders))
         return {c: _images_in(folder) for c, folder in enumerate(folders)}
-    raise DatasetError(f"--id-shots {root}: its {len(folders)} folders match none of the {len(class_names)} class "
+    raise DatasetError(f"{arg('id_shots')} {root}: its {len(folders)} folders match none of the {len(class_names)} class "
                        "names, and are not one per class.")
 
 
@@ -101,14 +103,14 @@ def _from_list(file: Path, class_names: Sequence[str]) -> dict[int, list[Path]]:
             continue
         path, tab, label = line.partition("\t")
         if not tab:
-            raise DatasetError(f"--id-shots {file} line {lineno}: expected 'path<TAB>class'.")
+            raise DatasetError(f"{arg('id_shots')} {file} line {lineno}: expected 'path<TAB>class'.")
         label = label.strip()
         if label.isdigit() and int(label) < len(class_names):
             classes = [int(label)]
         elif _name_key(label) in index:
             classes = index[_name_key(label)]
         else:
-            raise DatasetError(f"--id-shots {file} line {lineno}: {label!r} is no class of the class list.")
+            raise DatasetError(f"{arg('id_shots')} {file} line {lineno}: {label!r} is no class of the class list.")
         for c in classes:
             found.setdefault(c, []).append((file.parent / path.strip()).resolve())
     return found
@@ -121,34 +123,44 @@ def read_shots(source: str | Path, class_names: Sequence[str], k: int = DEFAULT_
         DatasetError: the source is missing or malformed, or a class has no image (one sentence).
     """
     if k < 1:
-        raise DatasetError(f"--shots {k}: expected at least one image per class.")
+        raise DatasetError(f"{arg('shots')} {k}: expected at least one image per class.")
     root = Path(source)
     if root.is_dir():
         found = _from_folder(root, class_names)
     elif root.is_file():
         found = _from_list(root, class_names)
     else:
-        raise DatasetError(f"--id-shots {root} does not exist (a folder of class folders, or a path<TAB>class list).")
+        raise DatasetError(f"{arg('id_shots')} {root} does not exist (a folder of class folders, or a path<TAB>class list).")
     empty = [class_names[c] for c in range(len(class_names)) if not found.get(c)]
     if empty:
-        raise DatasetError(f"--id-shots {root}: {len(empty)} class(es) have no image, e.g. {empty[0]!r}; every class "
+        raise DatasetError(f"{arg('id_shots')} {root}: {len(empty)} class(es) have no image, e.g. {empty[0]!r}; every class "
                            "needs at least one for its prototype.")
+    # a name listed twice (ImageNet's "crane", "maillot") is two classes that share its images
+    duplicates = {class_names[indices[0]]: indices for indices in _indices_by_name(class_names).values()
+                  if len(indices) > 1}
+    if duplicates:
+        name, indices = next(iter(duplicates.items()))
+        log.warning("--id-shots %s: %d class name(s) are listed more than once (e.g. %r: classes %s); those "
+                    "classes draw their shots from the same images", root, len(duplicates), name,
+                    ", ".join(map(str, indices)))
     rng = np.random.default_rng(seed)
     paths: list[Path] = []
     labels: list[int] = []
     fewer: dict[str, int] = {}
+    duplicate_keys = {_name_key(name) for name in duplicates}
     for c in range(len(class_names)):
         images = found[c]
         if len(images) > k:
             images = [images[i] for i in sorted(rng.choice(len(images), size=k, replace=False))]
         elif len(images) < k:
-            fewer[class_names[c]] = len(images)
+            name = class_names[c]
+            fewer[f"{name} (class {c})" if _name_key(name) in duplicate_keys else name] = len(images)
         paths += images
         labels += [c] * len(images)
     if fewer:
         log.warning("--id-shots %s: %d class(es) have fewer than %d images (e.g. %r: %d); all of theirs are used",
                     root, len(fewer), k, *next(iter(fewer.items())))
-    return IDShots(paths, np.asarray(labels, dtype=np.int64), len(class_names), k, seed, fewer)
+    return IDShots(paths, np.asarray(labels, dtype=np.int64), len(class_names), k, seed, fewer, duplicates)
 
 
 def class_prototypes(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -178,5 +190,5 @@ def encode_prototypes(encoder, shots: IDShots, batch_size: int = 64) -> np.ndarr
     labels = np.asarray(labels, dtype=np.int64)
     missing = sorted(set(range(shots.n_classes)) - set(labels.tolist()))
     if missing:
-        raise DatasetError(f"--id-shots: no readable image of class {missing[0]} is left for its prototype.")
+        raise DatasetError(f"{arg('id_shots')}: no readable image of class {missing[0]} is left for its prototype.")
     return class_prototypes(encoded.features, labels, shots.n_classes)
