@@ -457,3 +457,21 @@ def test_credentials_never_appear_in_messages(server):
         dead.check()
     assert "s3cret" not in str(err.value) and "s3cret" not in repr(dead)
     assert "--mllm-text" in str(err.value) and "--port 9" in str(err.value)
+
+
+def test_a_results_file_records_the_endpoint_and_model_never_credentials(tmp_path):
+    from negspace.mllm.protocol import describe_model
+
+    backend = OpenAIChatBackend("https://alice:s3cret@vlm.example.org:8443/v1?api_key=k3y", "Qwen2-VL", image_size=336)
+    described = describe_model(backend)
+    assert described == {"backend": "openai", "endpoint": "https://vlm.example.org:8443/v1", "model": "Qwen2-VL",
+                         "image_size": 336}
+    assert "image_size" not in describe_model(backend, sends_images=False)  # a text-only use sends no image
+    # the cache and a vision/text pair describe what they wrap
+    text = OpenAIChatBackend("http://[::1]:9000/v1", "text-llm")
+    pair = MLLMPair(backend, text)
+    assert describe_model(pair) == {"vision": described,
+                                    "text": {"backend": "openai", "endpoint": "http://[::1]:9000/v1", "model": "text-llm"}}
+    assert describe_model(pair, sends_images=False) == describe_model(text, sends_images=False)
+    assert describe_model(CachedMLLM(backend, tmp_path / "cache.db")) == described
+    assert "s3cret" not in json.dumps(described) and "k3y" not in json.dumps(described)

@@ -286,6 +286,8 @@ def test_eval_negrefine_filters_with_an_http_llm_once_and_saves_a_detector(tmp_p
     notes = json.loads((tmp_path / "run" / "metrics.json").read_text())["negrefine"]
     filtered = notes["llm_filter"]
     assert filtered["requests"] == len(prompts) > 0 and filtered["failed_requests"] == 0
+    # the endpoint and the model are recorded; a text-only filter records no image size
+    assert filtered["llm"] == {"backend": "openai", "endpoint": server.url_for("/v1"), "model": server.model}
     detector = load_detector(tmp_path / "det")
     labels = detector.neg_labels
     assert not any(label.startswith("place") for label in labels)  # proper nouns, by the LLM

@@ -33,6 +33,7 @@ from negspace.corpus.csp import PoolSelection, bank_of, select_from_pool
 from negspace.corpus.labelfile import write_label_file
 from negspace.corpus.mining import MinedNegatives, selection_key
 from negspace.errors import NegspaceError
+from negspace.mllm.protocol import describe_model
 from negspace.templates import NEGREFINE_PROPER_NOUN, NEGREFINE_SUBCATEGORY, NEGREFINE_SYSTEM
 
 if TYPE_CHECKING:
@@ -187,13 +188,14 @@ def refine_bank(encoder: ClipEncoder, class_names: Sequence[str], id_features: n
 
         nouns, phrases = read_label_file(label_file)
         log.info("NegRefine: reusing the LLM-filtered list %s (%d labels)", label_file, len(nouns) + len(phrases))
-        notes.update({"llm_filter": f"reused {label_file}", "llm": model_id})
+        notes.update({"llm_filter": f"reused {label_file}", "llm": describe_model(llm, sends_images=False)})
         return RefinedBank(bank_of(encoder, nouns, phrases, progress=False), notes)
     ask = llm_asker(llm)
     log.info("NegRefine: asking %s about %d labels (a proper noun? a subcategory of one of the %d nearest ID "
              "names?)", model_id, len(nouns) + len(phrases), nearest)
     kept = []
-    summary: dict[str, Any] = {"llm": model_id, "requests": 0, "failed_requests": 0, "dropped": {}}
+    summary: dict[str, Any] = {"llm": describe_model(llm, sends_images=False), "requests": 0, "failed_requests": 0,
+                               "dropped": {}}
     for part in (nouns, phrases):
         result = filter_labels(part, nearest_names(encoder, part, class_names, nearest), ask)
         kept.append(result.kept)

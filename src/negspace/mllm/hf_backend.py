@@ -263,6 +263,14 @@ class HFVisionChatBackend:
     def __repr__(self) -> str:
         return f"HFVisionChatBackend({self.name_or_path!r}, device={self.device!r})"
 
+    def describe(self, sends_images: bool = True) -> dict[str, Any]:
+        """The local model (hub name or folder) and its device; the image size only where images
+        are sent (see ``describe_model``)."""
+        described: dict[str, Any] = {"backend": "hf", "model": str(self.name_or_path), "device": str(self.device)}
+        if sends_images and not self.text_only:
+            described["image_size"] = self.image_size
+        return described
+
     def check(self) -> None:
         """Nothing to check: the model loaded in the constructor."""
 

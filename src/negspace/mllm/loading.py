@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from negspace.cache import default_cache_dir
 from negspace.errors import NegspaceError
-from negspace.mllm.protocol import MLLM, ChatRequest, MLLMStats
+from negspace.mllm.protocol import MLLM, ChatRequest, MLLMStats, describe_model
 from negspace.mllm.response_cache import MLLM_DB, CachedMLLM
 from negspace.redact import redact_credentials
 
@@ -46,6 +47,11 @@ class MLLMPair:
 
     def __repr__(self) -> str:
         return f"MLLMPair(vision={self.vision!r}, text={self.text!r})"
+
+    def describe(self, sends_images: bool = True) -> dict[str, Any]:
+        """Both backends (see ``describe_model``); text-only use records the text backend alone."""
+        text = describe_model(self.text, sends_images=False)
+        return {"vision": describe_model(self.vision), "text": text} if sends_images else text
 
     def check(self) -> None:
         for backend in (self.vision, self.text):

@@ -219,6 +219,21 @@ class OpenAIChatBackend:
         # (localhost and 127.0.0.1 serve the same answers); the answer depends on the pixels
         # sent, so the image size is part of it.
         self.model_id = f"openai:{served_name}?image_size={self.image_size}"
+        self.served_name = served_name
+
+    def describe(self, sends_images: bool = True) -> dict[str, Any]:
+        """The endpoint (scheme, host, port and path: no user, password or query) and the model
+        it serves; the image size only where images are sent (see ``describe_model``)."""
+        parts = urllib.parse.urlsplit(self.base_url)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        described: dict[str, Any] = {"backend": "openai", "endpoint": f"{parts.scheme}://{netloc}{parts.path}",
+                                     "model": self.served_name}
+        if sends_images:
+            described["image_size"] = self.image_size
+        return described
 
     def __repr__(self) -> str:
         return f"OpenAIChatBackend(base_url={self.shown_url!r}, model={self.model!r})"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol, Union, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
 
 from PIL.Image import Image
 
@@ -83,3 +83,14 @@ class MLLM(Protocol):
     def generate(self, requests: Sequence[ChatRequest]) -> list[str | None]:
         """One answer per request, in order; ``None`` where a request failed for good."""
         ...
+
+
+def describe_model(client: Any, sends_images: bool = True) -> dict[str, Any]:
+    """What a results file records of an (M)LLM client: its backend, where it runs (an endpoint's
+    scheme, host, port and path, never credentials; or a local model's name or folder), the model,
+    and the image size only where images are sent (``sends_images=False`` for a text-only use
+    such as NegRefine's filter). A client without ``describe`` is recorded by its ``model_id``."""
+    describe = getattr(client, "describe", None)
+    if callable(describe):
+        return describe(sends_images)
+    return {"model": getattr(client, "model_id", type(client).__name__)}

@@ -30,7 +30,7 @@ from PIL.Image import Image
 
 from negspace.cache import FEATURES_DB, SharedSQLiteStore, default_cache_dir, file_sha256, write_rows
 from negspace.errors import NegspaceError
-from negspace.mllm.protocol import MLLM, ChatRequest, ImagePart, MLLMStats
+from negspace.mllm.protocol import MLLM, ChatRequest, ImagePart, MLLMStats, describe_model
 
 __all__ = [
     "MLLM_DB",
@@ -131,6 +131,10 @@ class CachedMLLM:
 
     def __repr__(self) -> str:
         return f"CachedMLLM({self.backend!r}, cache_path={str(self.cache_path)!r})"
+
+    def describe(self, sends_images: bool = True) -> dict[str, Any]:
+        """The wrapped backend's description (see ``describe_model``): the cache changes no answer."""
+        return describe_model(self.backend, sends_images)
 
     def check(self) -> None:
         check = getattr(self.backend, "check", None)
