@@ -12,8 +12,9 @@ import numpy as np
 
 from negspace.evaluation import METRIC_NAMES, Evaluation, summarise_skipped
 from negspace.metrics import threshold_at_id_recall
+from negspace.outdir import EVAL_OUTPUTS
 from negspace.jsonio import to_json
-from negspace.plots import png_bytes, pyplot, score_histogram
+from negspace.plots import logit_axis, png_bytes, pyplot, roc_panel, score_histogram
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,28 @@ def md_code(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+STREAM_PROTOCOLS = {
+    "per-set": "per-set (the papers' protocol: for each OOD set, ID and that set shuffled into one stream; the "
+               "detector starts afresh for each)",
+    "sequential": "sequential (the OOD sets one after another, the detector kept between them)",
+    "mixed": "mixed (ID and every OOD set shuffled into one stream)",
+}
+
+
+def stream_lines(stream: dict[str, Any] | None) -> list[str]:
+    """The protocol a test-time method's numbers depend on (stream, batch size, seed), as
+    Markdown list items; none for a static method, which scores every image on its own."""
+    if not stream:
+        return []
+    protocol = STREAM_PROTOCOLS.get(stream.get("mode"), str(stream.get("mode")))
+    lines = [f"- stream protocol: {protocol}, shuffled with seed {stream.get('seed')}",
+             f"- batch size: {stream.get('batch_size')} images per update (a test-time method learns from each "
+             "batch, so its numbers depend on it)"]
+    if stream.get("stopped_after"):
+        lines.append(f"- stopped after the stream of {md_code(stream['stopped_after'])}")
+    return lines
+
+
 def write_results_md(evaluation: Evaluation, path: Path) -> None:
     info = evaluation.info
     lines = [
@@ -137,6 +160,7 @@ def write_results_md(evaluation: Evaluation, path: Path) -> None:
         f"- model: {md_code(info.get('model', '?'))}",
         f"- ID set: {md_code(evaluation.id_set.name)} ({len(evaluation.id_scores)} samples)",
         f"- seed: {info.get('seed', '?')}",
+        *stream_lines(info.get("stream")),
         "- rates in percent; FPR95 (ID+) = OOD accepted at 95% ID recall, "
         "FPR95 (OOD+) = ID rejected at 95% OOD recall",
         "",
@@ -154,13 +178,15 @@ def write_results_md(evaluation: Evaluation, path: Path) -> None:
 
 def plot_histograms(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     """One PNG per OOD set: ID and OOD score histograms (image counts) with the 95%-ID-recall
-    threshold."""
+    threshold, all on one x-axis scale (logit or raw, decided once for the method)."""
     written = []
     plt = pyplot()
+    logit = logit_axis(np.concatenate([evaluation.id_scores_for(name), ood])
+                       for name, ood in evaluation.ood_scores.items())
     for name, ood in evaluation.ood_scores.items():
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        fig, ax = plt.subplots(figsize=(6, 4.4), dpi=100)
         score_histogram(ax, evaluation.id_scores_for(name), ood, f"ID ({evaluation.id_set.name})", f"OOD ({name})",
-                        bins=50)
+                        bins=50, logit=logit)
         ax.set_title(f"{evaluation.info.get('method', '')}: {evaluation.id_set.name} vs {name}")
         fig.tight_layout()
         path = out_dir / f"hist_{name}.png"
@@ -170,21 +196,12 @@ def plot_histograms(evaluation: Evaluation, out_dir: Path) -> list[Path]:
 
 
 def plot_roc(evaluation: Evaluation, out_dir: Path) -> Path:
-    """ROC curves (ID positive) of every OOD set in one PNG."""
-    from sklearn.metrics import roc_curve
-
-    fig, ax = pyplot().subplots(figsize=(5, 5), dpi=100)
-    for name, ood in evaluation.ood_scores.items():
-        id_scores = evaluation.id_scores_for(name)
-        labels = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood))])
-        fpr, tpr, _ = roc_curve(labels, np.concatenate([id_scores, ood]))
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * evaluation.results[name].auroc:.1f})")
-    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
-    ax.axhline(0.95, color="black", linewidth=0.8, linestyle="--")
-    ax.set_xlabel("OOD accepted (false positive rate)")
-    ax.set_ylabel("ID accepted (true positive rate)")
+    """ROC curves (ID positive, in percent) of every OOD set in one PNG, the legend under the axes
+    naming the curves that coincide."""
+    fig, ax = pyplot().subplots(figsize=(5, 6), dpi=100)
+    curves = {name: (evaluation.id_scores_for(name), ood) for name, ood in evaluation.ood_scores.items()}
+    roc_panel(ax, curves, {name: f"{name} ({100 * evaluation.results[name].auroc:.1f})" for name in curves})
     ax.set_title(f"ROC: {evaluation.info.get('method', '')}, ID = {evaluation.id_set.name}")
-    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path = out_dir / "roc.png"
     path.write_bytes(png_bytes(fig))
@@ -202,5 +219,8 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     write_scores_csv(evaluation, written[3])
     written += plot_histograms(evaluation, out_dir)
     written.append(plot_roc(evaluation, out_dir))
+    # the run's other files in the folder (ANTS's explanations.csv, written by its recorder)
+    written += sorted({path for pattern in EVAL_OUTPUTS for path in out_dir.glob(pattern) if path.is_file()}
+                      - set(written))
     log.info("wrote %d files to %s", len(written), out_dir)
     return written
