@@ -53,8 +53,23 @@ td.better{color:#176317}td.worse{color:#a11}
 .mark.id{background:#d35400}.mark.ood{background:#2471a3}
 .card img{max-width:208px;max-height:160px;display:block;margin:0 auto 4px}
 .card ol{margin:4px 0 0 1.2em;padding:0}
-img.fig{max-width:100%}
+img.fig{max-width:100%;display:block}
+p.caption{font-size:0.9em;color:#444;max-width:60em;margin:0.3em 0 0.6em}
 """
+
+
+_ROC_CAPTION = ("<p class='caption'>One panel per OOD set: the share of ID images accepted (true positive rate, "
+                "%) against the share of OOD images accepted (false positive rate, %) as the threshold moves, ID "
+                "positive. The dashed line marks 95% of ID accepted; the dotted diagonal is chance. "
+                "Each method has its own colour, dash pattern and marker; the legend under each panel gives "
+                "its AUROC in percent and names the curves that coincide (drawn one over the other).</p>")
+_HISTOGRAM_CAPTION = ("<p class='caption'>One picture per method, one panel per OOD set: how many ID and OOD images "
+                      "(image counts) received each score, higher meaning more in-distribution. The dashed line is "
+                      "the threshold that keeps 95% of the ID images. A method whose scores pile up at 0 and 1 is "
+                      "drawn on the logit scale, log(s / (1 − s)), in all its panels, so its panels share one "
+                      "axis.</p>")
+_LAM_CAPTION = ("<p class='caption'>ANTS's weight of its negative space from the images (ENS) after each batch, "
+                "0 to 1, against the number of images of the stream seen so far; one line per stream.</p>")
 
 
 def _data_uri(data: bytes, mime: str) -> str:
@@ -150,12 +165,13 @@ def render_report(title: str, facts: list[tuple[str, str]], runs: list[RunPage],
         parts.append(f"<section class='run' id='run-{escape(run.name)}'><h2>ID: {escape(run.id.published_as)}</h2>")
         parts += [f"<div class='note'>{escape(note)}</div>" for note in page.notes]
         parts.append(comparison_table(page.comparison))
-        parts.append(f"<h3>ROC curves</h3><img class='fig' alt='ROC curves' src='{_data_uri(page.roc_png, 'image/png')}'>")
-        parts.append("<h3>Score histograms</h3>")
+        parts.append(f"<h3>ROC curves</h3>{_ROC_CAPTION}<img class='fig' alt='ROC curves' "
+                     f"src='{_data_uri(page.roc_png, 'image/png')}'>")
+        parts.append(f"<h3>Score histograms</h3>{_HISTOGRAM_CAPTION}")
         parts += [f"<img class='fig' alt='{escape(method)} histograms' src='{_data_uri(png, 'image/png')}'>"
                   for method, png in page.histogram_pngs.items()]
         if page.lam_png is not None:
-            parts.append("<h3>ANTS: lam over the stream</h3>"
+            parts.append(f"<h3>ANTS: lam over the stream</h3>{_LAM_CAPTION}"
                          f"<img class='fig' alt='lam over the stream' src='{_data_uri(page.lam_png, 'image/png')}'>")
         for ood_set, images in page.galleries.items():
             parts.append(f"<h3>ANTS: the most OOD-looking images of the stream of {escape(ood_set)} (ID and "
