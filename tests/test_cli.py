@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,7 @@ def test_eval_mcm_on_png_folders_reports_the_corrupt_file(tmp_path, image_sets, 
     printed = capsys.readouterr().out
     assert "noise" in printed and "average" in printed and "1 unreadable file(s) skipped" in printed
     assert "corrupt.png" in (out / "results.md").read_text()
+    assert "stream protocol" not in (out / "results.md").read_text()  # a static method scores images one by one
 
 
 def test_mine_then_eval_neglabel(tmp_path, image_sets, tiny_openclip, capsys):
@@ -183,6 +185,8 @@ def test_eval_test_time_methods_follow_the_stream_protocol(tmp_path, image_sets,
     assert metrics["stream"] == {"mode": "per-set", "seed": 0, "batch_size": 4, "reset_between_ood_sets": True,
                                  "order": ["noise"]}
     assert metrics["method"] == method
+    assert "- stream protocol: per-set" in (out / "results.md").read_text()
+    assert "- batch size: 4 images per update" in (out / "results.md").read_text()
     # The same seed gives the same stream and the same scores.
     again = _run_eval(tmp_path / "again", image_sets, tiny_openclip, method, *options)
     assert (again / "scores.csv").read_text() == (out / "scores.csv").read_text()
@@ -214,7 +218,8 @@ def _check_outputs_stream(out: Path, n_id: int, n_ood: int) -> dict:
     return metrics
 
 
-def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path, image_sets, tiny_openclip, mllm_server):
+def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path, image_sets, tiny_openclip, mllm_server,
+                                                                       capsys):
     server, chat_requests = mllm_server
     mllm = ["--mllm", server.spec, "--mllm-timeout", "10"]
     options = ["--num-negatives", "500", "--ants-mode", "two-pass", "--ants-schedule", "scaled", *mllm]
@@ -227,6 +232,12 @@ def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path,
     with (out / "explanations.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert rows and rows[0]["ood_set"] == "noise" and rows[0]["source"] in {"ens", "vsnl", "corpus"}
+    # the MLLM is recorded by its endpoint and model (images are sent: their size too)
+    assert metrics["ants"]["noise"]["mllm"] == {"backend": "openai", "endpoint": server.url_for("/v1"),
+                                                "model": server.model, "image_size": 448}
+    # results.md states the protocol the numbers depend on
+    results = (out / "results.md").read_text()
+    assert "- stream protocol: per-set (the papers' protocol" in results and "- batch size: 4 images per update" in results
 
     # The same run again: every answer comes from the MLLM cache, the scores are identical.
     sent = len(chat_requests)
@@ -239,7 +250,11 @@ def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path,
 
     # The saved space scores without any MLLM.
     space = str(out / "negative_space" / "noise")
-    reused = _run_eval(tmp_path / "reused", image_sets, tiny_openclip, "ants", "--negative-space", space)
+    capsys.readouterr()
+    reused = _run_eval(tmp_path / "reused", image_sets, tiny_openclip, "ants", "--negative-space", space, "-v")
+    wrote = re.search(r"wrote (\d+) files to", capsys.readouterr().err)
+    files = [path for path in reused.iterdir() if path.is_file()]
+    assert "explanations.csv" in {path.name for path in files} and int(wrote.group(1)) == len(files)
     reused_metrics = json.loads((reused / "metrics.json").read_text())
     assert reused_metrics["mllm_requests"] == 0 and reused_metrics["params"]["mode"] == "ada"
     assert len(chat_requests) == sent
