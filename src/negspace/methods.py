@@ -269,15 +269,18 @@ def build_ants(inputs: BuildInputs) -> Detector:
     with the MLLM."""
     run = inputs.config.ants
     if run.negative_space is not None:
-        return _load_space(inputs)
-    config: ANTSConfig = inputs.params
-    if inputs.mllm is None and config.mode != "neglabel":
-        raise NegspaceError(ANTS_NEEDS_MLLM)
-    if run.schedule == "scaled":
-        schedule = scaled_schedule(inputs.stream_size, inputs.config.batch_size)
-        config = replace(config, **{k: v for k, v in schedule.items() if k not in run.keep})
-    return ANTS.from_encoder(inputs.encoder, inputs.class_names, _checked_negatives(inputs), inputs.mllm,
-                             config=config, **inputs.backend())
+        detector = _load_space(inputs)
+    else:
+        config: ANTSConfig = inputs.params
+        if inputs.mllm is None and config.mode != "neglabel":
+            raise NegspaceError(ANTS_NEEDS_MLLM)
+        if run.schedule == "scaled":
+            schedule = scaled_schedule(inputs.stream_size, inputs.config.batch_size)
+            config = replace(config, **{k: v for k, v in schedule.items() if k not in run.keep})
+        detector = ANTS.from_encoder(inputs.encoder, inputs.class_names, _checked_negatives(inputs), inputs.mllm,
+                                     config=config, **inputs.backend())
+    detector.keep_explanations(run.explanations)  # the images the run explains, with the space that scored them
+    return detector
 
 
 def _load_space(inputs: BuildInputs) -> ANTS:

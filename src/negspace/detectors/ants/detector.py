@@ -173,6 +173,8 @@ class ANTS(BankBuilder, OnlineDetector):
         self._jobs = deque()
         self._executor = None
         self._vsnl_wanted = []
+        # explanations of the lowest-scored images, with the space that scored them (bounded)
+        self.kept_explanations = ants_explain.ExplanationKeeper()
         self.state = ANTSState.fresh(self.config, dim, len(self.id_text_features))
         self._initial_state = copy.deepcopy(self.state)
 
@@ -233,6 +235,7 @@ class ANTS(BankBuilder, OnlineDetector):
         self.state = copy.deepcopy(self._initial_state)
         self._crossfit = None
         self.lam_trace.clear()
+        self.kept_explanations.clear()
 
     def wait_for_mllm(self) -> None:
         """Apply every answer still being worked on in the background."""
@@ -342,6 +345,7 @@ class ANTS(BankBuilder, OnlineDetector):
         label) from the score's products; while learning, the rows after the batch's update."""
         if self.learning:
             return super().score_with_nearest(image_features)
+        self.kept_explanations.scored_by(self._space_stamp())
         base = self._base(image_features)
         parts = self._bank_parts(base, "peek")
         corpus_labels = self._corpus_labels()
@@ -363,6 +367,7 @@ class ANTS(BankBuilder, OnlineDetector):
         only scores (two-pass learns in :meth:`score_stream`).
         """
         if not self.learning:
+            self.kept_explanations.scored_by(self._space_stamp())
             return self.score_fixed(image_features)
         if images is not None and len(images) != len(image_features):
             raise ValueError(f"{len(images)} images for a batch of {len(image_features)} features")
@@ -373,6 +378,7 @@ class ANTS(BankBuilder, OnlineDetector):
         self._track(base, parts, negatives, halves)
         fused = self._fuse(parts)
         self.lam_trace.append((self.state.images_seen, self.lam))
+        self.kept_explanations.offer(self, image_features, fused)  # before the next batch changes the space
         return fused
 
     def score_images(self, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:
@@ -640,6 +646,7 @@ class ANTS(BankBuilder, OnlineDetector):
                                    for s in range(0, len(feats_c), _CHUNK)])
         scores = np.empty_like(scores_c)
         scores[canon] = scores_c
+        self.kept_explanations.scored_by(self._space_stamp())
         out, start = [], 0
         for b in batches:
             out.append(scores[start : start + len(b.features)])
@@ -792,8 +799,29 @@ class ANTS(BankBuilder, OnlineDetector):
 
     def explanation_rows(self, features: np.ndarray, sample_ids: Sequence[str], scores: np.ndarray | None = None,
                          n_images: int = 100, top: int = 5) -> list[dict[str, Any]]:
-        """Rows for ``explanations.csv``: the ``n_images`` lowest-scoring samples and their texts."""
-        return ants_explain.explanation_rows(self, features, sample_ids, scores, n_images=n_images, top=top)
+        """Rows for ``explanations.csv``: the ``n_images`` lowest-scoring samples and their texts,
+        each explained with the space that scored it when it was kept (see :meth:`keep_explanations`)
+        or when the space has not changed since; otherwise with the current space, and its rows
+        say ``space = final`` (see :func:`negspace.detectors.ants.explain.explanation_rows`)."""
+        kept = self.kept_explanations
+        return ants_explain.explanation_rows(self, features, sample_ids, scores, n_images=n_images, top=top, kept=kept,
+                                             current_scored_all=kept.current_scored_all(self._space_stamp()))
+
+    def keep_explanations(self, images: int = ants_explain.EXPLAINED_IMAGES,
+                          top: int = ants_explain.EXPLAINED_TEXTS) -> None:
+        """While it learns online, keep the ``top`` texts of the ``images`` lowest-scored images of
+        each stream, computed as their batch is scored (an online space changes after it scores an
+        image, so explaining it later would credit texts it was not scored with). The default keeps
+        ``EXPLAINED_IMAGES``; ``images=0`` keeps none (every later explanation uses the final space)."""
+        self.kept_explanations = ants_explain.ExplanationKeeper(images, top)
+
+    def forget_explained(self) -> None:
+        """Drop the kept explanations: the images scored from now on form a new stream or segment."""
+        self.kept_explanations.clear()
+
+    def _space_stamp(self) -> tuple[Any, ...]:
+        """What identifies the space that scores now: the config, the bank versions and ``lam``."""
+        return self.config, self.state.ens_version, self.state.vsnl_version, self.lam
 
     def save(self, directory: str | Path) -> Path:
         """Write the negative space as plain files (see :mod:`negspace.detectors.ants.io`)."""

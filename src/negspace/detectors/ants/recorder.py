@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from negspace.detectors.ants.explain import write_explanations_csv
+from negspace.detectors.ants.explain import FINAL_SPACE, write_explanations_csv
 
 log = logging.getLogger("negspace")
 
@@ -21,6 +21,12 @@ class StreamRecorder:
     Saves each set's negative space under ``out_dir/negative_space/NAME`` (reusable with
     ``--negative-space``), collects the explanations of the most OOD-looking images and the run
     accounting (MLLM calls, bank sizes, lam) per set.
+
+    Each image is explained with the negative space that scored it: the detector keeps the
+    explanations of its ``n_explained`` lowest-scored images as it scores them
+    (:meth:`~negspace.detectors.ants.ANTS.keep_explanations`, set by the run's builder); the images
+    explained with the final space instead are counted per set in ``final_space_explained`` and
+    said in :meth:`shortfalls` (their rows in ``explanations.csv`` have ``space = final``).
     """
 
     out_dir: Path | None  # None: keep nothing on disk (the Python API without an output folder)
@@ -33,6 +39,8 @@ class StreamRecorder:
     stats_seen: dict[str, int] = field(default_factory=dict)
     # (images seen, lam) after each batch of each stream, for the reports
     lam: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    # images per stream explained with the final space, not the one that scored them
+    final_space_explained: dict[str, int] = field(default_factory=dict)
 
     def __call__(self, ood_name: str, detector: Any, stream: Any, scores: np.ndarray) -> bool:
         """Record one stream; ``True`` (stop the run) when too many of its MLLM requests were lost."""
@@ -54,6 +62,12 @@ class StreamRecorder:
         info["banks_incomplete"] = lost > 0
         self.run_info[ood_name] = info
         rows = detector.explanation_rows(stream.features, stream.sample_ids, scores=scores, n_images=self.n_explained)
+        detector.forget_explained()  # a sequential stream's next segment is explained on its own
+        final = len({row["sample"] for row in rows if row["space"] == FINAL_SPACE})
+        self.final_space_explained[ood_name] = final
+        if final:
+            log.warning("ANTS stream %s: %d explained images are explained with the final negative space, not the "
+                        "one that scored them", ood_name, final)
         self.explanation_rows += [{"ood_set": ood_name, **row} for row in rows]
         if asked and lost / asked > self.max_failures:
             self.stopped = ood_name
@@ -69,10 +83,14 @@ class StreamRecorder:
                 "ood_sets_not_scored": [name for name in ood_names if name not in scored]}
 
     def shortfalls(self) -> list[str]:
-        """One line per stream whose banks were built from fewer MLLM answers than were asked for."""
-        return [f"ANTS stream {name}: banks built from {info['mllm_answers_used']} of {info['mllm_requests']} MLLM "
-                f"answers ({info['mllm_failed_answers']} requests failed, {info['mllm_rejected_answers']} answers "
-                f"unusable)" for name, info in self.run_info.items() if info["banks_incomplete"]]
+        """One line per stream whose banks were built from fewer MLLM answers than were asked for, and
+        per stream whose explanations.csv explains images with the final space."""
+        lines = [f"ANTS stream {name}: banks built from {info['mllm_answers_used']} of {info['mllm_requests']} MLLM "
+                 f"answers ({info['mllm_failed_answers']} requests failed, {info['mllm_rejected_answers']} answers "
+                 f"unusable)" for name, info in self.run_info.items() if info["banks_incomplete"]]
+        return lines + [f"ANTS stream {name}: {count} images of explanations.csv are explained with the final "
+                        "negative space, not the one that scored them (column space = final)"
+                        for name, count in self.final_space_explained.items() if count]
 
     def write(self, mllm: Any = None) -> dict[str, Any]:
         """Write ``explanations.csv``; return the accounting for ``metrics.json``.
