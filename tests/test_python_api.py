@@ -157,3 +157,23 @@ def test_the_package_description_names_all_nine_methods():
     summary = metadata("negspace")["Summary"]
     for spec in METHODS.values():
         assert spec.detector.__name__ in summary and spec.detector.__name__ in negspace.__doc__
+
+
+def test_option_errors_name_config_fields_in_python_and_options_on_the_command_line(sets, capsys):
+    from negspace import NegLabelConfig
+    from negspace.corpus.mining import MiningConfig
+    from negspace.runconfig import NegativesConfig
+
+    too_many = EvalConfig("neglabel", NegLabelConfig(groups=500), negatives=NegativesConfig(MiningConfig(num_negatives=200)))
+    with pytest.raises(NegspaceError) as raised:
+        negspace.evaluate(too_many, classes=["a", "b"], id=sets / "id", ood=[sets / "noise"])
+    assert str(raised.value) == ("NegLabelConfig.groups 500 is larger than the 200 negative labels of "
+                                 "negatives.mining.num_negatives.")
+    with pytest.raises(NegspaceError, match=r"^InterNeg and TINS need .*: pass id_shots \(a folder"):
+        negspace.evaluate(EvalConfig("interneg"), classes=["a", "b"], id=sets / "id", ood=[sets / "noise"])
+    base = ["eval", "--classes", "imagenet", "--id", str(sets / "id"), "--ood", str(sets / "noise"), "-q"]
+    assert main([*base, "--method", "neglabel", "--groups", "500", "--num-negatives", "200"]) == 2
+    assert capsys.readouterr().err == ("negspace: error: --groups 500 is larger than the 200 negative labels of "
+                                       "--num-negatives.\n")
+    assert main([*base, "--method", "tins"]) == 2
+    assert ": pass --id-shots (a folder" in capsys.readouterr().err

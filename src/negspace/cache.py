@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from negspace.errors import NegspaceError
+from negspace.errors import NegspaceError, arg
 
 __all__ = [
     "FeatureStore",
@@ -94,12 +94,12 @@ def open_shared_sqlite(path: Path, schema: Iterable[str], what: str) -> sqlite3.
     except sqlite3.DatabaseError as exc:
         raise NegspaceError(
             f"The {what} {path} cannot be opened ({exc}); delete it or choose another folder "
-            "with --cache-dir or NEGSPACE_CACHE_DIR."
+            f"with {arg('cache_dir')} or NEGSPACE_CACHE_DIR."
         ) from exc
     except OSError as exc:
         raise NegspaceError(
             f"The {what} folder {path.parent} cannot be created ({exc.strerror}); choose another "
-            "with --cache-dir or NEGSPACE_CACHE_DIR."
+            f"with {arg('cache_dir')} or NEGSPACE_CACHE_DIR."
         ) from exc
     return conn
 
@@ -143,7 +143,7 @@ _DAMAGE = re.compile(r"malformed|not a database|corrupt|disk I/O error|locked")
 def _store_error(what: str, path: Path, exc: Exception) -> str:
     if "locked" in str(exc):
         return (f"The {what} {path} stayed locked by another process for {_BUSY_TIMEOUT_S:.0f} s ({exc}); "
-                "wait for it to finish or choose another folder with --cache-dir.")
+                f"wait for it to finish or choose another folder with {arg('cache_dir')}.")
     return (f"The {what} {path} is damaged ({exc}); 'negspace cache clear' removes a damaged file "
             "(or delete it by hand), then run again.")
 

@@ -173,7 +173,7 @@ def check_method_options(config: EvalConfig, classes: ClassList, has_mllm: bool 
     params = params_of(config)
     labels_file = config.negatives.labels_file
     if config.method == "mcm" and len(classes) < 2:
-        raise NegspaceError(f"MCM needs at least two ID classes, --classes {classes.source} has {len(classes)}: "
+        raise NegspaceError(f"MCM needs at least two ID classes, {arg('classes')} {classes.source} has {len(classes)}: "
                             "its max softmax over one class is 1.0 for every image.")
     if (config.method == "ants" and config.ants.negative_space is None and not has_mllm
             and params.mode != "neglabel"):
@@ -182,7 +182,8 @@ def check_method_options(config: EvalConfig, classes: ClassList, has_mllm: bool 
         raise NegspaceError(FEW_SHOT_NEEDS_SHOTS)
     if labels_file is not None and spec.bank_groups is None:
         users = sorted(name for name, m in METHODS.items() if m.bank_groups is not None)
-        raise NegspaceError(f"--negatives is not used by --method {config.method}; drop it "
+        raise NegspaceError(f"{arg('negatives.labels_file', '--negatives')} is not used by {arg('method')} "
+                            f"{config.method}; drop it "
                             f"(methods with a negative-label bank: {', '.join(users)}).")
     if spec.bank_groups is not None and not (config.method == "ants" and config.ants.negative_space is not None):
         from negspace.corpus.labelfile import read_label_file
@@ -190,10 +191,12 @@ def check_method_options(config: EvalConfig, classes: ClassList, has_mllm: bool 
         groups = getattr(params, spec.bank_groups)
         if labels_file is not None:
             nouns, adjectives = read_label_file(labels_file)
-            available, where = len(nouns) + len(adjectives), f"--negatives {labels_file}"
+            available, where = len(nouns) + len(adjectives), f"{arg('negatives.labels_file', '--negatives')} {labels_file}"
         else:
-            available, where = config.negatives.mining.num_negatives, "--num-negatives"
-        option = "--groups" if config.method != "adaneg" else "--adaneg-groups"
+            available, where = config.negatives.mining.num_negatives, arg("negatives.mining.num_negatives",
+                                                                          "--num-negatives")
+        option = arg(f"{type(params).__name__}.{spec.bank_groups}",
+                     "--groups" if config.method != "adaneg" else "--adaneg-groups")
         if groups > available:
             raise NegspaceError(f"{option} {groups} is larger than the {available} negative labels of {where}.")
 

@@ -32,7 +32,7 @@ import numpy as np
 from negspace.corpus.csp import PoolSelection, bank_of, select_from_pool
 from negspace.corpus.labelfile import write_label_file
 from negspace.corpus.mining import MinedNegatives, selection_key
-from negspace.errors import NegspaceError
+from negspace.errors import NegspaceError, arg
 from negspace.mllm.protocol import describe_model
 from negspace.templates import NEGREFINE_PROPER_NOUN, NEGREFINE_SUBCATEGORY, NEGREFINE_SYSTEM
 
@@ -118,7 +118,7 @@ def filter_labels(labels: Sequence[str], nearest: Sequence[Sequence[str]],
                 undecided.remove(i)
     if result.requests and result.failed / result.requests > max_failures:
         raise NegspaceError(f"The LLM filter of NegRefine lost {result.failed} of its {result.requests} requests "
-                            f"(more than {max_failures:.0%}); check the server (--llm) and run again.")
+                            f"(more than {max_failures:.0%}); check the server ({arg('mllm', '--llm')}) and run again.")
     dropped = set(result.dropped)
     result.kept = [label for label in labels if label not in dropped]
     return result

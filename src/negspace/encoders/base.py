@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from negspace.cache import FeatureStore, make_key
-from negspace.errors import NegspaceError, UnreadableImageError
+from negspace.errors import NegspaceError, UnreadableImageError, arg
 from negspace.reprs import fields_repr
 
 __all__ = ["SPEC_FORMS", "Backend", "ClipEncoder", "ImageEncoding", "SkippedFile", "resolve_device"]
@@ -40,7 +40,7 @@ _IO_WORKERS = min(8, os.cpu_count() or 1)
 #: The accepted model spec forms, quoted in error messages.
 SPEC_FORMS = (
     "openclip:ARCH/PRETRAINED (e.g. openclip:ViT-B-16/openai), openclip:CONFIG.json/none with "
-    "--weights, openclip:hf-hub:ORG/REPO, or hf:NAME_OR_PATH"
+    f"{arg('weights')}, openclip:hf-hub:ORG/REPO, or hf:NAME_OR_PATH"
 )
 
 
@@ -159,7 +159,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         if not torch.cuda.is_available():
             raise NegspaceError(
                 f"Device {device!r} was asked for but this machine has no usable CUDA GPU "
-                "(or torch was built without CUDA); use --device cpu or --device auto."
+                f"(or torch was built without CUDA); use {arg('device')} cpu or {arg('device')} auto."
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise NegspaceError(

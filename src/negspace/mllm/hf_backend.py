@@ -26,7 +26,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from negspace.errors import NegspaceError, WeightsUnavailableError
+from negspace.errors import NegspaceError, WeightsUnavailableError, arg
 from negspace.mllm.protocol import ChatRequest, ImagePart, MLLMStats
 
 __all__ = ["HFVisionChatBackend", "build_hf_messages", "load_rgb"]
@@ -174,7 +174,8 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NegspaceError(f"--device {device} was asked for but CUDA is not available; use --device cpu.")
+        raise NegspaceError(f"{arg('device')} {device} was asked for but CUDA is not available; use "
+                            f"{arg('device')} cpu.")
     return device
 
 
