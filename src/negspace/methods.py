@@ -32,7 +32,7 @@ from negspace.detectors.negrefine import NegRefine, NegRefineConfig
 from negspace.detectors.saved import FILE, read_saved
 from negspace.detectors.tanl import TANL, TANLConfig
 from negspace.detectors.tins import TINS, TINSConfig
-from negspace.errors import NegspaceError
+from negspace.errors import NegspaceError, arg
 from negspace.runconfig import EvalConfig
 from negspace.templates import ADJECTIVE_TEMPLATE, ID_TEMPLATE, NOUN_TEMPLATE
 
@@ -43,14 +43,14 @@ log = logging.getLogger("negspace")
 
 #: Methods that need a few labelled ID images per class (``EvalConfig.id_shots``).
 FEW_SHOT_METHODS = ("interneg", "tins")
-FEW_SHOT_NEEDS_SHOTS = ("InterNeg and TINS need a few labelled ID images per class: pass --id-shots (a folder of "
-                        "class folders, or a path<TAB>class list).")
+FEW_SHOT_NEEDS_SHOTS = (f"InterNeg and TINS need a few labelled ID images per class: pass {arg('id_shots')} (a "
+                        "folder of class folders, or a path<TAB>class list).")
 
 #: Methods that ask a (multimodal) LLM: ANTS needs one, NegRefine's label filter uses one when given.
 LLM_METHODS = ("ants", "negrefine")
 
-ANTS_NEEDS_MLLM = ("ANTS needs a multimodal LLM: pass --mllm SPEC (see 'Using an MLLM' in the README) "
-                   "or --negative-space DIR.")
+ANTS_NEEDS_MLLM = (f"ANTS needs a multimodal LLM: pass {arg('mllm', '--mllm SPEC')} (see 'Using an MLLM' in the "
+                   f"README) or {arg('ants.negative_space', '--negative-space DIR')}.")
 
 
 def params_of(config: EvalConfig) -> Any:
@@ -151,7 +151,8 @@ def _checked_groups(inputs: BuildInputs, bank: MinedNegatives) -> MinedNegatives
     """``bank``, when the method's groups fit in it (else one sentence)."""
     groups = inputs.params.groups
     if groups > len(bank.labels):
-        raise NegspaceError(f"--groups {groups} is larger than the {len(bank.labels)} negative labels.")
+        raise NegspaceError(f"{arg(type(inputs.params).__name__ + '.groups', '--groups')} {groups} is larger than "
+                            f"the {len(bank.labels)} negative labels.")
     return bank
 
 
@@ -250,7 +251,7 @@ def _interneg_bank(inputs: BuildInputs, id_features: np.ndarray, prototypes: np.
     from negspace.corpus.interneg import select_interneg_bank
 
     return select_interneg_bank(inputs.encoder, inputs.class_names, id_features, prototypes, count, inputs.cache_dir,
-                                inputs.progress, at_least_one)
+                                inputs.progress, at_least_one, method=METHODS[inputs.config.method].detector.__name__)
 
 
 def build_tanl(inputs: BuildInputs) -> Detector:
@@ -292,7 +293,7 @@ def _load_space(inputs: BuildInputs) -> ANTS:
         raise NegspaceError(f"Cannot load the negative space {run.negative_space}: {err}.") from None
     if list(detector.class_names) != list(inputs.class_names):
         raise NegspaceError(f"The negative space {run.negative_space} was learned for other classes than "
-                            f"--classes {inputs.classes}.")
+                            f"{arg('classes')} {inputs.classes}.")
     if detector.id_text_features.shape[1] != inputs.encoder.dim:
         raise NegspaceError(f"The negative space {run.negative_space} has dimension "
                             f"{detector.id_text_features.shape[1]}, the model {inputs.encoder.dim}.")

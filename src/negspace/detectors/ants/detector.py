@@ -75,7 +75,7 @@ from negspace.detectors.ants.scoring import StackedBanks
 from negspace.detectors.ants.state import ANTSState
 from negspace.detectors.base import (LabelledColumns, OnlineDetector, StreamBatch, as_unit_rows, nearest_texts,
                                      resolve_config)
-from negspace.mllm.protocol import MLLM
+from negspace.mllm.protocol import MLLM, describe_model
 from negspace.backend import resolve_backend, to_numpy
 from negspace.scoring import group_order
 from negspace.templates import ID_TEMPLATE
@@ -769,7 +769,7 @@ class ANTS(BankBuilder, OnlineDetector):
             "loaded_space_mllm_requests": self.space_mllm_calls,
         }
         if self.mllm is not None:
-            info["mllm_model"] = getattr(self.mllm, "model_id", None)
+            info["mllm"] = describe_model(self.mllm)  # endpoint host and model, never credentials
         return info
 
     def negative_bank(self) -> tuple[np.ndarray, list[str]] | None:
