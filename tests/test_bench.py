@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -110,8 +111,12 @@ def test_bench_runs_every_method_once_per_image_with_both_columns(tmp_path, mini
                  "--no-count-check", "--limit", "2", "--batch-size", "4", "--out", str(out), *_model_args(tiny_openclip)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "ANTS was skipped" in printed and "Not the papers' sets at their counts (a subset of at most 2" in printed
-    assert "published on the full sets" in printed and "Δ" not in printed  # no difference where none is meaningful
+    assert "ANTS was skipped" in printed and "Not comparable with the published numbers" in printed
+    for difference in ("sets: ours a subset of at most 2 images per set", "backbone: ours openclip:negspace-tiny-clip.json/none",
+                       "published CLIP ViT-B/16 (OpenAI's CLIP weights)", "unverified",
+                       "batch size: ours 4, published 256 (AdaNeg, TANL)"):
+        assert difference in printed, difference
+    assert "a reference only" in printed and not re.search(r"Δ [-+]?\d", printed)  # no difference where none is meaningful
     rows = _csv(out / "results.csv")
     cell = {(r["method"], r["ood_set"], r["metric"]): r for r in rows}
     # published side: the paper's numbers; ours: what each method's own metrics.json says
@@ -120,20 +125,33 @@ def test_bench_runs_every_method_once_per_image_with_both_columns(tmp_path, mini
     ours = np.mean([100 * per_method["ood"][s]["fpr95_ood"] for s in ("inaturalist", "sun", "places", "textures")])
     assert float(cell[("NegLabel", "Average", "FPR95")]["ours"]) == pytest.approx(ours, abs=1e-3)
     assert cell[("NegLabel", "Average", "FPR95")]["difference"] == ""  # a subset: published is a reference only
+    assert {r["compared"] for r in rows} == {"False"} and cell[("NegLabel", "SUN", "AUROC")]["published_backbone"] == \
+        "CLIP ViT-B/16"
     assert cell[("ANTS", "Average", "FPR95")]["ours"] == "" and cell[("CSP", "Average", "FPR95")]["published"] == "17.51"
     assert {r["subset"] for r in rows} == {"True"} and cell[("MCM", "SUN", "AUROC")]["our_backbone"].startswith("openclip:")
     for method in ("mcm", "neglabel", "tanl", "adaneg"):  # the eval files of every method
         assert (out / "imagenet" / method / "scores.csv").is_file()
         assert json.loads((out / "imagenet" / method / "metrics.json").read_text())["id_set"]["n"] == 2
     markdown = (out / "results.md").read_text()
-    assert "| NegLabel | ours |" in markdown and "|  | published (reference) |" in markdown
-    assert "Not the papers' sets" in markdown and "| Δ |" not in markdown
+    assert "| NegLabel | ours | openclip:negspace-tiny-clip.json/none |" in markdown
+    assert "|  | published (reference) | CLIP ViT-B/16 |" in markdown and "| TANL | ours |" in markdown
+    assert "Not comparable with the published numbers" in markdown and "| Δ |" not in markdown
+    assert "- batch size: ours 4, published 256 (AdaNeg, TANL)" in markdown
+    assert "stream protocol per-set" in markdown and "scored in batches of 4" in markdown  # the test-time protocol
+    assert "Every number is a percentage" in markdown and "Average FPR95 (%)↓" in markdown
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 5  # ROC + one histogram figure per method
     assert "src='http" not in report and "href='http" not in report  # self-contained
     assert "not the papers&#x27; sets" in report or "not the papers' sets" in report
+    first = report[report.index("id='comparison'"):report.index("<table class='facts'>")]  # the report's first lines
+    assert "Not comparable" in first and "backbone: ours openclip:negspace-tiny-clip.json/none" in first
+    assert "batch size: ours 4, published 256" in first and "class='banner'" in report
+    assert "FPR95 (%)" in report and "Values in percent" in report and "<td class='m bb'>CLIP ViT-B/16</td>" in report
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["subset"] and not summary["papers_sets"] and "50,000" in " ".join(summary["not_papers_sets_because"])
+    assert summary["comparable"] is False and summary["backbone"]["published_as"] is None
+    assert [d["what"] for d in summary["differences"]] == ["sets", "backbone", "batch size"]
+    assert summary["differences"][2]["methods"] == ["AdaNeg", "TANL"] and summary["batch_size"] == 4
     assert summary["fpr95_convention"] == "fpr95_ood" and set(summary["runs"]["imagenet"]) == {
         "mcm", "neglabel", "tanl", "adaneg"}
 
@@ -237,7 +255,7 @@ def test_report_reads_well_in_a_real_browser(tmp_path, miniatures, tiny_openclip
         screenshot = driver.get_screenshot_as_png()
         tables = driver.execute_script("return document.querySelectorAll('table.cmp').length")
         banner = driver.execute_script(
-            "const b = document.getElementById('not-papers-sets'); return b ? b.innerText : null")
+            "const b = document.getElementById('comparison'); return b ? b.innerText : null")
         notes = driver.execute_script(
             "const n = document.getElementById('notes'); return n ? n.innerText : null")
         figures = driver.execute_script(_FIGURE_INK)
@@ -250,9 +268,9 @@ def test_report_reads_well_in_a_real_browser(tmp_path, miniatures, tiny_openclip
         (Path(os.environ["NEGSPACE_TEST_SCREENSHOTS"]) / "bench-report.png").write_bytes(screenshot)
     assert errors == [] and screenshot.startswith(b"\x89PNG") and len(screenshot) > 50_000
     assert tables == 2  # one per run
-    assert banner is not None and "image counts other than the papers'" in banner
+    assert banner is not None and "image counts other than the papers'" in banner and "backbone: ours" in banner
     assert deltas == 0  # not the papers' sets: no difference row beside the published numbers
-    assert notes is not None and "Not the papers' sets" in notes
+    assert notes is not None
     assert warnings and all(text in notes for text in warnings)  # every logged warning reaches the page
     names = [alt for alt, _, _ in figures]
     assert any("lam" in name for name in names) and sum("histograms" in name for name in names) == 6
@@ -322,16 +340,8 @@ def test_a_count_check_turned_off_is_not_the_papers_sets_and_the_difference_need
     assert summary["subset"] and summary["limit"] is None and "image counts other than the papers'" in \
         summary["not_papers_sets_because"][0]
     assert {r["difference"] for r in _csv(out / "results.csv")} == {""}
-    # the same tables on the papers' sets: ours beside published with their difference
-    from negspace.bench.compare import compare_run, console_summary, markdown
-
-    suite = load_suite("imagenet10-20")
-    run = suite.runs[0]
-    evaluation = type("E", (), {"results": {}})()
-    table = compare_run(suite, run, {"mcm": evaluation}, comparable=True)
-    assert table.comparable and "| Δ |" in markdown(table)
-    assert not compare_run(suite, run, {"mcm": evaluation}, comparable=False).comparable
-    assert "published on the full sets" not in console_summary(table)
+    assert "sets" in [d["what"] for d in summary["differences"]] and not summary["comparable"]
+    # the same tables where everything is the papers': tests/test_bench_compare.py
 
 
 def test_bench_csp_on_the_miniature_suite_with_a_small_pool(tmp_path, miniatures, tiny_openclip):

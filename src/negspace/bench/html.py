@@ -6,7 +6,7 @@ import base64
 from dataclasses import dataclass, field
 from html import escape
 
-from negspace.bench.compare import LOWER_IS_BETTER, METRICS, RunComparison
+from negspace.bench.compare import LOWER_IS_BETTER, METRICS, UNIT, RunComparison, row_kinds
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}h3{margin-top:
 table.cmp{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
 table.cmp th,table.cmp td{border:1px solid #ddd;padding:3px 6px;text-align:right}
 table.cmp td.m,table.cmp th.m{text-align:left}
+table.cmp caption{caption-side:top;text-align:left;color:#555;padding:2px 0}td.bb{font-size:0.85em;color:#555}
+.banner ul,#comparison ul{font-weight:400;margin:0.3em 0 0 1.2em;padding:0}
 tr.ours td{font-weight:600}tr.pub td{color:#555}tr.delta td{color:#777;font-size:0.9em}
 td.better{color:#176317}td.worse{color:#a11}
 .facts td{padding:2px 10px 2px 0;vertical-align:top}
@@ -82,23 +84,26 @@ def _number(value: float | None, signed: bool = False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def comparison_table(comparison: RunComparison) -> str:
-    """The side-by-side table: per method ``ours``, ``published`` and ``Δ``; a Δ is green when we
-    do better than published (lower FPR95, higher AUROC)."""
-    head = ["<tr><th class='m' rowspan='2'>method</th><th class='m' rowspan='2'></th>"]
+def comparison_table(comparison: RunComparison, our_backbone: str = "") -> str:
+    """The side-by-side table, in percent: per method ``ours``, ``published`` (with its backbone)
+    and ``Δ`` where compared; a Δ is green when we do better than published (lower FPR95, higher
+    AUROC). A published row none of whose cells is compared reads ``published (reference)``."""
+    head = [(f"<caption>Values in percent ({UNIT}); Δ = ours − published, only where the two are compared."
+             "</caption><tr><th class='m' rowspan='2'>method</th><th class='m' rowspan='2'></th>"
+             "<th class='m' rowspan='2'>backbone</th>")]
     head += [f"<th colspan='{len(METRICS)}'>{escape(column)}</th>" for column in comparison.columns]
     head.append("</tr><tr>")
-    head += [f"<th>{m}{'↓' if LOWER_IS_BETTER[m] else '↑'}</th>" for _ in comparison.columns for m in METRICS]
+    head += [f"<th>{m} ({UNIT}){'↓' if LOWER_IS_BETTER[m] else '↑'}</th>" for _ in comparison.columns for m in METRICS]
     head.append("</tr>")
     rows = []
     keys = [(column, metric) for column in comparison.columns for metric in METRICS]
     for method in comparison.methods():
         cells = comparison.cells[method]
-        ran = method in comparison.ours
-        kinds = (["ours"] if ran else []) + ["published"] + (["Δ"] if ran and comparison.comparable else [])
-        for i, kind in enumerate(kinds):
+        kinds = row_kinds(comparison, method)
+        for i, label in enumerate(kinds):
+            kind = "published" if label.startswith("published") else label
             css = {"ours": "ours", "published": "pub", "Δ": "delta"}[kind]
-            label = kind if kind != "published" or comparison.comparable else "published (reference)"
+            backbone = {"ours": our_backbone, "published": comparison.backbone_of(method)}.get(kind, "")
             tds = []
             for key in keys:
                 cell = cells[key]
@@ -113,7 +118,8 @@ def comparison_table(comparison: RunComparison) -> str:
                     grade = "" if diff is None or diff == 0 else (" class='better'" if better else " class='worse'")
                     tds.append(f"<td{grade}>{_number(diff, signed=True)}</td>")
             name = f"<td class='m' rowspan='{len(kinds)}'>{escape(method)}</td>" if i == 0 else ""
-            rows.append(f"<tr class='{css}'>{name}<td class='m'>{label}</td>{''.join(tds)}</tr>")
+            rows.append(f"<tr class='{css}'>{name}<td class='m'>{label}</td><td class='m bb'>{escape(backbone)}</td>"
+                        f"{''.join(tds)}</tr>")
     return f"<table class='cmp'>{''.join(head)}{''.join(rows)}</table>"
 
 
@@ -147,16 +153,19 @@ def notes_section(notes: list[str], warnings: list[str]) -> str:
 
 
 def render_report(title: str, facts: list[tuple[str, str]], runs: list[RunPage], notes: list[str],
-                  warnings: list[str] | None = None, not_papers_sets: str | None = None) -> str:
-    """The whole page as one HTML string: the facts, a banner when the sets are not the papers'
-    sets at their counts (``not_papers_sets`` says why), the notes and logged warnings, then per
-    run its table, pictures and ANTS galleries."""
+                  warnings: list[str] | None = None, verdict: list[str] | None = None,
+                  our_backbone: str = "") -> str:
+    """The whole page as one HTML string: first whether ours are compared with the published
+    numbers (``verdict``: its first line, then each difference that keeps them apart, as
+    :func:`negspace.bench.compare.verdict_lines` writes them; a red banner when any), the facts,
+    the notes and logged warnings, then per run its table, pictures and ANTS galleries."""
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>"]
-    if not_papers_sets:
-        parts.append(f"<div class='banner' id='not-papers-sets'>Not the papers' sets at their counts "
-                     f"({escape(not_papers_sets)}): the published numbers are a reference only, not a "
-                     "comparison.</div>")
+    if verdict:
+        css = "banner" if len(verdict) > 1 else "note"
+        items = "".join(f"<li>{escape(line.strip())}</li>" for line in verdict[1:])
+        parts.append(f"<div class='{css}' id='comparison'>{escape(verdict[0])}"
+                     + (f"<ul class='differences'>{items}</ul>" if items else "") + "</div>")
     parts.append("<table class='facts'>" + "".join(f"<tr><td><b>{escape(k)}</b></td><td>{escape(v)}</td></tr>"
                                                    for k, v in facts) + "</table>")
     parts.append(notes_section(notes, warnings or []))
@@ -164,7 +173,7 @@ def render_report(title: str, facts: list[tuple[str, str]], runs: list[RunPage],
         run = page.comparison.run
         parts.append(f"<section class='run' id='run-{escape(run.name)}'><h2>ID: {escape(run.id.published_as)}</h2>")
         parts += [f"<div class='note'>{escape(note)}</div>" for note in page.notes]
-        parts.append(comparison_table(page.comparison))
+        parts.append(comparison_table(page.comparison, our_backbone))
         parts.append(f"<h3>ROC curves</h3>{_ROC_CAPTION}<img class='fig' alt='ROC curves' "
                      f"src='{_data_uri(page.roc_png, 'image/png')}'>")
         parts.append(f"<h3>Score histograms</h3>{_HISTOGRAM_CAPTION}")

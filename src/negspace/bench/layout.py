@@ -10,7 +10,7 @@ import numpy as np
 
 from negspace.bench.suites import RunSpec, SetSpec, Suite
 from negspace.data.sets import ImageSet, open_image_folder, open_openood_list
-from negspace.errors import DatasetError
+from negspace.errors import DatasetError, arg
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,14 @@ def check_sets(suite: Suite, data_root: Path, check_counts: bool = True) -> dict
 
 
 def layout_report(suite: Suite, data_root: Path, checks: dict[str, SetCheck]) -> str:
-    """One message listing every problem, with what each set should be (for the CLI's exit 2)."""
+    """One message listing every problem, with what each set should be (for the CLI's exit 2); the
+    arguments it names are marked with :func:`negspace.errors.arg`."""
     bad = [c for c in checks.values() if c.problem]
-    lines = [f"suite {suite.name}: {len(bad)} of {len(checks)} sets under --data-root {data_root} are not as expected:"]
+    under = f"under {arg('data_root')} {data_root}"
+    lines = [f"suite {suite.name}: {len(bad)} of {len(checks)} sets {under} are not as expected:"]
     lines += [f"  {c.spec.name} ({c.spec.published_as}): {c.problem}" for c in bad]
-    lines.append("See `negspace bench --list` for each set's layout and count; --no-count-check runs with other counts.")
+    lines.append("See `negspace bench --list` for each set's layout and count; "
+                 f"{arg('check_counts=False', '--no-count-check')} runs with other counts.")
     return "\n".join(lines)
 
 

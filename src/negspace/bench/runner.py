@@ -30,7 +30,8 @@ from negspace.bench.logged import logged_warnings
 from negspace.bench.stages import StageTimes
 from negspace.bench.suites import Suite, load_suite
 from negspace.detectors.ants.recorder import StreamRecorder
-from negspace.errors import DatasetError, NegspaceError
+from negspace.detectors.base import OnlineDetector
+from negspace.errors import DatasetError, NegspaceError, arg
 from negspace.evaluation import Evaluation, encode_set
 from negspace.jsonio import to_json
 from negspace.bench.published import PUBLISHED_NAMES
@@ -38,6 +39,7 @@ from negspace.methods import FEW_SHOT_METHODS, LLM_METHODS, METHODS, build_detec
 from negspace.outdir import prepare_out_dir, remove_empty_out_dir
 from negspace.runconfig import ANTSRunConfig, EvalConfig, MLLMConfig, ModelConfig
 from negspace.runs import build_inputs, load_mllm, resolve_encoder, score_sets
+from negspace.reprs import with_config_repr
 
 log = logging.getLogger("negspace")
 
@@ -46,14 +48,17 @@ GALLERY_SIZE = 12  # most OOD-looking images shown per stream in report.html
 SUITE_FILES = ("results.md", "results.csv", "metrics.json", "report.html")
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class BenchConfig:
     """A benchmark run: the suite, the methods, and the few settings a benchmark exposes.
 
     Each method runs with its paper defaults (its config class), the seed being ``seed``;
     ``params`` replaces a method's config (e.g. ``{"ants": ANTSConfig.authors()}``). ``limit``
-    samples at most that many images per set; ``check_counts=False`` runs on sets whose file
-    count is not the expected one (both mark the run as not the papers' sets).
+    samples at most that many images per set (below a set's size: a subset, not the papers' sets);
+    ``check_counts=False`` runs on sets whose file count is not the expected one (then marked as
+    not the papers' sets). The published numbers are compared with only when the sets, the
+    backbone and the protocol (``batch_size``, ``shots``, the stream) are the papers'.
     """
 
     suite: str
@@ -91,16 +96,24 @@ class SuiteResult:
     stopped: str | None = None
     out: Path | None = None
     stages: StageTimes = field(default_factory=StageTimes)  # wall time per stage (metrics.json)
+    # what keeps our numbers from being compared with the published ones (empty: compared)
+    differences: list[compare.Difference] = field(default_factory=list)
+
+    @property
+    def comparable(self) -> bool:
+        """Whether every published number beside one of ours is compared (Δ shown)."""
+        return not self.differences
 
 
 def check_data(suite: Suite, data_root: Path, check_counts: bool) -> tuple[dict, dict]:
     """Every set and class list of the suite, or one error listing all that is wrong."""
     if not data_root.is_dir():
-        raise NegspaceError(f"--data-root {data_root} is not a folder.")
+        raise NegspaceError(f"{arg('data_root')} {data_root} is not a folder.")
     try:
         checks = check_sets(suite, data_root, check_counts)
     except OSError as err:  # a folder it may not list, a file it may not read
-        raise NegspaceError(f"--data-root {data_root}: cannot read {err.filename or 'it'} ({err.strerror}).") from None
+        raise NegspaceError(f"{arg('data_root')} {data_root}: cannot read {err.filename or 'it'} "
+                            f"({err.strerror}).") from None
     classes, class_problems = {}, []
     for run in suite.runs:
         try:
@@ -111,7 +124,7 @@ def check_data(suite: Suite, data_root: Path, check_counts: bool) -> tuple[dict,
             class_problems.append(f"  run {run.name}: cannot read {err.filename} ({err.strerror})")
     if any(c.problem for c in checks.values()) or class_problems:
         report = layout_report(suite, data_root, checks) if any(c.problem for c in checks.values()) else \
-            f"suite {suite.name}: class lists missing under --data-root {data_root}:"
+            f"suite {suite.name}: class lists missing under {arg('data_root')} {data_root}:"
         raise NegspaceError("\n".join([report, *class_problems]))
     return checks, classes
 
@@ -130,10 +143,16 @@ def run_suite(config: BenchConfig, *, data_root: str | Path, model: ModelConfig 
     try:
         suite = load_suite(config.suite)
     except ValueError as err:
-        raise NegspaceError(f"--suite: {err}.") from None
+        raise NegspaceError(f"{arg('suite')}: {err}.") from None
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown or not config.methods:
-        raise NegspaceError(f"methods {list(config.methods)}: expected some of {', '.join(ALL_METHODS)}.")
+        raise NegspaceError(f"{arg('methods', '--method')} {list(config.methods)}: expected some of "
+                            f"{', '.join(ALL_METHODS)}.")
+    for name, option in (("limit", "--limit"), ("batch_size", "--batch-size"), ("shots", "--shots")):
+        value = getattr(config, name)
+        if (value is not None or name != "limit") and (isinstance(value, bool) or not isinstance(value, int)
+                                                       or value < 1):
+            raise NegspaceError(f"{arg(name, option)} must be a positive whole number, got {value!r}.")
     with logged_warnings() as warnings:
         return _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwrite, command, warnings)
 
@@ -148,11 +167,8 @@ def _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwr
         methods.remove("ants")
         notes.append("ANTS was skipped: it needs a multimodal LLM (--mllm SPEC).")
     if not methods:
-        raise NegspaceError("no method left to run: ANTS needs --mllm SPEC.")
+        raise NegspaceError(f"no method left to run: ANTS needs {arg('mllm', '--mllm SPEC')}.")
     not_papers = not_the_papers_sets(checks, config.limit, config.seed)
-    if not_papers:
-        notes.append(f"Not the papers' sets at their counts ({'; '.join(not_papers)}): the published numbers are "
-                     "shown for reference only, with no difference; ours are not comparable with them.")
     missing_train = [run.train or f"(run {run.name} has none)" for run in suite.runs
                      if not run.train or not (data_root / run.train).is_dir()]
     few_shot = [m for m in methods if m in FEW_SHOT_METHODS]
@@ -163,7 +179,7 @@ def _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwr
                      f"from the ID training split, {missing_train[0]} under --data-root, which is missing.")
     if not methods:
         raise NegspaceError(f"no method left to run: InterNeg and TINS need the ID training split {missing_train[0]} "
-                            "under --data-root.")
+                            f"under {arg('data_root')}.")
     if "negrefine" in methods and mllm is None:
         notes.append("NegRefine ran without its LLM filter (no --mllm or --llm): its bank is the initial selection, "
                      "cleaned; not the authors' method.")
@@ -187,8 +203,11 @@ def _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwr
 
 
 def not_the_papers_sets(checks: Mapping[str, Any], limit: int | None, seed: int) -> list[str]:
-    """Why the run's sets are not the papers' sets at their counts (empty when they are)."""
-    reasons = [f"a subset of at most {limit} images per set, seed {seed}"] if limit is not None else []
+    """Why the run's sets are not the papers' sets at their counts (empty when they are). A
+    ``limit`` at or above every set's size samples nothing away: it is no subset."""
+    sizes = [len(check.images) for check in checks.values() if check.images is not None]
+    subset = limit is not None and any(size > limit for size in sizes)
+    reasons = [f"a subset of at most {limit} images per set, seed {seed}"] if subset else []
     wrong = [f"{name} {len(check.images):,} of {check.spec.count:,}" for name, check in checks.items()
              if check.images is not None and len(check.images) != check.spec.count]
     if wrong:
@@ -202,6 +221,10 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
     with stages.timed("loading the model"):
         encoder, model_spec = resolve_encoder(model, encoder)
     backbone = model_spec + (f" (weights {model.weights})" if model.weights else "")
+    facts = run_facts(config, methods, not_papers,
+                      compare.ModelRecord(model_spec, str(getattr(encoder, "fingerprint", "")),
+                                          str(model.weights) if model.weights else None))
+    differences = compare.run_differences(suite, facts)
     pages, summary, evaluations = [], {}, {}
     mllm_seen: dict[str, int] = {}  # the MLLM's counters, accounted for run after run
     stopped = None
@@ -210,7 +233,7 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
         # the listings no later run reads: dropped once encoded (a Path costs 331 bytes an image)
         release = [name for name, last in last_use.items() if last == index]
         page, run_evaluations = _run_one(config, suite, spec, checks, classes[spec.name], methods, model, model_spec,
-                                         encoder, mllm, out_dir, mllm_seen, stages, comparable=not not_papers,
+                                         encoder, mllm, out_dir, mllm_seen, stages, differences=differences,
                                          data_root=data_root, release=release)
         pages.append(page)
         evaluations[spec.name] = run_evaluations
@@ -224,16 +247,39 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
                          "later runs. Check the server (--mllm) and run again.")
             if not methods:
                 break
+    applying = compare.merged_differences([page.comparison for page in pages])
     if out_dir is not None:
-        _write_suite_files(config, suite, pages, summary, notes, backbone, model_spec, encoder, out_dir, command,
-                           not_papers, warnings, stages)
+        _write_suite_files(config, suite, pages, summary, notes, backbone, facts, applying, encoder, out_dir,
+                           command, not_papers, warnings, stages)
     log.info("bench %s: seconds per stage: %s", suite.name,
              ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in stages.seconds.items()))
-    return SuiteResult(suite, evaluations, pages, notes, stopped, out_dir, stages)
+    return SuiteResult(suite, evaluations, pages, notes, stopped, out_dir, stages, applying)
+
+
+def run_facts(config: BenchConfig, methods: Sequence[str], not_papers: Sequence[str],
+              model: compare.ModelRecord) -> compare.RunFacts:
+    """How the run is made, for the comparison with the published results: its sets, model,
+    batch size and shots, and how ANTS's stream departs from the paper's."""
+    names = {m: PUBLISHED_NAMES.get(m, m) for m in methods}
+    departures = {}
+    if "ants" in methods:
+        ants = []
+        if getattr(config.eval_config("ants").params, "two_pass", False):
+            ants.append("two passes over each stream")
+        if config.ants.schedule != "default":
+            ants.append(f"the bank-update schedule {config.ants.schedule} (fitted to the stream's length)")
+        if ants:
+            departures[names["ants"]] = ", ".join(ants)
+    return compare.RunFacts(tuple(not_papers), model, config.batch_size, config.shots, stream="per-set",
+                            seed=config.seed,
+                            test_time=frozenset(names[m] for m in methods
+                                                if issubclass(METHODS[m].detector, OnlineDetector)),
+                            few_shot=frozenset(names[m] for m in methods if m in FEW_SHOT_METHODS),
+                            departures=departures)
 
 
 def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, encoder, mllm, out_dir,
-             mllm_seen, stages, comparable=True, data_root=Path("."),
+             mllm_seen, stages, differences: Sequence[compare.Difference] = (), data_root=Path("."),
              release: Sequence[str] = ()) -> tuple[RunPage, dict[str, Evaluation]]:
     """Encode one run's sets once, then run every method on them (``stages`` gets the times).
     The listings of the sets named in ``release`` leave ``checks`` once encoded: their sample ids
@@ -285,7 +331,7 @@ def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, e
                 name = titles_of(spec).get(recorder.stopped, recorder.stopped)
                 page_notes.append(f"ANTS stopped on the stream of {name}: too many MLLM requests failed; its numbers "
                                   "are incomplete.")
-    comparison = compare.compare_run(suite, spec, evaluations, comparable=comparable)
+    comparison = compare.compare_run(suite, spec, evaluations, differences)
     titles = titles_of(spec)
     with stages.timed("report"):
         page = _run_page(comparison, evaluations, spec, titles, traces, galleries, page_notes, stopped)
@@ -319,39 +365,54 @@ def _galleries(rows: list[dict[str, Any]], titles: dict[str, str], id_samples: s
                    for path, info in samples.items()] for name, samples in grouped.items()}
 
 
-def _write_suite_files(config, suite, pages, summary, notes, backbone, model_spec, encoder, out_dir, command,
-                       not_papers, warnings, stages) -> None:
+def _write_suite_files(config, suite, pages, summary, notes, backbone, facts, differences, encoder, out_dir,
+                       command, not_papers, warnings, stages) -> None:
     """results.md, results.csv and report.html, then metrics.json, whose times include the others'."""
     from negspace import __version__
 
     started = time.perf_counter()
     subset = bool(not_papers)
+    verdict = compare.verdict_lines(differences)
+    protocol = compare.protocol_sentence(suite, facts)
     (out_dir / "results.md").write_text(
-        f"# {suite.title}\n\nOurs: {backbone}. FPR95 = {suite.fpr95} (the tables' convention). "
-        f"Compared with {', '.join(suite.tables)}.\n\n"
+        f"# {suite.title}\n\nOurs: {backbone}. Every number is a percentage; FPR95 = {suite.fpr95} "
+        f"({compare.CONVENTIONS[suite.fpr95]}, the tables' convention). Compared with {', '.join(suite.tables)}.\n\n"
+        f"{protocol}\n\n**{verdict[0]}**\n"
+        + "".join(f"\n- {line.strip()}" for line in verdict[1:]) + "\n\n"
         + "".join(f"> {note}\n\n" for note in notes)
-        + "\n\n".join(f"## ID: {p.comparison.run.id.published_as}\n\n{compare.markdown(p.comparison)}" for p in pages)
+        + "\n\n".join(f"## ID: {p.comparison.run.id.published_as} (values in percent)\n\n"
+                      f"{compare.markdown(p.comparison, facts.model.short())}" for p in pages)
         + "\n", encoding="utf-8")
     rows = [row for p in pages for row in compare.csv_rows(p.comparison, backbone)]
     with (out_dir / "results.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["suite"])
         writer.writeheader()
         writer.writerows(rows)
-    facts = [("suite", f"{suite.name}: {suite.title}"), ("compared with", ", ".join(suite.tables)),
-             ("FPR95", f"{suite.fpr95} (the tables' convention)"), ("ours", backbone),
-             ("negspace", __version__),
+    match = compare.identify_backbone(facts.model)
+    lines = [("suite", f"{suite.name}: {suite.title}"), ("compared with", ", ".join(suite.tables)),
+             ("units", "every number of the tables is a percentage"),
+             ("FPR95", f"{suite.fpr95} ({compare.CONVENTIONS[suite.fpr95]}; the tables' convention)"),
+             ("ours", f"{backbone}: {match.name or 'not a published backbone'} ({match.how})"),
+             ("test-time methods", protocol), ("negspace", __version__),
              ("images", f"not the papers' sets: {'; '.join(not_papers)}" if subset
               else "the papers' sets at their counts")]
     # file names that are not UTF-8 (surrogates on Linux) are written escaped, not refused
-    page = render_report(f"negspace bench: {suite.name}", facts, pages, notes, warnings,
-                         "; ".join(not_papers) if subset else None)
+    page = render_report(f"negspace bench: {suite.name}", lines, pages, notes, warnings, verdict,
+                         facts.model.short())
     (out_dir / "report.html").write_text(page, encoding="utf-8", errors="backslashreplace")
     stages.add("report", time.perf_counter() - started)
     info = {"suite": suite.name, "tables": list(suite.tables), "fpr95_convention": suite.fpr95,
+            "fpr95_of_tables": dict(suite.table_fpr95),
             "negspace_version": __version__, "command": list(command) if command is not None else None,
-            "model": model_spec, "weights_fingerprint": encoder.fingerprint, "device": str(encoder.device),
+            "model": facts.model.spec, "weights_fingerprint": encoder.fingerprint, "device": str(encoder.device),
+            "backbone": {"ours": facts.model.describe(), "published_as": match.name, "how": match.how},
             "limit": config.limit, "subset": subset, "papers_sets": not subset, "not_papers_sets_because": not_papers,
-            "seed": config.seed, "batch_size": config.batch_size,
+            # compared with the published numbers only when nothing below differs (papers_sets alone is not enough)
+            "comparable": not differences, "differences": [d.as_dict() for d in differences],
+            "seed": config.seed, "batch_size": config.batch_size, "stream": facts.stream,
+            "test_time_methods": sorted(facts.test_time), "shots": config.shots,
+            "published_protocol": {"batch_size": suite.protocol.batch_size, "stream": suite.protocol.stream,
+                                   "shots": suite.protocol.shots, "about": suite.protocol.about},
             "notes": notes, "warnings": list(warnings), "runs": summary, "seconds": round(stages.elapsed(), 3),
             "seconds_per_stage": stages.rounded(),
             "metric_units": "fractions in [0, 1] (results.md/.csv: percent)"}

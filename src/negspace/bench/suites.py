@@ -1,7 +1,8 @@
 """Benchmark suites: each a small declarative spec in package data (``suites/NAME.json``).
 
-A suite names the papers' tables it reproduces, the FPR95 convention those tables use, and one or
-more *runs*: an ID set with its class list against OOD sets, each set with the folder layout it
+A suite names the papers' tables it reproduces, the FPR95 convention those tables use (and the
+tables that use the other one), the protocol of their test-time results (stream, batch size,
+shots), and one or more *runs*: an ID set with its class list against OOD sets, each set with the folder layout it
 is read from (under ``--data-root``), the file count expected, the name the tables give it and
 where it is published. Averages are named groups of OOD sets (all of them, or OpenOOD's near and
 far groups). Nothing here downloads data.
@@ -84,6 +85,21 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class Protocol:
+    """How the published results of the test-time methods were produced.
+
+    ``stream="per-set"``: for each OOD set, one stream of the ID set and that OOD set shuffled
+    together, scored in batches of ``batch_size``, the detector's state reset between OOD sets;
+    the few-shot methods draw ``shots`` labelled ID images per class.
+    """
+
+    batch_size: int = 256
+    stream: str = "per-set"
+    shots: int = 16
+    about: str = ""  # where these facts come from
+
+
+@dataclass(frozen=True)
 class Suite:
     """A paper benchmark: its runs, the tables it reproduces and their FPR95 convention."""
 
@@ -93,6 +109,13 @@ class Suite:
     fpr95: str  # "fpr95_ood" (FPR of ID at 95% OOD recall) or "fpr95" (FPR of OOD at 95% ID recall)
     runs: tuple[RunSpec, ...]
     notes: str = ""
+    protocol: Protocol = Protocol()
+    # (table, convention) for the tables whose FPR95 is not ``fpr95`` (e.g. a README taking ID as positive)
+    table_fpr95: tuple[tuple[str, str], ...] = ()
+
+    def fpr95_of(self, table: str) -> str:
+        """The FPR95 convention of a published table ("SOURCE/TABLE")."""
+        return dict(self.table_fpr95).get(table, self.fpr95)
 
     def all_sets(self) -> list[SetSpec]:
         """Every set of every run, once each (runs may share OOD sets)."""
@@ -146,9 +169,18 @@ def parse_suite(doc: dict) -> Suite:
             raise ValueError(f"run {run['name']}: class list format must be one of {CLASS_FORMATS}")
         runs.append(RunSpec(run["name"], resolve(run["id"]), spec, tuple(resolve(item) for item in run["ood"]),
                             averages, run.get("train", "")))
-    suite = Suite(doc["name"], doc["title"], tuple(doc["tables"]), doc["fpr95"], tuple(runs), doc.get("notes", ""))
-    if suite.fpr95 not in FPR95_CONVENTIONS:
-        raise ValueError(f"suite {suite.name}: fpr95 must be one of {FPR95_CONVENTIONS}, got {suite.fpr95!r}")
+    protocol = Protocol(**doc.get("protocol", {}))
+    table_fpr95 = tuple(doc.get("fpr95_of_tables", {}).items())
+    suite = Suite(doc["name"], doc["title"], tuple(doc["tables"]), doc["fpr95"], tuple(runs), doc.get("notes", ""),
+                  protocol, table_fpr95)
+    for convention in (suite.fpr95, *(c for _, c in table_fpr95)):
+        if convention not in FPR95_CONVENTIONS:
+            raise ValueError(f"suite {suite.name}: fpr95 must be one of {FPR95_CONVENTIONS}, got {convention!r}")
+    unknown = [table for table, _ in table_fpr95 if table not in suite.tables]
+    if unknown:
+        raise ValueError(f"suite {suite.name}: fpr95_of_tables names tables it does not compare with: {unknown}")
+    if protocol.batch_size < 1 or protocol.shots < 1 or protocol.stream != "per-set":
+        raise ValueError(f"suite {suite.name}: protocol needs a positive batch_size and shots, stream 'per-set'")
     for run in suite.runs:
         names = [s.name for s in run.ood]
         if len(set(names)) != len(names) or run.id.name in names:

@@ -36,6 +36,8 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     bench.add_argument("--no-count-check", action="store_true", help="run on sets whose file count is not the expected one")
     bench.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default: %(default)s)")
     bench.add_argument("--seed", type=seed, default=0, help="seed of the groupings, the streams and --limit (default: %(default)s)")
+    bench.add_argument("--shots", type=positive_int, default=16,
+                       help="ID images per class InterNeg and TINS draw from the suite's training split (default: %(default)s)")
     bench.add_argument("--out", type=Path, help="results folder, new or empty (default: runs/bench-SUITE-TIMESTAMP)")
     bench.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out")
     options.add_model_options(bench)
@@ -90,7 +92,7 @@ def bench_config(args: argparse.Namespace) -> Any:
         raise NegspaceError(f"Invalid ants setting: {err}.") from None
     return BenchConfig(args.suite, tuple(methods), limit=args.limit, check_counts=not args.no_count_check,
                        batch_size=args.batch_size, seed=args.seed, scoring_backend=args.scoring_backend,
-                       params={"ants": ants}, ants=options.ants_run_config(args, keep))
+                       params={"ants": ants}, ants=options.ants_run_config(args, keep), shots=args.shots)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,10 +115,11 @@ def run(args: argparse.Namespace) -> int:
                        overwrite=args.overwrite, command=args.command_line)
     backbone = model.spec + (f" (weights {model.weights})" if model.weights else "")
     for page in result.pages:
-        shown = "(published, Δ)" if page.comparison.comparable else "(published on the full sets, for reference only)"
+        shown = "(published, Δ)" if page.comparison.comparable else "(published, Δ where compared)"
         print(f"\n{result.suite.name} / {page.comparison.run.name}: ID {page.comparison.run.id.published_as}, ours "
               f"{shown}, FPR95 = {result.suite.fpr95}, in %")
         print(compare.console_summary(page.comparison))
+    print("\n" + "\n".join(compare.verdict_lines(result.differences)))
     for note in result.notes:
         print(f"\nnote: {note}")
     print(f"\nOurs: {backbone}. Every set and method side by side: {out_dir / 'results.md'}, "
