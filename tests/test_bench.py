@@ -184,6 +184,10 @@ def test_bench_ants_with_a_real_http_mllm_shows_images_texts_and_lam(tmp_path, m
     assert report.count("data:image/jpeg;base64,") >= 3  # thumbnails of the explained images
     explanations = _csv(out / "imagenet10" / "ants" / "explanations.csv")
     assert explanations and {r["ood_set"] for r in explanations} == {"imagenet20"}
+    # a schedule fitted to the stream is not the paper's online protocol: ANTS's cells are kept apart
+    stream = [d for d in json.loads((out / "metrics.json").read_text())["differences"] if d["what"] == "stream"]
+    assert [(d["methods"], d["published"]) for d in stream] == [(["ANTS"], "the paper's online stream")]
+    assert "schedule scaled" in stream[0]["ours"] and stream[0]["text"] in (out / "results.md").read_text()
 
 
 def _browser():
