@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -310,3 +311,130 @@ def test_a_resumed_run_summary_still_counts_the_rows_in_the_folder(tmp_path, sav
     assert again["scored"] == 0 and again["already_written"] == 4
     assert again["rows_in_folder"] == first["rows_in_folder"] == 4
     assert again["flagged_ood_in_folder"] == first["flagged_ood_in_folder"] == first["flagged_ood"]
+
+
+# -- 7. one output folder holds one detector's rows (issue 27) ----------------------------------------
+
+
+def _rows_by_path(folder: Path) -> dict[str, dict]:
+    return {r["path"]: r for r in _table(folder)}
+
+
+def test_another_detector_into_the_same_out_is_refused_and_overwrite_starts_afresh(
+        tmp_path, saved, tiny_openclip, capsys):  # noqa: F811
+    images = _images(tmp_path / "imgs", 3, seed=101)
+    out = tmp_path / "rows"
+    assert main(_score(str(tmp_path / "imgs"), "--detector", str(saved / "det"), "--out", str(out),
+                       *_model_args(tiny_openclip))) == 0
+    before, summary = _rows_by_path(out), (out / "_summary.json").read_text()
+    assert len(before) == 3 and all(r["top_negative"] for r in before.values())  # NegLabel names a negative
+    (out / "_notes.md").write_text("mine")  # not negspace's (and "_": readers skip it): --overwrite leaves it
+    _images(tmp_path / "imgs" / "new", 1, seed=102)  # one more image
+    mcm = ["--method", "mcm", "--classes", str(saved / "classes.txt"), "--threshold", "0.5",
+           *_model_args(tiny_openclip)]
+    capsys.readouterr()
+    assert main(_score(str(tmp_path / "imgs"), "--out", str(out), *mcm)) == 2
+    err = _error(capsys)
+    assert err.count("\n") == 1 and f"--out {out} holds scores of neglabel (detector sha256:" in err
+    assert "this run is mcm" in err and "pass --overwrite to start afresh" in err
+    assert _rows_by_path(out) == before and (out / "_summary.json").read_text() == summary  # nothing written
+    # the same detector resumes: only the new image is scored
+    assert main(_score(str(tmp_path / "imgs"), "--detector", str(saved / "det"), "--out", str(out),
+                       *_model_args(tiny_openclip))) == 0
+    assert "1 images scored (3 already written" in capsys.readouterr().out
+    assert {p: r for p, r in _rows_by_path(out).items() if p in before} == before
+    # --overwrite: every row is MCM's, the same rows a fresh folder gets
+    assert main(_score(str(tmp_path / "imgs"), "--out", str(out), "--overwrite", *mcm)) == 0
+    fresh = tmp_path / "fresh"
+    assert main(_score(str(tmp_path / "imgs"), "--out", str(fresh), *mcm)) == 0
+    rows = _rows_by_path(out)
+    assert rows == _rows_by_path(fresh) and len(rows) == 4 and {str(p) for p in images} < rows.keys()
+    assert all(r["top_negative"] == "" for r in rows.values())  # MCM has no negatives
+    assert len({p.name.split("-")[1] for p in out.glob("part-*.parquet")}) == 1  # one run's parts only
+    assert json.loads((out / "_detector.json").read_text())["method"] == "mcm"
+    assert json.loads((out / "_summary.json").read_text())["rows_in_folder"] == 4
+    assert (out / "_notes.md").read_text() == "mine"
+
+
+def test_other_params_arrays_or_model_are_refused_naming_both(tmp_path, saved, tiny_openclip):  # noqa: F811
+    import negspace
+    from negspace import MCMConfig, ModelConfig, ScoreConfig
+
+    _images(tmp_path / "imgs", 2, seed=103)
+    model = ModelConfig(spec=tiny_openclip.spec, weights=tiny_openclip.weights, device="cpu", progress=False)
+    out = tmp_path / "rows"
+    mcm = ScoreConfig(method="mcm", classes=str(saved / "classes.txt"), threshold=0.5)
+    negspace.score_collection([tmp_path / "imgs"], out, mcm, model=model)
+    # other parameters of the same method (refused from Python: its names, not the options)
+    with pytest.raises(negspace.NegspaceError) as info:
+        negspace.score_collection([tmp_path / "imgs"], out, replace(mcm, params=MCMConfig(temperature=2.0)), model=model)
+    digest = json.loads((out / "_detector.json").read_text())["digest"]
+    message = str(info.value)
+    assert message.startswith(f"out {out} holds scores of mcm (detector {digest[:19]})") and "--" not in message
+    assert "this run is mcm (detector sha256:" in message and "pass overwrite to start afresh" in message
+    # another model (same method and classes)
+    other = save_tiny_openclip(tmp_path / "other", seed=1)
+    with pytest.raises(negspace.NegspaceError, match=f"with {other.spec}"):
+        negspace.score_collection([tmp_path / "imgs"], out, mcm,
+                                  model=ModelConfig(spec=other.spec, weights=other.weights, device="cpu", progress=False))
+    # the same arrays but one changed: the digest tells them apart, before the model loads
+    det = tmp_path / "det"
+    shutil.copytree(saved / "det", det)
+    negspace.score_collection([tmp_path / "imgs"], tmp_path / "neg", ScoreConfig(detector=saved / "det"), model=model)
+    negatives = np.load(det / "neg_text_features.npy")
+    np.save(det / "neg_text_features.npy", negatives[::-1].copy())
+    with pytest.raises(negspace.NegspaceError) as info:
+        negspace.score_collection([tmp_path / "imgs"], tmp_path / "neg", ScoreConfig(detector=det),
+                                  model=ModelConfig(spec="openclip:NoSuchArch/none"))
+    assert "holds scores of neglabel (detector sha256:" in str(info.value)
+    assert "this run is neglabel (detector sha256:" in str(info.value) and "NoSuchArch" in str(info.value)
+    assert len(_table(out)) == len(_table(tmp_path / "neg")) == 2
+
+
+def test_one_file_under_several_spellings_is_one_row_also_on_a_re_run(tmp_path, saved, tiny_openclip,
+                                                                       capsys, monkeypatch):  # noqa: F811
+    images = _images(tmp_path / "data" / "imgs", 3, seed=104)
+    monkeypatch.chdir(tmp_path)
+    pq.write_table(pa.table({"path": [str(images[0]), "imgs/../imgs/" + images[1].name]}), tmp_path / "data" / "t.parquet")
+    (tmp_path / "data" / "l.txt").write_text(f"imgs/{images[2].name}\n{images[2]}\n")
+    (tmp_path / "link").symlink_to(tmp_path / "data" / "imgs")
+    out = tmp_path / "rows"
+    args = ["--detector", str(saved / "det"), "--out", str(out), *_model_args(tiny_openclip)]
+    assert main(_score("data/imgs", "data/t.parquet", "data/l.txt", "link", *args)) == 0
+    # the table's 2, the list's 2 and the link's 3 name files of data/imgs
+    assert "7 paths named a file already listed" in capsys.readouterr().out
+    assert sorted(r["path"] for r in _table(out)) == sorted(f"data/imgs/{p.name}" for p in images)
+    # absolute spellings on a re-run: nothing new
+    assert main(_score(str(tmp_path / "data" / "imgs"), *args)) == 0
+    assert "0 images scored (3 already written" in capsys.readouterr().out and len(_table(out)) == 3
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+def test_a_path_column_that_is_not_text_is_one_sentence_naming_it_before_the_model(tmp_path, saved, capsys,
+                                                                                      kind):  # noqa: F811
+    table = tmp_path / f"x.{kind}"
+    if kind == "parquet":
+        pq.write_table(pa.table({"path": pa.array([1, 2], pa.int64()), "name": ["a", "b"]}), table)
+    else:
+        table.write_text("path,name\n1,a\n2,b\n")
+    assert main(_score(str(table), "--detector", str(saved / "det"), "--out", str(tmp_path / "o"),
+                       "--model", "openclip:NoSuchArch/none")) == 2
+    err = _error(capsys)
+    assert f"Column 'path' of {table} holds int64, not text paths" in err and err.count("\n") == 1
+    assert "NoSuchArch" not in err and not (tmp_path / "o").exists()
+
+
+def test_a_missing_threshold_id_set_names_its_option_or_argument(tmp_path, saved, capsys):  # noqa: F811
+    import negspace
+    from negspace import ScoreConfig
+
+    _images(tmp_path / "imgs", 1, seed=105)
+    missing = tmp_path / "nope"
+    assert main(_score(str(tmp_path / "imgs"), "--detector", str(saved / "det"), "--threshold-id", str(missing),
+                       "--out", str(tmp_path / "o"), "--model", "openclip:NoSuchArch/none")) == 2
+    assert f"--threshold-id {missing} does not exist" in _error(capsys)
+    with pytest.raises(negspace.NegspaceError) as info:
+        negspace.score_collection([tmp_path / "imgs"], tmp_path / "o",
+                                  ScoreConfig(detector=saved / "det", threshold_id=str(missing)))
+    assert str(info.value).startswith(f"threshold_id {missing} does not exist")
+    assert not (tmp_path / "o").exists()

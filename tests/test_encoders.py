@@ -336,10 +336,11 @@ def test_openood_preprocessing(saved: SavedModel, tmp_path: Path) -> None:
 # -- errors -----------------------------------------------------------------------------------
 
 
-def _one_clear_sentence(exc: BaseException) -> str:
+def _one_clear_sentence(exc: NegspaceError) -> str:
     msg = str(exc)
     assert "\n" not in msg and "Traceback" not in msg
-    assert "--weights" in msg
+    # Python callers passed weights=, the command line --weights
+    assert "weights" in msg and "--weights" not in msg and "--weights" in exc.cli_message()
     return msg
 
 
@@ -378,6 +379,68 @@ def test_broken_hf_folder(tiny_hf_clip: SavedModel, tmp_path: Path) -> None:
     (folder / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(WeightsUnavailableError) as info:
         load_encoder(f"hf:{folder}", use_cache=False)
+    _one_clear_sentence(info.value)
+
+
+def _not_a_checkpoint(kind: str, tmp_path: Path, other: SavedModel) -> Path:
+    """A ``--weights`` file that is no checkpoint of the tiny open_clip model."""
+    path = tmp_path / {"text": "notes.txt", "random": "random.bin", "numpy": "arrays.npy"}.get(kind, f"{kind}.pt")
+    if kind == "text":
+        path.write_text("# my notes\nThe model is somewhere else.\n")
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "list":
+        torch.save([torch.zeros(2)], path)
+    elif kind == "empty-dict":
+        torch.save({}, path)
+    elif kind == "numpy":
+        np.save(path, np.zeros(3))
+    else:  # a real checkpoint of another architecture (the transformers CLIP)
+        return other.folder / "model.safetensors"
+    return path
+
+
+@pytest.mark.parametrize("kind", ["text", "random", "empty", "list", "empty-dict", "numpy", "other-architecture"])
+def test_weights_that_are_no_checkpoint_of_the_model_are_one_sentence_naming_file_and_model(
+    tiny_openclip: SavedModel, tiny_hf_clip: SavedModel, tmp_path: Path, capsys: pytest.CaptureFixture, kind: str
+) -> None:
+    from negspace.cli import main
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    bad = _not_a_checkpoint(kind, tmp_path, tiny_hf_clip)
+    code = main(["embed", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"), "--model", tiny_openclip.spec,
+                 "--weights", str(bad), "--device", "cpu", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert f"--weights {bad} is not a checkpoint of {tiny_openclip.spec}: expected a" in err
+    expected = "a state dict of this architecture (" if kind == "other-architecture" else \
+        "a safetensors file or a PyTorch state dict saved with torch.save ("
+    assert expected in err and not (tmp_path / "out").exists()
+
+
+def test_hf_weights_that_are_no_model_folder_are_one_sentence(
+    tiny_openclip: SavedModel, tiny_hf_clip: SavedModel, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from negspace.cli import main
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model")
+    for bad in (notes, tiny_openclip.folder):  # a text file; the folder of an open_clip model
+        code = main(["embed", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"), "--model", tiny_hf_clip.spec,
+                     "--weights", str(bad), "--device", "cpu", "-q"])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+        assert f"--weights {bad} is not a checkpoint of {tiny_hf_clip.spec}: expected a folder written by " \
+               "save_pretrained" in err
+    # from Python: the argument's name
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_encoder(tiny_hf_clip.spec, weights=notes, use_cache=False)
+    assert str(info.value).startswith(f"weights {notes} is not a checkpoint of {tiny_hf_clip.spec}")
     _one_clear_sentence(info.value)
 
 

@@ -63,7 +63,9 @@ def test_score_writes_one_row_per_image_with_its_score_flag_and_labels(tmp_path,
         csv.writer(handle).writerows([["file"], *[[p.name] for p in collection[:2]]])
     (tmp_path / "extra").mkdir()
     extra = _images(tmp_path / "extra" / "more", 2, seed=6)
-    (tmp_path / "list.txt").write_text("\n".join(f"extra/more/{p.name}" for p in extra) + "\n")
+    # the 2 images of extra/, then two of the folder's again: absolute, and through ".."
+    (tmp_path / "list.txt").write_text("\n".join([*(f"extra/more/{p.name}" for p in extra), str(collection[2]),
+                                                  f"extra/../collection/{collection[3].name}"]) + "\n")
     for path in collection[:2]:
         (tmp_path / path.name).symlink_to(path)
     out = tmp_path / "scores"
@@ -71,10 +73,13 @@ def test_score_writes_one_row_per_image_with_its_score_flag_and_labels(tmp_path,
                  "--detector", str(saved / "det"), "--out", str(out), "--chunk-size", "4", *_model_args(tiny_openclip)])
     assert code == 0
     rows = _table(out)
-    # the folder's 9 readable images, the two listed ones (other paths, same files) and the 2 of list.txt
-    assert len(rows) == 9 + 2 + 2 and len({r["path"] for r in rows}) == len(rows)
+    # the folder's 9 readable images and the 2 of extra/; the table's two (symlinks) and list.txt's
+    # two other spellings name files of the folder: each file is one row, under the folder's path
+    assert len(rows) == 9 + 2 and len({r["path"] for r in rows}) == len(rows)
+    assert {r["path"] for r in rows} == {str(p) for p in collection + extra}
     assert set(rows[0]) == {"path", "sha256", "score", "ood", "id_class", "top_negative"}
     summary = json.loads((out / "_summary.json").read_text())
+    assert summary["duplicate_paths"] == 4 and summary["images"] == 9 + 1 + 2
     assert summary["skipped_unreadable"] == 1 and "broken.jpg" in (out / "_skipped.csv").read_text()
     provenance = json.loads((saved / "det" / "provenance.json").read_text())
     assert summary["threshold"] == provenance["threshold_95_id_recall"]

@@ -2,6 +2,8 @@
 
 Inputs (``negspace score SRC ...``): image folders (recursive), ``.txt`` path lists, and tables
 of paths (``file.parquet`` or ``file.csv``, the column ``path`` unless ``FILE:COLUMN`` names one).
+A file is one image however its path is spelt (relative, with ``..``, absolute, through a
+symlink): :func:`unique_files` keeps its first spelling.
 Output: a folder of Parquet parts (``part-RUNID-00000.parquet``, ...), each written whole and
 renamed into place, so a run killed at any moment leaves only complete parts; a re-run skips every
 path already written; a second run into the same folder at the same time is refused. Read it as
@@ -13,6 +15,7 @@ ignored by both, as files starting with ``_`` are).
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from negspace.data.sets import open_image_folder, open_path_list
-from negspace.errors import DatasetError
+from negspace.errors import DatasetError, arg
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +52,14 @@ def _table_paths(spec: str) -> list[Path]:
     if not path.is_file():
         raise DatasetError(f"The table {path} does not exist.")
     if path.suffix.lower() == ".parquet":
-        names = read_parquet(path, schema_only=True).names
-        if column not in names:
-            raise DatasetError(f"The table {path} has no column {column!r} (columns: {', '.join(names)}); "
+        schema = read_parquet(path, schema_only=True)
+        if column not in schema.names:
+            raise DatasetError(f"The table {path} has no column {column!r} (columns: {', '.join(schema.names)}); "
                                f"name one as {path}:COLUMN.")
+        kind = schema.field(column).type
+        if not _is_text(kind):
+            raise DatasetError(f"Column {column!r} of {path} holds {kind}, not text paths; name the column of "
+                               f"paths as {path}:COLUMN.")
         values = read_parquet(path, columns=[column]).column(column).to_pylist()
     else:
         import csv
@@ -66,17 +73,50 @@ def _table_paths(spec: str) -> list[Path]:
                 values = [row[column] for row in reader]
         except (UnicodeDecodeError, csv.Error) as err:
             raise DatasetError(f"The table {path} cannot be read as UTF-8 CSV ({err}).") from None
+        kind = _numeric_kind([v for v in values if v], path.parent)
+        if kind:
+            raise DatasetError(f"Column {column!r} of {path} holds {kind}, not text paths; name the column of "
+                               f"paths as {path}:COLUMN.")
     base = path.parent
     return [Path(v) if Path(v).is_absolute() else base / v for v in values if v]
 
 
+def _is_text(kind: Any) -> bool:
+    """Whether a pyarrow type holds text (plain, large, view, or dictionary-encoded)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or str(kind) == "string_view"
+
+
+def _numeric_kind(values: list[str], base: Path) -> str | None:
+    """``int64`` or ``double`` when every value of a CSV column is a number and none of the first
+    names a file (a column of ids or sizes given where paths were meant); else ``None``."""
+    kinds = set()
+    for value in values:
+        for kind, parse in (("int64", int), ("double", float)):
+            try:
+                parse(value)
+            except ValueError:
+                continue
+            kinds.add(kind)
+            break
+        else:
+            return None
+    if not kinds or any((base / v).exists() or Path(v).exists() for v in values[:100]):
+        return None
+    return "double" if "double" in kinds else "int64"
+
+
 def collection_paths(specs: Sequence[str]) -> list[Path]:
-    """Every image file the ``specs`` name, in order, each once.
+    """Every image path the ``specs`` name, in order, as listed: a file named twice (or under two
+    spellings) is there twice, for :func:`unique_files` to keep once and count.
 
     Raises:
         DatasetError: a source that does not exist or names no image.
     """
-    paths: dict[Path, None] = {}
+    paths: list[Path] = []
     for spec in specs:
         source = Path(spec)
         if source.is_dir():
@@ -87,11 +127,43 @@ def collection_paths(specs: Sequence[str]) -> list[Path]:
             found = _table_paths(spec)
         else:
             raise DatasetError(f"{spec} is neither a folder, a .txt path list, nor a .parquet/.csv table of paths.")
-        for path in found:
-            paths.setdefault(Path(path), None)
+        paths += [Path(path) for path in found]
     if not paths:
         raise DatasetError(f"{', '.join(specs)} name no image.")
-    return list(paths)
+    return paths
+
+
+class FileKeys:
+    """The canonical name of a file: its absolute path with every symlink resolved, so that
+    ``a/../b/x.jpg``, ``b/x.jpg``, ``/abs/b/x.jpg`` and a link to it are one key.
+
+    Folders are resolved once each (cached) and only the file itself is checked for a link, so
+    a million paths in a few thousand folders cost about a million ``lstat`` calls.
+    """
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: str | Path) -> str:
+        text = os.fspath(path)
+        folder, name = os.path.split(text)
+        if name in ("", ".", ".."):
+            return os.path.realpath(text)
+        real = self._folders.get(folder)
+        if real is None:
+            real = self._folders[folder] = os.path.realpath(folder or os.curdir)
+        full = os.path.join(real, name)
+        return os.path.realpath(full) if os.path.islink(full) else full
+
+
+def unique_files(paths: Sequence[Path], keys: FileKeys | None = None) -> tuple[list[Path], int]:
+    """``paths`` with each file once (its first spelling; see :class:`FileKeys`), and how many
+    paths named a file already listed."""
+    keys = keys or FileKeys()
+    seen: dict[str, Path] = {}
+    for path in paths:
+        seen.setdefault(keys(path), path)
+    return list(seen.values()), len(paths) - len(seen)
 
 
 class OutputBusy(DatasetError):
@@ -114,7 +186,7 @@ class PartWriter:
 
     def __init__(self, folder: Path) -> None:
         if folder.exists() and not folder.is_dir():
-            raise DatasetError(f"--out {folder} is a file; give a folder (the Parquet parts go in it).")
+            raise DatasetError(f"{arg('out')} {folder} is a file; give a folder (the Parquet parts go in it).")
         self.folder = folder
         self.run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
         self._next = 0
@@ -126,7 +198,7 @@ class PartWriter:
             self.folder.mkdir(parents=True, exist_ok=True)
             handle = open(self.folder / "_lock", "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
         except OSError as err:
-            raise DatasetError(f"--out {self.folder}: cannot write there ({err.strerror}).") from None
+            raise DatasetError(f"{arg('out')} {self.folder}: cannot write there ({err.strerror}).") from None
         try:
             import fcntl
 
@@ -135,7 +207,7 @@ class PartWriter:
             pass
         except OSError:
             handle.close()
-            raise OutputBusy(f"--out {self.folder} is being written by another negspace run; wait for it to "
+            raise OutputBusy(f"{arg('out')} {self.folder} is being written by another negspace run; wait for it to "
                              "finish (a re-run then resumes) or choose another folder.") from None
         self._lock_handle = handle
         for stale in self.folder.glob("_part-*.tmp"):  # what a killed run did not finish (we hold the lock)

@@ -7,15 +7,21 @@ The collection is listed and the output folder read before any model loads; imag
 and scored a chunk at a time (bounded memory), each chunk written as one complete Parquet part, so
 a re-run (after a crash, a ``kill -9``) skips what is written. ``engine="ray"`` runs the decoding
 in Ray tasks and the model in an actor pool (``pip install 'negspace[ray]'``).
+
+One output folder holds one detector's rows: ``_detector.json`` records its identity (method,
+parameters, a digest of its arrays, the model and its weights), and a run with another detector
+or model is refused unless ``overwrite`` starts the folder afresh. One file is one row however
+its path is spelt (see :class:`negspace.collection.FileKeys`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import logging
 import math
 import os
-import logging
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -24,19 +30,25 @@ from typing import Any
 
 import numpy as np
 
-from negspace.collection import PartWriter, chunks, collection_paths, read_parquet
+from negspace.collection import FileKeys, PartWriter, chunks, collection_paths, read_parquet, unique_files
 from negspace.detectors.saved import read_provenance
-from negspace.errors import NegspaceError
+from negspace.errors import DatasetError, NegspaceError, arg
 from negspace.jsonio import to_json
 from negspace.methods import METHODS
 from negspace.runconfig import EvalConfig, ModelConfig
+from negspace.reprs import with_config_repr
 
 log = logging.getLogger("negspace")
 
 STATIC_METHODS = ("mcm", "neglabel", "csp", "negrefine")
 ENGINES = ("local", "ray")
+RAY = arg("engine=" + repr("ray"), "--engine ray")
+IDENTITY_FILE = "_detector.json"  # which detector and model wrote a score folder's rows
+# What `score` writes into its folder: all that `overwrite` removes (never another file).
+SCORE_OUTPUTS = ("part-*.parquet", "_part-*.tmp", "_summary.json", "_skipped.csv", IDENTITY_FILE)
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class CollectionConfig:
     """How a collection is processed: parts of ``chunk_size`` images, batches, the engine."""
@@ -55,6 +67,7 @@ class CollectionConfig:
             raise ValueError("chunk_size and batch_size must be >= 1")
 
 
+@with_config_repr
 @dataclass(frozen=True)
 class ScoreConfig:
     """Which detector scores and where its OOD flag is: a saved ``detector`` folder, or a static
@@ -71,32 +84,40 @@ class ScoreConfig:
 
     def check(self) -> None:
         """What can be refused before any model loads, in one sentence."""
+        method, detector = arg("method"), arg("detector")
         if (self.detector is None) == (self.method is None):
-            raise NegspaceError("Give either --detector DIR (a saved detector) or --method with --classes.")
+            raise NegspaceError(f"Give either {detector} DIR (a saved detector) or {method} with {arg('classes')}.")
         if self.method is not None and self.classes is None:
-            raise NegspaceError(f"--method {self.method} needs --classes.")
+            raise NegspaceError(f"{method} {self.method} needs {arg('classes')}.")
         if self.method is not None and self.method not in METHODS:
-            raise NegspaceError(f"--method {self.method}: expected one of {', '.join(STATIC_METHODS)}.")
+            raise NegspaceError(f"{method} {self.method}: expected one of {', '.join(STATIC_METHODS)}.")
         if self.method is not None and self.method not in STATIC_METHODS:
-            raise NegspaceError(f"--method {self.method} learns from the stream; learn it on a sample with "
+            raise NegspaceError(f"{method} {self.method} learns from the stream; learn it on a sample with "
                                 f"`negspace eval --method {self.method} --save-detector DIR`, then score with "
-                                "--detector DIR.")
+                                f"{detector} DIR.")
         if self.detector is not None and not Path(self.detector).is_dir():
-            raise NegspaceError(f"--detector {self.detector} is not a folder.")
+            raise NegspaceError(f"{detector} {self.detector} is not a folder.")
         if self.threshold is not None and not math.isfinite(self.threshold):
-            raise NegspaceError(f"--threshold must be a finite number, got {self.threshold}.")
+            raise NegspaceError(f"{arg('threshold')} must be a finite number, got {self.threshold}.")
 
 
 def score_collection(sources: Sequence[str | Path], out: str | Path, config: ScoreConfig, *,
-                     model: ModelConfig | None = None, collection: CollectionConfig | None = None) -> dict[str, Any]:
+                     model: ModelConfig | None = None, collection: CollectionConfig | None = None,
+                     overwrite: bool = False) -> dict[str, Any]:
     """Score every image of ``sources`` (folders, path lists, Parquet/CSV tables of paths, feature
     tables) into Parquet parts under ``out``: one row ``path, sha256, score, ood, id_class,
-    top_negative`` per image. Returns the summary written to ``out/_summary.json``.
+    top_negative`` per image (one per file, however many spellings of its path are listed).
+    Returns the summary written to ``out/_summary.json``.
+
+    ``out`` holds one detector's rows: a re-run with the same detector and model scores only the
+    images not yet written; one with another detector (method, parameters or arrays) or model is
+    refused, unless ``overwrite``, which removes the previous rows (only the files ``score``
+    writes) before this run writes its own.
 
     ``model=None`` loads the model the saved detector was built with (its provenance), else the
     default one. Everything that can be checked before the model loads is: the detector folder,
     ``threshold_id``'s images, the sources, that ``out`` can be written and that no other run is
-    writing it, the Ray cluster.
+    writing it, that a saved detector is the one whose rows ``out`` holds, the Ray cluster.
     """
     from negspace.features_table import is_feature_table, read_feature_table
 
@@ -109,21 +130,31 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
     threshold_images = _threshold_images(config.threshold_id) if config.threshold is None else None
     is_table = {s: is_feature_table(s) for s in sources}
     if collection.engine == "ray" and (any(is_table.values()) or config.detector is None):
-        raise NegspaceError("--engine ray scores image files with a saved --detector DIR (save one with "
+        raise NegspaceError(f"{RAY} scores image files with a saved {arg('detector')} DIR (save one with "
                             "`negspace eval --save-detector DIR` or det.save(DIR)); feature tables need no encoding: "
-                            "score them with --engine local.")
+                            f"score them with {arg('engine=' + repr('local'), '--engine local')}.")
     tables = [read_feature_table(s) for s, table in is_table.items() if table]  # features: no encoding
     image_sources = [s for s, table in is_table.items() if not table]
-    paths = collection_paths(image_sources) if image_sources else []  # listed before any model loads
-    paths += [Path(p) for table in tables for p in table.paths]
+    listed = collection_paths(image_sources) if image_sources else []  # listed before any model loads
+    listed += [Path(p) for table in tables for p in table.paths]
+    keys = FileKeys()
+    paths, duplicates = unique_files(listed, keys)
+    if duplicates:
+        log.warning("%d path(s) name a file already listed; scored once", duplicates)
+    model = model if model is not None else model_of_detector(config.detector, ModelConfig())
     if collection.engine == "ray":
         from negspace.engines.ray_engine import check_ray_address
 
         check_ray_address(collection.ray_address, collection.ray_timeout)
     with _locked_output(out) as writer:
-        done = writer.done()
-        todo, unnamed = _named_in_utf8([p for p in paths if str(p) not in done], out)
-        model = model if model is not None else model_of_detector(config.detector, ModelConfig())
+        recorded = None if overwrite else _recorded_identity(out, writer)
+        if recorded is not None:  # the parts of the detector already known refused before the model loads
+            known = {"method": config.method, "model": model.spec, "preprocess": model.preprocess}
+            if saved is not None:
+                known.update(detector_identity(saved))
+            _refuse_another_detector(out, recorded, known)
+        done = set() if overwrite else {keys(p) for p in writer.done()}
+        todo = [p for p in paths if keys(p) not in done]
         from negspace.runs import load_model
 
         encoder = load_model(model)
@@ -132,13 +163,27 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
             raise NegspaceError("The detector learns from the stream; freeze it first (negspace.load_detector gives it frozen).")
         _check_model(provenance, encoder)
         _check_dimension(config, detector, encoder)
+        identity = {**detector_identity(saved if saved is not None else detector), "model": encoder.spec,
+                    "weights_fingerprint": encoder.fingerprint, "preprocess": model.preprocess}
+        if recorded is not None:
+            _refuse_another_detector(out, recorded, identity)
         threshold, threshold_source = _threshold(config, detector, encoder, provenance, threshold_images,
                                                  collection.batch_size, model.progress)
+        if overwrite:
+            from negspace.outdir import clear_outputs
+
+            removed = clear_outputs(out, SCORE_OUTPUTS, folders=False)
+            if removed:
+                log.info("%d file(s) of the previous results in %s removed (overwrite)", removed, out)
+        _write_identity(out, {**identity, "source": str(config.detector or config.method)})
+        todo, unnamed = _named_in_utf8(todo, out)
         names = detector.class_names or []
         summary = {"engine": collection.engine, "sources": sources, "images": len(paths),
-                   "already_written": len(paths) - len(todo) - unnamed, "scored": 0, "flagged_ood": 0,
-                   "skipped_unreadable": unnamed, "threshold": threshold, "threshold_source": threshold_source,
-                   "model": model.spec, "detector": str(config.detector or config.method)}
+                   "duplicate_paths": duplicates, "already_written": len(paths) - len(todo) - unnamed, "scored": 0,
+                   "flagged_ood": 0, "skipped_unreadable": unnamed, "threshold": threshold,
+                   "threshold_source": threshold_source, "model": model.spec,
+                   "detector": str(config.detector or config.method), "method": identity["method"],
+                   "detector_digest": identity["digest"]}
         if collection.engine == "ray":
             _score_with_ray(todo, out, writer, encoder, model, collection, config.detector, threshold, summary)
         else:
@@ -147,6 +192,109 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
         summary.update(_folder_totals(writer))
         (out / "_summary.json").write_text(to_json(summary, indent=1), encoding="utf-8")
     return summary
+
+
+def detector_identity(detector: Any) -> dict[str, Any]:
+    """What makes a detector's scores what they are: its method, parameters and a digest (SHA-256)
+    of everything it saves (parameters, labels and arrays, as :meth:`to_saved` gives them; ANTS:
+    its negative space), so that two detectors with the same digest score alike."""
+    method, params, arrays, extra = _saved_form(detector)
+    described = {"method": method, "params": params, "extra": extra,
+                 "arrays": {name: [np.asarray(a).dtype.str, list(np.shape(a))] for name, a in sorted(arrays.items())}}
+    digest = hashlib.sha256(to_json(described, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    for name in sorted(arrays):
+        digest.update(name.encode("utf-8") + b"\0")
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return {"method": method, "params": json.loads(to_json(params)), "digest": "sha256:" + digest.hexdigest()}
+
+
+def _saved_form(detector: Any) -> tuple[str, dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+    """A detector's method, parameters, arrays and JSON extras: what it saves."""
+    try:
+        saved = detector.to_saved()
+    except NotImplementedError:  # ANTS saves its negative space instead
+        doc, state_arrays = detector.state.to_files()
+        arrays = {"id_text_features": detector.id_text_features, "neg_text_features": detector.neg_text_features,
+                  **{f"state.{name}": np.asarray(a) for name, a in state_arrays.items()}}
+        doc = {k: v for k, v in doc.items() if k != "mllm_requests"}  # a counter, not the space
+        return ("ants", detector.config.as_dict(), arrays,
+                {"class_names": detector.class_names, "neg_labels": detector.neg_labels, "state": doc})
+    return saved.method, saved.params, saved.arrays, saved.extra
+
+
+def _short(fingerprint: Any) -> str:
+    """A digest or fingerprint short enough for a sentence (``sha256:0123456789ab``)."""
+    text = str(fingerprint)
+    kind, sep, value = text.rpartition(":")
+    return f"{kind}{sep}{value[:12]}" if sep and len(value) == 64 else text
+
+
+def _describe(identity: dict[str, Any], differs: set[str]) -> str:
+    """A detector and model in words, with what tells it from the other one (``differs``)."""
+    text = identity.get("method") or "an unknown detector"
+    if identity.get("digest"):
+        text += f" (detector {_short(identity['digest'])})"
+    text += f" with {identity.get('model') or 'an unknown model'}"
+    if "weights_fingerprint" in differs and identity.get("weights_fingerprint"):
+        text += f" (weights {_short(identity['weights_fingerprint'])})"
+    if "preprocess" in differs and identity.get("preprocess"):
+        text += f", preprocess {identity['preprocess']}"
+    return text
+
+
+def _refuse_another_detector(out: Path, recorded: dict[str, Any], current: dict[str, Any]) -> None:
+    """One sentence naming both when ``out`` holds rows of another detector or model than
+    ``current`` (which may know only some fields yet: those are compared)."""
+    fields = ("method", "digest", "model", "weights_fingerprint", "preprocess")
+    differs = {f for f in fields if current.get(f) is not None and recorded.get(f) is not None
+               and current[f] != recorded[f]}
+    if not differs:
+        return
+    this = _describe({**current, "method": current.get("method") or "its detector"}, differs)
+    raise NegspaceError(f"{arg('out')} {out} holds scores of {_describe(recorded, differs)}; this run is {this}; "
+                        f"pass {arg('overwrite')} to start afresh or choose another {arg('out')}.")
+
+
+def _recorded_identity(out: Path, writer: PartWriter) -> dict[str, Any] | None:
+    """The detector and model whose rows ``out`` holds; ``None`` when it holds no rows."""
+    if not writer.parts():
+        return None
+    path = out / IDENTITY_FILE
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise DatasetError(f"{arg('out')} {out}: its {IDENTITY_FILE} cannot be read ({err}); pass "
+                               f"{arg('overwrite')} to start afresh or choose another {arg('out')}.") from None
+        if isinstance(recorded, dict):
+            return recorded
+    # a folder written before the identity was recorded: its summary names the detector and model
+    summary_path = out / "_summary.json"
+    summary = {}
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            summary = {}
+    if not isinstance(summary, dict) or "detector" not in summary:
+        raise DatasetError(f"{arg('out')} {out} holds Parquet parts that do not say which detector wrote them (no "
+                           f"{IDENTITY_FILE}); pass {arg('overwrite')} to start afresh or choose another {arg('out')}.")
+    method = summary["detector"] if summary["detector"] in METHODS else None
+    return {"method": method or _saved_method(summary["detector"]), "model": summary.get("model")}
+
+
+def _saved_method(folder: str) -> str | None:
+    """The method of the detector saved in ``folder``, if it can still be read."""
+    try:
+        return _saved_form(_saved_detector(Path(folder)))[0]
+    except (NegspaceError, NotImplementedError, AttributeError):
+        return None
+
+
+def _write_identity(out: Path, identity: dict[str, Any]) -> None:
+    tmp = out / f"_{IDENTITY_FILE}.tmp"
+    tmp.write_text(to_json(identity, indent=1), encoding="utf-8")
+    tmp.replace(out / IDENTITY_FILE)
 
 
 def embed_collection(sources: Sequence[str | Path], out: str | Path, *, model: ModelConfig | None = None,
@@ -160,14 +308,17 @@ def embed_collection(sources: Sequence[str | Path], out: str | Path, *, model: M
     from negspace.runs import load_model
 
     model, collection, out = model or ModelConfig(), collection or CollectionConfig(), Path(out)
-    paths = collection_paths([str(s) for s in sources])
+    keys = FileKeys()
+    paths, duplicates = unique_files(collection_paths([str(s) for s in sources]), keys)
+    if duplicates:
+        log.warning("%d path(s) name a file already listed; embedded once", duplicates)
     if collection.engine == "ray":
         from negspace.engines.ray_engine import check_ray_address
 
         check_ray_address(collection.ray_address, collection.ray_timeout)
     with _locked_output(out) as writer:
-        done = writer.done()
-        todo, unnamed = _named_in_utf8([p for p in paths if str(p) not in done], out)
+        done = {keys(p) for p in writer.done()}
+        todo, unnamed = _named_in_utf8([p for p in paths if keys(p) not in done], out)
         encoder = load_model(model)
         meta = table_metadata(encoder)
         _check_table_model(out, writer, meta)
@@ -221,8 +372,9 @@ def _locked_output(out: Path) -> Iterator[PartWriter]:
         yield writer
     except BaseException:
         writer.close()
-        if created and {p.name for p in out.iterdir()} <= {"_lock"}:
-            (out / "_lock").unlink(missing_ok=True)
+        if created and {p.name for p in out.iterdir()} <= {"_lock", IDENTITY_FILE}:
+            for name in ("_lock", IDENTITY_FILE):
+                (out / name).unlink(missing_ok=True)
             out.rmdir()
         raise
     writer.close()
@@ -253,9 +405,9 @@ def detector_provenance(folder: Path | None) -> dict[str, Any]:
     try:
         provenance = read_provenance(folder)
     except (OSError, ValueError) as err:
-        raise NegspaceError(f"--detector {folder}: its provenance.json cannot be read ({err}).") from None
+        raise NegspaceError(f"{arg('detector')} {folder}: its provenance.json cannot be read ({err}).") from None
     if not isinstance(provenance, dict):
-        raise NegspaceError(f"--detector {folder}: its provenance.json is not a JSON object.")
+        raise NegspaceError(f"{arg('detector')} {folder}: its provenance.json is not a JSON object.")
     return provenance
 
 
@@ -266,22 +418,31 @@ def _saved_detector(folder: Path) -> Any:
     try:
         return load_detector(folder)
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:
-        raise NegspaceError(f"--detector {folder} cannot be loaded: {err}.") from None
+        raise NegspaceError(f"{arg('detector')} {folder} cannot be loaded: {err}.") from None
 
 
 def _threshold_images(spec: str | None) -> Any:
+    """The ID images ``threshold_id`` names, opened (not read) before any model loads."""
     if spec is None:
         return None
     from negspace.data import open_image_set
 
-    return open_image_set(spec)
+    option = arg("threshold_id")
+    head, sep, _ = str(spec).rpartition(":")
+    if not Path(spec).expanduser().exists() and not (sep and Path(head).expanduser().is_file()):
+        raise DatasetError(f"{option} {spec} does not exist (give a folder of ID images or a .txt list of them).")
+    try:
+        return open_image_set(spec)
+    except DatasetError as err:
+        raise DatasetError(f"{option} {spec}: {err.message}") from None
 
 
 def _check_dimension(config: ScoreConfig, detector: Any, encoder: Any) -> None:
     dim = detector.id_text_features.shape[1]
     if dim != encoder.dim:
-        raise NegspaceError(f"--detector {config.detector or config.method} scores {dim}-dimensional features, but "
-                            f"the model {encoder.spec} gives {encoder.dim}: pass the detector's --model and --weights.")
+        what = f"{arg('detector')} {config.detector}" if config.detector else f"{arg('method')} {config.method}"
+        raise NegspaceError(f"{what} scores {dim}-dimensional features, but the model {encoder.spec} gives "
+                            f"{encoder.dim}: pass the detector's {arg('model')} and {arg('weights')}.")
 
 
 def _check_table_model(out: Path, writer: PartWriter, meta: dict[str, Any]) -> None:
@@ -292,9 +453,13 @@ def _check_table_model(out: Path, writer: PartWriter, meta: dict[str, Any]) -> N
     for part in writer.parts():
         found = json.loads((read_parquet(part, schema_only=True).metadata or {}).get(META_KEY, b"{}"))
         if (found.get("weights_fingerprint"), found.get("dim")) != (meta["weights_fingerprint"], meta["dim"]):
-            raise NegspaceError(f"--out {out} holds features of another model ({found.get('model', 'unknown')}, "
-                                f"dimension {found.get('dim', '?')}) than this run's {meta['model']} (dimension "
-                                f"{meta['dim']}); choose another folder.")
+            same_spec = found.get("model") == meta["model"]
+            theirs = found.get("model", "unknown") + (f", weights {_short(found.get('weights_fingerprint'))}"
+                                                      if same_spec else "")
+            ours = meta["model"] + (f", weights {_short(meta['weights_fingerprint'])}" if same_spec else "")
+            raise NegspaceError(f"{arg('out')} {out} holds features of another model ({theirs}, dimension "
+                                f"{found.get('dim', '?')}) than this run's ({ours}, dimension {meta['dim']}); "
+                                "choose another folder.")
 
 
 def _detector(config: ScoreConfig, saved: Any, encoder: Any, model: ModelConfig) -> Any:
@@ -323,14 +488,15 @@ def _threshold(config: ScoreConfig, detector: Any, encoder: Any, provenance: dic
     if id_images is not None:
         encoding = encoder.encode_image_files(id_images.paths, batch_size=batch_size, progress=progress)
         if len(encoding.features) == 0:
-            raise NegspaceError(f"--threshold-id {config.threshold_id}: none of its images could be read.")
+            raise NegspaceError(f"{arg('threshold_id')} {config.threshold_id}: none of its images could be read.")
         scores = detector.score_features(encoding.features)
         return float(threshold_at_id_recall(scores)), f"95% recall of the {len(scores)} ID images of {config.threshold_id}"
     saved = provenance.get("threshold_95_id_recall")
     if isinstance(saved, (int, float)) and math.isfinite(saved):
         return float(saved), f"saved with the detector ({provenance.get('id_set', 'its ID set')})"
-    raise NegspaceError("No threshold for the OOD flag: give --threshold T, or --threshold-id ID_IMAGES to choose "
-                        "the one that keeps 95% of them, or a --detector saved by `negspace eval --save-detector`.")
+    raise NegspaceError(f"No threshold for the OOD flag: give {arg('threshold')} T, or {arg('threshold_id')} ID_IMAGES "
+                        f"to choose the one that keeps 95% of them, or a {arg('detector')} saved by "
+                        "`negspace eval --save-detector`.")
 
 
 def _score_locally(todo, tables, out, writer, encoder, detector, threshold, names, summary, collection,
@@ -482,4 +648,5 @@ def _check_model(provenance: dict[str, Any], encoder: Any) -> None:
     saved = provenance.get("weights_fingerprint")
     if saved and saved != encoder.fingerprint:
         raise NegspaceError(f"The detector was built with model {provenance.get('model')} (weights {saved}); this run "
-                            f"loads {encoder.spec} (weights {encoder.fingerprint}): pass the detector's --model and --weights.")
+                            f"loads {encoder.spec} (weights {encoder.fingerprint}): pass the detector's {arg('model')} "
+                            f"and {arg('weights')}.")

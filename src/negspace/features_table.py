@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from negspace.collection import read_parquet
-from negspace.errors import DatasetError
+from negspace.errors import DatasetError, arg
 
 META_KEY = b"negspace"
 
@@ -143,15 +143,15 @@ def import_into_cache(table: FeatureTable, encoder: Any) -> int:
     dimension, is refused, since every later run on those images would score with its features.
     """
     if not table.meta.get("weights_fingerprint"):
-        raise DatasetError(f"--features {table.path} does not say which model made it (no negspace metadata: it "
+        raise DatasetError(f"{arg('features')} {table.path} does not say which model made it (no negspace metadata: it "
                            "was not written by `negspace embed`); its features cannot be trusted into the cache. "
                            "Use it as a set or source instead, or write it with `negspace embed`.")
     check_model(table, encoder)
     if table.meta.get("dim") not in (None, encoder.dim):
-        raise DatasetError(f"--features {table.path} says its features have dimension {table.meta.get('dim')}, "
+        raise DatasetError(f"{arg('features')} {table.path} says its features have dimension {table.meta.get('dim')}, "
                            f"the model {encoder.spec} {encoder.dim}.")
     if encoder.store is None:
-        raise DatasetError("--features needs the feature cache; drop --no-cache.")
+        raise DatasetError(f"{arg('features')} needs the feature cache; drop {arg('use_cache=False', '--no-cache')}.")
     items = {encoder.image_key(h): f for h, f in zip(table.hashes, table.features) if h}
     encoder.store.put_many(items)
     return len(items)

@@ -37,6 +37,9 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     sc.add_argument("--threshold", type=options.finite_float, help="flag images scoring below this as OOD")
     sc.add_argument("--threshold-id", metavar="ID_IMAGES",
                     help="or choose the threshold that keeps 95%% of these ID images (folder or list)")
+    sc.add_argument("--overwrite", action="store_true",
+                    help="start --out afresh: remove the rows (and records) a previous score run wrote there; without "
+                         "it, --out must hold this detector's and model's rows or none")
     options.add_collection_options(sc)
     sc.set_defaults(run=run_score)
 
@@ -65,10 +68,13 @@ def run_score(args: argparse.Namespace) -> int:
     model = options.model_config(args)
     if not _model_given(args):  # the detector's own model, with this command's other model options
         model = model_of_detector(args.detector, model)
-    summary = score_collection(args.sources, args.out, config, model=model, collection=collection_config(args))
+    summary = score_collection(args.sources, args.out, config, model=model, collection=collection_config(args),
+                               overwrite=args.overwrite)
     skipped_log = args.out / "_skipped.csv"
+    duplicates = summary["duplicate_paths"]
     print(f"{summary['scored']:,} images scored ({summary['already_written']:,} already written, "
-          f"{summary['skipped_unreadable']:,} unreadable{', listed in ' + str(skipped_log) if summary['skipped_unreadable'] else ''}); "
+          f"{summary['skipped_unreadable']:,} unreadable{', listed in ' + str(skipped_log) if summary['skipped_unreadable'] else ''}"
+          f"{f', {duplicates:,} paths named a file already listed' if duplicates else ''}); "
           f"{summary['flagged_ood']:,} flagged OOD at threshold {summary['threshold']:.6g} ({summary['threshold_source']}).")
     print(f"{summary['rows_in_folder']:,} rows in {args.out}, {summary['flagged_ood_in_folder']:,} flagged OOD (Parquet "
           f"parts; read them with pandas.read_parquet('{args.out}'))")

@@ -21,12 +21,14 @@ from PIL import Image
 
 from negspace.cache import FeatureStore, weights_fingerprint
 from negspace.encoders.weights import (
+    HF_FOLDER_EXPECTED,
     LOAD_ERRORS,
     HubAccess,
-    folder_error,
     hub_access,
     hub_error,
     missing_path_error,
+    not_a_checkpoint_error,
+    short_reason,
     transformers_source,
     unreadable_weights_error,
 )
@@ -126,7 +128,7 @@ def _source(spec: str, name: str, weights: Path | None) -> tuple[str | Path, boo
         if not local.exists():
             raise missing_path_error(spec, local)
         if not local.is_dir():
-            raise folder_error(spec, local)
+            raise not_a_checkpoint_error(spec, local, HF_FOLDER_EXPECTED, "it is a file")
         return local, True
     local = Path(name).expanduser()
     if local.exists():
@@ -159,6 +161,8 @@ def load_hf(
             tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
             image_processor = transformers.AutoImageProcessor.from_pretrained(source, **kwargs)
         except LOAD_ERRORS as exc:
+            if weights is not None:  # the user's --weights folder holds no model of this kind
+                raise not_a_checkpoint_error(spec, Path(source), HF_FOLDER_EXPECTED, short_reason(exc)) from exc
             if is_local:
                 raise unreadable_weights_error(spec, Path(source), exc) from exc
             raise hub_error(spec, exc, hub, transformers_source(name)) from exc

@@ -30,14 +30,18 @@ from PIL import Image
 from negspace.cache import FeatureStore, weights_fingerprint
 from negspace.encoders.weights import (
     LOAD_ERRORS,
+    STATE_DICT_EXPECTED,
     HubAccess,
+    check_state_dict_file,
     folder_error,
     hub_access,
     hub_error,
     missing_path_error,
     openclip_hub_repo_source,
+    short_reason,
     openclip_source,
     no_weights_error,
+    not_a_checkpoint_error,
     unreadable_weights_error,
 )
 from negspace.encoders.base import SPEC_FORMS
@@ -240,11 +244,16 @@ def _local_weights(spec: str, name: str, weights: Path, store: FeatureStore | No
         if (local / "open_clip_config.json").is_file():
             # An open_clip folder (as on the hub) carries its own config and checkpoint.
             name, checkpoint = f"local-dir:{local}", None
+            inner = [local / f for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")]
+            for file in [f for f in inner if f.is_file()][:1]:
+                check_state_dict_file(spec, local, file)
         else:
             found = _checkpoint_in_folder(local)
             if found is None:
                 raise folder_error(spec, local)
             checkpoint = str(found)
+    if checkpoint is not None:  # text, random bytes or a pickle of something else: one sentence, now
+        check_state_dict_file(spec, local, Path(checkpoint))
     return _Weights(name, checkpoint, local, weights_fingerprint(local, store))
 
 
@@ -356,10 +365,19 @@ def load_openclip(
             )
             tokenizer = open_clip.get_tokenizer(src.name)
         except LOAD_ERRORS as exc:
-            bad = src.local or (Path(src.checkpoint) if src.checkpoint else None)
-            if bad is not None:
-                raise unreadable_weights_error(spec, bad, exc) from exc
+            if src.local is not None:  # the user's --weights: a checkpoint of another architecture
+                raise not_a_checkpoint_error(spec, src.local, "a state dict of this architecture",
+                                             short_reason(exc)) from exc
+            if src.checkpoint:
+                raise unreadable_weights_error(spec, Path(src.checkpoint), exc) from exc
             raise hub_error(spec, exc, hub) from exc
+        except AttributeError as exc:
+            # open_clip reads .npy/.npz as big_vision weights, which only its timm SigLIP towers have
+            if src.local is None or Path(src.checkpoint or "").suffix.lower() not in (".npy", ".npz"):
+                raise
+            raise not_a_checkpoint_error(spec, src.local, STATE_DICT_EXPECTED,
+                                         "NumPy arrays are read only as the big_vision weights of a SigLIP "
+                                         "model") from exc
 
     pp_cfg = dict(getattr(model.visual, "preprocess_cfg", {}))
     if preprocess == "openood":

@@ -6,6 +6,7 @@ import logging
 import os
 import pickle
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from negspace.errors import WeightsUnavailableError
+from negspace.errors import WeightsUnavailableError, arg
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def hub_error(
     where = source or "them"
     return WeightsUnavailableError(
         f"Could not load weights for {spec}: {reason}; download {where} elsewhere and pass "
-        "--weights PATH."
+        f"{arg('weights')} PATH."
     )
 
 
@@ -200,7 +201,7 @@ def transformers_source(repo: str) -> str:
 def missing_path_error(spec: str, path: Path) -> WeightsUnavailableError:
     """The error for a ``--weights`` path that does not exist."""
     return WeightsUnavailableError(
-        f"Could not load weights for {spec}: {path} does not exist; pass --weights PATH "
+        f"Could not load weights for {spec}: {path} does not exist; pass {arg('weights')} PATH "
         "pointing to the downloaded weights."
     )
 
@@ -209,7 +210,7 @@ def unreadable_weights_error(spec: str, path: Path, exc: BaseException) -> Weigh
     """The error for local weights that exist but cannot be loaded into the model."""
     logger.debug("Loading %s for %s failed", path, spec, exc_info=exc)
     return WeightsUnavailableError(
-        f"Could not load weights for {spec} from {path} ({short_reason(exc)}); pass --weights "
+        f"Could not load weights for {spec} from {path} ({short_reason(exc)}); pass {arg('weights')} "
         "PATH with an intact checkpoint that matches this model."
     )
 
@@ -217,7 +218,7 @@ def unreadable_weights_error(spec: str, path: Path, exc: BaseException) -> Weigh
 def no_weights_error(spec: str, hint: str) -> WeightsUnavailableError:
     """The error for a spec that names no weights at all."""
     return WeightsUnavailableError(
-        f"Could not load weights for {spec}: {hint}; give a pretrained tag or pass --weights PATH."
+        f"Could not load weights for {spec}: {hint}; give a pretrained tag or pass {arg('weights')} PATH."
     )
 
 
@@ -225,5 +226,102 @@ def folder_error(spec: str, folder: Path) -> WeightsUnavailableError:
     """The error for a ``--weights`` folder in which no checkpoint can be picked."""
     return WeightsUnavailableError(
         f"Could not load weights for {spec}: {folder} holds neither exactly one checkpoint file "
-        "nor the files the model needs; pass --weights PATH naming the checkpoint."
+        f"nor the files the model needs; pass {arg('weights')} PATH naming the checkpoint."
     )
+
+
+#: What a ``--weights`` file of an open_clip model must be.
+STATE_DICT_EXPECTED = "a safetensors file or a PyTorch state dict saved with torch.save"
+#: What ``--weights`` of a transformers (``hf:``) model must be.
+HF_FOLDER_EXPECTED = ("a folder written by save_pretrained (config.json, model.safetensors or pytorch_model.bin, "
+                      "and the tokenizer and preprocessor files)")
+
+_ZIP, _NUMPY = b"PK\x03\x04", b"\x93NUMPY"
+
+
+def not_a_checkpoint_error(spec: str, path: Path, expected: str, reason: str) -> WeightsUnavailableError:
+    """The error for a ``--weights`` path that is not a checkpoint of the model ``spec`` names."""
+    return WeightsUnavailableError(f"{arg('weights')} {path} is not a checkpoint of {spec}: expected {expected} "
+                                   f"({reason}).")
+
+
+def check_state_dict_file(spec: str, given: Path, file: Path | None = None) -> None:
+    """Refuse, before the model is built, a ``--weights`` file (``given``, or the checkpoint
+    ``file`` found in that folder) that holds no state dict: text, random bytes, an empty file, a
+    pickle of something else. open_clip would fail on those with an arbitrary exception (a
+    ``StopIteration`` for an empty dict, ``AttributeError`` for a list or a tensor).
+
+    Checked by the file's first bytes, then (for PyTorch files) by loading it memory-mapped,
+    which reads no tensor data. NumPy files pass: open_clip reads them as big_vision weights.
+    """
+    file = file or given
+    shown = "" if file == given else f"{file.name}: "
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as handle:
+            head = handle.read(16)
+    except OSError as err:
+        raise not_a_checkpoint_error(spec, given, STATE_DICT_EXPECTED, f"{shown}{err.strerror}") from None
+    reason = _not_a_state_dict(file, head, size)
+    if reason:
+        raise not_a_checkpoint_error(spec, given, STATE_DICT_EXPECTED, shown + reason)
+
+
+def _not_a_state_dict(file: Path, head: bytes, size: int) -> str | None:
+    """Why ``file`` is no state dict, or ``None`` when it may be one."""
+    if size == 0:
+        return "the file is empty"
+    if head.startswith(_NUMPY) or (head.startswith(_ZIP) and file.suffix.lower() == ".npz"):
+        return None
+    if _safetensors_header_size(head, size):
+        return _safetensors_problem(file, head)
+    if head.startswith(_ZIP) or head.startswith(b"\x80"):  # torch.save's zip format, or its older pickle one
+        import torch
+
+        try:
+            with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses
+                warnings.simplefilter("ignore")
+                content = torch.load(file, map_location="cpu", weights_only=True, mmap=head.startswith(_ZIP))
+        except LOAD_ERRORS as err:
+            return short_reason(err)
+        return _state_dict_problem(content, torch.Tensor)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "its first bytes are of no checkpoint format"
+    return "it reads as text"
+
+
+def _safetensors_header_size(head: bytes, size: int) -> int:
+    """The JSON header's length when ``head`` starts a safetensors file (8-byte length, then ``{``)."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return 0
+    length = int.from_bytes(head[:8], "little")
+    return length if 0 < length <= size - 8 else 0
+
+
+def _safetensors_problem(file: Path, head: bytes) -> str | None:
+    import json
+
+    length = _safetensors_header_size(head, file.stat().st_size)
+    try:
+        with file.open("rb") as handle:
+            handle.seek(8)
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError) as err:
+        return f"its safetensors header cannot be read ({short_reason(err)})"
+    tensors = [k for k in header if k != "__metadata__"] if isinstance(header, dict) else []
+    return None if tensors else "it holds no tensor"
+
+
+def _state_dict_problem(content: Any, tensor_type: type) -> str | None:
+    """Why what ``torch.load`` gave is not a state dict (a mapping of names to tensors), if it is not."""
+    from collections.abc import Mapping
+
+    if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
+        content = content["state_dict"]  # a training checkpoint, as open_clip reads it
+    if not isinstance(content, Mapping):
+        return f"it holds a {type(content).__name__}, not a mapping of names to tensors"
+    if not any(isinstance(v, tensor_type) for v in content.values()):
+        return "it holds no tensor" if content else "it holds an empty mapping"
+    return None

@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from negspace.errors import NegspaceError
+from negspace.errors import NegspaceError, arg
 
 log = logging.getLogger(__name__)
+
+RAY = arg("engine=" + repr("ray"), "--engine ray")  # how the caller chose this engine
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def check_ray_address(address: str | None, timeout: float) -> None:
     try:
         import ray  # noqa: F401
     except ImportError:
-        raise NegspaceError("--engine ray needs Ray Data: pip install 'negspace[ray]'.") from None
+        raise NegspaceError(f"{RAY} needs Ray Data: pip install 'negspace[ray]'.") from None
     if address is None or address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
@@ -59,14 +61,15 @@ def check_ray_address(address: str | None, timeout: float) -> None:
     try:
         port = int(port_text)
     except ValueError:
-        raise NegspaceError(f"--ray-address {address} is not HOST:PORT.") from None
+        raise NegspaceError(f"{arg('ray_address')} {address} is not HOST:PORT.") from None
     try:
         with socket.create_connection((host.strip("[]"), port), timeout=timeout):
             pass
     except OSError as err:
         reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
-        raise NegspaceError(f"--ray-address {address}: no Ray cluster answers there within {timeout:g} s ({reason}); "
-                            "start one (`ray start --head`) or fix the address (--ray-timeout sets the wait).") from None
+        raise NegspaceError(f"{arg('ray_address')} {address}: no Ray cluster answers there within {timeout:g} s "
+                            f"({reason}); start one (`ray start --head`) or fix the address ({arg('ray_timeout')} "
+                            "sets the wait).") from None
 
 
 def start_ray(address: str | None) -> Any:
@@ -74,7 +77,7 @@ def start_ray(address: str | None) -> Any:
     try:
         import ray
     except ImportError:
-        raise NegspaceError("--engine ray needs Ray Data: pip install 'negspace[ray]'.") from None
+        raise NegspaceError(f"{RAY} needs Ray Data: pip install 'negspace[ray]'.") from None
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     return ray
