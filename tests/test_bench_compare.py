@@ -45,6 +45,9 @@ def _model_args(model) -> list[str]:
     (ModelRecord("openclip:ViT-B-16/openai", "sha256:" + "0" * 64, "/models/mine.pt"), None),  # unverified
     (ModelRecord("hf:openai/clip-vit-base-patch16", "dir-sha256:" + "1" * 64, "/models/hf"), None),
     (ModelRecord("openclip:ViT-B-16/laion2b_s34b_b88k", "hub:ViT-B-16/laion2b_s34b_b88k@abc"), None),
+    (ModelRecord("openclip:ViT-B-16/openai", "hub:ViT-B-16/laion2b_s34b_b88k@abc"), None),  # spec and weights disagree
+    (ModelRecord("openclip:hf-hub:timm/vit_base_patch16_clip_224.openai", "hub:timm/vit_base_patch16_clip_224.openai@a"),
+     "CLIP ViT-B/16"),
     (ModelRecord("openclip:/tmp/negspace-tiny-clip.json/none", "sha256:" + "2" * 64, "/tmp/tiny.pt"), None),
 ])
 def test_the_published_backbone_is_recognised_by_spec_and_weights_only(record, expected):

@@ -81,8 +81,10 @@ def identify_backbone(model: ModelRecord) -> BackboneMatch:
     spec = normalise_spec(model.spec)
     kind, _, digest = model.fingerprint.partition(":")
     if kind == "hub" and model.weights is None:
+        # the fingerprint must name what the spec names: "hub:ViT-B-16/openai@REV", "hub:openai/clip-...@REV"
+        hub_name = spec.split(":", 1)[1].removeprefix("hf-hub:")
         for backbone in BACKBONES.values():
-            if spec in backbone.hub_specs:
+            if spec in backbone.hub_specs and digest.lower().startswith(hub_name + "@"):
                 return BackboneMatch(backbone.name, f"{backbone.weights} from the hub ({model.fingerprint})")
         return BackboneMatch(None, "not a spec that loads the weights of a published backbone")
     if kind == "sha256":
