@@ -354,6 +354,14 @@ def test_another_detector_into_the_same_out_is_refused_and_overwrite_starts_afre
     assert json.loads((out / "_detector.json").read_text())["method"] == "mcm"
     assert json.loads((out / "_summary.json").read_text())["rows_in_folder"] == 4
     assert (out / "_notes.md").read_text() == "mine"
+    # the same detector with another threshold would mix two flags in one table: refused too
+    _images(tmp_path / "imgs" / "newer", 1, seed=105)
+    moved = [arg if arg != "0.5" else "0.25" for arg in mcm]
+    capsys.readouterr()
+    assert main(_score(str(tmp_path / "imgs"), "--out", str(out), *moved)) == 2
+    err = _error(capsys)
+    assert f"--out {out} holds rows flagged OOD below 0.5 (--threshold); this run flags below 0.25" in err
+    assert len(_rows_by_path(out)) == 4  # nothing written
 
 
 def test_other_params_arrays_or_model_are_refused_naming_both(tmp_path, saved, tiny_openclip):  # noqa: F811

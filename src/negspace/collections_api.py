@@ -169,13 +169,16 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
             _refuse_another_detector(out, recorded, identity)
         threshold, threshold_source = _threshold(config, detector, encoder, provenance, threshold_images,
                                                  collection.batch_size, model.progress)
+        if recorded is not None:
+            _refuse_another_threshold(out, recorded, threshold, threshold_source)
         if overwrite:
             from negspace.outdir import clear_outputs
 
             removed = clear_outputs(out, SCORE_OUTPUTS, folders=False)
             if removed:
                 log.info("%d file(s) of the previous results in %s removed (overwrite)", removed, out)
-        _write_identity(out, {**identity, "source": str(config.detector or config.method)})
+        _write_identity(out, {**identity, "source": str(config.detector or config.method), "threshold": threshold,
+                              "threshold_source": threshold_source})
         todo, unnamed = _named_in_utf8(todo, out)
         names = detector.class_names or []
         summary = {"engine": collection.engine, "sources": sources, "images": len(paths),
@@ -255,6 +258,17 @@ def _refuse_another_detector(out: Path, recorded: dict[str, Any], current: dict[
                         f"pass {arg('overwrite')} to start afresh or choose another {arg('out')}.")
 
 
+def _refuse_another_threshold(out: Path, recorded: dict[str, Any], threshold: float, source: str) -> None:
+    """One sentence when ``out``'s rows were flagged at another threshold: one table, one flag."""
+    before = recorded.get("threshold")
+    if before is None or math.isclose(float(before), threshold, rel_tol=1e-6, abs_tol=1e-12):
+        return
+    raise NegspaceError(f"{arg('out')} {out} holds rows flagged OOD below {before:.6g} "
+                        f"({recorded.get('threshold_source') or 'an earlier run'}); this run flags below "
+                        f"{threshold:.6g} ({source}); pass {arg('overwrite')} to start afresh or choose another "
+                        f"{arg('out')}.")
+
+
 def _recorded_identity(out: Path, writer: PartWriter) -> dict[str, Any] | None:
     """The detector and model whose rows ``out`` holds; ``None`` when it holds no rows."""
     if not writer.parts():
@@ -280,7 +294,8 @@ def _recorded_identity(out: Path, writer: PartWriter) -> dict[str, Any] | None:
         raise DatasetError(f"{arg('out')} {out} holds Parquet parts that do not say which detector wrote them (no "
                            f"{IDENTITY_FILE}); pass {arg('overwrite')} to start afresh or choose another {arg('out')}.")
     method = summary["detector"] if summary["detector"] in METHODS else None
-    return {"method": method or _saved_method(summary["detector"]), "model": summary.get("model")}
+    return {"method": method or _saved_method(summary["detector"]), "model": summary.get("model"),
+            "threshold": summary.get("threshold"), "threshold_source": summary.get("threshold_source")}
 
 
 def _saved_method(folder: str) -> str | None:
