@@ -101,7 +101,8 @@ def _differences(got, want, where: str = "") -> list[str]:
 def test_eval_and_bench_write_what_they_wrote_before(tmp_path, image_sets, tiny_openclip, mllm_server):
     server, _ = mllm_server
     model = ["--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu", "-q"]
-    replace = {server.spec: "<MLLM>", server.model: "<MLLM-MODEL>", str(tmp_path): "<OUT>",
+    replace = {server.spec: "<MLLM>", server.url_for("/v1"): "<MLLM-ENDPOINT>", server.model: "<MLLM-MODEL>",
+               str(tmp_path): "<OUT>",
                str(image_sets): "<DATA>", str(tiny_openclip.folder): "<MODEL>"}
     got = {}
     for method, extra in EVAL_RUNS.items():
