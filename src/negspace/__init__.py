@@ -14,7 +14,7 @@ Scores are **higher for in-distribution** samples. The feature-level API needs n
 With a CLIP model (``load_encoder``), detectors are built from class names and score images.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
 # Every public name is imported on first use: `import negspace` (and so `negspace --help`) costs
 # milliseconds, and torch, open_clip, scikit-learn load only when a user reaches for them.
