@@ -1,0 +1,189 @@
+"""Dynamic batching: requests' images (or feature rows) queue up; one worker thread, which owns
+the model, takes up to ``max_batch`` of them at a time (waiting at most ``max_wait_ms`` after the
+first for more), encodes the images, scores the whole batch and hands each request its rows.
+
+The event loop never waits for the model: a request awaits an ``asyncio`` future that the worker
+resolves through ``loop.call_soon_threadsafe``. Decoding happens before an image is queued, in
+the app's decoding threads, so it runs beside the encoding of earlier batches. A queue holding
+``max_queue`` rows refuses more at once (:class:`QueueFull`: the app answers 503 with
+``Retry-After``) rather than letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from negspace.serve.encode import RequestError, encode_pixels
+
+log = logging.getLogger("negspace")
+
+
+class QueueFull(Exception):
+    """The queue cannot take a request's rows now."""
+
+
+@dataclass
+class Job:
+    """One request: its rows (``pixels`` to encode or ``features`` given), the images an MLLM may
+    see, the future it awaits, and the rows done so far."""
+
+    pixels: list[Any] | None
+    features: np.ndarray | None
+    images: list[Any] | None
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    explain: int = 0
+    results: list[Any] = field(default_factory=list)
+    remaining: int = 0
+    failed: bool = False
+
+    def __len__(self) -> int:
+        return len(self.pixels) if self.pixels is not None else len(self.features)
+
+
+@dataclass
+class BatchOut:
+    """What one row of a job got: its score, nearest ID class and negative with their cosines,
+    and (ANTS, when asked) its explanation."""
+
+    score: float
+    nearest_id: int
+    negative: str
+    id_cosine: float
+    negative_cosine: float | None
+    explanation: list[Any] | None = None
+
+
+class Batcher:
+    """The queue and the worker that owns the model (see the module docstring)."""
+
+    def __init__(self, encoder: Any, scorer: Any, *, max_batch: int, max_wait_ms: float, max_queue: int,
+                 on_batch: Callable[[int, float, float], None] | None = None) -> None:
+        self.encoder = encoder
+        self.scorer = scorer
+        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
+        self.on_batch = on_batch  # (rows, encode seconds, score seconds) after each batch: the metrics
+        self._rows: deque[tuple[Job, int]] = deque()
+        self._ready = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.alive = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._rows)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="negspace-batcher", daemon=True)
+        self.alive = True
+        self._thread.start()
+
+    async def submit(self, job: Job) -> list[BatchOut]:
+        """Queue ``job``'s rows in arrival order and wait for them."""
+        n = len(job)
+        job.results = [None] * n
+        job.remaining = n
+        with self._ready:
+            if self._closing:
+                raise RequestError(503, "shutting_down", "the server is shutting down; retry on another instance.",
+                                   {"Retry-After": "1"})
+            if len(self._rows) + n > self.max_queue:
+                raise QueueFull
+            self._rows.extend((job, i) for i in range(n))
+            self._ready.notify()
+        return await job.future
+
+    def close(self) -> None:
+        """Refuse new requests, finish every queued row, stop the worker."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        if self._thread is not None:
+            self._thread.join()
+        self.alive = False
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    def _take(self) -> list[tuple[Job, int]] | None:
+        """The next batch: up to ``max_batch`` rows, waiting ``max_wait`` after the first for more."""
+        with self._ready:
+            while not self._rows:
+                if self._closing:
+                    return None
+                self._ready.wait()
+            deadline = time.monotonic() + self.max_wait
+            while len(self._rows) < self.max_batch and not self._closing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._ready.wait(left)
+            take = min(self.max_batch, len(self._rows))
+            return [self._rows.popleft() for _ in range(take)]
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                self._process(batch)
+            except Exception as err:  # noqa: BLE001 - one failed batch fails its requests, not the server
+                if not isinstance(err, RequestError):
+                    log.exception("a batch of %d failed", len(batch))
+                    err = RequestError(503, "batch_failed", f"the model failed on this batch ({type(err).__name__}); "
+                                                            "try again.", {"Retry-After": "1"})
+                for job in {id(job): job for job, _ in batch}.values():
+                    if not job.failed:
+                        job.failed = True
+                        job.loop.call_soon_threadsafe(_set_exception, job.future, err)
+        self.alive = False
+
+    def _process(self, batch: list[tuple[Job, int]]) -> None:
+        started = time.perf_counter()
+        to_encode = [k for k, (job, _) in enumerate(batch) if job.pixels is not None]
+        dim = None
+        encoded = None
+        if to_encode:
+            encoded = encode_pixels(self.encoder, [batch[k][0].pixels[batch[k][1]] for k in to_encode])
+            dim = encoded.shape[1]
+        dim = dim or batch[0][0].features.shape[1]
+        features = np.empty((len(batch), dim), np.float32)
+        if encoded is not None:
+            features[to_encode] = encoded
+        for k, (job, i) in enumerate(batch):
+            if job.features is not None:
+                features[k] = job.features[i]
+        images = [job.images[i] if job.images is not None else None for job, i in batch]
+        explain = {k: job.explain for k, (job, _) in enumerate(batch) if job.explain}
+        encoded_at = time.perf_counter()
+        scored = self.scorer.score(features, images if any(im is not None for im in images) else None, explain)
+        scored_at = time.perf_counter()
+        finished = []
+        for k, (job, i) in enumerate(batch):
+            neg_cos = scored.negative_cosines[k]
+            job.results[i] = BatchOut(float(scored.scores[k]), int(scored.nearest_id[k]), scored.negatives[k],
+                                      float(scored.id_cosines[k]), None if np.isnan(neg_cos) else float(neg_cos),
+                                      scored.explanations.get(k))
+            job.remaining -= 1
+            if job.remaining == 0:
+                finished.append(job)
+        for job in finished:
+            job.loop.call_soon_threadsafe(_set_result, job.future, job.results)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), encoded_at - started, scored_at - encoded_at)
+
+
+def _set_result(future: asyncio.Future, value: Any) -> None:
+    if not future.done():  # the client may have gone away (cancelled)
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future, err: BaseException) -> None:
+    if not future.done():
+        future.set_exception(err)
