@@ -60,10 +60,16 @@ _LAZY = {
     "ClipEncoder": "negspace.encoders",
     "load_encoder": "negspace.encoders",
     "load_mllm": "negspace.mllm",
+    "Client": "negspace.serve.client",  # pip install 'negspace[serve]'
 }
+_SUBMODULES = ("serve",)  # negspace.serve without an import of its own
 
 
 def __getattr__(name: str) -> object:
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"negspace.{name}")
     if name in _LAZY:
         import importlib
 
@@ -74,11 +80,12 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 __all__ = [
     "METHODS",
+    "Client",
     "ANTSRunConfig",
     "ANTSState",
     "AdaNegConfig",

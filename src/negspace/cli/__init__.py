@@ -1,5 +1,5 @@
-"""The ``negspace`` command line: ``eval``, ``bench``, ``score``, ``embed``, ``mine``, ``cache``,
-``demo-data``, one module each over shared option groups (:mod:`negspace.cli.options`).
+"""The ``negspace`` command line: ``eval``, ``bench``, ``score``, ``embed``, ``serve``, ``mine``,
+``cache``, ``demo-data``, one module each over shared option groups (:mod:`negspace.cli.options`).
 
 A thin layer: each command turns its options into the run's configs right after parsing and calls
 the Python API (:func:`negspace.evaluate`, :func:`negspace.bench.run_suite`,
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from negspace import __version__
-from negspace.cli import bench, cache, demo, mine, score
+from negspace.cli import bench, cache, demo, mine, score, serve
 from negspace.cli import eval as eval_command
 from negspace.errors import NegspaceError
 from negspace.redact import redact_credentials
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_parser(commands, common)
     bench.add_parser(commands, common)
     score.add_parsers(commands, common)
+    serve.add_parser(commands, common)
     demo.add_parser(commands, common)
     return parser
 

@@ -6,6 +6,7 @@ callers (the encoders) can skip the file, count it and list it in the results.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -16,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from negspace.errors import UnreadableImageError
 
-__all__ = ["load_rgb"]
+__all__ = ["decode_rgb", "load_rgb"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,26 @@ def load_rgb(path: Path | str) -> Image.Image:
     """
     path = Path(path)
     try:
-        if os.stat(path).st_size == 0:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise UnreadableImageError(path, _reason(exc)) from exc
+    return _decode(path, path, size)
+
+
+def decode_rgb(data: bytes, name: str = "image") -> Image.Image:
+    """:func:`load_rgb` for an image's bytes held in memory (a request to ``negspace serve``): the
+    same decoding, conversion and errors, ``name`` standing for the file's path in them."""
+    return _decode(io.BytesIO(data), Path(name), len(data))
+
+
+def _decode(source: Path | io.BytesIO, path: Path, size: int) -> Image.Image:
+    """Decode ``source`` (a file, or bytes named ``path``) of ``size`` bytes to RGB."""
+    try:
+        if size == 0:
             raise UnreadableImageError(path, "empty file (0 bytes)")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(source)
         if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
             logger.warning("%s is very large (%d x %d pixels); decoding it reduced where its format allows",
                            path, *im.size)
