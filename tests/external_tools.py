@@ -1,13 +1,18 @@
-"""Tests that need a tool outside Python (headless Chromium, Debian's WordNet).
+"""Tests that need something the test environment may lack: a tool outside Python (headless
+Chromium, Debian's WordNet) or a Python package of an extra that ``pip install -e ".[test]"``
+installs (transformers, Ray).
 
-A developer without the tool gets a clean skip with the install hint. CI installs every tool and
-sets ``NEGSPACE_TEST_REQUIRE_TOOLS=1``, under which a missing tool fails the test instead: a
+A developer without it gets a clean skip with the install hint. CI installs everything and sets
+``NEGSPACE_TEST_REQUIRE_TOOLS=1``, under which a missing tool or package fails the test instead: a
 promise of the README is never skipped silently there.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+from types import ModuleType
 
 import pytest
 
@@ -19,7 +24,19 @@ def tools_required() -> bool:
 
 
 def missing_tool(message: str) -> None:
-    """Skip the calling test with ``message``, or fail it where CI requires every tool."""
+    """Skip the calling test (or module) with ``message``, or fail it where CI requires every tool."""
     if tools_required():
         pytest.fail(f"{message} ({REQUIRE_VARIABLE} is set, so this test may not be skipped)", pytrace=False)
-    pytest.skip(message)
+    pytest.skip(message, allow_module_level=True)
+
+
+def require_module(name: str, extra: str) -> ModuleType:
+    """Import ``name``, a package of negspace's ``extra``; skip only where it is not installed at all.
+
+    Only a package that is absent skips (and only without ``NEGSPACE_TEST_REQUIRE_TOOLS``): a package
+    that is installed but fails to import, or an API of it that a test cannot use, is an error to
+    see, not a reason to skip.
+    """
+    if importlib.util.find_spec(name) is None:
+        missing_tool(f"{name} is not installed (pip install -e '.[{extra}]', which '.[test]' includes)")
+    return importlib.import_module(name)

@@ -129,4 +129,7 @@ def tiny_openclip(tmp_path_factory: pytest.TempPathFactory) -> SavedModel:
 @pytest.fixture(scope="session")
 def tiny_hf_clip(tmp_path_factory: pytest.TempPathFactory) -> SavedModel:
     """A tiny transformers CLIP folder saved once per test session."""
+    from external_tools import require_module
+
+    require_module("transformers", extra="hf")  # skips only where the hf extra is not installed at all
     return save_tiny_hf_clip(tmp_path_factory.mktemp("tiny_hf_clip"))

@@ -6,12 +6,13 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
+from external_tools import require_module
 from negspace.cli import main
 from fixtures_models import TINY_DIM
 from numerics import FEATURE_ERROR, assert_scores_close
 from test_score import _images, _model_args, saved  # noqa: F401  (the saved-detector fixture)
 
-ray = pytest.importorskip("ray")
+ray = require_module("ray", extra="ray")
 
 
 @pytest.fixture(scope="module")
