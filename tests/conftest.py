@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from chat_server import chat_server  # noqa: E402
 from fixtures_models import SavedModel, save_tiny_openclip, tiny_hf_clip  # noqa: E402,F401  (pytest fixtures)
+from local_network import SilentServer, closed_port, point_hub_at
 
 
 def _session_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -68,3 +69,26 @@ def mllm_server():
 
     with chat_server("tiny-vlm", answer) as server:
         yield server, chat_requests
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch, tmp_path):
+    """The hub at a local port nobody listens on, online mode, an empty hub cache: negspace's real
+    reachability probe runs, and fails. Returns the endpoint."""
+    from huggingface_hub import constants
+
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    point_hub_at(monkeypatch, endpoint, offline=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return endpoint
+
+
+@pytest.fixture
+def silent_hub(monkeypatch):
+    """The hub at a local socket that never answers, in offline mode (the suite's default): a test
+    that nothing reaches the hub asserts ``silent_hub.connections() == 0``; a load that tried would
+    have waited on it and been counted."""
+    server = SilentServer()
+    point_hub_at(monkeypatch, server.url, offline=True)
+    yield server
+    server.close()

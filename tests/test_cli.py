@@ -16,6 +16,7 @@ from PIL import Image
 from negspace.cli import main
 from negspace.corpus.labelfile import read_label_file
 from fixtures_models import TINY_DIM
+from local_network import closed_port
 from numerics import assert_scores_close
 
 OUTPUTS = ["metrics.json", "results.md", "results.csv", "scores.csv", "roc.png"]
@@ -326,11 +327,7 @@ def test_bad_feature_file_and_unwritable_out_fail_early_with_one_sentence(tmp_pa
 
 
 def test_mllm_server_down_fails_before_the_model_loads(tmp_path, image_sets):
-    import socket
-
-    with socket.socket() as sock:  # a port with nobody listening
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = closed_port()
     result = _cli("eval", "--method", "ants", "--classes", "imagenet", "--id", str(image_sets["id"]),
                   "--ood", f"noise={image_sets['ood']}", "--out", str(tmp_path / "o"),
                   "--mllm", f"openai:http://127.0.0.1:{port}/v1/some-vlm", "--model", "openclip:NoSuchArch/none")

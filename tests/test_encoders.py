@@ -18,7 +18,7 @@ from PIL import Image
 
 from negspace.cache import FeatureStore
 from negspace.data import load_rgb
-from negspace.encoders import ClipEncoder, ImageEncoding, SkippedFile, load_encoder, weights
+from negspace.encoders import ClipEncoder, ImageEncoding, SkippedFile, load_encoder
 from negspace.errors import NegspaceError, WeightsUnavailableError
 from numerics import FEATURE_ERROR
 
@@ -477,19 +477,17 @@ def test_offline_hub_names_the_file_and_where_it_comes_from(
     assert what in msg and f"{where} " in msg
 
 
-def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # No offline flag, but no network: the probe switches to cache-only instead of retrying.
+def test_unreachable_hub_fails_fast(unreachable_hub: str, caplog: pytest.LogCaptureFixture) -> None:
+    # No offline flag, the hub at a port nobody listens on: the real probe finds it unreachable
+    # and switches to cache-only instead of letting huggingface_hub retry (five times, 30 s).
     from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(weights, "_probe", lambda url, timeout: False)
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    with pytest.raises(WeightsUnavailableError) as info:
+    with caplog.at_level("INFO"), pytest.raises(WeightsUnavailableError) as info:
         load_encoder("openclip:ViT-B-16/openai", use_cache=False)
     assert "unreachable" in _one_clear_sentence(info.value)
     assert constants.HF_HUB_OFFLINE is False  # the temporary offline switch was undone
+    assert f"The hub ({unreachable_hub}) is unreachable" in caplog.text  # the probe said so
+    assert "Retrying" not in caplog.text and unreachable_hub + "/" not in caplog.text  # and nothing was requested
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import threading
 import time
 
@@ -14,6 +13,7 @@ from PIL import Image
 from pytest_httpserver import HTTPServer
 from werkzeug.wrappers import Response
 
+from local_network import closed_port
 from negspace.errors import NegspaceError
 from negspace.mllm.loading import MLLMPair, load_mllm
 from negspace.mllm.openai_backend import (
@@ -282,14 +282,6 @@ def test_empty_content_and_content_parts(server):
         {"choices": [{"message": {"content": [{"type": "text", "text": "a "}, {"type": "text", "text": "b"}]}}]})
     b = backend(server, max_concurrency=1)
     assert b.generate([text_req("1"), text_req("2")]) == ["", "a b"]
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_server_down():
