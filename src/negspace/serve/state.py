@@ -116,11 +116,16 @@ class SnapshotStore:
         self._lock_handle = self._lock()
         for leftover in self.folder.glob(TMP_PREFIX + "*"):  # a snapshot cut short by a crash
             shutil.rmtree(leftover, ignore_errors=True)
+        self._prune()  # a crash between a rename and the pruning leaves one more
+
+    def _prune(self) -> None:
+        for old in self.snapshots()[KEEP:]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def _lock(self) -> Any:
         import fcntl
 
-        handle = open(self.folder / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held while serving
+        handle = (self.folder / LOCK).open("a+", encoding="utf-8")  # held while serving
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -166,10 +171,9 @@ class SnapshotStore:
         meta = {"format": FORMAT, "seq": seq, "time": time.time(), "identity": self.identity, **counters}
         (tmp / META).write_text(to_json(meta, indent=1), encoding="utf-8")
         _sync_tree(tmp)
-        os.rename(tmp, final)
+        tmp.rename(final)
         _sync_dir(self.folder)
-        for old in self.snapshots()[KEEP:]:
-            shutil.rmtree(old, ignore_errors=True)
+        self._prune()
         return final
 
 
@@ -186,7 +190,7 @@ def _sync_tree(folder: Path) -> None:
     """Every file under ``folder``, and the folders, on disk before the rename publishes them."""
     for path in sorted(folder.rglob("*"), reverse=True):
         if path.is_file():
-            with open(path, "rb") as handle:
+            with path.open("rb") as handle:
                 os.fsync(handle.fileno())
         elif path.is_dir():
             _sync_dir(path)
