@@ -161,6 +161,45 @@ def test_adapt_is_refused_for_a_detector_that_does_not_learn(world, tmp_path):
         create_app(_config(adapt="sync"), NegLabel.from_features(world.id_text_features, negatives, groups=4))
 
 
+@pytest.mark.parametrize("behaviour", ["good", "none"])
+def test_ants_learns_beside_the_traffic_and_its_mllm_failures_are_counted(behaviour):
+    """ANTS adapts asynchronously by default (its updates ask an MLLM): the banks grow while the
+    requests are answered; an MLLM whose every request fails is counted in /v1/detector and
+    /metrics, and the server keeps answering."""
+    from negspace import ANTS
+    from negspace.testing import WorldMLLM, WorldTextEncoder, world_stream
+
+    ants_world = make_world(dim=128, n_corpus=600, n_per_class=10, n_per_concept=30, seed=0)
+    labels, corpus = ants_world.negatives(500)
+    detector = ANTS.from_features(ants_world.id_text_features, corpus, WorldTextEncoder(ants_world),
+                                  WorldMLLM(ants_world, behaviour), ants_world.class_names, neg_labels=labels,
+                                  min_candidates=20, vsnl_start=1, vsnl_every=2, groups=10, delta=0.25)
+    batches, _ = world_stream(ants_world, "far", batch_size=50)
+    app = create_app(ServeConfig(threshold=0.5, max_batch=50, max_wait_ms=50, adapt="auto"), detector)
+    with thread_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        for batch in batches:
+            assert http.post("/v1/score/features", json={"features": batch.features.tolist()}).status_code == 200
+        for _ in range(400):
+            info = http.get("/v1/detector").json()
+            if not info["state"]["pending_updates"]:
+                break
+            time.sleep(0.05)
+        explained = http.post("/v1/score/features", params={"explain": 3},
+                              json={"features": batches[0].features[:4].tolist()}).json()["results"]
+        metrics = http.get("/metrics").text
+    state = info["state"]["state"]
+    assert info["adapt_mode"] == "async" and info["state"]["updates"] == len(batches)
+    assert state["mllm_requests"] > 0
+    if behaviour == "good":
+        assert state["vsnl_size"] > 0 and state["mllm_failed_answers"] == 0
+        assert metric(metrics, 'negspace_detector_state{quantity="vsnl_size"}') == state["vsnl_size"]
+    else:
+        assert state["vsnl_size"] == 0 and state["mllm_failed_answers"] == state["mllm_requests"]
+        assert metric(metrics, 'negspace_detector_state{quantity="mllm_failed_answers"}') > 0
+    assert all(0 < len(r["explanation"]) <= 3 for r in explained)
+    assert {e["source"] for r in explained for e in r["explanation"]} <= {"ens", "vsnl", "corpus"}
+
+
 def _assert_same_state(a, b) -> None:
     saved_a, saved_b = a.to_saved(), b.to_saved()
     assert saved_a.arrays.keys() == saved_b.arrays.keys()

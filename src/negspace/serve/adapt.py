@@ -71,7 +71,7 @@ def scored_rows(detector: Any, features: np.ndarray, scores: Any, nearest_id: An
     if explain and hasattr(detector, "explain"):
         rows = sorted(explain)
         found = detector.explain(features[rows], top=max(explain.values()))
-        explanations = {k: texts[: explain[k]] for k, texts in zip(rows, found)}
+        explanations = {k: texts[: explain[k]] for k, texts in zip(rows, found, strict=True)}
     return Scored(np.asarray(scores, np.float64), nearest_id, negatives, id_cos.astype(np.float64), neg_cos,
                   explanations)
 
@@ -88,7 +88,7 @@ def negative_features(detector: Any) -> dict[str, np.ndarray]:
             return {}
         features, texts = bank
     table: dict[str, np.ndarray] = {}
-    for text, row in zip(texts, np.asarray(features, np.float32)):
+    for text, row in zip(texts, np.asarray(features, np.float32), strict=True):
         table.setdefault(text, row)
     return table
 
@@ -253,6 +253,8 @@ class AsyncScorer(SyncScorer):
         self.published = frozen_copy(live)
         self.published_version = self.updates
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
+        self._waiting = 0  # batches queued or being learned (qsize leaves out the one in hand)
+        self._waiting_lock = threading.Lock()  # not self.lock: the writer holds that while it learns
         self._since_publish = 0
         self._writer = threading.Thread(target=self._write_loop, name="negspace-state-writer", daemon=True)
         self._writer.start()
@@ -263,6 +265,8 @@ class AsyncScorer(SyncScorer):
         scored = scored_rows(copy, features, *copy.score_with_nearest(features), explain)
         # a full queue (the writer far behind) holds the batch worker here: the traffic slows,
         # the request queue fills and new requests get 503, instead of memory growing
+        with self._waiting_lock:
+            self._waiting += 1
         self._queue.put(("learn", features, images))
         return scored
 
@@ -277,6 +281,8 @@ class AsyncScorer(SyncScorer):
                     self._since_publish += 1
                     if self._queue.empty() or self._since_publish >= PUBLISH_EVERY:
                         self._publish()
+                with self._waiting_lock:
+                    self._waiting -= 1
             else:  # a command run in order with the updates: snapshot or reset
                 _, command, done = item
                 try:
@@ -311,7 +317,7 @@ class AsyncScorer(SyncScorer):
             return command()
 
     def counters(self) -> dict[str, Any]:
-        return {**super().counters(), "pending_updates": self._queue.qsize(),
+        return {**super().counters(), "pending_updates": self._waiting,
                 "published_updates": self.published_version}
 
     def close(self) -> None:
