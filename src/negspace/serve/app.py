@@ -148,7 +148,8 @@ class Guard:
                 await self.app(scope, self._limited(receive), sending)
         finally:
             code = status["code"]
-            outcome = "ok" if code < 400 else "client_error" if code < 500 else "unavailable" if code == 503 else "error"
+            outcome = ("ok" if code < 400 else "client_error" if code < 500
+                       else "unavailable" if code == 503 else "error")
             self.metrics.request(route, outcome, time.perf_counter() - started)
 
     def _refusal(self, scope: dict[str, Any], path: str) -> JSONResponse | None:
@@ -255,7 +256,8 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
 
     app = FastAPI(title="negspace serve", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Zero-shot OOD detection of images (negspace). Scores are higher for in-distribution "
-                              "images; `ood` is `score < threshold`. Errors are `{\"error\": {\"kind\", \"message\"}}`.")
+                              "images; `ood` is `score < threshold`. Errors are "
+                              "`{\"error\": {\"kind\", \"message\"}}`.")
     app.state.negspace = {"config": config, "scorer": scorer, "batcher": batcher, "metrics": metrics, "info": info}
 
     # -- errors as JSON ----------------------------------------------------------------------------
@@ -273,13 +275,14 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         if err.status_code == 404:
-            kind, message = "not_found", f"no route {request.url.path}; the API is under /{API_VERSION} (see /openapi.json)."
+            kind = "not_found"
+            message = f"no route {request.url.path}; the API is under /{API_VERSION} (see /openapi.json)."
         elif err.status_code == 405:
             kind, message = "method_not_allowed", f"{request.url.path} does not take {request.method}."
         else:
             kind = "bad_request"
             message = str(err.detail)
-            if message.startswith("Too many files") or message.startswith("Too many fields"):
+            if message.startswith(("Too many files", "Too many fields")):
                 err.status_code, kind = 413, "too_many_images"
                 message = f"too many parts: at most {config.max_images} images per request (--max-images)."
             elif err.status_code == 400:
@@ -292,13 +295,14 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
         first = err.errors()[0] if err.errors() else {}
         metrics.errors.labels("invalid_request").inc()
         if first.get("type") == "json_invalid":
-            return _error_json(422, "invalid_request", f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'malformed')}).")
+            said = first.get("ctx", {}).get("error", "malformed")
+            return _error_json(422, "invalid_request", f"the body is not valid JSON ({said}).")
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "the body"
         return _error_json(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}.")
 
     @app.exception_handler(Exception)
     async def internal(_: Request, err: Exception) -> JSONResponse:  # a bug: said, counted, never a crash
-        log.exception("internal error")
+        log.error("internal error", exc_info=err)
         metrics.errors.labels("internal").inc()
         return _error_json(500, "internal", f"internal error ({type(err).__name__}); the server keeps running.")
 
@@ -310,12 +314,12 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
         try:
             outs = await batcher.submit(job)
         except QueueFull:
-            raise RequestError(503, "queue_full", f"the queue is full ({config.max_queue} images waiting, --max-queue); "
-                                                  "retry after a second.", {"Retry-After": "1"}) from None
+            raise RequestError(503, "queue_full", f"the queue is full ({config.max_queue} images waiting, "
+                                                  "--max-queue); retry after a second.", {"Retry-After": "1"}) from None
         flags = [out.score < threshold for out in outs]
         metrics.scored(flags)
         results = []
-        for name, digest, out, flag in zip(names, hashes, outs, flags):
+        for name, digest, out, flag in zip(names, hashes, outs, flags, strict=True):
             results.append(ScoredImage(
                 name=name, sha256=digest, score=out.score, ood=flag, threshold=threshold,
                 id_class=class_names[out.nearest_id] if out.nearest_id < len(class_names) else str(out.nearest_id),
@@ -332,11 +336,13 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
     @app.post("/v1/score", response_model=ScoreResponse, responses=ERRORS, openapi_extra=SCORE_BODY,
               summary="Score images (multipart files, or the bytes of one image)")
     async def score(request: Request,
-                    explain: int = Query(0, ge=0, le=MAX_EXPLAIN, description="ANTS: explain each image by its K texts"),
-                    name: str | None = Query(None, max_length=300, description="the image's name (raw bytes)")) -> ScoreResponse:
+                    explain: int = Query(0, ge=0, le=MAX_EXPLAIN, description="ANTS: explain each image by K texts"),
+                    name: str | None = Query(None, max_length=300, description="the image's name (raw bytes)"),
+                    ) -> ScoreResponse:
         check_explain(explain)
         if encoder is None:
-            raise RequestError(409, "no_encoder", "this server has no image encoder; send features to /v1/score/features.")
+            raise RequestError(409, "no_encoder", "this server has no image encoder; send features to "
+                                                  "/v1/score/features.")
         items = await _images_of(request, name)
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(*(loop.run_in_executor(decoders, decode_image, data, image_name, transform,
@@ -355,8 +361,8 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
                 for key, value in form.multi_items():
                     if isinstance(value, str):
                         hint = " (nothing is fetched from a URL)" if "://" in value else ""
-                        raise RequestError(422, "not_a_file", f"form field {key!r} is text, not a file{hint}: send each "
-                                                              "image's bytes as a file part.")
+                        raise RequestError(422, "not_a_file", f"form field {key!r} is text, not a file{hint}: "
+                                                              "send each image's bytes as a file part.")
                     items.append((value.filename or f"image-{len(items)}", await value.read()))
             finally:
                 await form.close()
@@ -421,7 +427,8 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
 
     @app.get("/v1/stats", summary="What the live page draws")
     async def stats() -> dict[str, Any]:
-        return {"detector": f"{method} with {info.get('model')}, threshold {threshold:.6g}", **metrics.summary()}
+        model = f"with {info['model']}" if info.get("model") else "(features only: no image encoder)"
+        return {"detector": f"{method} {model}, threshold {threshold:.6g}", **metrics.summary()}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:

@@ -13,6 +13,7 @@ PAGE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>negspace serve: __TITLE__</title>
 <style>
  body { font: 14px/1.4 system-ui, sans-serif; margin: 1.2em auto; max-width: 980px; padding: 0 1em; color: #222; }
@@ -80,7 +81,7 @@ function draw(id, series, opts) {
       if (first) { g.moveTo(x(t), y(v)); first = false; } else { g.lineTo(x(t), y(v)); }
     }
     g.stroke(); g.setLineDash([]);
-    if (s.name) { g.fillStyle = g.strokeStyle; g.fillText(s.name, P + 6 + 130 * k, 12); }
+    if (s.name) { g.fillStyle = g.strokeStyle; g.fillText(s.name, P + 70 + 150 * k, 12); }
   });
 }
 async function refresh() {
@@ -95,7 +96,8 @@ async function refresh() {
   const s = await r.json();
   document.getElementById("what").textContent = s.detector;
   document.getElementById("n").textContent = s.images_scored;
-  document.getElementById("share").textContent = fmt(s.ood_share_recent === null ? null : 100 * s.ood_share_recent, "%");
+  const share = s.ood_share_recent;
+  document.getElementById("share").textContent = fmt(share === null ? null : 100 * share, "%");
   document.getElementById("p50").textContent = fmt(s.latency_ms_p50, " ms");
   document.getElementById("p99").textContent = fmt(s.latency_ms_p99, " ms");
   document.getElementById("queue").textContent = s.queue_rows;
@@ -115,7 +117,8 @@ async function refresh() {
     const series = rows.map(r => r[0]).slice(0, 6).map(n => {
       const pts = h.map(p => [p.t, (p.state || {})[n] ?? null]), vals = pts.map(p => p[1]).filter(v => v !== null);
       const lo = Math.min(...vals), hi = Math.max(...vals), span = hi > lo ? hi - lo : 1;
-      return {name: n + " " + fmt(lo) + "-" + fmt(hi), points: pts.map(([t, v]) => [t, v === null ? null : (v - lo) / span])};
+      const scaled = pts.map(([t, v]) => [t, v === null ? null : (v - lo) / span]);
+      return {name: n + " " + fmt(lo) + "-" + fmt(hi), points: scaled};
     });
     draw("c_state", series, {min: 0, max: 1});
   }
