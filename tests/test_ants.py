@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -376,22 +377,42 @@ def test_mllm_answers_arrive_at_a_fixed_batch_whatever_the_mllm_speed(world, cor
     assert ANTSConfig().mllm_lag == 0
 
 
-def test_scoring_does_not_wait_for_the_mllm(world, corpus):
-    import time
+class GatedMLLM(ScriptedMLLM):
+    """The scripted answers, each generate call held until the test opens ``gate``; ``finished``
+    counts the calls that returned."""
 
-    det = build(world, corpus, SlowMLLM(world, 1.0), mllm_lag=3)
+    def __init__(self, world) -> None:
+        super().__init__(world)
+        self.gate, self.started = threading.Event(), threading.Event()
+        self.finished = 0
+
+    def generate(self, requests):
+        self.started.set()
+        # Bounded, so a detector that waits for its MLLM fails this test (the gate is then open
+        # for good) instead of hanging it.
+        if not self.gate.wait(timeout=30):
+            self.gate.set()
+        answers = super().generate(requests)
+        self.finished += 1
+        return answers
+
+
+def test_scoring_does_not_wait_for_the_mllm(world, corpus):
+    mllm = GatedMLLM(world)
+    det = build(world, corpus, mllm, mllm_lag=3)
     batches, _ = stream(world, "far")
-    waited = []
-    for batch in batches:
-        start = time.perf_counter()
-        det.score_features(batch.features, images=batch.images)
-        waited.append(time.perf_counter() - start)
-        if det._jobs:
-            break
-    assert det._jobs, "no MLLM work was started"
-    assert waited[-1] < 0.5  # the batch that asked returned while the MLLM still worked
+    try:
+        for batch in batches:
+            det.score_features(batch.features, images=batch.images)
+            if det._jobs:
+                break
+        assert det._jobs, "no MLLM work was started"
+        # the batch that asked returned while its MLLM call was still held at the gate
+        assert mllm.started.wait(timeout=60) and mllm.finished == 0 and not mllm.gate.is_set()
+    finally:
+        mllm.gate.set()
     det.wait_for_mllm()
-    assert not det._jobs and det.state.ens_updates + det.state.vsnl_updates >= 1
+    assert mllm.finished >= 1 and not det._jobs and det.state.ens_updates + det.state.vsnl_updates >= 1
     assert det.state.mllm_requests <= det.config.max_mllm_calls
 
 

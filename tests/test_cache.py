@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -203,14 +202,12 @@ def test_two_processes_write_concurrently(tmp_path: Path) -> None:
     FeatureStore(path).close()
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_concurrent_writer, args=(path, tag, 60)) for tag in ("p", "q")]
-    start = time.monotonic()
     for p in procs:
         p.start()
     _concurrent_writer(path, "main", 60)  # a third writer in this process
     for p in procs:
-        p.join(timeout=120)
+        p.join(timeout=120)  # a writer stuck on a lock is still running: exitcode None
         assert p.exitcode == 0
-    assert time.monotonic() - start < 120
     assert _integrity(Path(path)) == "ok"
     store = FeatureStore(path)
     assert store.count() == 3 * 60 * 10 + 60

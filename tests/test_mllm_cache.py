@@ -245,7 +245,6 @@ def test_ctrl_c_keeps_every_answer_that_arrived(tmp_path):
     srv = HTTPServer(host="127.0.0.1", port=0, threaded=True)
     srv.start()
     release = threading.Event()
-    answered = []
 
     def handler(request):
         content = request.get_json()["messages"][-1]["content"]
@@ -254,7 +253,6 @@ def test_ctrl_c_keeps_every_answer_that_arrived(tmp_path):
                               "class1, excluding class1. Put each numbered class on a separate line.",
                               "class2, excluding class2. Put each numbered class on a separate line.")):
             release.wait(20)  # hangs until the test ends
-        answered.append(text)
         body = {"choices": [{"message": {"role": "assistant", "content": "re:" + text}}]}
         return Response(json.dumps(body), content_type="application/json")
 
@@ -263,15 +261,27 @@ def test_ctrl_c_keeps_every_answer_that_arrived(tmp_path):
     Image.new("RGB", (8, 8)).save(img)
     try:
         proc = run_script(srv.url_for("/v1"), tmp_path / "cache", 0, 8, img)
+        # the three answers reach the client and are committed as they arrive, the rest still hang
         deadline = time.monotonic() + 60
-        while len(answered) < 3 and time.monotonic() < deadline:
+        while _mllm_entries(tmp_path / "cache") < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)  # the three answers reach the client and its cache
+        assert _mllm_entries(tmp_path / "cache") == 3 and not release.is_set()
         proc.send_signal(signal.SIGINT)
-        time.sleep(1.0)  # the interrupt is handled before the hanging answers are released
+        # the interrupt is handled (Python prints its traceback before it joins the threads still
+        # waiting on the server) before the hanging answers are released
+        for line in proc.stderr:
+            if "KeyboardInterrupt" in line:
+                break
+        else:
+            pytest.fail("the script ended without being interrupted")
         release.set()  # the requests still in flight end (their answers come after the interrupt)
         proc.communicate(timeout=60)
-        assert cache_stats(tmp_path / "cache")["mllm"]["entries"] == 3
+        assert proc.returncode != 0 and cache_stats(tmp_path / "cache")["mllm"]["entries"] == 3
     finally:
         release.set()
         srv.stop()
+
+
+def _mllm_entries(cache_dir) -> int:
+    """Answers committed to the MLLM cache so far (0 before the file exists)."""
+    return cache_stats(cache_dir)["mllm"]["entries"]

@@ -118,22 +118,26 @@ def test_bad_specs_name_the_forms(spec):
 
 
 def test_normal_answers_in_order_and_concurrent(server):
-    in_flight, peak, lock = [0], [0], threading.Lock()
+    in_flight, peak, lock, full = [0], [0], threading.Lock(), threading.Event()
 
     def handler(request):
         with lock:
             in_flight[0] += 1
             peak[0] = max(peak[0], in_flight[0])
-        time.sleep(0.05)
+            if in_flight[0] == 4:
+                full.set()
+        # the first requests wait until four are in flight at once (a client sending one at a
+        # time leaves them waiting the 10 s and the peak at 1), then everything answers at once
+        full.wait(timeout=10)
         with lock:
             in_flight[0] -= 1
         return echo(request)
 
     server.expect_request(CHAT, method="POST").respond_with_handler(handler)
-    b = backend(server, max_concurrency=4)
+    b = backend(server, max_concurrency=4, timeout=30.0)
     answers = b.generate([text_req(f"q{i}") for i in range(12)])
     assert answers == [f"echo: q{i}" for i in range(12)]
-    assert 1 < peak[0] <= 4
+    assert peak[0] == 4  # max_concurrency requests at once, never more
     assert b.stats.calls == 12 and b.stats.failures == 0 and b.stats.retries == 0
 
 
@@ -223,23 +227,23 @@ class Slow:
 
 
 def test_slower_than_timeout_is_retried_then_fails(server):
-    slow = Slow(0.6)
+    # The server holds every answer until the test ends: only the client's timeout can end the
+    # call, so [None] (not an echo, which would come after 60 s) shows the timeout was applied.
+    slow = Slow(60)
     server.expect_request(CHAT, method="POST").respond_with_handler(slow)
-    b = backend(server, timeout=0.3, retries=1)
-    t0 = time.monotonic()
+    b = backend(server, timeout=1.0, retries=1)
     try:
         assert b.generate([text_req("hi")]) == [None]
-        assert time.monotonic() - t0 < 2.0
         assert b.stats.retries == 1 and b.stats.failures == 1
     finally:
         slow.finish()
 
 
 def test_timeout_then_success(server):
-    slow = Slow(0.6)
+    slow = Slow(60)  # held until the test ends: the first attempt can only time out
     server.expect_oneshot_request(CHAT, method="POST").respond_with_handler(slow)
     server.expect_request(CHAT, method="POST").respond_with_handler(echo)
-    b = backend(server, timeout=0.3, retries=2)
+    b = backend(server, timeout=1.0, retries=2)
     try:
         assert b.generate([text_req("hi")]) == ["echo: hi"]
         assert b.stats.retries == 1 and b.stats.failures == 0
