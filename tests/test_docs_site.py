@@ -1,0 +1,121 @@
+"""The documentation site builds strictly and its start page works offline in a real browser.
+
+``mkdocs build --strict`` fails on any warning: a broken link or anchor, a page left out of the
+navigation, an API name mkdocstrings cannot find, a docstring it cannot read. The built start page
+is opened in headless Chromium from the file system: no console error, and nothing fetched from
+outside the site (the machines that read it may have no network).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from external_tools import missing_tool
+
+ROOT = Path(__file__).resolve().parents[1]
+API = ROOT / "docs" / "reference" / "api"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e '.[docs]')")
+    folder = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    log = done.stdout + done.stderr
+    warnings = [line for line in log.splitlines() if re.match(r"^(WARNING|ERROR)\b", line)]
+    assert done.returncode == 0 and not warnings, f"mkdocs build --strict failed:\n{log[-4000:]}"
+    return folder
+
+
+def test_the_site_builds_strictly_with_every_page_and_the_generated_references(site):
+    for page in ("index.html", "getting-started/first-run.html", "methods/index.html", "guides/reproduce.html",
+                 "reference/cli.html", "reference/api/runs.html", "changelog.html", "contributing.html"):
+        assert (site / page).is_file(), page
+    cli = (site / "reference" / "cli.html").read_text(encoding="utf-8")
+    assert "usage: negspace bench" in cli and "--no-count-check" in cli  # the parser's own help
+    runs = (site / "reference" / "api" / "runs.html").read_text(encoding="utf-8")
+    assert 'id="negspace.runs.evaluate"' in runs and "save_detector_to" in runs  # from the docstring
+    changelog = (site / "changelog.html").read_text(encoding="utf-8")
+    first_heading = re.search(r"^## (.+)$", (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), re.M)[1]
+    assert first_heading.split(" ")[0] in changelog  # CHANGELOG.md included, not copied
+
+
+def _documented_names() -> set[str]:
+    """The last part of every ``::: module.Name`` directive of the API pages, and every name in
+    the ``members: [...]`` list of a module directive."""
+    names = set()
+    for page in API.glob("*.md"):
+        text = page.read_text(encoding="utf-8")
+        names |= {path.rsplit(".", 1)[-1] for path in re.findall(r"^::: ([\w.]+)", text, re.M)}
+        for members in re.findall(r"members: \[([^\]]*)\]", text):
+            names |= {name.strip() for name in members.split(",")}
+    return names
+
+
+def test_every_public_name_of_negspace_is_in_the_api_reference():
+    tree = ast.parse((ROOT / "src" / "negspace" / "__init__.py").read_text(encoding="utf-8"))
+    exported = next(ast.literal_eval(node.value) for node in tree.body
+                    if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets))
+    missing = sorted(set(exported) - _documented_names())
+    assert not missing, f"negspace exports names the API reference (docs/reference/api/) does not document: {missing}"
+    index = (API / "index.md").read_text(encoding="utf-8")
+    unlisted = sorted(name for name in exported if f"`{name}`" not in index)
+    assert not unlisted, f"docs/reference/api/index.md does not list {unlisted}"
+
+
+def _browser():
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing_tool("selenium is not installed (pip install -e '.[test]')")
+    if shutil.which("chromedriver") is None or (shutil.which("chromium") is None and shutil.which("chromium-browser") is None):
+        missing_tool("headless Chromium is not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")))
+
+
+# Every resource the page loaded (scripts, styles, images, fonts), by its URL.
+_RESOURCES = "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href]);"
+
+
+def test_the_start_page_opens_offline_with_no_console_error(site):
+    driver = _browser()
+    try:
+        driver.set_window_size(1280, 900)
+        driver.get((site / "index.html").as_uri())
+        driver.execute_script("return document.readyState")
+        title = driver.title
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        resources = driver.execute_script(_RESOURCES)
+        pictures = driver.execute_script(
+            "return Array.from(document.images, i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
+        navigation = driver.execute_script("return document.querySelectorAll('nav a').length")
+    finally:
+        driver.quit()
+    assert errors == [], errors
+    assert "negspace" in title
+    outside = [url for url in resources if not url.startswith("file://")]
+    assert not outside, f"the start page fetched from outside the site: {outside}"
+    assert pictures and all(complete and width > 0 for _, complete, width in pictures), pictures  # the report
+    assert navigation > 20  # the navigation is there
+
+
+def test_the_readme_is_short_and_its_picture_small():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
+    assert pictures, "the README shows no picture of the report"
+    for picture in pictures:
+        assert (ROOT / picture).stat().st_size < 200_000, picture
