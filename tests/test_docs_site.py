@@ -1,20 +1,24 @@
 """The documentation site builds strictly and its start page works offline in a real browser.
 
 ``mkdocs build --strict`` fails on any warning: a broken link or anchor, a page left out of the
-navigation, an API name mkdocstrings cannot find, a docstring it cannot read. The built start page
-is opened in headless Chromium from the file system: no console error, and nothing fetched from
-outside the site (the machines that read it may have no network).
+navigation, an API name mkdocstrings cannot find, a docstring it cannot read. The built site is
+served on 127.0.0.1 (as Read the Docs or ``mkdocs serve`` serve it) and its start page opened in
+headless Chromium: no console error, a working search, and nothing fetched from outside the site
+(the machines that read it may have no network).
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 
 import pytest
 from external_tools import missing_tool
@@ -90,23 +94,48 @@ def _browser():
 _RESOURCES = "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href]);"
 
 
-def test_the_start_page_opens_offline_with_no_console_error(site):
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 (the standard library's signature)
+        pass
+
+
+@pytest.fixture
+def served(site):
+    """The built site on a local port: ``http://127.0.0.1:PORT/``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site)))
+    thread = Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_start_page_opens_offline_with_no_console_error(served):
+    from selenium.webdriver.support.ui import WebDriverWait
+
     driver = _browser()
     try:
         driver.set_window_size(1280, 900)
-        driver.get((site / "index.html").as_uri())
-        driver.execute_script("return document.readyState")
+        driver.get(served + "index.html")
         title = driver.title
-        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-        resources = driver.execute_script(_RESOURCES)
         pictures = driver.execute_script(
             "return Array.from(document.images, i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
         navigation = driver.execute_script("return document.querySelectorAll('nav a').length")
+        # the search runs in a worker over the site's own index: type a word, wait for results
+        box = driver.find_element("css selector", "input.md-search__input")
+        driver.execute_script("arguments[0].focus()", box)
+        box.send_keys("NegLabel")
+        WebDriverWait(driver, 20).until(
+            lambda d: d.execute_script("return document.querySelectorAll('.md-search-result__item').length") > 0)
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        resources = driver.execute_script(_RESOURCES)
     finally:
         driver.quit()
     assert errors == [], errors
     assert "negspace" in title
-    outside = [url for url in resources if not url.startswith("file://")]
+    outside = [url for url in resources if not url.startswith(served)]
     assert not outside, f"the start page fetched from outside the site: {outside}"
     assert pictures and all(complete and width > 0 for _, complete, width in pictures), pictures  # the report
     assert navigation > 20  # the navigation is there
