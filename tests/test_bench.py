@@ -288,8 +288,8 @@ def test_report_reads_well_in_a_real_browser(tmp_path, miniatures, tiny_openclip
     assert {mark for _, _, mark, _ in cards} == {"ID", "OOD"}
 
 
-def test_the_readme_lists_every_layout_and_count_of_the_suites():
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+def test_the_docs_list_every_layout_and_count_of_the_suites():
+    readme = (Path(__file__).parents[1] / "docs" / "guides" / "reproduce.md").read_text(encoding="utf-8")
     for name in SUITES:
         for spec in load_suite(name).all_sets():
             assert f"{spec.count:>7,}  {spec.layout()}" in readme, (name, spec.name)

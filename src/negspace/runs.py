@@ -260,9 +260,12 @@ def evaluate(
     Args:
         config: the method, its config and the protocol.
         classes: ``"imagenet"`` (or another built-in list), a file of names, or the names.
-        id, ood: the ID set and the named OOD sets: folders, path lists, ``LIST:ROOT``, ``.npy``
-            features or feature tables (or already opened sets).
-        model, encoder: the CLIP model to load (default :class:`ModelConfig`), or a loaded one.
+        id: the ID set: a folder, a path list, ``LIST:ROOT``, ``.npy`` features or a feature
+            table (or an already opened set).
+        ood: the named OOD sets, each in any form ``id`` takes: a mapping of names to sets, a
+            sequence of ``"NAME=PATH"`` strings, paths or ``(name, set)`` pairs, or one path.
+        model: the CLIP model to load (default :class:`ModelConfig`).
+        encoder: an already loaded model, used instead of ``model``.
         mllm: ANTS's MLLM (or NegRefine's LLM for its label filter), an :class:`MLLMConfig` to
             load or a loaded client.
         out: the results folder (new or empty unless ``overwrite``); ``None`` writes nothing.

@@ -122,7 +122,8 @@ def make_world(
         n_corpus: random corpus words (near-synonyms of the ID classes are added on top).
         synonyms_per_class: corpus words placed close to each ID class.
         n_per_class: ID images per class.
-        n_far_concepts / n_near_concepts: OOD concepts of each kind.
+        n_far_concepts: far-OOD concepts.
+        n_near_concepts: near-OOD concepts.
         n_per_concept: OOD images per concept.
         image_signal: range of the cosine between an image and its own class or concept.
         far_lure_signal: range of the cosine between a far-OOD image and one random ID class

@@ -147,9 +147,14 @@ def load_mllm(
         cache_dir: cache folder (default :func:`negspace.cache.default_cache_dir`); the file is
             ``mllm.sqlite3`` inside it.
         image_size: longest image side sent to the model, in pixels.
-        max_concurrency, timeout, retries, api_key_env: ``openai:`` options; ``max_wait`` caps
-            every wait between attempts (a server's ``Retry-After`` included), in seconds.
-        device, batch_size: ``hf:`` options.
+        max_concurrency: ``openai:``: requests in flight at once.
+        timeout: ``openai:``: seconds per request.
+        retries: ``openai:``: retries of a failed request.
+        max_wait: ``openai:``: caps every wait between attempts (a server's ``Retry-After``
+            included), in seconds.
+        api_key_env: ``openai:``: the environment variable holding the API key.
+        device: ``hf:``: where the model runs.
+        batch_size: ``hf:``: requests per forward pass.
         check: run the server start-up check (``openai:``), raising NegspaceError if it fails.
     """
     if not isinstance(spec, str) or not spec.strip():
