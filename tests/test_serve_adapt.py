@@ -17,13 +17,13 @@ import httpx
 import numpy as np
 import pytest
 
-from negspace import AdaNeg, TANL, load_detector
+from fixtures_models import TINY_DIM
+from negspace import TANL, AdaNeg, load_detector
 from negspace.detectors.saved import write_provenance
 from negspace.evaluation import EncodedSet, evaluate_stream, stream_order
 from negspace.serve import ServeConfig, create_app
 from negspace.serve.state import frozen_copy, read_meta
 from negspace.testing import make_world
-from fixtures_models import TINY_DIM
 from serve_support import free_port, metric, start_process, thread_server
 
 BATCH = 8

@@ -1,0 +1,357 @@
+"""`negspace serve` under a bounded load on loopback, against the same images through `negspace score`.
+
+    python benchmarks/serve_load.py [--arch tiny|small|ViT-B-16] [--images 2000] [--concurrency 1,8,32]
+                                    [--memory-requests 10000] [--ants-requests 400]
+
+Generates ``--images`` JPEGs of photographs' size (500 x 375), a random-weight CLIP model of
+``--arch`` (saved and loaded back as a user's weights) and a NegLabel detector saved with it, then
+measures, each phase with a fixed amount of work (the script stops by itself):
+
+1. offline: ``score_collection`` (what ``negspace score`` runs, feature cache off) over the images:
+   images/s, the model's loading time left out;
+2. the bare single-image cost: decode, transform, encode and score one image in this process
+   (median over 50 images);
+3. ``negspace serve`` (a subprocess) at each concurrency: every image sent once, one image per
+   request, by that many client threads: images/s as a fraction of offline (goal >= 0.85 at
+   concurrency >= 8), p50/p99 latency; at concurrency 1 the p50 against the bare cost (goal
+   <= 1.2x);
+4. resident memory of the server over ``--memory-requests`` requests at concurrency 8, sampled
+   after the first tenth and at the end (goal: growth < 5%);
+5. ANTS: the same ANTS space served frozen and adapting (``--adapt async``, its MLLM a local
+   OpenAI-compatible server answering after ``--mllm-delay`` s): p99 at concurrency 8 of each
+   (goal: adapting <= 1.5x frozen).
+
+Prints every figure beside its goal, and the table that docs/serving.md shows (``--json`` writes
+them too). The client threads run on the same machine as the server: on a small CPU they take a
+share of it, which the figures include.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from encode_pipeline import SMALL_CONFIG, write_images
+
+TINY_CONFIG = {  # the tests' tiny model (32 px): the model costs nothing, the serving path everything
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+# ------------------------------------------------------------------------------ set-up
+
+
+def save_model(arch: str, folder: Path) -> tuple[str, Path]:
+    """A random-weight model saved as a user's weights: its spec and weights file."""
+    import open_clip
+
+    torch.manual_seed(0)
+    if arch in ("tiny", "small"):
+        cfg = TINY_CONFIG if arch == "tiny" else SMALL_CONFIG
+        config = folder / f"bench-{arch}.json"
+        config.write_text(json.dumps(cfg), encoding="utf-8")
+        model, spec = open_clip.CLIP(**cfg), f"openclip:{config}/none"
+    else:
+        model, spec = open_clip.create_model(arch, pretrained=None), f"openclip:{arch}/none"
+    weights = folder / "weights.pt"
+    torch.save(model.state_dict(), weights)
+    return spec, weights
+
+
+def save_detectors(encoder: Any, folder: Path, n_classes: int, n_negatives: int, images: list[Path],
+                   mllm_spec: str | None) -> dict[str, Path]:
+    """A NegLabel detector (and, with ``mllm_spec``, an ANTS space) of ImageNet classes and WordNet
+    negatives, saved with their provenance as `negspace eval --save-detector` saves them."""
+    from negspace import ANTS, NegLabel, load_class_names, load_wordnet_corpus
+    from negspace.detectors.saved import write_provenance
+    from negspace.metrics import threshold_at_id_recall
+    from negspace.templates import ID_TEMPLATE, NOUN_TEMPLATE
+
+    classes = list(load_class_names("imagenet").names[:n_classes])
+    words = list(load_wordnet_corpus(exclude=classes).nouns[::7][:n_negatives])
+    id_text = encoder.encode_texts(classes, template=ID_TEMPLATE, progress=False)
+    negatives = encoder.encode_texts(words, template=NOUN_TEMPLATE, progress=False)
+    sample = encoder.encode_image_files(images[:100], progress=False).features
+    made = {}
+    detectors = {"neglabel": NegLabel.from_features(id_text, negatives, neg_labels=words, groups=10)}
+    detectors["neglabel"].class_names = classes
+    if mllm_spec is not None:
+        from negspace import load_mllm
+
+        schedule = {"min_candidates": 8, "vsnl_start": 2, "vsnl_every": 4}
+        detectors["ants"] = ANTS.from_features(id_text, negatives, encoder, load_mllm(mllm_spec), classes,
+                                               neg_labels=words, groups=10, **schedule)
+    for name, detector in detectors.items():
+        out = folder / f"det-{name}"
+        detector.save(out)
+        scores = detector.score_fixed(sample) if name == "ants" else detector.score_features(sample)
+        write_provenance(out, {"method": name, "model": encoder.spec, "weights_fingerprint": encoder.fingerprint,
+                               "threshold_95_id_recall": threshold_at_id_recall(scores)})
+        made[name] = out
+    return made
+
+
+class FakeMLLM(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat server answering after ``delay`` seconds (an MLLM's latency)."""
+
+    delay = 0.2
+
+    def do_GET(self) -> None:
+        self._send({"data": [{"id": "bench-vlm"}]})
+
+    def do_POST(self) -> None:
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        time.sleep(self.delay)
+        content = payload["messages"][-1]["content"]
+        text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+        answer = "1. tile\n2. mosaic\n3. glass\n4. brick\n5. ruby" if "five" in text.lower() else "A blurry field."
+        self._send({"id": "x", "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
+
+    def _send(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", "import sys; from negspace.cli import main; sys.exit(main())",
+                                "serve", *args, "--port", str(port), "-q"], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited: {process.stderr.read()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit("the server did not start in 300 s")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load(url: str, payloads: list[bytes], concurrency: int) -> tuple[float, list[float]]:
+    """Send every payload once (one image per request) from ``concurrency`` threads: wall seconds
+    and each request's latency."""
+    import httpx
+
+    latencies: list[float] = []
+    lock = threading.Lock()
+    next_index = iter(range(len(payloads)))
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            while True:
+                with lock:
+                    k = next(next_index, None)
+                if k is None:
+                    return
+                started = time.perf_counter()
+                response = http.post("/v1/score", content=payloads[k], headers={"Content-Type": "image/jpeg"})
+                took = time.perf_counter() - started
+                if response.status_code != 200:
+                    raise SystemExit(f"HTTP {response.status_code}: {response.text}")
+                with lock:
+                    latencies.append(took)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(worker) for _ in range(concurrency)]:
+            future.result()
+    return time.perf_counter() - started, latencies
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bare_single_image(encoder: Any, detector: Any, payloads: list[bytes]) -> float:
+    """Median seconds to decode, transform, encode and score one image, in this process."""
+    from negspace.serve.encode import decode_image, encode_pixels
+
+    transform = encoder.backend.pixel_transform()
+    times = []
+    for data in payloads[:50]:
+        started = time.perf_counter()
+        decoded = decode_image(data, "x", transform, 40_000_000, False)
+        detector.score_with_nearest(encode_pixels(encoder, [decoded.pixels]))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def offline(images: list[Path], detector: Path, spec: str, weights: Path, folder: Path, batch: int) -> float:
+    """images/s of ``score_collection`` (feature cache off), its model loading left out."""
+    from negspace import CollectionConfig, ModelConfig, ScoreConfig, score_collection
+    from negspace.runs import load_model
+
+    model = ModelConfig(spec=spec, weights=weights, device="cpu", use_cache=False, progress=False)
+    started = time.perf_counter()
+    load_model(model)
+    loading = time.perf_counter() - started
+    started = time.perf_counter()
+    score_collection([str(images[0].parent)], folder / "scored", ScoreConfig(detector=detector), model=model,
+                     collection=CollectionConfig(batch_size=batch))
+    return len(images) / (time.perf_counter() - started - loading)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="tiny", help="tiny, small, or an open_clip architecture (ViT-B-16)")
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--memory-requests", type=int, default=10_000)
+    parser.add_argument("--ants-requests", type=int, default=400, help="0: no ANTS phase")
+    parser.add_argument("--mllm-delay", type=float, default=0.2)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--negatives", type=int, default=1000)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    from negspace.encoders import load_encoder
+    from negspace.methods import load_detector
+
+    figures: dict[str, Any] = {"arch": args.arch, "images": args.images, "cpus": os.cpu_count(),
+                               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                               "torch": torch.__version__}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        env = {**os.environ, "NEGSPACE_CACHE_DIR": str(folder / "cache")}
+        os.environ["NEGSPACE_CACHE_DIR"] = env["NEGSPACE_CACHE_DIR"]
+        mllm = None
+        if args.ants_requests:
+            FakeMLLM.delay = args.mllm_delay
+            mllm = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeMLLM)
+            threading.Thread(target=mllm.serve_forever, daemon=True).start()
+        mllm_spec = f"openai:http://127.0.0.1:{mllm.server_address[1]}/v1/bench-vlm" if mllm else None
+        print(f"generating {args.images} JPEGs and a {args.arch} model ...", flush=True)
+        images = write_images(folder / "images", args.images)
+        payloads = [p.read_bytes() for p in images]
+        spec, weights = save_model(args.arch, folder)
+        encoder = load_encoder(spec, weights=weights, device="cpu", use_cache=False)
+        encoder.show_progress = False
+        detectors = save_detectors(encoder, folder, args.classes, args.negatives, images, mllm_spec)
+
+        print("offline score ...", flush=True)
+        figures["offline_images_per_s"] = offline(images, detectors["neglabel"], spec, weights, folder, args.max_batch)
+        figures["bare_single_image_ms"] = 1000 * bare_single_image(encoder, load_detector(detectors["neglabel"]),
+                                                                   payloads)
+        common = ["--model", spec, "--weights", str(weights), "--device", "cpu", "--max-batch", str(args.max_batch),
+                  "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"]
+        process, url = start_server(["--detector", str(detectors["neglabel"]), *common], env)
+        try:
+            load(url, payloads[:20], 2)  # warm-up
+            for c in concurrencies:
+                print(f"serve at concurrency {c} ...", flush=True)
+                seconds, latencies = load(url, payloads, c)
+                figures[f"c{c}"] = {"images_per_s": len(payloads) / seconds,
+                                    "p50_ms": 1000 * quantile(latencies, 0.5),
+                                    "p99_ms": 1000 * quantile(latencies, 0.99)}
+            if args.memory_requests:
+                print(f"memory over {args.memory_requests} requests ...", flush=True)
+                stream = [payloads[k % len(payloads)] for k in range(args.memory_requests)]
+                tenth = max(1, len(stream) // 10)
+                load(url, stream[:tenth], 8)
+                start = rss_mb(process.pid)
+                load(url, stream[tenth:], 8)
+                end = rss_mb(process.pid)
+                figures["memory"] = {"requests": len(stream), "rss_mb_after_first_tenth": start, "rss_mb_end": end,
+                                     "growth_percent": 100 * (end - start) / start}
+        finally:
+            process.terminate()
+            process.wait(60)
+        if mllm is not None:
+            ants = payloads[: args.ants_requests]
+            for mode, extra in (("frozen", []), ("adapting", ["--adapt", "async", "--mllm", mllm_spec,
+                                                              "--no-mllm-cache"])):
+                print(f"ANTS {mode} ...", flush=True)
+                process, url = start_server(["--detector", str(detectors["ants"]), *common, *extra], env)
+                try:
+                    load(url, payloads[:20], 2)
+                    seconds, latencies = load(url, ants, 8)
+                    import httpx
+
+                    state = httpx.get(f"{url}/v1/detector").json()["state"]
+                finally:
+                    process.terminate()
+                    process.wait(120)
+                figures[f"ants_{mode}"] = {"images_per_s": len(ants) / seconds,
+                                           "p50_ms": 1000 * quantile(latencies, 0.5),
+                                           "p99_ms": 1000 * quantile(latencies, 0.99),
+                                           "mllm_requests": state.get("state", {}).get("mllm_requests")}
+            mllm.shutdown()
+    report(figures, concurrencies)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1), encoding="utf-8")
+
+
+def report(f: dict[str, Any], concurrencies: list[int]) -> None:
+    offline_rate, bare = f["offline_images_per_s"], f["bare_single_image_ms"]
+    print(f"\n{f['arch']}, {f['images']} images, {f['machine']}, torch {f['torch']}")
+    print(f"offline `negspace score`: {offline_rate:.1f} images/s; bare single-image encode-and-score: {bare:.1f} ms")
+    print("| measure | figure | goal |\n|---|---|---|")
+    for c in concurrencies:
+        row = f[f"c{c}"]
+        goal = ">= 0.85" if c >= 8 else "-"
+        print(f"| serve, concurrency {c}: images/s (fraction of offline) | {row['images_per_s']:.1f} "
+              f"({row['images_per_s'] / offline_rate:.2f}) | {goal} |")
+        goal = f"p50 <= 1.2x bare ({1.2 * bare:.1f} ms): {row['p50_ms'] / bare:.2f}x" if c == 1 else "-"
+        print(f"| serve, concurrency {c}: p50 / p99 latency | {row['p50_ms']:.1f} / {row['p99_ms']:.1f} ms | {goal} |")
+    if "memory" in f:
+        m = f["memory"]
+        print(f"| resident memory over {m['requests']:,} requests | {m['rss_mb_after_first_tenth']:.0f} -> "
+              f"{m['rss_mb_end']:.0f} MB ({m['growth_percent']:+.1f}%) | < 5% growth |")
+    if "ants_frozen" in f:
+        frozen, adapting = f["ants_frozen"], f["ants_adapting"]
+        print(f"| ANTS p99 at concurrency 8: frozen / adapting (async, MLLM {adapting['mllm_requests']} requests) | "
+              f"{frozen['p99_ms']:.1f} / {adapting['p99_ms']:.1f} ms ({adapting['p99_ms'] / frozen['p99_ms']:.2f}x) | "
+              "<= 1.5x |")
+
+
+if __name__ == "__main__":
+    main()
