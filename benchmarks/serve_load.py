@@ -19,7 +19,10 @@ measures, each phase with a fixed amount of work (the script stops by itself):
    after the first tenth and at the end (goal: growth < 5%);
 5. ANTS: the same ANTS space served frozen and adapting (``--adapt async``, its MLLM a local
    OpenAI-compatible server answering after ``--mllm-delay`` s): p99 at concurrency 8 of each
-   (goal: adapting <= 1.5x frozen).
+   (goal: adapting <= 1.5x frozen);
+6. sync against async on eval's stream (a synthetic world, no model: AdaNeg, TANL, and ANTS whose
+   scripted MLLM answers after ``--mllm-delay`` s), batches sent one after another in the stream's
+   order: the AUROC of each mode, how far async's scores move from sync's, and the p99 latency.
 
 Prints every figure beside its goal, and the table that docs/serving.md shows (``--json`` writes
 them too). The client threads run on the same machine as the server: on a small CPU they take a
@@ -44,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -238,6 +242,79 @@ def offline(images: list[Path], detector: Path, spec: str, weights: Path, folder
     return len(images) / (time.perf_counter() - started - loading)
 
 
+class _SlowWorldMLLM:
+    """The testing world's scripted MLLM, answering after a delay (an MLLM's latency)."""
+
+    def __init__(self, inner: Any, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+        self.model_id, self.stats = inner.model_id, inner.stats
+
+    def generate(self, requests: Any) -> Any:
+        time.sleep(self.delay)
+        return self.inner.generate(requests)
+
+
+def adapt_modes(delay: float) -> dict[str, Any]:
+    """Phase 6: each adaptive method served sync and async on the same stream (see the docstring)."""
+    import httpx
+    import uvicorn
+
+    from negspace import ANTS, TANL, AdaNeg
+    from negspace.metrics import auroc
+    from negspace.serve import ServeConfig, create_app
+    from negspace.testing import WorldMLLM, WorldTextEncoder, make_world, world_stream
+
+    world = make_world(seed=0)
+    labels, corpus = world.negatives(1000)
+    noise = np.random.default_rng(1).standard_normal((15, world.dim)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    makers = {
+        "adaneg": lambda: AdaNeg.from_features(world.id_text_features, corpus, groups=10),
+        "tanl": lambda: TANL.from_features(world.id_text_features, world.corpus_features, noise),
+        "ants": lambda: ANTS.from_features(world.id_text_features, corpus, WorldTextEncoder(world),
+                                           _SlowWorldMLLM(WorldMLLM(world), delay), world.class_names,
+                                           neg_labels=labels, min_candidates=20, vsnl_start=1, vsnl_every=2,
+                                           groups=10, delta=0.25),
+    }
+    batches, order = world_stream(world, "far", batch_size=50)
+    n_id = len(world.id_image_features)
+    out: dict[str, Any] = {}
+    for method, make in makers.items():
+        scores, p99 = {}, {}
+        for mode in ("sync", "async"):
+            app = create_app(ServeConfig(threshold=0.5, max_batch=50, max_wait_ms=1, adapt=mode), make())
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+            thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+            thread.start()
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            while not server.started:
+                time.sleep(0.05)
+            streamed, latencies = [], []
+            with httpx.Client(base_url=url, timeout=600) as http:
+                for batch in batches:
+                    started = time.perf_counter()
+                    body = http.post("/v1/score/features", json={"features": batch.features.tolist()}).json()
+                    latencies.append(time.perf_counter() - started)
+                    streamed += [r["score"] for r in body["results"]]
+            server.should_exit = True
+            thread.join()
+            sock.close()
+            aligned = np.empty(len(order))
+            aligned[order] = streamed
+            scores[mode], p99[mode] = aligned, 1000 * quantile(latencies, 0.99)
+        sync, asynchronous = scores["sync"], scores["async"]
+        ranks = {m: np.argsort(np.argsort(v)) for m, v in scores.items()}
+        out[method] = {
+            "auroc_sync": 100 * auroc(sync[:n_id], sync[n_id:]), "auroc_async": 100 * auroc(asynchronous[:n_id],
+                                                                                            asynchronous[n_id:]),
+            "changed_share": float(np.mean(sync != asynchronous)),
+            "rank_shift_mean": float(np.mean(np.abs(ranks["sync"] - ranks["async"]))) / len(sync),
+            "p99_ms_sync": p99["sync"], "p99_ms_async": p99["async"], "batches": len(batches), "images": len(sync)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="tiny", help="tiny, small, or an open_clip architecture (ViT-B-16)")
@@ -250,6 +327,7 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--negatives", type=int, default=1000)
+    parser.add_argument("--no-modes", action="store_true", help="skip phase 6 (sync against async)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -325,6 +403,9 @@ def main() -> None:
                                            "p99_ms": 1000 * quantile(latencies, 0.99),
                                            "mllm_requests": state.get("state", {}).get("mllm_requests")}
             mllm.shutdown()
+    if not args.no_modes:
+        print("sync against async on a stream ...", flush=True)
+        figures["modes"] = adapt_modes(args.mllm_delay)
     report(figures, concurrencies)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1), encoding="utf-8")
@@ -351,6 +432,11 @@ def report(f: dict[str, Any], concurrencies: list[int]) -> None:
         print(f"| ANTS p99 at concurrency 8: frozen / adapting (async, MLLM {adapting['mllm_requests']} requests) | "
               f"{frozen['p99_ms']:.1f} / {adapting['p99_ms']:.1f} ms ({adapting['p99_ms'] / frozen['p99_ms']:.2f}x) | "
               "<= 1.5x |")
+    for method, m in f.get("modes", {}).items():
+        print(f"| {method} on a stream of {m['images']} ({m['batches']} batches): AUROC sync / async; scores changed; "
+              f"mean rank shift; p99 sync / async | {m['auroc_sync']:.2f} / {m['auroc_async']:.2f}; "
+              f"{100 * m['changed_share']:.0f}%; {100 * m['rank_shift_mean']:.2f}% of the stream; "
+              f"{m['p99_ms_sync']:.0f} / {m['p99_ms_async']:.0f} ms | measured |")
 
 
 if __name__ == "__main__":
