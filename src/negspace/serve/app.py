@@ -216,6 +216,7 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
         NegspaceError: a threshold missing, an adaptive mode for a detector that does not learn,
             a state folder of another detector.
     """
+    config.check_settings()
     threshold = threshold if threshold is not None else config.threshold
     if threshold is None:
         raise NegspaceError(f"No threshold for the OOD flag: give {arg('threshold')}.")
@@ -226,6 +227,9 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
         scorer = build_scorer(config, detector, encoder, identity=info, reload=reload)
     token = config.token()
     dim = int(detector.id_text_features.shape[1])
+    if encoder is not None and encoder.dim != dim:
+        raise NegspaceError(f"The detector scores {dim}-dimensional features, but the encoder {encoder.spec} gives "
+                            f"{encoder.dim}: give the detector's model.")
     class_names = list(detector.class_names or [])
     metrics = ServeMetrics(config.max_batch, scorer.counters)
     batcher = Batcher(encoder, scorer, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,

@@ -73,6 +73,11 @@ class ServeConfig:
                                 "or det.save(DIR).")
         if not Path(self.detector).is_dir():
             raise NegspaceError(f"{arg('detector')} {self.detector} is not a folder.")
+        self.check_settings()
+
+    def check_settings(self) -> None:
+        """Everything but the detector folder (what :func:`~negspace.serve.app.create_app`, given a
+        detector object, checks)."""
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise NegspaceError(f"{arg('threshold')} must be a finite number, got {self.threshold}.")
         if self.threshold is not None and self.threshold_id is not None:
@@ -121,5 +126,6 @@ def read_token(path: Path) -> str:
         raise NegspaceError(f"{option} {path} cannot be read ({reason}).") from None
     if len(token) < 16:
         raise NegspaceError(f"{option} {path} holds {'no' if not token else 'a too short'} token: write at least 16 "
-                            "random characters into it (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`).")
+                            "random characters into it (e.g. "
+                            "`python -c 'import secrets; print(secrets.token_urlsafe())'`).")
     return token
