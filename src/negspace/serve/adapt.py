@@ -79,18 +79,47 @@ def scored_rows(detector: Any, features: np.ndarray, scores: Any, nearest_id: An
 def negative_features(detector: Any) -> dict[str, np.ndarray]:
     """Text -> feature of the labels an image's nearest negative is named from (the negative
     bank; for TANL its whole pool, of which the bank is the labels active now)."""
+    source = _negative_source(detector)
+    return _table(*source) if source is not None else {}
+
+
+def _negative_source(detector: Any) -> tuple[Any, Any] | None:
     pool = getattr(detector, "pool_labels", None)
     if pool:
-        features, texts = detector.pool_text_features, pool
-    else:
-        bank = detector.negative_bank()
-        if bank is None:
-            return {}
-        features, texts = bank
+        return detector.pool_text_features, pool
+    return detector.negative_bank()
+
+
+def _table(features: Any, texts: Any) -> dict[str, np.ndarray]:
     table: dict[str, np.ndarray] = {}
     for text, row in zip(texts, np.asarray(features, np.float32), strict=True):
         table.setdefault(text, row)
     return table
+
+
+class NegativeTables:
+    """:func:`negative_features`, remembered while the bank is the same objects (TANL's pool,
+    AdaNeg's bank, a learned bank until it grows); a bank made anew at each call (ANTS) is
+    looked up anew."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._entries: dict[tuple[int, int, int], tuple[Any, Any, dict[str, np.ndarray]]] = {}
+
+    def __call__(self, detector: Any) -> dict[str, np.ndarray]:
+        source = _negative_source(detector)
+        if source is None:
+            return {}
+        features, texts = source
+        key = (id(features), id(texts), len(texts))
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] is features and hit[1] is texts:  # the same objects, not a reused id
+            return hit[2]
+        table = _table(features, texts)
+        self._entries[key] = (features, texts, table)
+        while len(self._entries) > self.size:
+            self._entries.pop(next(iter(self._entries)))
+        return table
 
 
 class StaticScorer:
@@ -102,7 +131,7 @@ class StaticScorer:
 
     def __init__(self, detector: Any) -> None:
         self.detector = detector
-        self.table = negative_features(detector)  # the bank never changes: looked up once
+        self.table = negative_features(detector)  # the bank never changes: made once
 
     def score(self, features: np.ndarray, images: list[Any] | None = None,
               explain: dict[int, int] | None = None) -> Scored:
@@ -145,6 +174,7 @@ class _Adaptive:
         self.last_snapshot: dict[str, Any] | None = None
         self._snapshot_at = self.images_learned  # images learned when the last snapshot was taken
         self._state = state_counters(live)
+        self.tables = NegativeTables()
 
     # -- learning ------------------------------------------------------------------------------
 
@@ -170,7 +200,8 @@ class _Adaptive:
         self.updates += 1
         self._state = state_counters(live)
         # described before a snapshot (saving ANTS applies its pending MLLM answers)
-        scored = scored_rows(live, features, scores, nearest_id, negatives, explain) if describe else None
+        scored = (scored_rows(live, features, scores, nearest_id, negatives, explain, self.tables(live))
+                  if describe else None)
         if self.store is not None and self.images_learned - self._snapshot_at >= self.snapshot_every:
             self._write_snapshot()
         return scored
@@ -262,7 +293,7 @@ class AsyncScorer(SyncScorer):
     def score(self, features: np.ndarray, images: list[Any] | None = None,
               explain: dict[int, int] | None = None) -> Scored:
         copy = self.published  # swapped by the writer between batches: one reference, read once
-        scored = scored_rows(copy, features, *copy.score_with_nearest(features), explain)
+        scored = scored_rows(copy, features, *copy.score_with_nearest(features), explain, self.tables(copy))
         # a full queue (the writer far behind) holds the batch worker here: the traffic slows,
         # the request queue fills and new requests get 503, instead of memory growing
         with self._waiting_lock:
