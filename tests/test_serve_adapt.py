@@ -17,8 +17,9 @@ import httpx
 import numpy as np
 import pytest
 
+from fewshot_world import prototypes_of, rotating_inverter
 from fixtures_models import TINY_DIM
-from negspace import TANL, AdaNeg, load_detector
+from negspace import TANL, TINS, AdaNeg, InterNeg, load_detector
 from negspace.detectors.saved import write_provenance
 from negspace.evaluation import EncodedSet, evaluate_stream, stream_order
 from negspace.serve import ServeConfig, create_app
@@ -49,7 +50,17 @@ def _tanl(world) -> TANL:
                               otsu_window=200)
 
 
-MAKERS = {"adaneg": _adaneg, "tanl": _tanl}
+def _interneg(world) -> InterNeg:
+    return InterNeg.from_features(world.id_text_features, world.corpus_features[:100], prototypes_of(world), beta=0.5,
+                                  learned=20, groups=4, inverter=rotating_inverter(world, seed=11, strength=0.3))
+
+
+def _tins(world) -> TINS:
+    return TINS.from_features(world.id_text_features, world.corpus_features[:100], prototypes_of(world), beta=0.5,
+                              learned=20, buffer=10, groups=4, inverter=rotating_inverter(world, seed=11, strength=0.3))
+
+
+MAKERS = {"adaneg": _adaneg, "tanl": _tanl, "interneg": _interneg, "tins": _tins}
 
 
 def _stream(world):
@@ -89,18 +100,23 @@ def test_sync_serving_scores_the_stream_exactly_as_eval(world, method):
         metrics = httpx.get(f"{url}/metrics").text
     np.testing.assert_array_equal(served, expected)
     assert state["mode"] == "sync" and state["images_learned"] == len(features) and state["updates"] == len(batches)
-    assert state["state"]["batches"] == len(batches)
     assert metric(metrics, "negspace_adaptive_images_learned") == len(features)
-    assert metric(metrics, 'negspace_detector_state{quantity="batches"}') == len(batches)
+    learned = ("inverted", "n_learned") if method in ("interneg", "tins") else ("batches",)
+    for quantity in learned:  # the state moved, and /metrics says so
+        assert state["state"][quantity] > 0
+        assert metric(metrics, f'negspace_detector_state{{quantity="{quantity}"}}') == state["state"][quantity]
+    if "batches" in learned:
+        assert state["state"]["batches"] == len(batches)
 
 
-def test_async_serving_learns_the_same_state_beside_the_traffic(world, tmp_path):
+@pytest.mark.parametrize("method", ["adaneg", "interneg"])
+def test_async_serving_learns_the_same_state_beside_the_traffic(world, tmp_path, method):
     """The first batch is scored by the state in effect (the initial one); the writer learns every
     batch in arrival order, ending in sync's state exactly; no request waits for it."""
     _, _, features, batches = _stream(world)
     ends = {}
     for mode in ("sync", "async"):
-        app = create_app(_config(adapt=mode, state_dir=tmp_path / mode, snapshot_every=10_000), _adaneg(world))
+        app = create_app(_config(adapt=mode, state_dir=tmp_path / mode, snapshot_every=10_000), MAKERS[method](world))
         with thread_server(app) as url:
             served = _post_batches(url, features, batches)
             for _ in range(200):
@@ -110,7 +126,7 @@ def test_async_serving_learns_the_same_state_beside_the_traffic(world, tmp_path)
                 time.sleep(0.05)
             snapshot = httpx.post(f"{url}/v1/state/snapshot").json()
         ends[mode] = (served, state, tmp_path / mode / snapshot["snapshot"])
-    initial = _adaneg(world)
+    initial = MAKERS[method](world)
     initial.freeze()
     first = batches[0]
     np.testing.assert_array_equal(ends["async"][0][first], initial.score_features(features[first]))
