@@ -222,14 +222,14 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
         raise NegspaceError(f"No threshold for the OOD flag: give {arg('threshold')}.")
     threshold = float(threshold)
     threshold_source = threshold_source or "given"
-    info = dict(info) if info is not None else describe(detector, encoder)
-    if scorer is None:
-        scorer = build_scorer(config, detector, encoder, identity=info, reload=reload)
-    token = config.token()
     dim = int(detector.id_text_features.shape[1])
     if encoder is not None and encoder.dim != dim:
         raise NegspaceError(f"The detector scores {dim}-dimensional features, but the encoder {encoder.spec} gives "
                             f"{encoder.dim}: give the detector's model.")
+    info = dict(info) if info is not None else describe(detector, encoder)
+    token = config.token()
+    if scorer is None:  # last: an adaptive scorer starts its writer and locks its state folder
+        scorer = build_scorer(config, detector, encoder, identity=info, reload=reload)
     class_names = list(detector.class_names or [])
     metrics = ServeMetrics(config.max_batch, scorer.counters)
     batcher = Batcher(encoder, scorer, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
