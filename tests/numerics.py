@@ -25,8 +25,13 @@ NumPy; a float64 restatement) differ by:
 5. **Features from another encoding.** When the two scores come from images encoded in other
    batches (the CLI against a test's own encoding), the features differ too; unit features at
    distance ``e`` change each cosine by at most ``e`` (Cauchy-Schwarz), so ``feature_error`` adds
-   ``2e`` to ``EPS_COS``. ``FEATURE_ERROR`` is the agreement ``test_encoders`` demands of features
-   encoded in batches of other sizes.
+   ``2e`` to ``EPS_COS``. ``FEATURE_ERROR`` is that distance: the agreement
+   :func:`assert_features_close` demands of features encoded in batches of other sizes (a network
+   of float32 layers has no closed-form bound; the tiny test models measure below ``5e-7``, about
+   ``8u``, across batch sizes and both backends, so ``1e-5`` leaves a factor 20).
+6. **Selections.** Labels picked by ranking a float32 key (the lowest ratios, the largest
+   deviations) may differ only where two keys lie within the keys' float32 error of each other: at
+   the cut, or in the order inside the pick (:func:`assert_same_selection`).
 
 "Exactly equal" is asserted only where the same code runs on the same shapes (a saved and a
 loaded detector scoring the same batch); everything else uses :func:`assert_scores_close`.
@@ -91,3 +96,57 @@ def assert_same_ranking(actual, desired, *, tau: float = 0.01, dim: int, weight:
     separated = np.abs(gap) > bound[:, None] + bound[None, :]
     flipped = separated & (np.sign(actual[:, None] - actual[None, :]) != np.sign(gap))
     assert not flipped.any(), f"{int(flipped.sum()) // 2} well-separated pairs change order"
+
+
+def assert_features_close(actual, desired, *, err_msg: str = "") -> None:
+    """Each row of ``actual`` lies within ``FEATURE_ERROR`` of the same row of ``desired``, as a
+    Euclidean distance relative to the row's norm (the distance of unit features; raw, unnormalised
+    features are compared at their own scale)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    desired = np.asarray(desired, dtype=np.float64)
+    assert actual.shape == desired.shape, f"shapes {actual.shape} != {desired.shape} {err_msg}"
+    actual, desired = actual.reshape(len(actual), -1), desired.reshape(len(desired), -1)
+    scale = np.maximum(np.linalg.norm(desired, axis=1), FLOOR)
+    distance = np.linalg.norm(actual - desired, axis=1) / scale
+    if not (distance <= FEATURE_ERROR).all():  # NaN fails too
+        worst = int(np.nanargmax(np.where(np.isnan(distance), np.inf, distance)))
+        raise AssertionError(
+            f"{int((~(distance <= FEATURE_ERROR)).sum())} of {len(distance)} feature rows lie farther than "
+            f"{FEATURE_ERROR:g} apart; worst row {worst}: {distance[worst]:.3g} {err_msg}")
+
+
+def assert_same_selection(actual, desired, key, *, bound: float, descending: bool = False,
+                          free=None) -> None:
+    """Two selections of the same items by rank of a float32 key agree up to float32 near-ties.
+
+    ``actual`` and ``desired`` are index arrays, each the items with the lowest (``descending``:
+    largest) key in rank order, computed in float32 by two codes (NumPy and torch, another BLAS).
+    ``key`` is the key restated in float64 and ``bound`` how far a float32 computation of it may
+    lie from ``key``. Two items whose keys differ by more than ``2 * bound`` are ordered the same way
+    by both computations, so: an item picked by only one side has a key within ``2 * bound`` of the
+    other side's last pick, and two items both picked in opposite orders have keys within
+    ``2 * bound``. Items marked in the boolean mask ``free`` (a threshold test within ``bound`` of
+    its threshold, so either outcome is right) are exempt.
+    """
+    actual = np.asarray(actual).ravel()
+    desired = np.asarray(desired).ravel()
+    key = np.asarray(key, dtype=np.float64)
+    key = -key if descending else key
+    free = np.zeros(len(key), bool) if free is None else np.asarray(free, bool)
+    assert len(actual) == len(desired), f"{len(actual)} items picked, not {len(desired)}"
+    tie = 2 * bound
+    for one, other, name in ((actual, desired, "actual"), (desired, actual, "desired")):
+        only = [int(i) for i in np.setdiff1d(one, other) if not free[i]]
+        last = key[[i for i in other if not free[i]]].max(initial=-np.inf)
+        far = [i for i in only if key[i] < last - tie]
+        assert not far, (f"items {far[:10]} picked only by {name}, keys {key[far[:10]]} well inside the "
+                         f"other's last pick {float(last)!r} (bound {tie:.3g})")
+    common = np.intersect1d(actual, desired)
+    common = common[~free[common]]
+    rank_a = {int(i): r for r, i in enumerate(actual)}
+    rank_d = {int(i): r for r, i in enumerate(desired)}
+    ra, rd = np.array([rank_a[int(i)] for i in common]), np.array([rank_d[int(i)] for i in common])
+    gap = key[common][:, None] - key[common][None, :]
+    swapped = (np.sign(ra[:, None] - ra[None, :]) != np.sign(rd[:, None] - rd[None, :])) & (np.abs(gap) > tie)
+    assert not swapped.any(), (f"{int(swapped.sum()) // 2} pairs picked by both, keys farther apart than "
+                               f"{tie:.3g}, change order")

@@ -11,7 +11,7 @@ import torch
 
 from negspace.encoders import load_encoder
 from negspace.encoders.inversion import TokenInjection
-from numerics import FEATURE_ERROR
+from numerics import assert_features_close
 
 
 @pytest.fixture(params=["openclip", "hf"])
@@ -33,6 +33,7 @@ def _unit(features: torch.Tensor) -> np.ndarray:
     return (features / features.norm(dim=-1, keepdim=True)).numpy()
 
 
+@pytest.mark.numerics
 def test_the_real_token_injected_gives_the_normal_text_feature(encoder):
     injection = TokenInjection(encoder)
     ids, mask, position = injection.placeholder_prompt("a photo of a {}.")
@@ -44,12 +45,12 @@ def test_the_real_token_injected_gives_the_normal_text_feature(encoder):
     vectors = injection.token_vectors(word_ids, torch.ones(len(words), dtype=torch.long))  # each word's one token
     injected = _unit(injection.encode(ids, position, vectors, mask))
     normal = encoder.encode_texts(words, template="a photo of a {}.", progress=False)
-    np.testing.assert_allclose(injected, normal, atol=FEATURE_ERROR)
+    assert_features_close(injected, normal)
     # one prompt per row works the same (TINS: each image its own word)
     prompts, prompt_mask = injection.tokenize([f"a photo of a {w}." for w in words])
     positions = torch.tensor([injection.last_token_position(f"a photo of a {w}.", w) for w in words])
     again = _unit(injection.encode(prompts, positions, injection.token_vectors(prompts, positions), prompt_mask))
-    np.testing.assert_allclose(again, normal, atol=FEATURE_ERROR)
+    assert_features_close(again, normal)
 
 
 def test_gradients_reach_the_vectors_only_and_the_weights_never_change(encoder):

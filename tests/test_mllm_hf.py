@@ -3,6 +3,7 @@ a config with random weights, saved with save_pretrained and loaded back as a us
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def test_offline_hub_model_fails_fast(empty_hub_cache, silent_hub):
     assert silent_hub.connections() == 0
 
 
-def test_unreachable_hub_fails_fast_without_hub_chatter(unreachable_hub, capfd, caplog):
+def test_unreachable_hub_fails_fast_without_hub_chatter(unreachable_hub, capfd, caplog, monkeypatch):
     # No offline flag, the hub at a port nobody listens on: the encoders' real probe finds it
     # unreachable and switches this load to cache-only instead of letting huggingface_hub retry.
     from huggingface_hub import constants
@@ -97,7 +98,9 @@ def test_unreachable_hub_fails_fast_without_hub_chatter(unreachable_hub, capfd, 
     from negspace.errors import WeightsUnavailableError
     from negspace.mllm.loading import load_mllm
 
-    with caplog.at_level("INFO"), pytest.raises(WeightsUnavailableError) as info:
+    # an earlier in-process `negspace` run gave its logger a handler of its own: read it here too
+    monkeypatch.setattr(logging.getLogger("negspace"), "propagate", True)
+    with caplog.at_level("INFO", logger="negspace"), pytest.raises(WeightsUnavailableError) as info:
         load_mllm("hf:nosuch/model", cache=False, device="cpu")
     _one_sentence(info.value, "hf:nosuch/model", "unreachable", "hf:/path/to/folder")
     assert constants.HF_HUB_OFFLINE is False  # the temporary offline switch was undone

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
 from external_tools import require_module
-from negspace.cli import main
 from fixtures_models import TINY_DIM
-from numerics import FEATURE_ERROR, assert_scores_close
+from negspace.cli import main
+from numerics import FEATURE_ERROR, assert_features_close, assert_scores_close
 from test_score import _images, _model_args, saved  # noqa: F401  (the saved-detector fixture)
 
 ray = require_module("ray", extra="ray")
@@ -28,6 +27,7 @@ def _rows(folder):
     return {r["path"]: r for r in ds.dataset(folder, format="parquet").to_table().to_pylist()}
 
 
+@pytest.mark.numerics
 def test_ray_and_local_engines_score_the_same_files_the_same(tmp_path, saved, tiny_openclip, local_ray):  # noqa: F811
     _images(tmp_path / "collection", 14, seed=11)
     (tmp_path / "collection" / "broken.jpg").write_bytes(b"not an image")
@@ -48,6 +48,7 @@ def test_ray_and_local_engines_score_the_same_files_the_same(tmp_path, saved, ti
     assert len(_rows(tmp_path / "ray")) == 14
 
 
+@pytest.mark.numerics
 def test_ray_embed_writes_the_local_features(tmp_path, saved, tiny_openclip, local_ray):  # noqa: F811
     common = ["embed", str(saved / "id"), "--batch-size", "4", *_model_args(tiny_openclip)]
     assert main([*common, "--out", str(tmp_path / "local")]) == 0
@@ -55,7 +56,7 @@ def test_ray_embed_writes_the_local_features(tmp_path, saved, tiny_openclip, loc
     local, on_ray = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
     assert on_ray.keys() == local.keys()
     for path, row in local.items():
-        np.testing.assert_allclose(on_ray[path]["feature"], row["feature"], atol=FEATURE_ERROR)
+        assert_features_close([on_ray[path]["feature"]], [row["feature"]])
 
 
 def test_ray_refuses_a_method_that_learns_from_the_stream(tmp_path, capsys):

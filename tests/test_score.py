@@ -19,7 +19,7 @@ from negspace import load_detector
 from negspace.cli import main
 from negspace.encoders import load_encoder
 from fixtures_models import TINY_DIM
-from numerics import FEATURE_ERROR, assert_scores_close
+from numerics import FEATURE_ERROR, assert_features_close, assert_scores_close
 
 
 def _model_args(model) -> list[str]:
@@ -55,6 +55,7 @@ def _table(folder: Path):
     return ds.dataset(folder, format="parquet").to_table().to_pylist()
 
 
+@pytest.mark.numerics
 def test_score_writes_one_row_per_image_with_its_score_flag_and_labels(tmp_path, saved, tiny_openclip):
     collection = _images(tmp_path / "collection", 9, seed=5)
     (tmp_path / "collection" / "broken.jpg").write_bytes(b"not a jpeg")
@@ -97,6 +98,7 @@ def test_score_writes_one_row_per_image_with_its_score_flag_and_labels(tmp_path,
     assert [r["top_negative"] for r in rows] == nearest_negative and all(nearest_negative)
 
 
+@pytest.mark.numerics
 def test_score_resumes_after_kill_9(tmp_path, saved, tiny_openclip):
     _images(tmp_path / "many", 160, seed=9, size=(64, 80))
     command = [sys.executable, "-m", "negspace.cli", "score", str(tmp_path / "many"), "--detector", str(saved / "det"),
@@ -149,6 +151,7 @@ def test_score_without_a_threshold_or_with_a_bad_table_is_one_sentence(tmp_path,
     assert len(_table(tmp_path / "o3")) == 1
 
 
+@pytest.mark.numerics
 def test_embed_then_eval_and_score_from_the_features(tmp_path, saved, tiny_openclip, capsys):
     table = tmp_path / "features"
     assert main(["embed", str(saved / "id"), str(saved / "ood"), "--out", str(table), "--chunk-size", "5",
@@ -158,7 +161,7 @@ def test_embed_then_eval_and_score_from_the_features(tmp_path, saved, tiny_openc
     encoder = load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, device="cpu")
     direct = encoder.encode_image_files(sorted((saved / "id").iterdir()), progress=False)
     by_path = {r["path"]: r for r in rows}
-    np.testing.assert_allclose([by_path[str(p)]["feature"] for p in direct.paths], direct.features, atol=FEATURE_ERROR)
+    assert_features_close([by_path[str(p)]["feature"] for p in direct.paths], direct.features)
     assert [by_path[str(p)]["sha256"] for p in direct.paths] == direct.hashes
     # a re-run writes nothing new
     assert main(["embed", str(saved / "id"), str(saved / "ood"), "--out", str(table), *_model_args(tiny_openclip)]) == 0
@@ -199,6 +202,7 @@ def test_features_of_another_model_are_refused(tmp_path, saved, tiny_openclip, c
     assert "were made by" in capsys.readouterr().err
 
 
+@pytest.mark.numerics
 def test_features_option_reuses_an_embedded_table_instead_of_encoding(tmp_path, saved, tiny_openclip, monkeypatch):
     from negspace.encoders.base import ClipEncoder
 

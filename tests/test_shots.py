@@ -9,6 +9,7 @@ from PIL import Image
 
 from negspace.data.shots import class_prototypes, read_shots
 from negspace.errors import DatasetError
+from numerics import assert_features_close
 
 CLASSES = ["red square", "green square", "blue square"]
 
@@ -71,6 +72,7 @@ def test_prototypes_are_normalised_means_of_normalised_features():
         class_prototypes(features, labels, 4)
 
 
+@pytest.mark.numerics
 def test_prototypes_are_encoded_through_the_feature_cache(tmp_path, tiny_openclip):
     from negspace.data.shots import encode_prototypes
     from negspace.encoders import load_encoder
@@ -81,7 +83,7 @@ def test_prototypes_are_encoded_through_the_feature_cache(tmp_path, tiny_opencli
     encoder.show_progress = False
     prototypes = encode_prototypes(encoder, shots)
     features = encoder.encode_image_files(shots.paths).features
-    np.testing.assert_allclose(prototypes, class_prototypes(features, shots.labels, 3), atol=1e-6)
+    assert_features_close(prototypes, class_prototypes(features, shots.labels, 3))
     assert prototypes.shape == (3, encoder.dim)
 
 
