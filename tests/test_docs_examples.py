@@ -17,7 +17,8 @@ miniature of the ``imagenet`` suite (``negspace.bench.miniature.write_miniature`
 real folders, a few generated images each). Shell blocks may hold ``negspace`` commands (run
 in-process through ``negspace.cli.main``, each must exit 0) and the install steps the suite's own
 environment has already done (``python3 -m venv .venv``, ``. .venv/bin/activate``,
-``pip install -e ".[EXTRA]"``, whose extras must exist); anything else needs a marker.
+``pip install -e ".[EXTRA]"``, whose extras must exist); anything else needs a marker. A
+``negspace cache`` command works on a cache folder of the page's own.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+# the README, the site, and the two files the site includes (docs/changelog.md, docs/contributing.md)
+PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 # What a marked example needs, and why the suite cannot give it.
 NEEDS = {
@@ -136,6 +138,9 @@ def _tiny_argv(words: list[str], tiny) -> list[str]:
         if (*command, word) not in COMMANDS:
             break
         command = (*command, word)
+    if command[:1] == ("cache",) and "--cache-dir" not in argv:
+        # the page's own cache: `cache clear` must not empty the one the suite's workers share
+        return [*argv, "--cache-dir", "page-cache"]
     if "--model" not in COMMANDS[command] or "--detector" in argv:
         return argv
     for option, value in (("--model", tiny.spec), ("--weights", str(tiny.weights))):

@@ -148,3 +148,21 @@ def test_the_readme_is_short_and_its_picture_small():
     assert pictures, "the README shows no picture of the report"
     for picture in pictures:
         assert (ROOT / picture).stat().st_size < 200_000, picture
+
+
+def test_the_readmes_links_into_the_docs_land_on_pages_and_anchors_of_the_site(site):
+    """The README is read on GitHub, outside the site: its links into docs/ must still name built
+    pages, and its #anchors headings those pages have (mkdocs checks the site's own links)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    wrong = []
+    for target in re.findall(r"\]\((docs/[^)\s]+)\)", readme):
+        path, _, anchor = target.partition("#")
+        page = Path(path).relative_to("docs")
+        if page.suffix != ".md":
+            continue
+        built = site / (page.parent / "index.html" if page.name == "README.md" else page.with_suffix(".html"))
+        if not built.is_file():
+            wrong.append(f"{target}: no page {built.relative_to(site)}")
+        elif anchor and f'id="{anchor}"' not in built.read_text(encoding="utf-8"):
+            wrong.append(f"{target}: no heading #{anchor}")
+    assert not wrong, "\n".join(wrong)
