@@ -13,9 +13,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "methods"
-PAGES = ("README.md", "core.md", "mcm.md", "neglabel.md", "csp.md", "negrefine.md", "interneg.md", "tins.md",
-         "ants.md", "tanl.md", "adaneg.md",
-         "evaluation.md")
+PAGES = (
+    "README.md",
+    "core.md",
+    "mcm.md",
+    "neglabel.md",
+    "csp.md",
+    "negrefine.md",
+    "interneg.md",
+    "tins.md",
+    "ants.md",
+    "tanl.md",
+    "adaneg.md",
+    "evaluation.md",
+)
 
 # Each method page and the config dataclasses whose defaults table it must hold.
 CONFIGS = {
@@ -33,8 +44,23 @@ CONFIGS = {
 # A reference to the old specification file, which does not ship with the project. (The
 # `--mllm SPEC` metavar and the SPEC_FORMS constants are option placeholders, not references.)
 SPEC_REFERENCE = re.compile(r"SPEC\.md|SPEC sections?\b|SPEC[ -]\d|SPEC step|the SPEC's|per SPEC\b|\(SPEC:")
-TEXT_SUFFIXES = {".py", ".md", ".txt", ".json", ".toml", ".cfg", ".ini", ".yml", ".yaml", ".csv", ".html", ".js",
-                 ".css", ".sh", ".rst"}
+TEXT_SUFFIXES = {
+    ".py",
+    ".md",
+    ".txt",
+    ".json",
+    ".toml",
+    ".cfg",
+    ".ini",
+    ".yml",
+    ".yaml",
+    ".csv",
+    ".html",
+    ".js",
+    ".css",
+    ".sh",
+    ".rst",
+}
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 TABLE_HEADER = ["option", "default", "meaning"]
 
@@ -67,15 +93,18 @@ def test_every_method_page_exists():
 
 
 def _links(path: Path) -> list[str]:
-    return [target for target in LINK.findall(path.read_text(encoding="utf-8"))
-            if not re.match(r"^[a-z][a-z0-9+.-]*:", target) and not target.startswith("#")]
+    return [
+        target
+        for target in LINK.findall(path.read_text(encoding="utf-8"))
+        if not re.match(r"^[a-z][a-z0-9+.-]*:", target) and not target.startswith("#")
+    ]
 
 
-@pytest.mark.parametrize("path", [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))],
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "path", [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))], ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_relative_links_point_at_files_that_exist(path):
-    broken = [target for target in _links(path)
-              if not (path.parent / target.split("#", 1)[0]).exists()]
+    broken = [target for target in _links(path) if not (path.parent / target.split("#", 1)[0]).exists()]
     assert not broken, f"{path.relative_to(ROOT)} links to missing files: {broken}"
 
 
@@ -84,15 +113,18 @@ def test_the_readme_and_the_index_link_every_method_page():
     index = {(DOCS / t.split("#", 1)[0]).resolve() for t in _links(DOCS / "README.md")}
     pages = {(DOCS / page).resolve() for page in PAGES}
     assert pages <= readme, f"the README does not link {sorted(p.name for p in pages - readme)}"
-    assert pages - {(DOCS / 'README.md').resolve()} <= index, "docs/methods/README.md does not link every page"
+    assert pages - {(DOCS / "README.md").resolve()} <= index, "docs/methods/README.md does not link every page"
 
 
 def test_code_pointers_to_the_docs_name_pages_and_steps_that_exist():
     """``docs/methods/ants.md, step 10`` in a comment needs the page and its step 10."""
     pointer = re.compile(r"docs/methods/((?:[a-z][\w-]*|README)\.md)(?:,? steps? (\d+))?")  # not NAME.md
     heading = re.compile(r"^#+ Step (\d+)\.", re.MULTILINE)
-    steps = {page: set(heading.findall((DOCS / page).read_text(encoding="utf-8")))
-             for page in PAGES if (DOCS / page).is_file()}
+    steps = {
+        page: set(heading.findall((DOCS / page).read_text(encoding="utf-8")))
+        for page in PAGES
+        if (DOCS / page).is_file()
+    }
     wrong = []
     for path in _scanned_files():
         for page, step in pointer.findall(path.read_text(encoding="utf-8", errors="replace")):
@@ -153,7 +185,8 @@ def test_defaults_tables_match_the_configs(page):
         expected = {f.name: _default_repr(f) for f in dataclasses.fields(config)}
         assert sorted(documented) == sorted(expected), (
             f"{page}, {name}: missing {sorted(set(expected) - set(documented))}, "
-            f"not fields {sorted(set(documented) - set(expected))}")
+            f"not fields {sorted(set(documented) - set(expected))}"
+        )
         wrong = {k: (documented[k], expected[k]) for k in expected if documented[k] != expected[k]}
         assert not wrong, f"{page}, {name}: defaults (documented, code) differ: {wrong}"
         assert all(row[2] for row in rows), f"{page}, {name}: an option without its meaning"

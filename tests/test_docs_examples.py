@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 # the README, the site, and the two files the site includes (docs/changelog.md, docs/contributing.md)
@@ -49,11 +49,14 @@ NOT_CODE = {"text", "json", "yaml", "toml", "csv"}  # output, layouts, formulas,
 HUB_MODEL = "openclip:ViT-B-16/openai"
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`\n]*)$")
 MARKER = re.compile(r"^\s*<!--\s*needs:\s*(?P<needs>[^>]*?)\s*-->\s*$")
-SETUP = [re.compile(pattern) for pattern in (
-    r"python3? -m venv \.venv",
-    r"\. \.venv/bin/activate",
-    r"pip install (?:-e )?(?:\.|negspace)(?:\[(?P<extras>[\w,-]+)\])?",
-)]
+SETUP = [
+    re.compile(pattern)
+    for pattern in (
+        r"python3? -m venv \.venv",
+        r"\. \.venv/bin/activate",
+        r"pip install (?:-e )?(?:\.|negspace)(?:\[(?P<extras>[\w,-]+)\])?",
+    )
+]
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def blocks(page: Path) -> list[Block]:
         end = i + 1
         while end < len(lines) and not re.match(rf"^{re.escape(indent)}{re.escape(fence)}\s*$", lines[end]):
             end += 1
-        body = "\n".join(line.removeprefix(indent) for line in lines[i + 1:end])
+        body = "\n".join(line.removeprefix(indent) for line in lines[i + 1 : end])
         before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         marker = MARKER.match(before)
         needs = tuple(n.strip() for n in marker["needs"].split(",")) if marker else ()
@@ -92,12 +95,20 @@ def blocks(page: Path) -> list[Block]:
 
 
 def markers(page: Path) -> list[tuple[int, str]]:
-    return [(number, line) for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
-            if MARKER.match(line)]
+    return [
+        (number, line)
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+        if MARKER.match(line)
+    ]
 
 
 def _extras() -> set[str]:
     return set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"])
+
+
+def _code_lines(body: str) -> list[str]:
+    """A shell block's lines, continuations joined and comments dropped (not a `#` inside a word)."""
+    return [re.sub(r"(?:^|\s)#.*$", "", line).strip() for line in body.replace("\\\n", " ").splitlines()]
 
 
 class Unrunnable(Exception):
@@ -109,8 +120,7 @@ def shell_commands(body: str) -> list[list[str]]:
     ``negspace`` commands as argument lists; install steps already done are dropped, and anything
     else raises :class:`Unrunnable`."""
     commands = []
-    for line in body.replace("\\\n", " ").splitlines():
-        line = re.sub(r"(?:^|\s)#.*$", "", line).strip()  # a comment (not `#` inside a word)
+    for line in _code_lines(body):
         for part in filter(None, (p.strip() for p in line.split("&&"))):
             setup = next((m for m in (p.fullmatch(part.replace('"', "").replace("'", "")) for p in SETUP) if m), None)
             if setup is not None:
@@ -169,7 +179,9 @@ def test_every_fence_names_its_language_and_every_marker_a_known_need(page):
             problems.append(f"{block}: a fence of language {block.language!r}; use one of {sorted(CODE | NOT_CODE)}")
         if block.needs and block.language not in CODE:
             problems.append(f"{block}: a `needs` marker on a {block.language!r} block, which never runs")
-        problems += [f"{block}: unknown need {need!r}; use {sorted(NEEDS)}" for need in block.needs if need not in NEEDS]
+        problems += [
+            f"{block}: unknown need {need!r}; use {sorted(NEEDS)}" for need in block.needs if need not in NEEDS
+        ]
     marked_lines = {b.line for b in blocks(page) if b.needs}
     for number, _ in markers(page):
         following = [b.line for b in blocks(page) if b.line > number]
@@ -187,8 +199,7 @@ def test_marked_examples_are_still_valid(page):
         if block.language == "python":
             compile(block.body, str(block), "exec")
             continue
-        for line in block.body.replace("\\\n", " ").splitlines():
-            line = re.sub(r"(?:^|\s)#.*$", "", line)
+        for line in _code_lines(block.body):
             for part in line.split("&&"):
                 words = shlex.split(part) if part.strip() else []
                 if words[:1] == ["negspace"]:
@@ -219,7 +230,7 @@ def test_the_examples_of_a_page_run(page, tmp_path, monkeypatch, tiny_openclip, 
             continue
         if block.language == "python":
             source = block.body.replace(f'"{HUB_MODEL}"', "TINY_SPEC, weights=TINY_WEIGHTS")
-            exec(compile(source, str(block), "exec"), namespace)  # noqa: S102 (the page's own example)
+            exec(compile(source, str(block), "exec"), namespace)
             continue
         try:
             commands = shell_commands(block.body)
@@ -237,18 +248,26 @@ def test_the_runner_refuses_what_it_cannot_run_and_keeps_what_it_can():
         shell_commands("negspace serve --detector det/")
     with pytest.raises(AssertionError, match="extras"):
         shell_commands('pip install -e ".[no-such-extra]"')
-    body = ('python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]"\n'
-            "negspace eval --method mcm \\\n    --mllm openai:http://x/v1#org/model  # a comment\n")
+    body = (
+        'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]"\n'
+        "negspace eval --method mcm \\\n    --mllm openai:http://x/v1#org/model  # a comment\n"
+    )
     assert shell_commands(body) == [["negspace", "eval", "--method", "mcm", "--mllm", "openai:http://x/v1#org/model"]]
 
 
 def test_the_block_reader_sees_markers_languages_and_indented_fences(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("text\n\n<!-- needs: weights, gpu -->\n```bash\nnegspace eval\n```\n\n"
-                    "- item\n\n    ```python\n    x = 1\n    ```\n\n```text\nout\n```\n", encoding="utf-8")
+    page.write_text(
+        "text\n\n<!-- needs: weights, gpu -->\n```bash\nnegspace eval\n```\n\n"
+        "- item\n\n    ```python\n    x = 1\n    ```\n\n```text\nout\n```\n",
+        encoding="utf-8",
+    )
     found = [(b.line, b.language, b.body, b.needs) for b in blocks(page)]
-    assert found == [(4, "bash", "negspace eval", ("weights", "gpu")), (10, "python", "x = 1", ()),
-                     (14, "text", "out", ())]
+    assert found == [
+        (4, "bash", "negspace eval", ("weights", "gpu")),
+        (10, "python", "x = 1", ()),
+        (14, "text", "out", ()),
+    ]
 
 
 def test_a_marked_command_that_does_not_parse_is_caught():

@@ -16,11 +16,23 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]
 OPTION = re.compile(r"(?<![\w/-])--[a-z][a-z0-9-]*[a-z0-9](?![\w*-])")  # not a group such as --ants-*
 # options of the benchmark scripts and of the MLLM servers the docs explain, named in prose
-FOREIGN_OPTIONS = {"--arch", "--small", "--mmproj", "--port", "--api-key", "--rows-only", "--cached-only",
-                   "--prompts", "--batch", "--repeats"}
+FOREIGN_OPTIONS = {
+    "--arch",
+    "--small",
+    "--mmproj",
+    "--port",
+    "--api-key",
+    "--rows-only",
+    "--cached-only",
+    "--prompts",
+    "--batch",
+    "--repeats",
+}
 # lines of other programs shown beside negspace's (their options are theirs)
-OTHER_PROGRAMS = re.compile(r"^\s*(?:\$\s*)?(?:pip|pip3|pytest|python|python3|vllm|ollama|llama-server|hf|"
-                            r"huggingface-cli|git|apt-get|mkdocs|OPENBLAS_CORETYPE=\S+|NEGSPACE_\w+=\S+|ray|docker)\b")
+OTHER_PROGRAMS = re.compile(
+    r"^\s*(?:\$\s*)?(?:pip|pip3|pytest|python|python3|vllm|ollama|llama-server|hf|"
+    r"huggingface-cli|git|apt-get|mkdocs|OPENBLAS_CORETYPE=\S+|NEGSPACE_\w+=\S+|ray|docker)\b"
+)
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], set[str]]:
@@ -53,7 +65,7 @@ def _negspace_calls(snippet: str) -> list[tuple[tuple[str, ...], str]]:
         words = part.split()
         if "negspace" not in words or (words and OTHER_PROGRAMS.match(part)):
             continue
-        words = words[words.index("negspace") + 1:]
+        words = words[words.index("negspace") + 1 :]
         command: tuple[str, ...] = ()
         while words and (*command, words[0]) in COMMANDS:
             command = (*command, words.pop(0))
@@ -67,8 +79,9 @@ def test_every_negspace_command_shown_takes_the_options_shown_with_it(page):
     for snippet in _code(page.read_text(encoding="utf-8")):
         for command, rest in _negspace_calls(snippet):
             accepted = COMMANDS[command] | COMMANDS[()]
-            wrong += [f"negspace {' '.join(command)} {option}" for option in OPTION.findall(rest)
-                      if option not in accepted]
+            wrong += [
+                f"negspace {' '.join(command)} {option}" for option in OPTION.findall(rest) if option not in accepted
+            ]
     assert not wrong, f"{page.name} shows options these commands do not take: {sorted(set(wrong))}"
 
 
@@ -76,7 +89,9 @@ def test_every_negspace_command_shown_takes_the_options_shown_with_it(page):
 def test_every_option_mentioned_is_an_option_of_some_command(page):
     unknown = set()
     for snippet in _code(page.read_text(encoding="utf-8")):
-        if OTHER_PROGRAMS.match(snippet) or re.search(r"(?:^|&&\s*)(?:vllm|ollama|llama-server|hf|huggingface-cli)\b", snippet):
+        if OTHER_PROGRAMS.match(snippet) or re.search(
+            r"(?:^|&&\s*)(?:vllm|ollama|llama-server|hf|huggingface-cli)\b", snippet
+        ):
             continue
         if snippet.lstrip().startswith("#"):
             continue  # a comment in a shell block, e.g. another program's options

@@ -21,6 +21,7 @@ from pathlib import Path
 from threading import Thread
 
 import pytest
+
 from external_tools import missing_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +33,15 @@ def site(tmp_path_factory) -> Path:
     pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e '.[docs]')")
     folder = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,  # the log says why, below
+    )
     log = done.stdout + done.stderr
     warnings = [line for line in log.splitlines() if re.match(r"^(WARNING|ERROR)\b", line)]
     assert done.returncode == 0 and not warnings, f"mkdocs build --strict failed:\n{log[-4000:]}"
@@ -41,8 +49,16 @@ def site(tmp_path_factory) -> Path:
 
 
 def test_the_site_builds_strictly_with_every_page_and_the_generated_references(site):
-    for page in ("index.html", "getting-started/first-run.html", "methods/index.html", "guides/reproduce.html",
-                 "reference/cli.html", "reference/api/runs.html", "changelog.html", "contributing.html"):
+    for page in (
+        "index.html",
+        "getting-started/first-run.html",
+        "methods/index.html",
+        "guides/reproduce.html",
+        "reference/cli.html",
+        "reference/api/runs.html",
+        "changelog.html",
+        "contributing.html",
+    ):
         assert (site / page).is_file(), page
     cli = (site / "reference" / "cli.html").read_text(encoding="utf-8")
     assert "usage: negspace bench" in cli and "--no-count-check" in cli  # the parser's own help
@@ -67,8 +83,11 @@ def _documented_names() -> set[str]:
 
 def test_every_public_name_of_negspace_is_in_the_api_reference():
     tree = ast.parse((ROOT / "src" / "negspace" / "__init__.py").read_text(encoding="utf-8"))
-    exported = next(ast.literal_eval(node.value) for node in tree.body
-                    if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets))
+    exported = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets)
+    )
     missing = sorted(set(exported) - _documented_names())
     assert not missing, f"negspace exports names the API reference (docs/reference/api/) does not document: {missing}"
     index = (API / "index.md").read_text(encoding="utf-8")
@@ -81,13 +100,17 @@ def _browser():
         from selenium import webdriver
     except ImportError:
         missing_tool("selenium is not installed (pip install -e '.[test]')")
-    if shutil.which("chromedriver") is None or (shutil.which("chromium") is None and shutil.which("chromium-browser") is None):
+    if shutil.which("chromedriver") is None or (
+        shutil.which("chromium") is None and shutil.which("chromium-browser") is None
+    ):
         missing_tool("headless Chromium is not installed (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")))
+    return webdriver.Chrome(
+        options=options, service=webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    )
 
 
 # Every resource the page loaded (scripts, styles, images, fonts), by its URL.
@@ -95,7 +118,7 @@ _RESOURCES = "return performance.getEntriesByType('resource').map(e => e.name).c
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 (the standard library's signature)
+    def log_message(self, format, *args):
         pass
 
 
@@ -121,14 +144,16 @@ def test_the_start_page_opens_offline_with_no_console_error(served):
         driver.get(served + "index.html")
         title = driver.title
         pictures = driver.execute_script(
-            "return Array.from(document.images, i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
+            "return Array.from(document.images, i => [i.getAttribute('src'), i.complete, i.naturalWidth]);"
+        )
         navigation = driver.execute_script("return document.querySelectorAll('nav a').length")
         # the search runs in a worker over the site's own index: type a word, wait for results
         box = driver.find_element("css selector", "input.md-search__input")
         driver.execute_script("arguments[0].focus()", box)
         box.send_keys("NegLabel")
         WebDriverWait(driver, 20).until(
-            lambda d: d.execute_script("return document.querySelectorAll('.md-search-result__item').length") > 0)
+            lambda d: d.execute_script("return document.querySelectorAll('.md-search-result__item').length") > 0
+        )
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         resources = driver.execute_script(_RESOURCES)
     finally:

@@ -17,9 +17,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def main() -> None:
-    from fixtures_models import save_tiny_openclip
     from selenium import webdriver
 
+    from fixtures_models import save_tiny_openclip
     from negspace.bench.miniature import write_miniature
     from negspace.bench.suites import load_suite
     from negspace.cli import main as negspace
@@ -28,9 +28,27 @@ def main() -> None:
         tmp = Path(folder)
         model = save_tiny_openclip(tmp / "model")
         data = write_miniature(load_suite("imagenet"), tmp / "data", per_set=24)
-        code = negspace(["bench", "--suite", "imagenet", "--data-root", str(data), "--method", "mcm,neglabel,tanl,adaneg",
-                         "--no-count-check", "--batch-size", "16", "--model", model.spec, "--weights",
-                         str(model.weights), "--out", str(tmp / "out"), "-q"])
+        code = negspace(
+            [
+                "bench",
+                "--suite",
+                "imagenet",
+                "--data-root",
+                str(data),
+                "--method",
+                "mcm,neglabel,tanl,adaneg",
+                "--no-count-check",
+                "--batch-size",
+                "16",
+                "--model",
+                model.spec,
+                "--weights",
+                str(model.weights),
+                "--out",
+                str(tmp / "out"),
+                "-q",
+            ]
+        )
         assert code == 0, code
         if len(sys.argv) > 1:  # keep the report to look at
             shutil.copy(tmp / "out" / "report.html", sys.argv[1])
@@ -48,10 +66,12 @@ def main() -> None:
                 "const t = document.querySelector('table.cmp');"
                 "const top = Array.from(document.querySelectorAll('h2')).find(e => e.innerText.startsWith('ID:'));"
                 "const a = (top || t).getBoundingClientRect(), b = t.getBoundingClientRect();"
-                "return [a.top + window.scrollY, b.bottom + window.scrollY];")
+                "return [a.top + window.scrollY, b.bottom + window.scrollY];"
+            )
             chart = driver.execute_script(
                 "const f = document.querySelector('img.fig'); const r = f.getBoundingClientRect();"
-                "return [r.top + window.scrollY - 6, r.bottom + window.scrollY + 10];")
+                "return [r.top + window.scrollY - 6, r.bottom + window.scrollY + 10];"
+            )
             shot = tmp / "report.png"
             shot.write_bytes(driver.get_screenshot_as_png())
         finally:
@@ -63,6 +83,7 @@ def main() -> None:
         image.paste(parts[1], (0, parts[0].height))
         image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.LANCZOS)
         image.quantize(colors=128).save(ROOT / "docs" / "assets" / "report.png", optimize=True)
+
 
 if __name__ == "__main__":
     main()

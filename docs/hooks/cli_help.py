@@ -42,7 +42,7 @@ def _help_sections() -> str:
             os.environ["COLUMNS"] = previous
 
 
-def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 (MkDocs' signature)
+def on_page_markdown(markdown: str, page, config, files) -> str:
     if MARK not in markdown:
         return markdown
     return markdown.replace(MARK, _help_sections())
