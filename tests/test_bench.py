@@ -21,6 +21,7 @@ from negspace.classnames import load_class_names
 from negspace.cli import main
 from negspace.runconfig import ModelConfig
 from external_tools import missing_tool
+from reference_metrics import auroc, fpr95_ood, read_scores_csv, scores_of
 
 SUITES = ("domain-shift", "fine-grained", "imagenet", "imagenet10-20", "openood-v1.5")
 
@@ -133,7 +134,20 @@ def test_bench_runs_every_method_once_per_image_with_both_columns(tmp_path, mini
         assert (out / "imagenet" / method / "scores.csv").is_file()
         assert json.loads((out / "imagenet" / method / "metrics.json").read_text())["id_set"]["n"] == 2
     markdown = (out / "results.md").read_text()
-    assert "| NegLabel | ours | openclip:negspace-tiny-clip.json/none |" in markdown
+    # every number of ours, in results.md and results.csv, is what that method's scores.csv gives
+    # (AUROC by scikit-learn, FPR95 by its definition, in the tables' convention, OOD positive)
+    sets = {"inaturalist": "iNaturalist", "sun": "SUN", "places": "Places", "textures": "Textures"}
+    for method, shown in (("mcm", "MCM"), ("neglabel", "NegLabel"), ("tanl", "TANL"), ("adaneg", "AdaNeg")):
+        scores = read_scores_csv(out / "imagenet" / method / "scores.csv")
+        per_set = {sets[s]: (100 * fpr95_ood(*scores_of(scores, s)), 100 * auroc(*scores_of(scores, s))) for s in sets}
+        per_set["Average"] = tuple(np.mean(list(per_set.values()), axis=0))
+        line = next(line for line in markdown.splitlines() if line.startswith(f"| {shown} | ours |"))
+        assert line.split("|")[3].strip() == "openclip:negspace-tiny-clip.json/none"
+        in_table = [float(c) for c in line.strip().strip("|").split("|")[3:]]
+        assert np.allclose(in_table, [v for pair in per_set.values() for v in pair], rtol=0, atol=0.005 + 1e-9), line
+        for ood_set, values in per_set.items():
+            in_csv = [float(cell[(shown, ood_set, metric)]["ours"]) for metric in ("FPR95", "AUROC")]
+            assert np.allclose(in_csv, values, rtol=0, atol=5e-5 + 1e-9), (shown, ood_set, in_csv, values)
     assert "|  | published (reference) | CLIP ViT-B/16 |" in markdown and "| TANL | ours |" in markdown
     assert "Not comparable with the published numbers" in markdown and "| Δ |" not in markdown
     assert "- batch size: ours 4, published 256 (AdaNeg, TANL)" in markdown

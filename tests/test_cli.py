@@ -18,6 +18,7 @@ from negspace.corpus.labelfile import read_label_file
 from fixtures_models import TINY_DIM
 from local_network import closed_port
 from numerics import assert_scores_close
+from reference_metrics import assert_metrics, read_scores_csv, reference, scores_of
 
 OUTPUTS = ["metrics.json", "results.md", "results.csv", "scores.csv", "roc.png"]
 
@@ -73,12 +74,28 @@ def _check_outputs(out: Path, n_id: int, n_ood: int) -> dict:
 
     assert (metrics["negspace_version"], metrics["torch_version"]) == (negspace.__version__, torch.__version__)
     assert metrics["command"][:3] == ["negspace", "eval", "--method"] and metrics["device"] == "cpu"
-    assert 0.0 <= noise["auroc"] <= 1.0 and 0.0 <= noise["fpr95"] <= 1.0
-    with (out / "scores.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_scores_csv(out / "scores.csv")
     assert len(rows) == n_id + n_ood
     assert sum(r["is_id"] == "1" for r in rows) == n_id
+    _check_metrics_against_scores(out, rows, metrics)
     return metrics
+
+
+def _check_metrics_against_scores(out: Path, rows: list[dict], metrics: dict) -> None:
+    """metrics.json, results.md and results.csv say what the scores in scores.csv give, computed
+    apart from negspace (scikit-learn's AUROC and AUPR, FPR95 from its definition)."""
+    id_scores, ood_scores = scores_of(rows, "noise")
+    assert_metrics(metrics["ood"]["noise"], id_scores, ood_scores, abs_tol=1e-9)  # 8 digits in scores.csv
+    want = reference(id_scores, ood_scores)
+    percent = [100 * want[k] for k in ("auroc", "fpr95", "fpr95_ood", "aupr_in")]
+    table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| noise |")]
+    assert len(table) == 1, table
+    cells = [float(c) for c in table[0].strip("|").split("|")[1:5]]  # AUROC, FPR95 (ID+), FPR95 (OOD+), AUPR-In
+    assert np.allclose(cells, percent, rtol=0, atol=0.005 + 1e-9), (table[0], percent)
+    with (out / "results.csv").open() as f:
+        row = next(r for r in csv.DictReader(f) if r["ood_set"] == "noise")
+    written = [float(row[k]) for k in ("auroc_percent", "fpr95_percent", "fpr95_ood_percent", "aupr_in_percent")]
+    assert np.allclose(written, percent, rtol=0, atol=5e-5 + 1e-9), (row, percent)
 
 
 def test_eval_mcm_on_png_folders_reports_the_corrupt_file(tmp_path, image_sets, tiny_openclip, capsys):
@@ -203,19 +220,23 @@ def test_eval_mixed_stream_reports_each_set_and_the_whole_stream(tmp_path, image
     metrics = json.loads((tmp_path / "mixed" / "metrics.json").read_text())
     assert metrics["stream"]["mode"] == "mixed" and not metrics["stream"]["reset_between_ood_sets"]
     assert (metrics["whole_stream"]["n_id"], metrics["whole_stream"]["n_ood"]) == (7, 12)
-    with (tmp_path / "mixed" / "scores.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_scores_csv(tmp_path / "mixed" / "scores.csv")
     assert len(rows) == 7 + 12 and {r["stream"] for r in rows} == {"mixed"}  # ID rows once
+    # each set against the stream's ID rows, and the whole stream, as its scores give them
+    for name in ("noise", "again"):
+        assert_metrics(metrics["ood"][name], *scores_of(rows, name), abs_tol=1e-9)
+    assert_metrics(metrics["whole_stream"], [float(r["score"]) for r in rows if r["is_id"] == "1"],
+                   [float(r["score"]) for r in rows if r["is_id"] == "0"], abs_tol=1e-9)
 
 
 def _check_outputs_stream(out: Path, n_id: int, n_ood: int) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     for name in OUTPUTS + ["hist_noise.png"]:
         assert (out / name).is_file(), name
-    with (out / "scores.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_scores_csv(out / "scores.csv")
     assert len(rows) == n_id + n_ood and {r["stream"] for r in rows} == {"noise"}
     assert metrics["ood"]["noise"]["n_id"] == n_id
+    _check_metrics_against_scores(out, rows, metrics)
     return metrics
 
 
@@ -278,7 +299,8 @@ def test_eval_ants_authors_preset_with_overrides_and_lam_report(tmp_path, image_
     assert params["ens_stop_step"] == 3 and params["max_mllm_calls"] is None and params["mllm_lag"] == 0
     info = metrics["ants"]["noise"]
     assert {"a", "b", "lam", "negatives_mined", "negatives_described", "vsnl_id_names_removed"} <= set(info)
-    assert 0.0 <= info["lam"] <= 1.0
+    # the authors' rule: Eq. 15 of the running means it reports
+    assert info["lam"] == pytest.approx((1 - info["a"]) / ((1 - info["a"]) + (1 - info["b"])), abs=1e-12)
     paper = _run_eval(tmp_path / "paper", image_sets, tiny_openclip, "ants", "--num-negatives", "500",
                       "--ants-schedule", "scaled", "--ants-lam-rule", "crossfit", "--ants-mllm-lag", "1",
                       "--mllm", server.spec)
@@ -371,6 +393,7 @@ def test_eval_ants_stops_with_exit_3_when_the_mllm_answers_garbage(tmp_path, ima
                  "--out", str(tmp_path / "tolerated"), *_model_args(tiny_openclip)]) == 0
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", ["neglabel", "tanl"])
 def test_scoring_backend_torch_gives_the_numpy_scores(tmp_path, image_sets, tiny_openclip, method):
     import csv
