@@ -34,10 +34,10 @@ from negspace.errors import NegspaceError, arg
 __all__ = [
     "FeatureStore",
     "SharedSQLiteStore",
-    "open_shared_sqlite",
     "default_cache_dir",
     "file_sha256",
     "make_key",
+    "open_shared_sqlite",
     "weights_fingerprint",
 ]
 

@@ -61,7 +61,7 @@ def duplicate_report(names: tuple[str, ...] | list[str], lines: list[int] | None
     lines = lines if lines is not None else list(range(1, len(names) + 1))
     where: dict[str, list[int]] = defaultdict(list)
     first_spelling: dict[str, str] = {}
-    for name, line in zip(names, lines):
+    for name, line in zip(names, lines, strict=True):
         first_spelling.setdefault(name.casefold(), name)
         where[name.casefold()].append(line)
     return [

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,8 +35,11 @@ from negspace.detectors.saved import read_provenance
 from negspace.errors import DatasetError, NegspaceError, arg
 from negspace.jsonio import to_json
 from negspace.methods import METHODS
-from negspace.runconfig import EvalConfig, ModelConfig
 from negspace.reprs import with_config_repr
+from negspace.runconfig import EvalConfig, ModelConfig
+
+if TYPE_CHECKING:
+    from negspace.features_table import FeatureTable
 
 log = logging.getLogger("negspace")
 
@@ -123,12 +126,12 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
 
     collection = collection or CollectionConfig()
     out = Path(out)
-    sources = [str(s) for s in sources]
+    specs = [str(s) for s in sources]
     config.check()
     provenance = detector_provenance(config.detector)
     saved = _saved_detector(config.detector) if config.detector is not None else None
     threshold_images = _threshold_images(config.threshold_id) if config.threshold is None else None
-    is_table = {s: is_feature_table(s) for s in sources}
+    is_table = {s: is_feature_table(s) for s in specs}
     if collection.engine == "ray" and (any(is_table.values()) or config.detector is None):
         raise NegspaceError(f"{RAY} scores image files with a saved {arg('detector')} DIR (save one with "
                             "`negspace eval --save-detector DIR` or det.save(DIR)); feature tables need no encoding: "
@@ -181,7 +184,7 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
                               "threshold_source": threshold_source})
         todo, unnamed = _named_in_utf8(todo, out)
         names = detector.class_names or []
-        summary = {"engine": collection.engine, "sources": sources, "images": len(paths),
+        summary = {"engine": collection.engine, "sources": specs, "images": len(paths),
                    "duplicate_paths": duplicates, "already_written": len(paths) - len(todo) - unnamed, "scored": 0,
                    "flagged_ood": 0, "skipped_unreadable": unnamed, "threshold": threshold,
                    "threshold_source": threshold_source, "model": model.spec,
@@ -482,13 +485,14 @@ def _detector(config: ScoreConfig, saved: Any, encoder: Any, model: ModelConfig)
     static method built from its classes."""
     from negspace.methods import backend_keywords, build_detector, load_detector
 
-    if saved is not None:
+    if saved is not None and config.detector is not None:  # saved: the detector folder, read
         backend = backend_keywords(config.scoring_backend, encoder)
         detector = load_detector(config.detector, **backend) if backend else saved
         detector.encoder = encoder  # NegRefine encodes its label pairs with it
         return detector
     from negspace.runs import build_inputs, class_list
 
+    assert config.method is not None and config.classes is not None  # ScoreConfig.check(): no detector, a method
     eval_config = EvalConfig(config.method, config.params, scoring_backend=config.scoring_backend)
     return build_detector(build_inputs(eval_config, encoder, class_list(config.classes), model, model.spec))
 
@@ -514,14 +518,15 @@ def _threshold(config: ScoreConfig, detector: Any, encoder: Any, provenance: dic
                         "`negspace eval --save-detector`.")
 
 
-def _score_locally(todo, tables, out, writer, encoder, detector, threshold, names, summary, collection,
-                   progress) -> None:
+def _score_locally(todo: list[Path], tables: list[FeatureTable], out: Path, writer: PartWriter, encoder: Any,
+                   detector: Any, threshold: float, names: list[str], summary: dict[str, Any],
+                   collection: CollectionConfig, progress: bool) -> None:
     """This process: chunks of images (or feature-table rows) scored and written; counts into ``summary``."""
     from tqdm import tqdm
 
     from negspace.features_table import check_model
 
-    known = {}  # path -> (table, row) for the rows given as features
+    known: dict[str, tuple[FeatureTable, int]] = {}  # path -> (table, row) for the rows given as features
     for table in tables:
         check_model(table, encoder)
         known.update({p: (table, i) for i, p in enumerate(table.paths)})
@@ -594,13 +599,15 @@ class _Failed:
 def _split_failed(batch: dict[str, Any], out: Path) -> tuple[np.ndarray, int]:
     """Which rows of a Ray batch were decoded; the others go to ``_skipped.csv``."""
     ok = np.array([not r for r in batch["reason"]], dtype=bool)
-    failed = [_Failed(str(p), str(r)) for p, r, good in zip(batch["path"], batch["reason"], ok) if not good]
+    failed = [_Failed(str(p), str(r)) for p, r, good in zip(batch["path"], batch["reason"], ok, strict=True) if not good]
     if failed:
         _append_skipped(out / "_skipped.csv", failed)
     return ok, len(failed)
 
 
-def _score_with_ray(todo, out, writer, encoder, model, collection, detector_dir, threshold, summary) -> None:
+def _score_with_ray(todo: list[Path], out: Path, writer: PartWriter, encoder: Any, model: ModelConfig,
+                    collection: CollectionConfig, detector_dir: Path | None, threshold: float,
+                    summary: dict[str, Any]) -> None:
     """The Ray pipeline's rows written as the local engine writes them; counts into ``summary``."""
     columns = ("path", "sha256", "score", "ood", "id_class", "top_negative")
     for batch in _ray_rows(todo, encoder, model, collection, detector_dir=str(detector_dir), threshold=threshold):
@@ -614,7 +621,8 @@ def _score_with_ray(todo, out, writer, encoder, model, collection, detector_dir,
             summary["flagged_ood"] += int(np.sum(batch["ood"][ok]))
 
 
-def _embed_with_ray(todo, out, writer, encoder, model, collection, meta, counts) -> None:
+def _embed_with_ray(todo: list[Path], out: Path, writer: PartWriter, encoder: Any, model: ModelConfig,
+                    collection: CollectionConfig, meta: dict[str, Any], counts: dict[str, int]) -> None:
     import pyarrow as pa
 
     from negspace.features_table import with_metadata
@@ -639,7 +647,7 @@ def _append_skipped(path: Path, skipped: list[Any]) -> None:
         with path.open(newline="", encoding="utf-8", errors="replace") as handle:
             listed = {row[0] for row in csv.reader(handle) if row}
     rows = [[_printable(s.path), s.reason] for s in skipped]
-    rows = [row for row in dict((row[0], row) for row in rows).values() if row[0] not in listed]
+    rows = [row for row in {row[0]: row for row in rows}.values() if row[0] not in listed]
     if not rows:
         return
     new = not path.is_file()

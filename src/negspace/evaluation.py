@@ -17,8 +17,8 @@ import numpy as np
 
 from negspace.data import ImageSet, open_image_set
 from negspace.detectors.base import OnlineDetector, StreamBatch
-from negspace.features_table import FeatureTable, check_model, is_feature_table, read_feature_table
 from negspace.errors import DatasetError
+from negspace.features_table import FeatureTable, check_model, is_feature_table, read_feature_table
 from negspace.metrics import OODResult, compute_all
 from negspace.reprs import fields_repr
 

@@ -78,7 +78,10 @@ def read_feature_table(spec: str | Path, name: str | None = None) -> FeatureTabl
     files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
     if not files or not all(f.is_file() for f in files):
         raise DatasetError(f"{path} is not a feature table (a .parquet file or a folder of part-*.parquet files).")
-    paths, hashes, blocks, meta = [], [], [], None
+    paths: list[str] = []
+    hashes: list[str] = []
+    blocks: list[np.ndarray] = []
+    meta: dict[str, Any] | None = None
     for file in files:
         table = read_parquet(file)
         if "feature" not in table.column_names:
@@ -152,6 +155,6 @@ def import_into_cache(table: FeatureTable, encoder: Any) -> int:
                            f"the model {encoder.spec} {encoder.dim}.")
     if encoder.store is None:
         raise DatasetError(f"{arg('features')} needs the feature cache; drop {arg('use_cache=False', '--no-cache')}.")
-    items = {encoder.image_key(h): f for h, f in zip(table.hashes, table.features) if h}
+    items = {encoder.image_key(h): f for h, f in zip(table.hashes, table.features, strict=True) if h}
     encoder.store.put_many(items)
     return len(items)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -58,7 +58,14 @@ def params_of(config: EvalConfig) -> Any:
     return config.params if config.params is not None else METHODS[config.method].config()
 
 
-def backend_keywords(scoring_backend: str, encoder: Any) -> dict[str, str]:
+class BackendKeywords(TypedDict, total=False):
+    """A detector's ``backend``/``device`` keywords (none: NumPy, the detectors' default)."""
+
+    backend: str
+    device: str
+
+
+def backend_keywords(scoring_backend: str, encoder: Any) -> BackendKeywords:
     """The detectors' ``backend``/``device`` keywords: torch scores on the encoder's device."""
     if scoring_backend == "numpy":
         return {}
@@ -89,7 +96,7 @@ class BuildInputs:
         """The method's config, the paper's defaults where none was given."""
         return params_of(self.config)
 
-    def backend(self) -> dict[str, str]:
+    def backend(self) -> BackendKeywords:
         return backend_keywords(self.config.scoring_backend, self.encoder)
 
 
@@ -270,25 +277,27 @@ def build_ants(inputs: BuildInputs) -> Detector:
     with the MLLM."""
     run = inputs.config.ants
     if run.negative_space is not None:
-        detector = _load_space(inputs)
+        detector = _load_space(inputs, run.negative_space)
     else:
         config: ANTSConfig = inputs.params
         if inputs.mllm is None and config.mode != "neglabel":
             raise NegspaceError(ANTS_NEEDS_MLLM)
         if run.schedule == "scaled":
             schedule = scaled_schedule(inputs.stream_size, inputs.config.batch_size)
-            config = replace(config, **{k: v for k, v in schedule.items() if k not in run.keep})
+            scaled: dict[str, Any] = {k: v for k, v in schedule.items() if k not in run.keep}
+            config = replace(config, **scaled)
         detector = ANTS.from_encoder(inputs.encoder, inputs.class_names, _checked_negatives(inputs), inputs.mllm,
                                      config=config, **inputs.backend())
     detector.keep_explanations(run.explanations)  # the images the run explains, with the space that scored them
     return detector
 
 
-def _load_space(inputs: BuildInputs) -> ANTS:
-    """A saved space; ``mode`` and ``lam`` of the run apply to it, the rest is as it was learned."""
+def _load_space(inputs: BuildInputs, space: Path) -> ANTS:
+    """The space saved in ``space``; ``mode`` and ``lam`` of the run apply to it, the rest is as it
+    was learned."""
     run = inputs.config.ants
     try:
-        detector = ANTS.load(run.negative_space, text_encoder=inputs.encoder, mllm=inputs.mllm, **inputs.backend())
+        detector = ANTS.load(space, text_encoder=inputs.encoder, mllm=inputs.mllm, **inputs.backend())
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise NegspaceError(f"Cannot load the negative space {run.negative_space}: {err}.") from None
     if list(detector.class_names) != list(inputs.class_names):
@@ -297,7 +306,7 @@ def _load_space(inputs: BuildInputs) -> ANTS:
     if detector.id_text_features.shape[1] != inputs.encoder.dim:
         raise NegspaceError(f"The negative space {run.negative_space} has dimension "
                             f"{detector.id_text_features.shape[1]}, the model {inputs.encoder.dim}.")
-    overrides = {"mode": run.mode} if run.mode is not None else {}
+    overrides: dict[str, Any] = {"mode": run.mode} if run.mode is not None else {}
     if run.lam is not None:
         overrides["lam"] = run.lam
     if overrides:

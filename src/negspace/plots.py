@@ -214,7 +214,7 @@ def roc_panel(ax: Any, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], labe
 
     points = {name: roc_points(*scores) for name, scores in curves.items()}
     styles = list(range(len(points))) if styles is None else list(styles)
-    for index, (name, (fpr, tpr)) in zip(styles, points.items()):
+    for index, (name, (fpr, tpr)) in zip(styles, points.items(), strict=False):
         ax.plot(100 * fpr, 100 * tpr, label=labels.get(name, name), **line_style(index))
     ax.plot([0, 100], [0, 100], color="grey", linewidth=0.8, linestyle=":")
     ax.axhline(95, color="black", linewidth=0.6, linestyle="--")

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from negspace.evaluation import METRIC_NAMES, Evaluation, summarise_skipped
+from negspace.jsonio import to_json
 from negspace.metrics import threshold_at_id_recall
 from negspace.outdir import EVAL_OUTPUTS
-from negspace.jsonio import to_json
 from negspace.plots import logit_axis, png_bytes, pyplot, roc_panel, score_histogram
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def write_scores_csv(evaluation: Evaluation, path: Path) -> None:
         writer.writerow(["set", "stream", "is_id", "sample", "score"])
 
         def rows(name: str, stream: str, is_id: int, samples: list[str], scores: np.ndarray) -> None:
-            writer.writerows([name, stream, is_id, s, f"{v:.8g}"] for s, v in zip(samples, scores))
+            writer.writerows([name, stream, is_id, s, f"{v:.8g}"] for s, v in zip(samples, scores, strict=False))
 
         if evaluation.stream_id_scores is None:
             rows(id_set.name, "", 1, id_set.sample_ids, evaluation.id_scores)
@@ -143,10 +143,11 @@ def stream_lines(stream: dict[str, Any] | None) -> list[str]:
     Markdown list items; none for a static method, which scores every image on its own."""
     if not stream:
         return []
-    protocol = STREAM_PROTOCOLS.get(stream.get("mode"), str(stream.get("mode")))
+    mode = str(stream.get("mode"))
+    protocol = STREAM_PROTOCOLS.get(mode, mode)
     lines = [f"- stream protocol: {protocol}, shuffled with seed {stream.get('seed')}",
-             f"- batch size: {stream.get('batch_size')} images per update (a test-time method learns from each "
-             "batch, so its numbers depend on it)"]
+             (f"- batch size: {stream.get('batch_size')} images per update (a test-time method learns from each "
+              "batch, so its numbers depend on it)")]
     if stream.get("stopped_after"):
         lines.append(f"- stopped after the stream of {md_code(stream['stopped_after'])}")
     return lines
@@ -161,8 +162,10 @@ def write_results_md(evaluation: Evaluation, path: Path) -> None:
         f"- ID set: {md_code(evaluation.id_set.name)} ({len(evaluation.id_scores)} samples)",
         f"- seed: {info.get('seed', '?')}",
         *stream_lines(info.get("stream")),
-        "- rates in percent; FPR95 (ID+) = OOD accepted at 95% ID recall, "
-        "FPR95 (OOD+) = ID rejected at 95% OOD recall",
+        (
+            "- rates in percent; FPR95 (ID+) = OOD accepted at 95% ID recall, "
+            "FPR95 (OOD+) = ID rejected at 95% OOD recall"
+        ),
         "",
         markdown_table(evaluation),
         "",

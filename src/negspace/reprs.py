@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+ConfigClass = TypeVar("ConfigClass", bound=type)
 
 MAX_ITEMS = 4  # a sequence or mapping longer than this is shown by its size
 MAX_TEXT = 60  # characters of a string or an unknown object's repr
@@ -81,8 +83,8 @@ def config_repr(config: Any) -> str:
     return params_repr(type(config).__name__, changed_fields(config))
 
 
-def with_config_repr(cls: type) -> type:
+def with_config_repr(cls: ConfigClass) -> ConfigClass:
     """Class decorator (above ``@dataclass``): the config's repr shows only what differs from its
     defaults (:func:`config_repr`)."""
-    cls.__repr__ = config_repr  # type: ignore[method-assign]
+    cls.__repr__ = config_repr  # type: ignore[assignment]  # replacing it is what the decorator is for
     return cls

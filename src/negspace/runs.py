@@ -27,9 +27,28 @@ from negspace.detectors.ants import ANTS
 from negspace.detectors.ants.recorder import StreamRecorder
 from negspace.detectors.base import Detector, OnlineDetector
 from negspace.errors import DatasetError, NegspaceError, arg
-from negspace.evaluation import EncodedSet, Evaluation, FeatureFile, encode_set, evaluate_detector, evaluate_stream, open_set
+from negspace.evaluation import (
+    EncodedSet,
+    Evaluation,
+    FeatureFile,
+    encode_set,
+    evaluate_detector,
+    evaluate_stream,
+    open_set,
+)
 from negspace.features_table import FeatureTable
-from negspace.methods import ANTS_NEEDS_MLLM, FEW_SHOT_METHODS, FEW_SHOT_NEEDS_SHOTS, LLM_METHODS, METHODS, BuildInputs, backend_keywords, build_detector, method, params_of
+from negspace.methods import (
+    ANTS_NEEDS_MLLM,
+    FEW_SHOT_METHODS,
+    FEW_SHOT_NEEDS_SHOTS,
+    LLM_METHODS,
+    METHODS,
+    BuildInputs,
+    backend_keywords,
+    build_detector,
+    method,
+    params_of,
+)
 from negspace.outdir import check_save_dir, clear_saved_detector, prepare_out_dir, remove_empty_out_dir
 from negspace.runconfig import EvalConfig, MLLMConfig, ModelConfig
 
@@ -338,7 +357,7 @@ def _evaluate(config: EvalConfig, classes: ClassList, id_source: Any, ood_source
         evaluation.messages += recorder.shortfalls()
         evaluation.traces["lam"] = recorder.lam  # per stream
     incomplete = recorder.incomplete([s.name for s in ood_sources], evaluation.ood_scores) if recorder else None
-    if incomplete is not None:
+    if recorder is not None and incomplete is not None:
         evaluation.stopped = recorder.stopped
         evaluation.info["incomplete"] = incomplete
     if save_dir is not None:

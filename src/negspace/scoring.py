@@ -151,7 +151,7 @@ def grouped_id_mass(
     ``id_lse`` is ``LSE(id_cos/τ)`` when the caller has it (see :func:`id_mass`), ``neg_peak``
     each row's largest negative cosine (see :func:`row_max`).
     """
-    batch, n_neg = neg_cos.shape
+    _, n_neg = neg_cos.shape
     if groups < 1 or n_neg % groups:
         raise ValueError(f"{n_neg} negative columns cannot be split into {groups} equal groups")
     if id_lse is None:
@@ -302,7 +302,7 @@ def otsu_threshold(scores: np.ndarray, step: float = 0.01, ties: str = "middle")
         raise ValueError(f"ties must be 'middle' or 'first', got {ties!r}")
     x = np.sort(np.asarray(scores, dtype=np.float64).ravel())
     n = len(x)
-    thresholds = np.arange(int(round(1.0 / step))) * step
+    thresholds = np.arange(int(round(1.0 / step))) * step  # noqa: RUF046 - under NumPy < 2, round() of a NumPy float is a NumPy float
     if n == 0:
         return float(thresholds[len(thresholds) // 2])
     centred = x - x.mean()

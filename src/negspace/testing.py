@@ -209,6 +209,13 @@ def make_world(
 # -- a scripted MLLM, a text encoder and streams for ANTS on a world ------------------------------
 
 
+def _image_path(image: object) -> Path:
+    """The path of a request's image: the synthetic worlds' images are files named by concept."""
+    if not isinstance(image, (str, Path)):
+        raise TypeError(f"the synthetic worlds' MLLMs read image paths, not {type(image).__name__}")
+    return Path(image)
+
+
 class WorldMLLM:
     """A scripted MLLM (the :class:`negspace.mllm.protocol.MLLM` protocol) that knows a world.
 
@@ -246,7 +253,7 @@ class WorldMLLM:
             elif self.behaviour == "garbage":
                 answers.append(["", "I'm sorry, I can't help with that.", "!!! ???", "1. 2. 3."][self.received % 4])
             elif image is not None:
-                answers.append(self._describe(Path(image)))
+                answers.append(self._describe(_image_path(image)))
             else:
                 answers.append(self._similar(text))
         return answers
@@ -258,7 +265,10 @@ class WorldMLLM:
         return f"An ordinary picture number {path.parent.name} {index}"
 
     def _similar(self, prompt: str) -> str:
-        name = re.search(r"share visual features with (.+?), excluding", prompt).group(1)
+        found = re.search(r"share visual features with (.+?), excluding", prompt)
+        if found is None:
+            raise ValueError(f"not a VSNL prompt: {prompt!r}")
+        name = found.group(1)
         cls = self.world.class_names.index(name)
         near = [self.world.near_concepts[j] for j in np.flatnonzero(self.world.near_concept_parent == cls)]
         # another ID class (plural, capitalised) first: VSNL must drop it
@@ -291,8 +301,8 @@ class InstantMLLM:
                 answers.append("\n".join(f"{k}. lookalike {self.received} {w}" for k, w in enumerate("abcde", 1)))
             elif image is None:
                 answers.append("No.")
-            elif self.concept_text is not None and Path(image).parent.name == "far":
-                answers.append(self.concept_text(int(Path(image).stem.split("_")[0])))
+            elif self.concept_text is not None and _image_path(image).parent.name == "far":
+                answers.append(self.concept_text(int(_image_path(image).stem.split("_")[0])))
             else:
                 answers.append(f"an ordinary scene number {self.received}")
         self.stats.calls += len(requests)
@@ -305,9 +315,9 @@ class WorldTextEncoder:
 
     def __init__(self, world: SyntheticWorld) -> None:
         self.dim = world.dim
-        self.known = dict(zip(world.far_concepts, world.far_concept_features))
-        self.known.update(zip(world.near_concepts, world.near_concept_features))
-        self.known.update(zip(world.class_names, world.id_text_features))
+        self.known = dict(zip(world.far_concepts, world.far_concept_features, strict=True))
+        self.known.update(zip(world.near_concepts, world.near_concept_features, strict=True))
+        self.known.update(zip(world.class_names, world.id_text_features, strict=True))
         self.calls = 0
 
     def encode_texts(self, texts: Sequence[str], template: str = "{}", progress: bool = True) -> np.ndarray:

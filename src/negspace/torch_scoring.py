@@ -81,7 +81,7 @@ def id_mass(id_cos: torch.Tensor, neg_cos: torch.Tensor, tau: float, id_lse: tor
 def grouped_id_mass(id_cos: torch.Tensor, neg_cos: torch.Tensor, groups: int, tau: float,
                     id_lse: torch.Tensor | None = None, neg_peak: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over ``groups`` consecutive column blocks of the negative-label score, float64."""
-    batch, n_neg = neg_cos.shape
+    _, n_neg = neg_cos.shape
     if groups < 1 or n_neg % groups:
         raise ValueError(f"{n_neg} negative columns cannot be split into {groups} equal groups")
     if id_lse is None:

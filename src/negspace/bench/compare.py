@@ -23,8 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from negspace.bench.published import (BACKBONES, PUBLISHED_NAMES, normalise_spec, published_for, published_methods,
-                                      published_values)
+from negspace.bench.published import (
+    BACKBONES,
+    PUBLISHED_NAMES,
+    normalise_spec,
+    published_for,
+    published_methods,
+    published_values,
+)
 from negspace.bench.suites import RunSpec, Suite
 from negspace.evaluation import Evaluation
 
@@ -369,7 +375,7 @@ def markdown(comparison: RunComparison, our_backbone: str = "") -> str:
 
 def csv_rows(comparison: RunComparison, backbone: str) -> list[dict[str, object]]:
     """Long-format rows (one per method, column and metric) for ``results.csv``."""
-    rows = []
+    rows: list[dict[str, object]] = []
     for method, cells in comparison.cells.items():
         for (column, metric), cell in cells.items():
             if cell.ours is None and cell.published is None:

@@ -24,7 +24,6 @@ from negspace.plots import (
     score_histogram,
 )
 
-
 MAX_COLUMNS = 4  # four 3.6-inch panels at 90 dpi fit the report's 1400-pixel page at full size
 
 
@@ -45,7 +44,7 @@ def draw_roc(evaluations: Mapping[str, Evaluation], ood_names: Sequence[str], ti
     percent) per method, each method in the same style on every panel, its AUROC in the legend
     under the panel with a note naming the curves that coincide (:func:`negspace.plots.roc_panel`)."""
     fig, axes = _panels(len(ood_names), 4.2)
-    for ax, name in zip(axes, ood_names):
+    for ax, name in zip(axes, ood_names, strict=True):
         # every method keeps its place in the order, so its style is the same on every panel
         curves, labels = {}, {}
         for method, evaluation in evaluations.items():
@@ -70,7 +69,7 @@ def draw_histograms(method: str, evaluation: Evaluation, titles: Mapping[str, st
     names = list(evaluation.ood_scores)
     logit = logit_axis(np.concatenate([evaluation.id_scores_for(name), evaluation.ood_scores[name]]) for name in names)
     fig, axes = _panels(len(names), 3.3)
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=True):
         score_histogram(ax, evaluation.id_scores_for(name), evaluation.ood_scores[name], logit=logit)
         ax.set_title(f"{method}: {titles.get(name, name)}", fontsize=10)
     fig.tight_layout()
@@ -90,7 +89,11 @@ def draw_lam(traces: Mapping[str, Sequence[tuple[int, float]]], titles: Mapping[
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3), dpi=90)
-    lines = {titles.get(name, name): tuple(zip(*trace)) for name, trace in traces.items() if trace}
+    lines: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
+    for name, trace in traces.items():
+        if trace:
+            xs, ys = zip(*trace, strict=True)
+            lines[titles.get(name, name)] = (xs, ys)
     for index, (title, (seen, lam)) in enumerate(lines.items()):
         ax.plot(seen, lam, label=title, **{**line_style(index), "markevery": None})
     ax.set_ylim(-0.04, 1.04)

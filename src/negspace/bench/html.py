@@ -35,7 +35,8 @@ class RunPage:
 
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;color:#222;padding:0 1em}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;
+  margin:2em auto;max-width:1400px;color:#222;padding:0 1em}
 h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}h3{margin-top:1.4em}
 table.cmp{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
 table.cmp th,table.cmp td{border:1px solid #ddd;padding:3px 6px;text-align:right}

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
 # negspace's method names -> the tables' names
 PUBLISHED_NAMES = {"mcm": "MCM", "neglabel": "NegLabel", "csp": "CSP", "negrefine": "NegRefine", "tanl": "TANL",
@@ -88,7 +89,8 @@ def published_values() -> tuple[PublishedValue, ...]:
     """Every published cell shipped with negspace."""
     text = (resources.files("negspace.bench") / "data" / "published.csv").read_text(encoding="utf-8")
     rows = csv.DictReader(io.StringIO(text))
-    return tuple(PublishedValue(**{**row, "value": float(row["value"])}) for row in rows)
+    fields: list[dict[str, Any]] = [{**row, "value": float(row["value"])} for row in rows]
+    return tuple(PublishedValue(**cell) for cell in fields)
 
 
 def published_for(tables: Sequence[str], id_set: str) -> list[PublishedValue]:

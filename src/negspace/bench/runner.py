@@ -25,21 +25,22 @@ from typing import Any
 from negspace.bench import compare, figures
 from negspace.bench.classlists import run_classes
 from negspace.bench.html import ExplainedImage, RunPage, render_report
-from negspace.bench.layout import check_sets, layout_report, run_sets
+from negspace.bench.layout import SetCheck, check_sets, layout_report, run_sets
 from negspace.bench.logged import logged_warnings
+from negspace.bench.published import PUBLISHED_NAMES
 from negspace.bench.stages import StageTimes
-from negspace.bench.suites import Suite, load_suite
+from negspace.bench.suites import RunSpec, Suite, load_suite
+from negspace.classnames import ClassList
 from negspace.detectors.ants.recorder import StreamRecorder
 from negspace.detectors.base import OnlineDetector
 from negspace.errors import DatasetError, NegspaceError, arg
 from negspace.evaluation import Evaluation, encode_set
 from negspace.jsonio import to_json
-from negspace.bench.published import PUBLISHED_NAMES
 from negspace.methods import FEW_SHOT_METHODS, LLM_METHODS, METHODS, build_detector
 from negspace.outdir import prepare_out_dir, remove_empty_out_dir
+from negspace.reprs import with_config_repr
 from negspace.runconfig import ANTSRunConfig, EvalConfig, MLLMConfig, ModelConfig
 from negspace.runs import build_inputs, load_mllm, resolve_encoder, score_sets
-from negspace.reprs import with_config_repr
 
 log = logging.getLogger("negspace")
 
@@ -105,7 +106,7 @@ class SuiteResult:
         return not self.differences
 
 
-def check_data(suite: Suite, data_root: Path, check_counts: bool) -> tuple[dict, dict]:
+def check_data(suite: Suite, data_root: Path, check_counts: bool) -> tuple[dict[str, SetCheck], dict[str, ClassList]]:
     """Every set and class list of the suite, or one error listing all that is wrong."""
     if not data_root.is_dir():
         raise NegspaceError(f"{arg('data_root')} {data_root} is not a folder.")
@@ -114,7 +115,8 @@ def check_data(suite: Suite, data_root: Path, check_counts: bool) -> tuple[dict,
     except OSError as err:  # a folder it may not list, a file it may not read
         raise NegspaceError(f"{arg('data_root')} {data_root}: cannot read {err.filename or 'it'} "
                             f"({err.strerror}).") from None
-    classes, class_problems = {}, []
+    classes: dict[str, ClassList] = {}
+    class_problems: list[str] = []
     for run in suite.runs:
         try:
             classes[run.name] = run_classes(run.classes, data_root)
@@ -157,12 +159,14 @@ def run_suite(config: BenchConfig, *, data_root: str | Path, model: ModelConfig 
         return _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwrite, command, warnings)
 
 
-def _check_and_bench(config, suite, data_root, model, encoder, mllm, out, overwrite, command, warnings) -> SuiteResult:
+def _check_and_bench(config: BenchConfig, suite: Suite, data_root: Path, model: ModelConfig, encoder: Any,
+                     mllm: MLLMConfig | Any, out: str | Path | None, overwrite: bool, command: Sequence[str] | None,
+                     warnings: list[str]) -> SuiteResult:
     methods = list(dict.fromkeys(config.methods))
     stages = StageTimes()
     with stages.timed("listing and checking"):
         checks, classes = check_data(suite, data_root, config.check_counts)
-    notes = []
+    notes: list[str] = []
     if "ants" in methods and mllm is None:
         methods.remove("ants")
         notes.append("ANTS was skipped: it needs a multimodal LLM (--mllm SPEC).")
@@ -216,8 +220,10 @@ def not_the_papers_sets(checks: Mapping[str, Any], limit: int | None, seed: int)
     return reasons
 
 
-def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm, out_dir, command,
-           not_papers, warnings, data_root, stages) -> SuiteResult:
+def _bench(config: BenchConfig, suite: Suite, methods: list[str], checks: dict[str, SetCheck],
+           classes: dict[str, ClassList], notes: list[str], model: ModelConfig, encoder: Any, mllm: Any,
+           out_dir: Path | None, command: Sequence[str] | None, not_papers: list[str], warnings: list[str],
+           data_root: Path, stages: StageTimes) -> SuiteResult:
     with stages.timed("loading the model"):
         encoder, model_spec = resolve_encoder(model, encoder)
     backbone = model_spec + (f" (weights {model.weights})" if model.weights else "")
@@ -225,7 +231,9 @@ def _bench(config, suite, methods, checks, classes, notes, model, encoder, mllm,
                       compare.ModelRecord(model_spec, str(getattr(encoder, "fingerprint", "")),
                                           str(model.weights) if model.weights else None))
     differences = compare.run_differences(suite, facts)
-    pages, summary, evaluations = [], {}, {}
+    pages: list[RunPage] = []
+    summary: dict[str, Any] = {}
+    evaluations: dict[str, dict[str, Evaluation]] = {}
     mllm_seen: dict[str, int] = {}  # the MLLM's counters, accounted for run after run
     stopped = None
     last_use = {s.name: i for i, run in enumerate(suite.runs) for s in (run.id, *run.ood)}
@@ -278,8 +286,10 @@ def run_facts(config: BenchConfig, methods: Sequence[str], not_papers: Sequence[
                             departures=departures)
 
 
-def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, encoder, mllm, out_dir,
-             mllm_seen, stages, differences: Sequence[compare.Difference] = (), data_root=Path("."),
+def _run_one(config: BenchConfig, suite: Suite, spec: RunSpec, checks: dict[str, SetCheck], classes: ClassList,
+             methods: Sequence[str], model: ModelConfig, model_spec: str, encoder: Any, mllm: Any,
+             out_dir: Path | None, mllm_seen: dict[str, int], stages: StageTimes,
+             differences: Sequence[compare.Difference] = (), data_root: Path = Path(),
              release: Sequence[str] = ()) -> tuple[RunPage, dict[str, Evaluation]]:
     """Encode one run's sets once, then run every method on them (``stages`` gets the times).
     The listings of the sets named in ``release`` leave ``checks`` once encoded: their sample ids
@@ -296,7 +306,10 @@ def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, e
         stages.add_all({f"images: {stage}": seconds for stage, seconds in encoded.seconds.items()})
     stream_size = len(id_set.features) + max(len(s.features) for s in ood_sets)
     evaluations: dict[str, Evaluation] = {}
-    page_notes, traces, galleries, stopped = [], {}, {}, None
+    page_notes: list[str] = []
+    traces: dict[str, list[tuple[int, float]]] = {}
+    galleries: dict[str, list[ExplainedImage]] = {}
+    stopped: str | None = None
     for method in methods:
         eval_config = config.eval_config(method)
         if spec.train:  # the few-shot methods' ID shots, drawn from the training split with the bench's seed
@@ -315,7 +328,7 @@ def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, e
                            **inputs.notes, **evaluation.info,
                            **(recorder.write(mllm) if recorder is not None else {})}
         incomplete = recorder.incomplete([s.name for s in spec.ood], evaluation.ood_scores) if recorder else None
-        if incomplete is not None:
+        if recorder is not None and incomplete is not None:
             stopped = evaluation.stopped = recorder.stopped
             evaluation.info["incomplete"] = incomplete
         if method_dir is not None:
@@ -338,7 +351,9 @@ def _run_one(config, suite, spec, checks, classes, methods, model, model_spec, e
     return page, evaluations
 
 
-def _run_page(comparison, evaluations, spec, titles, traces, galleries, page_notes, stopped) -> RunPage:
+def _run_page(comparison: compare.RunComparison, evaluations: dict[str, Evaluation], spec: RunSpec,
+              titles: dict[str, str], traces: dict[str, list[tuple[int, float]]],
+              galleries: dict[str, list[ExplainedImage]], page_notes: list[str], stopped: str | None) -> RunPage:
     """The run's section of report.html: its table, figures and gallery."""
     return RunPage(comparison, figures.roc_figure(evaluations, [s.name for s in spec.ood], titles),
                    {m: figures.histogram_figure(m, ev, titles) for m, ev in evaluations.items()},
@@ -365,8 +380,11 @@ def _galleries(rows: list[dict[str, Any]], titles: dict[str, str], id_samples: s
                    for path, info in samples.items()] for name, samples in grouped.items()}
 
 
-def _write_suite_files(config, suite, pages, summary, notes, backbone, facts, differences, encoder, out_dir,
-                       command, not_papers, warnings, stages) -> None:
+def _write_suite_files(config: BenchConfig, suite: Suite, pages: list[RunPage], summary: dict[str, Any],
+                       notes: list[str], backbone: str, facts: compare.RunFacts,
+                       differences: Sequence[compare.Difference], encoder: Any, out_dir: Path,
+                       command: Sequence[str] | None, not_papers: list[str], warnings: list[str],
+                       stages: StageTimes) -> None:
     """results.md, results.csv and report.html, then metrics.json, whose times include the others'."""
     from negspace import __version__
 

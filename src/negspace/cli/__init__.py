@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from negspace import __version__
 from negspace.cli import bench, cache, demo, mine, score, serve
@@ -29,11 +30,13 @@ class Parser(argparse.ArgumentParser):
 
     commands: argparse._SubParsersAction | None = None  # set on the top-level parser
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
-    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+    # argparse's overloads return whatever namespace object is passed; this parser takes only its own
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
         # argparse reports an unknown option of a command from the top-level parser, which would
         # point to `negspace --help`; the command's own parser names the command and its help
         parsed, extras = self.parse_known_args(args, namespace)

@@ -17,9 +17,9 @@ from typing import Any
 from negspace.bench.suites import load_suite, suite_names
 from negspace.cli import options
 from negspace.cli.options import positive_int, seed
+from negspace.detectors.neglabel import NegLabelConfig
 from negspace.errors import NegspaceError
 from negspace.methods import METHODS
-from negspace.detectors.neglabel import NegLabelConfig
 
 ALL_METHODS = tuple(METHODS)
 

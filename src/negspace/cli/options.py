@@ -10,6 +10,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from negspace.backend import BACKENDS
 from negspace.corpus.mining import SPLITS, MiningConfig
@@ -21,11 +22,14 @@ from negspace.runconfig import DEFAULT_MODEL, ANTSRunConfig, MLLMConfig, ModelCo
 MAX_SEED = 2**32 - 1  # numpy and torch both accept every seed up to here
 
 
-def _number(kind: type, minimum: float, strict: bool, what: str,
-            maximum: float = math.inf) -> Callable[[str], float]:
+Number = TypeVar("Number", int, float)
+
+
+def _number(kind: type[Number], minimum: float, strict: bool, what: str,
+            maximum: float = math.inf) -> Callable[[str], Number]:
     """A parser of finite numbers of ``kind`` above ``minimum`` (``strict``: not equal to it) and
     at most ``maximum``; argparse names the option and ``what`` in its message."""
-    def parse(text: str) -> float:
+    def parse(text: str) -> Number:
         try:
             value = kind(text)
         except ValueError:
@@ -72,7 +76,7 @@ def check_output_file(path: Path, option: str) -> None:
     """Fail now, not after the work, when ``path`` cannot be written as a file."""
     if path.is_dir():
         raise NegspaceError(f"{option} {path} is a folder; give a file name.")
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent if str(path.parent) else Path()
     if not parent.is_dir():
         raise NegspaceError(f"{option} {path}: the folder {parent} does not exist.")
     try:

@@ -72,11 +72,14 @@ def run_score(args: argparse.Namespace) -> int:
                                overwrite=args.overwrite)
     skipped_log = args.out / "_skipped.csv"
     duplicates = summary["duplicate_paths"]
+    listed = f", listed in {skipped_log}" if summary["skipped_unreadable"] else ""
+    repeated = f", {duplicates:,} paths named a file already listed" if duplicates else ""
+    threshold = f"{summary['threshold']:.6g} ({summary['threshold_source']})"
     print(f"{summary['scored']:,} images scored ({summary['already_written']:,} already written, "
-          f"{summary['skipped_unreadable']:,} unreadable{', listed in ' + str(skipped_log) if summary['skipped_unreadable'] else ''}"
-          f"{f', {duplicates:,} paths named a file already listed' if duplicates else ''}); "
-          f"{summary['flagged_ood']:,} flagged OOD at threshold {summary['threshold']:.6g} ({summary['threshold_source']}).")
-    print(f"{summary['rows_in_folder']:,} rows in {args.out}, {summary['flagged_ood_in_folder']:,} flagged OOD (Parquet "
+          f"{summary['skipped_unreadable']:,} unreadable{listed}{repeated}); "
+          f"{summary['flagged_ood']:,} flagged OOD at threshold {threshold}.")
+    in_folder = summary["flagged_ood_in_folder"]
+    print(f"{summary['rows_in_folder']:,} rows in {args.out}, {in_folder:,} flagged OOD (Parquet "
           f"parts; read them with pandas.read_parquet('{args.out}'))")
     return 0
 

@@ -101,7 +101,7 @@ def select_interneg_bank(encoder: ClipEncoder, class_names: Sequence[str], id_te
     (TINS selects its bank the same way)."""
     baselines = class_baselines(id_text_features, prototypes)
     settings = {"kind": "interneg", "count": count, "at_least_one": at_least_one,
-                "prototypes": hashlib.sha256(np.ascontiguousarray(prototypes, np.float32)).hexdigest()}
+                "prototypes": hashlib.sha256(np.ascontiguousarray(prototypes, np.float32).tobytes()).hexdigest()}
     cache_file = cache_dir / "mined" / f"{selection_key(encoder, class_names, settings)}.json" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         cached = json.loads(cache_file.read_text(encoding="utf-8"))

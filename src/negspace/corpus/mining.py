@@ -27,8 +27,8 @@ import numpy as np
 
 from negspace.corpus.custom import corpus_fingerprint, load_corpus
 from negspace.corpus.wordnet import Corpus
-from negspace.templates import ADJECTIVE_TEMPLATE, NOUN_TEMPLATE  # noqa: F401  (re-exported)
 from negspace.reprs import fields_repr, with_config_repr
+from negspace.templates import ADJECTIVE_TEMPLATE, NOUN_TEMPLATE  # also re-exported
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
@@ -171,8 +171,8 @@ def write_json_atomic(path: Path, data: object) -> None:
     # mkstemp makes the file private (0600); the cache's other files follow the umask (e.g. 0644)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    Path(tmp).chmod(0o666 & ~umask)
+    Path(tmp).replace(path)
 
 
 def mine_negative_labels(

@@ -98,7 +98,7 @@ def filter_labels(labels: Sequence[str], nearest: Sequence[Sequence[str]],
         return answers
 
     answers = round_of([NEGREFINE_PROPER_NOUN.format(label=labels[i]) for i in undecided])
-    for i, answer in zip(list(undecided), answers):
+    for i, answer in zip(list(undecided), answers, strict=False):
         if is_yes(answer):
             result.dropped[labels[i]] = "proper noun"
             undecided.remove(i)
@@ -112,7 +112,7 @@ def filter_labels(labels: Sequence[str], nearest: Sequence[Sequence[str]],
             else:
                 asking.append(i)
         answers = round_of([NEGREFINE_SUBCATEGORY.format(label=labels[i], name=nearest[i][rank]) for i in asking])
-        for i, answer in zip(asking, answers):
+        for i, answer in zip(asking, answers, strict=False):
             if is_yes(answer):
                 result.dropped[labels[i]] = f"subcategory of {nearest[i][rank]}"
                 undecided.remove(i)

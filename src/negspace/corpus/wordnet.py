@@ -36,8 +36,9 @@ import gzip
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
+
 from negspace.errors import NegspaceError
 
 __all__ = [
@@ -143,12 +144,12 @@ def _check_selection(selection: str) -> str:
     return selection
 
 
-@lru_cache(maxsize=None)
+@cache
 def _selected(selection: str) -> Corpus:
     return _build(_rows(), selection)[0]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _counts(selection: str) -> tuple[tuple[str, int], ...]:
     return tuple(_build(_rows(), selection)[1].items())
 

@@ -272,7 +272,7 @@ def _walk_images(root: Path) -> Iterator[str]:
     # onerror: an unreadable sub-folder is logged, not fatal; the rest of the set is usable.
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=_log_walk_error):
         try:
-            st = os.stat(dirpath)
+            st = Path(dirpath).stat()
         except OSError as exc:
             _log_walk_error(exc)
             dirnames[:] = []

@@ -181,14 +181,15 @@ def encode_prototypes(encoder, shots: IDShots, batch_size: int = 64) -> np.ndarr
     """The prototypes of ``shots`` with ``encoder`` (image features through its feature cache;
     unreadable shots are skipped and logged by the encoder)."""
     encoded = encoder.encode_image_files(shots.paths, batch_size=batch_size)
-    labels, position = [], 0
+    kept: list[int] = []
+    position = 0
     for path in encoded.paths:  # the kept files, in the order given: match them by position
         while Path(shots.paths[position]) != Path(path):
             position += 1
-        labels.append(int(shots.labels[position]))
+        kept.append(int(shots.labels[position]))
         position += 1
-    labels = np.asarray(labels, dtype=np.int64)
-    missing = sorted(set(range(shots.n_classes)) - set(labels.tolist()))
+    labels = np.asarray(kept, dtype=np.int64)
+    missing = sorted(set(range(shots.n_classes)) - set(kept))
     if missing:
         raise DatasetError(f"{arg('id_shots')}: no readable image of class {missing[0]} is left for its prototype.")
     return class_prototypes(encoded.features, labels, shots.n_classes)

@@ -41,11 +41,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import LabelledColumns, OnlineDetector, as_unit_rows, nearest_texts, resolve_config, row_argmax
+from negspace.detectors.base import (
+    LabelledColumns,
+    OnlineDetector,
+    nearest_texts,
+    resolve_config,
+    row_argmax,
+)
 from negspace.detectors.saved import SavedDetector, constructor_params
-from negspace.scoring import DEFAULT_TAU, group_order, softmax_entropy  # noqa: F401  (re-exported)
-from negspace.templates import ID_TEMPLATE
 from negspace.reprs import with_config_repr
+from negspace.scoring import DEFAULT_TAU, as_unit_rows, group_order, softmax_entropy  # noqa: F401  (re-exported)
+from negspace.templates import ID_TEMPLATE
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives, MiningConfig
@@ -113,7 +119,8 @@ def task_proxies(memory: np.ndarray, filled: np.ndarray) -> np.ndarray:
     """``normalise(mean of the filled slots)`` per label, ``(n, D)`` float32."""
     mask = np.arange(memory.shape[1])[None, :] < filled[:, None]
     total = np.einsum("nl,nld->nd", mask.astype(memory.dtype), memory)
-    return (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+    proxies: np.ndarray = (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+    return proxies
 
 
 def sample_adaptive_cosines(
@@ -152,7 +159,8 @@ def sample_adaptive_cosines(
     w_by_label = np.ascontiguousarray(w.transpose(1, 0, 2))  # (n, B, L)
     gw = np.matmul(w_by_label, gram[labels].astype(np.float64))  # G is symmetric
     norm2 = np.sum(gw * w_by_label, axis=2).T
-    return numerator / np.sqrt(np.maximum(norm2, 1e-300))
+    cosines: np.ndarray = numerator / np.sqrt(np.maximum(norm2, 1e-300))
+    return cosines
 
 
 # --------------------------------------------------------------------------- state
@@ -360,7 +368,7 @@ class AdaNeg(OnlineDetector):
         state = self.state_
         state.scoring_proxies[self.backend.index(position[scored])] = self.backend.asarray(state.proxies[labels[scored]])
 
-    def _proxy_cosines(self, features: Any, host_features: np.ndarray) -> Any:
+    def _proxy_cosines(self, features: Any, host_features: np.ndarray | None) -> Any:
         """Cosines to the proxies of the scored labels in scoring order: task-adaptive on the
         backend (one GEMM), sample-adaptive on the host (its per-slot products read the NumPy
         memories)."""
@@ -368,6 +376,7 @@ class AdaNeg(OnlineDetector):
         if self.proxy == "task":
             return features @ state.scoring_proxies.T
         assert state.gram is not None
+        assert host_features is not None  # _score_batch passes them for the sample proxies
         labels = self._scored_labels
         parts = [
             sample_adaptive_cosines(
@@ -425,7 +434,7 @@ class AdaNeg(OnlineDetector):
         host_features = to_numpy(features, np.float32) if self.proxy == "sample" or not self.frozen else None
         id_cos, neg_cos = self._text_cosines(features)
         s_nl = to_numpy(self._neglabel_from_cosines(id_cos, neg_cos))
-        if not self.frozen:  # frozen: the saved proxies, a pure function of each image
+        if not self.frozen and host_features is not None:  # frozen: the saved proxies, a pure function of each image
             self._cache(host_features, id_cos, neg_cos, s_nl)
         proxy_cos = self._proxy_cosines(features, host_features)
         id_proxy_cos, neg_proxy_cos = proxy_cos[:, : self.n_classes], proxy_cos[:, self.n_classes :]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -13,20 +13,19 @@ import numpy as np
 from negspace import scoring
 from negspace.backend import to_numpy
 from negspace.reprs import changed_fields, params_repr
-from negspace.scoring import UNIT_NORM_TOLERANCE, as_unit_rows  # noqa: F401  (the detectors' input check)
-
+from negspace.scoring import as_unit_rows
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from _typeshed import DataclassInstance
     from PIL.Image import Image
 
     from negspace.detectors.saved import SavedDetector
-
     from negspace.encoders import ClipEncoder
 
 
-ConfigT = TypeVar("ConfigT")
+ConfigT = TypeVar("ConfigT", bound="DataclassInstance")  # a detector's config dataclass
 
 
 @dataclass(frozen=True)
@@ -46,11 +45,11 @@ def row_argmax(values: Any) -> tuple[np.ndarray, np.ndarray]:
     a torch tensor on its device: only ``2B`` numbers come back to the host)."""
     if isinstance(values, np.ndarray):
         best, columns = scoring.row_max(values)
-    else:
-        from negspace import torch_scoring
+        return to_numpy(best), to_numpy(columns, np.int64)
+    from negspace import torch_scoring
 
-        best, columns = torch_scoring.row_max(values)
-    return to_numpy(best), to_numpy(columns, np.int64)
+    on_device = torch_scoring.row_max(values)
+    return to_numpy(on_device[0]), to_numpy(on_device[1], np.int64)
 
 
 def nearest_texts(blocks: Sequence[LabelledColumns], n_images: int) -> list[str]:
@@ -68,15 +67,19 @@ def nearest_texts(blocks: Sequence[LabelledColumns], n_images: int) -> list[str]
         best[better] = values[better]
         block_of[better] = k
         row_of[better] = (columns if block.rows is None else block.rows[columns])[better]
-    return [blocks[k].labels[r] if k >= 0 else "" for k, r in zip(block_of.tolist(), row_of.tolist())]
+    return [blocks[k].labels[r] if k >= 0 else "" for k, r in zip(block_of.tolist(), row_of.tolist(), strict=True)]
 
 
 def check_ranges(config: Any, *, positive: Sequence[str] = (), at_least_one: Sequence[str] = (),
                  non_negative: Sequence[str] = (), unit_interval: Sequence[str] = ()) -> None:
     """Raise ``ValueError`` naming the first field of ``config`` outside its range (a config's
     ``__post_init__`` check)."""
-    ranges = ((positive, lambda v: v > 0, "must be positive"), (at_least_one, lambda v: v >= 1, "must be at least 1"),
-              (non_negative, lambda v: v >= 0, "must be >= 0"), (unit_interval, lambda v: 0 <= v <= 1, "must be in [0, 1]"))
+    ranges: tuple[tuple[Sequence[str], Callable[[Any], bool], str], ...] = (
+        (positive, lambda v: v > 0, "must be positive"),
+        (at_least_one, lambda v: v >= 1, "must be at least 1"),
+        (non_negative, lambda v: v >= 0, "must be >= 0"),
+        (unit_interval, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    )
     for names, inside, says in ranges:
         for name in names:
             value = getattr(config, name)
@@ -158,6 +161,11 @@ class Detector(ABC):
     def to_saved(self) -> SavedDetector:
         """What :meth:`save` writes (each detector says what it needs)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be saved")
+
+    @classmethod
+    def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> Detector:
+        """The detector :meth:`to_saved` described (each detector that can be saved reads it back)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be loaded")
 
     def __repr__(self) -> str:
         # sizes and the settings that differ from the paper's defaults; the whole config is

@@ -23,9 +23,9 @@ import numpy as np
 from negspace.corpus.csp import WORDNET_POOL, PoolSelection
 from negspace.detectors.base import check_ranges
 from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
+from negspace.reprs import with_config_repr
 from negspace.scoring import DEFAULT_TAU
 from negspace.templates import CSP_NOUN_TEMPLATES
-from negspace.reprs import with_config_repr
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
@@ -66,6 +66,7 @@ class CSP(NegLabel):
 
     method_name: ClassVar[str] = "csp"
     config_class: ClassVar[type] = CSPConfig
+    config: CSPConfig
 
     @classmethod
     def encode_id_names(cls, encoder: ClipEncoder, class_names: Sequence[str]) -> np.ndarray:

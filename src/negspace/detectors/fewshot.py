@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from negspace.corpus.interneg import class_baselines
-from negspace.detectors.base import OnlineDetector, as_unit_rows
+from negspace.detectors.base import OnlineDetector
 from negspace.detectors.saved import SavedDetector
-
+from negspace.scoring import as_unit_rows
 
 LEARNED_LABEL = "(learned negative {})"  # a learned row's name where a label is shown (negspace score)
 
@@ -28,6 +28,11 @@ class FewShotDetector(OnlineDetector):
     #: the learned state's attributes, saved as arrays of these dtypes, in ``_initial``'s order
     STATE_ARRAYS: ClassVar[tuple[tuple[str, Any], ...]] = ()
     inversion_needs_words: ClassVar[bool] = False  # the inverter also reads the bank's words (neg_labels)
+    method_name: ClassVar[str]  # set by each method
+
+    if TYPE_CHECKING:  # the constructor every subclass has (from_features and from_saved call it)
+        def __init__(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
+                     config: Any = None, *, neg_labels: Sequence[str] | None = None, **options: Any) -> None: ...
 
     def _set_banks(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
                    neg_labels: Sequence[str] | None) -> None:

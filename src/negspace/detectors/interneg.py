@@ -27,8 +27,8 @@ from negspace.corpus.interneg import intermodal_test
 from negspace.detectors.base import check_ranges, resolve_config
 from negspace.detectors.fewshot import FewShotDetector, images_to_invert
 from negspace.detectors.neglabel import NegLabel
-from negspace.scoring import DEFAULT_TAU
 from negspace.reprs import with_config_repr
+from negspace.scoring import DEFAULT_TAU
 
 Inverter = Callable[[np.ndarray], np.ndarray]  # image features (B, D) -> learned unit text features (B, D)
 
@@ -101,7 +101,7 @@ class InterNeg(FewShotDetector):
             negatives = self.negatives_scored()
             self._scorer = NegLabel(self.id_text_features, negatives, tau=config.tau, groups=config.groups,
                                     seed=config.seed, neg_labels=self.bank_labels(len(negatives) - len(self.negative_features)),
-                                    **self.backend_options)
+                                    backend=self.backend_options["backend"], device=self.backend_options["device"])
         return self._scorer
 
     def negative_bank(self) -> tuple[np.ndarray, list[str]] | None:
@@ -113,6 +113,7 @@ class InterNeg(FewShotDetector):
         from negspace.encoders.inversion import PseudoTokenInverter
 
         config = self.config
+        assert self.encoder is not None  # unfreeze() checked it
         return PseudoTokenInverter(self.encoder, steps=config.steps, lr=config.lr, weight_decay=config.weight_decay,
                                    init_std=config.init_std, seed=config.seed)
 

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import Detector, as_unit_rows, resolve_config, row_argmax
+from negspace.detectors.base import Detector, resolve_config, row_argmax
 from negspace.detectors.saved import SavedDetector
-from negspace.templates import MCM_TEMPLATE
 from negspace.reprs import with_config_repr
+from negspace.scoring import as_unit_rows
+from negspace.templates import MCM_TEMPLATE
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder

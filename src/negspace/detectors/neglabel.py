@@ -14,17 +14,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import (Detector, LabelledColumns, as_unit_rows, check_ranges, nearest_texts, resolve_config,
-                                     row_argmax)
+from negspace.detectors.base import (
+    Detector,
+    LabelledColumns,
+    check_ranges,
+    nearest_texts,
+    resolve_config,
+    row_argmax,
+)
 from negspace.detectors.saved import SavedDetector
-from negspace.scoring import DEFAULT_TAU, group_order
-from negspace.templates import ID_TEMPLATE as NEGLABEL_ID_TEMPLATE
 from negspace.reprs import with_config_repr
+from negspace.scoring import DEFAULT_TAU, as_unit_rows, group_order
+from negspace.templates import ID_TEMPLATE as NEGLABEL_ID_TEMPLATE
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives
@@ -47,6 +53,23 @@ class NegLabelConfig:
         check_ranges(self, positive=("tau",), at_least_one=("groups",))
 
 
+class GroupedConfig(Protocol):
+    """What NegLabel's grouped score reads from its config: a frozen dataclass with ``tau``,
+    ``groups`` and ``seed`` (NegLabelConfig, and CSPConfig and NegRefineConfig for the detectors
+    that reuse NegLabel; each detector refuses another's config at run time)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def tau(self) -> float: ...
+
+    @property
+    def groups(self) -> int: ...
+
+    @property
+    def seed(self) -> int: ...
+
+
 class NegLabel(Detector):
     """Grouped negative-label score with a fixed bank of negative text features.
 
@@ -61,12 +84,13 @@ class NegLabel(Detector):
     #: this detector with their own)
     method_name: ClassVar[str] = "neglabel"
     config_class: ClassVar[type] = NegLabelConfig
+    config: GroupedConfig  # a config_class instance
 
     def __init__(
         self,
         id_text_features: np.ndarray,
         neg_text_features: np.ndarray,
-        config: NegLabelConfig | None = None,
+        config: GroupedConfig | None = None,
         *,
         neg_labels: Sequence[str] | None = None,
         backend: str = "numpy",
@@ -101,7 +125,7 @@ class NegLabel(Detector):
         cls,
         id_text_features: np.ndarray,
         neg_text_features: np.ndarray,
-        config: NegLabelConfig | None = None,
+        config: GroupedConfig | None = None,
         *,
         backend: str = "numpy",
         device: str = "auto",
@@ -116,7 +140,7 @@ class NegLabel(Detector):
         encoder: ClipEncoder,
         class_names: Sequence[str],
         mined: MinedNegatives,
-        config: NegLabelConfig | None = None,
+        config: GroupedConfig | None = None,
         *,
         backend: str = "numpy",
         device: str = "auto",

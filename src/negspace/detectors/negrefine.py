@@ -30,11 +30,11 @@ import numpy as np
 from negspace.backend import to_numpy
 from negspace.corpus.csp import WORDNET_POOL, PoolSelection
 from negspace.detectors.base import check_ranges
-from negspace.detectors.neglabel import DEFAULT_GROUPS, NegLabel
+from negspace.detectors.neglabel import DEFAULT_GROUPS, GroupedConfig, NegLabel
 from negspace.detectors.saved import SavedDetector
+from negspace.reprs import with_config_repr
 from negspace.scoring import DEFAULT_TAU
 from negspace.templates import CSP_NOUN_TEMPLATES, NEGREFINE_PAIR
-from negspace.reprs import with_config_repr
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives
@@ -77,7 +77,8 @@ class NegRefineConfig:
 
 def stable_sigmoid(x: np.ndarray) -> np.ndarray:
     """``1 / (1 + e^-x)`` without overflow, as ``exp(-log(1 + e^-x))``."""
-    return np.exp(-np.logaddexp(0.0, -x))
+    sigmoid: np.ndarray = np.exp(-np.logaddexp(0.0, -x))
+    return sigmoid
 
 
 class NegRefine(NegLabel):
@@ -91,9 +92,12 @@ class NegRefine(NegLabel):
 
     method_name: ClassVar[str] = "negrefine"
     config_class: ClassVar[type] = NegRefineConfig
+    config: NegRefineConfig
+    class_names: list[str]  # required here (the pair texts are made of them)
+    neg_labels: list[str]
 
     def __init__(self, id_text_features: np.ndarray, neg_text_features: np.ndarray,
-                 config: NegRefineConfig | None = None, *, class_names: Sequence[str] | None = None,
+                 config: GroupedConfig | None = None, *, class_names: Sequence[str] | None = None,
                  neg_labels: Sequence[str] | None = None, pair_encoder: PairEncoder | None = None,
                  backend: str = "numpy", device: str = "auto", **params: Any) -> None:
         super().__init__(id_text_features, neg_text_features, config, neg_labels=neg_labels, backend=backend,
@@ -109,7 +113,7 @@ class NegRefine(NegLabel):
 
     @classmethod
     def from_features(cls, id_text_features: np.ndarray, neg_text_features: np.ndarray,
-                      config: NegRefineConfig | None = None, *, class_names: Sequence[str] | None = None,
+                      config: GroupedConfig | None = None, *, class_names: Sequence[str] | None = None,
                       neg_labels: Sequence[str] | None = None, pair_encoder: PairEncoder | None = None,
                       backend: str = "numpy", device: str = "auto", **params: Any) -> NegRefine:
         """Build from ID and negative text features, their names and a pair encoder."""
@@ -118,7 +122,7 @@ class NegRefine(NegLabel):
 
     @classmethod
     def from_mined(cls, encoder: ClipEncoder, class_names: Sequence[str], mined: MinedNegatives,
-                   config: NegRefineConfig | None = None, *, backend: str = "numpy", device: str = "auto",
+                   config: GroupedConfig | None = None, *, backend: str = "numpy", device: str = "auto",
                    **params: Any) -> NegRefine:
         """Build from a bank (e.g. :func:`negspace.corpus.negrefine.refine_bank`); ID names are
         encoded as :meth:`encode_id_names` says, pairs with ``encoder``."""
@@ -185,7 +189,8 @@ class NegRefine(NegLabel):
         n = np.tile(top_neg, (1, top_id.shape[1]))
         own_cos = np.tile(top_neg_cos, (1, top_id.shape[1])).astype(np.float64)
         pair_cos = np.einsum("bd,bkd->bk", image, self.pair_features(p, n), dtype=np.float64)
-        return stable_sigmoid((pair_cos - own_cos) / self.tau).max(axis=1)
+        best: np.ndarray = stable_sigmoid((pair_cos - own_cos) / self.tau).max(axis=1)
+        return best
 
     def pair_features(self, p: np.ndarray, n: np.ndarray) -> np.ndarray:
         """The features of the pairs ``(p[i, j], n[i, j])``, encoding those not yet kept at once."""
@@ -193,7 +198,8 @@ class NegRefine(NegLabel):
         rows = self._pairs.rows(keys)
         found = rows >= 0
         if found.all():  # warm: look-ups and one gather
-            return self._pairs.features[rows].reshape(*p.shape, -1)
+            kept: np.ndarray = self._pairs.features[rows].reshape(*p.shape, -1)
+            return kept
         features = np.empty((len(keys), self.id_text_features.shape[1]), dtype=np.float32)
         features[found] = self._pairs.features[rows[found]]
         missing, where = np.unique(keys[~found], return_inverse=True)

@@ -44,7 +44,7 @@ class RingBuffer:
     def capacity(self) -> int:
         return len(self.data)
 
-    def push(self, rows: np.ndarray, rows_sum: np.ndarray | None = None) -> None:
+    def push(self, rows: Any, rows_sum: Any = None) -> None:
         """Append ``rows``, overwriting the oldest; ``rows_sum`` (their column sums, when the caller
         has them) spares a running-sum buffer one pass over the rows."""
         n = len(rows)
@@ -75,7 +75,8 @@ class RingBuffer:
         self._sum = exact_column_sum(self.rows())
         self._pushed_since_resync = 0
 
-    def rows(self) -> np.ndarray:
+    def rows(self) -> Any:
+        """The filled rows: a NumPy array, or a tensor on a torch backend's device."""
         return self.data[: self.count]
 
     def load(self, data: Any, count: int, head: int) -> None:
@@ -94,8 +95,9 @@ class RingBuffer:
         return self._sum / self.count if self.count else self._sum * 0.0
 
 
-def column_sum(rows: np.ndarray) -> np.ndarray:
-    """Float64 column sums; float32 rows go through one BLAS product with a vector of ones.
+def column_sum(rows: Any) -> Any:
+    """Float64 column sums (a NumPy array, or a tensor for a tensor); float32 rows go through one
+    BLAS product with a vector of ones.
 
     The product accumulates in float32 (relative error about 1e-7 over a batch of rows, the
     precision of float32 rows themselves) and is five times faster than a float64 reduction.

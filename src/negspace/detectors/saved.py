@@ -106,6 +106,7 @@ def read_provenance(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        provenance: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return provenance
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not JSON ({err})") from None

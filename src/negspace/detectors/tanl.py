@@ -51,17 +51,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from negspace.backend import resolve_backend, to_numpy
-from negspace.detectors.base import LabelledColumns, OnlineDetector, as_unit_rows, nearest_texts, resolve_config, row_argmax
+from negspace.detectors.base import (
+    LabelledColumns,
+    OnlineDetector,
+    nearest_texts,
+    resolve_config,
+    row_argmax,
+)
 from negspace.detectors.ring import RingBuffer, column_sum
 from negspace.detectors.saved import SavedDetector, constructor_params
+from negspace.reprs import with_config_repr
 from negspace.scoring import (  # noqa: F401  (activation_aware_score, otsu_threshold, top_labels: TANL's public API)
     DEFAULT_TAU,
     activation_aware_score,
+    as_unit_rows,
     otsu_threshold,
     top_labels,
 )
 from negspace.templates import ID_TEMPLATE
-from negspace.reprs import with_config_repr
 
 if TYPE_CHECKING:
     from negspace.encoders import ClipEncoder
@@ -335,7 +342,7 @@ class TANL(OnlineDetector):
             for queue, total, picked in ((state.id_queue, sum_pos, rows[:split]), (state.ood_queue, sum_neg, rows[split:])):
                 if len(picked):
                     picked_sum = column_sum(picked)
-                    total += picked_sum
+                    total[:] += picked_sum  # in place: total is sum_pos or sum_neg
                     queue.push(picked, picked_sum)
         n_pos, n_neg = int(confident_id.sum()), int(confident_ood.sum())
         batch_pos = sum_pos / n_pos if n_pos else queue_pos

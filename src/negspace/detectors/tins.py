@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from negspace.corpus.interneg import intermodal_test
-from negspace.detectors.base import LabelledColumns, as_unit_rows, check_ranges, nearest_texts, resolve_config
+from negspace.detectors.base import LabelledColumns, check_ranges, nearest_texts, resolve_config
 from negspace.detectors.fewshot import FewShotDetector, images_to_invert
-from negspace.scoring import DEFAULT_TAU, group_order, log_sum_exp
 from negspace.reprs import with_config_repr
+from negspace.scoring import DEFAULT_TAU, as_unit_rows, group_order, log_sum_exp
 
 Inverter = Callable[[np.ndarray], np.ndarray]
 
@@ -66,7 +66,8 @@ def scaled_group_score(id_cos: np.ndarray, grouped_cos: np.ndarray, groups: int,
     log_a = log_sum_exp(np.asarray(id_cos, np.float64) / tau)
     blocks = np.asarray(grouped_cos, np.float64).reshape(len(grouped_cos), groups, -1) / tau
     log_mean = log_sum_exp(blocks) - np.log(blocks.shape[2])
-    return np.exp(log_a[:, None] - np.logaddexp(log_a[:, None], log_mean + np.log(n_classes))).mean(axis=1)
+    scores: np.ndarray = np.exp(log_a[:, None] - np.logaddexp(log_a[:, None], log_mean + np.log(n_classes))).mean(axis=1)
+    return scores
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class TINS(FewShotDetector):
         from negspace.encoders.inversion import WordInitialisedInverter
 
         config = self.config
+        assert self.encoder is not None and self.neg_labels is not None  # unfreeze() checked both
         return WordInitialisedInverter(self.encoder, self.neg_labels, self.prototypes, steps=config.steps, lr=config.lr,
                                        weight_decay=config.weight_decay, lam=config.lam)
 

@@ -23,8 +23,7 @@ if TYPE_CHECKING:
 
 # torch, open_clip and torchvision take seconds to import: the encoder classes load on first use,
 # so that parsing a command line (or `import negspace.encoders` for its choices) stays instant.
-_LAZY = {name: "negspace.encoders.base" for name in
-         ("SPEC_FORMS", "Backend", "ClipEncoder", "ImageEncoding", "SkippedFile", "resolve_device")}
+_LAZY = dict.fromkeys(("SPEC_FORMS", "Backend", "ClipEncoder", "ImageEncoding", "SkippedFile", "resolve_device"), "negspace.encoders.base")
 
 
 def __getattr__(name: str) -> object:

@@ -464,7 +464,7 @@ class ClipEncoder:
         stats = list(pool.map(_stat_key, files))
         known = self.store.get_meta_many(k for k in stats if k) if self.store is not None else {}
         unknown = [j for j, k in enumerate(stats) if not k or k not in known]
-        hashed = dict(zip(unknown, pool.map(_try_sha256, [files[j] for j in unknown])))
+        hashed = dict(zip(unknown, pool.map(_try_sha256, [files[j] for j in unknown]), strict=True))
         if self.store is not None:
             self.store.put_meta_many({stats[j]: d for j, d in hashed.items() if stats[j] and isinstance(d, str)})
         return [hashed[j] if j in hashed else known[stats[j]] for j in range(len(files))]

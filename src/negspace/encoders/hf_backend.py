@@ -9,7 +9,6 @@ transformers is an optional dependency: ``pip install "negspace[hf]"``.
 from __future__ import annotations
 
 import functools
-
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 
 from negspace.cache import FeatureStore, weights_fingerprint
+from negspace.encoders.preprocess import check_preprocess, openood_transform, stable_id
 from negspace.encoders.weights import (
     HF_FOLDER_EXPECTED,
     LOAD_ERRORS,
@@ -32,7 +32,6 @@ from negspace.encoders.weights import (
     transformers_source,
     unreadable_weights_error,
 )
-from negspace.encoders.preprocess import check_preprocess, openood_transform, stable_id
 from negspace.errors import NegspaceError
 
 __all__ = ["HFClipBackend", "load_hf"]

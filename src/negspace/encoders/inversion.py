@@ -28,7 +28,7 @@ class TokenInjection:
     """Encode prompts with one token position replaced by a given vector (see the module doc)."""
 
     def __init__(self, encoder: ClipEncoder) -> None:
-        backend = encoder.backend
+        backend: Any = encoder.backend  # open_clip's or transformers': each holds a model and a tokenizer
         self.encoder = encoder
         self.device = encoder.device
         self.is_hf = hasattr(backend, "image_processor")
@@ -177,7 +177,8 @@ class PseudoTokenInverter:
         prompts = [self.injection.placeholder_prompt(t) for t in self.templates]
         width = max(ids.shape[1] for ids, _, _ in prompts)
         self.ids = torch.cat([torch.nn.functional.pad(ids, (0, width - ids.shape[1])) for ids, _, _ in prompts])
-        self.masks = (torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m, _ in prompts])
+        self.masks = (torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m, _ in prompts
+                                 if m is not None])
                       if prompts[0][1] is not None else None)
         self.positions = torch.tensor([position for _, _, position in prompts], device=self.ids.device)
         self.steps, self.lr, self.weight_decay, self.init_std, self.seed = steps, lr, weight_decay, init_std, seed
@@ -259,7 +260,7 @@ class WordInitialisedInverter:
         prompts = [self.template.format(self.words[i]) for i in chosen]
         ids, mask = self.injection.tokenize(prompts)
         positions = torch.tensor([self.injection.last_token_position(p, self.words[i])
-                                  for p, i in zip(prompts, chosen)], device=ids.device)
+                                  for p, i in zip(prompts, chosen, strict=True)], device=ids.device)
         vectors = self.injection.token_vectors(ids, positions).requires_grad_(True)
         step = _Steps(torch.optim.AdamW([vectors], lr=self.lr, weight_decay=self.weight_decay), ids.device)
         for _ in range(self.steps):

@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 
 from negspace.cache import FeatureStore, weights_fingerprint
+from negspace.encoders.base import SPEC_FORMS
+from negspace.encoders.preprocess import check_preprocess, openood_transform, stable_id
 from negspace.encoders.weights import (
     LOAD_ERRORS,
     STATE_DICT_EXPECTED,
@@ -37,15 +39,13 @@ from negspace.encoders.weights import (
     hub_access,
     hub_error,
     missing_path_error,
-    openclip_hub_repo_source,
-    short_reason,
-    openclip_source,
     no_weights_error,
     not_a_checkpoint_error,
+    openclip_hub_repo_source,
+    openclip_source,
+    short_reason,
     unreadable_weights_error,
 )
-from negspace.encoders.base import SPEC_FORMS
-from negspace.encoders.preprocess import check_preprocess, openood_transform, stable_id
 from negspace.errors import NegspaceError
 
 __all__ = ["OpenClipBackend", "load_openclip", "parse_openclip_spec"]

@@ -275,7 +275,7 @@ def _not_a_state_dict(file: Path, head: bytes, size: int) -> str | None:
         return None
     if _safetensors_header_size(head, size):
         return _safetensors_problem(file, head)
-    if head.startswith(_ZIP) or head.startswith(b"\x80"):  # torch.save's zip format, or its older pickle one
+    if head.startswith((_ZIP, b"\x80")):  # torch.save's zip format, or its older pickle one
         import torch
 
         try:

@@ -136,7 +136,7 @@ class EncodeActor:
         if ok.any():
             scores[ok], ids, texts = self.detector.score_with_nearest(features[ok])  # one product
             nearest_id[ok] = ids
-            for k, text in zip(np.flatnonzero(ok), texts):
+            for k, text in zip(np.flatnonzero(ok), texts, strict=True):
                 negatives[k] = text
         names = self.detector.class_names or []
         out.update(score=scores, ood=scores < self.threshold,

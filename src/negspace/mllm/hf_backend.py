@@ -213,6 +213,7 @@ class HFVisionChatBackend:
         self.batch_size = int(batch_size)
         self.image_size = int(image_size)
         self.text_only = False
+        self.model: Any = None  # an image-text-to-text model, or a causal LM for text-only chat
         # Off the network (or HF_HUB_OFFLINE) the hub is used cache-only for this load, so a
         # missing model fails at once instead of after huggingface_hub's retries.
         with nullcontext(HubAccess()) if is_local else hub_access() as hub:
@@ -228,7 +229,8 @@ class HFVisionChatBackend:
             try:
                 from transformers import AutoModelForImageTextToText as AutoVLM
             except ImportError:  # transformers < 4.46
-                from transformers import AutoModelForVision2Seq as AutoVLM
+                # the name transformers < 4.46 has (removed in 5, the version mypy sees)
+                from transformers import AutoModelForVision2Seq as AutoVLM  # type: ignore[attr-defined,no-redef]
 
             torch_dtype = getattr(torch, dtype) if dtype else (
                 torch.float16 if self.device.startswith("cuda") else torch.float32
@@ -328,6 +330,6 @@ class HFVisionChatBackend:
                     logger.warning("Local MLLM batch of %d failed: %s", len(chunk), err)
                     self.stats.failures += len(chunk)
                     continue
-                for i, ans in zip(chunk, results):
+                for i, ans in zip(chunk, results, strict=False):
                     answers[i] = ans
         return answers

@@ -71,7 +71,7 @@ class MLLMPair:
             after = backend.stats.as_dict()
             for name in ("calls", "cache_hits", "retries", "failures"):
                 setattr(self.stats, name, getattr(self.stats, name) + after[name] - before[name])
-            for i, ans in zip(idx, results):
+            for i, ans in zip(idx, results, strict=False):
                 answers[i] = ans
         return answers
 
@@ -159,17 +159,17 @@ def load_mllm(
     """
     if not isinstance(spec, str) or not spec.strip():
         raise NegspaceError(f"No MLLM was given; give {SPEC_FORMS}.")
-    opts = dict(
-        image_size=image_size,
-        max_concurrency=max_concurrency,
-        timeout=timeout,
-        retries=retries,
-        max_wait=max_wait,
-        api_key_env=api_key_env,
-        device=device,
-        batch_size=batch_size,
-        check=check,
-    )
+    opts = {
+        "image_size": image_size,
+        "max_concurrency": max_concurrency,
+        "timeout": timeout,
+        "retries": retries,
+        "max_wait": max_wait,
+        "api_key_env": api_key_env,
+        "device": device,
+        "batch_size": batch_size,
+        "check": check,
+    }
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
     def build(s: str, option: str) -> MLLM:

@@ -19,7 +19,6 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Union
 
 from PIL.Image import Image
 
@@ -55,7 +54,7 @@ MAX_NAME_WORDS = 5
 
 
 def describe_request(
-    image: Union[Path, str, Image],
+    image: Path | str | Image,
     id_class: str,
     params: GenerationParams = GenerationParams(),  # noqa: B008  (frozen dataclass)
 ) -> ChatRequest:
@@ -147,9 +146,7 @@ def clean_text(answer: str | bytes | None) -> str:
             out.append(ch)
         elif ch == "\t":
             out.append(" ")
-        elif ch == "\ufffd":
-            continue
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
+        elif ch == "\ufffd" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
             continue
         else:
             out.append(ch)
@@ -165,8 +162,7 @@ def _strip_markdown_line(line: str) -> str:
     for _ in range(2):  # nested **_x_**
         line = _BOLD.sub(r"\2", line)
         line = _ITALIC.sub(r"\2", line)
-    line = line.replace("**", "").replace("__", "")
-    return line
+    return line.replace("**", "").replace("__", "")
 
 
 def _lines(text: str, drop_headings: bool = False) -> list[str]:
@@ -287,7 +283,7 @@ def read_description(
         return None
     pattern = _excluded_pattern(excluded) if excluded and strip_class_name else None
     removed = pattern is not None and pattern.search(text) is not None
-    if removed:
+    if pattern is not None and removed:
         text = _squash(pattern.sub(" ", text))
         text = re.sub(r"\s+([,.;:!?])", r"\1", text)
         text = re.sub(r"^(?:[,.;:!?]\s*)+", "", text)
@@ -360,7 +356,7 @@ def read_class_list(
         return [], 0
     excluded_keys = {_name_key(e) for e in excluded if isinstance(e, str) and e.strip()} - {""}
     lines = _lines(clean_text(answer), drop_headings=True)
-    if not lines or is_refusal(lines[0]) and len(lines) == 1:
+    if not lines or (is_refusal(lines[0]) and len(lines) == 1):
         return [], 0
     if is_refusal(lines[0]) and not any(_NUMBER.match(ln) or _BULLET.match(ln) for ln in lines):
         return [], 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Union, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from PIL.Image import Image
 
@@ -25,10 +25,10 @@ class TextPart:
 class ImagePart:
     """An image given as a file path or an in-memory PIL image."""
 
-    image: Union[Path, Image]
+    image: Path | Image
 
 
-Part = Union[TextPart, ImagePart]
+Part = TextPart | ImagePart
 
 
 @dataclass(frozen=True)

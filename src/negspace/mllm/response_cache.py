@@ -83,14 +83,16 @@ class ResponseStore(SharedSQLiteStore):
     """SQLite map from request key to answer text, shared safely by threads and processes."""
 
     SCHEMA = (
-        "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
-        "answer TEXT NOT NULL, created REAL NOT NULL)",
+        (
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT NOT NULL, "
+            "answer TEXT NOT NULL, created REAL NOT NULL)"
+        ),
     )
     WHAT = "MLLM response cache"
 
     def get_many(self, keys: Sequence[str]) -> dict[str, str]:
         rows = self.select_by_keys("SELECT key, answer FROM responses WHERE key IN ({marks})", keys)
-        return {key: answer for key, answer in rows}
+        return dict(rows)
 
     def put_many(self, model: str, items: dict[str, str]) -> None:
         """Store answers in one transaction."""
@@ -168,7 +170,7 @@ class CachedMLLM:
         # hands over each answer as it arrives (``generate_each``) has it committed at once, so an
         # interrupted run keeps every answer it paid for; otherwise each chunk is committed before
         # the next starts.
-        jobs: list[tuple[str | None, list[int]]] = [(k, idx) for k, idx in todo.items()]
+        jobs: list[tuple[str | None, list[int]]] = list(todo.items())
         jobs += [(None, [i]) for i in uncacheable]
         for start in range(0, len(jobs), self.chunk_size):
             chunk = jobs[start : start + self.chunk_size]

@@ -19,10 +19,10 @@ import numpy as np
 from negspace.detectors.ants.config import ANTSConfig
 from negspace.detectors.ants.rules import kcenter_greedy
 from negspace.detectors.ants.state import ANTSState
-from negspace.detectors.base import as_unit_rows
 from negspace.mllm.prompts import describe_request, read_class_list, read_description, vsnl_request
 from negspace.mllm.protocol import GenerationParams
-from negspace.templates import ENS_TEMPLATE, VSNL_TEMPLATE  # noqa: F401  (re-exported)
+from negspace.scoring import as_unit_rows
+from negspace.templates import ENS_TEMPLATE, VSNL_TEMPLATE  # also re-exported
 
 log = logging.getLogger("negspace.detectors.ants")
 
@@ -39,7 +39,7 @@ class BankBuilder:
     class_names: list[str]
     mllm_calls_total: int
     # Background MLLM work of the online mode: (due batch count, answers, how to apply them).
-    _jobs: deque[tuple[int, Future, Callable[[list[str | None]], None]]]
+    _jobs: deque[tuple[int, Future[list[str | None]], Callable[[list[str | None]], None]]]
     _executor: ThreadPoolExecutor | None
     _vsnl_wanted: list[int]
 
@@ -54,7 +54,8 @@ class BankBuilder:
         cfg = self.config
         order = np.argsort(scores, kind="stable") if cfg.describe_order == "lowest" else np.arange(len(scores))
         if cfg.diversity == "kcenter" and k is not None:
-            return order[kcenter_greedy(features[order], k, first=0)]
+            spread: np.ndarray = order[kcenter_greedy(features[order], k, first=0)]
+            return spread
         return order
 
     def _describe(self, features: np.ndarray, preds: np.ndarray, scores: np.ndarray, halves: np.ndarray,
@@ -72,13 +73,13 @@ class BankBuilder:
             return
         excluded = [self.class_names[preds[i]] for i in chosen]
         sources = halves[chosen]
-        requests = [describe_request(images[i], name, self._params()) for i, name in zip(chosen, excluded)]
+        requests = [describe_request(images[i], name, self._params()) for i, name in zip(chosen, excluded, strict=True)]
 
         def apply(answers: list[str | None]) -> None:
             cfg = self.config
             sentences, kept_halves = [], []
             rejected = st.rejected_answers
-            for name, half, answer in zip(excluded, sources, answers):
+            for name, half, answer in zip(excluded, sources, answers, strict=True):
                 if answer is None:
                     continue
                 read = read_description(answer, name, cfg.description_words, cfg.strip_class_names)
@@ -105,7 +106,7 @@ class BankBuilder:
         new: list[str] = []
         sources: list[int] = []
         fresh: dict[str, int] = {}
-        for text, half in zip(sentences, halves):
+        for text, half in zip(sentences, halves, strict=True):
             key, bit = text.casefold(), 1 << int(half)
             if key in fresh:
                 sources[fresh[key]] |= bit
@@ -140,7 +141,7 @@ class BankBuilder:
         def apply(answers: list[str | None]) -> None:
             parsed: dict[int, list[str]] = {}
             rejected = st.rejected_answers
-            for c, answer in zip(missing, answers):
+            for c, answer in zip(missing, answers, strict=True):
                 if answer is None:
                     continue  # not cached: asked again at the next update if still in Y'
                 # Every ID name is excluded (not only the asked class): an ID name is no negative.
@@ -152,7 +153,7 @@ class BankBuilder:
                 parsed[c] = names
             self._warn_rejected(st.rejected_answers - rejected, len(answers), "class lists")
             to_encode = sorted({n for names in parsed.values() for n in names})
-            encoded = dict(zip(to_encode, self._encode(to_encode, VSNL_TEMPLATE))) if to_encode else {}
+            encoded = dict(zip(to_encode, self._encode(to_encode, VSNL_TEMPLATE), strict=True)) if to_encode else {}
             for c, names in parsed.items():
                 st.vsnl_answers[c] = names
                 st.vsnl_answer_features[c] = (np.stack([encoded[n] for n in names]) if names
@@ -179,7 +180,7 @@ class BankBuilder:
         rows: list[np.ndarray] = []
         seen: set[str] = set()
         for c in active:
-            for name, row in zip(st.vsnl_answers[c], st.vsnl_answer_features[c]):
+            for name, row in zip(st.vsnl_answers[c], st.vsnl_answer_features[c], strict=True):
                 if name.casefold() not in seen:
                     seen.add(name.casefold())
                     texts.append(name)
@@ -265,7 +266,7 @@ class BankBuilder:
                 got = list(self.mllm.generate(chunk))
                 if len(got) != len(chunk):
                     raise ValueError(f"{len(got)} answers for {len(chunk)} requests")
-            except Exception as err:  # a broken backend must not end the run
+            except Exception as err:  # noqa: BLE001 - a broken backend must not end the run
                 log.warning("ANTS: MLLM generate failed (%s); continuing with the banks it has", err)
                 got = [None] * len(chunk)
             answers.extend(got)

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from negspace.backend import resolve_backend, to_numpy
 from negspace.detectors.ants import explain as ants_explain
 from negspace.detectors.ants.banks import BankBuilder
 from negspace.detectors.ants.config import ANTSConfig
@@ -73,15 +74,20 @@ from negspace.detectors.ants.rules import (
 )
 from negspace.detectors.ants.scoring import StackedBanks
 from negspace.detectors.ants.state import ANTSState
-from negspace.detectors.base import (LabelledColumns, OnlineDetector, StreamBatch, as_unit_rows, nearest_texts,
-                                     resolve_config)
+from negspace.detectors.base import (
+    LabelledColumns,
+    OnlineDetector,
+    StreamBatch,
+    nearest_texts,
+    resolve_config,
+)
 from negspace.mllm.protocol import MLLM, describe_model
-from negspace.backend import resolve_backend, to_numpy
-from negspace.scoring import group_order
+from negspace.scoring import as_unit_rows, group_order
 from negspace.templates import ID_TEMPLATE
 
 if TYPE_CHECKING:
     from negspace.corpus.mining import MinedNegatives
+    from negspace.detectors.ring import RingBuffer
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +99,7 @@ __all__ = ["ANTS", "ANTSConfig", "ANTSState", "TextEncoder", "scaled_schedule"]
 class TextEncoder(Protocol):
     """Anything that turns texts into unit rows (e.g. :class:`negspace.encoders.ClipEncoder`)."""
 
-    def encode_texts(self, texts: Sequence[str], template: str = "{}", progress: bool = True) -> np.ndarray: ...
+    def encode_texts(self, texts: Sequence[str], template: str = "{}", *, progress: bool = True) -> np.ndarray: ...
 
 
 _LAM_TRACE_LENGTH = 10_000  # batches of lam history kept for reports
@@ -131,6 +137,8 @@ class ANTS(BankBuilder, OnlineDetector):
     (a CLIP encoder and mined negatives). All hyper-parameters are :class:`ANTSConfig` fields;
     ``ANTSConfig.authors(...)`` reproduces the authors' code.
     """
+
+    class_names: list[str]  # always given (Detector's may be None)
 
     def __init__(
         self,
@@ -313,6 +321,7 @@ class ANTS(BankBuilder, OnlineDetector):
 
     def _activation_score(self, base: _Base, ens_cos: np.ndarray, grouped: np.ndarray, window: str) -> np.ndarray:
         ring = self.state.activation_window
+        assert ring is not None  # fresh() makes one when ens_score is "activation", the only caller
         if window == "push":
             ring.push(grouped)
             past = ring.rows()
@@ -571,10 +580,16 @@ class ANTS(BankBuilder, OnlineDetector):
         if not (describable or cfg.threshold == "histogram") or not len(index):
             return
         st.pending_features.append(base.image[index])
-        st.pending_images.extend([images[i] for i in index] if describable else [None] * len(index))
+        st.pending_images.extend([images[i] for i in index] if describable and images is not None
+                                 else [None] * len(index))
         st.pending_preds.append(base.pred[index])
         st.pending_scores.append(base.s_nl[index])
         st.pending_halves.append(halves)
+
+    def _score_history(self) -> RingBuffer:
+        """The ring of recent scores the histogram rule reads (fresh() makes it for that rule)."""
+        assert self.state.score_history is not None, "the histogram threshold rule keeps a score history"
+        return self.state.score_history
 
     def _flush_pool(self) -> None:
         """ENS update (Eq. 7): (histogram rule) a new threshold, then describe the pooled negatives."""
@@ -582,7 +597,7 @@ class ANTS(BankBuilder, OnlineDetector):
         features, preds, scores, halves, images = st.take_pending()
         st.ens_updates += 1
         if cfg.threshold == "histogram":  # the authors update their threshold at this point
-            gamma = histogram_threshold(st.score_history.rows(), cfg.eta, cfg.histogram_coarse_width)
+            gamma = histogram_threshold(self._score_history().rows(), cfg.eta, cfg.histogram_coarse_width)
             if gamma is not None:
                 st.threshold = gamma
         keep = np.asarray([i for i, img in enumerate(images) if img is not None], dtype=np.int64)
@@ -625,11 +640,11 @@ class ANTS(BankBuilder, OnlineDetector):
         """
         if not self.config.two_pass:
             self._warn_short_stream(batches)
-            scores = super().score_stream(batches)
+            per_batch = super().score_stream(batches)
             if finish:
                 self.finish_stream()
                 self._warn_empty_banks(sum(len(b.features) for b in batches), len(batches))
-            return scores
+            return per_batch
         features = np.concatenate([as_unit_rows(to_numpy(b.features, np.float32), "image features", self.state.dim,
                                                 copy=False) for b in batches])
         images: list[Any] = []
@@ -662,7 +677,7 @@ class ANTS(BankBuilder, OnlineDetector):
         if cfg.threshold == "paper":
             negatives, gamma = exact_paper_negatives(s_nl, cfg.gamma0, cfg.eta)
         else:
-            gamma = histogram_threshold(st.score_history.rows(), cfg.eta, cfg.histogram_coarse_width)
+            gamma = histogram_threshold(self._score_history().rows(), cfg.eta, cfg.histogram_coarse_width)
             negatives = s_nl < gamma if gamma is not None else np.zeros(len(s_nl), bool)
         if gamma is not None:
             st.threshold = gamma
@@ -741,7 +756,7 @@ class ANTS(BankBuilder, OnlineDetector):
         """
         st = self.state
         a, b, lam = self.lam_terms()
-        info = {
+        info: dict[str, Any] = {
             "mllm_requests": st.mllm_requests,
             "mllm_requests_since_built": self.mllm_calls_total,
             "mllm_failed_answers": st.failed_answers,

@@ -17,11 +17,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from negspace.backend import to_numpy
 from negspace.detectors.ants.config import ANTSConfig
 from negspace.detectors.ants.state import ANTSState
-from negspace.backend import to_numpy
-from negspace.detectors.base import as_unit_rows
-from negspace.scoring import log_sum_exp
+from negspace.scoring import as_unit_rows, log_sum_exp
 
 EXPLAINED_IMAGES = 100  # lowest-scored images of a stream kept explained (eval's --explanations default)
 EXPLAINED_TEXTS = 5  # texts kept per explained image
@@ -68,7 +67,7 @@ def explain(det: ExplainableSpace, features: np.ndarray, top: int = 5) -> list[E
     out: list[Explanation] = []
     for row in range(len(image)):
         candidates: list[tuple[float, str, str]] = []
-        for (weights, texts, name), columns in zip(blocks, best):
+        for (weights, texts, name), columns in zip(blocks, best, strict=True):
             candidates.extend((float(weights[row, j]), texts[j], name) for j in columns[row])
         candidates.sort(key=lambda c: -c[0])
         out.append([(text, name, w) for w, text, name in candidates[:top]])
@@ -82,7 +81,7 @@ def _top_columns(weights: np.ndarray, top: int) -> list[np.ndarray]:
         return list(np.argsort(-weights, axis=1, kind="stable"))
     kth = np.partition(weights, weights.shape[1] - top, axis=1)[:, weights.shape[1] - top]  # top-th largest
     out = []
-    for row, bound in zip(weights, kth):
+    for row, bound in zip(weights, kth, strict=True):
         columns = np.flatnonzero(row >= bound)  # the top ones, and any tied with the last of them
         out.append(columns[np.argsort(-row[columns], kind="stable")[:top]])
     return out
@@ -182,7 +181,7 @@ class ExplanationKeeper:
 
     def lookup(self) -> dict[tuple[bytes, float], Explanation]:
         """The kept explanations by (float32 feature row bytes, score)."""
-        return {(key, float(score)): texts for key, score, texts in zip(self.keys, self.scores, self.explanations)}
+        return {(key, float(score)): texts for key, score, texts in zip(self.keys, self.scores, self.explanations, strict=True)}
 
 
 def explanation_rows(det: ExplainableSpace, features: np.ndarray, sample_ids: Sequence[str], scores: np.ndarray | None = None,
@@ -214,7 +213,7 @@ def explanation_rows(det: ExplainableSpace, features: np.ndarray, sample_ids: Se
             explained[i] = (texts[:top], SCORING_SPACE)
     missing = [i for i in order if i not in explained]
     space = SCORING_SPACE if current_scored_all else FINAL_SPACE
-    for i, texts in zip(missing, explain(det, features[missing], top=top) if missing else []):
+    for i, texts in zip(missing, explain(det, features[missing], top=top) if missing else [], strict=True):
         explained[i] = (texts, space)
     rows: list[dict[str, Any]] = []
     for rank, i in enumerate(order, start=1):

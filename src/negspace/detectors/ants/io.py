@@ -74,7 +74,7 @@ def save_space(directory: str | Path, space: SavedSpace) -> Path:
                     doc["pending_dropped"])
     _write_json(out / "state.json", doc)
     tmp = out / "state.tmp.npz"
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # stub: **arrays could fill allow_pickle (keys are state names)
     tmp.replace(out / "state.npz")
     log.info("ANTS negative space saved to %s (%d ENS sentences, %d VSNL labels)",
              out, space.state.ens_count, len(space.state.vsnl_texts))

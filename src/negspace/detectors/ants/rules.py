@@ -28,7 +28,7 @@ def histogram_quantile(hist: np.ndarray, q: float, upper: float = 1.0) -> float 
     Returns ``None`` when no score lies below ``upper``.
     """
     bins = len(hist)
-    last = int(math.ceil(upper * bins - 1e-9))  # bins [0, last) lie below upper
+    last = math.ceil(upper * bins - 1e-9)  # bins [0, last) lie below upper
     counts = hist[: max(0, min(last, bins))].astype(np.float64)
     total = counts.sum()
     if total <= 0:
@@ -76,7 +76,7 @@ def exact_paper_negatives(scores: np.ndarray, gamma0: float, eta: float) -> tupl
     n = int(candidates.sum())
     if n == 0:
         return np.zeros(len(scores), dtype=bool), None
-    k = max(1, int(math.ceil(eta * n)))
+    k = max(1, math.ceil(eta * n))
     gamma = float(np.partition(scores[candidates], k - 1)[k - 1])
     return candidates & (scores <= gamma), gamma
 
@@ -98,7 +98,7 @@ def top_counts(counts: np.ndarray, k: int, first_seen: np.ndarray | None = None)
 
 def frequency_classes(neg_pred_counts: np.ndarray, delta: float) -> list[int]:
     """Eq. 10-11: the ``delta * K`` classes most often predicted for the negative images."""
-    k = max(1, int(round(delta * len(neg_pred_counts))))
+    k = max(1, int(round(delta * len(neg_pred_counts))))  # noqa: RUF046 - under NumPy < 2, round() of a NumPy float is a NumPy float
     return top_counts(neg_pred_counts, k)
 
 
@@ -232,8 +232,9 @@ def scaled_schedule(n_images: int, batch_size: int = 256, reference_images: int 
     n_batches = max(1, math.ceil(n_images / batch_size))
     image_factor = n_images / reference_images
     batch_factor = n_batches / ref_batches
+    # int(round(x)): under NumPy < 2, round() of a NumPy float (a NumPy n_images) is a NumPy float
     return {
-        "min_candidates": max(10, int(round(200 * image_factor))),
-        "vsnl_start": max(1, int(round(10 * batch_factor))),
-        "vsnl_every": max(1, int(round(40 * batch_factor))),
+        "min_candidates": max(10, int(round(200 * image_factor))),  # noqa: RUF046
+        "vsnl_start": max(1, int(round(10 * batch_factor))),  # noqa: RUF046
+        "vsnl_every": max(1, int(round(40 * batch_factor))),  # noqa: RUF046
     }
