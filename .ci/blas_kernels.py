@@ -16,8 +16,8 @@ from pathlib import Path
 # (OpenBLAS core type, the /proc/cpuinfo flags it needs), newest first.
 X86_KERNELS = [("SkylakeX", {"avx512f", "avx512bw", "avx512vl"}), ("Haswell", {"avx2", "fma"}),
                ("Sandybridge", {"avx"}), ("Nehalem", {"sse4_2"})]
-PROBE = "from threadpoolctl import threadpool_info; import numpy; " \
-        "print(next(i['architecture'] for i in threadpool_info() if i['internal_api'] == 'openblas'))"
+PROBE = ("from threadpoolctl import threadpool_info; import numpy; "
+         "print(next(i['architecture'] for i in threadpool_info() if i['internal_api'] == 'openblas'))")
 
 
 def architecture(coretype: str | None) -> str:

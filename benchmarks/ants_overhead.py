@@ -88,9 +88,9 @@ def scoring_overhead(args: argparse.Namespace) -> None:
     neglabel.score_features(batches[0])
     det.score_fixed(batches[0])
     t_nl, t_fixed, online = [], [], []
-    for b, p in zip(batches, paths):  # interleaved, so the machine's load hits all three alike
-        t_nl += timed(lambda: neglabel.score_features(b), 1)
-        t_fixed += timed(lambda: det.score_fixed(b), 1)
+    for b, p in zip(batches, paths, strict=True):  # interleaved, so the machine's load hits all three alike
+        t_nl += timed(lambda b=b: neglabel.score_features(b), 1)
+        t_fixed += timed(lambda b=b: det.score_fixed(b), 1)
         start = time.perf_counter()
         det.score_features(b, images=p)
         online.append(time.perf_counter() - start)
@@ -114,7 +114,7 @@ def calls_per_stream(args: argparse.Namespace) -> None:
     world = make_world(n_classes=n_id_classes, n_per_class=n_id // n_id_classes, n_far_concepts=n_far,
                        n_per_concept=(args.stream - n_id) // n_far, n_near_concepts=2, n_corpus=12000, seed=1)
     labels, corpus = world.negatives(10_000)
-    known = dict(zip(world.far_concepts, world.far_concept_features))
+    known = dict(zip(world.far_concepts, world.far_concept_features, strict=True))
     features = np.concatenate([world.id_image_features, world.far_ood_features])
     paths = [Path(f"id/{c}_{i}.png") for i, c in enumerate(world.id_image_labels)]
     paths += [Path(f"far/{c}_{i}.png") for i, c in enumerate(world.far_ood_concept)]

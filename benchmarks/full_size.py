@@ -36,10 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from score_collection import rss_mib  # resident memory of a process, from /proc (a sibling script)
+
 HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parents[1] / "tests"))
-sys.path.insert(0, str(HERE.parent))
-from score_collection import rss_mib  # noqa: E402  (resident memory of a process, from /proc)
+sys.path.insert(0, str(HERE.parents[1] / "tests"))  # fixtures_models, for the miniature's tiny model
 
 SMALL_IMAGES = 10_000
 KILL_AT = 0.45  # the first full run dies by SIGKILL once this share of the images is cached
@@ -149,7 +149,7 @@ def run_child(work: Path, args: argparse.Namespace, name: str, cache: Path, limi
                "--scale", str(args.scale), "--report", str(report)] + (["--limit", str(limit)] if limit else []) \
         + (["--kill-after-rows", str(kill_after_rows)] if kill_after_rows else [])
     with (work / f"{name}.log").open("w") as log:
-        process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)  # exit code read below
     if kill_after_rows:
         if process.returncode != -signal.SIGKILL:
             raise SystemExit(f"run {name} was to die by SIGKILL but exited {process.returncode}")
@@ -207,7 +207,6 @@ def print_memory(small_cached: dict, full_cached: dict) -> None:
 
 def parent(args: argparse.Namespace) -> None:
     from fixtures_models import save_tiny_openclip
-
     from negspace.bench.miniature import write_miniature
     from negspace.bench.suites import load_suite
 

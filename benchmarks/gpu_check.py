@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,16 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from negspace.testing import InstantMLLM  # noqa: E402
-from ants_overhead import TableEncoder  # noqa: E402
-from encode_pipeline import build_encoder, write_images  # noqa: E402
-
-from negspace.detectors.adaneg import AdaNeg  # noqa: E402
-from negspace.detectors.ants import ANTS  # noqa: E402
-from negspace.detectors.mcm import MCM  # noqa: E402
-from negspace.detectors.neglabel import NegLabel  # noqa: E402
-from negspace.detectors.tanl import TANL  # noqa: E402
+from ants_overhead import TableEncoder
+from encode_pipeline import build_encoder, write_images
+from negspace.detectors.adaneg import AdaNeg
+from negspace.detectors.ants import ANTS
+from negspace.detectors.mcm import MCM
+from negspace.detectors.neglabel import NegLabel
+from negspace.detectors.tanl import TANL
+from negspace.testing import InstantMLLM
 
 COSINE_BOUND_UNITS = 4.0  # tests/numerics.py: two float32 cosines differ by at most 4 sqrt(D) u
 

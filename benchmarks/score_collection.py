@@ -71,8 +71,6 @@ def rows_against_scores(n: int = 8192, dim: int = 512, batch: int = 256, repeats
     products once for both (goal: at most 1.1x)."""
     from types import SimpleNamespace
 
-    from scoring_throughput import steady_ants, synthetic_pairs
-
     from negspace.collections_api import score_rows
     from negspace.detectors.adaneg import AdaNeg
     from negspace.detectors.csp import CSP
@@ -82,6 +80,7 @@ def rows_against_scores(n: int = 8192, dim: int = 512, batch: int = 256, repeats
     from negspace.detectors.negrefine import NegRefine
     from negspace.detectors.tanl import TANL
     from negspace.detectors.tins import TINS
+    from scoring_throughput import steady_ants, synthetic_pairs
 
     rng = np.random.default_rng(0)
 

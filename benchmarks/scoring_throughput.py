@@ -11,17 +11,18 @@ detectors TANL (label pool of ``--pool`` words, top ``--beta``; also with ``g = 
 image is confident and pays the activation softmax over the whole pool), AdaNeg (``--negatives``
 negatives, memories of 10 slots) and ANTS with a stubbed MLLM (corpus bank of ``--negatives``, a full
 ENS bank of ``--ens`` sentences, a VSNL bank of 80 classes x 5 labels): scoring only (frozen) and
-online (mining, pooling, the lam sample; the no-op MLLM's bank updates fall outside the median). The online detectors update their state with every batch they
-score, as in a stream; their fixed-size state (queues, memories) is allocated at construction and
-is listed separately, not in the per-batch peak:
+online (mining, pooling, the lam sample; the no-op MLLM's bank updates fall outside the median).
+The online detectors update their state with every batch they score, as in a stream; their
+fixed-size state (queues, memories) is allocated at construction and is listed separately, not
+in the per-batch peak:
 
 - ``state MiB``: every array the detector holds in its state objects (``state_`` and any other
   non-array attribute, e.g. a kept copy of the initial state), each counted once;
 - ``held MiB``: all memory the constructor allocated and the detector still holds (tracemalloc),
   i.e. the state plus the detector's own unit-norm copies of its text features.
 
-MCM, NegLabel, TANL, AdaNeg (task) and ANTS (frozen) are also run with ``backend="torch"`` on the CPU and, when torch sees a
-GPU, on CUDA; their bound is the same GEMMs and log-sum-exps in torch on that device (timing
+MCM, NegLabel, TANL, AdaNeg (task) and ANTS (frozen) are also run with ``backend="torch"`` on the
+CPU and, when torch sees a GPU, on CUDA; their bound is the same GEMMs and log-sum-exps in torch on that device (timing
 torch against a NumPy bound interleaved would measure OpenBLAS's spinning threads taking the
 cores from torch's, not the scorer). Peak memory is NumPy's
 (tracemalloc does not see torch's allocator): shown as ``-`` for torch rows.
@@ -40,16 +41,16 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_info
 
-from negspace.testing import InstantMLLM
 from ants_overhead import TableEncoder  # the stubs of the ANTS overhead benchmark
 from negspace.detectors.adaneg import AdaNeg, task_proxies
 from negspace.detectors.ants import ANTS
-from negspace.detectors.mcm import MCM
 from negspace.detectors.csp import CSP
+from negspace.detectors.mcm import MCM
 from negspace.detectors.neglabel import NegLabel
 from negspace.detectors.negrefine import NegRefine
 from negspace.detectors.tanl import TANL
 from negspace.scoring import log_sum_exp
+from negspace.testing import InstantMLLM
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -269,7 +270,7 @@ def main() -> None:
 
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for device in devices:
-            on = dict(backend="torch", device=device)
+            on = {"backend": "torch", "device": device}
             detectors[f"MCM torch/{device}"] = MCM.from_features(id_text, **on)
             bounds[f"MCM torch/{device}"] = torch_bound([id_text], device)
             detectors[f"NegLabel (G=100) torch/{device}"] = NegLabel.from_features(id_text, negatives, groups=100, **on)

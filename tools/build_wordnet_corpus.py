@@ -168,7 +168,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; package data must be world-readable
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
