@@ -24,9 +24,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     sv = commands.add_parser("serve", parents=[common],
                              help="serve a saved detector over HTTP: dynamic batching, metrics, and a test-time "
                                   "state that learns from the traffic and survives restarts")
-    sv.add_argument("--detector", type=Path, required=True,
+    sv.add_argument("--detector", type=Path, required=True, metavar="DIR",
                     help="a detector saved by `negspace eval --save-detector` or det.save()")
-    sv.add_argument("--threshold", type=options.finite_float, help="flag images scoring below this as OOD "
+    sv.add_argument("--threshold", type=options.finite_float, metavar="T", help="flag images scoring below this as OOD "
                                                                    "(default: the one saved with the detector)")
     sv.add_argument("--threshold-id", metavar="ID_IMAGES",
                     help="or choose the threshold that keeps 95%% of these ID images (folder or list)")
@@ -35,7 +35,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                      help="address to bind (default: %(default)s, this machine only; any other needs --token-file "
                           "or --no-auth)")
     net.add_argument("--port", type=options.non_negative_int, default=_DEFAULTS.port, help="(default: %(default)s)")
-    net.add_argument("--token-file", type=Path,
+    net.add_argument("--token-file", type=Path, metavar="FILE",
                      help="file holding the bearer token clients must send ('Authorization: Bearer TOKEN')")
     net.add_argument("--no-auth", action="store_true", help="bind another address without a token (a trusted network)")
     net.add_argument("--max-images", type=options.positive_int, default=_DEFAULTS.max_images,
@@ -58,7 +58,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
                        help="learn from the traffic, one writer, batches in arrival order: sync (each request waits "
                             "for its batch's update, as eval's stream), async (scored with the state in effect, the "
                             "update beside the traffic); alone: async for ANTS, InterNeg, TINS, sync otherwise")
-    adapt.add_argument("--state-dir", type=Path,
+    adapt.add_argument("--state-dir", type=Path, metavar="DIR",
                        help="snapshot the adaptive state here (atomically) and resume from it at the next start")
     adapt.add_argument("--snapshot-every", type=options.positive_int, default=_DEFAULTS.snapshot_every,
                        help="images learned between snapshots (also one at shutdown) (default: %(default)s)")
