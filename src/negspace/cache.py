@@ -214,7 +214,7 @@ class SharedSQLiteStore:
         return {"path": self.path}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])  # type: ignore[misc]
+        self.__init__(state["path"])  # type: ignore[misc]  # unpickled: open the store at its path again
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"

@@ -49,7 +49,7 @@ def check_ray_address(address: str | None, timeout: float) -> None:
     """Fail in at most ``timeout`` seconds, naming ``address``, when Ray Data is missing or no
     cluster answers there (Ray itself would retry the connection for minutes)."""
     try:
-        import ray  # noqa: F401
+        import ray  # noqa: F401 - only whether Ray is installed
     except ImportError:
         raise NegspaceError(f"{RAY} needs Ray Data: pip install 'negspace[ray]'.") from None
     if address is None or address in ("auto", "local"):

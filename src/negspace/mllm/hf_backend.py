@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from negspace.errors import NegspaceError, WeightsUnavailableError, arg
-from negspace.mllm.protocol import ChatRequest, ImagePart, MLLMStats
+from negspace.mllm.protocol import ChatRequest, ImagePart, MLLMStats, TextPart
 
 __all__ = ["HFVisionChatBackend", "build_hf_messages", "load_rgb"]
 
@@ -70,7 +70,7 @@ def build_hf_messages(
         if text_only:
             if any(isinstance(p, ImagePart) for p in msg.content):
                 raise ValueError("a text-only model cannot take image parts")
-            messages.append({"role": msg.role, "content": "".join(p.text for p in msg.content)})  # type: ignore[union-attr]
+            messages.append({"role": msg.role, "content": "".join(p.text for p in msg.content if isinstance(p, TextPart))})
             continue
         content: list[dict[str, Any]] = []
         for part in msg.content:

@@ -159,21 +159,12 @@ def load_mllm(
     """
     if not isinstance(spec, str) or not spec.strip():
         raise NegspaceError(f"No MLLM was given; give {SPEC_FORMS}.")
-    opts = {
-        "image_size": image_size,
-        "max_concurrency": max_concurrency,
-        "timeout": timeout,
-        "retries": retries,
-        "max_wait": max_wait,
-        "api_key_env": api_key_env,
-        "device": device,
-        "batch_size": batch_size,
-        "check": check,
-    }
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
     def build(s: str, option: str) -> MLLM:
-        backend = _load_one(s.strip(), option=option, **opts)  # type: ignore[arg-type]
+        backend = _load_one(s.strip(), option=option, image_size=image_size, max_concurrency=max_concurrency,
+                            timeout=timeout, retries=retries, max_wait=max_wait, api_key_env=api_key_env,
+                            device=device, batch_size=batch_size, check=check)
         return CachedMLLM(backend, folder / MLLM_DB) if cache else backend
 
     vision = build(spec, "--mllm")

@@ -257,7 +257,7 @@ class OpenAIChatBackend:
         except urllib.error.HTTPError as err:
             try:
                 payload = err.read()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - the body only adds detail; the status code is the answer
                 payload = b""
             return err.code, payload, err.headers
 
@@ -314,7 +314,7 @@ class OpenAIChatBackend:
         for msg in request.messages:
             if all(isinstance(p, TextPart) for p in msg.content):
                 # plain string content: accepted by text-only servers too
-                content: Any = "".join(p.text for p in msg.content)  # type: ignore[union-attr]
+                content: Any = "".join(p.text for p in msg.content if isinstance(p, TextPart))
             else:
                 content = []
                 for part in msg.content:

@@ -66,7 +66,7 @@ def describe_request(
 
 def vsnl_request(
     class_name: str,
-    params: GenerationParams = GenerationParams(),  # noqa: B008
+    params: GenerationParams = GenerationParams(),  # noqa: B008  (frozen dataclass)
 ) -> ChatRequest:
     """The VSNL request: text only (the authors send a blank image; none is needed)."""
     return ChatRequest(

@@ -48,25 +48,25 @@ class ANTSState:
     # ENS bank in bank order (see ANTSConfig.ens_order); ens_halves: bit h set when a negative of
     # half h produced the sentence (crossfit lam).
     ens_texts: list[str] = field(default_factory=list)
-    ens_features: np.ndarray = None  # type: ignore[assignment]
-    ens_halves: np.ndarray = None  # type: ignore[assignment]
+    ens_features: np.ndarray = None  # type: ignore[assignment]  # set by fresh()
+    ens_halves: np.ndarray = None  # type: ignore[assignment]  # set by fresh()
     # VSNL: parsed answers per ID class (insertion ordered, at most K), the active classes Y'.
     vsnl_answers: dict[int, list[str]] = field(default_factory=dict)
     vsnl_answer_features: dict[int, np.ndarray] = field(default_factory=dict)
     vsnl_classes: list[int] = field(default_factory=list)
     vsnl_texts: list[str] = field(default_factory=list)
-    vsnl_features: np.ndarray = None  # type: ignore[assignment]
+    vsnl_features: np.ndarray = None  # type: ignore[assignment]  # set by fresh()
     # histories as fixed-size counts and rings
-    score_hist: np.ndarray = None  # type: ignore[assignment]
+    score_hist: np.ndarray = None  # type: ignore[assignment]  # set by fresh()
     score_history: RingBuffer | None = None
-    neg_pred_counts: np.ndarray = None  # type: ignore[assignment]
-    all_pred_counts: np.ndarray = None  # type: ignore[assignment]
-    first_seen: np.ndarray = None  # type: ignore[assignment]  # stream position of each class's first prediction
+    neg_pred_counts: np.ndarray = None  # type: ignore[assignment]  # set by fresh()
+    all_pred_counts: np.ndarray = None  # type: ignore[assignment]  # set by fresh()
+    first_seen: np.ndarray = None  # type: ignore[assignment]  # set by fresh(); stream position of each class's first prediction
     # lam: newest negatives (features; S_nl, S_ens, S_vsnl with the banks of sample_*_version; half),
     # confident-ID samples (crossfit), the authors' running sums of balanced scores
-    neg_sample: RingBuffer = None  # type: ignore[assignment]
-    neg_sample_scores: RingBuffer = None  # type: ignore[assignment]
-    neg_sample_half: RingBuffer = None  # type: ignore[assignment]
+    neg_sample: RingBuffer = None  # type: ignore[assignment]  # set by fresh()
+    neg_sample_scores: RingBuffer = None  # type: ignore[assignment]  # set by fresh()
+    neg_sample_half: RingBuffer = None  # type: ignore[assignment]  # set by fresh()
     id_sample: RingBuffer | None = None
     sample_ens_version: int = 0
     sample_vsnl_version: int = 0
