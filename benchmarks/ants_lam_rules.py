@@ -27,8 +27,16 @@ SCHEDULE = {"min_candidates": 20, "vsnl_start": 1, "vsnl_every": 2, "groups": 10
 
 def run(world, corpus, kind: str, seed: int, batch: int, **options) -> tuple[float, float, float]:
     labels, features = corpus
-    det = ANTS.from_features(world.id_text_features, features, WorldTextEncoder(world), WorldMLLM(world),
-                             world.class_names, neg_labels=labels, **SCHEDULE, **options)
+    det = ANTS.from_features(
+        world.id_text_features,
+        features,
+        WorldTextEncoder(world),
+        WorldMLLM(world),
+        world.class_names,
+        neg_labels=labels,
+        **SCHEDULE,
+        **options,
+    )
     batches, order = world_stream(world, kind, seed, batch)
     scores = np.empty(len(order))
     scores[order] = np.concatenate(det.score_stream(batches))
@@ -64,8 +72,10 @@ def main() -> None:
         line = f"{kind:<7}{100 * statistics.fmean(floor[kind]):>9.2f}"
         for rule in RULES:
             rows = table[(kind, rule)]
-            line += (f"{100 * statistics.fmean(r[0] for r in rows):>16.2f}{100 * statistics.fmean(r[1] for r in rows):>7.2f}"
-                     f"{statistics.fmean(r[2] for r in rows):>7.3f}")
+            line += (
+                f"{100 * statistics.fmean(r[0] for r in rows):>16.2f}{100 * statistics.fmean(r[1] for r in rows):>7.2f}"
+                f"{statistics.fmean(r[2] for r in rows):>7.3f}"
+            )
         print(line)
 
 

@@ -77,10 +77,18 @@ def scoring_overhead(args: argparse.Namespace) -> None:
     paths = [[Path(f"img/{s}_{i}.png") for i in range(args.batch)] for s in range(len(batches))]
 
     neglabel = NegLabel.from_features(id_text, corpus)
-    det = ANTS.from_features(id_text, corpus, TableEncoder(args.dim), InstantMLLM(), [f"c{i}" for i in range(args.classes)],
-                             ens_size=args.ens, max_mllm_calls=10**9)
-    det.state.add_ens([f"s{i}" for i in range(args.ens)], unit_rows(rng, args.ens, args.dim), np.ones(args.ens),
-                      prepend=False)
+    det = ANTS.from_features(
+        id_text,
+        corpus,
+        TableEncoder(args.dim),
+        InstantMLLM(),
+        [f"c{i}" for i in range(args.classes)],
+        ens_size=args.ens,
+        max_mllm_calls=10**9,
+    )
+    det.state.add_ens(
+        [f"s{i}" for i in range(args.ens)], unit_rows(rng, args.ens, args.dim), np.ones(args.ens), prepend=False
+    )
     det._update_vsnl(list(range(80)))  # 80 = 0.08 * 1000 classes, 5 labels each
     assert det.state.ens_count == args.ens
 
@@ -95,49 +103,77 @@ def scoring_overhead(args: argparse.Namespace) -> None:
         det.score_features(b, images=p)
         online.append(time.perf_counter() - start)
     base = statistics.median(t_nl)
-    print(f"\nPer-batch scoring time, batch {args.batch}, K {args.classes}, corpus {args.negatives}, "
-          f"ENS bank {args.ens}, VSNL bank {n_vsnl}, D {args.dim} (MLLM excluded)")
+    print(
+        f"\nPer-batch scoring time, batch {args.batch}, K {args.classes}, corpus {args.negatives}, "
+        f"ENS bank {args.ens}, VSNL bank {n_vsnl}, D {args.dim} (MLLM excluded)"
+    )
     print(f"{'method':<34}{'ms/batch':>10}{'x NegLabel':>12}")
-    rows = [("NegLabel", base), ("ANTS score only (score_fixed)", statistics.median(t_fixed)),
-            ("ANTS online, median batch", statistics.median(online)),
-            ("ANTS online, mean batch", statistics.fmean(online))]
+    rows = [
+        ("NegLabel", base),
+        ("ANTS score only (score_fixed)", statistics.median(t_fixed)),
+        ("ANTS online, median batch", statistics.median(online)),
+        ("ANTS online, mean batch", statistics.fmean(online)),
+    ]
     for name, t in rows:
         print(f"{name:<34}{1000 * t:>10.2f}{t / base:>12.2f}")
-    print(f"(online: {len(online)} batches from a full ENS bank, {det.state.ens_updates} ENS updates, "
-          f"{det.state.vsnl_updates - 1} VSNL updates, {det.mllm_calls} no-op MLLM requests)")
+    print(
+        f"(online: {len(online)} batches from a full ENS bank, {det.state.ens_updates} ENS updates, "
+        f"{det.state.vsnl_updates - 1} VSNL updates, {det.mllm_calls} no-op MLLM requests)"
+    )
 
 
 def calls_per_stream(args: argparse.Namespace) -> None:
     n_id_classes = 100
     n_far = 10
     n_id = int(0.6 * args.stream)
-    world = make_world(n_classes=n_id_classes, n_per_class=n_id // n_id_classes, n_far_concepts=n_far,
-                       n_per_concept=(args.stream - n_id) // n_far, n_near_concepts=2, n_corpus=12000, seed=1)
+    world = make_world(
+        n_classes=n_id_classes,
+        n_per_class=n_id // n_id_classes,
+        n_far_concepts=n_far,
+        n_per_concept=(args.stream - n_id) // n_far,
+        n_near_concepts=2,
+        n_corpus=12000,
+        seed=1,
+    )
     labels, corpus = world.negatives(10_000)
     known = dict(zip(world.far_concepts, world.far_concept_features, strict=True))
     features = np.concatenate([world.id_image_features, world.far_ood_features])
     paths = [Path(f"id/{c}_{i}.png") for i, c in enumerate(world.id_image_labels)]
     paths += [Path(f"far/{c}_{i}.png") for i, c in enumerate(world.far_ood_concept)]
     order = stream_order(len(world.id_image_features), len(world.far_ood_features), 0)
-    batches = [StreamBatch(features[order[s : s + 256]], [paths[i] for i in order[s : s + 256]])
-               for s in range(0, len(order), 256)]
+    batches = [
+        StreamBatch(features[order[s : s + 256]], [paths[i] for i in order[s : s + 256]])
+        for s in range(0, len(order), 256)
+    ]
     n = len(order)
-    print(f"\nMLLM requests per {n} streamed images ({len(world.far_ood_features)} far-OOD, default schedule, "
-          f"batch 256, K {n_id_classes}, budget off)")
+    print(
+        f"\nMLLM requests per {n} streamed images ({len(world.far_ood_features)} far-OOD, default schedule, "
+        f"batch 256, K {n_id_classes}, budget off)"
+    )
     print(f"{'selection':<26}{'mode':<10}{'requests':>10}{'per 10k':>10}{'ENS':>6}{'AUROC':>8}")
     for mode in ("online", "two-pass"):
         for diversity in (None, "kcenter"):
             mllm = InstantMLLM(lambda c: world.far_concepts[c])
-            det = ANTS.from_features(world.id_text_features, corpus, TableEncoder(world.dim, known), mllm,
-                                     world.class_names, neg_labels=labels, diversity=diversity,
-                                     two_pass=mode == "two-pass", max_mllm_calls=10**9)
+            det = ANTS.from_features(
+                world.id_text_features,
+                corpus,
+                TableEncoder(world.dim, known),
+                mllm,
+                world.class_names,
+                neg_labels=labels,
+                diversity=diversity,
+                two_pass=mode == "two-pass",
+                max_mllm_calls=10**9,
+            )
             scores = np.empty(n)
             scores[order] = np.concatenate(det.score_stream(batches))
             n_id_img = len(world.id_image_features)
             quality = auroc(scores[:n_id_img], scores[n_id_img:])
             name = "all negatives" if diversity is None else "k-center, 50 per update"
-            print(f"{name:<26}{mode:<10}{mllm.received:>10}{mllm.received * 10_000 / n:>10.0f}"
-                  f"{det.state.ens_count:>6}{quality:>8.4f}")
+            print(
+                f"{name:<26}{mode:<10}{mllm.received:>10}{mllm.received * 10_000 / n:>10.0f}"
+                f"{det.state.ens_count:>6}{quality:>8.4f}"
+            )
 
 
 def main() -> None:

@@ -83,8 +83,9 @@ def main() -> None:
 
     corpus = load_wordnet_corpus()
     rng = np.random.default_rng(0)
-    words = [corpus.nouns[i] for i in rng.choice(len(corpus.nouns), min(args.prompts, len(corpus.nouns)),
-                                                  replace=False)]
+    words = [
+        corpus.nouns[i] for i in rng.choice(len(corpus.nouns), min(args.prompts, len(corpus.nouns)), replace=False)
+    ]
     prompts = [NOUN_TEMPLATE.format(w) for w in words]
     with tempfile.TemporaryDirectory() as tmp:
         encoder = build_encoder(args.arch, Path(tmp), workers=0)
@@ -92,8 +93,10 @@ def main() -> None:
     model, tokenizer = encoder.backend.model, encoder.backend.tokenizer
     tokens = tokenizer(prompts)
     counts = (tokens != 0).sum(dim=1)
-    print(f"# {args.arch} text tower, random weights; {len(prompts)} WordNet noun prompts, mean "
-          f"{counts.float().mean():.2f} tokens; torch threads {torch.get_num_threads()}; batch {args.batch}")
+    print(
+        f"# {args.arch} text tower, random weights; {len(prompts)} WordNet noun prompts, mean "
+        f"{counts.float().mean():.2f} tokens; torch threads {torch.get_num_threads()}; batch {args.batch}"
+    )
 
     plain_n = min(args.plain, len(prompts))
     _, plain_s = timed(in_batches, model, tokens[:plain_n], args.batch, lambda m, t: m.encode_text(t))
@@ -107,33 +110,43 @@ def main() -> None:
     before = unit_features(before)[np.argsort(by_chars)]
 
     flops = text_tower_flops_per_token(model) * float(counts.sum())
-    gemm_rate = gemm_flops_per_second(rows=args.batch * int(counts.float().mean().round()),
-                                      width=model.transformer.width)
+    gemm_rate = gemm_flops_per_second(
+        rows=args.batch * int(counts.float().mean().round()), width=model.transformer.width
+    )
     bound_s = flops / gemm_rate
-    rows = [("(a) plain forward, 77 tokens", plain_n / plain_s),
-            ("(b) trimmed, batches by characters (before)", len(prompts) / before_s),
-            ("(c) trimmed, batches by token count (now)", len(prompts) / now_s),
-            ("compute bound (real tokens at the GEMM rate)", len(prompts) / bound_s)]
+    rows = [
+        ("(a) plain forward, 77 tokens", plain_n / plain_s),
+        ("(b) trimmed, batches by characters (before)", len(prompts) / before_s),
+        ("(c) trimmed, batches by token count (now)", len(prompts) / now_s),
+        ("compute bound (real tokens at the GEMM rate)", len(prompts) / bound_s),
+    ]
     print(f"{'path':<48} {'prompts/s':>10} {'x bound':>8}")
     for name, rate in rows:
         print(f"{name:<48} {rate:>10.1f} {len(prompts) / bound_s / rate:>8.2f}")
-    print(f"GEMM rate {gemm_rate / 1e9:.1f} GFLOP/s; text tower {text_tower_flops_per_token(model) / 1e6:.1f} "
-          "MFLOP per token")
+    print(
+        f"GEMM rate {gemm_rate / 1e9:.1f} GFLOP/s; text tower {text_tower_flops_per_token(model) / 1e6:.1f} "
+        "MFLOP per token"
+    )
 
     cosine_gap = float(np.max(np.abs(np.sum(before * now, axis=1) - 1.0)))
     classes = load_class_names("imagenet").names[:100]
     id_features = encoder.encode_texts(classes, NOUN_TEMPLATE)
     config = MiningConfig(num_negatives=max(2, len(prompts) // 10))
     empty = np.zeros((0, now.shape[1]), np.float32)
-    same = np.array_equal(select_negatives(before, empty, id_features, config)[0],
-                          select_negatives(now, empty, id_features, config)[0])
-    print(f"(b) vs (c): largest |1 - cos| {cosine_gap:.1e} (float32 bound 4*sqrt(D)*u = "
-          f"{4 * np.sqrt(now.shape[1]) * 2.0 ** -24:.1e}); mined lists identical: {same}")
+    same = np.array_equal(
+        select_negatives(before, empty, id_features, config)[0], select_negatives(now, empty, id_features, config)[0]
+    )
+    print(
+        f"(b) vs (c): largest |1 - cos| {cosine_gap:.1e} (float32 bound 4*sqrt(D)*u = "
+        f"{4 * np.sqrt(now.shape[1]) * 2.0**-24:.1e}); mined lists identical: {same}"
+    )
     counts_of = selection_counts("neglabel")
     total = counts_of["nouns"] + counts_of["adjectives"]
-    print(f"whole NegLabel corpus ({total:,} prompts) at (c): {total / (len(prompts) / now_s) / 60:.1f} min "
-          f"(at (b): {total / (len(prompts) / before_s) / 60:.1f} min; at (a): "
-          f"{total / (plain_n / plain_s) / 60:.0f} min)")
+    print(
+        f"whole NegLabel corpus ({total:,} prompts) at (c): {total / (len(prompts) / now_s) / 60:.1f} min "
+        f"(at (b): {total / (len(prompts) / before_s) / 60:.1f} min; at (a): "
+        f"{total / (plain_n / plain_s) / 60:.0f} min)"
+    )
 
 
 if __name__ == "__main__":

@@ -112,16 +112,22 @@ def main() -> None:
         inline = rate(args.images, time.perf_counter() - start)
 
     slower = min(model, decode)
-    print(f"{args.images} JPEGs of 500x375, batch {args.batch}, {args.workers} decoding workers, "
-          f"torch {torch.get_num_threads()} threads, arch {args.arch}, CPU")
+    print(
+        f"{args.images} JPEGs of 500x375, batch {args.batch}, {args.workers} decoding workers, "
+        f"torch {torch.get_num_threads()} threads, arch {args.arch}, CPU"
+    )
     print(f"(a) model alone on ready tensors:      {model:8.1f} images/s")
     print(f"(b) decode + preprocess alone:         {decode:8.1f} images/s")
     print(f"(c) whole pipeline:                    {pipeline:8.1f} images/s")
-    print(f"    c / min(a, b) = {pipeline / slower:.2f}   (bound: 1.0 when model and decoding use different "
-          "hardware, e.g. a GPU; target >= 0.9)")
+    print(
+        f"    c / min(a, b) = {pipeline / slower:.2f}   (bound: 1.0 when model and decoding use different "
+        "hardware, e.g. a GPU; target >= 0.9)"
+    )
     shared = 1.0 / (1.0 / model + 1.0 / decode)
-    print(f"    on a CPU both stages share the cores: bound 1 / (1/a + 1/b) = {shared:.1f} images/s, "
-          f"c / that = {pipeline / shared:.2f}")
+    print(
+        f"    on a CPU both stages share the cores: bound 1 / (1/a + 1/b) = {shared:.1f} images/s, "
+        f"c / that = {pipeline / shared:.2f}"
+    )
     print(f"    without workers (decode inline):   {inline:8.1f} images/s  (c is {pipeline / inline:.2f}x this)")
 
 

@@ -88,22 +88,34 @@ def child(args: argparse.Namespace) -> None:
     logging.getLogger("negspace").setLevel(logging.INFO)
     methods = ALL_METHODS if args.methods == "all" else tuple(args.methods.split(","))
     config = BenchConfig("imagenet", methods=methods, limit=args.limit, check_counts=args.scale == 1.0)
-    model = ModelConfig(args.spec, weights=Path(args.weights), device="cpu", cache_dir=Path(args.cache),
-                        progress=False)
+    model = ModelConfig(args.spec, weights=Path(args.weights), device="cpu", cache_dir=Path(args.cache), progress=False)
     started = time.perf_counter()
     result = run_suite(config, data_root=args.data, model=model, mllm=InstantMLLM(), out=args.out, overwrite=True)
     sets = [s for r in result.evaluations.values() for ev in list(r.values())[:1] for s in (ev.id_set, *ev.ood_sets)]
     images, cached = sum(len(s.features) for s in sets), sum(s.from_cache for s in sets)
-    Path(args.report).write_text(json.dumps({
-        "seconds": time.perf_counter() - started, "stages": result.stages.seconds, "images": images,
-        "from_cache": cached, "peak_rss_mib": rss_mib(os.getpid(), "VmHWM"),  # not ru_maxrss: it inherits the parent's peak
-        "end_rss_mib": rss_mib(os.getpid()),  # every evaluation still held: what grows with the images
-        "methods": list(next(iter(result.evaluations.values()))), "notes": result.notes,
-        "dim": int(sets[0].features.shape[1]),
-        "scored": {m: _scored(ev) for r in result.evaluations.values() for m, ev in r.items()},
-        "held": _held_bytes(result),
-        "inverted": {m: ev.detector.get_params().get("inverted") for r in result.evaluations.values()
-                     for m, ev in r.items() if m in ("interneg", "tins")}}))
+    Path(args.report).write_text(
+        json.dumps(
+            {
+                "seconds": time.perf_counter() - started,
+                "stages": result.stages.seconds,
+                "images": images,
+                "from_cache": cached,
+                "peak_rss_mib": rss_mib(os.getpid(), "VmHWM"),  # not ru_maxrss: it inherits the parent's peak
+                "end_rss_mib": rss_mib(os.getpid()),  # every evaluation still held: what grows with the images
+                "methods": list(next(iter(result.evaluations.values()))),
+                "notes": result.notes,
+                "dim": int(sets[0].features.shape[1]),
+                "scored": {m: _scored(ev) for r in result.evaluations.values() for m, ev in r.items()},
+                "held": _held_bytes(result),
+                "inverted": {
+                    m: ev.detector.get_params().get("inverted")
+                    for r in result.evaluations.values()
+                    for m, ev in r.items()
+                    if m in ("interneg", "tins")
+                },
+            }
+        )
+    )
 
 
 def _held_bytes(result) -> dict[str, int]:
@@ -121,9 +133,16 @@ def _held_bytes(result) -> dict[str, int]:
         for evaluation in evaluations.values():
             for encoded in (evaluation.id_set, *evaluation.ood_sets):
                 add("features", encoded.features, encoded.features.nbytes)
-                add("sample ids", encoded.sample_ids,
-                    sys.getsizeof(encoded.sample_ids) + sum(sys.getsizeof(i) for i in encoded.sample_ids))
-            arrays = [evaluation.id_scores, *evaluation.ood_scores.values(), *(evaluation.stream_id_scores or {}).values()]
+                add(
+                    "sample ids",
+                    encoded.sample_ids,
+                    sys.getsizeof(encoded.sample_ids) + sum(sys.getsizeof(i) for i in encoded.sample_ids),
+                )
+            arrays = [
+                evaluation.id_scores,
+                *evaluation.ood_scores.values(),
+                *(evaluation.stream_id_scores or {}).values(),
+            ]
             for array in arrays:
                 add("scores", array, array.nbytes)
     return held
@@ -133,21 +152,45 @@ def _scored(evaluation) -> int:
     """Images a method scored: each set once, or, for a test-time method, each stream whole (the
     ID set again in every OOD set's stream, the papers' protocol)."""
     if evaluation.stream_id_scores:
-        return sum(len(evaluation.stream_id_scores[name]) + len(scores) for name, scores in evaluation.ood_scores.items())
+        return sum(
+            len(evaluation.stream_id_scores[name]) + len(scores) for name, scores in evaluation.ood_scores.items()
+        )
     return len(evaluation.id_scores) + sum(len(scores) for scores in evaluation.ood_scores.values())
 
 
 # -- the parent: five runs -----------------------------------------------------------------------
 
 
-def run_child(work: Path, args: argparse.Namespace, name: str, cache: Path, limit: int | None,
-              kill_after_rows: int | None = None) -> dict:
+def run_child(
+    work: Path, args: argparse.Namespace, name: str, cache: Path, limit: int | None, kill_after_rows: int | None = None
+) -> dict:
     report = work / f"{name}.json"
     report.unlink(missing_ok=True)
-    command = [sys.executable, str(HERE), "--child", "--data", str(work / "data"), "--out", str(work / "out" / name),
-               "--cache", str(cache), "--spec", args.spec, "--weights", args.weights, "--methods", args.methods,
-               "--scale", str(args.scale), "--report", str(report)] + (["--limit", str(limit)] if limit else []) \
+    command = (
+        [
+            sys.executable,
+            str(HERE),
+            "--child",
+            "--data",
+            str(work / "data"),
+            "--out",
+            str(work / "out" / name),
+            "--cache",
+            str(cache),
+            "--spec",
+            args.spec,
+            "--weights",
+            args.weights,
+            "--methods",
+            args.methods,
+            "--scale",
+            str(args.scale),
+            "--report",
+            str(report),
+        ]
+        + (["--limit", str(limit)] if limit else [])
         + (["--kill-after-rows", str(kill_after_rows)] if kill_after_rows else [])
+    )
     with (work / f"{name}.log").open("w") as log:
         process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)  # exit code read below
     if kill_after_rows:
@@ -171,13 +214,17 @@ def per_thousand(run: dict, stage: str) -> float:
 
 def print_run(name: str, run: dict, small: dict | None) -> None:
     n = run["images"]
-    print(f"\n{name}: {n:,} images ({run['from_cache']:,} from the cache), {run['seconds']:.1f} s, "
-          f"peak RSS {run['peak_rss_mib']:.0f} MiB (at the end {run['end_rss_mib']:.0f} MiB), "
-          f"cache {run['cache_mib']:.0f} MiB on disk")
+    print(
+        f"\n{name}: {n:,} images ({run['from_cache']:,} from the cache), {run['seconds']:.1f} s, "
+        f"peak RSS {run['peak_rss_mib']:.0f} MiB (at the end {run['end_rss_mib']:.0f} MiB), "
+        f"cache {run['cache_mib']:.0f} MiB on disk"
+    )
     streamed = {m: k for m, k in run["scored"].items() if k != n}
     if streamed:
-        print("  images scored by the test-time methods (the ID set once per OOD set's stream): "
-              + ", ".join(f"{m} {k:,}" for m, k in streamed.items()))
+        print(
+            "  images scored by the test-time methods (the ID set once per OOD set's stream): "
+            + ", ".join(f"{m} {k:,}" for m, k in streamed.items())
+        )
     print(f"  {'stage':<44}{'seconds':>9}{'s / 1k images':>15}" + (f"{'small run':>11}" if small else ""))
     for stage, seconds in run["stages"].items():
         line = f"  {stage:<44}{seconds:>9.1f}{per_thousand(run, stage):>15.3f}"
@@ -192,17 +239,28 @@ def print_memory(small_cached: dict, full_cached: dict) -> None:
     per_image = (full_cached["peak_rss_mib"] - small_cached["peak_rss_mib"]) * 2**20 / extra_images
     held_per_image = (full_cached["end_rss_mib"] - small_cached["end_rss_mib"]) * 2**20 / extra_images
     dim = full_cached["dim"]
-    held = {kind: (full_cached["held"][kind] - small_cached["held"][kind]) / extra_images for kind in full_cached["held"]}
-    print("the result holds per image: " + ", ".join(f"{kind} {size:,.0f} bytes" for kind, size in held.items())
-          + f" ({sum(held.values()):,.0f} bytes)")
-    print(f"\nresident memory at the end, every evaluation held: {small_cached['end_rss_mib']:.0f} MiB (small), "
-          f"{full_cached['end_rss_mib']:.0f} MiB (full): {held_per_image:,.0f} bytes per image")
-    print(f"memory per image (cached runs, peak RSS): {per_image:,.0f} bytes; one image's features: {4 * dim} bytes "
-          f"(float32, D {dim}), the scores {len(full_cached['methods'])} methods keep: "
-          f"{8 * len(full_cached['methods'])} bytes or more")
+    held = {
+        kind: (full_cached["held"][kind] - small_cached["held"][kind]) / extra_images for kind in full_cached["held"]
+    }
+    print(
+        "the result holds per image: "
+        + ", ".join(f"{kind} {size:,.0f} bytes" for kind, size in held.items())
+        + f" ({sum(held.values()):,.0f} bytes)"
+    )
+    print(
+        f"\nresident memory at the end, every evaluation held: {small_cached['end_rss_mib']:.0f} MiB (small), "
+        f"{full_cached['end_rss_mib']:.0f} MiB (full): {held_per_image:,.0f} bytes per image"
+    )
+    print(
+        f"memory per image (cached runs, peak RSS): {per_image:,.0f} bytes; one image's features: {4 * dim} bytes "
+        f"(float32, D {dim}), the scores {len(full_cached['methods'])} methods keep: "
+        f"{8 * len(full_cached['methods'])} bytes or more"
+    )
     if full_cached["inverted"]:
-        print("images inverted by the few-shot methods in the last stream (full run): "
-              + ", ".join(f"{m} {n:,}" for m, n in full_cached["inverted"].items()))
+        print(
+            "images inverted by the few-shot methods in the last stream (full run): "
+            + ", ".join(f"{m} {n:,}" for m, n in full_cached["inverted"].items())
+        )
 
 
 def parent(args: argparse.Namespace) -> None:
@@ -243,13 +301,17 @@ def parent(args: argparse.Namespace) -> None:
     print_run("2. small, from the cache", small_cached, None)
     killed = run_child(work, args, "killed", work / "cache-full", None, kill_after_rows=int(KILL_AT * total))
     missing = total - killed["cached_rows"]
-    print(f"\n3. full, killed by SIGKILL during encoding (exit {killed['exit']}): "
-          f"{killed['cached_rows']:,} of {total:,} images' features were cached")
+    print(
+        f"\n3. full, killed by SIGKILL during encoding (exit {killed['exit']}): "
+        f"{killed['cached_rows']:,} of {total:,} images' features were cached"
+    )
     resumed = run_child(work, args, "resumed", work / "cache-full", None)
     print_run("4. full, resumed", resumed, small)
     encoded = resumed["images"] - resumed["from_cache"]
-    print(f"  the resumed run encoded {encoded:,} images: "
-          f"{'exactly' if encoded == missing else 'NOT'} the {missing:,} the killed run had not cached")
+    print(
+        f"  the resumed run encoded {encoded:,} images: "
+        f"{'exactly' if encoded == missing else 'NOT'} the {missing:,} the killed run had not cached"
+    )
     if encoded != missing:
         raise SystemExit("the resumed run did not encode exactly what the killed run left")
     full_cached = run_child(work, args, "full-cached", work / "cache-full", None)
@@ -280,8 +342,11 @@ def main() -> None:
     parser.add_argument("--methods", default="all", help="comma-separated, or all")
     parser.add_argument("--shots", type=int, default=16, help="training images per class (the few-shot methods)")
     parser.add_argument("--keep", action="store_true", help="keep the runs' output folders")
-    parser.add_argument("--cached-only", action="store_true",
-                        help="only the two runs from the caches (runs 2 and 5) of an earlier invocation's --work")
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="only the two runs from the caches (runs 2 and 5) of an earlier invocation's --work",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("--data", "--out", "--cache", "--spec", "--weights", "--report"):
         parser.add_argument(name, help=argparse.SUPPRESS)

@@ -87,7 +87,9 @@ def end_to_end(encoder, detector, batch: int, repeats: int, with_paths: bool = F
     return rate(batch * repeats, time.perf_counter() - started)
 
 
-def agreement(dim: int, device: str, classes: int, negatives: int, rng: np.random.Generator) -> list[tuple[str, float, float]]:
+def agreement(
+    dim: int, device: str, classes: int, negatives: int, rng: np.random.Generator
+) -> list[tuple[str, float, float]]:
     """(d) per detector: the largest |torch on the device - NumPy on the CPU| and its bound."""
     id_text, bank, batch = unit(rng, classes, dim), unit(rng, negatives, dim), unit(rng, 64, dim)
     pool, noise = unit(rng, 4 * negatives, dim), unit(rng, 15, dim)
@@ -110,8 +112,9 @@ def agreement(dim: int, device: str, classes: int, negatives: int, rng: np.rando
 
 
 def _frozen_ants(id_text, bank, dim, classes, **on):
-    detector = ANTS.from_features(id_text, bank, TableEncoder(dim), InstantMLLM(), [f"c{i}" for i in range(classes)],
-                                  **on)
+    detector = ANTS.from_features(
+        id_text, bank, TableEncoder(dim), InstantMLLM(), [f"c{i}" for i in range(classes)], **on
+    )
     detector.freeze()
     return detector
 
@@ -127,8 +130,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cuda or cpu")
     parser.add_argument("--small", action="store_true", help="a CPU-sized run: small ViT, few images")
     args = parser.parse_args()
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     arch, images, batch, repeats = ("small", 64, 16, 2) if args.small else ("ViT-B-16", 2048, 256, 10)
     classes, negatives = (100, 1000) if args.small else (1000, 10_000)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -144,8 +150,9 @@ def main() -> None:
         encoder.show_progress = False
         print(f"# gpu_check: {arch} (random weights) on {encoder.device}, torch {torch.__version__}, {cores} cores")
         bare = bare_encoder(encoder, batch, repeats)
-        print(f"(a) bare image encoder ({'fp16' if device == 'cuda' else 'float32'}), ready tensors: "
-              f"{bare:,.1f} images/s")
+        print(
+            f"(a) bare image encoder ({'fp16' if device == 'cuda' else 'float32'}), ready tensors: {bare:,.1f} images/s"
+        )
         paths = write_images(folder / "jpegs", images)
         for workers in sorted({0, min(cores, 8)}):
             encoder.workers = workers
@@ -153,22 +160,35 @@ def main() -> None:
             tick = time.perf_counter()
             encoder.encode_image_files(paths, batch_size=batch, progress=False)
             pipeline = rate(len(paths), time.perf_counter() - tick)
-            print(f"(b) encode pipeline, JPEGs 500x375, {workers} workers: {pipeline:,.1f} images/s = "
-                  f"{pipeline / bare:.2f} of (a)")
+            print(
+                f"(b) encode pipeline, JPEGs 500x375, {workers} workers: {pipeline:,.1f} images/s = "
+                f"{pipeline / bare:.2f} of (a)"
+            )
         dim = encoder.dim
         id_text, bank = unit(rng, classes, dim), unit(rng, negatives, dim)
         on = {"backend": "torch", "device": device}
         neglabel = NegLabel.from_features(id_text, bank, groups=min(100, negatives), **on)
-        ants = ANTS.from_features(id_text, bank, TableEncoder(dim), InstantMLLM(), [f"c{i}" for i in range(classes)],
-                                  max_mllm_calls=10**9, **on)
+        ants = ANTS.from_features(
+            id_text,
+            bank,
+            TableEncoder(dim),
+            InstantMLLM(),
+            [f"c{i}" for i in range(classes)],
+            max_mllm_calls=10**9,
+            **on,
+        )
         nl_rate = end_to_end(encoder, neglabel, batch, repeats)
         ants_rate = end_to_end(encoder, ants, batch, repeats, with_paths=True)
-        print(f"(c) end to end, encode + score: NegLabel {nl_rate:,.1f} images/s ({nl_rate / bare:.2f} of (a)); "
-              f"ANTS online {ants_rate:,.1f} images/s ({ants_rate / bare:.2f} of (a)); ANTS / NegLabel = "
-              f"{ants_rate / nl_rate:.2f} (paper: 0.93; goal: 0.98)")
+        print(
+            f"(c) end to end, encode + score: NegLabel {nl_rate:,.1f} images/s ({nl_rate / bare:.2f} of (a)); "
+            f"ANTS online {ants_rate:,.1f} images/s ({ants_rate / bare:.2f} of (a)); ANTS / NegLabel = "
+            f"{ants_rate / nl_rate:.2f} (paper: 0.93; goal: 0.98)"
+        )
         for name, difference, bound in agreement(dim, device, classes, negatives, rng):
             verdict = "ok" if difference <= bound else "OUTSIDE THE BOUND"
-            print(f"(d) {name:<16} torch/{device} vs NumPy/cpu: max |diff| {difference:.2e} (bound {bound:.2e}) {verdict}")
+            print(
+                f"(d) {name:<16} torch/{device} vs NumPy/cpu: max |diff| {difference:.2e} (bound {bound:.2e}) {verdict}"
+            )
         print(f"(e) peak memory: {peak_memory(encoder.device)}")
     print(f"# done in {time.perf_counter() - started:.1f} s")
 

@@ -59,19 +59,27 @@ def main() -> None:
 
     text = encoder.backend.model.transformer
     width, layers = text.width, len(text.resblocks)
-    print(f"# {args.arch}, random weights; text tower {layers} layers x {width}; torch threads {torch.get_num_threads()}")
-    print(f"inversion: {args.batch} images in {seconds:.2f} s = {args.batch / seconds:.1f} inverted images/s; "
-          f"{args.steps + 1} text-tower passes per batch ({args.steps} forward+backward, 1 forward), "
-          f"so {(args.steps + 1) / args.batch:.2f} passes per inverted image; mean cos(learned, image) {cosine:.3f} "
-          "(random weights)")
-    print(f"NegLabel (K 1000, M 2000, G 5): {neglabel_rate:,.0f} images/s: an inverted image costs "
-          f"{neglabel_rate / (args.batch / seconds):,.0f}x its score")
+    print(
+        f"# {args.arch}, random weights; text tower {layers} layers x {width}; torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"inversion: {args.batch} images in {seconds:.2f} s = {args.batch / seconds:.1f} inverted images/s; "
+        f"{args.steps + 1} text-tower passes per batch ({args.steps} forward+backward, 1 forward), "
+        f"so {(args.steps + 1) / args.batch:.2f} passes per inverted image; mean cos(learned, image) {cosine:.3f} "
+        "(random weights)"
+    )
+    print(
+        f"NegLabel (K 1000, M 2000, G 5): {neglabel_rate:,.0f} images/s: an inverted image costs "
+        f"{neglabel_rate / (args.batch / seconds):,.0f}x its score"
+    )
     per_token = 24 * 512 * 512 * 12  # ViT-B/16 text tower: 12 layers x (4 w^2 + 8 w^2) multiply-adds x 2
     prompt = 10 * per_token  # a CLIP template with the pseudo-token: about 10 tokens
     inverted = (3 * args.steps + 1) * prompt  # backward ~ 2 forwards
     score = 2 * 512 * 3000
-    print(f"ViT-B/16 by formula: {prompt / 1e9:.2f} GFLOP per prompt forward, {inverted / 1e9:.0f} GFLOP per inverted "
-          f"image ({args.steps} steps), {score / 1e6:.1f} MFLOP per NegLabel score: {inverted / score:,.0f}x")
+    print(
+        f"ViT-B/16 by formula: {prompt / 1e9:.2f} GFLOP per prompt forward, {inverted / 1e9:.0f} GFLOP per inverted "
+        f"image ({args.steps} steps), {score / 1e6:.1f} MFLOP per NegLabel score: {inverted / score:,.0f}x"
+    )
 
 
 if __name__ == "__main__":

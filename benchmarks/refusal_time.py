@@ -38,10 +38,30 @@ def main() -> None:
         empty.mkdir()
         cases = {
             "bench --data-root EMPTY": [*cli, "bench", "--suite", "imagenet", "--data-root", str(empty)],
-            "eval --id MISSING": [*cli, "eval", "--method", "neglabel", "--classes", "imagenet",
-                                  "--id", str(Path(folder) / "missing"), "--ood", f"x={empty}"],
-            "eval --ood x=EMPTY": [*cli, "eval", "--method", "neglabel", "--classes", "imagenet",
-                                   "--id", str(empty), "--ood", f"x={Path(folder) / 'missing'}"],
+            "eval --id MISSING": [
+                *cli,
+                "eval",
+                "--method",
+                "neglabel",
+                "--classes",
+                "imagenet",
+                "--id",
+                str(Path(folder) / "missing"),
+                "--ood",
+                f"x={empty}",
+            ],
+            "eval --ood x=EMPTY": [
+                *cli,
+                "eval",
+                "--method",
+                "neglabel",
+                "--classes",
+                "imagenet",
+                "--id",
+                str(empty),
+                "--ood",
+                f"x={Path(folder) / 'missing'}",
+            ],
             "(import torch, open_clip)": [sys.executable, "-c", "import torch, open_clip"],
         }
         print(f"{'command':<28} {'median s':>9} {'max s':>7}  bound")

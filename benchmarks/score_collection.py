@@ -60,8 +60,10 @@ def run(command: list[str], out: Path, kill_at_parts: int | None) -> tuple[list[
 
 def describe(samples: list[float]) -> str:
     steady = samples[len(samples) // 4 :] or samples  # after the model and the detector loaded
-    return (f"RSS first {samples[0]:.0f} MiB, median {statistics.median(steady):.0f} MiB, "
-            f"peak {max(steady):.0f} MiB over {len(samples)} samples")
+    return (
+        f"RSS first {samples[0]:.0f} MiB, median {statistics.median(steady):.0f} MiB, "
+        f"peak {max(steady):.0f} MiB over {len(samples)} samples"
+    )
 
 
 def rows_against_scores(n: int = 8192, dim: int = 512, batch: int = 256, repeats: int = 5) -> None:
@@ -98,8 +100,13 @@ def rows_against_scores(n: int = 8192, dim: int = 512, batch: int = 256, repeats
         "NegLabel (10,000 labels)": NegLabel(id_text, bank, neg_labels=labels(10_000)),
         "CSP (8,493 labels)": CSP(id_text, bank[:8493], neg_labels=labels(8493)),
         "NegRefine (6,370, pairs warm)": NegRefine.from_features(
-            id_text, bank[:6370], class_names=names, neg_labels=labels(6370), pair_encoder=synthetic_pairs(id_text, bank),
-            pair_cache=250_000),  # every pair of these features stays warm (8,192 x 25 pairs)
+            id_text,
+            bank[:6370],
+            class_names=names,
+            neg_labels=labels(6370),
+            pair_encoder=synthetic_pairs(id_text, bank),
+            pair_cache=250_000,
+        ),  # every pair of these features stays warm (8,192 x 25 pairs)
         "TANL (70k pool, frozen)": TANL.from_features(id_text, unit(70_000), unit(15), pool_labels=labels(70_000)),
         "AdaNeg (task, frozen)": AdaNeg.from_features(id_text, bank, neg_labels=labels(10_000)),
         "ANTS (banks full, frozen)": steady_ants(id_text, bank, 10_000, rng),
@@ -117,20 +124,22 @@ def rows_against_scores(n: int = 8192, dim: int = 512, batch: int = 256, repeats
         for _ in range(repeats):  # interleaved: the machine's load hits all three alike
             started = time.perf_counter()
             for start in range(0, n, batch):
-                detector.score_features(features[start:start + batch])
+                detector.score_features(features[start : start + batch])
             times["score"].append(time.perf_counter() - started)
             started = time.perf_counter()
             score_rows(detector, encoding, 0.5, names, batch)
             times["rows"].append(time.perf_counter() - started)
             started = time.perf_counter()  # what the rows cost before: the score, then the labels' own product
             for start in range(0, n, batch):
-                detector.score_features(features[start:start + batch])
-                detector.nearest_labels(features[start:start + batch])
+                detector.score_features(features[start : start + batch])
+                detector.nearest_labels(features[start : start + batch])
             times["two passes"].append(time.perf_counter() - started)
         best = {key: min(value) for key, value in times.items()}
-        print(f"  {name:<30} score_features {n / best['score']:>9,.0f} images/s; rows {n / best['rows']:>9,.0f}"
-              f" images/s: {best['rows'] / best['score']:.2f}x (goal <= 1.1x; two products: "
-              f"{best['two passes'] / best['score']:.2f}x)")
+        print(
+            f"  {name:<30} score_features {n / best['score']:>9,.0f} images/s; rows {n / best['rows']:>9,.0f}"
+            f" images/s: {best['rows'] / best['score']:.2f}x (goal <= 1.1x; two products: "
+            f"{best['two passes'] / best['score']:.2f}x)"
+        )
 
 
 def main() -> None:
@@ -164,19 +173,43 @@ def main() -> None:
         encoder = load_encoder(spec, weights=root / "w.pt", device="cpu", use_cache=False)
         MCM.from_encoder(encoder, [f"class {k}" for k in range(100)]).save(root / "detector")
         out = root / "scores"
-        command = [sys.executable, "-m", "negspace.cli", "score", str(folder), "--detector", str(root / "detector"),
-                   "--out", str(out), "--threshold", "0.011", "--chunk-size", str(args.chunk), "--no-cache",
-                   "--model", spec, "--weights", str(root / "w.pt"), "--device", "cpu", "-q"]
+        command = [
+            sys.executable,
+            "-m",
+            "negspace.cli",
+            "score",
+            str(folder),
+            "--detector",
+            str(root / "detector"),
+            "--out",
+            str(out),
+            "--threshold",
+            "0.011",
+            "--chunk-size",
+            str(args.chunk),
+            "--no-cache",
+            "--model",
+            spec,
+            "--weights",
+            str(root / "w.pt"),
+            "--device",
+            "cpu",
+            "-q",
+        ]
         parts = -(-args.images // args.chunk)
         first, code = run(command, out, kill_at_parts=max(1, parts // 3))
         before = ds.dataset(out, format="parquet").count_rows()
         second, code2 = run(command, out, kill_at_parts=None)
         table = ds.dataset(out, format="parquet").to_table(columns=["path"]).column("path").to_pylist()
-    print(f"{args.images:,} images, parts of {args.chunk}: killed run (exit {code}) wrote {before:,} rows; "
-          f"{describe(first)}")
+    print(
+        f"{args.images:,} images, parts of {args.chunk}: killed run (exit {code}) wrote {before:,} rows; "
+        f"{describe(first)}"
+    )
     print(f"resumed run (exit {code2}): {describe(second)}")
-    print(f"final table: {len(table):,} rows, {len(set(table)):,} distinct paths "
-          f"({'every image exactly once' if len(table) == len(set(table)) == args.images else 'MISMATCH'})")
+    print(
+        f"final table: {len(table):,} rows, {len(set(table)):,} distinct paths "
+        f"({'every image exactly once' if len(table) == len(set(table)) == args.images else 'MISMATCH'})"
+    )
 
 
 if __name__ == "__main__":

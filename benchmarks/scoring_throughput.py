@@ -120,6 +120,7 @@ def build_held(build: Callable[[], Any]) -> tuple[Any, float]:
 def synthetic_pairs(id_text: np.ndarray, bank: np.ndarray) -> Callable[[list[str]], np.ndarray]:
     """Pair texts "c{i} and n{j}" to a unit feature between the two labels (stands in for the text
     tower, whose cost is paid once per pair and measured by corpus_encoding.py)."""
+
     def encode(texts: list[str]) -> np.ndarray:
         pairs = [text.split(" and ") for text in texts]
         features = np.stack([id_text[int(p[1:])] + bank[int(n[1:])] for p, n in pairs])
@@ -131,6 +132,7 @@ def synthetic_pairs(id_text: np.ndarray, bank: np.ndarray) -> Callable[[list[str
 def bare_bound(text_banks: list[np.ndarray], tau: float = 0.01) -> Callable[[np.ndarray], np.ndarray]:
     """What a scorer cannot avoid: one float32 GEMM of the batch against each text bank it must
     score against, and one log-sum-exp over each product."""
+
     def bound(batch: np.ndarray) -> np.ndarray:
         out = np.zeros(len(batch))
         for bank in text_banks:
@@ -143,8 +145,16 @@ def bare_bound(text_banks: list[np.ndarray], tau: float = 0.01) -> Callable[[np.
 def steady_ants(id_text: np.ndarray, corpus: np.ndarray, n_ens: int, rng: np.random.Generator, **backend: str) -> ANTS:
     """ANTS in the steady state of a long stream: a full ENS bank, a VSNL bank of 80 classes."""
     dim = id_text.shape[1]
-    det = ANTS.from_features(id_text, corpus, TableEncoder(dim), InstantMLLM(), [f"c{i}" for i in range(len(id_text))],
-                             ens_size=n_ens, max_mllm_calls=10**9, **backend)
+    det = ANTS.from_features(
+        id_text,
+        corpus,
+        TableEncoder(dim),
+        InstantMLLM(),
+        [f"c{i}" for i in range(len(id_text))],
+        ens_size=n_ens,
+        max_mllm_calls=10**9,
+        **backend,
+    )
     det.state.add_ens([f"s{i}" for i in range(n_ens)], unit_rows(rng, n_ens, dim), np.ones(n_ens), prepend=False)
     det._update_vsnl(list(range(80)))  # 80 = 0.08 * 1000 classes, 5 labels each
     return det
@@ -174,8 +184,12 @@ def timed(fn: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
-def measure(score: Callable[[np.ndarray], np.ndarray], bound: Callable[[np.ndarray], np.ndarray],
-            batch: np.ndarray, repeats: int) -> tuple[float, float, float]:
+def measure(
+    score: Callable[[np.ndarray], np.ndarray],
+    bound: Callable[[np.ndarray], np.ndarray],
+    batch: np.ndarray,
+    repeats: int,
+) -> tuple[float, float, float]:
     """``(images/s, scorer / bound time ratio, peak MiB)``: medians of interleaved repeats, so the
     machine's load hits the scorer and its bound alike."""
     score(batch), bound(batch)  # warm-up: BLAS threads, caches
@@ -201,7 +215,9 @@ def main() -> None:
     parser.add_argument("--beta", type=int, default=1000, help="TANL top-beta labels")
     parser.add_argument("--ens", type=int, default=10_000, help="ANTS ENS bank size")
     parser.add_argument("--csp-bank", type=int, default=8_493, help="CSP bank size (its ImageNet-1k selection)")
-    parser.add_argument("--negrefine-bank", type=int, default=6_370, help="NegRefine bank size (the authors' filtered list)")
+    parser.add_argument(
+        "--negrefine-bank", type=int, default=6_370, help="NegRefine bank size (the authors' filtered list)"
+    )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-online", action="store_true", help="only MCM and NegLabel")
     parser.add_argument("--skip-torch", action="store_true", help="no backend='torch' rows")
@@ -218,7 +234,11 @@ def main() -> None:
     }
     both = np.concatenate([id_text, negatives])
     # the bare bound of each scorer: the GEMMs and log-sum-exps of the same shapes it must do
-    bounds = {"MCM": bare_bound([id_text]), "NegLabel (G=100)": bare_bound([both]), "NegLabel (G=1)": bare_bound([both])}
+    bounds = {
+        "MCM": bare_bound([id_text]),
+        "NegLabel (G=100)": bare_bound([both]),
+        "NegLabel (G=1)": bare_bound([both]),
+    }
     # CSP: NegLabel's score over its bank (about 8,500 labels for ImageNet-1k)
     csp_bank = unit_rows(rng, args.csp_bank, args.dim)
     detectors[f"CSP (bank {args.csp_bank:,}, G=100)"] = CSP.from_features(id_text, csp_bank)
@@ -227,9 +247,13 @@ def main() -> None:
     # from its table after a warm-up pass (a pair's text forward is paid once, not per batch)
     refine_bank = csp_bank[: args.negrefine_bank]
     name = f"NegRefine (bank {args.negrefine_bank:,}, pairs warm)"
-    negrefine = NegRefine.from_features(id_text, refine_bank, class_names=[f"c{i}" for i in range(args.classes)],
-                                        neg_labels=[f"n{j}" for j in range(len(refine_bank))],
-                                        pair_encoder=synthetic_pairs(id_text, refine_bank))
+    negrefine = NegRefine.from_features(
+        id_text,
+        refine_bank,
+        class_names=[f"c{i}" for i in range(args.classes)],
+        neg_labels=[f"n{j}" for j in range(len(refine_bank))],
+        pair_encoder=synthetic_pairs(id_text, refine_bank),
+    )
     negrefine.score_features(batch)  # warm-up: this batch's pairs encoded once
     detectors[name] = negrefine
     bounds[name] = bare_bound([np.concatenate([id_text, refine_bank])])
@@ -285,15 +309,18 @@ def main() -> None:
                 ants.freeze()
                 detectors[f"ANTS (frozen) torch/{device}"] = ants
                 bounds[f"ANTS (frozen) torch/{device}"] = torch_bound(
-                    [both, ants.state.ens_bank, ants.state.vsnl_bank], device)
+                    [both, ants.state.ens_bank, ants.state.vsnl_bank], device
+                )
     torch_threads = ""
     if not args.skip_torch:
         torch_threads = f", torch {torch.get_num_threads()} threads"
     blas = ", ".join(f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info())
     print(f"batch {args.batch}, D {args.dim}, K {args.classes}, M {args.negatives}; BLAS: {blas}{torch_threads}")
     print("x bound = time / the bare bound's (the float32 GEMMs + log-sum-exps the scorer cannot avoid)")
-    print(f"{'detector':<30} {'images/s':>10} {'ms/batch':>9} {'x bound':>8} {'peak MiB/batch':>15} "
-          f"{'state MiB':>10} {'held MiB':>9}")
+    print(
+        f"{'detector':<30} {'images/s':>10} {'ms/batch':>9} {'x bound':>8} {'peak MiB/batch':>15} "
+        f"{'state MiB':>10} {'held MiB':>9}"
+    )
     for name, det in detectors.items():
         score = det.score_features if hasattr(det, "score_features") else det
         rate, ratio, peak = measure(score, bounds[name], batch, args.repeats)

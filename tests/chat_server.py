@@ -25,8 +25,11 @@ def chat_server(prefix: str, answer: Callable[[dict[str, Any]], str]) -> Iterato
     server.start()
 
     def chat(request):
-        body = {"id": "x", "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer(json.loads(request.data))}}]}
+        body = {
+            "id": "x",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer(json.loads(request.data))}}],
+        }
         return Response(json.dumps(body), content_type="application/json")
 
     server.model = f"{prefix}-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{next(_SERVERS)}"

@@ -9,12 +9,12 @@ from pathlib import Path
 # huggingface_hub reads this once, at import: set it before anything imports it.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import pytest  # noqa: E402
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from chat_server import chat_server  # noqa: E402
-from fixtures_models import SavedModel, save_tiny_openclip, tiny_hf_clip  # noqa: E402,F401  (pytest fixtures)
+from chat_server import chat_server
+from fixtures_models import SavedModel, save_tiny_openclip, tiny_hf_clip  # noqa: F401  (pytest fixtures)
 from local_network import SilentServer, closed_port, point_hub_at
 
 
@@ -48,8 +48,9 @@ def tiny_openclip(tmp_path_factory: pytest.TempPathFactory) -> SavedModel:
             encoder = load_encoder(saved.spec, weights=saved.weights, device="cpu", cache_dir=root / "negspace-cache")
             mine_negative_labels(encoder, ["warm-up"], MiningConfig(), progress=False)
             (folder / "ready").touch()
-    return SavedModel(spec=f"openclip:{folder / 'negspace-tiny-clip.json'}/none",
-                      weights=folder / "tiny_openclip.pt", folder=folder)
+    return SavedModel(
+        spec=f"openclip:{folder / 'negspace-tiny-clip.json'}/none", weights=folder / "tiny_openclip.pt", folder=folder
+    )
 
 
 @pytest.fixture

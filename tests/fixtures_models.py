@@ -114,9 +114,7 @@ def save_tiny_hf_clip(folder: Path | str, seed: int = 0) -> SavedModel:
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return SavedModel(spec=f"hf:{folder}", weights=None, folder=folder)
 
 

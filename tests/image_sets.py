@@ -20,9 +20,10 @@ def write_sets(root: Path, seed: int = 0, id_per_class: int = 2, shots_per_class
     folders = [(sets["id"], id_per_class)]
     if shots_per_class:
         sets["shots"] = root / "shots"
-    for name, colour in zip(CLASSES, COLOURS):
-        for folder, count in folders + ([(sets["shots"] / name.replace(" ", "_"), shots_per_class)]
-                                        if shots_per_class else []):
+    for name, colour in zip(CLASSES, COLOURS, strict=False):
+        for folder, count in folders + (
+            [(sets["shots"] / name.replace(" ", "_"), shots_per_class)] if shots_per_class else []
+        ):
             folder.mkdir(parents=True, exist_ok=True)
             for k in range(count):
                 pixels = np.clip(np.array(colour) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)

@@ -52,8 +52,9 @@ def cosine_error(dim: int) -> float:
     return COSINE_ERROR_UNITS * np.sqrt(dim) * UNIT_ROUNDOFF
 
 
-def score_bound(reference: np.ndarray, *, tau: float, dim: int, weight: float = 1.0,
-                feature_error: float = 0.0) -> np.ndarray:
+def score_bound(
+    reference: np.ndarray, *, tau: float, dim: int, weight: float = 1.0, feature_error: float = 0.0
+) -> np.ndarray:
     """The largest ``|Δs|`` two float32 computations of the scores ``reference`` may show.
 
     Args:
@@ -69,8 +70,9 @@ def score_bound(reference: np.ndarray, *, tau: float, dim: int, weight: float = 
     return weight * np.minimum(q, 1.0 - q) * np.expm1(2.0 * delta) + 2 * UNIT_ROUNDOFF * np.abs(s) + FLOOR
 
 
-def assert_scores_close(actual, desired, *, tau: float = 0.01, dim: int, weight: float = 1.0,
-                        feature_error: float = 0.0, err_msg: str = "") -> None:
+def assert_scores_close(
+    actual, desired, *, tau: float = 0.01, dim: int, weight: float = 1.0, feature_error: float = 0.0, err_msg: str = ""
+) -> None:
     """``actual`` equals ``desired`` within the float32 bound of :func:`score_bound`."""
     actual = np.asarray(actual, dtype=np.float64)
     desired = np.asarray(desired, dtype=np.float64)
@@ -83,7 +85,8 @@ def assert_scores_close(actual, desired, *, tau: float = 0.01, dim: int, weight:
         raise AssertionError(
             f"{int((excess > 0).sum())} of {actual.size} scores differ beyond the float32 bound "
             f"(tau={tau}, D={dim}, W={weight}); worst at {worst}: {actual.flat[worst]!r} vs "
-            f"{desired.flat[worst]!r}, bound {bound.flat[worst]:.3g} {err_msg}")
+            f"{desired.flat[worst]!r}, bound {bound.flat[worst]:.3g} {err_msg}"
+        )
 
 
 def assert_same_ranking(actual, desired, *, tau: float = 0.01, dim: int, weight: float = 1.0) -> None:
@@ -112,11 +115,11 @@ def assert_features_close(actual, desired, *, err_msg: str = "") -> None:
         worst = int(np.nanargmax(np.where(np.isnan(distance), np.inf, distance)))
         raise AssertionError(
             f"{int((~(distance <= FEATURE_ERROR)).sum())} of {len(distance)} feature rows lie farther than "
-            f"{FEATURE_ERROR:g} apart; worst row {worst}: {distance[worst]:.3g} {err_msg}")
+            f"{FEATURE_ERROR:g} apart; worst row {worst}: {distance[worst]:.3g} {err_msg}"
+        )
 
 
-def assert_same_selection(actual, desired, key, *, bound: float, descending: bool = False,
-                          free=None) -> None:
+def assert_same_selection(actual, desired, key, *, bound: float, descending: bool = False, free=None) -> None:
     """Two selections of the same items by rank of a float32 key agree up to float32 near-ties.
 
     ``actual`` and ``desired`` are index arrays, each the items with the lowest (``descending``:
@@ -139,8 +142,10 @@ def assert_same_selection(actual, desired, key, *, bound: float, descending: boo
         only = [int(i) for i in np.setdiff1d(one, other) if not free[i]]
         last = key[[i for i in other if not free[i]]].max(initial=-np.inf)
         far = [i for i in only if key[i] < last - tie]
-        assert not far, (f"items {far[:10]} picked only by {name}, keys {key[far[:10]]} well inside the "
-                         f"other's last pick {float(last)!r} (bound {tie:.3g})")
+        assert not far, (
+            f"items {far[:10]} picked only by {name}, keys {key[far[:10]]} well inside the "
+            f"other's last pick {float(last)!r} (bound {tie:.3g})"
+        )
     common = np.intersect1d(actual, desired)
     common = common[~free[common]]
     rank_a = {int(i): r for r, i in enumerate(actual)}
@@ -148,5 +153,6 @@ def assert_same_selection(actual, desired, key, *, bound: float, descending: boo
     ra, rd = np.array([rank_a[int(i)] for i in common]), np.array([rank_d[int(i)] for i in common])
     gap = key[common][:, None] - key[common][None, :]
     swapped = (np.sign(ra[:, None] - ra[None, :]) != np.sign(rd[:, None] - rd[None, :])) & (np.abs(gap) > tie)
-    assert not swapped.any(), (f"{int(swapped.sum()) // 2} pairs picked by both, keys farther apart than "
-                               f"{tie:.3g}, change order")
+    assert not swapped.any(), (
+        f"{int(swapped.sum()) // 2} pairs picked by both, keys farther apart than {tie:.3g}, change order"
+    )

@@ -26,8 +26,9 @@ def aupr_in(id_scores, ood_scores) -> float:
     from sklearn.metrics import average_precision_score
 
     id_scores, ood_scores = np.asarray(id_scores, float), np.asarray(ood_scores, float)
-    return float(average_precision_score(np.r_[np.ones(id_scores.size), np.zeros(ood_scores.size)],
-                                         np.r_[id_scores, ood_scores]))
+    return float(
+        average_precision_score(np.r_[np.ones(id_scores.size), np.zeros(ood_scores.size)], np.r_[id_scores, ood_scores])
+    )
 
 
 def fpr95(id_scores, ood_scores) -> float:
@@ -46,9 +47,14 @@ def fpr95_ood(id_scores, ood_scores) -> float:
 
 def reference(id_scores, ood_scores) -> dict[str, float]:
     """Every metric above, keyed as ``metrics.json`` keys them, with the counts."""
-    return {"auroc": auroc(id_scores, ood_scores), "fpr95": fpr95(id_scores, ood_scores),
-            "fpr95_ood": fpr95_ood(id_scores, ood_scores), "aupr_in": aupr_in(id_scores, ood_scores),
-            "n_id": int(np.size(id_scores)), "n_ood": int(np.size(ood_scores))}
+    return {
+        "auroc": auroc(id_scores, ood_scores),
+        "fpr95": fpr95(id_scores, ood_scores),
+        "fpr95_ood": fpr95_ood(id_scores, ood_scores),
+        "aupr_in": aupr_in(id_scores, ood_scores),
+        "n_id": int(np.size(id_scores)),
+        "n_ood": int(np.size(ood_scores)),
+    }
 
 
 def assert_metrics(written, id_scores, ood_scores, *, abs_tol: float = 1e-12) -> None:

@@ -27,7 +27,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-WORLD = dict(n_corpus=3000, n_classes=20, n_per_class=25, n_per_concept=100, seed=0)
+WORLD = {"n_corpus": 3000, "n_classes": 20, "n_per_class": 25, "n_per_concept": 100, "seed": 0}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def _empty_memory(n_labels=3, slots=4, dim=3):
 
 def _sequential_reference(memory, filled, entropy, labels, entropies, features):
     """The rule written one sample at a time, as docs/methods/adaneg.md states it."""
-    for label, ent, feat in zip(labels, entropies, features):
+    for label, ent, feat in zip(labels, entropies, features, strict=False):
         if filled[label] < memory.shape[1]:
             memory[label, filled[label]] = feat
             entropy[label, filled[label]] = ent

@@ -48,9 +48,15 @@ def corpus(world):
 def build(world, corpus, mllm=None, **kw):
     labels, features = corpus
     options = {**SCHEDULE, **kw}
-    return ANTS.from_features(world.id_text_features, features, StubEncoder(world),
-                              mllm if mllm is not None else ScriptedMLLM(world), world.class_names,
-                              neg_labels=labels, **options)
+    return ANTS.from_features(
+        world.id_text_features,
+        features,
+        StubEncoder(world),
+        mllm if mllm is not None else ScriptedMLLM(world),
+        world.class_names,
+        neg_labels=labels,
+        **options,
+    )
 
 
 def stream(world, kind: str, seed: int = 0, batch: int = BATCH):
@@ -216,8 +222,7 @@ def test_failing_mllm_leaves_ants_working(world, corpus, behaviour, two_pass):
 
 
 def test_no_mllm_and_no_images_do_not_crash(world, corpus):
-    det = ANTS.from_features(world.id_text_features, corpus[1], StubEncoder(world), None, world.class_names,
-                             **SCHEDULE)
+    det = ANTS.from_features(world.id_text_features, corpus[1], StubEncoder(world), None, world.class_names, **SCHEDULE)
     run(det, world, "far")
     det2 = build(world, corpus)
     for s in range(0, 300, 50):
@@ -259,7 +264,7 @@ def test_diversity_selection_makes_fewer_calls(world, corpus):
     full, spread = ScriptedMLLM(world), ScriptedMLLM(world)
     a = build(world, corpus, mllm=full, mode="ens")
     b = build(world, corpus, mllm=spread, mode="ens", diversity="kcenter", diversity_size=5)
-    _, ood_a = run(a, world, "far")
+    _, _ood_a = run(a, world, "far")
     id_b, ood_b = run(b, world, "far")
     assert spread.received < full.received / 2
     assert set(world.far_concepts) <= {t.rstrip(".") for t in b.state.ens_texts}
@@ -268,7 +273,7 @@ def test_diversity_selection_makes_fewer_calls(world, corpus):
 
 def test_histogram_threshold_and_history_rule_run(world, corpus):
     det = build(world, corpus, threshold="histogram", similar_classes="history_top40")
-    id_s, ood_s = run(det, world, "far")
+    id_s, _ood_s = run(det, world, "far")
     assert det.state.threshold != 0.8 and det.state.ens_count > 0
     assert np.all(np.isfinite(id_s))
 
@@ -285,8 +290,10 @@ def test_save_load_gives_identical_scores(world, corpus, tmp_path):
     # a loaded space with the same MLLM continues exactly like the original ...
     cont = ANTS.load(tmp_path / "space", text_encoder=StubEncoder(world), mllm=ScriptedMLLM(world))
     for batch in batches[12:]:
-        np.testing.assert_array_equal(det.score_features(batch.features, images=batch.images),
-                                      cont.score_features(batch.features, images=batch.images))
+        np.testing.assert_array_equal(
+            det.score_features(batch.features, images=batch.images),
+            cont.score_features(batch.features, images=batch.images),
+        )
     # ... and a frozen one (no MLLM, no encoder) scores another stream like the frozen original
     det.freeze()
     det.save(tmp_path / "final")
@@ -303,8 +310,10 @@ def test_explain_names_the_planted_far_concept(world, corpus):
     run(det, world, "far")
     explanations = det.explain(world.far_ood_features, top=3)
     assert all(len(e) == 3 for e in explanations)
-    hits = [e[0][0].rstrip(".") == world.far_concepts[c] and e[0][1] == "ens"
-            for e, c in zip(explanations, world.far_ood_concept)]
+    hits = [
+        e[0][0].rstrip(".") == world.far_concepts[c] and e[0][1] == "ens"
+        for e, c in zip(explanations, world.far_ood_concept, strict=False)
+    ]
     assert np.mean(hits) > 0.9
     ids = [f"far/{i}" for i in range(len(world.far_ood_features))]
     rows = det.explanation_rows(world.far_ood_features, ids, n_images=4, top=2)

@@ -162,7 +162,7 @@ class Reference:
         self.predictions.extend(preds.tolist())
         self.all_conf.extend(base.astype(np.float32).tolist())
         if self.ens_index < self.stop:
-            self.candidates += [(p, c) for p, c, s in zip(paths, preds, base) if s < self.threshold]
+            self.candidates += [(p, c) for p, c, s in zip(paths, preds, base, strict=False) if s < self.threshold]
         if self.ens_index < self.stop and len(self.candidates) > self.min_candidates:
             values = np.asarray(self.all_conf, dtype=np.float32)
             bins = np.arange(0, 1.1, 0.1)
@@ -218,15 +218,26 @@ def corpus(world):
 
 CASES = {
     # the default script (ada, authors' lam), a schedule that fits a 1,440-image stream
-    "ada": ({"min_candidates": 60, "vsnl_start": 2, "vsnl_every": 5, "history_top": 6},
-            {"min_candidates": 60, "vsnl_start": 2, "vsnl_every": 5, "top": 6}),
+    "ada": (
+        {"min_candidates": 60, "vsnl_start": 2, "vsnl_every": 5, "history_top": 6},
+        {"min_candidates": 60, "vsnl_start": 2, "vsnl_every": 5, "top": 6},
+    ),
     # their ImageNet far-OOD script: ENS only, activation-aware, at most 3 updates here
-    "far": ({"mode": "ens", "ens_score": "activation", "ens_stop_step": 3, "activation_negatives": 40,
-             "min_candidates": 60},
-            {"mode": "ens", "activation": True, "stop": 3, "act_count": 40, "min_candidates": 60}),
+    "far": (
+        {
+            "mode": "ens",
+            "ens_score": "activation",
+            "ens_stop_step": 3,
+            "activation_negatives": 40,
+            "min_candidates": 60,
+        },
+        {"mode": "ens", "activation": True, "stop": 3, "act_count": 40, "min_candidates": 60},
+    ),
     # their near-OOD script: VSNL only, no ENS update at all
-    "near": ({"mode": "vsnl", "ens_stop_step": 0, "vsnl_start": 1, "vsnl_every": 4, "history_top": 6},
-             {"mode": "vsnl", "stop": 0, "vsnl_start": 1, "vsnl_every": 4, "top": 6}),
+    "near": (
+        {"mode": "vsnl", "ens_stop_step": 0, "vsnl_start": 1, "vsnl_every": 4, "history_top": 6},
+        {"mode": "vsnl", "stop": 0, "vsnl_start": 1, "vsnl_every": 4, "top": 6},
+    ),
 }
 
 
@@ -235,9 +246,15 @@ CASES = {
 def test_authors_preset_makes_the_authors_decisions(world, corpus, case, kind):
     ours_options, ref_options = CASES[case]
     labels, features = corpus
-    det = ANTS.from_features(world.id_text_features, features, StubEncoder(world), PlainMLLM(world),
-                             world.class_names, neg_labels=labels,
-                             config=ANTSConfig.authors(groups=10, **ours_options))
+    det = ANTS.from_features(
+        world.id_text_features,
+        features,
+        StubEncoder(world),
+        PlainMLLM(world),
+        world.class_names,
+        neg_labels=labels,
+        config=ANTSConfig.authors(groups=10, **ours_options),
+    )
     ref = Reference(world, features, PlainMLLM(world), StubEncoder(world), groups=10, **ref_options)
     batches, _ = stream(world, kind, seed=3, batch=64)
     for number, batch in enumerate(batches, start=1):
@@ -245,8 +262,9 @@ def test_authors_preset_makes_the_authors_decisions(world, corpus, case, kind):
         expected = ref.step(batch.features, batch.images)
         st = det.state
         # a percentile of past scores: within the bound of the scores it lies between
-        assert st.threshold == pytest.approx(ref.threshold, abs=float(score_bound(np.asarray(ref.threshold),
-                                                                                  dim=world.dim, tau=TAU))), number
+        assert st.threshold == pytest.approx(
+            ref.threshold, abs=float(score_bound(np.asarray(ref.threshold), dim=world.dim, tau=TAU))
+        ), number
         assert st.ens_updates == ref.ens_index, number
         assert st.pending_count == len(ref.candidates), number
         assert st.ens_texts == ref.far_texts, number

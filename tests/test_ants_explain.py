@@ -36,8 +36,15 @@ def corpus(world):
 
 def build(world, corpus, **kw) -> ANTS:
     labels, features = corpus
-    return ANTS.from_features(world.id_text_features, features, WorldTextEncoder(world), WorldMLLM(world),
-                              world.class_names, neg_labels=labels, **{**SCHEDULE, **kw})
+    return ANTS.from_features(
+        world.id_text_features,
+        features,
+        WorldTextEncoder(world),
+        WorldMLLM(world),
+        world.class_names,
+        neg_labels=labels,
+        **{**SCHEDULE, **kw},
+    )
 
 
 def scored_stream(det: ANTS, batches) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -74,7 +81,7 @@ def test_online_images_are_explained_with_the_space_that_scored_them(world, corp
         names = [str(p) for p in batch.images]
         reported = np.asarray([rows[n][0]["score"] for n in names])
         assert_scores_close(replay.score_fixed(batch.features), reported, dim=world.dim)
-        for name, truth in zip(names, replay.explain(batch.features, top=3)):
+        for name, truth in zip(names, replay.explain(batch.features, top=3), strict=False):
             got = rows[name]
             assert [(r["text"], r["source"]) for r in got] == [(t, s) for t, s, _ in truth]
             assert_scores_close([r["weight"] for r in got], [w for _, _, w in truth], dim=world.dim)
@@ -149,8 +156,10 @@ def test_sequential_segments_are_each_explained_with_their_own_space(world, corp
     """The stream protocol with the run's recorder: the segments of a sequential stream share the
     detector (no reset), and each one's lowest images are explained with the space that scored them."""
     id_set = _world_set(world, "id", world.id_image_features, world.id_image_labels)
-    ood = [_world_set(world, "far", world.far_ood_features, world.far_ood_concept),
-           _world_set(world, "near", world.near_ood_features, world.near_ood_concept)]
+    ood = [
+        _world_set(world, "far", world.far_ood_features, world.far_ood_concept),
+        _world_set(world, "near", world.near_ood_features, world.near_ood_concept),
+    ]
     det = build(world, corpus)
     det.keep_explanations(20)
     recorder = StreamRecorder(None, n_explained=20)
@@ -190,16 +199,39 @@ def _model_args(model) -> list[str]:
     return ["--model", model.spec, "--weights", str(model.weights), "--device", "cpu", "-q"]
 
 
-def test_eval_explanations_never_cite_sentences_written_after_the_stream(tmp_path, image_sets, tiny_openclip,
-                                                                          mllm_server, capsys):
+def test_eval_explanations_never_cite_sentences_written_after_the_stream(
+    tmp_path, image_sets, tiny_openclip, mllm_server, capsys
+):
     """The issue's run: an online stream too short for an ENS update scores every image with no
     sentence (the leftovers are described at its end); explanations.csv cites none."""
     server, _ = mllm_server
     out = tmp_path / "ants"
-    code = main(["eval", "--method", "ants", "--classes", str(image_sets["classes"]), "--id", str(image_sets["id"]),
-                 "--ood", f"noise={image_sets['ood']}", "--out", str(out), "--batch-size", "4",
-                 "--num-negatives", "500", "--ants-schedule", "scaled", "--explanations", "13",
-                 "--mllm", server.spec, *_model_args(tiny_openclip)])
+    code = main(
+        [
+            "eval",
+            "--method",
+            "ants",
+            "--classes",
+            str(image_sets["classes"]),
+            "--id",
+            str(image_sets["id"]),
+            "--ood",
+            f"noise={image_sets['ood']}",
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--num-negatives",
+            "500",
+            "--ants-schedule",
+            "scaled",
+            "--explanations",
+            "13",
+            "--mllm",
+            server.spec,
+            *_model_args(tiny_openclip),
+        ]
+    )
     assert code == 0
     info = json.loads((out / "metrics.json").read_text())["ants"]["noise"]
     # the only ENS update is the leftovers' at the end (fewer negatives than one update needs)
@@ -221,10 +253,12 @@ def test_explain_matches_a_literal_restatement(world, corpus):
     det.score_stream(batches)
     images = np.concatenate([world.far_ood_features[:20], world.near_ood_features[:20], world.id_image_features[:20]])
     lam = det.lam
-    banks = [("ens", det.state.ens_bank, det.state.ens_texts, lam), ("vsnl", det.state.vsnl_bank, det.state.vsnl_texts,
-                                                                      1.0 - lam)]
+    banks = [
+        ("ens", det.state.ens_bank, det.state.ens_texts, lam),
+        ("vsnl", det.state.vsnl_bank, det.state.vsnl_texts, 1.0 - lam),
+    ]
     assert all(len(texts) for _, _, texts, _ in banks)
-    for image, got in zip(images, det.explain(images, top=4)):
+    for image, got in zip(images, det.explain(images, top=4), strict=False):
         v = image.astype(np.float64) / np.linalg.norm(image)
         id_exp = np.exp(world.id_text_features.astype(np.float64) @ v / det.config.tau)
         key, at = [], {}  # every text of every bank in order, its weight in float64, and its positions

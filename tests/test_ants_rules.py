@@ -69,8 +69,14 @@ def test_history_rule_orders_like_counter_most_common():
     from collections import Counter
 
     world = make_world(n_classes=12, n_per_class=6, n_per_concept=20)
-    det = ANTS.from_features(world.id_text_features, world.negatives(200)[1], StubEncoder(world), None,
-                             world.class_names, config=ANTSConfig.authors(groups=10, history_top=7))
+    det = ANTS.from_features(
+        world.id_text_features,
+        world.negatives(200)[1],
+        StubEncoder(world),
+        None,
+        world.class_names,
+        config=ANTSConfig.authors(groups=10, history_top=7),
+    )
     predictions: list[int] = []
     batches, _ = stream(world, "near", seed=4, batch=16)
     for batch in batches:
@@ -82,8 +88,10 @@ def test_history_rule_orders_like_counter_most_common():
 # -- grouping of the changing banks -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("n", "groups", "dropped"), [(60, 1, 0), (100, 1, 0), (198, 1, 0), (250, 2, 0), (301, 3, 1),
-                                                       (999, 9, 0), (1099, 10, 9)])
+@pytest.mark.parametrize(
+    ("n", "groups", "dropped"),
+    [(60, 1, 0), (100, 1, 0), (198, 1, 0), (250, 2, 0), (301, 3, 1), (999, 9, 0), (1099, 10, 9)],
+)
 def test_changing_bank_groups(n, groups, dropped):
     order, g = changing_bank_groups(n, 100)
     assert g == groups and len(order) == n - dropped
@@ -102,8 +110,11 @@ def test_changing_bank_score_against_direct_groups():
     np.testing.assert_allclose(changing_bank_score(id_cos, bank_cos, order, groups, TAU), direct, rtol=1e-10)
     # a bank of 198 rows is one group of all 198 (not 100 of them)
     order, groups = changing_bank_groups(198, 100)
-    np.testing.assert_allclose(changing_bank_score(id_cos, bank_cos[:, :198], order, groups, TAU),
-                               direct_mass(id_cos, bank_cos[:, :198]), rtol=1e-10)
+    np.testing.assert_allclose(
+        changing_bank_score(id_cos, bank_cos[:, :198], order, groups, TAU),
+        direct_mass(id_cos, bank_cos[:, :198]),
+        rtol=1e-10,
+    )
 
 
 def test_every_ens_sentence_is_scored():
@@ -144,8 +155,12 @@ def slow_activation(id_cos, ens_cos, reference, t, gap, count, step):
     sizes = list(range(step, len(top) + 1, step))
     if sizes[-1] != len(top):
         sizes.append(len(top))
-    return np.asarray([np.mean([direct_mass(id_cos[i : i + 1], ens_cos[i : i + 1, top[:m]])[0] for m in sizes])
-                       for i in range(len(id_cos))])
+    return np.asarray(
+        [
+            np.mean([direct_mass(id_cos[i : i + 1], ens_cos[i : i + 1, top[:m]])[0] for m in sizes])
+            for i in range(len(id_cos))
+        ]
+    )
 
 
 @pytest.mark.parametrize(("count", "step"), [(5, 2), (4, 2), (7, 3), (100, 2)])
@@ -156,8 +171,10 @@ def test_activation_score_against_a_slow_direct_formula(count, step):
     got = activation_ens_score(id_cos, ens_cos, reference, 0.4, gap=0.5, negatives=count, step=step, tau=TAU)
     np.testing.assert_allclose(got, slow_activation(id_cos, ens_cos, reference, 0.4, 0.5, count, step), rtol=1e-9)
     # no confident-high sample: the reference score is kept (None)
-    assert activation_ens_score(id_cos, ens_cos, np.full(6, 0.1), 0.4, gap=0.5, negatives=count,
-                                step=step, tau=TAU) is None
+    assert (
+        activation_ens_score(id_cos, ens_cos, np.full(6, 0.1), 0.4, gap=0.5, negatives=count, step=step, tau=TAU)
+        is None
+    )
 
 
 def test_activation_ens_is_used_online_and_survives_save_load(tmp_path):
@@ -244,8 +261,10 @@ def test_partial_answers_are_counted_apart_from_rejected_ones():
         def generate(self, requests):
             out = super().generate(requests)
             texts = [" ".join(p.text for m in r.messages for p in m.content if hasattr(p, "text")) for r in requests]
-            return [f"A photo of a {t.split('class name ')[1].rstrip('.')} on green grass." if "Describe" in t else a
-                    for t, a in zip(texts, out)]
+            return [
+                f"A photo of a {t.split('class name ')[1].rstrip('.')} on green grass." if "Describe" in t else a
+                for t, a in zip(texts, out, strict=False)
+            ]
 
     stripped = build(world, corpus, Naming(world))
     run(stripped, world, "far")
@@ -329,12 +348,29 @@ def test_authors_preset_lists_its_rules_and_takes_overrides():
     preset = ANTSConfig.authors()
     default = ANTSConfig()
     changed = {k for k, v in preset.as_dict().items() if default.as_dict()[k] != v}
-    assert changed == {"threshold", "ens_trigger", "ens_stop_step", "describe_order", "ens_order", "ens_dedupe",
-                       "strip_class_names", "description_words", "describe_leftovers", "similar_classes",
-                       "vsnl_cache", "lam_rule", "max_mllm_calls"}
+    assert changed == {
+        "threshold",
+        "ens_trigger",
+        "ens_stop_step",
+        "describe_order",
+        "ens_order",
+        "ens_dedupe",
+        "strip_class_names",
+        "description_words",
+        "describe_leftovers",
+        "similar_classes",
+        "vsnl_cache",
+        "lam_rule",
+        "max_mllm_calls",
+    }
     far = ANTSConfig.authors(mode="ens", ens_score="activation", ens_stop_step=10, activation_negatives=500)
     assert (far.mode, far.ens_score, far.ens_stop_step, far.activation_negatives, far.threshold) == (
-        "ens", "activation", 10, 500, "histogram")
+        "ens",
+        "activation",
+        10,
+        500,
+        "histogram",
+    )
     with pytest.raises(ValueError, match="lam_rule"):
         ANTSConfig(lam_rule="magic")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from external_tools import missing_tool
 from negspace.bench import BenchConfig, run_suite
 from negspace.bench.layout import check_sets
 from negspace.bench.miniature import write_miniature
@@ -20,7 +21,6 @@ from negspace.bench.suites import load_suite, suite_names
 from negspace.classnames import load_class_names
 from negspace.cli import main
 from negspace.runconfig import ModelConfig
-from external_tools import missing_tool
 from reference_metrics import auroc, fpr95_ood, read_scores_csv, scores_of
 
 SUITES = ("domain-shift", "fine-grained", "imagenet", "imagenet10-20", "openood-v1.5")
@@ -62,16 +62,20 @@ def test_published_numbers_agree_with_the_spec_and_the_papers():
     """Golden cells, read from the papers' tables, not from the shipped file."""
     table1 = {(v.method, v.ood_set, v.metric): v.value for v in published_for(["ANTS paper/Table 1"], "ImageNet-1k")}
     assert table1[("ANTS", "Average", "FPR95")] == 13.31
-    openood = {(v.method, v.ood_set, v.metric): v.value
-               for v in published_for(["ANTS paper/Table 2"], "ImageNet-1k")}
-    assert (openood[("ANTS", "Near-OOD average", "FPR95")], openood[("ANTS", "Far-OOD average", "FPR95")]) == (60.98, 15.38)
+    openood = {(v.method, v.ood_set, v.metric): v.value for v in published_for(["ANTS paper/Table 2"], "ImageNet-1k")}
+    assert (openood[("ANTS", "Near-OOD average", "FPR95")], openood[("ANTS", "Far-OOD average", "FPR95")]) == (
+        60.98,
+        15.38,
+    )
     tanl = published_for(["TANL abstract/abstract"], "ImageNet-1k")
     assert [(v.method, v.metric, v.value) for v in tanl] == [("TANL", "FPR95", 9.8)]
 
 
 def test_built_in_class_lists_of_the_suites():
-    sizes = {name: len(load_class_names(name)) for name in
-             ("imagenet-a", "imagenet-r", "imagenet-10", "imagenet-20", "oxford-pet")}
+    sizes = {
+        name: len(load_class_names(name))
+        for name in ("imagenet-a", "imagenet-r", "imagenet-10", "imagenet-20", "oxford-pet")
+    }
     assert sizes == {"imagenet-a": 200, "imagenet-r": 200, "imagenet-10": 10, "imagenet-20": 20, "oxford-pet": 37}
     imagenet = load_class_names("imagenet").names
     assert set(load_class_names("imagenet-a").names) <= set(imagenet)
@@ -81,8 +85,15 @@ def test_built_in_class_lists_of_the_suites():
 def test_list_describes_every_layout_count_and_source(capsys):
     assert main(["bench", "--list"]) == 0
     out = capsys.readouterr().out
-    for text in ("benchmark_imglist/imagenet/test_ninco.txt", "5,879", "dtd/images/", "5,640",
-                 "CUB_200_2011/", "Bitterwolf et al.", "ANTS paper/Table 11"):
+    for text in (
+        "benchmark_imglist/imagenet/test_ninco.txt",
+        "5,879",
+        "dtd/images/",
+        "5,640",
+        "CUB_200_2011/",
+        "Bitterwolf et al.",
+        "ANTS paper/Table 11",
+    ):
         assert text in out
 
 
@@ -91,8 +102,19 @@ def test_missing_and_short_sets_are_listed_before_any_model_loads(tmp_path, mini
     shutil.copytree(miniatures / "imagenet", root)
     shutil.rmtree(root / "SUN")
     # a model that does not exist: reaching it would be another error
-    code = main(["bench", "--suite", "imagenet", "--data-root", str(root), "--model", "openclip:NoSuchArch/none",
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "bench",
+            "--suite",
+            "imagenet",
+            "--data-root",
+            str(root),
+            "--model",
+            "openclip:NoSuchArch/none",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "sun (SUN): SUN/" in err and "does not exist" in err
@@ -107,17 +129,39 @@ def test_bench_runs_every_method_once_per_image_with_both_columns(tmp_path, mini
     out = tmp_path / "out"
     # every method but CSP, whose WordNet pool (415k prompts) takes minutes even with the tiny model;
     # CSP runs in the bench below with a small pool
-    code = main(["bench", "--suite", "imagenet", "--data-root", str(miniatures / "imagenet"), "--method",
-                 "mcm,neglabel,tanl,adaneg,ants",
-                 "--no-count-check", "--limit", "2", "--batch-size", "4", "--out", str(out), *_model_args(tiny_openclip)])
+    code = main(
+        [
+            "bench",
+            "--suite",
+            "imagenet",
+            "--data-root",
+            str(miniatures / "imagenet"),
+            "--method",
+            "mcm,neglabel,tanl,adaneg,ants",
+            "--no-count-check",
+            "--limit",
+            "2",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            *_model_args(tiny_openclip),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "ANTS was skipped" in printed and "Not comparable with the published numbers" in printed
-    for difference in ("sets: ours a subset of at most 2 images per set", "backbone: ours openclip:negspace-tiny-clip.json/none",
-                       "published CLIP ViT-B/16 (OpenAI's CLIP weights)", "unverified",
-                       "batch size: ours 4, published 256 (AdaNeg, TANL)"):
+    for difference in (
+        "sets: ours a subset of at most 2 images per set",
+        "backbone: ours openclip:negspace-tiny-clip.json/none",
+        "published CLIP ViT-B/16 (OpenAI's CLIP weights)",
+        "unverified",
+        "batch size: ours 4, published 256 (AdaNeg, TANL)",
+    ):
         assert difference in printed, difference
-    assert "a reference only" in printed and not re.search(r"Δ [-+]?\d", printed)  # no difference where none is meaningful
+    assert "a reference only" in printed and not re.search(
+        r"Δ [-+]?\d", printed
+    )  # no difference where none is meaningful
     rows = _csv(out / "results.csv")
     cell = {(r["method"], r["ood_set"], r["metric"]): r for r in rows}
     # published side: the paper's numbers; ours: what each method's own metrics.json says
@@ -126,10 +170,15 @@ def test_bench_runs_every_method_once_per_image_with_both_columns(tmp_path, mini
     ours = np.mean([100 * per_method["ood"][s]["fpr95_ood"] for s in ("inaturalist", "sun", "places", "textures")])
     assert float(cell[("NegLabel", "Average", "FPR95")]["ours"]) == pytest.approx(ours, abs=1e-3)
     assert cell[("NegLabel", "Average", "FPR95")]["difference"] == ""  # a subset: published is a reference only
-    assert {r["compared"] for r in rows} == {"False"} and cell[("NegLabel", "SUN", "AUROC")]["published_backbone"] == \
-        "CLIP ViT-B/16"
-    assert cell[("ANTS", "Average", "FPR95")]["ours"] == "" and cell[("CSP", "Average", "FPR95")]["published"] == "17.51"
-    assert {r["subset"] for r in rows} == {"True"} and cell[("MCM", "SUN", "AUROC")]["our_backbone"].startswith("openclip:")
+    assert {r["compared"] for r in rows} == {"False"} and cell[("NegLabel", "SUN", "AUROC")][
+        "published_backbone"
+    ] == "CLIP ViT-B/16"
+    assert (
+        cell[("ANTS", "Average", "FPR95")]["ours"] == "" and cell[("CSP", "Average", "FPR95")]["published"] == "17.51"
+    )
+    assert {r["subset"] for r in rows} == {"True"} and cell[("MCM", "SUN", "AUROC")]["our_backbone"].startswith(
+        "openclip:"
+    )
     for method in ("mcm", "neglabel", "tanl", "adaneg"):  # the eval files of every method
         assert (out / "imagenet" / method / "scores.csv").is_file()
         assert json.loads((out / "imagenet" / method / "metrics.json").read_text())["id_set"]["n"] == 2
@@ -157,7 +206,7 @@ def test_bench_runs_every_method_once_per_image_with_both_columns(tmp_path, mini
     assert report.count("data:image/png;base64,") >= 5  # ROC + one histogram figure per method
     assert "src='http" not in report and "href='http" not in report  # self-contained
     assert "not the papers&#x27; sets" in report or "not the papers' sets" in report
-    first = report[report.index("id='comparison'"):report.index("<table class='facts'>")]  # the report's first lines
+    first = report[report.index("id='comparison'") : report.index("<table class='facts'>")]  # the report's first lines
     assert "Not comparable" in first and "backbone: ours openclip:negspace-tiny-clip.json/none" in first
     assert "batch size: ours 4, published 256" in first and "class='banner'" in report
     assert "FPR95 (%)" in report and "Values in percent" in report and "<td class='m bb'>CLIP ViT-B/16</td>" in report
@@ -167,14 +216,33 @@ def test_bench_runs_every_method_once_per_image_with_both_columns(tmp_path, mini
     assert [d["what"] for d in summary["differences"]] == ["sets", "backbone", "batch size"]
     assert summary["differences"][2]["methods"] == ["AdaNeg", "TANL"] and summary["batch_size"] == 4
     assert summary["fpr95_convention"] == "fpr95_ood" and set(summary["runs"]["imagenet"]) == {
-        "mcm", "neglabel", "tanl", "adaneg"}
+        "mcm",
+        "neglabel",
+        "tanl",
+        "adaneg",
+    }
 
 
 @pytest.mark.parametrize("name", ["openood-v1.5", "imagenet10-20", "domain-shift", "fine-grained"])
 def test_bench_reads_each_suite_layout(tmp_path, miniatures, tiny_openclip, name):
     out = tmp_path / name
-    code = main(["bench", "--suite", name, "--data-root", str(miniatures / name), "--method", "mcm",
-                 "--no-count-check", "--batch-size", "4", "--out", str(out), *_model_args(tiny_openclip)])
+    code = main(
+        [
+            "bench",
+            "--suite",
+            name,
+            "--data-root",
+            str(miniatures / name),
+            "--method",
+            "mcm",
+            "--no-count-check",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            *_model_args(tiny_openclip),
+        ]
+    )
     assert code == 0
     rows = _csv(out / "results.csv")
     suite = load_suite(name)
@@ -189,9 +257,29 @@ def test_bench_reads_each_suite_layout(tmp_path, miniatures, tiny_openclip, name
 def test_bench_ants_with_a_real_http_mllm_shows_images_texts_and_lam(tmp_path, miniatures, tiny_openclip, mllm_server):
     server, _ = mllm_server
     out = tmp_path / "ants"
-    code = main(["bench", "--suite", "imagenet10-20", "--data-root", str(miniatures / "imagenet10-20"),
-                 "--method", "ants", "--no-count-check", "--batch-size", "2", "--ants-schedule", "scaled",
-                 "--mllm", server.spec, "--mllm-timeout", "10", "--out", str(out), *_model_args(tiny_openclip)])
+    code = main(
+        [
+            "bench",
+            "--suite",
+            "imagenet10-20",
+            "--data-root",
+            str(miniatures / "imagenet10-20"),
+            "--method",
+            "ants",
+            "--no-count-check",
+            "--batch-size",
+            "2",
+            "--ants-schedule",
+            "scaled",
+            "--mllm",
+            server.spec,
+            "--mllm-timeout",
+            "10",
+            "--out",
+            str(out),
+            *_model_args(tiny_openclip),
+        ]
+    )
     assert code == 0
     report = (out / "report.html").read_text()
     assert "lam over the stream" in report and "the most OOD-looking images of the stream of ImageNet-20" in report
@@ -209,7 +297,9 @@ def _browser():
         from selenium import webdriver
     except ImportError:
         missing_tool("selenium is not installed (pip install -e '.[test]')")
-    if shutil.which("chromedriver") is None or (shutil.which("chromium") is None and shutil.which("chromium-browser") is None):
+    if shutil.which("chromedriver") is None or (
+        shutil.which("chromium") is None and shutil.which("chromium-browser") is None
+    ):
         missing_tool("headless Chromium is not installed (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
@@ -257,10 +347,30 @@ def test_report_reads_well_in_a_real_browser(tmp_path, miniatures, tiny_openclip
     shutil.copytree(miniatures / "imagenet10-20", data)
     first = next(path for path in sorted((data / "ImageNet20").rglob("*")) if path.is_file())
     first.with_name("broken" + first.suffix).write_bytes(b"not an image")  # logs a warning, skipped
-    assert main(["bench", "--suite", "imagenet10-20", "--data-root", str(data),
-                 "--method", "mcm,neglabel,ants", "--no-count-check", "--batch-size", "2",
-                 "--ants-schedule", "scaled", "--mllm", server.spec, "--out", str(out),
-                 *_model_args(tiny_openclip)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--suite",
+                "imagenet10-20",
+                "--data-root",
+                str(data),
+                "--method",
+                "mcm,neglabel,ants",
+                "--no-count-check",
+                "--batch-size",
+                "2",
+                "--ants-schedule",
+                "scaled",
+                "--mllm",
+                server.spec,
+                "--out",
+                str(out),
+                *_model_args(tiny_openclip),
+            ]
+        )
+        == 0
+    )
     warnings = json.loads((out / "metrics.json").read_text())["warnings"]
     assert any("broken" in text for text in warnings)
     driver = _browser()
@@ -272,10 +382,8 @@ def test_report_reads_well_in_a_real_browser(tmp_path, miniatures, tiny_openclip
         driver.set_window_size(1400, min(height + 200, 16000))
         screenshot = driver.get_screenshot_as_png()
         tables = driver.execute_script("return document.querySelectorAll('table.cmp').length")
-        banner = driver.execute_script(
-            "const b = document.getElementById('comparison'); return b ? b.innerText : null")
-        notes = driver.execute_script(
-            "const n = document.getElementById('notes'); return n ? n.innerText : null")
+        banner = driver.execute_script("const b = document.getElementById('comparison'); return b ? b.innerText : null")
+        notes = driver.execute_script("const n = document.getElementById('notes'); return n ? n.innerText : null")
         figures = driver.execute_script(_FIGURE_INK)
         cards = driver.execute_script(_CARDS)
         deltas = driver.execute_script("return document.querySelectorAll('tr.delta').length")
@@ -314,8 +422,20 @@ def test_broken_dataset_files_are_one_message_not_a_traceback(tmp_path, miniatur
     shutil.copytree(miniatures / "fine-grained", root)
     (root / "CUB_200_2011" / "images.txt").write_text("1\n", encoding="utf-8")  # a line with one field
     (root / "stanford_cars" / "devkit" / "cars_meta.mat").write_bytes(b"not a mat file")
-    code = main(["bench", "--suite", "fine-grained", "--data-root", str(root), "--no-count-check",
-                 "--model", "openclip:NoSuchArch/none", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "bench",
+            "--suite",
+            "fine-grained",
+            "--data-root",
+            str(root),
+            "--no-count-check",
+            "--model",
+            "openclip:NoSuchArch/none",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "images.txt line 1 has 1 field(s), 2 expected" in err and "cars_meta.mat cannot be read as cars-mat" in err
@@ -331,14 +451,34 @@ def test_an_empty_tanl_batch_scores_to_nothing():
     assert det.score_features(np.zeros((0, world.dim), np.float32)).shape == (0,)
 
 
-def test_bench_stops_ants_and_exits_3_when_the_mllm_answers_garbage(tmp_path, miniatures, tiny_openclip,
-                                                                   mllm_server, capsys):
+def test_bench_stops_ants_and_exits_3_when_the_mllm_answers_garbage(
+    tmp_path, miniatures, tiny_openclip, mllm_server, capsys
+):
     server, _ = mllm_server
     server.describe_answer = "lorem lorem lorem lorem lorem"  # rejected: one word repeated
     out = tmp_path / "garbage"
-    code = main(["bench", "--suite", "imagenet10-20", "--data-root", str(miniatures / "imagenet10-20"),
-                 "--method", "mcm,ants", "--no-count-check", "--batch-size", "2", "--ants-mode", "two-pass",
-                 "--no-mllm-cache", "--mllm", server.spec, "--out", str(out), *_model_args(tiny_openclip)])
+    code = main(
+        [
+            "bench",
+            "--suite",
+            "imagenet10-20",
+            "--data-root",
+            str(miniatures / "imagenet10-20"),
+            "--method",
+            "mcm,ants",
+            "--no-count-check",
+            "--batch-size",
+            "2",
+            "--ants-mode",
+            "two-pass",
+            "--no-mllm-cache",
+            "--mllm",
+            server.spec,
+            "--out",
+            str(out),
+            *_model_args(tiny_openclip),
+        ]
+    )
     assert code == 3
     captured = capsys.readouterr()
     assert "the ANTS results are incomplete" in captured.err and "ANTS stopped on run imagenet10" in captured.out
@@ -349,14 +489,36 @@ def test_bench_stops_ants_and_exits_3_when_the_mllm_answers_garbage(tmp_path, mi
     assert "ANTS stopped" in (out / "results.md").read_text()
 
 
-def test_a_count_check_turned_off_is_not_the_papers_sets_and_the_difference_needs_them(tmp_path, miniatures,
-                                                                                       tiny_openclip, capsys):
+def test_a_count_check_turned_off_is_not_the_papers_sets_and_the_difference_needs_them(
+    tmp_path, miniatures, tiny_openclip, capsys
+):
     out = tmp_path / "out"
-    assert main(["bench", "--suite", "imagenet10-20", "--data-root", str(miniatures / "imagenet10-20"), "--method",
-                 "mcm", "--no-count-check", "--batch-size", "4", "--out", str(out), *_model_args(tiny_openclip)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--suite",
+                "imagenet10-20",
+                "--data-root",
+                str(miniatures / "imagenet10-20"),
+                "--method",
+                "mcm",
+                "--no-count-check",
+                "--batch-size",
+                "4",
+                "--out",
+                str(out),
+                *_model_args(tiny_openclip),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["subset"] and summary["limit"] is None and "image counts other than the papers'" in \
-        summary["not_papers_sets_because"][0]
+    assert (
+        summary["subset"]
+        and summary["limit"] is None
+        and "image counts other than the papers'" in summary["not_papers_sets_because"][0]
+    )
     assert {r["difference"] for r in _csv(out / "results.csv")} == {""}
     assert "sets" in [d["what"] for d in summary["differences"]] and not summary["comparable"]
     # the same tables where everything is the papers': tests/test_bench_compare.py
@@ -368,10 +530,17 @@ def test_bench_csp_on_the_miniature_suite_with_a_small_pool(tmp_path, miniatures
     from negspace.runconfig import ModelConfig
 
     corpus = tmp_path / "pool.txt"
-    corpus.write_text("\n".join([f"object{i}" for i in range(300)] + [f"adj{i}\tadj" for i in range(100)]),
-                      encoding="utf-8")
-    config = BenchConfig("imagenet", methods=("csp", "neglabel"), check_counts=False, limit=2, batch_size=4,
-                         params={"csp": CSPConfig(pool=str(corpus), groups=10)})
+    corpus.write_text(
+        "\n".join([f"object{i}" for i in range(300)] + [f"adj{i}\tadj" for i in range(100)]), encoding="utf-8"
+    )
+    config = BenchConfig(
+        "imagenet",
+        methods=("csp", "neglabel"),
+        check_counts=False,
+        limit=2,
+        batch_size=4,
+        params={"csp": CSPConfig(pool=str(corpus), groups=10)},
+    )
     model = ModelConfig(tiny_openclip.spec, tiny_openclip.weights, device="cpu", progress=False)
     result = run_suite(config, data_root=miniatures / "imagenet", model=model, out=tmp_path / "out")
     csp = result.evaluations["imagenet"]["csp"]
@@ -383,31 +552,63 @@ def test_bench_csp_on_the_miniature_suite_with_a_small_pool(tmp_path, miniatures
     assert (tmp_path / "out" / "imagenet" / "csp" / "scores.csv").is_file()
 
 
-def test_bench_times_each_stage_and_a_second_run_reads_every_image_from_the_cache(tmp_path, miniatures, tiny_openclip,
-                                                                                capsys):
+def test_bench_times_each_stage_and_a_second_run_reads_every_image_from_the_cache(
+    tmp_path, miniatures, tiny_openclip, capsys
+):
     """metrics.json's seconds per stage (listing, hashing, decoding, encoding, each method's building
     and scoring, report) add up to at most the run's time; run again on the same cache, the images
     are neither decoded nor encoded, and every set says so."""
     data = miniatures / "imagenet10-20"
     runs = []
     for name in ("first", "again"):
-        args = ["bench", "--suite", "imagenet10-20", "--data-root", str(data), "--method", "mcm,neglabel",
-                "--no-count-check", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / name),
-                *_model_args(tiny_openclip)]
+        args = [
+            "bench",
+            "--suite",
+            "imagenet10-20",
+            "--data-root",
+            str(data),
+            "--method",
+            "mcm,neglabel",
+            "--no-count-check",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / name),
+            *_model_args(tiny_openclip),
+        ]
         assert main(args) == 0
         assert "Time: " in capsys.readouterr().out
         runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
     first, again = (run["seconds_per_stage"] for run in runs)
-    stages = {"listing and checking", "loading the model", "images: hash", "images: decode", "images: encode",
-              "mcm: building (texts, banks)", "mcm: scoring", "neglabel: building (texts, banks)", "neglabel: scoring",
-              "report"}
+    stages = {
+        "listing and checking",
+        "loading the model",
+        "images: hash",
+        "images: decode",
+        "images: encode",
+        "mcm: building (texts, banks)",
+        "mcm: scoring",
+        "neglabel: building (texts, banks)",
+        "neglabel: scoring",
+        "report",
+    }
     assert set(first) == set(again) == stages
     assert all(seconds >= 0 for seconds in first.values()) and sum(first.values()) <= runs[0]["seconds"] + 0.5
-    assert first["images: decode"] > 0 and first["images: encode"] > 0 and first["neglabel: building (texts, banks)"] > 0
+    assert (
+        first["images: decode"] > 0 and first["images: encode"] > 0 and first["neglabel: building (texts, banks)"] > 0
+    )
     assert again["images: decode"] == again["images: encode"] == 0.0
-    result = run_suite(BenchConfig("imagenet10-20", methods=("mcm",), check_counts=False), data_root=data,
-                       model=ModelConfig(tiny_openclip.spec, weights=tiny_openclip.weights, device="cpu",
-                                         cache_dir=tmp_path / "cache", progress=False))
+    result = run_suite(
+        BenchConfig("imagenet10-20", methods=("mcm",), check_counts=False),
+        data_root=data,
+        model=ModelConfig(
+            tiny_openclip.spec,
+            weights=tiny_openclip.weights,
+            device="cpu",
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        ),
+    )
     for evaluations in result.evaluations.values():
         sets = [evaluations["mcm"].id_set, *evaluations["mcm"].ood_sets]
         assert [s.from_cache for s in sets] == [len(s.features) for s in sets]

@@ -168,9 +168,7 @@ _WRITER = textwrap.dedent(
 
 def test_killed_writer_leaves_only_whole_batches(tmp_path: Path) -> None:
     path = tmp_path / "f.sqlite3"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         for _ in range(20):  # let it commit a few batches, then kill it mid-stream
@@ -261,8 +259,10 @@ def _create_fresh_stores(root: str, barrier, rounds: int, failures) -> None:
     for r in range(rounds):
         barrier.wait()  # every process creates the same fresh file at the same moment
         try:
-            open_shared_sqlite(Path(root) / f"db{r}.sqlite3", ["CREATE TABLE IF NOT EXISTS t (k TEXT)"], "cache").close()
-        except Exception:
+            open_shared_sqlite(
+                Path(root) / f"db{r}.sqlite3", ["CREATE TABLE IF NOT EXISTS t (k TEXT)"], "cache"
+            ).close()
+        except Exception:  # noqa: BLE001 - any failure of a racing process is what the test counts
             with failures.get_lock():
                 failures.value += 1
 
@@ -274,8 +274,7 @@ def test_processes_creating_one_fresh_store_together_all_succeed(tmp_path):
     n, rounds = 6, 20
     barrier, failures = context.Barrier(n), context.Value("i", 0)
     workers = [
-        context.Process(target=_create_fresh_stores, args=(str(tmp_path), barrier, rounds, failures))
-        for _ in range(n)
+        context.Process(target=_create_fresh_stores, args=(str(tmp_path), barrier, rounds, failures)) for _ in range(n)
     ]
     for worker in workers:
         worker.start()
@@ -288,7 +287,9 @@ def test_processes_creating_one_fresh_store_together_all_succeed(tmp_path):
 def _damage_the_middle(path):
     """Keep the SQLite header, overwrite the pages after it with garbage."""
     data = bytearray(path.read_bytes())
-    data[4096 : len(data) - 4096] = bytes(range(256)) * ((len(data) - 8192) // 256) + b"\x00" * ((len(data) - 8192) % 256)
+    data[4096 : len(data) - 4096] = bytes(range(256)) * ((len(data) - 8192) // 256) + b"\x00" * (
+        (len(data) - 8192) % 256
+    )
     path.write_bytes(bytes(data))
 
 
@@ -307,8 +308,12 @@ def test_a_cache_damaged_in_the_middle_is_named_and_cache_clear_removes_it(tmp_p
     _damage_the_middle(path)
     with pytest.raises(NegspaceError, match=r"features.sqlite3 is damaged .*negspace cache clear"):
         FeatureStore.in_dir(tmp_path).get_many([f"k{i}" for i in range(2000)])
-    result = subprocess.run([sys.executable, "-m", "negspace.cli", "cache", "clear", "--what", "features",
-                             "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "negspace.cli", "cache", "clear", "--what", "features", "--cache-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "damaged file removed" in result.stdout and not path.exists()
     assert FeatureStore.in_dir(tmp_path).count() == 0  # a fresh cache works again

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from negspace.cli import main
-from negspace.corpus.labelfile import read_label_file
 from fixtures_models import TINY_DIM
 from local_network import closed_port
+from negspace.cli import main
+from negspace.corpus.labelfile import read_label_file
 from numerics import assert_scores_close
 from reference_metrics import assert_metrics, read_scores_csv, reference, scores_of
 
@@ -51,9 +51,21 @@ def _run_eval(tmp_path, image_sets, model, method: str, *extra: str) -> Path:
     out = tmp_path / method
     code = main(
         [
-            "eval", "--method", method, "--classes", str(image_sets["classes"]),
-            "--id", str(image_sets["id"]), "--ood", f"noise={image_sets['ood']}",
-            "--out", str(out), "--batch-size", "4", *_model_args(model), *extra,
+            "eval",
+            "--method",
+            method,
+            "--classes",
+            str(image_sets["classes"]),
+            "--id",
+            str(image_sets["id"]),
+            "--ood",
+            f"noise={image_sets['ood']}",
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            *_model_args(model),
+            *extra,
         ]
     )
     assert code == 0
@@ -61,7 +73,7 @@ def _run_eval(tmp_path, image_sets, model, method: str, *extra: str) -> Path:
 
 
 def _check_outputs(out: Path, n_id: int, n_ood: int) -> dict:
-    for name in OUTPUTS + ["hist_noise.png"]:
+    for name in [*OUTPUTS, "hist_noise.png"]:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     with Image.open(out / "roc.png") as png:
         assert png.format == "PNG" and png.size[0] >= 300
@@ -150,8 +162,20 @@ def test_eval_accepts_precomputed_features(tmp_path, image_sets, tiny_openclip):
     np.save(tmp_path / "ood.npy", rng.standard_normal((15, 32)).astype(np.float32))
     out = tmp_path / "npy"
     code = main(
-        ["eval", "--method", "mcm", "--classes", str(image_sets["classes"]), "--id", str(tmp_path / "id.npy"),
-         "--ood", f"far={tmp_path / 'ood.npy'}", "--out", str(out), *_model_args(tiny_openclip)]
+        [
+            "eval",
+            "--method",
+            "mcm",
+            "--classes",
+            str(image_sets["classes"]),
+            "--id",
+            str(tmp_path / "id.npy"),
+            "--ood",
+            f"far={tmp_path / 'ood.npy'}",
+            "--out",
+            str(out),
+            *_model_args(tiny_openclip),
+        ]
     )
     assert code == 0
     assert json.loads((out / "metrics.json").read_text())["ood"]["far"]["n_ood"] == 15
@@ -162,8 +186,21 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_missing_weights_is_one_sentence_naming_weights_flag(tmp_path, image_sets):
-    result = _cli("eval", "--method", "mcm", "--classes", "imagenet", "--id", str(image_sets["id"]),
-                  "--ood", f"noise={image_sets['ood']}", "--weights", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o"))
+    result = _cli(
+        "eval",
+        "--method",
+        "mcm",
+        "--classes",
+        "imagenet",
+        "--id",
+        str(image_sets["id"]),
+        "--ood",
+        f"noise={image_sets['ood']}",
+        "--weights",
+        str(tmp_path / "nope.pt"),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert result.returncode == 2
     assert "--weights" in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("negspace: error:") == 1
@@ -174,8 +211,19 @@ def test_missing_or_empty_data_fails_before_the_model_loads(tmp_path, image_sets
     empty.mkdir()
     # The model spec is unloadable: reaching the data error first proves the order.
     for id_set in (tmp_path / "missing", empty):
-        result = _cli("eval", "--method", "mcm", "--classes", "imagenet", "--id", str(id_set),
-                      "--ood", f"noise={image_sets['ood']}", "--model", "openclip:NoSuchArch/none")
+        result = _cli(
+            "eval",
+            "--method",
+            "mcm",
+            "--classes",
+            "imagenet",
+            "--id",
+            str(id_set),
+            "--ood",
+            f"noise={image_sets['ood']}",
+            "--model",
+            "openclip:NoSuchArch/none",
+        )
         assert result.returncode == 2, result.stderr
         assert str(id_set.name) in result.stderr and "Traceback" not in result.stderr
         assert "NoSuchArch" not in result.stderr
@@ -200,8 +248,13 @@ def test_demo_data_writes_real_photos_and_patterns(tmp_path):
 def test_eval_test_time_methods_follow_the_stream_protocol(tmp_path, image_sets, tiny_openclip, method, options):
     out = _run_eval(tmp_path, image_sets, tiny_openclip, method, *options)
     metrics = _check_outputs_stream(out, n_id=7, n_ood=6)
-    assert metrics["stream"] == {"mode": "per-set", "seed": 0, "batch_size": 4, "reset_between_ood_sets": True,
-                                 "order": ["noise"]}
+    assert metrics["stream"] == {
+        "mode": "per-set",
+        "seed": 0,
+        "batch_size": 4,
+        "reset_between_ood_sets": True,
+        "order": ["noise"],
+    }
     assert metrics["method"] == method
     assert "- stream protocol: per-set" in (out / "results.md").read_text()
     assert "- batch size: 4 images per update" in (out / "results.md").read_text()
@@ -211,10 +264,30 @@ def test_eval_test_time_methods_follow_the_stream_protocol(tmp_path, image_sets,
 
 
 def test_eval_mixed_stream_reports_each_set_and_the_whole_stream(tmp_path, image_sets, tiny_openclip, capsys):
-    code = main(["eval", "--method", "tanl", "--classes", str(image_sets["classes"]), "--id", str(image_sets["id"]),
-                 "--ood", f"noise={image_sets['ood']}", "--ood", f"again={image_sets['ood']}", "--stream", "mixed",
-                 "--out", str(tmp_path / "mixed"), "--batch-size", "4", "--tanl-beta", "200",
-                 *_model_args(tiny_openclip)])
+    code = main(
+        [
+            "eval",
+            "--method",
+            "tanl",
+            "--classes",
+            str(image_sets["classes"]),
+            "--id",
+            str(image_sets["id"]),
+            "--ood",
+            f"noise={image_sets['ood']}",
+            "--ood",
+            f"again={image_sets['ood']}",
+            "--stream",
+            "mixed",
+            "--out",
+            str(tmp_path / "mixed"),
+            "--batch-size",
+            "4",
+            "--tanl-beta",
+            "200",
+            *_model_args(tiny_openclip),
+        ]
+    )
     assert code == 0
     assert "whole stream" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "mixed" / "metrics.json").read_text())
@@ -225,13 +298,17 @@ def test_eval_mixed_stream_reports_each_set_and_the_whole_stream(tmp_path, image
     # each set against the stream's ID rows, and the whole stream, as its scores give them
     for name in ("noise", "again"):
         assert_metrics(metrics["ood"][name], *scores_of(rows, name), abs_tol=1e-9)
-    assert_metrics(metrics["whole_stream"], [float(r["score"]) for r in rows if r["is_id"] == "1"],
-                   [float(r["score"]) for r in rows if r["is_id"] == "0"], abs_tol=1e-9)
+    assert_metrics(
+        metrics["whole_stream"],
+        [float(r["score"]) for r in rows if r["is_id"] == "1"],
+        [float(r["score"]) for r in rows if r["is_id"] == "0"],
+        abs_tol=1e-9,
+    )
 
 
 def _check_outputs_stream(out: Path, n_id: int, n_ood: int) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
-    for name in OUTPUTS + ["hist_noise.png"]:
+    for name in [*OUTPUTS, "hist_noise.png"]:
         assert (out / name).is_file(), name
     rows = read_scores_csv(out / "scores.csv")
     assert len(rows) == n_id + n_ood and {r["stream"] for r in rows} == {"noise"}
@@ -240,8 +317,9 @@ def _check_outputs_stream(out: Path, n_id: int, n_ood: int) -> dict:
     return metrics
 
 
-def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path, image_sets, tiny_openclip, mllm_server,
-                                                                       capsys):
+def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(
+    tmp_path, image_sets, tiny_openclip, mllm_server, capsys
+):
     server, chat_requests = mllm_server
     mllm = ["--mllm", server.spec, "--mllm-timeout", "10"]
     options = ["--num-negatives", "500", "--ants-mode", "two-pass", "--ants-schedule", "scaled", *mllm]
@@ -250,16 +328,25 @@ def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path,
     info = metrics["ants"]["noise"]
     assert metrics["mllm_calls"] == metrics["mllm_requests"] == info["mllm_requests"] == len(chat_requests) > 0
     assert info["mllm_stats"]["calls"] == len(chat_requests)  # this stream's share of the backend's counters
-    assert info["ens_size"] >= 1 and "a field of colourful static noise" in (out / "negative_space" / "noise" / "state.json").read_text().lower()
+    assert (
+        info["ens_size"] >= 1
+        and "a field of colourful static noise" in (out / "negative_space" / "noise" / "state.json").read_text().lower()
+    )
     with (out / "explanations.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert rows and rows[0]["ood_set"] == "noise" and rows[0]["source"] in {"ens", "vsnl", "corpus"}
     # the MLLM is recorded by its endpoint and model (images are sent: their size too)
-    assert metrics["ants"]["noise"]["mllm"] == {"backend": "openai", "endpoint": server.url_for("/v1"),
-                                                "model": server.model, "image_size": 448}
+    assert metrics["ants"]["noise"]["mllm"] == {
+        "backend": "openai",
+        "endpoint": server.url_for("/v1"),
+        "model": server.model,
+        "image_size": 448,
+    }
     # results.md states the protocol the numbers depend on
     results = (out / "results.md").read_text()
-    assert "- stream protocol: per-set (the papers' protocol" in results and "- batch size: 4 images per update" in results
+    assert (
+        "- stream protocol: per-set (the papers' protocol" in results and "- batch size: 4 images per update" in results
+    )
 
     # The same run again: every answer comes from the MLLM cache, the scores are identical.
     sent = len(chat_requests)
@@ -281,37 +368,97 @@ def test_eval_ants_two_pass_with_a_real_http_mllm_then_reuse_the_space(tmp_path,
     assert reused_metrics["mllm_requests"] == 0 and reused_metrics["params"]["mode"] == "ada"
     assert len(chat_requests) == sent
     # Score-time options apply to a loaded space; learning options are reported as ignored.
-    ablation = _run_eval(tmp_path / "ablation", image_sets, tiny_openclip, "ants", "--negative-space", space,
-                         "--ants-score", "ens", "--ants-lam", "0.3", "--groups", "10")
+    ablation = _run_eval(
+        tmp_path / "ablation",
+        image_sets,
+        tiny_openclip,
+        "ants",
+        "--negative-space",
+        space,
+        "--ants-score",
+        "ens",
+        "--ants-lam",
+        "0.3",
+        "--groups",
+        "10",
+    )
     params = json.loads((ablation / "metrics.json").read_text())["params"]
     assert (params["mode"], params["lam"], params["groups"]) == ("ens", 0.3, 100)
 
 
 def test_eval_ants_authors_preset_with_overrides_and_lam_report(tmp_path, image_sets, tiny_openclip, mllm_server):
     server, _ = mllm_server
-    out = _run_eval(tmp_path, image_sets, tiny_openclip, "ants", "--num-negatives", "500", "--ants-schedule", "scaled",
-                    "--ants-preset", "authors", "--ants-ens-stop-step", "3",
-                    "--mllm", server.spec)
+    out = _run_eval(
+        tmp_path,
+        image_sets,
+        tiny_openclip,
+        "ants",
+        "--num-negatives",
+        "500",
+        "--ants-schedule",
+        "scaled",
+        "--ants-preset",
+        "authors",
+        "--ants-ens-stop-step",
+        "3",
+        "--mllm",
+        server.spec,
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     params = metrics["params"]
     assert (params["lam_rule"], params["threshold"], params["ens_order"], params["similar_classes"]) == (
-        "authors", "histogram", "prepend", "history_top40")
+        "authors",
+        "histogram",
+        "prepend",
+        "history_top40",
+    )
     assert params["ens_stop_step"] == 3 and params["max_mllm_calls"] is None and params["mllm_lag"] == 0
     info = metrics["ants"]["noise"]
     assert {"a", "b", "lam", "negatives_mined", "negatives_described", "vsnl_id_names_removed"} <= set(info)
     # the authors' rule: Eq. 15 of the running means it reports
     assert info["lam"] == pytest.approx((1 - info["a"]) / ((1 - info["a"]) + (1 - info["b"])), abs=1e-12)
-    paper = _run_eval(tmp_path / "paper", image_sets, tiny_openclip, "ants", "--num-negatives", "500",
-                      "--ants-schedule", "scaled", "--ants-lam-rule", "crossfit", "--ants-mllm-lag", "1",
-                      "--mllm", server.spec)
+    paper = _run_eval(
+        tmp_path / "paper",
+        image_sets,
+        tiny_openclip,
+        "ants",
+        "--num-negatives",
+        "500",
+        "--ants-schedule",
+        "scaled",
+        "--ants-lam-rule",
+        "crossfit",
+        "--ants-mllm-lag",
+        "1",
+        "--mllm",
+        server.spec,
+    )
     params = json.loads((paper / "metrics.json").read_text())["params"]
     assert (params["lam_rule"], params["threshold"], params["mllm_lag"], params["max_mllm_calls"]) == (
-        "crossfit", "paper", 1, 2000)
+        "crossfit",
+        "paper",
+        1,
+        2000,
+    )
 
 
 def test_eval_ants_without_an_mllm_is_one_clear_error(tmp_path, image_sets, tiny_openclip, capsys):
-    code = main(["eval", "--method", "ants", "--classes", str(image_sets["classes"]), "--id", str(image_sets["id"]),
-                 "--ood", f"noise={image_sets['ood']}", "--out", str(tmp_path / "o"), *_model_args(tiny_openclip)])
+    code = main(
+        [
+            "eval",
+            "--method",
+            "ants",
+            "--classes",
+            str(image_sets["classes"]),
+            "--id",
+            str(image_sets["id"]),
+            "--ood",
+            f"noise={image_sets['ood']}",
+            "--out",
+            str(tmp_path / "o"),
+            *_model_args(tiny_openclip),
+        ]
+    )
     assert code == 2
     assert "--mllm" in capsys.readouterr().err
 
@@ -323,36 +470,92 @@ def test_ants_on_feature_files_warns_and_keeps_working(tmp_path, image_sets, tin
     np.save(tmp_path / "ood.npy", rng.standard_normal((20, 32)).astype(np.float32))
     out = tmp_path / "npy-ants"
     code = main(
-        ["eval", "--method", "ants", "--classes", str(image_sets["classes"]), "--id", str(tmp_path / "id.npy"),
-         "--ood", f"far={tmp_path / 'ood.npy'}", "--out", str(out), "--num-negatives", "500",
-         "--ants-schedule", "scaled", "--mllm", server.spec, *_model_args(tiny_openclip)]
+        [
+            "eval",
+            "--method",
+            "ants",
+            "--classes",
+            str(image_sets["classes"]),
+            "--id",
+            str(tmp_path / "id.npy"),
+            "--ood",
+            f"far={tmp_path / 'ood.npy'}",
+            "--out",
+            str(out),
+            "--num-negatives",
+            "500",
+            "--ants-schedule",
+            "scaled",
+            "--mllm",
+            server.spec,
+            *_model_args(tiny_openclip),
+        ]
     )
     assert code == 0
     assert "only the VSNL bank" in capsys.readouterr().err
     # No image was ever sent: every request that reached the server is a text-only VSNL prompt.
-    assert all(isinstance(r["messages"][-1]["content"], str) or
-               all(p["type"] == "text" for p in r["messages"][-1]["content"]) for r in chat_requests)
+    assert all(
+        isinstance(r["messages"][-1]["content"], str) or all(p["type"] == "text" for p in r["messages"][-1]["content"])
+        for r in chat_requests
+    )
 
 
 def test_bad_feature_file_and_unwritable_out_fail_early_with_one_sentence(tmp_path, image_sets):
     bad = np.ones((5, 8), dtype=np.float32)
     bad[3] = np.nan
     np.save(tmp_path / "bad.npy", bad)
-    result = _cli("eval", "--method", "mcm", "--classes", "imagenet", "--id", str(tmp_path / "bad.npy"),
-                  "--ood", f"noise={image_sets['ood']}", "--model", "openclip:NoSuchArch/none")
+    result = _cli(
+        "eval",
+        "--method",
+        "mcm",
+        "--classes",
+        "imagenet",
+        "--id",
+        str(tmp_path / "bad.npy"),
+        "--ood",
+        f"noise={image_sets['ood']}",
+        "--model",
+        "openclip:NoSuchArch/none",
+    )
     assert result.returncode == 2 and "row 3" in result.stderr and "Traceback" not in result.stderr
     (tmp_path / "taken").write_text("a file, not a folder")
-    result = _cli("eval", "--method", "mcm", "--classes", "imagenet", "--id", str(image_sets["id"]),
-                  "--ood", f"noise={image_sets['ood']}", "--out", str(tmp_path / "taken" / "run"),
-                  "--model", "openclip:NoSuchArch/none")
+    result = _cli(
+        "eval",
+        "--method",
+        "mcm",
+        "--classes",
+        "imagenet",
+        "--id",
+        str(image_sets["id"]),
+        "--ood",
+        f"noise={image_sets['ood']}",
+        "--out",
+        str(tmp_path / "taken" / "run"),
+        "--model",
+        "openclip:NoSuchArch/none",
+    )
     assert result.returncode == 2 and "results folder" in result.stderr and "NoSuchArch" not in result.stderr
 
 
 def test_mllm_server_down_fails_before_the_model_loads(tmp_path, image_sets):
     port = closed_port()
-    result = _cli("eval", "--method", "ants", "--classes", "imagenet", "--id", str(image_sets["id"]),
-                  "--ood", f"noise={image_sets['ood']}", "--out", str(tmp_path / "o"),
-                  "--mllm", f"openai:http://127.0.0.1:{port}/v1/some-vlm", "--model", "openclip:NoSuchArch/none")
+    result = _cli(
+        "eval",
+        "--method",
+        "ants",
+        "--classes",
+        "imagenet",
+        "--id",
+        str(image_sets["id"]),
+        "--ood",
+        f"noise={image_sets['ood']}",
+        "--out",
+        str(tmp_path / "o"),
+        "--mllm",
+        f"openai:http://127.0.0.1:{port}/v1/some-vlm",
+        "--model",
+        "openclip:NoSuchArch/none",
+    )
     assert result.returncode == 2, result.stderr
     assert f"127.0.0.1:{port}" in result.stderr and "NoSuchArch" not in result.stderr
     assert "Traceback" not in result.stderr
@@ -360,8 +563,18 @@ def test_mllm_server_down_fails_before_the_model_loads(tmp_path, image_sets):
 
 def test_eval_ants_online_streams_with_background_mllm(tmp_path, image_sets, tiny_openclip, mllm_server):
     server, chat_requests = mllm_server
-    out = _run_eval(tmp_path, image_sets, tiny_openclip, "ants", "--num-negatives", "500", "--ants-schedule", "scaled",
-                    "--mllm", server.spec)
+    out = _run_eval(
+        tmp_path,
+        image_sets,
+        tiny_openclip,
+        "ants",
+        "--num-negatives",
+        "500",
+        "--ants-schedule",
+        "scaled",
+        "--mllm",
+        server.spec,
+    )
     metrics = _check_outputs_stream(out, n_id=7, n_ood=6)
     info = metrics["ants"]["noise"]
     assert info["vsnl_updates"] >= 1 and metrics["mllm_requests"] == len(chat_requests) > 0
@@ -373,13 +586,34 @@ def test_eval_ants_stops_with_exit_3_when_the_mllm_answers_garbage(tmp_path, ima
     import subprocess
     import sys
 
-    server, chat_requests = mllm_server
+    server, _chat_requests = mllm_server
     server.describe_answer = "lorem lorem lorem lorem lorem"
     out = tmp_path / "garbage"
-    args = ["eval", "--method", "ants", "--classes", str(image_sets["classes"]), "--id", str(image_sets["id"]),
-            "--ood", f"noise={image_sets['ood']}", "--ood", f"again={image_sets['ood']}", "--out", str(out),
-            "--batch-size", "4", "--num-negatives", "500", "--ants-mode", "two-pass", "--no-mllm-cache",
-            "--mllm", server.spec, *_model_args(tiny_openclip)]
+    args = [
+        "eval",
+        "--method",
+        "ants",
+        "--classes",
+        str(image_sets["classes"]),
+        "--id",
+        str(image_sets["id"]),
+        "--ood",
+        f"noise={image_sets['ood']}",
+        "--ood",
+        f"again={image_sets['ood']}",
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--num-negatives",
+        "500",
+        "--ants-mode",
+        "two-pass",
+        "--no-mllm-cache",
+        "--mllm",
+        server.spec,
+        *_model_args(tiny_openclip),
+    ]
     result = subprocess.run([sys.executable, "-m", "negspace.cli", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr and "marked incomplete" in result.stderr
@@ -389,8 +623,19 @@ def test_eval_ants_stops_with_exit_3_when_the_mllm_answers_garbage(tmp_path, ima
     info = metrics["ants"]["noise"]
     assert info["banks_incomplete"] and info["mllm_rejected_answers"] > 0 and info["ens_size"] == 0
     # a generous limit lets the run finish, still saying the banks are incomplete
-    assert main([*args[:-len(_model_args(tiny_openclip))], "--mllm-max-failures", "1",
-                 "--out", str(tmp_path / "tolerated"), *_model_args(tiny_openclip)]) == 0
+    assert (
+        main(
+            [
+                *args[: -len(_model_args(tiny_openclip))],
+                "--mllm-max-failures",
+                "1",
+                "--out",
+                str(tmp_path / "tolerated"),
+                *_model_args(tiny_openclip),
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.numerics
@@ -400,8 +645,9 @@ def test_scoring_backend_torch_gives_the_numpy_scores(tmp_path, image_sets, tiny
 
     options = ["--num-negatives", "500", "--groups", "10"] if method == "neglabel" else ["--tanl-beta", "200"]
     on_numpy = _run_eval(tmp_path / "numpy", image_sets, tiny_openclip, method, *options)
-    on_torch = _run_eval(tmp_path / "torch", image_sets, tiny_openclip, method, *options,
-                         "--scoring-backend", "torch", "--device", "cpu")
+    on_torch = _run_eval(
+        tmp_path / "torch", image_sets, tiny_openclip, method, *options, "--scoring-backend", "torch", "--device", "cpu"
+    )
 
     def scores(out):
         with (out / "scores.csv").open() as f:

@@ -15,8 +15,9 @@ BOGUS_MODEL = ["--model", "openclip:NoSuchArch/none"]  # loading it would fail w
 
 
 def negspace(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "negspace.cli", *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "negspace.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 def assert_clear_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -33,24 +34,60 @@ def classes(tmp_path_factory) -> Path:
     return path
 
 
-NUMERIC = [("--mllm-timeout", "0"), ("--mllm-concurrency", "0"), ("--mllm-retries", "-1"), ("--mllm-image-size", "0"),
-           ("--seed", "-1"), ("--seed", str(2**70)), ("--batch-size", "0"), ("--ants-ens-stop-step", "-2"),
-           ("--max-mllm-calls", "x"),
-           # every detector number, named before any model loads
-           ("--tau", "0"), ("--tau", "nan"), ("--tau", "inf"), ("--temperature", "-1"), ("--groups", "0"),
-           ("--percentile", "101"), ("--per-part-fraction", "0"), ("--num-negatives", "0"),
-           ("--tanl-alpha", "1.5"), ("--tanl-beta", "0"), ("--tanl-step", "0"), ("--tanl-queue-length", "0"),
-           ("--tanl-g", "-0.1"), ("--tanl-otsu-window", "0"), ("--adaneg-memory-length", "0"),
-           ("--adaneg-gamma", "2"), ("--adaneg-g", "nan"), ("--adaneg-groups", "0"), ("--adaneg-sample-scale", "-1"),
-           ("--adaneg-nl-weight", "-0.1"), ("--ants-lam", "1.1"), ("--ants-activation-negatives", "0")]
+NUMERIC = [
+    ("--mllm-timeout", "0"),
+    ("--mllm-concurrency", "0"),
+    ("--mllm-retries", "-1"),
+    ("--mllm-image-size", "0"),
+    ("--seed", "-1"),
+    ("--seed", str(2**70)),
+    ("--batch-size", "0"),
+    ("--ants-ens-stop-step", "-2"),
+    ("--max-mllm-calls", "x"),
+    # every detector number, named before any model loads
+    ("--tau", "0"),
+    ("--tau", "nan"),
+    ("--tau", "inf"),
+    ("--temperature", "-1"),
+    ("--groups", "0"),
+    ("--percentile", "101"),
+    ("--per-part-fraction", "0"),
+    ("--num-negatives", "0"),
+    ("--tanl-alpha", "1.5"),
+    ("--tanl-beta", "0"),
+    ("--tanl-step", "0"),
+    ("--tanl-queue-length", "0"),
+    ("--tanl-g", "-0.1"),
+    ("--tanl-otsu-window", "0"),
+    ("--adaneg-memory-length", "0"),
+    ("--adaneg-gamma", "2"),
+    ("--adaneg-g", "nan"),
+    ("--adaneg-groups", "0"),
+    ("--adaneg-sample-scale", "-1"),
+    ("--adaneg-nl-weight", "-0.1"),
+    ("--ants-lam", "1.1"),
+    ("--ants-activation-negatives", "0"),
+]
 
 
 def test_numeric_options_are_checked_at_parse_time(classes, capsys):
     from negspace.cli import main
 
     def eval_args(option, value):
-        return ["eval", "--method", "ants", "--classes", str(classes), "--id", "a", "--ood", "b", option, value,
-                *BOGUS_MODEL]
+        return [
+            "eval",
+            "--method",
+            "ants",
+            "--classes",
+            str(classes),
+            "--id",
+            "a",
+            "--ood",
+            "b",
+            option,
+            value,
+            *BOGUS_MODEL,
+        ]
 
     assert_clear_error(negspace(*eval_args("--mllm-timeout", "0")), "--mllm-timeout")  # the real CLI once
     for option, value in NUMERIC:  # every option in-process (the same parser)
@@ -60,8 +97,9 @@ def test_numeric_options_are_checked_at_parse_time(classes, capsys):
 
 
 def test_tau_zero_is_refused_at_parse_time_naming_the_option(classes):
-    result = negspace("eval", "--method", "neglabel", "--classes", str(classes), "--id", "a", "--ood", "b",
-                      "--tau", "0", *BOGUS_MODEL)
+    result = negspace(
+        "eval", "--method", "neglabel", "--classes", str(classes), "--id", "a", "--ood", "b", "--tau", "0", *BOGUS_MODEL
+    )
     assert_clear_error(result, "--tau", "expected a positive number, got 0")
 
 
@@ -74,16 +112,37 @@ def test_score_threshold_must_be_finite(tmp_path, capsys):
         assert stop.value.code == 2 and "--threshold: expected a finite number" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("spec", ["openai://user:s3cret@host:99/v1/m", "openai:user:s3cret@host",
-                                  "bogus://user:s3cret@host/v1/m", "openai:http://user:s3cret@127.0.0.1:9/v1/m"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "openai://user:s3cret@host:99/v1/m",
+        "openai:user:s3cret@host",
+        "bogus://user:s3cret@host/v1/m",
+        "openai:http://user:s3cret@127.0.0.1:9/v1/m",
+    ],
+)
 def test_an_mllm_spec_never_prints_its_secret(tmp_path, classes, spec):
     from PIL import Image
 
     for name in ("id", "ood"):
         (tmp_path / name).mkdir()
         Image.new("RGB", (8, 8)).save(tmp_path / name / "a.png")
-    result = negspace("eval", "--method", "ants", "--classes", str(classes), "--id", str(tmp_path / "id"),
-                      "--ood", f"o={tmp_path / 'ood'}", "--mllm", spec, "--out", str(tmp_path / "out"), *BOGUS_MODEL)
+    result = negspace(
+        "eval",
+        "--method",
+        "ants",
+        "--classes",
+        str(classes),
+        "--id",
+        str(tmp_path / "id"),
+        "--ood",
+        f"o={tmp_path / 'ood'}",
+        "--mllm",
+        spec,
+        "--out",
+        str(tmp_path / "out"),
+        *BOGUS_MODEL,
+    )
     assert_clear_error(result, "***@")
     assert "s3cret" not in result.stderr + result.stdout
 
@@ -94,16 +153,23 @@ def test_credentials_are_redacted_from_any_text():
     assert redact_credentials("openai://u:pw@h:1/v1/m") == "openai://***@h:1/v1/m"
     assert redact_credentials("openai:u:pw@h") == "openai:***@h"
     assert redact_credentials("http://h/v1?api_key=abc&x=1&token=t") == "http://h/v1?api_key=***&x=1&token=***"
-    for plain in ("openai:http://localhost:8000/v1/Qwen/Qwen2-VL-2B-Instruct", "hf:Qwen/Qwen2-VL-2B-Instruct",
-                  "openai:http://h:8000/v1#org/model", "/data/a@b/images", "--mllm-timeout"):
+    for plain in (
+        "openai:http://localhost:8000/v1/Qwen/Qwen2-VL-2B-Instruct",
+        "hf:Qwen/Qwen2-VL-2B-Instruct",
+        "openai:http://h:8000/v1#org/model",
+        "/data/a@b/images",
+        "--mllm-timeout",
+    ):
         assert redact_credentials(plain) == plain
 
 
 def test_mine_checks_its_output_before_any_work(tmp_path, classes):
     folder = tmp_path / "out"
     folder.mkdir()
-    for target, words in ((folder, ("-o/--output", "is a folder")),
-                          (tmp_path / "missing" / "x.txt", ("-o/--output", "does not exist"))):
+    for target, words in (
+        (folder, ("-o/--output", "is a folder")),
+        (tmp_path / "missing" / "x.txt", ("-o/--output", "does not exist")),
+    ):
         assert_clear_error(negspace("mine", "--classes", str(classes), "-o", str(target), *BOGUS_MODEL), *words)
 
 
@@ -114,8 +180,12 @@ def test_demo_data_on_a_file(tmp_path):
 
 
 def test_cache_stats_into_a_closed_pipe_is_quiet(tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "negspace.cli", "cache", "stats", "--cache-dir", str(tmp_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "negspace.cli", "cache", "stats", "--cache-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     process.stdout.close()  # the reader is gone before anything is printed, as with `| head -0`
     error = process.stderr.read()
     assert process.wait(timeout=120) == 0
@@ -128,20 +198,43 @@ def test_method_options_that_cannot_work_fail_before_the_model_loads(tmp_path, c
     labels = tmp_path / "labels.txt"
     labels.write_text("rock\nriver\nmoon\n", encoding="utf-8")
     sets = ["--id", str(tmp_path), "--ood", f"o={tmp_path}"]
-    assert_clear_error(negspace("eval", "--method", "mcm", "--classes", str(one), *sets, *BOGUS_MODEL),
-                       "MCM needs at least two ID classes")
-    assert_clear_error(negspace("eval", "--method", "mcm", "--classes", str(classes), "--negatives", str(labels),
-                                *sets, *BOGUS_MODEL), "--negatives is not used by --method mcm")
-    assert_clear_error(negspace("eval", "--method", "neglabel", "--classes", str(classes), "--negatives", str(labels),
-                                *sets, *BOGUS_MODEL), "--groups 100 is larger than the 3 negative labels")
-    assert_clear_error(negspace("eval", "--method", "neglabel", "--classes", str(classes), "--num-negatives", "50",
-                                *sets, *BOGUS_MODEL), "--groups 100", "--num-negatives")
+    assert_clear_error(
+        negspace("eval", "--method", "mcm", "--classes", str(one), *sets, *BOGUS_MODEL),
+        "MCM needs at least two ID classes",
+    )
+    assert_clear_error(
+        negspace("eval", "--method", "mcm", "--classes", str(classes), "--negatives", str(labels), *sets, *BOGUS_MODEL),
+        "--negatives is not used by --method mcm",
+    )
+    assert_clear_error(
+        negspace(
+            "eval", "--method", "neglabel", "--classes", str(classes), "--negatives", str(labels), *sets, *BOGUS_MODEL
+        ),
+        "--groups 100 is larger than the 3 negative labels",
+    )
+    assert_clear_error(
+        negspace(
+            "eval", "--method", "neglabel", "--classes", str(classes), "--num-negatives", "50", *sets, *BOGUS_MODEL
+        ),
+        "--groups 100",
+        "--num-negatives",
+    )
     binary = tmp_path / "labels.bin"
     binary.write_bytes(b"\xff\xfe\x00\x81" * 10)
-    assert_clear_error(negspace("eval", "--method", "neglabel", "--classes", str(classes), "--negatives", str(binary),
-                                *sets, *BOGUS_MODEL), str(binary), "not UTF-8")
-    assert_clear_error(negspace("eval", "--method", "neglabel", "--classes", str(classes), "--negatives", str(tmp_path),
-                                *sets, *BOGUS_MODEL), str(tmp_path), "is a folder")
+    assert_clear_error(
+        negspace(
+            "eval", "--method", "neglabel", "--classes", str(classes), "--negatives", str(binary), *sets, *BOGUS_MODEL
+        ),
+        str(binary),
+        "not UTF-8",
+    )
+    assert_clear_error(
+        negspace(
+            "eval", "--method", "neglabel", "--classes", str(classes), "--negatives", str(tmp_path), *sets, *BOGUS_MODEL
+        ),
+        str(tmp_path),
+        "is a folder",
+    )
 
 
 def test_ood_names_and_sets(tmp_path, classes):
@@ -150,10 +243,35 @@ def test_ood_names_and_sets(tmp_path, classes):
     images = tmp_path / "imgs"
     images.mkdir()
     Image.new("RGB", (8, 8)).save(images / "a.png")
-    assert_clear_error(negspace("eval", "--method", "neglabel", "--classes", str(classes), "--id", str(images),
-                                "--ood", f"id={images}", *BOGUS_MODEL), "--ood names")
-    same = negspace("eval", "--method", "neglabel", "--classes", str(classes), "--id", str(images),
-                    "--ood", f"copy={images}", "--out", str(tmp_path / "o"), *BOGUS_MODEL)
+    assert_clear_error(
+        negspace(
+            "eval",
+            "--method",
+            "neglabel",
+            "--classes",
+            str(classes),
+            "--id",
+            str(images),
+            "--ood",
+            f"id={images}",
+            *BOGUS_MODEL,
+        ),
+        "--ood names",
+    )
+    same = negspace(
+        "eval",
+        "--method",
+        "neglabel",
+        "--classes",
+        str(classes),
+        "--id",
+        str(images),
+        "--ood",
+        f"copy={images}",
+        "--out",
+        str(tmp_path / "o"),
+        *BOGUS_MODEL,
+    )
     assert "--ood copy is the same set as --id" in same.stderr and same.returncode == 2
 
 
@@ -172,8 +290,11 @@ def test_out_must_be_new_or_empty_and_a_failed_run_leaves_no_folder(tmp_path, cl
     used.mkdir()
     (used / "hist_old.png").write_bytes(b"stale")
     sets = ["--classes", str(classes), "--id", str(images), "--ood", f"o={images}"]
-    assert_clear_error(negspace("eval", "--method", "neglabel", *sets, "--out", str(used), *BOGUS_MODEL),
-                       f"--out {used} is not empty", "--overwrite")
+    assert_clear_error(
+        negspace("eval", "--method", "neglabel", *sets, "--out", str(used), *BOGUS_MODEL),
+        f"--out {used} is not empty",
+        "--overwrite",
+    )
     fresh = tmp_path / "fresh" / "run"
     failed = negspace("eval", "--method", "neglabel", *sets, "--out", str(fresh), *BOGUS_MODEL)
     assert failed.returncode == 2 and not (tmp_path / "fresh").exists()  # the model failed: no empty folders left
@@ -188,16 +309,36 @@ def test_set_messages_name_the_fix(tmp_path, classes):
 
     pickled = tmp_path / "objects.npy"
     np.save(pickled, np.asarray([{"a": 1}, None], dtype=object), allow_pickle=True)
-    result = negspace("eval", "--method", "neglabel", "--classes", str(classes), "--id", str(pickled),
-                      "--ood", f"o={pickled}", *BOGUS_MODEL)
+    result = negspace(
+        "eval",
+        "--method",
+        "neglabel",
+        "--classes",
+        str(classes),
+        "--id",
+        str(pickled),
+        "--ood",
+        f"o={pickled}",
+        *BOGUS_MODEL,
+    )
     assert_clear_error(result, str(pickled), "never unpickles", "numpy.save")
     assert "allow_pickle" not in result.stderr
     from PIL import Image
 
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
-    result = negspace("eval", "--method", "neglabel", "--classes", str(classes), "--id", str(tmp_path / "imgs"),
-                      "--ood", "../a=b", *BOGUS_MODEL)
+    result = negspace(
+        "eval",
+        "--method",
+        "neglabel",
+        "--classes",
+        str(classes),
+        "--id",
+        str(tmp_path / "imgs"),
+        "--ood",
+        "../a=b",
+        *BOGUS_MODEL,
+    )
     assert_clear_error(result, "../a=b", "NAME=PATH", "--ood a=../b")
 
 
@@ -250,9 +391,28 @@ def test_quiet_means_no_bars_and_a_rerun_says_what_came_from_the_cache(tmp_path,
     model = ["--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu"]
 
     def run(*extra):
-        return subprocess.run([sys.executable, "-m", "negspace.cli", "eval", "--method", "mcm", "--classes",
-                               str(classes), "--id", str(images), "--ood", f"o={images}", *model, *extra],
-                              capture_output=True, text=True, timeout=300, env=env)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "negspace.cli",
+                "eval",
+                "--method",
+                "mcm",
+                "--classes",
+                str(classes),
+                "--id",
+                str(images),
+                "--ood",
+                f"o={images}",
+                *model,
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
 
     first = run("--out", str(tmp_path / "a"))
     assert first.returncode == 0, first.stderr
@@ -268,9 +428,13 @@ def test_help_describes_every_option_with_its_default():
 
     text = " ".join(negspace("eval", "--help").stdout.split())  # argparse wraps lines
     assert re.search(r"--method \{[a-z,]+\}\s+mcm, neglabel, csp, negrefine \(static", text)
-    for option, default in (("--split", "proportional"), ("--per-part-fraction", "0.15"),
-                            ("--ants-threshold", "paper"), ("--ants-schedule", "default"),
-                            ("--ants-diversity-size", "50")):
+    for option, default in (
+        ("--split", "proportional"),
+        ("--per-part-fraction", "0.15"),
+        ("--ants-threshold", "paper"),
+        ("--ants-schedule", "default"),
+        ("--ants-diversity-size", "50"),
+    ):
         assert re.search(rf"{option} .*?\(default: {default}\)", text), option
     assert "cache folder of features, mined labels and MLLM answers" in text
 
@@ -284,8 +448,20 @@ def test_verbosity_flags_before_and_after_the_command(tmp_path):
 
 
 def test_a_bad_option_is_one_sentence_without_the_usage_block(classes):
-    result = negspace("eval", "--method", "neglabel", "--classes", str(classes), "--id", "a", "--ood", "b",
-                      "--groups", "0", *BOGUS_MODEL)
+    result = negspace(
+        "eval",
+        "--method",
+        "neglabel",
+        "--classes",
+        str(classes),
+        "--id",
+        "a",
+        "--ood",
+        "b",
+        "--groups",
+        "0",
+        *BOGUS_MODEL,
+    )
     assert_clear_error(result, "--groups", "negspace eval --help")
     assert "usage:" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -296,8 +472,20 @@ def test_ants_without_an_mllm_is_refused_before_the_model_loads(tmp_path, classe
     for name in ("id", "ood"):
         (tmp_path / name).mkdir()
         Image.new("RGB", (8, 8)).save(tmp_path / name / "a.png")
-    result = negspace("eval", "--method", "ants", "--classes", str(classes), "--id", str(tmp_path / "id"),
-                      "--ood", f"o={tmp_path / 'ood'}", "--out", str(tmp_path / "out"), *BOGUS_MODEL)
+    result = negspace(
+        "eval",
+        "--method",
+        "ants",
+        "--classes",
+        str(classes),
+        "--id",
+        str(tmp_path / "id"),
+        "--ood",
+        f"o={tmp_path / 'ood'}",
+        "--out",
+        str(tmp_path / "out"),
+        *BOGUS_MODEL,
+    )
     assert_clear_error(result, "ANTS needs a multimodal LLM")
     assert "NoSuchArch" not in result.stderr and not (tmp_path / "out").exists()
 
@@ -305,9 +493,12 @@ def test_ants_without_an_mllm_is_refused_before_the_model_loads(tmp_path, classe
 def test_help_offers_only_what_a_command_uses():
     from negspace.cli import build_parser
 
-    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse's own tree
+    commands = build_parser()._subparsers._group_actions[0].choices
     score_help, mine_help = commands["score"].format_help(), commands["mine"].format_help()
-    assert "{mcm,neglabel,csp,negrefine}" in score_help and "tanl" not in score_help.split("--method")[1].split("--classes")[0]
+    assert (
+        "{mcm,neglabel,csp,negrefine}" in score_help
+        and "tanl" not in score_help.split("--method")[1].split("--classes")[0]
+    )
     for option in ("--workers", "--features", "--scoring-backend", "--preprocess"):
         assert option not in mine_help, option
     assert "imagenet-20" in commands["eval"].format_help()  # the built-in class lists are named
@@ -323,13 +514,14 @@ def test_cache_stats_in_text_and_json_agree(tmp_path):
     text = negspace("cache", "stats", "--cache-dir", str(tmp_path)).stdout
     second = json.loads(negspace("cache", "stats", "--json", "--cache-dir", str(tmp_path)).stdout)
     assert first["features"]["size_bytes"] == second["features"]["size_bytes"] > 0
-    from negspace.mllm.response_cache import _human  # noqa: PLC2701 - the text's own unit
+    from negspace.mllm.response_cache import _human
 
     assert f"features: 1 entries, {_human(first['features']['size_bytes'])}" in text
 
 
-@pytest.mark.parametrize("command", [["bench", "--suite", "imagenet"], ["score", "x", "--out", "y"],
-                                     ["cache", "stats"]])
+@pytest.mark.parametrize(
+    "command", [["bench", "--suite", "imagenet"], ["score", "x", "--out", "y"], ["cache", "stats"]]
+)
 def test_an_unknown_option_points_to_the_help_of_the_command_that_was_run(command):
     result = negspace(*command, "--no-such-option")
     name = "negspace " + " ".join(word for word in command[:2] if not word.startswith("-") and word not in ("x",))
@@ -349,10 +541,22 @@ def test_bench_and_eval_refuse_bad_data_before_importing_torch(tmp_path, classes
     # not the 4-20 s of importing torch and open_clip (benchmarks/refusal_time.py measures it)
     empty = tmp_path / "empty"
     empty.mkdir()
-    for args in (["bench", "--suite", "imagenet", "--data-root", str(empty)],
-                 ["eval", "--method", "neglabel", "--classes", "imagenet", "--id", str(tmp_path / "missing"),
-                  "--ood", f"x={empty}"],
-                 ["eval", "--method", "mcm", "--classes", str(classes), "--id", str(empty), "--ood", str(empty)]):
-        result = subprocess.run([sys.executable, "-c", REFUSED_WITHOUT_TORCH, *args], capture_output=True, text=True,
-                                timeout=120)
+    for args in (
+        ["bench", "--suite", "imagenet", "--data-root", str(empty)],
+        [
+            "eval",
+            "--method",
+            "neglabel",
+            "--classes",
+            "imagenet",
+            "--id",
+            str(tmp_path / "missing"),
+            "--ood",
+            f"x={empty}",
+        ],
+        ["eval", "--method", "mcm", "--classes", str(classes), "--id", str(empty), "--ood", str(empty)],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-c", REFUSED_WITHOUT_TORCH, *args], capture_output=True, text=True, timeout=120
+        )
         assert result.stdout.split("\n")[0] == "2 []", (args, result.stdout, result.stderr)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from external_tools import missing_tool
 from negspace.corpus import wordnet
 from negspace.corpus.wordnet import (
     DATA_FILE_NAME,
@@ -21,7 +22,6 @@ from negspace.corpus.wordnet import (
     selection_counts,
 )
 from negspace.errors import NegspaceError
-from external_tools import missing_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO_ROOT / "tools" / "build_wordnet_corpus.py"
@@ -155,7 +155,7 @@ def test_missing_package_data_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(wordnet, "_DATA_DIR", "no-such-folder")
     wordnet._rows.cache_clear()
     try:
-        with pytest.raises(NegspaceError, match="tools/build_wordnet_corpus.py"):
+        with pytest.raises(NegspaceError, match=r"tools/build_wordnet_corpus\.py"):
             wordnet._rows()
     finally:
         monkeypatch.undo()

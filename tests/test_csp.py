@@ -41,11 +41,11 @@ def authors_pool(files: dict[str, list[str]]) -> tuple[list[str], list[str]]:
     random.seed(0)
     dedup: dict[str, int] = {}
     nouns, adjectives = [], []
-    for file in files:
+    for file, lines in files.items():
         kind = file.split(".")[0]
         if kind not in ("noun", "adj"):
             continue
-        for line in files[file]:
+        for line in lines:
             if line.strip() in dedup:
                 continue
             dedup[line.strip()] = 1
@@ -113,16 +113,25 @@ def test_the_pool_is_the_authors_rule_on_the_files_in_sorted_order():
 def test_the_pool_leaves_out_the_files_and_conjugates_every_adjective():
     files = lexicographer_files()
     pool = load_pool()
-    kept_nouns = {w for name, words in files.items() if name.startswith("noun.") and name not in CSP_EXCLUDED_FILES
-                  for w in words}
-    only_excluded = {w for name in CSP_EXCLUDED_FILES for w in files.get(name, ())} - kept_nouns - {
-        w for name, words in files.items() if name.startswith("adj.") and name not in CSP_EXCLUDED_FILES for w in words}
+    kept_nouns = {
+        w for name, words in files.items() if name.startswith("noun.") and name not in CSP_EXCLUDED_FILES for w in words
+    }
+    only_excluded = (
+        {w for name in CSP_EXCLUDED_FILES for w in files.get(name, ())}
+        - kept_nouns
+        - {
+            w
+            for name, words in files.items()
+            if name.startswith("adj.") and name not in CSP_EXCLUDED_FILES
+            for w in words
+        }
+    )
     assert only_excluded and not only_excluded & set(pool.nouns)  # e.g. people's names are not there
     assert set(pool.nouns) <= kept_nouns
     assert len(set(pool.nouns) | set(pool.adjectives)) == len(pool.nouns) + len(pool.adjectives)  # each word once
-    for phrase, adjective in zip(pool.phrases, pool.adjectives):
-        assert phrase.startswith(adjective + " ") and phrase[len(adjective) + 1:] in CSP_SUPERCLASS_WORDS
-    assert len(set(p.rsplit(" ", 1)[1] for p in pool.phrases)) == len(CSP_SUPERCLASS_WORDS)
+    for phrase, adjective in zip(pool.phrases, pool.adjectives, strict=False):
+        assert phrase.startswith(adjective + " ") and phrase[len(adjective) + 1 :] in CSP_SUPERCLASS_WORDS
+    assert len({p.rsplit(" ", 1)[1] for p in pool.phrases}) == len(CSP_SUPERCLASS_WORDS)
     # a word in an adjective file and a noun file is an adjective: adj.* files are read first
     both = set(files["adj.all"]) & set(files["noun.artifact"])
     assert both and both <= set(pool.adjectives) and not both & set(pool.nouns)
@@ -168,7 +177,12 @@ def test_score_matches_the_authors_code(world, n_bank):
 def test_config_defaults_and_checks():
     config = CSPConfig()
     assert (config.tau, config.groups, config.quantile, config.saturate_above, config.fraction) == (
-        0.01, 100, 0.95, 0.95, 0.15)
+        0.01,
+        100,
+        0.95,
+        0.95,
+        0.15,
+    )
     with pytest.raises(ValueError, match="fraction"):
         CSPConfig(fraction=0)
     with pytest.raises(ValueError, match="quantile"):
@@ -204,15 +218,37 @@ def _model_args(model) -> list[str]:
 def test_eval_csp_saves_a_detector_that_scores_the_same(tmp_path, tiny_openclip, small_corpus, capsys):
     images = write_sets(tmp_path)
     out, saved = tmp_path / "run", tmp_path / "det"
-    assert main(["eval", "--method", "csp", "--classes", str(images["classes"]), "--id", str(images["id"]),
-                 "--ood", f"noise={images['ood']}", "--corpus", str(small_corpus), "--groups", "10",
-                 "--out", str(out), "--save-detector", str(saved), *_model_args(tiny_openclip)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--method",
+                "csp",
+                "--classes",
+                str(images["classes"]),
+                "--id",
+                str(images["id"]),
+                "--ood",
+                f"noise={images['ood']}",
+                "--corpus",
+                str(small_corpus),
+                "--groups",
+                "10",
+                "--out",
+                str(out),
+                "--save-detector",
+                str(saved),
+                *_model_args(tiny_openclip),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["params"]["n_negatives"] == int(401 * 0.15) + int(120 * 0.15)
     detector = load_detector(saved)
     assert isinstance(detector, CSP) and detector.config.groups == 10
     assert "red square" not in detector.neg_labels  # saturated: an ID name is never a negative
-    phrases = detector.neg_labels[int(401 * 0.15):]
+    phrases = detector.neg_labels[int(401 * 0.15) :]
     assert all(p.rsplit(" ", 1)[1] in CSP_SUPERCLASS_WORDS and p.startswith("adj") for p in phrases)
     features = np.random.default_rng(0).standard_normal((7, detector.id_text_features.shape[1])).astype(np.float32)
     again = load_detector(saved)
@@ -225,6 +261,20 @@ def test_eval_csp_saves_a_detector_that_scores_the_same(tmp_path, tiny_openclip,
 
 def test_csp_corpus_option_refuses_another_wordnet_selection(tmp_path, tiny_openclip, capsys):
     images = write_sets(tmp_path)
-    code = main(["eval", "--method", "csp", "--classes", str(images["classes"]), "--id", str(images["id"]),
-                 "--ood", f"noise={images['ood']}", "--corpus", "all", *_model_args(tiny_openclip)])
+    code = main(
+        [
+            "eval",
+            "--method",
+            "csp",
+            "--classes",
+            str(images["classes"]),
+            "--id",
+            str(images["id"]),
+            "--ood",
+            f"noise={images['ood']}",
+            "--corpus",
+            "all",
+            *_model_args(tiny_openclip),
+        ]
+    )
     assert code == 2 and "CSP builds its pool from CSP's WordNet selection" in capsys.readouterr().err

@@ -15,15 +15,17 @@ from negspace.corpus.mining import MiningConfig, mine_from_features, select_nega
 
 def test_corpus_file_parts_comments_and_repeats(tmp_path):
     path = tmp_path / "vocabulary.txt"
-    path.write_text("# industrial defects\nscratch\ndent\tnoun\nrusty\tadj\n\nscratch\n  hair  line \tnoun\n",
-                    encoding="utf-8")
+    path.write_text(
+        "# industrial defects\nscratch\ndent\tnoun\nrusty\tadj\n\nscratch\n  hair  line \tnoun\n", encoding="utf-8"
+    )
     corpus = read_corpus_file(path)
     assert corpus.nouns == ("scratch", "dent", "hair line") and corpus.adjectives == ("rusty",)
     assert load_corpus(str(path), exclude=["Dent"]).nouns == ("scratch", "hair line")
 
 
-@pytest.mark.parametrize(("text", "message"), [("crack\tverb\n", "line 1: the part 'verb'"),
-                                               ("# nothing\n\n", "holds no word")])
+@pytest.mark.parametrize(
+    ("text", "message"), [("crack\tverb\n", "line 1: the part 'verb'"), ("# nothing\n\n", "holds no word")]
+)
 def test_bad_corpus_file_is_one_sentence(tmp_path, text, message):
     path = tmp_path / "bad.txt"
     path.write_text(text, encoding="utf-8")
@@ -38,10 +40,12 @@ def test_mining_from_precomputed_features_is_the_mining_rule():
 
     corpus = Corpus(nouns=tuple(words[:300]), adjectives=tuple(words[300:]))
     config = MiningConfig(num_negatives=100)
-    mined = mine_from_features(corpus, world.corpus_features[:300], world.corpus_features[300:],
-                               world.id_text_features, config)
-    nouns, adjectives = select_negatives(world.corpus_features[:300], world.corpus_features[300:],
-                                         world.id_text_features, config)
+    mined = mine_from_features(
+        corpus, world.corpus_features[:300], world.corpus_features[300:], world.id_text_features, config
+    )
+    nouns, adjectives = select_negatives(
+        world.corpus_features[:300], world.corpus_features[300:], world.id_text_features, config
+    )
     assert mined.labels == [words[i] for i in nouns] + [words[300 + i] for i in adjectives]
     n_adjectives = round(100 * len(corpus.adjectives) / len(words))  # the proportional split
     assert (mined.n_nouns, mined.n_adjectives) == (100 - n_adjectives, n_adjectives)
@@ -64,12 +68,42 @@ def test_eval_mines_negatives_from_a_corpus_file(tmp_path, tiny_openclip, capsys
     classes.write_text("red square\ngreen square\n", encoding="utf-8")
     model = ["--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu", "-q"]
     common = ["eval", "--classes", str(classes), "--id", str(tmp_path / "id"), "--ood", f"o={tmp_path / 'ood'}", *model]
-    assert main([*common, "--method", "neglabel", "--corpus", str(vocabulary), "--num-negatives", "20",
-                 "--groups", "4", "--out", str(tmp_path / "nl")]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--method",
+                "neglabel",
+                "--corpus",
+                str(vocabulary),
+                "--num-negatives",
+                "20",
+                "--groups",
+                "4",
+                "--out",
+                str(tmp_path / "nl"),
+            ]
+        )
+        == 0
+    )
     params = json.loads((tmp_path / "nl" / "metrics.json").read_text())["params"]
     assert params["n_negatives"] == 20  # 16 nouns + 4 adjectives of the 50 words (the ID name is removed)
-    assert main([*common, "--method", "tanl", "--tanl-corpus", str(vocabulary), "--tanl-beta", "10",
-                 "--out", str(tmp_path / "tanl")]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--method",
+                "tanl",
+                "--tanl-corpus",
+                str(vocabulary),
+                "--tanl-beta",
+                "10",
+                "--out",
+                str(tmp_path / "tanl"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "tanl" / "metrics.json").read_text())["params"]["n_pool"] == 50
     capsys.readouterr()
     with pytest.raises(SystemExit) as stopped:  # refused as the options are parsed

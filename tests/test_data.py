@@ -313,10 +313,7 @@ def test_path_list_relative_absolute_comments(tmp_path: Path, caplog) -> None:
     a = _touch_png(lists / "imgs" / "a.png")
     b = _touch_png(tmp_path / "elsewhere" / "b b.png")
     c = _touch_png(lists / "c#1.png")
-    text = (
-        f"\ufeff# my set\n\nimgs/a.png\r\n   {b}   \n  # indented comment\n"
-        f"{c.name}\nimgs/gone.png\n"
-    )
+    text = f"\ufeff# my set\n\nimgs/a.png\r\n   {b}   \n  # indented comment\n{c.name}\nimgs/gone.png\n"
     (lists / "my list.txt").write_text(text, encoding="utf-8")
 
     with caplog.at_level(logging.WARNING, logger="negspace.data"):

@@ -75,8 +75,15 @@ def test_world_image_structure_parameters():
     gapped = testing.make_world(seed=1, n_corpus=300, modality_gap=0.5)
     # Only the images change: texts, corpus, concepts and labels are the plain world's.
     for world in (clustered, gapped):
-        for name in ("id_text_features", "corpus_features", "far_concept_features", "near_concept_features",
-                     "id_image_labels", "far_ood_concept", "near_concept_parent"):
+        for name in (
+            "id_text_features",
+            "corpus_features",
+            "far_concept_features",
+            "near_concept_features",
+            "id_image_labels",
+            "far_ood_concept",
+            "near_concept_parent",
+        ):
             np.testing.assert_array_equal(getattr(world, name), getattr(plain, name))
         for name in ("id_image_features", "far_ood_features", "near_ood_features"):
             np.testing.assert_allclose(np.linalg.norm(getattr(world, name), axis=1), 1.0, atol=1e-5)
@@ -102,7 +109,9 @@ def test_neglabel_beats_mcm_on_far_ood(seed):
     neglabel = NegLabel.from_features(world.id_text_features, negatives, groups=10)
     results = {}
     for name, det in (("mcm", mcm), ("neglabel", neglabel)):
-        results[name] = compute_all(det.score_features(world.id_image_features), det.score_features(world.far_ood_features))
+        results[name] = compute_all(
+            det.score_features(world.id_image_features), det.score_features(world.far_ood_features)
+        )
     assert results["neglabel"].auroc > results["mcm"].auroc + 0.03
     assert results["neglabel"].fpr95 < results["mcm"].fpr95 - 0.1
 

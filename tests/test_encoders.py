@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 # The tiny_openclip / tiny_hf_clip fixtures come from fixtures_models via conftest.py.
 from fixtures_models import TINY_DIM, SavedModel
-from PIL import Image
-
 from negspace.cache import FeatureStore
 from negspace.data import load_rgb
 from negspace.encoders import ClipEncoder, ImageEncoding, SkippedFile, load_encoder
@@ -71,9 +70,7 @@ def _unit(x: np.ndarray) -> None:
 def _images(n: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     sizes = [(40, 50), (32, 32), (64, 20), (25, 70)]
-    return [
-        Image.fromarray(rng.integers(0, 256, (*sizes[i % 4], 3), dtype=np.uint8)) for i in range(n)
-    ]
+    return [Image.fromarray(rng.integers(0, 256, (*sizes[i % 4], 3), dtype=np.uint8)) for i in range(n)]
 
 
 @pytest.fixture
@@ -135,9 +132,7 @@ def test_openclip_registered_arch_name(tiny_openclip: SavedModel) -> None:
     import open_clip
 
     open_clip.add_model_config(tiny_openclip.folder / "negspace-tiny-clip.json")
-    enc = load_encoder(
-        "openclip:negspace-tiny-clip/none", weights=tiny_openclip.weights, use_cache=False
-    )
+    enc = load_encoder("openclip:negspace-tiny-clip/none", weights=tiny_openclip.weights, use_cache=False)
     ref = _load(tiny_openclip).encode_texts(["cat"])
     assert_features_close(enc.encode_texts(["cat"]), ref)
 
@@ -255,9 +250,7 @@ def test_partial_cache_from_put_many(saved: SavedModel, tmp_path: Path) -> None:
     assert counter.items == texts[4:]
 
 
-def test_use_cache_false_writes_nothing(
-    saved: SavedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_use_cache_false_writes_nothing(saved: SavedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEGSPACE_CACHE_DIR", str(tmp_path / "default"))
     enc = load_encoder(saved.spec, weights=saved.weights, use_cache=False)
     assert enc.store is None
@@ -371,14 +364,10 @@ def test_corrupt_weights_file(tiny_openclip: SavedModel, tmp_path: Path) -> None
     assert "corrupt.pt" in _one_clear_sentence(info.value)
 
 
-def test_mismatched_weights_file(
-    tiny_openclip: SavedModel, tiny_hf_clip: SavedModel, tmp_path: Path
-) -> None:
+def test_mismatched_weights_file(tiny_openclip: SavedModel, tiny_hf_clip: SavedModel, tmp_path: Path) -> None:
     # A real checkpoint of another model: clear error, not a state-dict dump.
     with pytest.raises(WeightsUnavailableError) as info:
-        load_encoder(
-            tiny_openclip.spec, weights=tiny_hf_clip.folder / "model.safetensors", use_cache=False
-        )
+        load_encoder(tiny_openclip.spec, weights=tiny_hf_clip.folder / "model.safetensors", use_cache=False)
     # short, whatever the length of the (temporary) path it names
     assert len(_one_clear_sentence(info.value).replace(str(tiny_openclip.folder), "DIR")) < 400
 
@@ -421,13 +410,29 @@ def test_weights_that_are_no_checkpoint_of_the_model_are_one_sentence_naming_fil
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
     bad = _not_a_checkpoint(kind, tmp_path, tiny_hf_clip)
-    code = main(["embed", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"), "--model", tiny_openclip.spec,
-                 "--weights", str(bad), "--device", "cpu", "-q"])
+    code = main(
+        [
+            "embed",
+            str(tmp_path / "imgs"),
+            "--out",
+            str(tmp_path / "out"),
+            "--model",
+            tiny_openclip.spec,
+            "--weights",
+            str(bad),
+            "--device",
+            "cpu",
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1
     assert f"--weights {bad} is not a checkpoint of {tiny_openclip.spec}: expected a" in err
-    expected = "a state dict of this architecture (" if kind == "other-architecture" else \
-        "a safetensors file or a PyTorch state dict saved with torch.save ("
+    expected = (
+        "a state dict of this architecture ("
+        if kind == "other-architecture"
+        else "a safetensors file or a PyTorch state dict saved with torch.save ("
+    )
     assert expected in err and not (tmp_path / "out").exists()
 
 
@@ -441,12 +446,27 @@ def test_hf_weights_that_are_no_model_folder_are_one_sentence(
     notes = tmp_path / "notes.txt"
     notes.write_text("not a model")
     for bad in (notes, tiny_openclip.folder):  # a text file; the folder of an open_clip model
-        code = main(["embed", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"), "--model", tiny_hf_clip.spec,
-                     "--weights", str(bad), "--device", "cpu", "-q"])
+        code = main(
+            [
+                "embed",
+                str(tmp_path / "imgs"),
+                "--out",
+                str(tmp_path / "out"),
+                "--model",
+                tiny_hf_clip.spec,
+                "--weights",
+                str(bad),
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err and err.count("\n") == 1
-        assert f"--weights {bad} is not a checkpoint of {tiny_hf_clip.spec}: expected a folder written by " \
-               "save_pretrained" in err
+        expected = (
+            f"--weights {bad} is not a checkpoint of {tiny_hf_clip.spec}: expected a folder written by save_pretrained"
+        )
+        assert expected in err
     # from Python: the argument's name
     with pytest.raises(WeightsUnavailableError) as info:
         load_encoder(tiny_hf_clip.spec, weights=notes, use_cache=False)
@@ -469,12 +489,21 @@ def offline_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Non
     ("spec", "what", "where"),
     [
         # the default model: open_clip's checkpoint file and the hub repository that holds it
-        ("openclip:ViT-B-16/openai", "the file open_clip_model.safetensors",
-         "https://huggingface.co/timm/vit_base_patch16_clip_224.openai"),
-        ("openclip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_config.json",
-         "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
-        ("hf:openai/clip-vit-base-patch16", "config.json, model.safetensors",
-         "https://huggingface.co/openai/clip-vit-base-patch16"),
+        (
+            "openclip:ViT-B-16/openai",
+            "the file open_clip_model.safetensors",
+            "https://huggingface.co/timm/vit_base_patch16_clip_224.openai",
+        ),
+        (
+            "openclip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+            "open_clip_config.json",
+            "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+        ),
+        (
+            "hf:openai/clip-vit-base-patch16",
+            "config.json, model.safetensors",
+            "https://huggingface.co/openai/clip-vit-base-patch16",
+        ),
     ],
 )
 def test_offline_hub_names_the_file_and_where_it_comes_from(
@@ -539,17 +568,13 @@ def test_no_tag_and_no_weights(tiny_openclip: SavedModel) -> None:
 # -- devices and optional dependencies --------------------------------------------------------
 
 
-def test_cuda_requested_without_cuda(
-    tiny_openclip: SavedModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cuda_requested_without_cuda(tiny_openclip: SavedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(NegspaceError, match="CUDA"):
         load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, device="cuda")
     with pytest.raises(NegspaceError, match="device"):
         load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, device="tpu")
-    enc = load_encoder(
-        tiny_openclip.spec, weights=tiny_openclip.weights, device="auto", use_cache=False
-    )
+    enc = load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, device="auto", use_cache=False)
     assert enc.device.type == "cpu"
 
 
@@ -632,9 +657,10 @@ def test_worker_processes_give_the_same_features_in_the_same_order(saved: SavedM
     assert_features_close(a.features, inline.encode_images([load_rgb(p) for p in a.paths]))
 
 
-def test_a_cached_file_is_not_even_opened(saved: SavedModel, tmp_path: Path, image_files: list[Path],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import negspace.encoders.base as base
+def test_a_cached_file_is_not_even_opened(
+    saved: SavedModel, tmp_path: Path, image_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from negspace.encoders import base
 
     good = [p for p in image_files if p.name.startswith("img")]
     first = _load(saved, tmp_path / "cache").encode_image_files(good, progress=False)

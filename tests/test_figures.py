@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
+from external_tools import missing_tool
 from negspace.bench import figures
 from negspace.bench.miniature import write_miniature
 from negspace.bench.suites import load_suite
@@ -19,26 +19,35 @@ from negspace.cli import main
 from negspace.evaluation import EncodedSet, Evaluation
 from negspace.metrics import compute_all
 from negspace.plots import coinciding_curves, histogram_xlabel, roc_points
-from external_tools import missing_tool
 
 
 def _evaluation(method: str, id_scores: dict[str, np.ndarray], ood_scores: dict[str, np.ndarray]) -> Evaluation:
     """An evaluation of a test-time method: each OOD set with its own stream's ID scores."""
+
     def encoded(name: str, n: int) -> EncodedSet:
         return EncodedSet(name, np.zeros((n, 2), np.float32), [f"{name}/{i}.png" for i in range(n)])
 
     first = next(iter(id_scores.values()))
-    return Evaluation(encoded("id", len(first)), [encoded(name, len(s)) for name, s in ood_scores.items()], first,
-                      dict(ood_scores), {name: compute_all(id_scores[name], s) for name, s in ood_scores.items()},
-                      info={"method": method}, stream_id_scores=dict(id_scores))
+    return Evaluation(
+        encoded("id", len(first)),
+        [encoded(name, len(s)) for name, s in ood_scores.items()],
+        first,
+        dict(ood_scores),
+        {name: compute_all(id_scores[name], s) for name, s in ood_scores.items()},
+        info={"method": method},
+        stream_id_scores=dict(id_scores),
+    )
 
 
 def _tanl_like() -> Evaluation:
     """TANL's scores of the report that switched scale: one stream piled up at 0 (where the logit
     spreads them), one spread over 1e-5..2e-3 (linear bins keep them apart)."""
     rng = np.random.default_rng(0)
-    return _evaluation("tanl", {"inaturalist": rng.uniform(1e-6, 2e-5, 30), "sun": rng.uniform(0.3, 0.9, 30)},
-                       {"inaturalist": rng.uniform(1e-7, 4e-6, 30), "sun": rng.uniform(0.1, 0.6, 30)})
+    return _evaluation(
+        "tanl",
+        {"inaturalist": rng.uniform(1e-6, 2e-5, 30), "sun": rng.uniform(0.3, 0.9, 30)},
+        {"inaturalist": rng.uniform(1e-7, 4e-6, 30), "sun": rng.uniform(0.1, 0.6, 30)},
+    )
 
 
 def _data_boxes(fig):
@@ -78,7 +87,7 @@ def test_a_method_keeps_one_x_axis_across_sets_whose_scores_differ():
     fig = figures.draw_histograms("tanl", evaluation, {})
     labels = {ax.get_xlabel() for ax in fig.axes}
     assert labels == {histogram_xlabel(True)}
-    for ax, name in zip(fig.axes, ("inaturalist", "sun")):
+    for ax, name in zip(fig.axes, ("inaturalist", "sun"), strict=False):
         threshold = next(line for line in ax.lines if line.get_label().startswith("95% of ID kept"))
         where = threshold.get_xdata()[0]
         assert "logit" in threshold.get_label()
@@ -87,8 +96,11 @@ def test_a_method_keeps_one_x_axis_across_sets_whose_scores_differ():
         assert logits.min() <= where <= logits.max()  # drawn among the logits, not at a raw score
     # a method whose scores are not probabilities keeps the raw score everywhere
     rng = np.random.default_rng(1)
-    raw = _evaluation("mcm", {"a": rng.normal(0, 3, 20), "b": rng.uniform(0, 1, 20)},
-                      {"a": rng.normal(-2, 3, 20), "b": rng.uniform(0, 1, 20)})
+    raw = _evaluation(
+        "mcm",
+        {"a": rng.normal(0, 3, 20), "b": rng.uniform(0, 1, 20)},
+        {"a": rng.normal(-2, 3, 20), "b": rng.uniform(0, 1, 20)},
+    )
     assert {ax.get_xlabel() for ax in figures.draw_histograms("mcm", raw, {}).axes} == {histogram_xlabel(False)}
 
 
@@ -110,11 +122,16 @@ def test_eval_writes_every_histogram_of_a_method_on_one_scale(tmp_path, monkeypa
 
 def test_legends_hide_no_bar_and_no_curve():
     evaluation = _tanl_like()
-    other = _evaluation("mcm", {name: s + 0.5 for name, s in evaluation.stream_id_scores.items()},
-                        {name: s + 0.5 for name, s in evaluation.ood_scores.items()})
+    other = _evaluation(
+        "mcm",
+        {name: s + 0.5 for name, s in evaluation.stream_id_scores.items()},
+        {name: s + 0.5 for name, s in evaluation.ood_scores.items()},
+    )
     assert _assert_legends_hide_nothing(figures.draw_histograms("tanl", evaluation, {})) == 2
-    assert _assert_legends_hide_nothing(figures.draw_roc({"tanl": evaluation, "mcm": other}, ["inaturalist", "sun"],
-                                                         {})) == 2
+    assert (
+        _assert_legends_hide_nothing(figures.draw_roc({"tanl": evaluation, "mcm": other}, ["inaturalist", "sun"], {}))
+        == 2
+    )
     traces = {"inaturalist": [(3, 1.0), (6, 1.0), (9, 0.5)], "sun": [(3, 1.0), (6, 0.8), (9, 0.7)]}
     assert _assert_legends_hide_nothing(figures.draw_lam(traces, {})) == 1
 
@@ -124,8 +141,12 @@ def test_five_sets_go_on_two_rows_that_fit_the_page_with_nothing_hidden():
     pixels), the legends of the first row clear of the second row's titles."""
     rng = np.random.default_rng(3)
     names = ["ssb_hard", "ninco", "inaturalist", "textures", "openimage_o"]
-    evaluations = {method: _evaluation(method, {n: rng.uniform(0, 1, 20) for n in names},
-                                       {n: rng.uniform(0, 0.9, 20) for n in names}) for method in ("MCM", "NegLabel")}
+    evaluations = {
+        method: _evaluation(
+            method, {n: rng.uniform(0, 1, 20) for n in names}, {n: rng.uniform(0, 0.9, 20) for n in names}
+        )
+        for method in ("MCM", "NegLabel")
+    }
     for fig in (figures.draw_roc(evaluations, names, {}), figures.draw_histograms("MCM", evaluations["MCM"], {})):
         assert len(fig.axes) == 5 and fig.get_size_inches()[0] * fig.dpi <= 1300
         assert len({ax.get_position().y0 for ax in fig.axes}) == 2
@@ -150,11 +171,19 @@ def test_coinciding_roc_curves_are_named_and_drawn_apart():
     # the tolerance: a curve one step away (one ID image of 40 moved) is not the same curve
     moved = dict(same.stream_id_scores)
     moved["sun"] = np.where(np.arange(40) == np.argmax(moved["sun"]), -10.0, moved["sun"])
-    curves = {"a": roc_points(same.id_scores, same.ood_scores["sun"]),
-              "b": roc_points(moved["sun"], same.ood_scores["sun"])}
+    curves = {
+        "a": roc_points(same.id_scores, same.ood_scores["sun"]),
+        "b": roc_points(moved["sun"], same.ood_scores["sun"]),
+    }
     assert coinciding_curves(curves) == [] and coinciding_curves(curves, tolerance=0.05) == [["a", "b"]]
-    assert "coincide" not in figures.draw_roc({"NegLabel": same, "MCM": apart}, ["sun"], {}).axes[0] \
-        .get_legend().get_title().get_text()
+    assert (
+        "coincide"
+        not in figures.draw_roc({"NegLabel": same, "MCM": apart}, ["sun"], {})
+        .axes[0]
+        .get_legend()
+        .get_title()
+        .get_text()
+    )
 
 
 def test_lam_chart_counts_images_in_whole_numbers():
@@ -195,7 +224,9 @@ def _browser():
         from selenium import webdriver
     except ImportError:
         missing_tool("selenium is not installed (pip install -e '.[test]')")
-    if shutil.which("chromedriver") is None or (shutil.which("chromium") is None and shutil.which("chromium-browser") is None):
+    if shutil.which("chromedriver") is None or (
+        shutil.which("chromium") is None and shutil.which("chromium-browser") is None
+    ):
         missing_tool("headless Chromium is not installed (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
@@ -222,10 +253,36 @@ def test_every_chart_of_the_miniature_bench_shows_in_a_real_browser(tmp_path, ti
     server, _ = mllm_server
     data = write_miniature(load_suite("imagenet"), tmp_path / "data", per_set=4)
     out = tmp_path / "out"
-    assert main(["bench", "--suite", "imagenet", "--data-root", str(data), "--method", "mcm,neglabel,tanl,ants",
-                 "--no-count-check", "--batch-size", "2", "--ants-schedule", "scaled", "--mllm", server.spec,
-                 "--out", str(out), "--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights),
-                 "--device", "cpu", "-q"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--suite",
+                "imagenet",
+                "--data-root",
+                str(data),
+                "--method",
+                "mcm,neglabel,tanl,ants",
+                "--no-count-check",
+                "--batch-size",
+                "2",
+                "--ants-schedule",
+                "scaled",
+                "--mllm",
+                server.spec,
+                "--out",
+                str(out),
+                "--model",
+                tiny_openclip.spec,
+                "--weights",
+                str(tiny_openclip.weights),
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
     keep = os.environ.get("NEGSPACE_TEST_SCREENSHOTS")
     driver = _browser()
     try:
@@ -251,10 +308,13 @@ def test_every_chart_of_the_miniature_bench_shows_in_a_real_browser(tmp_path, ti
         driver.quit()
     assert errors == []
     assert scroll_width <= page_width  # nothing wider than the window: no sideways scrolling
-    figures = [image for image in images if image[0] in ("ROC curves", "lam over the stream")
-               or image[0].endswith("histograms")]
+    figures = [
+        image
+        for image in images
+        if image[0] in ("ROC curves", "lam over the stream") or image[0].endswith("histograms")
+    ]
     assert len(figures) == 1 + 4 + 1, [image[0] for image in images]  # ROC, one per method, lam
-    for alt, complete, natural_width, natural_height, shown_width, shown_height in images:
+    for alt, complete, natural_width, natural_height, shown_width, _shown_height in images:
         assert complete and natural_width > 0 and natural_height > 0, alt
         assert shown_width > 0 and shown_width <= page_width, alt
     for alt, _, natural_width, _, shown_width, _ in figures:

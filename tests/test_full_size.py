@@ -12,8 +12,12 @@ SCRIPT = Path(__file__).parents[1] / "benchmarks" / "full_size.py"
 
 
 def test_the_full_size_run_resumes_after_sigkill_and_reports_each_stage(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--work", str(tmp_path), "--scale", "0.004", "--methods",
-                             "mcm", "--shots", "1"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--work", str(tmp_path), "--scale", "0.004", "--methods", "mcm", "--shots", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
     total = int(re.search(r"(\d[\d,]*) images, small runs", out).group(1).replace(",", ""))

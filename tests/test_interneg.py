@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from image_sets import write_sets
 from fewshot_world import prototypes_of, rotating_inverter
+from image_sets import write_sets
 from negspace.cli import main
 from negspace.corpus.interneg import by_deviation, class_baselines, intermodal_test, split_by_survivors
 from negspace.detectors.interneg import InterNeg, InterNegConfig
@@ -38,7 +38,7 @@ def authors_selection(adj_features, noun_features, text_features, prototypes, oo
         kept.append((mask, can_cos))
     n_adj, n_noun = int(kept[0][0].sum()), int(kept[1][0].sum())
     adj_num = int(ood_number * n_adj / (n_adj + n_noun))
-    for (mask, can_cos), number in zip(kept, (adj_num, ood_number - adj_num)):
+    for (mask, can_cos), number in zip(kept, (adj_num, ood_number - adj_num), strict=False):
         survivors = torch.nonzero(mask).flatten()
         d = (can_cos_id - can_cos[survivors]).mean(dim=1)
         order = torch.sort(d, descending=True).indices[:number]
@@ -55,8 +55,10 @@ def authors_group_score(image, id_features, negatives, group_num=5):
     torch.manual_seed(0)
     idx = torch.randperm(neg.shape[1])
     negs = neg.T[idx].T.reshape(pos.shape[0], group_num, -1)
-    scores = [torch.softmax(torch.cat([pos, negs[:, g]], dim=1).double(), dim=1)[:, : pos.shape[1]].sum(1)
-              for g in range(group_num)]
+    scores = [
+        torch.softmax(torch.cat([pos, negs[:, g]], dim=1).double(), dim=1)[:, : pos.shape[1]].sum(1)
+        for g in range(group_num)
+    ]
     return torch.stack(scores, 1).mean(1).numpy()
 
 
@@ -110,14 +112,17 @@ def test_selection_matches_the_authors_code(world):
     # less than their float32 error, so both keep the same survivors (hence the same split); the
     # picks by deviation then agree but for near-ties
     bound = cosine_error(world.dim)
-    for features, passes, deviation, count, want in ((adjectives, adj_pass, adj_d, n_adj, want_adj),
-                                                     (nouns, noun_pass, noun_d, n_noun, want_noun)):
+    for features, passes, deviation, count, want in (
+        (adjectives, adj_pass, adj_d, n_adj, want_adj),
+        (nouns, noun_pass, noun_d, n_noun, want_noun),
+    ):
         cosines = features.astype(np.float64) @ prototypes.astype(np.float64).T
         margin = (base - cosines).min(axis=1)
         assert not (np.abs(margin) <= bound).any(), "a label of this world passes the test by a float32 near-tie"
         np.testing.assert_array_equal(passes, margin > 0)
-        assert_same_selection(by_deviation(passes, deviation, count), want, (base - cosines).mean(axis=1),
-                              bound=bound, descending=True)
+        assert_same_selection(
+            by_deviation(passes, deviation, count), want, (base - cosines).mean(axis=1), bound=bound, descending=True
+        )
     assert 0 < adj_pass.sum() < len(adjectives) and n_adj + n_noun == 300
 
 
@@ -126,26 +131,26 @@ def test_the_stream_matches_the_authors_loop(world):
     fixed = world.corpus_features[:300]
     images = np.concatenate([world.id_image_features[::3], world.far_ood_features[::4], world.near_ood_features[::4]])
     order = np.random.default_rng(0).permutation(len(images))
-    batches = [images[order[i:i + 32]] for i in range(0, len(images), 32)]
+    batches = [images[order[i : i + 32]] for i in range(0, len(images), 32)]
     invert = _inverter(world)
     want = authors_stream(batches, world.id_text_features, fixed, prototypes, invert, thres=0.5, extra_length=40)
-    detector = InterNeg.from_features(world.id_text_features, fixed, prototypes, beta=0.5, learned=40,
-                                      inverter=invert)
+    detector = InterNeg.from_features(world.id_text_features, fixed, prototypes, beta=0.5, learned=40, inverter=invert)
     got = [detector.score_features(batch) for batch in batches]
     assert detector.inverted > 0 and 0 < len(detector.learned_features) <= 40
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         assert_scores_close(g, w, dim=world.dim)
     # reset: the same stream again gives the same scores exactly
     detector.reset()
     again = [detector.score_features(batch) for batch in batches]
-    for g, a in zip(got, again):
+    for g, a in zip(got, again, strict=False):
         np.testing.assert_array_equal(g, a)
 
 
 def test_saved_and_loaded_exactly_with_its_learned_bank(world, tmp_path):
     prototypes = prototypes_of(world)
-    detector = InterNeg.from_features(world.id_text_features, world.corpus_features[:300], prototypes, beta=0.6,
-                                      inverter=_inverter(world))
+    detector = InterNeg.from_features(
+        world.id_text_features, world.corpus_features[:300], prototypes, beta=0.6, inverter=_inverter(world)
+    )
     detector.score_features(world.far_ood_features[:64])
     assert len(detector.learned_features) > 0
     detector.save(tmp_path / "det")
@@ -173,8 +178,14 @@ def test_at_most_max_inverted_images_per_batch(world):
         calls.append(len(features))
         return _inverter(world)(features)
 
-    detector = InterNeg.from_features(world.id_text_features, world.corpus_features[:300], prototypes_of(world),
-                                      beta=0.99, max_inverted=3, inverter=invert)
+    detector = InterNeg.from_features(
+        world.id_text_features,
+        world.corpus_features[:300],
+        prototypes_of(world),
+        beta=0.99,
+        max_inverted=3,
+        inverter=invert,
+    )
     detector.score_features(world.far_ood_features[:20])
     assert calls == [3]
 
@@ -184,14 +195,47 @@ def test_at_most_max_inverted_images_per_batch(world):
 
 def test_eval_interneg_with_id_shots_on_the_tiny_model(tmp_path, tiny_openclip, capsys):
     sets = write_sets(tmp_path, seed=2, id_per_class=3, shots_per_class=5)
-    base = ["eval", "--method", "interneg", "--classes", str(sets["classes"]), "--id", str(sets["id"]),
-            "--ood", f"noise={sets['ood']}", "--model", tiny_openclip.spec, "--weights",
-            str(tiny_openclip.weights), "--device", "cpu", "-q", "--batch-size", "4"]
+    base = [
+        "eval",
+        "--method",
+        "interneg",
+        "--classes",
+        str(sets["classes"]),
+        "--id",
+        str(sets["id"]),
+        "--ood",
+        f"noise={sets['ood']}",
+        "--model",
+        tiny_openclip.spec,
+        "--weights",
+        str(tiny_openclip.weights),
+        "--device",
+        "cpu",
+        "-q",
+        "--batch-size",
+        "4",
+    ]
     assert main([*base, "--out", str(tmp_path / "none")]) == 2
     assert "InterNeg and TINS need a few labelled ID images per class" in capsys.readouterr().err
     out = tmp_path / "run"
-    assert main([*base, "--id-shots", str(sets["shots"]), "--shots", "4", "--interneg-beta", "1.0",
-                 "--out", str(out), "--save-detector", str(tmp_path / "det")]) == 0
+    assert (
+        main(
+            [
+                *base,
+                "--id-shots",
+                str(sets["shots"]),
+                "--shots",
+                "4",
+                "--interneg-beta",
+                "1.0",
+                "--out",
+                str(out),
+                "--save-detector",
+                str(tmp_path / "det"),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["id_shots"]["images"] == 12 and metrics["id_shots"]["k"] == 4
     assert metrics["params"]["inverted"] > 0  # every image scored below 1.0 was inverted
@@ -218,9 +262,28 @@ def test_bench_draws_interneg_shots_from_the_training_split(tmp_path, tiny_openc
     # a saved InterNeg scores a collection, frozen with what it learned
     saved = tmp_path / "det"
     result.evaluations["imagenet"]["interneg"].detector.save(saved)
-    assert main(["score", str(data / "iNaturalist"), "--detector", str(saved), "--out", str(tmp_path / "scored"),
-                 "--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu",
-                 "--threshold", "0.5", "-q"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(data / "iNaturalist"),
+                "--detector",
+                str(saved),
+                "--out",
+                str(tmp_path / "scored"),
+                "--model",
+                tiny_openclip.spec,
+                "--weights",
+                str(tiny_openclip.weights),
+                "--device",
+                "cpu",
+                "--threshold",
+                "0.5",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert list((tmp_path / "scored").glob("part-*.parquet"))
     # without the training split, InterNeg is skipped and the note says what is missing
     import shutil

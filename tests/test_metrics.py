@@ -30,7 +30,7 @@ def test_hand_computed_fpr95_both_conventions():
 
 def test_hand_computed_auroc():
     # Pairs (id > ood): OOD 0.5 loses to 20 ID, 1.5 to 19, ..., 8.5 to 12; 25 to none.
-    wins = sum(np.sum(ID > o) for o in OOD)
+    wins = sum(np.sum(o < ID) for o in OOD)
     assert wins == 20 + 19 + 18 + 17 + 16 + 15 + 14 + 13 + 12
     assert auroc(ID, OOD) == pytest.approx(wins / 200)
 

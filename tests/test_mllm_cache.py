@@ -109,7 +109,8 @@ def test_key_covers_model_params_text_and_image_content(tmp_path):
     assert k != request_key("m", describe_request(p1, "cat", GenerationParams(seed=1)))
     pil = Image.new("RGB", (8, 8), (1, 2, 3))
     assert request_key("m", describe_request(pil, "cat")) == request_key(
-        "m", describe_request(Image.new("RGB", (8, 8), (1, 2, 3)), "cat"))
+        "m", describe_request(Image.new("RGB", (8, 8), (1, 2, 3)), "cat")
+    )
     assert request_key("m", vsnl_request("cat")) != request_key("m", vsnl_request("dog"))
 
 
@@ -197,8 +198,11 @@ def run_script(url, cache_dir, lo, hi, img):
     # hands its children SIGINT ignored, and Python then keeps ignoring it
     return subprocess.Popen(
         [sys.executable, "-c", SCRIPT, url, str(cache_dir), str(lo), str(hi), str(img)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # the child is single-threaded when this runs (before exec): SIGINT must have its default action
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
 
 
@@ -216,10 +220,14 @@ def test_cache_across_two_processes_and_a_restart(server, tmp_path):
     # two processes at once, overlapping requests, one shared SQLite file
     a, b = run_script(url, cache_dir, 0, 20, img), run_script(url, cache_dir, 10, 30, img)
     ra, rb = finish(a), finish(b)
-    assert ra["answers"][:20] == [f"re:{t}" for t in
-                                  [f"Give five different class names that share visual features with class{i}, "
-                                   f"excluding class{i}. Put each numbered class on a separate line."
-                                   for i in range(20)]]
+    assert ra["answers"][:20] == [
+        f"re:{t}"
+        for t in [
+            f"Give five different class names that share visual features with class{i}, "
+            f"excluding class{i}. Put each numbered class on a separate line."
+            for i in range(20)
+        ]
+    ]
     assert ra["answers"][-1].startswith("re:Describe this image")
     assert ra["stats"]["failures"] == 0 and rb["stats"]["failures"] == 0
     first_run = len(server.log)
@@ -249,9 +257,13 @@ def test_ctrl_c_keeps_every_answer_that_arrived(tmp_path):
     def handler(request):
         content = request.get_json()["messages"][-1]["content"]
         text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)  # image requests
-        if not text.endswith(("class0, excluding class0. Put each numbered class on a separate line.",
-                              "class1, excluding class1. Put each numbered class on a separate line.",
-                              "class2, excluding class2. Put each numbered class on a separate line.")):
+        if not text.endswith(
+            (
+                "class0, excluding class0. Put each numbered class on a separate line.",
+                "class1, excluding class1. Put each numbered class on a separate line.",
+                "class2, excluding class2. Put each numbered class on a separate line.",
+            )
+        ):
             release.wait(20)  # hangs until the test ends
         body = {"choices": [{"message": {"role": "assistant", "content": "re:" + text}}]}
         return Response(json.dumps(body), content_type="application/json")

@@ -21,14 +21,18 @@ def test_build_messages_image_then_text(tmp_path):
     path = tmp_path / "a.png"
     Image.new("RGBA", (600, 300)).save(path)
     messages, images = build_hf_messages(describe_request(path, "cat"), image_size=448)
-    assert messages == [{
-        "role": "user",
-        "content": [
-            {"type": "image"},
-            {"type": "text",
-             "text": "Describe this image in fewer than eight words. Do not include the class name cat."},
-        ],
-    }]
+    assert messages == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image"},
+                {
+                    "type": "text",
+                    "text": "Describe this image in fewer than eight words. Do not include the class name cat.",
+                },
+            ],
+        }
+    ]
     (img,) = images
     assert img.mode == "RGB" and img.size == (448, 224)
 
@@ -37,10 +41,12 @@ def test_build_messages_text_only_and_multi_part():
     messages, images = build_hf_messages(vsnl_request("cat"))
     assert images == [] and messages[0]["content"][0]["type"] == "text"
     a, b = Image.new("L", (10, 10)), Image.new("RGB", (20, 10))
-    req = ChatRequest((
-        Message("system", (TextPart("be brief"),)),
-        Message.user(ImagePart(a), "compare", ImagePart(b)),
-    ))
+    req = ChatRequest(
+        (
+            Message("system", (TextPart("be brief"),)),
+            Message.user(ImagePart(a), "compare", ImagePart(b)),
+        )
+    )
     messages, images = build_hf_messages(req, load_images=False)
     assert [m["role"] for m in messages] == ["system", "user"]
     assert [p["type"] for p in messages[1]["content"]] == ["image", "text", "image"]
@@ -51,7 +57,8 @@ def test_build_messages_text_only_and_multi_part():
 
 def test_build_messages_text_only_model():
     messages, images = build_hf_messages(
-        ChatRequest((Message("system", (TextPart("be brief"),)), Message.user("a", "b"))), text_only=True)
+        ChatRequest((Message("system", (TextPart("be brief"),)), Message.user("a", "b"))), text_only=True
+    )
     assert messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "ab"}]
     assert images == []
     with pytest.raises(ValueError, match="text-only"):
@@ -122,8 +129,9 @@ def test_cached_hub_model_loads_offline(empty_hub_cache):
     assert mllm.text_only and mllm.model_id.startswith("hf:negspace/tiny-chat")
 
 
-@pytest.mark.parametrize("spec", ["/no/such/negspace/model", "./no/such/model", "~/no-such-negspace-model",
-                                  "a/b/c", "../no-such-model"])
+@pytest.mark.parametrize(
+    "spec", ["/no/such/negspace/model", "./no/such/model", "~/no-such-negspace-model", "a/b/c", "../no-such-model"]
+)
 def test_missing_folder_says_so(spec, tmp_path, monkeypatch, silent_hub):
     from negspace.mllm.loading import load_mllm
 
@@ -168,8 +176,15 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-            "<|image_pad|>", "<|video_pad|>"]
+SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 
 
 def _tiny_tokenizer():
@@ -179,10 +194,18 @@ def _tiny_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["Describe this image in fewer than eight words. Give five different "
-                             "class names that share visual features."], trainer)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(
+        [
+            (
+                "Describe this image in fewer than eight words. Give five different "
+                "class names that share visual features."
+            )
+        ],
+        trainer,
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
@@ -195,9 +218,17 @@ def save_tiny_qwen2_text(folder: Path) -> Path:
 
     fast = _tiny_tokenizer()
     fast.chat_template = CHAT_TEMPLATE
-    config = Qwen2Config(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    config = Qwen2Config(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+    )
     torch.manual_seed(1)
     Qwen2ForCausalLM(config).save_pretrained(folder)
     fast.save_pretrained(folder)
@@ -222,20 +253,38 @@ def save_tiny_qwen2_vl(folder: Path) -> Path:
     ids = {t: fast.convert_tokens_to_ids(t) for t in SPECIALS}
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
-        tokenizer=fast, video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE,
+        tokenizer=fast,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
     )
     config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-            bos_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        text_config={
+            "vocab_size": len(fast),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 512,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "bos_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 1,
+            "embed_dim": 16,
+            "hidden_size": 32,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(0)
     Qwen2VLForConditionalGeneration(config).save_pretrained(folder)
@@ -280,8 +329,13 @@ def test_text_only_model_for_vsnl(tiny_qwen, tmp_path_factory, tmp_path):
     assert isinstance(pair, MLLMPair)
     assert pair.text.backend.text_only and not pair.vision.backend.text_only
     params = GenerationParams(max_tokens=3)
-    out = pair.generate([vsnl_request("cat", params), describe_request(Image.new("RGB", (40, 40)), "cat", params),
-                         vsnl_request("a longer class name", params)])
+    out = pair.generate(
+        [
+            vsnl_request("cat", params),
+            describe_request(Image.new("RGB", (40, 40)), "cat", params),
+            vsnl_request("a longer class name", params),
+        ]
+    )
     assert all(isinstance(a, str) for a in out)
     assert pair.stats.calls == 3 and pair.stats.failures == 0
     # a text-only backend asked about an image fails that request, counted, without raising

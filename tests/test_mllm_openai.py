@@ -61,8 +61,7 @@ def last_text(payload: dict) -> str:
 
 
 def echo(request):
-    return Response(json.dumps(completion("echo: " + last_text(request.get_json()))),
-                    content_type="application/json")
+    return Response(json.dumps(completion("echo: " + last_text(request.get_json()))), content_type="application/json")
 
 
 class Sleeps:
@@ -94,8 +93,7 @@ def chat_posts(srv: HTTPServer) -> int:
     ("rest", "base", "model"),
     [
         ("http://localhost:8000/v1/Qwen2-VL-2B-Instruct", "http://localhost:8000/v1", "Qwen2-VL-2B-Instruct"),
-        ("http://localhost:8000/v1/Qwen/Qwen2-VL-2B-Instruct", "http://localhost:8000/v1",
-         "Qwen/Qwen2-VL-2B-Instruct"),
+        ("http://localhost:8000/v1/Qwen/Qwen2-VL-2B-Instruct", "http://localhost:8000/v1", "Qwen/Qwen2-VL-2B-Instruct"),
         ("http://localhost:11434/v1/llava:7b", "http://localhost:11434/v1", "llava:7b"),
         ("https://api.example.com/openai/v1/gpt-4o-mini", "https://api.example.com/openai/v1", "gpt-4o-mini"),
         ("http://host:9000/api#org/model-v1", "http://host:9000/api", "org/model-v1"),
@@ -107,8 +105,9 @@ def test_parse_openai_spec(rest, base, model):
     assert parse_openai_spec(rest) == (base, model)
 
 
-@pytest.mark.parametrize("spec", ["", "openai:", "openai:http://localhost:8000/v1", "openai:localhost/v1/m",
-                                  "gpt:http://x/v1/m", "Qwen2-VL"])
+@pytest.mark.parametrize(
+    "spec", ["", "openai:", "openai:http://localhost:8000/v1", "openai:localhost/v1/m", "gpt:http://x/v1/m", "Qwen2-VL"]
+)
 def test_bad_specs_name_the_forms(spec):
     with pytest.raises(NegspaceError, match="openai:BASE_URL"):
         load_mllm(spec, cache=False, check=False)
@@ -154,7 +153,8 @@ def test_500_then_success(server):
 
 def test_429_honours_retry_after(server):
     server.expect_oneshot_request(CHAT, method="POST").respond_with_data(
-        "slow down", status=429, headers={"Retry-After": "7"})
+        "slow down", status=429, headers={"Retry-After": "7"}
+    )
     server.expect_request(CHAT, method="POST").respond_with_handler(echo)
     sleeps = Sleeps()
     b = backend(server, sleep=sleeps, backoff=0.1)
@@ -165,7 +165,8 @@ def test_429_honours_retry_after(server):
 
 def test_waits_are_capped_even_when_the_server_asks_for_more(server):
     server.expect_oneshot_request(CHAT, method="POST").respond_with_data(
-        "slow down", status=429, headers={"Retry-After": "100"})
+        "slow down", status=429, headers={"Retry-After": "100"}
+    )
     server.expect_request(CHAT, method="POST").respond_with_handler(echo)
     sleeps = Sleeps()
     b = backend(server, sleep=sleeps, backoff=0.1, max_retry_after=5.0)
@@ -175,8 +176,9 @@ def test_waits_are_capped_even_when_the_server_asks_for_more(server):
 
 
 def test_an_answer_without_choices_is_not_retried(server):
-    server.expect_request(CHAT, method="POST").respond_with_json({"id": "x", "object": "chat.completion",
-                                                                   "choices": []})
+    server.expect_request(CHAT, method="POST").respond_with_json(
+        {"id": "x", "object": "chat.completion", "choices": []}
+    )
     sleeps = Sleeps()
     b = backend(server, sleep=sleeps, retries=4)
     assert b.generate([text_req("hi")]) == [""]  # usable by nobody: the caller's parser rejects it
@@ -261,7 +263,11 @@ def test_a_body_that_is_not_json_is_retried_then_none(server):
 
 @pytest.mark.parametrize(
     "body",
-    [json.dumps({"choices": []}), json.dumps({"object": "error"}), json.dumps({"choices": [{"message": {"content": 42}}]})],
+    [
+        json.dumps({"choices": []}),
+        json.dumps({"object": "error"}),
+        json.dumps({"choices": [{"message": {"content": 42}}]}),
+    ],
 )
 def test_a_json_answer_without_a_message_is_unusable_not_retried(server, body):
     server.expect_request(CHAT, method="POST").respond_with_data(body, content_type="application/json")
@@ -280,10 +286,10 @@ def test_other_4xx_fails_at_once(server):
 
 
 def test_empty_content_and_content_parts(server):
+    server.expect_oneshot_request(CHAT, method="POST").respond_with_json({"choices": [{"message": {"content": None}}]})
     server.expect_oneshot_request(CHAT, method="POST").respond_with_json(
-        {"choices": [{"message": {"content": None}}]})
-    server.expect_oneshot_request(CHAT, method="POST").respond_with_json(
-        {"choices": [{"message": {"content": [{"type": "text", "text": "a "}, {"type": "text", "text": "b"}]}}]})
+        {"choices": [{"message": {"content": [{"type": "text", "text": "a "}, {"type": "text", "text": "b"}]}}]}
+    )
     b = backend(server, max_concurrency=1)
     assert b.generate([text_req("1"), text_req("2")]) == ["", "a b"]
 
@@ -313,8 +319,9 @@ def test_payload_carries_image_as_data_url_and_model(server, tmp_path):
     server.expect_request(CHAT, method="POST").respond_with_handler(handler)
     img_path = tmp_path / "big.png"
     Image.new("RGBA", (900, 300), (255, 0, 0, 128)).save(img_path)
-    mllm = load_mllm(f"openai:{server.url_for('/v1')}/Qwen/Qwen2-VL-2B-Instruct", cache=False, check=False,
-                     image_size=256)
+    mllm = load_mllm(
+        f"openai:{server.url_for('/v1')}/Qwen/Qwen2-VL-2B-Instruct", cache=False, check=False, image_size=256
+    )
     params = GenerationParams(max_tokens=20, temperature=0.0, seed=5)
     assert mllm.generate([describe_request(img_path, "goldfish", params)]) == ["A red square on black"]
     (payload,) = seen
@@ -323,8 +330,10 @@ def test_payload_carries_image_as_data_url_and_model(server, tmp_path):
     (msg,) = payload["messages"]
     assert msg["role"] == "user"
     image_part, text_part = msg["content"]
-    assert text_part == {"type": "text", "text": "Describe this image in fewer than eight words. "
-                         "Do not include the class name goldfish."}
+    assert text_part == {
+        "type": "text",
+        "text": "Describe this image in fewer than eight words. Do not include the class name goldfish.",
+    }
     url = image_part["image_url"]["url"]
     assert url.startswith("data:image/jpeg;base64,")
     decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
@@ -334,8 +343,7 @@ def test_payload_carries_image_as_data_url_and_model(server, tmp_path):
 
 def test_text_only_request_sends_plain_string(server):
     seen = []
-    server.expect_request(CHAT, method="POST").respond_with_handler(
-        lambda r: (seen.append(r.get_json()), echo(r))[1])
+    server.expect_request(CHAT, method="POST").respond_with_handler(lambda r: (seen.append(r.get_json()), echo(r))[1])
     b = backend(server)
     b.generate([vsnl_request("husky")])
     assert isinstance(seen[0]["messages"][0]["content"], str)
@@ -406,8 +414,7 @@ def test_check_model_not_served_lists_models(server):
 def test_check_falls_back_to_one_token_chat(server):
     seen = []
     server.expect_request("/v1/models").respond_with_data("no such route", status=404)
-    server.expect_request(CHAT, method="POST").respond_with_handler(
-        lambda r: (seen.append(r.get_json()), echo(r))[1])
+    server.expect_request(CHAT, method="POST").respond_with_handler(lambda r: (seen.append(r.get_json()), echo(r))[1])
     backend(server).check()
     assert seen[0]["max_tokens"] == 1
 
@@ -432,8 +439,7 @@ def test_text_spec_routes_text_only_requests(server, tmp_path):
     server.expect_request(CHAT, method="POST").respond_with_handler(handler)
     img = Image.new("RGB", (8, 8))
     base = server.url_for("/v1")
-    mllm = load_mllm(f"openai:{base}/vision-m", text_spec=f"openai:{base}/text-m", check=False,
-                     cache_dir=tmp_path)
+    mllm = load_mllm(f"openai:{base}/vision-m", text_spec=f"openai:{base}/text-m", check=False, cache_dir=tmp_path)
     assert isinstance(mllm, MLLMPair)
     out = mllm.generate([describe_request(img, "cat"), vsnl_request("cat"), vsnl_request("dog")])
     assert out == ["vision-m", "text-m", "text-m"]
@@ -460,14 +466,20 @@ def test_a_results_file_records_the_endpoint_and_model_never_credentials(tmp_pat
 
     backend = OpenAIChatBackend("https://alice:s3cret@vlm.example.org:8443/v1?api_key=k3y", "Qwen2-VL", image_size=336)
     described = describe_model(backend)
-    assert described == {"backend": "openai", "endpoint": "https://vlm.example.org:8443/v1", "model": "Qwen2-VL",
-                         "image_size": 336}
+    assert described == {
+        "backend": "openai",
+        "endpoint": "https://vlm.example.org:8443/v1",
+        "model": "Qwen2-VL",
+        "image_size": 336,
+    }
     assert "image_size" not in describe_model(backend, sends_images=False)  # a text-only use sends no image
     # the cache and a vision/text pair describe what they wrap
     text = OpenAIChatBackend("http://[::1]:9000/v1", "text-llm")
     pair = MLLMPair(backend, text)
-    assert describe_model(pair) == {"vision": described,
-                                    "text": {"backend": "openai", "endpoint": "http://[::1]:9000/v1", "model": "text-llm"}}
+    assert describe_model(pair) == {
+        "vision": described,
+        "text": {"backend": "openai", "endpoint": "http://[::1]:9000/v1", "model": "text-llm"},
+    }
     assert describe_model(pair, sends_images=False) == describe_model(text, sends_images=False)
     assert describe_model(CachedMLLM(backend, tmp_path / "cache.db")) == described
     assert "s3cret" not in json.dumps(described) and "k3y" not in json.dumps(described)

@@ -6,6 +6,7 @@ detector (eval, --negatives, save/load, score, bench)."""
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.numerics
 def authors_clean_words(words):
     """neg_filter._clean_words: letters, '_', '-' and spaces kept; longer than 2; a set."""
     cleaned = ["".join(c for c in w if c.isalpha() or c in {"_", "-", " "}) for w in words]
-    return list(set(w for w in cleaned if len(w) > 2))
+    return list({w for w in cleaned if len(w) > 2})
 
 
 def authors_filter(labels, nearest, llm):
@@ -40,7 +41,10 @@ def authors_filter(labels, nearest, llm):
     names in order (equal: dropped; a subcategory: dropped), the first yes ends it."""
     kept, asked = [], []
     for i, neg_label in enumerate(labels):
-        prompt = f"Is '{neg_label}' a proper noun, like the name of a city, country, mountain, river, or any unique place or entity?"
+        prompt = (
+            f"Is '{neg_label}' a proper noun, like the name of a city, country, mountain, river, or any unique place "
+            "or entity?"
+        )
         asked.append(prompt)
         if llm(prompt).lower().startswith("yes"):
             continue
@@ -70,8 +74,9 @@ def authors_score(image, id_features, neg_features, class_names, neg_labels, pai
         torch.manual_seed(0)
         idx = torch.randperm(len(neg))
         groups = neg[idx].reshape(100, -1)
-        neglabel = np.mean([torch.softmax(torch.cat([pos_sim, g]).double(), 0)[: len(pos_sim)].sum().item()
-                            for g in groups])
+        neglabel = np.mean(
+            [torch.softmax(torch.cat([pos_sim, g]).double(), 0)[: len(pos_sim)].sum().item() for g in groups]
+        )
         top_p = torch.topk(pos_sim, 5).indices.tolist()
         top_n = torch.topk(neg_sim, 5).indices.tolist()
         best = 0.0
@@ -89,8 +94,17 @@ def authors_score(image, id_features, neg_features, class_names, neg_labels, pai
 
 
 def test_cleaning_is_the_authors_rule_in_first_seen_order():
-    words = ["bird's nest fern", "biosafety level 1", "biosafety level 2", "ox", "a-ok area", "café crème",
-             "x1y", "cold_war", "bird's nest fern"]
+    words = [
+        "bird's nest fern",
+        "biosafety level 1",
+        "biosafety level 2",
+        "ox",
+        "a-ok area",
+        "café crème",
+        "x1y",
+        "cold_war",
+        "bird's nest fern",
+    ]
     cleaned = clean_labels(words)
     # the same labels, spaces collapsed (the authors' "biosafety level " has the same features)
     assert set(cleaned) == {" ".join(w.split()) for w in authors_clean_words(words)}
@@ -106,8 +120,14 @@ def _scripted_llm(prompt: str) -> str:
 
 def test_filter_asks_what_the_authors_loop_asks_and_keeps_the_same():
     labels = ["paris street", "square tile", "stone wall", "red square", "lively area", "tile roof"]
-    nearest = [["red square", "tile"], ["blue square", "red square"], ["wall", "stone"], ["red square", "x"],
-               ["area", "blue square"], ["roof", "tile"]]
+    nearest = [
+        ["red square", "tile"],
+        ["blue square", "red square"],
+        ["wall", "stone"],
+        ["red square", "x"],
+        ["area", "blue square"],
+        ["roof", "tile"],
+    ]
     asked = []
 
     def ask(prompts):
@@ -117,9 +137,13 @@ def test_filter_asks_what_the_authors_loop_asks_and_keeps_the_same():
     result = filter_labels(labels, nearest, ask)
     want_kept, want_asked = authors_filter(labels, nearest, _scripted_llm)
     assert result.kept == want_kept and sorted(asked) == sorted(want_asked)
-    assert result.dropped == {"paris street": "proper noun", "square tile": "subcategory of blue square",
-                              "red square": "same as red square", "stone wall": "subcategory of stone",
-                              "tile roof": "subcategory of tile"}
+    assert result.dropped == {
+        "paris street": "proper noun",
+        "square tile": "subcategory of blue square",
+        "red square": "same as red square",
+        "stone wall": "subcategory of stone",
+        "tile roof": "subcategory of tile",
+    }
     # negspace strips a reply before reading it (the authors' " Yes" would be a no)
     assert is_yes("  Yes.") and not is_yes("No") and not is_yes(None)
 
@@ -155,7 +179,13 @@ def _pair_world(world, n_bank):
     rng = np.random.default_rng(0)
     class_names = [f"class{i}" for i in range(len(world.id_text_features))]
     neg_labels = [f"neg{j}" for j in range(n_bank)]
-    by_name = dict(zip(class_names + neg_labels, np.concatenate([world.id_text_features, world.corpus_features[:n_bank]])))
+    by_name = dict(
+        zip(
+            class_names + neg_labels,
+            np.concatenate([world.id_text_features, world.corpus_features[:n_bank]]),
+            strict=False,
+        )
+    )
     noise = {}
 
     def pair_feature(text: str) -> np.ndarray:  # a fixed feature per pair text, near both its labels
@@ -173,16 +203,18 @@ def test_score_matches_the_authors_code(world, n_bank):
     class_names, neg_labels, pair_feature = _pair_world(world, n_bank)
     bank = world.corpus_features[:n_bank]
     images = np.concatenate([world.id_image_features[:15], world.far_ood_features[:15], world.near_ood_features[:15]])
-    want_neglabel, want_matching = authors_score(images, world.id_text_features, bank, class_names, neg_labels,
-                                                 pair_feature)
+    want_neglabel, want_matching = authors_score(
+        images, world.id_text_features, bank, class_names, neg_labels, pair_feature
+    )
     calls = []
 
     def encode(texts):
         calls.append(len(texts))
         return np.stack([pair_feature(t) for t in texts])
 
-    detector = NegRefine.from_features(world.id_text_features, bank, class_names=class_names, neg_labels=neg_labels,
-                                       pair_encoder=encode)
+    detector = NegRefine.from_features(
+        world.id_text_features, bank, class_names=class_names, neg_labels=neg_labels, pair_encoder=encode
+    )
     got = detector.score_features(images)
     neglabel = NegLabel.score_features(detector, images)
     assert_scores_close(neglabel, want_neglabel, dim=world.dim)
@@ -194,22 +226,36 @@ def test_score_matches_the_authors_code(world, n_bank):
     np.testing.assert_array_equal(detector.score_features(images), got)
     assert sum(calls) == encoded and encoded <= 25 * len(images)
     # a bounded pair table gives the same scores
-    small = NegRefine.from_features(world.id_text_features, bank, class_names=class_names, neg_labels=neg_labels,
-                                    pair_encoder=encode, pair_cache=30)
+    small = NegRefine.from_features(
+        world.id_text_features, bank, class_names=class_names, neg_labels=neg_labels, pair_encoder=encode, pair_cache=30
+    )
     np.testing.assert_allclose(small.score_features(images), got, rtol=0, atol=1e-12)
     assert len(small._pairs) <= 30
-    on_torch = NegRefine.from_features(world.id_text_features, bank, class_names=class_names, neg_labels=neg_labels,
-                                       pair_encoder=encode, backend="torch", device="cpu").score_features(images)
-    np.testing.assert_allclose(on_torch, got, rtol=0, atol=score_bound(got, tau=0.01, dim=world.dim).max()
-                               + 2 * matching_bound)
+    on_torch = NegRefine.from_features(
+        world.id_text_features,
+        bank,
+        class_names=class_names,
+        neg_labels=neg_labels,
+        pair_encoder=encode,
+        backend="torch",
+        device="cpu",
+    ).score_features(images)
+    np.testing.assert_allclose(
+        on_torch, got, rtol=0, atol=score_bound(got, tau=0.01, dim=world.dim).max() + 2 * matching_bound
+    )
 
 
 def test_the_sigmoid_stays_finite_where_the_authors_overflows(world):
     class_names, neg_labels, pair_feature = _pair_world(world, 1000)
     image = world.corpus_features[:1].copy()  # matches a negative exactly: large logits
-    detector = NegRefine.from_features(world.id_text_features, world.corpus_features[:1000], class_names=class_names,
-                                       neg_labels=neg_labels, pair_encoder=lambda t: np.stack([pair_feature(x) for x in t]),
-                                       tau=1e-4)
+    detector = NegRefine.from_features(
+        world.id_text_features,
+        world.corpus_features[:1000],
+        class_names=class_names,
+        neg_labels=neg_labels,
+        pair_encoder=lambda t: np.stack([pair_feature(x) for x in t]),
+        tau=1e-4,
+    )
     assert np.isfinite(detector.score_features(image)).all()
 
 
@@ -217,7 +263,7 @@ def test_pairs_are_encoded_with_the_eight_noun_templates_and_an_empty_batch_scor
     from negspace.templates import CSP_NOUN_TEMPLATES
 
     class RecordingEncoder:
-        calls = []
+        calls: ClassVar[list] = []
 
         def encode_texts_averaged(self, texts, templates, progress=None):
             self.calls.append((list(texts), tuple(templates)))
@@ -226,8 +272,13 @@ def test_pairs_are_encoded_with_the_eight_noun_templates_and_an_empty_batch_scor
             return (features / np.linalg.norm(features, axis=1, keepdims=True)).astype(np.float32)
 
     class_names = [f"class{i}" for i in range(len(world.id_text_features))]
-    detector = NegRefine.from_features(world.id_text_features, world.corpus_features[:200], groups=10,
-                                       class_names=class_names, neg_labels=[f"neg{j}" for j in range(200)])
+    detector = NegRefine.from_features(
+        world.id_text_features,
+        world.corpus_features[:200],
+        groups=10,
+        class_names=class_names,
+        neg_labels=[f"neg{j}" for j in range(200)],
+    )
     detector.encoder = RecordingEncoder()
     detector.score_features(world.id_image_features[:3])
     texts, templates = RecordingEncoder.calls[0]
@@ -237,8 +288,14 @@ def test_pairs_are_encoded_with_the_eight_noun_templates_and_an_empty_batch_scor
 
 def test_config_defaults():
     config = NegRefineConfig()
-    assert (config.match_weight, config.top_id, config.top_negatives, config.groups, config.fraction,
-            config.nearest) == (2.0, 5, 5, 100, 0.15, 10)
+    assert (
+        config.match_weight,
+        config.top_id,
+        config.top_negatives,
+        config.groups,
+        config.fraction,
+        config.nearest,
+    ) == (2.0, 5, 5, 100, 0.15, 10)
     assert config.selection().quantile == 1.0 and config.selection().remove_id_nouns
     with pytest.raises(ValueError, match="top_id"):
         NegRefineConfig(top_id=0)
@@ -253,7 +310,10 @@ def llm_server():
     prompts = []
 
     def answer(payload):
-        assert payload["messages"][0] == {"role": "system", "content": "You are a helpful assistant. Answering only Yes/No."}
+        assert payload["messages"][0] == {
+            "role": "system",
+            "content": "You are a helpful assistant. Answering only Yes/No.",
+        }
         prompt = payload["messages"][-1]["content"]
         prompts.append(prompt)
         label = prompt.split("'")[1]
@@ -271,20 +331,42 @@ def _model_args(model) -> list[str]:
 
 def _word(prefix: str, i: int) -> str:
     """A distinct label of letters only (NegRefine's cleaning drops digits): thingbac, thingbad..."""
-    return prefix + "".join(chr(97 + (i // 26 ** k) % 26) for k in (2, 1, 0))
+    return prefix + "".join(chr(97 + (i // 26**k) % 26) for k in (2, 1, 0))
 
 
-def test_eval_negrefine_filters_with_an_http_llm_once_and_saves_a_detector(tmp_path, tiny_openclip, llm_server,
-                                                                          capsys):
+def test_eval_negrefine_filters_with_an_http_llm_once_and_saves_a_detector(tmp_path, tiny_openclip, llm_server, capsys):
     server, prompts = llm_server
     images = write_sets(tmp_path)
     corpus = tmp_path / "pool.txt"
-    corpus.write_text("\n".join([_word("thing", i) for i in range(300)] + [_word("place", i) for i in range(40)]
-                                + ["red square", "o'clock item"] + [_word("adj", i) + "\tadj" for i in range(80)]),
-                      encoding="utf-8")
-    args = ["eval", "--method", "negrefine", "--classes", str(images["classes"]), "--id", str(images["id"]),
-            "--ood", f"noise={images['ood']}", "--corpus", str(corpus), "--groups", "10", "--llm", server.spec,
-            "--cache-dir", str(tmp_path / "cache"), *_model_args(tiny_openclip)]
+    corpus.write_text(
+        "\n".join(
+            [_word("thing", i) for i in range(300)]
+            + [_word("place", i) for i in range(40)]
+            + ["red square", "o'clock item"]
+            + [_word("adj", i) + "\tadj" for i in range(80)]
+        ),
+        encoding="utf-8",
+    )
+    args = [
+        "eval",
+        "--method",
+        "negrefine",
+        "--classes",
+        str(images["classes"]),
+        "--id",
+        str(images["id"]),
+        "--ood",
+        f"noise={images['ood']}",
+        "--corpus",
+        str(corpus),
+        "--groups",
+        "10",
+        "--llm",
+        server.spec,
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *_model_args(tiny_openclip),
+    ]
     assert main([*args, "--out", str(tmp_path / "run"), "--save-detector", str(tmp_path / "det")]) == 0
     notes = json.loads((tmp_path / "run" / "metrics.json").read_text())["negrefine"]
     filtered = notes["llm_filter"]
@@ -303,6 +385,7 @@ def test_eval_negrefine_filters_with_an_http_llm_once_and_saves_a_detector(tmp_p
     assert len(prompts) == asked
     # --negatives takes the saved list, and the saved detector scores with the model's text tower
     assert main([*args, "--out", str(tmp_path / "file"), "--negatives", label_file]) == 0
+
     def scores(run):
         return {r.split(",")[3]: r.split(",")[4] for r in (tmp_path / run / "scores.csv").read_text().splitlines()[1:]}
 
@@ -315,12 +398,39 @@ def test_eval_negrefine_filters_with_an_http_llm_once_and_saves_a_detector(tmp_p
 def test_eval_negrefine_without_an_llm_says_the_filter_was_skipped(tmp_path, tiny_openclip, capsys):
     images = write_sets(tmp_path)
     corpus = tmp_path / "pool.txt"
-    corpus.write_text("\n".join([_word("thing", i) for i in range(200)] + [_word("adj", i) + "\tadj" for i in range(60)]),
-                      encoding="utf-8")
+    corpus.write_text(
+        "\n".join([_word("thing", i) for i in range(200)] + [_word("adj", i) + "\tadj" for i in range(60)]),
+        encoding="utf-8",
+    )
     out = tmp_path / "run"
-    assert main(["eval", "--method", "negrefine", "--classes", str(images["classes"]), "--id", str(images["id"]),
-                 "--ood", f"noise={images['ood']}", "--corpus", str(corpus), "--groups", "10", "--out", str(out),
-                 "--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--method",
+                "negrefine",
+                "--classes",
+                str(images["classes"]),
+                "--id",
+                str(images["id"]),
+                "--ood",
+                f"noise={images['ood']}",
+                "--corpus",
+                str(corpus),
+                "--groups",
+                "10",
+                "--out",
+                str(out),
+                "--model",
+                tiny_openclip.spec,
+                "--weights",
+                str(tiny_openclip.weights),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "its LLM filter was skipped" in capsys.readouterr().err
     notes = json.loads((out / "metrics.json").read_text())["negrefine"]
     assert notes["llm_filter"].startswith("skipped") and notes["cleaned_labels"] == int(200 * 0.15) + int(60 * 0.15)
@@ -335,10 +445,17 @@ def test_bench_negrefine_on_the_miniature_suite(tmp_path, tiny_openclip):
     data = tmp_path / "data"
     write_miniature(load_suite("imagenet"), data, per_set=2)
     corpus = tmp_path / "pool.txt"
-    corpus.write_text("\n".join([_word("object", i) for i in range(300)] + [_word("adj", i) + "\tadj" for i in range(100)]),
-                      encoding="utf-8")
-    config = BenchConfig("imagenet", methods=("negrefine",), check_counts=False, batch_size=4,
-                         params={"negrefine": NegRefineConfig(pool=str(corpus), groups=10)})
+    corpus.write_text(
+        "\n".join([_word("object", i) for i in range(300)] + [_word("adj", i) + "\tadj" for i in range(100)]),
+        encoding="utf-8",
+    )
+    config = BenchConfig(
+        "imagenet",
+        methods=("negrefine",),
+        check_counts=False,
+        batch_size=4,
+        params={"negrefine": NegRefineConfig(pool=str(corpus), groups=10)},
+    )
     model = ModelConfig(tiny_openclip.spec, tiny_openclip.weights, device="cpu", progress=False)
     result = run_suite(config, data_root=data, model=model, out=tmp_path / "out")
     assert any("NegRefine ran without its LLM filter" in note for note in result.notes)

@@ -4,10 +4,6 @@ results, configs and detectors, and every method importable from ``negspace``.""
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -42,18 +38,31 @@ def model(tiny_openclip):
 
 
 def _evaluate(sets, model, ood):
-    return negspace.evaluate(EvalConfig("mcm", MCMConfig()), classes=["red", "green", "blue"], id=sets / "id",
-                             ood=ood, model=model)
+    return negspace.evaluate(
+        EvalConfig("mcm", MCMConfig()), classes=["red", "green", "blue"], id=sets / "id", ood=ood, model=model
+    )
 
 
 @pytest.mark.parametrize("form", ["str", "path", "paths", "pairs", "strings", "mapping"])
 def test_ood_takes_one_path_a_sequence_of_named_sets_or_a_mapping(sets, model, form):
     noise, more = sets / "noise", sets / "more_noise"
-    ood = {"str": str(noise), "path": noise, "paths": [noise, more], "pairs": [("a", noise), ("b", str(more))],
-           "strings": [f"a={noise}", str(more)], "mapping": {"a": noise, "b": more}}[form]
+    ood = {
+        "str": str(noise),
+        "path": noise,
+        "paths": [noise, more],
+        "pairs": [("a", noise), ("b", str(more))],
+        "strings": [f"a={noise}", str(more)],
+        "mapping": {"a": noise, "b": more},
+    }[form]
     evaluation = _evaluate(sets, model, ood)
-    expected = {"str": ["noise"], "path": ["noise"], "paths": ["noise", "more_noise"], "pairs": ["a", "b"],
-                "strings": ["a", "more_noise"], "mapping": ["a", "b"]}[form]
+    expected = {
+        "str": ["noise"],
+        "path": ["noise"],
+        "paths": ["noise", "more_noise"],
+        "pairs": ["a", "b"],
+        "strings": ["a", "more_noise"],
+        "mapping": ["a", "b"],
+    }[form]
     assert list(evaluation.results) == expected  # a path alone is one set named by its folder
     sizes = {"noise": 4, "more_noise": 3, "a": 4, "b": 3}
     assert [len(evaluation.ood_scores[name]) for name in expected] == [sizes[name] for name in expected]
@@ -62,9 +71,12 @@ def test_ood_takes_one_path_a_sequence_of_named_sets_or_a_mapping(sets, model, f
 @pytest.mark.parametrize("ood", [5, [5], {3.0}, [("a", "b", "c")]])
 def test_any_other_ood_is_a_type_error_saying_what_is_accepted(sets, ood):
     # refused before the model loads: no model is given, and none is needed to refuse
-    with pytest.raises(TypeError, match=r"ood must be a mapping of names to sets, a sequence of named sets .* or one path"):
-        negspace.evaluate(EvalConfig("mcm"), classes=["a", "b"], id=sets / "id", ood=ood,
-                          model=ModelConfig("openclip:not-loaded"))
+    with pytest.raises(
+        TypeError, match=r"ood must be a mapping of names to sets, a sequence of named sets .* or one path"
+    ):
+        negspace.evaluate(
+            EvalConfig("mcm"), classes=["a", "b"], id=sets / "id", ood=ood, model=ModelConfig("openclip:not-loaded")
+        )
 
 
 def test_a_missing_set_names_its_argument_in_python_and_its_option_on_the_command_line(sets, tmp_path, capsys):
@@ -73,11 +85,41 @@ def test_a_missing_set_names_its_argument_in_python_and_its_option_on_the_comman
     assert str(raised.value).startswith("ood['nope']: the image set ") and "--" not in str(raised.value)
     with pytest.raises(DatasetError, match=r"^id: the image set .*missing does not exist"):
         negspace.evaluate(EvalConfig("mcm"), classes=["a", "b"], id=tmp_path / "missing", ood=[sets / "noise"])
-    assert main(["eval", "--method", "mcm", "--classes", "imagenet", "--id", str(sets / "id"),
-                 "--ood", f"nope={tmp_path / 'nope'}", "-q"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--method",
+                "mcm",
+                "--classes",
+                "imagenet",
+                "--id",
+                str(sets / "id"),
+                "--ood",
+                f"nope={tmp_path / 'nope'}",
+                "-q",
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.startswith("negspace: error: --ood nope: the image set ")
-    assert main(["eval", "--method", "mcm", "--classes", "imagenet", "--id", str(tmp_path / "missing"),
-                 "--ood", str(sets / "noise"), "-q"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--method",
+                "mcm",
+                "--classes",
+                "imagenet",
+                "--id",
+                str(tmp_path / "missing"),
+                "--ood",
+                str(sets / "noise"),
+                "-q",
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.startswith("negspace: error: --id: the image set ")
 
 
@@ -109,8 +151,12 @@ def test_repr_of_ten_thousand_labels_and_a_thousand_class_names_is_a_count():
 def test_repr_of_every_config_is_short():
     for name, spec in METHODS.items():
         _assert_short(repr(spec.config()), name)
-    for config in (negspace.EvalConfig("ants"), negspace.BenchConfig("imagenet"), negspace.ModelConfig(),
-                   negspace.ScoreConfig(method="mcm", classes="imagenet")):
+    for config in (
+        negspace.EvalConfig("ants"),
+        negspace.BenchConfig("imagenet"),
+        negspace.ModelConfig(),
+        negspace.ScoreConfig(method="mcm", classes="imagenet"),
+    ):
         _assert_short(repr(config), type(config).__name__)
 
 
@@ -124,15 +170,26 @@ def test_repr_of_every_detector_after_learning_is_short():
         negspace.MCM.from_features(world.id_text_features),
         negspace.NegLabel(world.id_text_features, bank, groups=10, neg_labels=labels),
         negspace.CSP(world.id_text_features, bank, groups=10, neg_labels=labels),
-        negspace.TANL.from_features(world.id_text_features, world.corpus_features, noise, queue_length=20, beta=100,
-                                    otsu_window=100),
+        negspace.TANL.from_features(
+            world.id_text_features, world.corpus_features, noise, queue_length=20, beta=100, otsu_window=100
+        ),
         negspace.AdaNeg.from_features(world.id_text_features, bank, memory_length=4, neg_labels=labels),
-        negspace.ANTS.from_features(world.id_text_features, bank, WorldTextEncoder(world), WorldMLLM(world),
-                                    world.class_names, neg_labels=labels, min_candidates=20, groups=10),
-        negspace.InterNeg.from_features(world.id_text_features, bank, prototypes_of(world), learned=30,
-                                        neg_labels=labels, inverter=inverter),
-        negspace.TINS.from_features(world.id_text_features, bank, prototypes_of(world), learned=30,
-                                    neg_labels=labels, inverter=inverter),
+        negspace.ANTS.from_features(
+            world.id_text_features,
+            bank,
+            WorldTextEncoder(world),
+            WorldMLLM(world),
+            world.class_names,
+            neg_labels=labels,
+            min_candidates=20,
+            groups=10,
+        ),
+        negspace.InterNeg.from_features(
+            world.id_text_features, bank, prototypes_of(world), learned=30, neg_labels=labels, inverter=inverter
+        ),
+        negspace.TINS.from_features(
+            world.id_text_features, bank, prototypes_of(world), learned=30, neg_labels=labels, inverter=inverter
+        ),
     ]
     batches, _ = world_stream(world, "mixed", seed=1, batch_size=50)
     for detector in detectors:
@@ -164,16 +221,20 @@ def test_option_errors_name_config_fields_in_python_and_options_on_the_command_l
     from negspace.corpus.mining import MiningConfig
     from negspace.runconfig import NegativesConfig
 
-    too_many = EvalConfig("neglabel", NegLabelConfig(groups=500), negatives=NegativesConfig(MiningConfig(num_negatives=200)))
+    too_many = EvalConfig(
+        "neglabel", NegLabelConfig(groups=500), negatives=NegativesConfig(MiningConfig(num_negatives=200))
+    )
     with pytest.raises(NegspaceError) as raised:
         negspace.evaluate(too_many, classes=["a", "b"], id=sets / "id", ood=[sets / "noise"])
-    assert str(raised.value) == ("NegLabelConfig.groups 500 is larger than the 200 negative labels of "
-                                 "negatives.mining.num_negatives.")
+    assert str(raised.value) == (
+        "NegLabelConfig.groups 500 is larger than the 200 negative labels of negatives.mining.num_negatives."
+    )
     with pytest.raises(NegspaceError, match=r"^InterNeg and TINS need .*: pass id_shots \(a folder"):
         negspace.evaluate(EvalConfig("interneg"), classes=["a", "b"], id=sets / "id", ood=[sets / "noise"])
     base = ["eval", "--classes", "imagenet", "--id", str(sets / "id"), "--ood", str(sets / "noise"), "-q"]
     assert main([*base, "--method", "neglabel", "--groups", "500", "--num-negatives", "200"]) == 2
-    assert capsys.readouterr().err == ("negspace: error: --groups 500 is larger than the 200 negative labels of "
-                                       "--num-negatives.\n")
+    assert capsys.readouterr().err == (
+        "negspace: error: --groups 500 is larger than the 200 negative labels of --num-negatives.\n"
+    )
     assert main([*base, "--method", "tins"]) == 2
     assert ": pass --id-shots (a folder" in capsys.readouterr().err

@@ -31,8 +31,17 @@ def _rows(folder):
 def test_ray_and_local_engines_score_the_same_files_the_same(tmp_path, saved, tiny_openclip, local_ray):  # noqa: F811
     _images(tmp_path / "collection", 14, seed=11)
     (tmp_path / "collection" / "broken.jpg").write_bytes(b"not an image")
-    common = ["score", str(tmp_path / "collection"), "--detector", str(saved / "det"), "--chunk-size", "5",
-              "--batch-size", "4", *_model_args(tiny_openclip)]
+    common = [
+        "score",
+        str(tmp_path / "collection"),
+        "--detector",
+        str(saved / "det"),
+        "--chunk-size",
+        "5",
+        "--batch-size",
+        "4",
+        *_model_args(tiny_openclip),
+    ]
     assert main([*common, "--out", str(tmp_path / "local")]) == 0
     assert main([*common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--ray-actors", "1"]) == 0
     local, on_ray = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
@@ -41,7 +50,11 @@ def test_ray_and_local_engines_score_the_same_files_the_same(tmp_path, saved, ti
         other = on_ray[path]
         assert_scores_close(other["score"], row["score"], dim=TINY_DIM, feature_error=FEATURE_ERROR)
         assert (other["sha256"], other["ood"], other["id_class"], other["top_negative"]) == (
-            row["sha256"], row["ood"], row["id_class"], row["top_negative"])
+            row["sha256"],
+            row["ood"],
+            row["id_class"],
+            row["top_negative"],
+        )
     assert "broken.jpg" in (tmp_path / "ray" / "_skipped.csv").read_text()
     # a re-run on Ray resumes: nothing left to do
     assert main([*common, "--out", str(tmp_path / "ray"), "--engine", "ray"]) == 0
@@ -60,6 +73,21 @@ def test_ray_embed_writes_the_local_features(tmp_path, saved, tiny_openclip, loc
 
 
 def test_ray_refuses_a_method_that_learns_from_the_stream(tmp_path, capsys):
-    assert main(["score", str(tmp_path), "--method", "tanl", "--classes", "imagenet", "--engine", "ray",
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "score",
+                str(tmp_path),
+                "--method",
+                "tanl",
+                "--classes",
+                "imagenet",
+                "--engine",
+                "ray",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "learns from the stream" in capsys.readouterr().err

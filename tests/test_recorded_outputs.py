@@ -29,8 +29,16 @@ from negspace.cli import main
 pytestmark = pytest.mark.numerics  # its numbers are float32 scores: checked under other BLAS kernels too
 
 RECORD = Path(__file__).parent / "data" / "recorded_outputs.json"
-VOLATILE = {"seconds", "seconds_per_stage", "command", "negspace_version", "torch_version", "weights_fingerprint", "mllm_stats",
-            "saved_detector"}
+VOLATILE = {
+    "seconds",
+    "seconds_per_stage",
+    "command",
+    "negspace_version",
+    "torch_version",
+    "weights_fingerprint",
+    "mllm_stats",
+    "saved_detector",
+}
 # Files round their numbers (results.csv: 4 decimals of a percent), so a float32 difference in the
 # last digit of a score may move a printed digit: 1e-4 absolute, far below any real change (one
 # swapped pair of these tiny sets moves an AUROC by 2%).
@@ -79,8 +87,10 @@ def _normalise(value, replace: dict[str, str]):
 def _read(out: Path, replace: dict[str, str]) -> dict:
     with (out / "results.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    return {"metrics.json": _normalise(json.loads((out / "metrics.json").read_text(encoding="utf-8")), replace),
-            "results.csv": _normalise(rows, replace)}
+    return {
+        "metrics.json": _normalise(json.loads((out / "metrics.json").read_text(encoding="utf-8")), replace),
+        "results.csv": _normalise(rows, replace),
+    }
 
 
 def _differences(got, want, where: str = "") -> list[str]:
@@ -91,7 +101,7 @@ def _differences(got, want, where: str = "") -> list[str]:
     if isinstance(want, list) and isinstance(got, list):
         if len(got) != len(want):
             return [f"{where}: {len(got)} items, recorded {len(want)}"]
-        return [d for i, (g, w) in enumerate(zip(got, want)) for d in _differences(g, w, f"{where}[{i}]")]
+        return [d for i, (g, w) in enumerate(zip(got, want, strict=False)) for d in _differences(g, w, f"{where}[{i}]")]
     if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
         same = (math.isnan(want) and math.isnan(got)) or abs(got - want) <= TOLERANCE * 1.01
         return [] if same else [f"{where}: {got!r}, recorded {want!r}"]
@@ -101,25 +111,74 @@ def _differences(got, want, where: str = "") -> list[str]:
 def test_eval_and_bench_write_what_they_wrote_before(tmp_path, image_sets, tiny_openclip, mllm_server):
     server, _ = mllm_server
     model = ["--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu", "-q"]
-    replace = {server.spec: "<MLLM>", server.url_for("/v1"): "<MLLM-ENDPOINT>", server.model: "<MLLM-MODEL>",
-               str(tmp_path): "<OUT>",
-               str(image_sets): "<DATA>", str(tiny_openclip.folder): "<MODEL>"}
+    replace = {
+        server.spec: "<MLLM>",
+        server.url_for("/v1"): "<MLLM-ENDPOINT>",
+        server.model: "<MLLM-MODEL>",
+        str(tmp_path): "<OUT>",
+        str(image_sets): "<DATA>",
+        str(tiny_openclip.folder): "<MODEL>",
+    }
     got = {}
     for method, extra in EVAL_RUNS.items():
         out = tmp_path / f"eval-{method}"
         mllm = ["--mllm", server.spec] if method == "ants" else []
-        assert main(["eval", "--method", method, "--classes", str(image_sets / "classes.txt"),
-                     "--id", str(image_sets / "id"), "--ood", f"a={image_sets / 'ood_a'}",
-                     "--ood", f"b={image_sets / 'ood_b'}", "--batch-size", "4", "--out", str(out),
-                     *extra, *mllm, *model]) == 0, method
+        assert (
+            main(
+                [
+                    "eval",
+                    "--method",
+                    method,
+                    "--classes",
+                    str(image_sets / "classes.txt"),
+                    "--id",
+                    str(image_sets / "id"),
+                    "--ood",
+                    f"a={image_sets / 'ood_a'}",
+                    "--ood",
+                    f"b={image_sets / 'ood_b'}",
+                    "--batch-size",
+                    "4",
+                    "--out",
+                    str(out),
+                    *extra,
+                    *mllm,
+                    *model,
+                ]
+            )
+            == 0
+        ), method
         got[f"eval {method}"] = _read(out, replace)
     out = tmp_path / "bench"
-    assert main(["bench", "--suite", "imagenet10-20", "--data-root", str(image_sets / "bench-data"),
-                 "--method", "mcm,neglabel,tanl,adaneg,ants", "--no-count-check", "--batch-size", "2", "--ants-schedule", "scaled", "--mllm", server.spec,
-                 "--out", str(out), *model]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--suite",
+                "imagenet10-20",
+                "--data-root",
+                str(image_sets / "bench-data"),
+                "--method",
+                "mcm,neglabel,tanl,adaneg,ants",
+                "--no-count-check",
+                "--batch-size",
+                "2",
+                "--ants-schedule",
+                "scaled",
+                "--mllm",
+                server.spec,
+                "--out",
+                str(out),
+                *model,
+            ]
+        )
+        == 0
+    )
     got["bench imagenet10-20"] = _read(out, replace)
     for path in tmp_path.rglob("*.json"):  # every JSON file written (metrics, saved spaces) is strict JSON
-        json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
+        json.loads(
+            path.read_text(encoding="utf-8"), parse_constant=lambda c, path=path: pytest.fail(f"{path} holds {c}")
+        )
     if os.environ.get("NEGSPACE_RECORD_OUTPUTS"):
         RECORD.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     recorded = json.loads(RECORD.read_text(encoding="utf-8"))

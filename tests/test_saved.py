@@ -34,11 +34,13 @@ def _builders(world):
     return {
         "mcm": lambda: MCM.from_features(world.id_text_features, temperature=0.5),
         "neglabel": lambda: NegLabel.from_features(world.id_text_features, negatives, groups=6, seed=3),
-        "tanl": lambda: TANL.from_features(world.id_text_features, world.corpus_features, noise, queue_length=25,
-                                           beta=120, otsu_window=150),
+        "tanl": lambda: TANL.from_features(
+            world.id_text_features, world.corpus_features, noise, queue_length=25, beta=120, otsu_window=150
+        ),
         "adaneg-task": lambda: AdaNeg.from_features(world.id_text_features, negatives, memory_length=4),
-        "adaneg-sample": lambda: AdaNeg.from_features(world.id_text_features, negatives, memory_length=4,
-                                                      proxy="sample"),
+        "adaneg-sample": lambda: AdaNeg.from_features(
+            world.id_text_features, negatives, memory_length=4, proxy="sample"
+        ),
     }
 
 
@@ -62,7 +64,11 @@ def test_a_loaded_detector_scores_exactly_as_the_saved_one(tmp_path, world, name
     # shape blocks the float32 products differently, so equal within the float32 bound
     halves = np.concatenate([loaded.score_features(rest[::2]), loaded.score_features(rest[1::2])])
     in_halves_order = np.concatenate([whole[::2], whole[1::2]])
-    bound = {"tau": 0.5 if name == "mcm" else 0.01, "dim": world.dim, "weight": 1.1 if name.startswith("adaneg") else 1.0}
+    bound = {
+        "tau": 0.5 if name == "mcm" else 0.01,
+        "dim": world.dim,
+        "weight": 1.1 if name.startswith("adaneg") else 1.0,
+    }
     assert_scores_close(halves, in_halves_order, **bound)
     assert_same_ranking(halves, in_halves_order, **bound)
 

@@ -40,8 +40,9 @@ def _detectors(world, **on):
         "mcm": MCM.from_features(world.id_text_features, **on),
         "neglabel": NegLabel(world.id_text_features, bank, groups=100, neg_labels=labels, **on),
         "csp": CSP(world.id_text_features, bank, groups=100, neg_labels=labels, **on),
-        "negrefine": NegRefine.from_features(world.id_text_features, bank, groups=100, class_names=names,
-                                             neg_labels=labels, pair_encoder=pairs, **on),
+        "negrefine": NegRefine.from_features(
+            world.id_text_features, bank, groups=100, class_names=names, neg_labels=labels, pair_encoder=pairs, **on
+        ),
     }
 
 
@@ -69,17 +70,37 @@ def _learned(world, **on):
     inverter = rotating_inverter(world, seed=11, strength=0.3)
     prototypes = prototypes_of(world)
     detectors = {
-        "tanl": TANL.from_features(world.id_text_features, world.corpus_features, noise, queue_length=25, beta=120,
-                                   otsu_window=150, pool_labels=[f"word{j}" for j in range(len(world.corpus_features))],
-                                   **on),
+        "tanl": TANL.from_features(
+            world.id_text_features,
+            world.corpus_features,
+            noise,
+            queue_length=25,
+            beta=120,
+            otsu_window=150,
+            pool_labels=[f"word{j}" for j in range(len(world.corpus_features))],
+            **on,
+        ),
         "adaneg": AdaNeg.from_features(world.id_text_features, bank, memory_length=4, neg_labels=labels, **on),
-        "ants": ANTS.from_features(world.id_text_features, bank, WorldTextEncoder(world), WorldMLLM(world),
-                                   world.class_names, neg_labels=labels, min_candidates=20, vsnl_start=1,
-                                   vsnl_every=2, groups=10, delta=0.25, **on),
-        "interneg": InterNeg.from_features(world.id_text_features, bank, prototypes, beta=0.6, learned=40,
-                                           neg_labels=labels, inverter=inverter),
-        "tins": TINS.from_features(world.id_text_features, bank, prototypes, beta=0.6, learned=40, neg_labels=labels,
-                                   inverter=inverter),
+        "ants": ANTS.from_features(
+            world.id_text_features,
+            bank,
+            WorldTextEncoder(world),
+            WorldMLLM(world),
+            world.class_names,
+            neg_labels=labels,
+            min_candidates=20,
+            vsnl_start=1,
+            vsnl_every=2,
+            groups=10,
+            delta=0.25,
+            **on,
+        ),
+        "interneg": InterNeg.from_features(
+            world.id_text_features, bank, prototypes, beta=0.6, learned=40, neg_labels=labels, inverter=inverter
+        ),
+        "tins": TINS.from_features(
+            world.id_text_features, bank, prototypes, beta=0.6, learned=40, neg_labels=labels, inverter=inverter
+        ),
     }
     batches, _ = world_stream(world, "mixed", seed=3, batch_size=50)
     for detector in detectors.values():
@@ -107,14 +128,17 @@ def test_test_time_detectors_rows_come_from_their_scores_products(world, backend
             activation = np.asarray(to_numpy(state.ood_queue.mean() - state.id_queue.mean()))
             top = np.argsort(-activation, kind="stable")[: detector.beta]
             assert sorted(detector.negative_bank()[1]) == sorted(detector.pool_labels[j] for j in top)
-            assert nearest_negative == [detector.pool_labels[top[j]]
-                                        for j in (images @ detector.pool_text_features[top].T).argmax(1)]
+            assert nearest_negative == [
+                detector.pool_labels[top[j]] for j in (images @ detector.pool_text_features[top].T).argmax(1)
+            ]
         assert nearest_negative == want_negative, name
     # a learned (pseudo-token) row is named: an image equal to one finds it
     for name, learned in (("interneg", detectors["interneg"].learned_features), ("tins", detectors["tins"].bank)):
         bank, labels = detectors[name].negative_bank()
         row = next(j for j in range(637, len(bank)) if np.allclose(bank[j], learned[0]))
-        assert detectors[name].score_with_nearest(learned[:1])[2] == [labels[row]] == [f"(learned negative {row - 636})"]
+        assert (
+            detectors[name].score_with_nearest(learned[:1])[2] == [labels[row]] == [f"(learned negative {row - 636})"]
+        )
 
 
 def test_an_empty_batch_gives_empty_rows(world):

@@ -27,7 +27,7 @@ def test_class_folders_by_name_draw_k_per_class_with_the_seed(tmp_path):
     root = _folder(tmp_path / "shots", [20, 16, 5])
     shots = read_shots(root, CLASSES, k=16, seed=0)
     assert shots.counts().tolist() == [16, 16, 5] and shots.fewer == {"blue square": 5}
-    assert all(p.parent.name == CLASSES[c].replace(" ", "_") for p, c in zip(shots.paths, shots.labels))
+    assert all(p.parent.name == CLASSES[c].replace(" ", "_") for p, c in zip(shots.paths, shots.labels, strict=False))
     assert read_shots(root, CLASSES, k=16, seed=0).paths == shots.paths  # reproducible
     assert read_shots(root, CLASSES, k=16, seed=1).paths != shots.paths  # the draw follows the seed
     assert shots.summary()["classes_with_fewer"] == 1
@@ -42,8 +42,11 @@ def test_unnamed_folders_one_per_class_are_the_classes_in_sorted_order(tmp_path)
 def test_a_list_file_by_name_or_index(tmp_path):
     _folder(tmp_path / "imgs", [2, 2, 2])
     listing = tmp_path / "shots.txt"
-    listing.write_text("imgs/red_square/img_00.png\tred square\nimgs/green_square/img_00.png\t1\n"
-                       "# a comment\nimgs/blue_square/img_01.png\tBlue Square\n", encoding="utf-8")
+    listing.write_text(
+        "imgs/red_square/img_00.png\tred square\nimgs/green_square/img_00.png\t1\n"
+        "# a comment\nimgs/blue_square/img_01.png\tBlue Square\n",
+        encoding="utf-8",
+    )
     shots = read_shots(listing, CLASSES, k=16)
     assert shots.counts().tolist() == [1, 1, 1] and len(shots.fewer) == 3
     listing.write_text("imgs/red_square/img_00.png\tpurple\n", encoding="utf-8")
@@ -53,7 +56,7 @@ def test_a_list_file_by_name_or_index(tmp_path):
 
 def test_a_class_without_images_or_a_missing_source_is_one_sentence(tmp_path):
     root = _folder(tmp_path / "shots", [2, 2, 0])
-    with pytest.raises(DatasetError, match="1 class\\(es\\) have no image, e.g. 'blue square'"):
+    with pytest.raises(DatasetError, match=r"1 class\(es\) have no image, e.g. 'blue square'"):
         read_shots(root, CLASSES)
     with pytest.raises(DatasetError, match="does not exist"):
         read_shots(tmp_path / "nowhere", CLASSES)
@@ -78,8 +81,9 @@ def test_prototypes_are_encoded_through_the_feature_cache(tmp_path, tiny_opencli
     from negspace.encoders import load_encoder
 
     shots = read_shots(_folder(tmp_path / "shots", [3, 2, 2]), CLASSES, k=2)
-    encoder = load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, device="cpu",
-                           cache_dir=tmp_path / "cache")
+    encoder = load_encoder(
+        tiny_openclip.spec, weights=tiny_openclip.weights, device="cpu", cache_dir=tmp_path / "cache"
+    )
     encoder.show_progress = False
     prototypes = encode_prototypes(encoder, shots)
     features = encoder.encode_image_files(shots.paths).features

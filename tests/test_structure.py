@@ -34,11 +34,15 @@ def _runtime_imports(path: Path) -> list[ast.Import | ast.ImportFrom]:
     """Every import statement that runs (function-level ones included; ``if TYPE_CHECKING:``
     blocks never run, so they are left out)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    type_only = {id(node) for block in ast.walk(tree)
-                 if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-                 for node in ast.walk(block)}
-    return [node for node in ast.walk(tree)
-            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in type_only]
+    type_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for node in ast.walk(block)
+    }
+    return [
+        node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in type_only
+    ]
 
 
 def _owner(name: str) -> str | None:
@@ -61,7 +65,9 @@ def _graph() -> dict[str, set[str]]:
                 if node.level:
                     anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join([*anchor, *([node.module] if node.module else [])])
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names
+                ]
             edges |= {_owner(t) for t in targets if t.startswith("negspace")}
         edges.discard(None)
         edges.discard(module)
@@ -78,7 +84,7 @@ def test_no_import_cycle_among_the_modules():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append([*path[path.index(nxt) :], nxt])
             elif nxt not in state:
                 visit(nxt, [*path, nxt])
         state[node] = 2
@@ -92,7 +98,9 @@ def test_no_import_cycle_among_the_modules():
 def test_the_graph_sees_function_level_imports():
     """The check is not vacuous: a lazy import inside a function is an edge."""
     graph = _graph()
-    assert "negspace.methods" in graph["negspace.cli.score"] or "negspace.collections_api" in graph["negspace.cli.score"]
+    assert (
+        "negspace.methods" in graph["negspace.cli.score"] or "negspace.collections_api" in graph["negspace.cli.score"]
+    )
     assert "negspace.runs" in graph["negspace.cli.eval"]  # imported inside run()
 
 
@@ -101,10 +109,16 @@ def test_no_private_name_is_imported_across_modules():
     for module, path in MODULES.items():
         for node in _runtime_imports(path):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("negspace"):
-                borrowed += [f"{module}: from {node.module} import {a.name}" for a in node.names
-                             if a.name.startswith("_") and not a.name.startswith("__")]
-                borrowed += [f"{module}: from {node.module}" for part in node.module.split(".")
-                             if part.startswith("_") and not part.startswith("__")]
+                borrowed += [
+                    f"{module}: from {node.module} import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+                borrowed += [
+                    f"{module}: from {node.module}"
+                    for part in node.module.split(".")
+                    if part.startswith("_") and not part.startswith("__")
+                ]
     assert not borrowed, borrowed
 
 
@@ -119,11 +133,12 @@ def test_no_option_namespace_below_the_command_line():
 def test_one_registry_of_methods():
     from negspace import load_detector
     from negspace.cli import build_parser
-    from negspace.methods import METHODS, load_detector as registry_load
+    from negspace.methods import METHODS
+    from negspace.methods import load_detector as registry_load
 
     assert load_detector is registry_load
-    eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]  # noqa: SLF001 - argparse's own tree
-    method_action = next(a for a in eval_parser._actions if a.dest == "method")  # noqa: SLF001
+    eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]
+    method_action = next(a for a in eval_parser._actions if a.dest == "method")
     assert sorted(method_action.choices) == sorted(METHODS)
     for name, spec in METHODS.items():
         assert spec.name == name and spec.config().__dataclass_params__.frozen, name
@@ -144,7 +159,9 @@ def test_every_module_imports_alone_in_a_fresh_interpreter(group):
 
 
 def test_importing_the_package_and_the_command_line_loads_no_heavy_library():
-    code = ("import sys, negspace, negspace.cli; heavy = [m for m in ('torch', 'sklearn', 'scipy', 'open_clip', "
-            "'matplotlib', 'pyarrow', 'ray', 'transformers') if m in sys.modules]; print(','.join(heavy))")
+    code = (
+        "import sys, negspace, negspace.cli; heavy = [m for m in ('torch', 'sklearn', 'scipy', 'open_clip', "
+        "'matplotlib', 'pyarrow', 'ray', 'transformers') if m in sys.modules]; print(','.join(heavy))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == ""

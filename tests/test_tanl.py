@@ -110,7 +110,7 @@ def test_noise_images_are_seeded_and_fifteen():
     first, again, other = make_noise_images(32, 0), make_noise_images(32, 0), make_noise_images(32, 1)
     assert len(first) == 3 * len(NOISE_KINDS) == 15
     assert all(im.size == (32, 32) and im.mode == "RGB" for im in first)
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again, strict=False))
     assert not np.array_equal(np.asarray(first[0]), np.asarray(other[0]))
 
 
@@ -190,9 +190,7 @@ def test_alpha_one_uses_the_queue_ranking_only(world, noise):
     state = det.state_
     activation = state.ood_queue.mean() - state.id_queue.mean()
     top = top_labels(activation, 100)
-    expected = activation_aware_score(
-        batch @ world.id_text_features.T, batch @ world.corpus_features[top].T, 0.01, 1
-    )
+    expected = activation_aware_score(batch @ world.id_text_features.T, batch @ world.corpus_features[top].T, 0.01, 1)
     assert_scores_close(det.score_features(batch), expected, dim=world.dim)
 
 
@@ -215,7 +213,7 @@ class _FakeEncoder:
 
 
 def test_from_encoder_encodes_corpus_and_noise(monkeypatch):
-    import negspace.corpus.wordnet as wordnet
+    from negspace.corpus import wordnet
 
     def fake_corpus(selection="neglabel", exclude=()):
         assert selection == "neglabel"
@@ -233,8 +231,9 @@ def test_from_encoder_encodes_corpus_and_noise(monkeypatch):
         TANL.from_encoder(encoder, ["cat"], corpus="bogus")
 
 
-def _literal_tanl_scores(id_text, pool, noise, batches, tau=0.01, queue_length=300, alpha=0.0, beta=200,
-                         g=0.5, window_length=20000, seed=0):
+def _literal_tanl_scores(
+    id_text, pool, noise, batches, tau=0.01, queue_length=300, alpha=0.0, beta=200, g=0.5, window_length=20000, seed=0
+):
     """docs/methods/tanl.md restated slowly: deques of float64 rows, means recomputed from the queues,
     full softmaxes, a stable full sort, one ``logsumexp`` per prefix and a looped Otsu scan."""
     from collections import deque
@@ -244,7 +243,7 @@ def _literal_tanl_scores(id_text, pool, noise, batches, tau=0.01, queue_length=3
     id_text, pool, noise = (np.asarray(a, np.float64) for a in (id_text, pool, noise))
 
     def rows(feats):
-        return softmax(np.concatenate([feats @ id_text.T, feats @ pool.T], axis=1) / tau, axis=1)[:, len(id_text):]
+        return softmax(np.concatenate([feats @ id_text.T, feats @ pool.T], axis=1) / tau, axis=1)[:, len(id_text) :]
 
     def score(feats, activation):
         top = np.argsort(-activation, kind="stable")[:beta]
@@ -276,8 +275,8 @@ def _literal_tanl_scores(id_text, pool, noise, batches, tau=0.01, queue_length=3
     window.extend(score(id_text, initial))
     window.extend(score(noise, initial))
     out = []
-    for feats in batches:
-        feats = np.asarray(feats, np.float64)
+    for batch in batches:
+        feats = np.asarray(batch, np.float64)
         mean_id, mean_ood = np.mean(id_queue, axis=0), np.mean(ood_queue, axis=0)
         queue_score = score(feats, mean_ood - mean_id)
         window.extend(queue_score)
@@ -302,10 +301,11 @@ def test_tanl_matches_a_literal_restatement_batch_by_batch(world, noise):
     stream = np.concatenate([world.id_image_features, world.far_ood_features])
     stream = stream[np.random.default_rng(2).permutation(len(stream))]
     batches = [stream[i : i + 48] for i in range(0, 480, 48)]
-    params = dict(queue_length=40, beta=200, otsu_window=300)
+    params = {"queue_length": 40, "beta": 200, "otsu_window": 300}
     det = TANL.from_features(world.id_text_features, world.corpus_features, noise, **params)
-    expected = _literal_tanl_scores(world.id_text_features, world.corpus_features, noise, batches,
-                                    queue_length=40, beta=200, window_length=300)
-    for batch, want in zip(batches, expected):
+    expected = _literal_tanl_scores(
+        world.id_text_features, world.corpus_features, noise, batches, queue_length=40, beta=200, window_length=300
+    )
+    for batch, want in zip(batches, expected, strict=False):
         assert_scores_close(det.score_features(batch), want, dim=world.dim)
     assert det.state_.ood_queue.count == 40 and det.state_.id_queue.count == 40

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from image_sets import write_sets
 from fewshot_world import prototypes_of, rotating_inverter
+from image_sets import write_sets
 from negspace.cli import main
 from negspace.detectors.tins import TINS, TINSConfig
 from negspace.methods import load_detector
@@ -65,7 +65,10 @@ def authors_stream(batches, id_features, fixed, prototypes, invert, beta, bank_s
         bank, scores = combined[order[:bank_size]], combined_scores[order[:bank_size]]
         rest = order[bank_size:]
         if len(rest):
-            buffer, buffer_scores = torch.cat([buffer, combined[rest]]), torch.cat([buffer_scores, combined_scores[rest]])
+            buffer, buffer_scores = (
+                torch.cat([buffer, combined[rest]]),
+                torch.cat([buffer_scores, combined_scores[rest]]),
+            )
         if buffer.shape[0] >= buffer_size:
             half = buffer.shape[0] // 2
             top = torch.sort(buffer_scores, descending=True).indices[:half]
@@ -99,19 +102,21 @@ def test_the_stream_with_bank_and_buffer_matches_the_authors_loop(world, tmp_pat
     fixed = world.corpus_features[:300]
     images = np.concatenate([world.id_image_features[::2], world.far_ood_features, world.near_ood_features])
     order = np.random.default_rng(1).permutation(len(images))
-    batches = [images[order[i:i + 40]] for i in range(0, len(images), 40)]
+    batches = [images[order[i : i + 40]] for i in range(0, len(images), 40)]
     invert = _inverter(world)
-    want = authors_stream(batches, world.id_text_features, fixed, prototypes, invert, beta=0.9, bank_size=30,
-                          buffer_size=20)
-    detector = TINS.from_features(world.id_text_features, fixed, prototypes, beta=0.9, learned=30, buffer=20,
-                                  inverter=invert)
+    want = authors_stream(
+        batches, world.id_text_features, fixed, prototypes, invert, beta=0.9, bank_size=30, buffer_size=20
+    )
+    detector = TINS.from_features(
+        world.id_text_features, fixed, prototypes, beta=0.9, learned=30, buffer=20, inverter=invert
+    )
     got = [detector.score_features(batch) for batch in batches]
     assert detector.inverted > 0 and len(detector.bank) == 30
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         assert_scores_close(g, w, dim=world.dim)
     detector.reset()
     again = [detector.score_features(batch) for batch in batches]
-    for g, a in zip(got, again):
+    for g, a in zip(got, again, strict=False):
         np.testing.assert_array_equal(g, a)
     detector.save(tmp_path / "det")
     loaded = load_detector(tmp_path / "det")
@@ -127,7 +132,13 @@ def test_the_stream_with_bank_and_buffer_matches_the_authors_loop(world, tmp_pat
 def test_config_defaults():
     config = TINSConfig()
     assert (config.beta, config.steps, config.lam, config.groups, config.learned, config.buffer) == (
-        0.3, 30, 0.3, 5, 2000, 2000)
+        0.3,
+        30,
+        0.3,
+        5,
+        2000,
+        2000,
+    )
 
 
 def test_word_initialised_inversion_on_the_tiny_model(tiny_openclip):
@@ -153,17 +164,48 @@ def test_word_initialised_inversion_on_the_tiny_model(tiny_openclip):
 def test_eval_tins_on_the_tiny_model(tmp_path, tiny_openclip, capsys):
     sets = write_sets(tmp_path, seed=3, id_per_class=3, shots_per_class=4)
     out = tmp_path / "run"
-    assert main(["eval", "--method", "tins", "--classes", str(sets["classes"]), "--id", str(sets["id"]),
-                 "--ood", f"noise={sets['ood']}", "--id-shots", str(sets["shots"]), "--tins-beta", "1.0",
-                 "--batch-size", "4", "--out", str(out), "--save-detector", str(tmp_path / "det"),
-                 "--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--method",
+                "tins",
+                "--classes",
+                str(sets["classes"]),
+                "--id",
+                str(sets["id"]),
+                "--ood",
+                f"noise={sets['ood']}",
+                "--id-shots",
+                str(sets["shots"]),
+                "--tins-beta",
+                "1.0",
+                "--batch-size",
+                "4",
+                "--out",
+                str(out),
+                "--save-detector",
+                str(tmp_path / "det"),
+                "--model",
+                tiny_openclip.spec,
+                "--weights",
+                str(tiny_openclip.weights),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     params = json.loads((out / "metrics.json").read_text())["params"]
     assert params["inverted"] > 0 and params["n_negatives"] >= 2000
     # the log names the method that runs, and its counts in the order its sentence announces them
     log = capsys.readouterr().err
     assert "TINS: testing" in log and "InterNeg:" not in log
-    found = re.search(r"TINS: (\d+) of (\d+) nouns and (\d+) of (\d+) adjectives pass the inter-modal test; "
-                      r"(\d+) nouns and (\d+) adjectives kept", log)
+    found = re.search(
+        r"TINS: (\d+) of (\d+) nouns and (\d+) of (\d+) adjectives pass the inter-modal test; "
+        r"(\d+) nouns and (\d+) adjectives kept",
+        log,
+    )
     noun_pass, nouns, adjective_pass, adjectives, nouns_kept, adjectives_kept = map(int, found.groups())
     assert nouns_kept + adjectives_kept == params["n_negatives"]
     assert nouns_kept <= noun_pass <= nouns and adjectives_kept <= adjective_pass <= adjectives

@@ -124,12 +124,8 @@ def iter_synsets(path: Path, pos: str) -> Iterator[tuple[str, str, str]]:
                 lexname = LEXNAMES[lexfile]
             except (IndexError, ValueError) as exc:
                 raise WordNetFormatError(f"{path}:{number}: not a WordNet data line") from exc
-            if _POS_OF_SS_TYPE.get(ss_type) != pos or not lexname.startswith(
-                "noun." if pos == "n" else "adj."
-            ):
-                raise WordNetFormatError(
-                    f"{path}:{number}: synset type {ss_type!r} / {lexname} in a {pos!r} file"
-                )
+            if _POS_OF_SS_TYPE.get(ss_type) != pos or not lexname.startswith("noun." if pos == "n" else "adj."):
+                raise WordNetFormatError(f"{path}:{number}: synset type {ss_type!r} / {lexname} in a {pos!r} file")
             word = normalise_lemma(lemma, pos)
             if not word.strip() or "\t" in word:
                 raise WordNetFormatError(f"{path}:{number}: unusable lemma {lemma!r}")
@@ -224,16 +220,13 @@ def build(wordnet_dir: Path, out_dir: Path) -> dict[str, int]:
     missing = [str(path) for path, _ in sources if not path.is_file()]
     if missing:
         raise FileNotFoundError(
-            f"WordNet data file(s) not found: {', '.join(missing)} "
-            "(on Debian: apt-get install wordnet-base)"
+            f"WordNet data file(s) not found: {', '.join(missing)} (on Debian: apt-get install wordnet-base)"
         )
     rows = [row for path, pos in sources for row in iter_synsets(path, pos)]
     data = encode_table(rows)
     data_sha256 = hashlib.sha256(data).hexdigest()
     source_hashes = {path.name: sha256_of(path) for path, _ in sources}
-    note = provenance_text(
-        wordnet_dir, source_hashes, debian_package_of(sources[0][0]), rows, data_sha256
-    )
+    note = provenance_text(wordnet_dir, source_hashes, debian_package_of(sources[0][0]), rows, data_sha256)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / DATA_FILE_NAME, data)

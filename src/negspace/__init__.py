@@ -6,6 +6,7 @@ TANL and AdaNeg (one class each, with its config: ``NegLabel``/``NegLabelConfig`
 Scores are **higher for in-distribution** samples. The feature-level API needs no model::
 
     from negspace import NegLabel, testing
+
     world = testing.make_world()
     labels, negatives = world.negatives(1000)
     det = NegLabel.from_features(world.id_text_features, negatives, groups=10)
@@ -45,13 +46,19 @@ _LAZY = {
     "ANTSState": "negspace.detectors.ants",
     # the run API
     "evaluate": "negspace.runs",
-    **dict.fromkeys(("EvalConfig", "ModelConfig", "MLLMConfig", "NegativesConfig", "ANTSRunConfig"), "negspace.runconfig"),
+    **dict.fromkeys(
+        ("EvalConfig", "ModelConfig", "MLLMConfig", "NegativesConfig", "ANTSRunConfig"), "negspace.runconfig"
+    ),
     "BenchConfig": "negspace.bench.runner",
     "run_suite": "negspace.bench.runner",
-    **dict.fromkeys(("ScoreConfig", "CollectionConfig", "score_collection", "embed_collection"), "negspace.collections_api"),
+    **dict.fromkeys(
+        ("ScoreConfig", "CollectionConfig", "score_collection", "embed_collection"), "negspace.collections_api"
+    ),
     "TANL": "negspace.detectors.tanl",
     "NegspaceError": "negspace.errors",
-    **dict.fromkeys(("StreamingOODMetrics", "aupr_in", "aupr_out", "auroc", "compute_all", "fpr95", "fpr95_ood"), "negspace.metrics"),
+    **dict.fromkeys(
+        ("StreamingOODMetrics", "aupr_in", "aupr_out", "auroc", "compute_all", "fpr95", "fpr95_ood"), "negspace.metrics"
+    ),
     "grouped_id_mass": "negspace.scoring",
     "id_mass": "negspace.scoring",
     "ClipEncoder": "negspace.encoders",

@@ -142,10 +142,14 @@ _DAMAGE = re.compile(r"malformed|not a database|corrupt|disk I/O error|locked")
 
 def _store_error(what: str, path: Path, exc: Exception) -> str:
     if "locked" in str(exc):
-        return (f"The {what} {path} stayed locked by another process for {_BUSY_TIMEOUT_S:.0f} s ({exc}); "
-                f"wait for it to finish or choose another folder with {arg('cache_dir')}.")
-    return (f"The {what} {path} is damaged ({exc}); 'negspace cache clear' removes a damaged file "
-            "(or delete it by hand), then run again.")
+        return (
+            f"The {what} {path} stayed locked by another process for {_BUSY_TIMEOUT_S:.0f} s ({exc}); "
+            f"wait for it to finish or choose another folder with {arg('cache_dir')}."
+        )
+    return (
+        f"The {what} {path} is damaged ({exc}); 'negspace cache clear' removes a damaged file "
+        "(or delete it by hand), then run again."
+    )
 
 
 class SharedSQLiteStore:
@@ -367,11 +371,7 @@ def weights_fingerprint(path: Path | str, store: FeatureStore | None = None) -> 
     if p.is_dir():
         h = hashlib.sha256()
         for child in sorted(p.iterdir()):
-            if (
-                child.is_file()
-                and not child.name.startswith(".")
-                and child.suffix.lower() not in _UNUSED_SUFFIXES
-            ):
+            if child.is_file() and not child.name.startswith(".") and child.suffix.lower() not in _UNUSED_SUFFIXES:
                 h.update(f"{child.name}\0{file_sha256(child, store)}\n".encode())
         return "dir-sha256:" + h.hexdigest()
     return "sha256:" + file_sha256(p, store)

@@ -131,11 +131,11 @@ def load_class_names(spec: str | Path) -> ClassList:
     path = Path(spec)
     if not path.is_file():
         known = ", ".join(BUILTIN_CLASS_LISTS)
-        raise ClassNamesError(
-            f"Class list {str(spec)!r} is neither a file nor a built-in list ({known})."
-        )
+        raise ClassNamesError(f"Class list {str(spec)!r} is neither a file nor a built-in list ({known}).")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ClassNamesError(f"The class list {path} is not valid UTF-8 text ({err.reason} at byte {err.start}).") from None
+        raise ClassNamesError(
+            f"The class list {path} is not valid UTF-8 text ({err.reason} at byte {err.start})."
+        ) from None
     return parse_class_lines(text, source=str(path))

@@ -54,12 +54,15 @@ def _table_paths(spec: str) -> list[Path]:
     if path.suffix.lower() == ".parquet":
         schema = read_parquet(path, schema_only=True)
         if column not in schema.names:
-            raise DatasetError(f"The table {path} has no column {column!r} (columns: {', '.join(schema.names)}); "
-                               f"name one as {path}:COLUMN.")
+            raise DatasetError(
+                f"The table {path} has no column {column!r} (columns: {', '.join(schema.names)}); "
+                f"name one as {path}:COLUMN."
+            )
         kind = schema.field(column).type
         if not _is_text(kind):
-            raise DatasetError(f"Column {column!r} of {path} holds {kind}, not text paths; name the column of "
-                               f"paths as {path}:COLUMN.")
+            raise DatasetError(
+                f"Column {column!r} of {path} holds {kind}, not text paths; name the column of paths as {path}:COLUMN."
+            )
         values = read_parquet(path, columns=[column]).column(column).to_pylist()
     else:
         import csv
@@ -68,15 +71,18 @@ def _table_paths(spec: str) -> list[Path]:
             with path.open(newline="", encoding="utf-8") as handle:
                 reader = csv.DictReader(handle)
                 if column not in (reader.fieldnames or []):
-                    raise DatasetError(f"The table {path} has no column {column!r} (columns: "
-                                       f"{', '.join(reader.fieldnames or [])}); name one as {path}:COLUMN.")
+                    raise DatasetError(
+                        f"The table {path} has no column {column!r} (columns: "
+                        f"{', '.join(reader.fieldnames or [])}); name one as {path}:COLUMN."
+                    )
                 values = [row[column] for row in reader]
         except (UnicodeDecodeError, csv.Error) as err:
             raise DatasetError(f"The table {path} cannot be read as UTF-8 CSV ({err}).") from None
         kind = _numeric_kind([v for v in values if v], path.parent)
         if kind:
-            raise DatasetError(f"Column {column!r} of {path} holds {kind}, not text paths; name the column of "
-                               f"paths as {path}:COLUMN.")
+            raise DatasetError(
+                f"Column {column!r} of {path} holds {kind}, not text paths; name the column of paths as {path}:COLUMN."
+            )
     base = path.parent
     return [Path(v) if Path(v).is_absolute() else base / v for v in values if v]
 
@@ -208,8 +214,10 @@ class PartWriter:
             pass
         except OSError:
             handle.close()
-            raise OutputBusy(f"{arg('out')} {self.folder} is being written by another negspace run; wait for it to "
-                             "finish (a re-run then resumes) or choose another folder.") from None
+            raise OutputBusy(
+                f"{arg('out')} {self.folder} is being written by another negspace run; wait for it to "
+                "finish (a re-run then resumes) or choose another folder."
+            ) from None
         self._lock_handle = handle
         for stale in self.folder.glob("_part-*.tmp"):  # what a killed run did not finish (we hold the lock)
             stale.unlink()

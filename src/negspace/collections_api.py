@@ -95,18 +95,26 @@ class ScoreConfig:
         if self.method is not None and self.method not in METHODS:
             raise NegspaceError(f"{method} {self.method}: expected one of {', '.join(STATIC_METHODS)}.")
         if self.method is not None and self.method not in STATIC_METHODS:
-            raise NegspaceError(f"{method} {self.method} learns from the stream; learn it on a sample with "
-                                f"`negspace eval --method {self.method} --save-detector DIR`, then score with "
-                                f"{detector} DIR.")
+            raise NegspaceError(
+                f"{method} {self.method} learns from the stream; learn it on a sample with "
+                f"`negspace eval --method {self.method} --save-detector DIR`, then score with "
+                f"{detector} DIR."
+            )
         if self.detector is not None and not Path(self.detector).is_dir():
             raise NegspaceError(f"{detector} {self.detector} is not a folder.")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise NegspaceError(f"{arg('threshold')} must be a finite number, got {self.threshold}.")
 
 
-def score_collection(sources: Sequence[str | Path], out: str | Path, config: ScoreConfig, *,
-                     model: ModelConfig | None = None, collection: CollectionConfig | None = None,
-                     overwrite: bool = False) -> dict[str, Any]:
+def score_collection(
+    sources: Sequence[str | Path],
+    out: str | Path,
+    config: ScoreConfig,
+    *,
+    model: ModelConfig | None = None,
+    collection: CollectionConfig | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Score every image of ``sources`` (folders, path lists, Parquet/CSV tables of paths, feature
     tables) into Parquet parts under ``out``: one row ``path, sha256, score, ood, id_class,
     top_negative`` per image (one per file, however many spellings of its path are listed).
@@ -133,9 +141,11 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
     threshold_images = _threshold_images(config.threshold_id) if config.threshold is None else None
     is_table = {s: is_feature_table(s) for s in specs}
     if collection.engine == "ray" and (any(is_table.values()) or config.detector is None):
-        raise NegspaceError(f"{RAY} scores image files with a saved {arg('detector')} DIR (save one with "
-                            "`negspace eval --save-detector DIR` or det.save(DIR)); feature tables need no encoding: "
-                            f"score them with {arg('engine=' + repr('local'), '--engine local')}.")
+        raise NegspaceError(
+            f"{RAY} scores image files with a saved {arg('detector')} DIR (save one with "
+            "`negspace eval --save-detector DIR` or det.save(DIR)); feature tables need no encoding: "
+            f"score them with {arg('engine=' + repr('local'), '--engine local')}."
+        )
     tables = [read_feature_table(s) for s, table in is_table.items() if table]  # features: no encoding
     image_sources = [s for s, table in is_table.items() if not table]
     listed = collection_paths(image_sources) if image_sources else []  # listed before any model loads
@@ -163,15 +173,22 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
         encoder = load_model(model)
         detector = _detector(config, saved, encoder, model)
         if getattr(detector, "frozen", True) is False:
-            raise NegspaceError("The detector learns from the stream; freeze it first (negspace.load_detector gives it frozen).")
+            raise NegspaceError(
+                "The detector learns from the stream; freeze it first (negspace.load_detector gives it frozen)."
+            )
         _check_model(provenance, encoder)
         _check_dimension(config, detector, encoder)
-        identity = {**detector_identity(saved if saved is not None else detector), "model": encoder.spec,
-                    "weights_fingerprint": encoder.fingerprint, "preprocess": model.preprocess}
+        identity = {
+            **detector_identity(saved if saved is not None else detector),
+            "model": encoder.spec,
+            "weights_fingerprint": encoder.fingerprint,
+            "preprocess": model.preprocess,
+        }
         if recorded is not None:
             _refuse_another_detector(out, recorded, identity)
-        threshold, threshold_source = _threshold(config, detector, encoder, provenance, threshold_images,
-                                                 collection.batch_size, model.progress)
+        threshold, threshold_source = _threshold(
+            config, detector, encoder, provenance, threshold_images, collection.batch_size, model.progress
+        )
         if recorded is not None:
             _refuse_another_threshold(out, recorded, threshold, threshold_source)
         if overwrite:
@@ -180,21 +197,39 @@ def score_collection(sources: Sequence[str | Path], out: str | Path, config: Sco
             removed = clear_outputs(out, SCORE_OUTPUTS, folders=False)
             if removed:
                 log.info("%d file(s) of the previous results in %s removed (overwrite)", removed, out)
-        _write_identity(out, {**identity, "source": str(config.detector or config.method), "threshold": threshold,
-                              "threshold_source": threshold_source})
+        _write_identity(
+            out,
+            {
+                **identity,
+                "source": str(config.detector or config.method),
+                "threshold": threshold,
+                "threshold_source": threshold_source,
+            },
+        )
         todo, unnamed = _named_in_utf8(todo, out)
         names = detector.class_names or []
-        summary = {"engine": collection.engine, "sources": specs, "images": len(paths),
-                   "duplicate_paths": duplicates, "already_written": len(paths) - len(todo) - unnamed, "scored": 0,
-                   "flagged_ood": 0, "skipped_unreadable": unnamed, "threshold": threshold,
-                   "threshold_source": threshold_source, "model": model.spec,
-                   "detector": str(config.detector or config.method), "method": identity["method"],
-                   "detector_digest": identity["digest"]}
+        summary = {
+            "engine": collection.engine,
+            "sources": specs,
+            "images": len(paths),
+            "duplicate_paths": duplicates,
+            "already_written": len(paths) - len(todo) - unnamed,
+            "scored": 0,
+            "flagged_ood": 0,
+            "skipped_unreadable": unnamed,
+            "threshold": threshold,
+            "threshold_source": threshold_source,
+            "model": model.spec,
+            "detector": str(config.detector or config.method),
+            "method": identity["method"],
+            "detector_digest": identity["digest"],
+        }
         if collection.engine == "ray":
             _score_with_ray(todo, out, writer, encoder, model, collection, config.detector, threshold, summary)
         else:
-            _score_locally(todo, tables, out, writer, encoder, detector, threshold, names, summary, collection,
-                           model.progress)
+            _score_locally(
+                todo, tables, out, writer, encoder, detector, threshold, names, summary, collection, model.progress
+            )
         summary.update(_folder_totals(writer))
         (out / "_summary.json").write_text(to_json(summary, indent=1), encoding="utf-8")
     return summary
@@ -205,8 +240,12 @@ def detector_identity(detector: Any) -> dict[str, Any]:
     of everything it saves (parameters, labels and arrays, as :meth:`to_saved` gives them; ANTS:
     its negative space), so that two detectors with the same digest score alike."""
     method, params, arrays, extra = _saved_form(detector)
-    described = {"method": method, "params": params, "extra": extra,
-                 "arrays": {name: [np.asarray(a).dtype.str, list(np.shape(a))] for name, a in sorted(arrays.items())}}
+    described = {
+        "method": method,
+        "params": params,
+        "extra": extra,
+        "arrays": {name: [np.asarray(a).dtype.str, list(np.shape(a))] for name, a in sorted(arrays.items())},
+    }
     digest = hashlib.sha256(to_json(described, sort_keys=True, separators=(",", ":")).encode("utf-8"))
     for name in sorted(arrays):
         digest.update(name.encode("utf-8") + b"\0")
@@ -220,11 +259,18 @@ def _saved_form(detector: Any) -> tuple[str, dict[str, Any], dict[str, np.ndarra
         saved = detector.to_saved()
     except NotImplementedError:  # ANTS saves its negative space instead
         doc, state_arrays = detector.state.to_files()
-        arrays = {"id_text_features": detector.id_text_features, "neg_text_features": detector.neg_text_features,
-                  **{f"state.{name}": np.asarray(a) for name, a in state_arrays.items()}}
+        arrays = {
+            "id_text_features": detector.id_text_features,
+            "neg_text_features": detector.neg_text_features,
+            **{f"state.{name}": np.asarray(a) for name, a in state_arrays.items()},
+        }
         doc = {k: v for k, v in doc.items() if k != "mllm_requests"}  # a counter, not the space
-        return ("ants", detector.config.as_dict(), arrays,
-                {"class_names": detector.class_names, "neg_labels": detector.neg_labels, "state": doc})
+        return (
+            "ants",
+            detector.config.as_dict(),
+            arrays,
+            {"class_names": detector.class_names, "neg_labels": detector.neg_labels, "state": doc},
+        )
     return saved.method, saved.params, saved.arrays, saved.extra
 
 
@@ -252,13 +298,16 @@ def _refuse_another_detector(out: Path, recorded: dict[str, Any], current: dict[
     """One sentence naming both when ``out`` holds rows of another detector or model than
     ``current`` (which may know only some fields yet: those are compared)."""
     fields = ("method", "digest", "model", "weights_fingerprint", "preprocess")
-    differs = {f for f in fields if current.get(f) is not None and recorded.get(f) is not None
-               and current[f] != recorded[f]}
+    differs = {
+        f for f in fields if current.get(f) is not None and recorded.get(f) is not None and current[f] != recorded[f]
+    }
     if not differs:
         return
     this = _describe({**current, "method": current.get("method") or "its detector"}, differs)
-    raise NegspaceError(f"{arg('out')} {out} holds scores of {_describe(recorded, differs)}; this run is {this}; "
-                        f"pass {arg('overwrite')} to start afresh or choose another {arg('out')}.")
+    raise NegspaceError(
+        f"{arg('out')} {out} holds scores of {_describe(recorded, differs)}; this run is {this}; "
+        f"pass {arg('overwrite')} to start afresh or choose another {arg('out')}."
+    )
 
 
 def _refuse_another_threshold(out: Path, recorded: dict[str, Any], threshold: float, source: str) -> None:
@@ -266,10 +315,12 @@ def _refuse_another_threshold(out: Path, recorded: dict[str, Any], threshold: fl
     before = recorded.get("threshold")
     if before is None or math.isclose(float(before), threshold, rel_tol=1e-6, abs_tol=1e-12):
         return
-    raise NegspaceError(f"{arg('out')} {out} holds rows flagged OOD below {before:.6g} "
-                        f"({recorded.get('threshold_source') or 'an earlier run'}); this run flags below "
-                        f"{threshold:.6g} ({source}); pass {arg('overwrite')} to start afresh or choose another "
-                        f"{arg('out')}.")
+    raise NegspaceError(
+        f"{arg('out')} {out} holds rows flagged OOD below {before:.6g} "
+        f"({recorded.get('threshold_source') or 'an earlier run'}); this run flags below "
+        f"{threshold:.6g} ({source}); pass {arg('overwrite')} to start afresh or choose another "
+        f"{arg('out')}."
+    )
 
 
 def _recorded_identity(out: Path, writer: PartWriter) -> dict[str, Any] | None:
@@ -281,8 +332,10 @@ def _recorded_identity(out: Path, writer: PartWriter) -> dict[str, Any] | None:
         try:
             recorded = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise DatasetError(f"{arg('out')} {out}: its {IDENTITY_FILE} cannot be read ({err}); pass "
-                               f"{arg('overwrite')} to start afresh or choose another {arg('out')}.") from None
+            raise DatasetError(
+                f"{arg('out')} {out}: its {IDENTITY_FILE} cannot be read ({err}); pass "
+                f"{arg('overwrite')} to start afresh or choose another {arg('out')}."
+            ) from None
         if isinstance(recorded, dict):
             return recorded
     # a folder written before the identity was recorded: its summary names the detector and model
@@ -294,11 +347,17 @@ def _recorded_identity(out: Path, writer: PartWriter) -> dict[str, Any] | None:
         except (OSError, UnicodeDecodeError, ValueError):
             summary = {}
     if not isinstance(summary, dict) or "detector" not in summary:
-        raise DatasetError(f"{arg('out')} {out} holds Parquet parts that do not say which detector wrote them (no "
-                           f"{IDENTITY_FILE}); pass {arg('overwrite')} to start afresh or choose another {arg('out')}.")
+        raise DatasetError(
+            f"{arg('out')} {out} holds Parquet parts that do not say which detector wrote them (no "
+            f"{IDENTITY_FILE}); pass {arg('overwrite')} to start afresh or choose another {arg('out')}."
+        )
     method = summary["detector"] if summary["detector"] in METHODS else None
-    return {"method": method or _saved_method(summary["detector"]), "model": summary.get("model"),
-            "threshold": summary.get("threshold"), "threshold_source": summary.get("threshold_source")}
+    return {
+        "method": method or _saved_method(summary["detector"]),
+        "model": summary.get("model"),
+        "threshold": summary.get("threshold"),
+        "threshold_source": summary.get("threshold_source"),
+    }
 
 
 def _saved_method(folder: str) -> str | None:
@@ -315,8 +374,13 @@ def _write_identity(out: Path, identity: dict[str, Any]) -> None:
     tmp.replace(out / IDENTITY_FILE)
 
 
-def embed_collection(sources: Sequence[str | Path], out: str | Path, *, model: ModelConfig | None = None,
-                     collection: CollectionConfig | None = None) -> dict[str, int]:
+def embed_collection(
+    sources: Sequence[str | Path],
+    out: str | Path,
+    *,
+    model: ModelConfig | None = None,
+    collection: CollectionConfig | None = None,
+) -> dict[str, int]:
     """Image features of ``sources`` as Parquet parts of (path, sha256, feature) under ``out``, each
     part recording the model that made it; resumable. An ``out`` holding another model's features
     is refused. Returns the counts."""
@@ -340,8 +404,12 @@ def embed_collection(sources: Sequence[str | Path], out: str | Path, *, model: M
         encoder = load_model(model)
         meta = table_metadata(encoder)
         _check_table_model(out, writer, meta)
-        counts = {"images": len(paths), "already_there": len(paths) - len(todo) - unnamed, "written": 0,
-                  "skipped_unreadable": unnamed}
+        counts = {
+            "images": len(paths),
+            "already_there": len(paths) - len(todo) - unnamed,
+            "written": 0,
+            "skipped_unreadable": unnamed,
+        }
         if collection.engine == "ray":
             _embed_with_ray(todo, out, writer, encoder, model, collection, meta, counts)
             return counts
@@ -406,8 +474,9 @@ def _named_in_utf8(paths: list[Path], out: Path) -> tuple[list[Path], int]:
         try:
             str(path).encode("utf-8")
         except UnicodeEncodeError:
-            bad.append(_Failed(str(path), "the file name is not valid UTF-8, which Parquet strings must be; "
-                                          "rename the file"))
+            bad.append(
+                _Failed(str(path), "the file name is not valid UTF-8, which Parquet strings must be; rename the file")
+            )
         else:
             good.append(path)
     if bad:
@@ -459,8 +528,10 @@ def _check_dimension(config: ScoreConfig, detector: Any, encoder: Any) -> None:
     dim = detector.id_text_features.shape[1]
     if dim != encoder.dim:
         what = f"{arg('detector')} {config.detector}" if config.detector else f"{arg('method')} {config.method}"
-        raise NegspaceError(f"{what} scores {dim}-dimensional features, but the model {encoder.spec} gives "
-                            f"{encoder.dim}: pass the detector's {arg('model')} and {arg('weights')}.")
+        raise NegspaceError(
+            f"{what} scores {dim}-dimensional features, but the model {encoder.spec} gives "
+            f"{encoder.dim}: pass the detector's {arg('model')} and {arg('weights')}."
+        )
 
 
 def _check_table_model(out: Path, writer: PartWriter, meta: dict[str, Any]) -> None:
@@ -472,12 +543,15 @@ def _check_table_model(out: Path, writer: PartWriter, meta: dict[str, Any]) -> N
         found = json.loads((read_parquet(part, schema_only=True).metadata or {}).get(META_KEY, b"{}"))
         if (found.get("weights_fingerprint"), found.get("dim")) != (meta["weights_fingerprint"], meta["dim"]):
             same_spec = found.get("model") == meta["model"]
-            theirs = found.get("model", "unknown") + (f", weights {_short(found.get('weights_fingerprint'))}"
-                                                      if same_spec else "")
+            theirs = found.get("model", "unknown") + (
+                f", weights {_short(found.get('weights_fingerprint'))}" if same_spec else ""
+            )
             ours = meta["model"] + (f", weights {_short(meta['weights_fingerprint'])}" if same_spec else "")
-            raise NegspaceError(f"{arg('out')} {out} holds features of another model ({theirs}, dimension "
-                                f"{found.get('dim', '?')}) than this run's ({ours}, dimension {meta['dim']}); "
-                                "choose another folder.")
+            raise NegspaceError(
+                f"{arg('out')} {out} holds features of another model ({theirs}, dimension "
+                f"{found.get('dim', '?')}) than this run's ({ours}, dimension {meta['dim']}); "
+                "choose another folder."
+            )
 
 
 def _detector(config: ScoreConfig, saved: Any, encoder: Any, model: ModelConfig) -> Any:
@@ -497,8 +571,15 @@ def _detector(config: ScoreConfig, saved: Any, encoder: Any, model: ModelConfig)
     return build_detector(build_inputs(eval_config, encoder, class_list(config.classes), model, model.spec))
 
 
-def _threshold(config: ScoreConfig, detector: Any, encoder: Any, provenance: dict[str, Any], id_images: Any,
-               batch_size: int, progress: bool) -> tuple[float, str]:
+def _threshold(
+    config: ScoreConfig,
+    detector: Any,
+    encoder: Any,
+    provenance: dict[str, Any],
+    id_images: Any,
+    batch_size: int,
+    progress: bool,
+) -> tuple[float, str]:
     """The flag threshold and where it came from."""
     from negspace.metrics import threshold_at_id_recall
 
@@ -509,18 +590,32 @@ def _threshold(config: ScoreConfig, detector: Any, encoder: Any, provenance: dic
         if len(encoding.features) == 0:
             raise NegspaceError(f"{arg('threshold_id')} {config.threshold_id}: none of its images could be read.")
         scores = detector.score_features(encoding.features)
-        return float(threshold_at_id_recall(scores)), f"95% recall of the {len(scores)} ID images of {config.threshold_id}"
+        return float(
+            threshold_at_id_recall(scores)
+        ), f"95% recall of the {len(scores)} ID images of {config.threshold_id}"
     saved = provenance.get("threshold_95_id_recall")
     if isinstance(saved, (int, float)) and math.isfinite(saved):
         return float(saved), f"saved with the detector ({provenance.get('id_set', 'its ID set')})"
-    raise NegspaceError(f"No threshold for the OOD flag: give {arg('threshold')} T, or {arg('threshold_id')} ID_IMAGES "
-                        f"to choose the one that keeps 95% of them, or a {arg('detector')} saved by "
-                        "`negspace eval --save-detector`.")
+    raise NegspaceError(
+        f"No threshold for the OOD flag: give {arg('threshold')} T, or {arg('threshold_id')} ID_IMAGES "
+        f"to choose the one that keeps 95% of them, or a {arg('detector')} saved by "
+        "`negspace eval --save-detector`."
+    )
 
 
-def _score_locally(todo: list[Path], tables: list[FeatureTable], out: Path, writer: PartWriter, encoder: Any,
-                   detector: Any, threshold: float, names: list[str], summary: dict[str, Any],
-                   collection: CollectionConfig, progress: bool) -> None:
+def _score_locally(
+    todo: list[Path],
+    tables: list[FeatureTable],
+    out: Path,
+    writer: PartWriter,
+    encoder: Any,
+    detector: Any,
+    threshold: float,
+    names: list[str],
+    summary: dict[str, Any],
+    collection: CollectionConfig,
+    progress: bool,
+) -> None:
     """This process: chunks of images (or feature-table rows) scored and written; counts into ``summary``."""
     from tqdm import tqdm
 
@@ -546,15 +641,22 @@ def _score_locally(todo: list[Path], tables: list[FeatureTable], out: Path, writ
 
 def score_rows(detector: Any, encoding: Any, threshold: float, names: list[str], batch_size: int) -> dict[str, Any]:
     """One row per encoded image: path, content hash, score, OOD flag, nearest ID class and negative."""
-    parts = [detector.score_with_nearest(encoding.features[start:start + batch_size])
-             for start in range(0, len(encoding.features), batch_size)]  # one product per batch
+    parts = [
+        detector.score_with_nearest(encoding.features[start : start + batch_size])
+        for start in range(0, len(encoding.features), batch_size)
+    ]  # one product per batch
     scores = np.concatenate([part[0] for part in parts]) if parts else np.zeros(0)
     nearest_id = np.concatenate([part[1] for part in parts]) if parts else np.zeros(0, int)
     nearest_negative = [text for part in parts for text in part[2]]
     flags = scores < threshold
-    return {"path": [str(p) for p in encoding.paths], "sha256": list(encoding.hashes), "score": scores,
-            "ood": flags, "id_class": [names[i] if i < len(names) else str(i) for i in nearest_id],
-            "top_negative": nearest_negative}
+    return {
+        "path": [str(p) for p in encoding.paths],
+        "sha256": list(encoding.hashes),
+        "score": scores,
+        "ood": flags,
+        "id_class": [names[i] if i < len(names) else str(i) for i in nearest_id],
+        "top_negative": nearest_negative,
+    }
 
 
 def _features_of(chunk: Any, known: dict[str, Any], encoder: Any, batch_size: int) -> Any:
@@ -566,12 +668,20 @@ def _features_of(chunk: Any, known: dict[str, Any], encoder: Any, batch_size: in
     rows = [known[str(p)] for p in chunk if str(p) in known]
     if not rows:
         return encoded
-    given = ImageEncoding(np.stack([t.features[i] for t, i in rows]), [Path(t.paths[i]) for t, i in rows], [],
-                          [t.hashes[i] for t, i in rows])
+    given = ImageEncoding(
+        np.stack([t.features[i] for t, i in rows]),
+        [Path(t.paths[i]) for t, i in rows],
+        [],
+        [t.hashes[i] for t, i in rows],
+    )
     if encoded is None:
         return given
-    return ImageEncoding(np.concatenate([encoded.features, given.features]), encoded.paths + given.paths,
-                         encoded.skipped, encoded.hashes + given.hashes)
+    return ImageEncoding(
+        np.concatenate([encoded.features, given.features]),
+        encoded.paths + given.paths,
+        encoded.skipped,
+        encoded.hashes + given.hashes,
+    )
 
 
 def _ray_rows(todo: list[Path], encoder: Any, model: ModelConfig, collection: CollectionConfig, **kwargs: Any) -> Any:
@@ -583,12 +693,21 @@ def _ray_rows(todo: list[Path], encoder: Any, model: ModelConfig, collection: Co
     ray_engine.start_ray(collection.ray_address)
     gpus = ray_engine.cluster_gpus()
     actors = collection.ray_actors or max(1, gpus)
-    recipe = ray_engine.ModelRecipe(model.spec, str(model.weights) if model.weights else None,
-                                    "cuda" if gpus else "cpu", model.preprocess)
+    recipe = ray_engine.ModelRecipe(
+        model.spec, str(model.weights) if model.weights else None, "cuda" if gpus else "cpu", model.preprocess
+    )
     log.info("Ray engine: %d model actor(s)%s", actors, f" on {gpus} GPU(s)" if gpus else " on CPUs")
-    return ray_engine.run_pipeline(todo, recipe, encoder.backend.pixel_transform(), batch_size=collection.batch_size,
-                                   chunk_size=collection.chunk_size, actors=actors,
-                                   gpus_per_actor=1.0 if gpus else 0.0, address=collection.ray_address, **kwargs)
+    return ray_engine.run_pipeline(
+        todo,
+        recipe,
+        encoder.backend.pixel_transform(),
+        batch_size=collection.batch_size,
+        chunk_size=collection.chunk_size,
+        actors=actors,
+        gpus_per_actor=1.0 if gpus else 0.0,
+        address=collection.ray_address,
+        **kwargs,
+    )
 
 
 class _Failed:
@@ -599,30 +718,52 @@ class _Failed:
 def _split_failed(batch: dict[str, Any], out: Path) -> tuple[np.ndarray, int]:
     """Which rows of a Ray batch were decoded; the others go to ``_skipped.csv``."""
     ok = np.array([not r for r in batch["reason"]], dtype=bool)
-    failed = [_Failed(str(p), str(r)) for p, r, good in zip(batch["path"], batch["reason"], ok, strict=True) if not good]
+    failed = [
+        _Failed(str(p), str(r)) for p, r, good in zip(batch["path"], batch["reason"], ok, strict=True) if not good
+    ]
     if failed:
         _append_skipped(out / "_skipped.csv", failed)
     return ok, len(failed)
 
 
-def _score_with_ray(todo: list[Path], out: Path, writer: PartWriter, encoder: Any, model: ModelConfig,
-                    collection: CollectionConfig, detector_dir: Path | None, threshold: float,
-                    summary: dict[str, Any]) -> None:
+def _score_with_ray(
+    todo: list[Path],
+    out: Path,
+    writer: PartWriter,
+    encoder: Any,
+    model: ModelConfig,
+    collection: CollectionConfig,
+    detector_dir: Path | None,
+    threshold: float,
+    summary: dict[str, Any],
+) -> None:
     """The Ray pipeline's rows written as the local engine writes them; counts into ``summary``."""
     columns = ("path", "sha256", "score", "ood", "id_class", "top_negative")
     for batch in _ray_rows(todo, encoder, model, collection, detector_dir=str(detector_dir), threshold=threshold):
         ok, failed = _split_failed(batch, out)
         summary["skipped_unreadable"] += failed
         if ok.any():
-            rows = {c: [str(v) for v in batch[c][ok]] if c in ("path", "sha256", "id_class", "top_negative")
-                    else batch[c][ok] for c in columns}
+            rows = {
+                c: [str(v) for v in batch[c][ok]]
+                if c in ("path", "sha256", "id_class", "top_negative")
+                else batch[c][ok]
+                for c in columns
+            }
             writer.write(rows)
             summary["scored"] += int(ok.sum())
             summary["flagged_ood"] += int(np.sum(batch["ood"][ok]))
 
 
-def _embed_with_ray(todo: list[Path], out: Path, writer: PartWriter, encoder: Any, model: ModelConfig,
-                    collection: CollectionConfig, meta: dict[str, Any], counts: dict[str, int]) -> None:
+def _embed_with_ray(
+    todo: list[Path],
+    out: Path,
+    writer: PartWriter,
+    encoder: Any,
+    model: ModelConfig,
+    collection: CollectionConfig,
+    meta: dict[str, Any],
+    counts: dict[str, int],
+) -> None:
     import pyarrow as pa
 
     from negspace.features_table import with_metadata
@@ -633,8 +774,13 @@ def _embed_with_ray(todo: list[Path], out: Path, writer: PartWriter, encoder: An
         if ok.any():
             features = np.asarray(batch["feature"][ok], dtype=np.float32)
             column = pa.FixedSizeListArray.from_arrays(pa.array(features.ravel()), features.shape[1])
-            table = pa.table({"path": [str(p) for p in batch["path"][ok]],
-                              "sha256": [str(h) for h in batch["sha256"][ok]], "feature": column})
+            table = pa.table(
+                {
+                    "path": [str(p) for p in batch["path"][ok]],
+                    "sha256": [str(h) for h in batch["sha256"][ok]],
+                    "feature": column,
+                }
+            )
             writer.write_table(with_metadata(table, meta))
             counts["written"] += int(ok.sum())
 
@@ -670,6 +816,8 @@ def _existing(path: str | None) -> Path | None:
 def _check_model(provenance: dict[str, Any], encoder: Any) -> None:
     saved = provenance.get("weights_fingerprint")
     if saved and saved != encoder.fingerprint:
-        raise NegspaceError(f"The detector was built with model {provenance.get('model')} (weights {saved}); this run "
-                            f"loads {encoder.spec} (weights {encoder.fingerprint}): pass the detector's {arg('model')} "
-                            f"and {arg('weights')}.")
+        raise NegspaceError(
+            f"The detector was built with model {provenance.get('model')} (weights {saved}); this run "
+            f"loads {encoder.spec} (weights {encoder.fingerprint}): pass the detector's {arg('model')} "
+            f"and {arg('weights')}."
+        )

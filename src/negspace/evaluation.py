@@ -63,12 +63,19 @@ def _check_feature_file(path: Path, name: str) -> FeatureFile:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as err:
-        what = ("holds Python objects, which negspace never unpickles" if re.search(r"pickle|Python objects", str(err))
-                else f"cannot be read ({err})")
-        raise DatasetError(f"Feature file {path} for set {name!r} is not a numeric .npy array: it {what}; "
-                           "save an (N, D) float array with numpy.save.") from None
+        what = (
+            "holds Python objects, which negspace never unpickles"
+            if re.search(r"pickle|Python objects", str(err))
+            else f"cannot be read ({err})"
+        )
+        raise DatasetError(
+            f"Feature file {path} for set {name!r} is not a numeric .npy array: it {what}; "
+            "save an (N, D) float array with numpy.save."
+        ) from None
     if array.ndim != 2 or array.shape[0] == 0:
-        raise DatasetError(f"Feature file {path} for set {name!r} must hold a non-empty (N, D) array, got shape {array.shape}.")
+        raise DatasetError(
+            f"Feature file {path} for set {name!r} must hold a non-empty (N, D) array, got shape {array.shape}."
+        )
     if not np.issubdtype(array.dtype, np.number):
         raise DatasetError(f"Feature file {path} for set {name!r} holds {array.dtype} values, not numbers.")
     # Checked chunk by chunk so a large memory-mapped file is never loaded twice at once.
@@ -123,8 +130,9 @@ def encode_set(
         log.warning("%s: %d unreadable file(s) skipped", source.name, len(skipped))
     if len(encoding.features) == 0:
         raise DatasetError(f"No image of set {source.name!r} could be read ({len(skipped)} unreadable).")
-    return EncodedSet(source.name, encoding.features, [str(p) for p in encoding.paths], skipped, encoding.seconds,
-                      encoding.from_cache)
+    return EncodedSet(
+        source.name, encoding.features, [str(p) for p in encoding.paths], skipped, encoding.seconds, encoding.from_cache
+    )
 
 
 @dataclass
@@ -151,19 +159,20 @@ class Evaluation:
 
     def average(self) -> dict[str, float]:
         """Unweighted mean of each metric over the OOD sets (as the papers report)."""
-        return {
-            metric: float(np.mean([getattr(r, metric) for r in self.results.values()]))
-            for metric in METRIC_NAMES
-        }
+        return {metric: float(np.mean([getattr(r, metric) for r in self.results.values()])) for metric in METRIC_NAMES}
 
     def __repr__(self) -> str:
         # a few lines for a notebook: what ran on what, and the averages; never the arrays
         method = self.info.get("method", "?")
         ood = ", ".join(f"{s.name}: {len(s.features)}" for s in self.ood_sets)
-        average = ", ".join(f"{metric}={value:.4f}" for metric, value in self.average().items()) if self.results else "none"
+        average = (
+            ", ".join(f"{metric}={value:.4f}" for metric, value in self.average().items()) if self.results else "none"
+        )
         stopped = f", stopped after {self.stopped!r}" if self.stopped else ""
-        return (f"Evaluation(method={method!r}, id={self.id_set.name!r}: {len(self.id_set.features)} images, "
-                f"ood={{{ood}}},\n           average: {average}{stopped})")
+        return (
+            f"Evaluation(method={method!r}, id={self.id_set.name!r}: {len(self.id_set.features)} images, "
+            f"ood={{{ood}}},\n           average: {average}{stopped})"
+        )
 
 
 def evaluate_detector(
@@ -198,15 +207,24 @@ def stream_order(n_id: int, n_ood: int, seed: int) -> np.ndarray:
 STREAM_MODES = ("per-set", "sequential", "mixed")
 
 
-def _batches(features: np.ndarray, samples: list[str], order: np.ndarray, batch_size: int,
-             pass_images: bool) -> list[StreamBatch]:
+def _batches(
+    features: np.ndarray, samples: list[str], order: np.ndarray, batch_size: int, pass_images: bool
+) -> list[StreamBatch]:
     chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    return [StreamBatch(features[chunk], [Path(samples[i]) for i in chunk] if pass_images else None)
-            for chunk in chunks]
+    return [
+        StreamBatch(features[chunk], [Path(samples[i]) for i in chunk] if pass_images else None) for chunk in chunks
+    ]
 
 
-def _score_segment(detector: OnlineDetector, features: np.ndarray, samples: list[str], order: np.ndarray,
-                   batch_size: int, pass_images: bool, finish: bool) -> np.ndarray:
+def _score_segment(
+    detector: OnlineDetector,
+    features: np.ndarray,
+    samples: list[str],
+    order: np.ndarray,
+    batch_size: int,
+    pass_images: bool,
+    finish: bool,
+) -> np.ndarray:
     """Scores of one shuffled segment, aligned with ``features``."""
     scores = np.empty(len(order), dtype=np.float64)
     batches = _batches(features, samples, order, batch_size, pass_images)
@@ -277,8 +295,9 @@ def evaluate_stream(
             id_scores_per_set[ood.name] = scores[:n_id]
             ood_scores[ood.name] = scores[n_id:]
             stream_of[ood.name] = ood.name
-            if after_stream is not None and after_stream(ood.name, detector, EncodedSet(ood.name, features, samples),
-                                                         scores):
+            if after_stream is not None and after_stream(
+                ood.name, detector, EncodedSet(ood.name, features, samples), scores
+            ):
                 stopped_after = ood.name
                 break
     results = {name: compute_all(id_scores_per_set[name], ood_scores[name]) for name in ood_scores}
@@ -286,11 +305,23 @@ def evaluate_stream(
     whole = compute_all(np.concatenate(list(distinct.values())), np.concatenate(list(ood_scores.values())))
     first = ood_sets[0].name
     scored = [s for s in ood_sets if s.name in ood_scores]
-    evaluation = Evaluation(id_set, scored, id_scores_per_set[first], ood_scores, results,
-                            stream_id_scores=id_scores_per_set, stream_of=stream_of, whole=whole)
-    evaluation.info["stream"] = {"mode": mode, "seed": seed, "batch_size": batch_size,
-                                 "reset_between_ood_sets": mode == "per-set",
-                                 "order": [s.name for s in ood_sets]}
+    evaluation = Evaluation(
+        id_set,
+        scored,
+        id_scores_per_set[first],
+        ood_scores,
+        results,
+        stream_id_scores=id_scores_per_set,
+        stream_of=stream_of,
+        whole=whole,
+    )
+    evaluation.info["stream"] = {
+        "mode": mode,
+        "seed": seed,
+        "batch_size": batch_size,
+        "reset_between_ood_sets": mode == "per-set",
+        "order": [s.name for s in ood_sets],
+    }
     if stopped_after is not None:
         evaluation.info["stream"]["stopped_after"] = stopped_after
     return evaluation

@@ -90,8 +90,10 @@ def read_feature_table(spec: str | Path, name: str | None = None) -> FeatureTabl
         if meta is None:
             meta = part_meta
         elif part_meta != meta:
-            raise DatasetError(f"{file} was written by another model ({part_meta.get('model')}) than the rest of "
-                               f"{path} ({meta.get('model')}).")
+            raise DatasetError(
+                f"{file} was written by another model ({part_meta.get('model')}) than the rest of "
+                f"{path} ({meta.get('model')})."
+            )
         paths += table.column("path").to_pylist()
         hashes += table.column("sha256").to_pylist() if "sha256" in table.column_names else [""] * table.num_rows
         if table.num_rows:
@@ -106,8 +108,10 @@ def read_feature_table(spec: str | Path, name: str | None = None) -> FeatureTabl
         raise DatasetError(f"The feature table {path} has rows that are not finite.")
     zero = np.flatnonzero(~np.any(features, axis=1))
     if len(zero):
-        raise DatasetError(f"The feature table {path} has {len(zero)} all-zero row(s) (e.g. {paths[zero[0]]}), "
-                           "which are no image's features.")
+        raise DatasetError(
+            f"The feature table {path} has {len(zero)} all-zero row(s) (e.g. {paths[zero[0]]}), "
+            "which are no image's features."
+        )
     _check_one_feature_per_hash(path, hashes, features)
     return FeatureTable(name or path.stem, path, paths, hashes, features, meta or {})
 
@@ -120,8 +124,10 @@ def _check_one_feature_per_hash(path: Path, hashes: list[str], features: np.ndar
             continue
         if digest in first:
             if not np.allclose(features[row], features[first[digest]], rtol=0, atol=1e-5):
-                raise DatasetError(f"The feature table {path} has rows of the same image (sha256 {digest}) with "
-                                   "different features; it mixes models or runs.")
+                raise DatasetError(
+                    f"The feature table {path} has rows of the same image (sha256 {digest}) with "
+                    "different features; it mixes models or runs."
+                )
         else:
             first[digest] = row
 
@@ -130,11 +136,15 @@ def check_model(table: FeatureTable, encoder: Any) -> None:
     """Refuse features of another model than ``encoder``'s, or of another dimension."""
     fingerprint = table.meta.get("weights_fingerprint")
     if fingerprint and fingerprint != encoder.fingerprint:
-        raise DatasetError(f"The features in {table.path} were made by {table.meta.get('model')} (weights "
-                           f"{fingerprint}), not by this run's {encoder.spec} (weights {encoder.fingerprint}).")
+        raise DatasetError(
+            f"The features in {table.path} were made by {table.meta.get('model')} (weights "
+            f"{fingerprint}), not by this run's {encoder.spec} (weights {encoder.fingerprint})."
+        )
     if table.features.shape[1] != encoder.dim:
-        raise DatasetError(f"The features in {table.path} have dimension {table.features.shape[1]}, but the model "
-                           f"{encoder.spec} gives {encoder.dim}.")
+        raise DatasetError(
+            f"The features in {table.path} have dimension {table.features.shape[1]}, but the model "
+            f"{encoder.spec} gives {encoder.dim}."
+        )
 
 
 def import_into_cache(table: FeatureTable, encoder: Any) -> int:
@@ -146,13 +156,17 @@ def import_into_cache(table: FeatureTable, encoder: Any) -> int:
     dimension, is refused, since every later run on those images would score with its features.
     """
     if not table.meta.get("weights_fingerprint"):
-        raise DatasetError(f"{arg('features')} {table.path} does not say which model made it (no negspace metadata: it "
-                           "was not written by `negspace embed`); its features cannot be trusted into the cache. "
-                           "Use it as a set or source instead, or write it with `negspace embed`.")
+        raise DatasetError(
+            f"{arg('features')} {table.path} does not say which model made it (no negspace metadata: it "
+            "was not written by `negspace embed`); its features cannot be trusted into the cache. "
+            "Use it as a set or source instead, or write it with `negspace embed`."
+        )
     check_model(table, encoder)
     if table.meta.get("dim") not in (None, encoder.dim):
-        raise DatasetError(f"{arg('features')} {table.path} says its features have dimension {table.meta.get('dim')}, "
-                           f"the model {encoder.spec} {encoder.dim}.")
+        raise DatasetError(
+            f"{arg('features')} {table.path} says its features have dimension {table.meta.get('dim')}, "
+            f"the model {encoder.spec} {encoder.dim}."
+        )
     if encoder.store is None:
         raise DatasetError(f"{arg('features')} needs the feature cache; drop {arg('use_cache=False', '--no-cache')}.")
     items = {encoder.image_key(h): f for h, f in zip(table.hashes, table.features, strict=True) if h}

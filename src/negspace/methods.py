@@ -43,14 +43,18 @@ log = logging.getLogger("negspace")
 
 #: Methods that need a few labelled ID images per class (``EvalConfig.id_shots``).
 FEW_SHOT_METHODS = ("interneg", "tins")
-FEW_SHOT_NEEDS_SHOTS = (f"InterNeg and TINS need a few labelled ID images per class: pass {arg('id_shots')} (a "
-                        "folder of class folders, or a path<TAB>class list).")
+FEW_SHOT_NEEDS_SHOTS = (
+    f"InterNeg and TINS need a few labelled ID images per class: pass {arg('id_shots')} (a "
+    "folder of class folders, or a path<TAB>class list)."
+)
 
 #: Methods that ask a (multimodal) LLM: ANTS needs one, NegRefine's label filter uses one when given.
 LLM_METHODS = ("ants", "negrefine")
 
-ANTS_NEEDS_MLLM = (f"ANTS needs a multimodal LLM: pass {arg('mllm', '--mllm SPEC')} (see 'Using an MLLM' in the "
-                   f"README) or {arg('ants.negative_space', '--negative-space DIR')}.")
+ANTS_NEEDS_MLLM = (
+    f"ANTS needs a multimodal LLM: pass {arg('mllm', '--mllm SPEC')} (see 'Using an MLLM' in the "
+    f"README) or {arg('ants.negative_space', '--negative-space DIR')}."
+)
 
 
 def params_of(config: EvalConfig) -> Any:
@@ -120,33 +124,48 @@ def negatives(inputs: BuildInputs) -> MinedNegatives:
     if source.labels_file is None:
         return mine_negative_labels(encoder, inputs.class_names, source.mining, inputs.cache_dir, inputs.progress)
     nouns, adjectives, inputs.notes["negatives_file"] = read_negatives_file(
-        source.labels_file, inputs.class_names, model=inputs.model, classes=inputs.classes)
+        source.labels_file, inputs.class_names, model=inputs.model, classes=inputs.classes
+    )
     features = [encoder.encode_texts(nouns, template=NOUN_TEMPLATE, progress=inputs.progress)]
     if adjectives:
         features.append(encoder.encode_texts(adjectives, template=ADJECTIVE_TEMPLATE, progress=inputs.progress))
     return MinedNegatives(nouns + adjectives, np.concatenate(features), len(nouns), len(adjectives))
 
 
-def read_negatives_file(path: Path, class_names: Sequence[str], model: str = "",
-                        classes: str = "") -> tuple[list[str], list[str], dict[str, Any]]:
+def read_negatives_file(
+    path: Path, class_names: Sequence[str], model: str = "", classes: str = ""
+) -> tuple[list[str], list[str], dict[str, Any]]:
     """A label file's labels without ID names and repeats, what was removed, and a warning when
     the file was mined for another model or class list."""
     nouns, adjectives = read_label_file(path)
     cleaned = clean_labels(nouns, adjectives, class_names)
     settings = read_label_file_settings(path) or {}
     ours = {"model": model, "classes": classes}
-    mismatched = {key: settings[key] for key in ("model", "classes")
-                  if key in settings and ours[key] and str(settings[key]) != str(ours[key])}
+    mismatched = {
+        key: settings[key]
+        for key in ("model", "classes")
+        if key in settings and ours[key] and str(settings[key]) != str(ours[key])
+    }
     if mismatched:
-        log.warning("--negatives %s was mined with %s, not this run's %s: its labels may not suit it", path,
-                    ", ".join(f"{k}={v}" for k, v in mismatched.items()),
-                    ", ".join(f"{k}={ours[k]}" for k in mismatched))
-    for what, removed in (("ID class names", cleaned.id_names_removed), ("repeated labels", cleaned.duplicates_removed)):
+        log.warning(
+            "--negatives %s was mined with %s, not this run's %s: its labels may not suit it",
+            path,
+            ", ".join(f"{k}={v}" for k, v in mismatched.items()),
+            ", ".join(f"{k}={ours[k]}" for k in mismatched),
+        )
+    for what, removed in (
+        ("ID class names", cleaned.id_names_removed),
+        ("repeated labels", cleaned.duplicates_removed),
+    ):
         if removed:
             log.warning("--negatives %s: %d %s removed (e.g. %r)", path, len(removed), what, removed[0])
-    report = {"path": str(path), "labels": len(cleaned.nouns) + len(cleaned.adjectives),
-              "id_names_removed": len(cleaned.id_names_removed), "duplicates_removed": len(cleaned.duplicates_removed),
-              "settings_mismatch": mismatched}
+    report = {
+        "path": str(path),
+        "labels": len(cleaned.nouns) + len(cleaned.adjectives),
+        "id_names_removed": len(cleaned.id_names_removed),
+        "duplicates_removed": len(cleaned.duplicates_removed),
+        "settings_mismatch": mismatched,
+    }
     return cleaned.nouns, cleaned.adjectives, report
 
 
@@ -158,8 +177,10 @@ def _checked_groups(inputs: BuildInputs, bank: MinedNegatives) -> MinedNegatives
     """``bank``, when the method's groups fit in it (else one sentence)."""
     groups = inputs.params.groups
     if groups > len(bank.labels):
-        raise NegspaceError(f"{arg(type(inputs.params).__name__ + '.groups', '--groups')} {groups} is larger than "
-                            f"the {len(bank.labels)} negative labels.")
+        raise NegspaceError(
+            f"{arg(type(inputs.params).__name__ + '.groups', '--groups')} {groups} is larger than "
+            f"the {len(bank.labels)} negative labels."
+        )
     return bank
 
 
@@ -169,7 +190,8 @@ def _conjugated_bank(inputs: BuildInputs, select: Callable[[], MinedNegatives]) 
     if inputs.config.negatives.labels_file is None:
         return _checked_groups(inputs, select())
     nouns, phrases, inputs.notes["negatives_file"] = read_negatives_file(
-        inputs.config.negatives.labels_file, inputs.class_names, model=inputs.model, classes=inputs.classes)
+        inputs.config.negatives.labels_file, inputs.class_names, model=inputs.model, classes=inputs.classes
+    )
     return _checked_groups(inputs, bank_of(inputs.encoder, nouns, phrases, inputs.progress))
 
 
@@ -181,8 +203,9 @@ def build_mcm(inputs: BuildInputs) -> Detector:
 
 
 def build_neglabel(inputs: BuildInputs) -> Detector:
-    return NegLabel.from_mined(inputs.encoder, inputs.class_names, _checked_negatives(inputs), inputs.params,
-                               **inputs.backend())
+    return NegLabel.from_mined(
+        inputs.encoder, inputs.class_names, _checked_negatives(inputs), inputs.params, **inputs.backend()
+    )
 
 
 def build_csp(inputs: BuildInputs) -> Detector:
@@ -190,8 +213,12 @@ def build_csp(inputs: BuildInputs) -> Detector:
     conjugated phrases as its adjectives)."""
     config: CSPConfig = inputs.params
     id_features = CSP.encode_id_names(inputs.encoder, inputs.class_names)
-    bank = _conjugated_bank(inputs, lambda: select_from_pool(inputs.encoder, inputs.class_names, id_features,
-                                                             config.selection(), inputs.cache_dir, inputs.progress))
+    bank = _conjugated_bank(
+        inputs,
+        lambda: select_from_pool(
+            inputs.encoder, inputs.class_names, id_features, config.selection(), inputs.cache_dir, inputs.progress
+        ),
+    )
     detector = CSP(id_features, bank.features, config, neg_labels=bank.labels, **inputs.backend())
     detector.encoder, detector.class_names = inputs.encoder, list(inputs.class_names)
     return detector
@@ -204,14 +231,23 @@ def build_negrefine(inputs: BuildInputs) -> Detector:
     id_features = NegRefine.encode_id_names(inputs.encoder, inputs.class_names)
 
     def refined() -> MinedNegatives:
-        result = refine_bank(inputs.encoder, inputs.class_names, id_features, inputs.mllm, config.selection(),
-                             config.nearest, inputs.cache_dir, inputs.progress)
+        result = refine_bank(
+            inputs.encoder,
+            inputs.class_names,
+            id_features,
+            inputs.mllm,
+            config.selection(),
+            config.nearest,
+            inputs.cache_dir,
+            inputs.progress,
+        )
         inputs.notes["negrefine"] = result.notes
         return result.bank
 
     bank = _conjugated_bank(inputs, refined)
-    detector = NegRefine(id_features, bank.features, config, class_names=inputs.class_names, neg_labels=bank.labels,
-                         **inputs.backend())
+    detector = NegRefine(
+        id_features, bank.features, config, class_names=inputs.class_names, neg_labels=bank.labels, **inputs.backend()
+    )
     detector.encoder = inputs.encoder
     return detector
 
@@ -253,23 +289,46 @@ def _shots_and_prototypes(inputs: BuildInputs) -> tuple[np.ndarray, np.ndarray]:
     return inputs.encoder.encode_texts(list(inputs.class_names), template=ID_TEMPLATE), prototypes
 
 
-def _interneg_bank(inputs: BuildInputs, id_features: np.ndarray, prototypes: np.ndarray, count: int,
-                   at_least_one: bool = False) -> Any:
+def _interneg_bank(
+    inputs: BuildInputs, id_features: np.ndarray, prototypes: np.ndarray, count: int, at_least_one: bool = False
+) -> Any:
     from negspace.corpus.interneg import select_interneg_bank
 
-    return select_interneg_bank(inputs.encoder, inputs.class_names, id_features, prototypes, count, inputs.cache_dir,
-                                inputs.progress, at_least_one, method=METHODS[inputs.config.method].detector.__name__)
+    return select_interneg_bank(
+        inputs.encoder,
+        inputs.class_names,
+        id_features,
+        prototypes,
+        count,
+        inputs.cache_dir,
+        inputs.progress,
+        at_least_one,
+        method=METHODS[inputs.config.method].detector.__name__,
+    )
 
 
 def build_tanl(inputs: BuildInputs) -> Detector:
     params = inputs.params
-    return TANL.from_encoder(inputs.encoder, inputs.class_names, corpus=inputs.config.tanl_corpus,
-                             noise_seed=params.seed, progress=inputs.progress, config=params, **inputs.backend())
+    return TANL.from_encoder(
+        inputs.encoder,
+        inputs.class_names,
+        corpus=inputs.config.tanl_corpus,
+        noise_seed=params.seed,
+        progress=inputs.progress,
+        config=params,
+        **inputs.backend(),
+    )
 
 
 def build_adaneg(inputs: BuildInputs) -> Detector:
-    return AdaNeg.from_encoder(inputs.encoder, inputs.class_names, mined=negatives(inputs), progress=inputs.progress,
-                               config=inputs.params, **inputs.backend())
+    return AdaNeg.from_encoder(
+        inputs.encoder,
+        inputs.class_names,
+        mined=negatives(inputs),
+        progress=inputs.progress,
+        config=inputs.params,
+        **inputs.backend(),
+    )
 
 
 def build_ants(inputs: BuildInputs) -> Detector:
@@ -286,8 +345,14 @@ def build_ants(inputs: BuildInputs) -> Detector:
             schedule = scaled_schedule(inputs.stream_size, inputs.config.batch_size)
             scaled: dict[str, Any] = {k: v for k, v in schedule.items() if k not in run.keep}
             config = replace(config, **scaled)
-        detector = ANTS.from_encoder(inputs.encoder, inputs.class_names, _checked_negatives(inputs), inputs.mllm,
-                                     config=config, **inputs.backend())
+        detector = ANTS.from_encoder(
+            inputs.encoder,
+            inputs.class_names,
+            _checked_negatives(inputs),
+            inputs.mllm,
+            config=config,
+            **inputs.backend(),
+        )
     detector.keep_explanations(run.explanations)  # the images the run explains, with the space that scored them
     return detector
 
@@ -301,11 +366,15 @@ def _load_space(inputs: BuildInputs, space: Path) -> ANTS:
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise NegspaceError(f"Cannot load the negative space {run.negative_space}: {err}.") from None
     if list(detector.class_names) != list(inputs.class_names):
-        raise NegspaceError(f"The negative space {run.negative_space} was learned for other classes than "
-                            f"{arg('classes')} {inputs.classes}.")
+        raise NegspaceError(
+            f"The negative space {run.negative_space} was learned for other classes than "
+            f"{arg('classes')} {inputs.classes}."
+        )
     if detector.id_text_features.shape[1] != inputs.encoder.dim:
-        raise NegspaceError(f"The negative space {run.negative_space} has dimension "
-                            f"{detector.id_text_features.shape[1]}, the model {inputs.encoder.dim}.")
+        raise NegspaceError(
+            f"The negative space {run.negative_space} has dimension "
+            f"{detector.id_text_features.shape[1]}, the model {inputs.encoder.dim}."
+        )
     overrides: dict[str, Any] = {"mode": run.mode} if run.mode is not None else {}
     if run.lam is not None:
         overrides["lam"] = run.lam
@@ -344,8 +413,9 @@ def build_detector(inputs: BuildInputs) -> Detector:
         raise NegspaceError(f"Invalid {inputs.config.method} setting: {err}.") from None
 
 
-def load_detector(directory: str | Path, backend: str = "numpy", device: str = "auto", encoder: Any = None,
-                  **options: Any) -> Any:
+def load_detector(
+    directory: str | Path, backend: str = "numpy", device: str = "auto", encoder: Any = None, **options: Any
+) -> Any:
     """The detector saved in ``directory`` (by ``det.save(directory)``), ready to score.
 
     Test-time detectors come back frozen (they score with the state they were saved with and
@@ -368,7 +438,9 @@ def load_detector(directory: str | Path, backend: str = "numpy", device: str = "
             detector.encoder = encoder
         return detector
     except TypeError as err:  # a parameter this version does not know
-        raise ValueError(f"{folder} was saved with settings this negspace does not know ({err}); a newer "
-                         "negspace may have written it") from None
+        raise ValueError(
+            f"{folder} was saved with settings this negspace does not know ({err}); a newer "
+            "negspace may have written it"
+        ) from None
     except KeyError as err:
         raise ValueError(f"{folder} is damaged: {err} is missing") from None

@@ -9,12 +9,21 @@ from pathlib import Path
 from negspace.errors import NegspaceError, arg
 
 # What one evaluation writes into its folder (what ``overwrite`` may remove).
-EVAL_OUTPUTS = ("metrics.json", "results.md", "results.csv", "scores.csv", "hist_*.png", "roc.png",
-                "explanations.csv", "negative_space")
+EVAL_OUTPUTS = (
+    "metrics.json",
+    "results.md",
+    "results.csv",
+    "scores.csv",
+    "hist_*.png",
+    "roc.png",
+    "explanations.csv",
+    "negative_space",
+)
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool, outputs: Iterable[str] = EVAL_OUTPUTS,
-                    option: str | None = None) -> Path | None:
+def prepare_out_dir(
+    out_dir: Path, overwrite: bool, outputs: Iterable[str] = EVAL_OUTPUTS, option: str | None = None
+) -> Path | None:
     """Create ``out_dir`` (or, with ``overwrite``, empty it of the ``outputs`` globs); returns the
     topmost folder this created (``None`` if none), for :func:`remove_empty_out_dir`.
 
@@ -26,8 +35,10 @@ def prepare_out_dir(out_dir: Path, overwrite: bool, outputs: Iterable[str] = EVA
         raise NegspaceError(f"{option} {out_dir} is a file; give a folder.")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
-            raise NegspaceError(f"{option} {out_dir} is not empty; pass {arg('overwrite')} to replace the results in "
-                                "it, or choose another folder.")
+            raise NegspaceError(
+                f"{option} {out_dir} is not empty; pass {arg('overwrite')} to replace the results in "
+                "it, or choose another folder."
+            )
         clear_outputs(out_dir, outputs)
         return None
     missing = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
@@ -80,8 +91,10 @@ def check_save_dir(path: Path | None, overwrite: bool = False) -> None:
     if not saved:
         raise NegspaceError(f"{option} {path} is a folder with other files in it; give a new or empty one.")
     if not overwrite:
-        raise NegspaceError(f"{option} {path} holds a saved detector already; pass {arg('overwrite')} to replace "
-                            "it, or choose another folder.")
+        raise NegspaceError(
+            f"{option} {path} holds a saved detector already; pass {arg('overwrite')} to replace "
+            "it, or choose another folder."
+        )
 
 
 def clear_saved_detector(path: Path) -> None:

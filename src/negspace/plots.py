@@ -47,9 +47,15 @@ def line_style(index: int) -> dict[str, Any]:
     """The ``plot`` keywords of the ``index``-th line of a chart: a dash pattern, a hollow marker
     placed at a staggered distance along the line, and a width that shrinks with the index, so a
     later line drawn over an identical one leaves it visible around it."""
-    return {"color": f"C{index % 10}", "linestyle": LINESTYLES[index % len(LINESTYLES)],
-            "marker": MARKERS[index % len(MARKERS)], "markevery": (0.013 * (index % 7), 0.09), "markersize": 5,
-            "markerfacecolor": "none", "linewidth": max(2.6 - 0.2 * index, 0.9)}
+    return {
+        "color": f"C{index % 10}",
+        "linestyle": LINESTYLES[index % len(LINESTYLES)],
+        "marker": MARKERS[index % len(MARKERS)],
+        "markevery": (0.013 * (index % 7), 0.09),
+        "markersize": 5,
+        "markerfacecolor": "none",
+        "linewidth": max(2.6 - 0.2 * index, 0.9),
+    }
 
 
 def legend_below(ax: Any, ncol: int = 1, title: str | None = None, **kwargs: Any) -> Any:
@@ -64,9 +70,17 @@ def legend_below(ax: Any, ncol: int = 1, title: str | None = None, **kwargs: Any
     below = ax.get_window_extent(renderer).y0 - ax.xaxis.get_tightbbox(renderer).y0
     points = below * 72 / fig.dpi + 3
     anchor = offset_copy(ax.transAxes, fig=fig, x=0, y=-points, units="points")
-    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=anchor, ncol=ncol,
-                     fontsize=LEGEND_FONTSIZE, title=title, title_fontsize=LEGEND_FONTSIZE, frameon=False,
-                     **kwargs)
+    return ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=anchor,
+        ncol=ncol,
+        fontsize=LEGEND_FONTSIZE,
+        title=title,
+        title_fontsize=LEGEND_FONTSIZE,
+        frameon=False,
+        **kwargs,
+    )
 
 
 def scores_squashed(scores: np.ndarray) -> bool:
@@ -98,8 +112,15 @@ def histogram_xlabel(logit: bool) -> str:
     return "logit of score s: log(s / (1 − s))" if logit else "score s (higher = more ID)"
 
 
-def score_histogram(ax: Any, id_scores: np.ndarray, ood_scores: np.ndarray, id_label: str = "ID",
-                    ood_label: str = "OOD", bins: int = 40, logit: bool | None = None) -> None:
+def score_histogram(
+    ax: Any,
+    id_scores: np.ndarray,
+    ood_scores: np.ndarray,
+    id_label: str = "ID",
+    ood_label: str = "OOD",
+    bins: int = 40,
+    logit: bool | None = None,
+) -> None:
     """ID and OOD score histograms as image counts on one axis, with the threshold that keeps 95%
     of ID drawn as a line; on the logit scale when ``logit`` (``None``: when these scores pile up
     at 0 and 1, :func:`logit_axis`; pass one decision for all panels of a method), with at most
@@ -148,7 +169,7 @@ def _groups(names: Sequence[str], close: Any) -> list[list[str]]:
         return name
 
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             if root(a) != root(b) and close(a, b):
                 parent[root(b)] = root(a)
     groups: dict[str, list[str]] = {}
@@ -157,8 +178,9 @@ def _groups(names: Sequence[str], close: Any) -> list[list[str]]:
     return [group for group in groups.values() if len(group) > 1]
 
 
-def coinciding_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                      tolerance: float = COINCIDE_TOLERANCE) -> list[list[str]]:
+def coinciding_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], tolerance: float = COINCIDE_TOLERANCE
+) -> list[list[str]]:
     """Groups (two or more, in the mapping's order) of ROC curves ``(fpr, tpr)`` that lie within
     ``tolerance`` of each other everywhere.
 
@@ -166,8 +188,13 @@ def coinciding_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
     ``v(u) = fpr - tpr``, vertical steps included: two curves are compared as those functions on
     the union of their points (half of ``v``'s gap is how far one curve is shifted from the other
     along an axis)."""
-    rotated = {name: (np.asarray(f, np.float64) + np.asarray(t, np.float64),
-                      np.asarray(f, np.float64) - np.asarray(t, np.float64)) for name, (f, t) in curves.items()}
+    rotated = {
+        name: (
+            np.asarray(f, np.float64) + np.asarray(t, np.float64),
+            np.asarray(f, np.float64) - np.asarray(t, np.float64),
+        )
+        for name, (f, t) in curves.items()
+    }
 
     def close(a: str, b: str) -> bool:
         (ua, va), (ub, vb) = rotated[a], rotated[b]
@@ -177,8 +204,9 @@ def coinciding_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
     return _groups(list(curves), close)
 
 
-def coinciding_lines(lines: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                     tolerance: float = COINCIDE_TOLERANCE) -> list[list[str]]:
+def coinciding_lines(
+    lines: Mapping[str, tuple[Sequence[float], Sequence[float]]], tolerance: float = COINCIDE_TOLERANCE
+) -> list[list[str]]:
     """Groups of lines ``(x, y)`` (x increasing) that lie within ``tolerance`` of each other in
     ``y`` wherever both are drawn: one hides the other there."""
     points = {name: (np.asarray(x, np.float64), np.asarray(y, np.float64)) for name, (x, y) in lines.items()}
@@ -197,14 +225,20 @@ def coinciding_lines(lines: Mapping[str, tuple[Sequence[float], Sequence[float]]
 
 def coincide_note(groups: Sequence[Sequence[str]], what: str = "curves") -> str:
     """``curves of A and B coincide`` (one clause per group), or ``""``."""
+
     def listed(names: Sequence[str]) -> str:
         return " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]
 
     return "; ".join(f"{what} of {listed(group)} coincide" for group in groups)
 
 
-def roc_panel(ax: Any, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], labels: Mapping[str, str],
-              legend_title: str = "AUROC (%)", styles: Sequence[int] | None = None) -> list[list[str]]:
+def roc_panel(
+    ax: Any,
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    labels: Mapping[str, str],
+    legend_title: str = "AUROC (%)",
+    styles: Sequence[int] | None = None,
+) -> list[list[str]]:
     """ROC curves (ID positive, in percent) of ``curves`` (name -> ID scores, OOD scores), one
     line style per name (``styles``: the :func:`line_style` index of each, so a name keeps its
     style across panels; default: their order), the 95%-ID line, and the legend (``labels``:

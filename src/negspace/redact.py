@@ -12,8 +12,9 @@ import re
 # user:password@ (or a bare token@) after '//' or right after a spec's 'kind:' prefix
 _USERINFO = re.compile(r"((?://)|(?:^[A-Za-z][\w+.-]*:))[^/@\s]+@")
 # ?key=..., &api_key=..., token=..., password=..., secret=... in a query string
-_QUERY_SECRET = re.compile(r"([?&;](?:[\w.-]*(?:key|token|secret|password|passwd|auth)[\w.-]*)=)[^&;#\s]*",
-                           re.IGNORECASE)
+_QUERY_SECRET = re.compile(
+    r"([?&;](?:[\w.-]*(?:key|token|secret|password|passwd|auth)[\w.-]*)=)[^&;#\s]*", re.IGNORECASE
+)
 
 
 def redact_credentials(text: str) -> str:

@@ -132,7 +132,7 @@ def md_code(text: str) -> str:
 
 STREAM_PROTOCOLS = {
     "per-set": "per-set (the papers' protocol: for each OOD set, ID and that set shuffled into one stream; the "
-               "detector starts afresh for each)",
+    "detector starts afresh for each)",
     "sequential": "sequential (the OOD sets one after another, the detector kept between them)",
     "mixed": "mixed (ID and every OOD set shuffled into one stream)",
 }
@@ -145,9 +145,13 @@ def stream_lines(stream: dict[str, Any] | None) -> list[str]:
         return []
     mode = str(stream.get("mode"))
     protocol = STREAM_PROTOCOLS.get(mode, mode)
-    lines = [f"- stream protocol: {protocol}, shuffled with seed {stream.get('seed')}",
-             (f"- batch size: {stream.get('batch_size')} images per update (a test-time method learns from each "
-              "batch, so its numbers depend on it)")]
+    lines = [
+        f"- stream protocol: {protocol}, shuffled with seed {stream.get('seed')}",
+        (
+            f"- batch size: {stream.get('batch_size')} images per update (a test-time method learns from each "
+            "batch, so its numbers depend on it)"
+        ),
+    ]
     if stream.get("stopped_after"):
         lines.append(f"- stopped after the stream of {md_code(stream['stopped_after'])}")
     return lines
@@ -184,12 +188,20 @@ def plot_histograms(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     threshold, all on one x-axis scale (logit or raw, decided once for the method)."""
     written = []
     plt = pyplot()
-    logit = logit_axis(np.concatenate([evaluation.id_scores_for(name), ood])
-                       for name, ood in evaluation.ood_scores.items())
+    logit = logit_axis(
+        np.concatenate([evaluation.id_scores_for(name), ood]) for name, ood in evaluation.ood_scores.items()
+    )
     for name, ood in evaluation.ood_scores.items():
         fig, ax = plt.subplots(figsize=(6, 4.4), dpi=100)
-        score_histogram(ax, evaluation.id_scores_for(name), ood, f"ID ({evaluation.id_set.name})", f"OOD ({name})",
-                        bins=50, logit=logit)
+        score_histogram(
+            ax,
+            evaluation.id_scores_for(name),
+            ood,
+            f"ID ({evaluation.id_set.name})",
+            f"OOD ({name})",
+            bins=50,
+            logit=logit,
+        )
         ax.set_title(f"{evaluation.info.get('method', '')}: {evaluation.id_set.name} vs {name}")
         fig.tight_layout()
         path = out_dir / f"hist_{name}.png"
@@ -223,7 +235,8 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> list[Path]:
     written += plot_histograms(evaluation, out_dir)
     written.append(plot_roc(evaluation, out_dir))
     # the run's other files in the folder (ANTS's explanations.csv, written by its recorder)
-    written += sorted({path for pattern in EVAL_OUTPUTS for path in out_dir.glob(pattern) if path.is_file()}
-                      - set(written))
+    written += sorted(
+        {path for pattern in EVAL_OUTPUTS for path in out_dir.glob(pattern) if path.is_file()} - set(written)
+    )
     log.info("wrote %d files to %s", len(written), out_dir)
     return written

@@ -64,8 +64,14 @@ def load_model(config: ModelConfig) -> ClipEncoder:
     """The CLIP encoder of ``config`` (with its feature cache), a feature table's rows put in it."""
     from negspace.encoders import load_encoder
 
-    encoder = load_encoder(config.spec, weights=config.weights, device=config.device, cache_dir=config.cache_dir,
-                           use_cache=config.use_cache, preprocess=config.preprocess)
+    encoder = load_encoder(
+        config.spec,
+        weights=config.weights,
+        device=config.device,
+        cache_dir=config.cache_dir,
+        use_cache=config.use_cache,
+        preprocess=config.preprocess,
+    )
     encoder.show_progress = config.progress  # every bar, whoever asks for the encoding
     if config.workers is not None:
         encoder.workers = config.workers
@@ -84,11 +90,27 @@ def resolve_encoder(model: ModelConfig, encoder: ClipEncoder | None) -> tuple[Cl
     return load_model(model), model.spec
 
 
-def build_inputs(config: EvalConfig, encoder: ClipEncoder, classes: ClassList, model: ModelConfig, model_spec: str,
-                 stream_size: int = 0, mllm: Any = None) -> BuildInputs:
+def build_inputs(
+    config: EvalConfig,
+    encoder: ClipEncoder,
+    classes: ClassList,
+    model: ModelConfig,
+    model_spec: str,
+    stream_size: int = 0,
+    mllm: Any = None,
+) -> BuildInputs:
     """What a method's builder gets in a run of ``model`` (its progress bars, its mined-list cache)."""
-    return BuildInputs(config, encoder, classes.names, stream_size, mllm, model=model_spec, classes=classes.source,
-                       progress=model.progress, cache_dir=mining_cache_dir(model))
+    return BuildInputs(
+        config,
+        encoder,
+        classes.names,
+        stream_size,
+        mllm,
+        model=model_spec,
+        classes=classes.source,
+        progress=model.progress,
+        cache_dir=mining_cache_dir(model),
+    )
 
 
 def mining_cache_dir(config: ModelConfig) -> Path | None:
@@ -104,10 +126,20 @@ def load_mllm(config: MLLMConfig) -> Any:
     """The MLLM of ``config``, checked (a server that is down fails in a second)."""
     from negspace.mllm import load_mllm as load
 
-    return load(config.spec, text_spec=config.text_spec, cache=config.use_cache, cache_dir=config.cache_dir,
-                image_size=config.image_size, max_concurrency=config.concurrency, timeout=config.timeout,
-                retries=config.retries, max_wait=config.max_wait, api_key_env=config.api_key_env,
-                device=config.device, batch_size=config.batch_size)
+    return load(
+        config.spec,
+        text_spec=config.text_spec,
+        cache=config.use_cache,
+        cache_dir=config.cache_dir,
+        image_size=config.image_size,
+        max_concurrency=config.concurrency,
+        timeout=config.timeout,
+        retries=config.retries,
+        max_wait=config.max_wait,
+        api_key_env=config.api_key_env,
+        device=config.device,
+        batch_size=config.batch_size,
+    )
 
 
 def class_list(classes: str | Path | Sequence[str] | ClassList) -> ClassList:
@@ -120,9 +152,16 @@ def class_list(classes: str | Path | Sequence[str] | ClassList) -> ClassList:
     return ClassList(names=names, source=f"{len(names)} names given in Python")
 
 
-OodSets = Mapping[str, SetSource] | Sequence[str | Path | tuple[str, SetSource] | ImageSet | FeatureFile | FeatureTable] | str | Path
-OOD_FORMS = ("a mapping of names to sets, a sequence of named sets (NAME=PATH strings, paths, (name, set) "
-             "pairs or opened sets) or one path")
+OodSets = (
+    Mapping[str, SetSource]
+    | Sequence[str | Path | tuple[str, SetSource] | ImageSet | FeatureFile | FeatureTable]
+    | str
+    | Path
+)
+OOD_FORMS = (
+    "a mapping of names to sets, a sequence of named sets (NAME=PATH strings, paths, (name, set) "
+    "pairs or opened sets) or one path"
+)
 
 
 def named_ood_sets(ood: OodSets) -> list[tuple[str, SetSource]]:
@@ -192,53 +231,91 @@ def check_method_options(config: EvalConfig, classes: ClassList, has_mllm: bool 
     params = params_of(config)
     labels_file = config.negatives.labels_file
     if config.method == "mcm" and len(classes) < 2:
-        raise NegspaceError(f"MCM needs at least two ID classes, {arg('classes')} {classes.source} has {len(classes)}: "
-                            "its max softmax over one class is 1.0 for every image.")
-    if (config.method == "ants" and config.ants.negative_space is None and not has_mllm
-            and params.mode != "neglabel"):
+        raise NegspaceError(
+            f"MCM needs at least two ID classes, {arg('classes')} {classes.source} has {len(classes)}: "
+            "its max softmax over one class is 1.0 for every image."
+        )
+    if config.method == "ants" and config.ants.negative_space is None and not has_mllm and params.mode != "neglabel":
         raise NegspaceError(ANTS_NEEDS_MLLM)
     if config.method in FEW_SHOT_METHODS and config.id_shots is None:
         raise NegspaceError(FEW_SHOT_NEEDS_SHOTS)
     if labels_file is not None and spec.bank_groups is None:
         users = sorted(name for name, m in METHODS.items() if m.bank_groups is not None)
-        raise NegspaceError(f"{arg('negatives.labels_file', '--negatives')} is not used by {arg('method')} "
-                            f"{config.method}; drop it "
-                            f"(methods with a negative-label bank: {', '.join(users)}).")
+        raise NegspaceError(
+            f"{arg('negatives.labels_file', '--negatives')} is not used by {arg('method')} "
+            f"{config.method}; drop it "
+            f"(methods with a negative-label bank: {', '.join(users)})."
+        )
     if spec.bank_groups is not None and not (config.method == "ants" and config.ants.negative_space is not None):
         from negspace.corpus.labelfile import read_label_file
 
         groups = getattr(params, spec.bank_groups)
         if labels_file is not None:
             nouns, adjectives = read_label_file(labels_file)
-            available, where = len(nouns) + len(adjectives), f"{arg('negatives.labels_file', '--negatives')} {labels_file}"
+            available, where = (
+                len(nouns) + len(adjectives),
+                f"{arg('negatives.labels_file', '--negatives')} {labels_file}",
+            )
         else:
-            available, where = config.negatives.mining.num_negatives, arg("negatives.mining.num_negatives",
-                                                                          "--num-negatives")
-        option = arg(f"{type(params).__name__}.{spec.bank_groups}",
-                     "--groups" if config.method != "adaneg" else "--adaneg-groups")
+            available, where = (
+                config.negatives.mining.num_negatives,
+                arg("negatives.mining.num_negatives", "--num-negatives"),
+            )
+        option = arg(
+            f"{type(params).__name__}.{spec.bank_groups}",
+            "--groups" if config.method != "adaneg" else "--adaneg-groups",
+        )
         if groups > available:
             raise NegspaceError(f"{option} {groups} is larger than the {available} negative labels of {where}.")
 
 
-def score_sets(detector: Detector, id_set: EncodedSet, ood_sets: list[EncodedSet], config: EvalConfig,
-               has_pixels: bool, after_stream: Any = None) -> Evaluation:
+def score_sets(
+    detector: Detector,
+    id_set: EncodedSet,
+    ood_sets: list[EncodedSet],
+    config: EvalConfig,
+    has_pixels: bool,
+    after_stream: Any = None,
+) -> Evaluation:
     """Static detectors score each set once; test-time ones follow the stream protocol."""
     if not isinstance(detector, OnlineDetector):
         if config.stream != "per-set":
-            log.warning("--stream %s ignored: %s scores every image on its own, with no stream", config.stream,
-                        config.method)
+            log.warning(
+                "--stream %s ignored: %s scores every image on its own, with no stream", config.stream, config.method
+            )
         return evaluate_detector(detector.score_features, id_set, ood_sets, config.batch_size)
     needs_images = isinstance(detector, ANTS) and not detector.frozen
     if needs_images and not has_pixels:
-        log.warning("ANTS describes images with the MLLM: with .npy features there are none to send, "
-                    "so only the VSNL bank (text prompts) can grow")
+        log.warning(
+            "ANTS describes images with the MLLM: with .npy features there are none to send, "
+            "so only the VSNL bank (text prompts) can grow"
+        )
         needs_images = False
-    return evaluate_stream(detector, id_set, ood_sets, config.batch_size, config.seed, pass_images=needs_images,
-                           after_stream=after_stream, mode=config.stream)
+    return evaluate_stream(
+        detector,
+        id_set,
+        ood_sets,
+        config.batch_size,
+        config.seed,
+        pass_images=needs_images,
+        after_stream=after_stream,
+        mode=config.stream,
+    )
 
 
-def save_detector(detector: Detector, folder: Path, *, method_name: str, model: ModelConfig, encoder: ClipEncoder,
-                  classes: str, id_set: EncodedSet, id_source: str, batch_size: int, scoring_backend: str) -> None:
+def save_detector(
+    detector: Detector,
+    folder: Path,
+    *,
+    method_name: str,
+    model: ModelConfig,
+    encoder: ClipEncoder,
+    classes: str,
+    id_set: EncodedSet,
+    id_source: str,
+    batch_size: int,
+    scoring_backend: str,
+) -> None:
     """The detector's files, and beside them its model and the threshold that keeps 95% of the ID
     set when it scores frozen (what `negspace score` flags with)."""
     from negspace import __version__
@@ -251,10 +328,19 @@ def save_detector(detector: Detector, folder: Path, *, method_name: str, model: 
     detector.save(folder)
     frozen = load_detector(folder, encoder=encoder, **backend_keywords(scoring_backend, encoder))
     id_scores = score_in_batches(frozen.score_features, id_set.features, batch_size)
-    write_provenance(folder, {
-        "method": method_name, "model": model.spec, "weights": str(model.weights) if model.weights else None,
-        "weights_fingerprint": encoder.fingerprint, "classes": classes, "id_set": id_source,
-        "threshold_95_id_recall": threshold_at_id_recall(id_scores), "negspace_version": __version__})
+    write_provenance(
+        folder,
+        {
+            "method": method_name,
+            "model": model.spec,
+            "weights": str(model.weights) if model.weights else None,
+            "weights_fingerprint": encoder.fingerprint,
+            "classes": classes,
+            "id_set": id_source,
+            "threshold_95_id_recall": threshold_at_id_recall(id_scores),
+            "negspace_version": __version__,
+        },
+    )
 
 
 def evaluate(
@@ -304,17 +390,38 @@ def evaluate(
     out_dir = Path(out) if out is not None else None
     created_top = prepare_out_dir(out_dir, overwrite) if out_dir is not None else None
     try:
-        return _evaluate(config, classes, id_source, ood_sources, model, encoder, mllm, out_dir, save_dir,
-                         str(id) if isinstance(id, (str, Path)) else id_source.name, command)
+        return _evaluate(
+            config,
+            classes,
+            id_source,
+            ood_sources,
+            model,
+            encoder,
+            mllm,
+            out_dir,
+            save_dir,
+            str(id) if isinstance(id, (str, Path)) else id_source.name,
+            command,
+        )
     except BaseException:
         if out_dir is not None:  # a failed run leaves no empty folder behind
             remove_empty_out_dir(out_dir, created_top)
         raise
 
 
-def _evaluate(config: EvalConfig, classes: ClassList, id_source: Any, ood_sources: list[Any], model: ModelConfig,
-              encoder: ClipEncoder | None, mllm: Any, out_dir: Path | None, save_dir: Path | None, id_name: str,
-              command: Sequence[str] | None) -> Evaluation:
+def _evaluate(
+    config: EvalConfig,
+    classes: ClassList,
+    id_source: Any,
+    ood_sources: list[Any],
+    model: ModelConfig,
+    encoder: ClipEncoder | None,
+    mllm: Any,
+    out_dir: Path | None,
+    save_dir: Path | None,
+    id_name: str,
+    command: Sequence[str] | None,
+) -> Evaluation:
     from negspace import __version__
     from negspace.report import write_report
 
@@ -324,13 +431,17 @@ def _evaluate(config: EvalConfig, classes: ClassList, id_source: Any, ood_source
         mllm = None
     started = time.perf_counter()
     encoder, model_spec = resolve_encoder(model, encoder)
-    inputs = build_inputs(config, encoder, classes, model, model_spec,
-                          len(id_source) + max(len(s) for s in ood_sources), mllm)
+    inputs = build_inputs(
+        config, encoder, classes, model, model_spec, len(id_source) + max(len(s) for s in ood_sources), mllm
+    )
     detector = build_detector(inputs)
     id_set = encode_set(id_source, encoder, config.batch_size, model.progress)
     ood_sets = [encode_set(s, encoder, config.batch_size, model.progress) for s in ood_sources]
-    recorder = (StreamRecorder(out_dir, config.ants.explanations, config.ants.max_failures)
-                if isinstance(detector, ANTS) else None)
+    recorder = (
+        StreamRecorder(out_dir, config.ants.explanations, config.ants.max_failures)
+        if isinstance(detector, ANTS)
+        else None
+    )
     has_pixels = not any(isinstance(s, (FeatureFile, FeatureTable)) for s in [id_source, *ood_sources])
     evaluation = score_sets(detector, id_set, ood_sets, config, has_pixels, recorder)
     evaluation.info = {
@@ -361,9 +472,18 @@ def _evaluate(config: EvalConfig, classes: ClassList, id_source: Any, ood_source
         evaluation.stopped = recorder.stopped
         evaluation.info["incomplete"] = incomplete
     if save_dir is not None:
-        save_detector(detector, save_dir, method_name=config.method, model=model, encoder=encoder,
-                      classes=classes.source, id_set=id_set, id_source=id_name, batch_size=config.batch_size,
-                      scoring_backend=config.scoring_backend)
+        save_detector(
+            detector,
+            save_dir,
+            method_name=config.method,
+            model=model,
+            encoder=encoder,
+            classes=classes.source,
+            id_set=id_set,
+            id_source=id_name,
+            batch_size=config.batch_size,
+            scoring_backend=config.scoring_backend,
+        )
         evaluation.info["saved_detector"] = str(save_dir)
     if out_dir is not None:
         write_report(evaluation, out_dir)

@@ -253,9 +253,7 @@ def top_labels(activation: np.ndarray, beta: int) -> np.ndarray:
     return top[np.lexsort((top, -activation[top]))]
 
 
-def activation_rows(
-    features: np.ndarray, id_text: np.ndarray, pool_text: np.ndarray, tau: float
-) -> np.ndarray:
+def activation_rows(features: np.ndarray, id_text: np.ndarray, pool_text: np.ndarray, tau: float) -> np.ndarray:
     """``(N, P)`` float32 softmax probabilities of the pool labels over ``ID ∪ pool``.
 
     One exponential per logit: the logits are shifted by the row maximum over ``ID ∪ pool``,

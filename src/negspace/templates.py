@@ -37,14 +37,29 @@ CSP_ADJECTIVE_TEMPLATES = (  # conjugated adjective phrases ("lively area"); no 
 )
 #: The superclass words an adjective is conjugated with, ``"{adjective} {word}"``, one drawn per
 #: adjective (``random.seed(0)``, ``random.choice``).
-CSP_SUPERCLASS_WORDS = ("environment", "space", "object", "scene", "place", "item", "area", "view", "thing",
-                        "pattern", "structure", "landscape", "vista", "creature")
+CSP_SUPERCLASS_WORDS = (
+    "environment",
+    "space",
+    "object",
+    "scene",
+    "place",
+    "item",
+    "area",
+    "view",
+    "thing",
+    "pattern",
+    "structure",
+    "landscape",
+    "vista",
+    "creature",
+)
 
 # NegRefine's LLM filter (github.com/ah-ansari/NegRefine, src/neg_filter.py), verbatim: the
 # system message, the proper-noun question and the subcategory question (its spelling kept, as
 # the model was asked it). A reply is "yes" when it starts with "yes" (stripped, lower-cased).
 NEGREFINE_SYSTEM = "You are a helpful assistant. Answering only Yes/No."
-NEGREFINE_PROPER_NOUN = ("Is '{label}' a proper noun, like the name of a city, country, mountain, river, or any "
-                         "unique place or entity?")
+NEGREFINE_PROPER_NOUN = (
+    "Is '{label}' a proper noun, like the name of a city, country, mountain, river, or any unique place or entity?"
+)
 NEGREFINE_SUBCATEGORY = "Is '{label}' a subcatgeory of '{name}'?"
 NEGREFINE_PAIR = "{} and {}"  # NegRefine's multi-matching text: an ID name and a negative label

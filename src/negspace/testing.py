@@ -147,9 +147,7 @@ def make_world(
     parents = np.repeat(np.arange(n_classes), synonyms_per_class)
     synonyms = _unit(0.9 * id_text[parents] + 0.1 * _unit(rng.standard_normal((len(parents), dim))))
     corpus = np.concatenate([random_words, synonyms]).astype(np.float32)
-    corpus_words = [f"word {i}" for i in range(n_corpus)] + [
-        f"synonym {k} of class {p}" for k, p in enumerate(parents)
-    ]
+    corpus_words = [f"word {i}" for i in range(n_corpus)] + [f"synonym {k} of class {p}" for k, p in enumerate(parents)]
 
     # Far concepts are built from words far from every ID class, as real far-OOD concepts are:
     # those are the words negative-label mining keeps.
@@ -162,17 +160,19 @@ def make_world(
 
     near_parent = rng.choice(n_classes, n_near_concepts, replace=False)
     near_novel = _unit(rng.standard_normal((n_near_concepts, dim)))
-    near_concepts = _unit(
-        near_parent_share * id_text[near_parent] + np.sqrt(1 - near_parent_share**2) * near_novel
-    )
+    near_concepts = _unit(near_parent_share * id_text[near_parent] + np.sqrt(1 - near_parent_share**2) * near_novel)
 
     id_labels = np.repeat(np.arange(n_classes), n_per_class)
     far_which = np.repeat(np.arange(n_far_concepts), n_per_concept)
     near_which = np.repeat(np.arange(n_near_concepts), n_per_concept)
     id_images = _images_near(rng, id_text, id_labels, image_signal)
     far_images = _images_near(
-        rng, far_concepts, far_which, image_signal,
-        lure=id_text[rng.integers(0, n_classes, len(far_which))], lure_signal=far_lure_signal,
+        rng,
+        far_concepts,
+        far_which,
+        image_signal,
+        lure=id_text[rng.integers(0, n_classes, len(far_which))],
+        lure_signal=far_lure_signal,
     )
     near_images = _images_near(rng, near_concepts, near_which, image_signal)
     if image_cluster or modality_gap:
@@ -344,8 +344,10 @@ def world_stream(world: SyntheticWorld, kind: str, seed: int = 0, batch_size: in
     from negspace.detectors.base import StreamBatch
     from negspace.evaluation import stream_order
 
-    parts = {"far": [("far", world.far_ood_features, world.far_ood_concept)],
-             "near": [("near", world.near_ood_features, world.near_ood_concept)]}
+    parts = {
+        "far": [("far", world.far_ood_features, world.far_ood_concept)],
+        "near": [("near", world.near_ood_features, world.near_ood_concept)],
+    }
     parts["mixed"] = parts["far"] + parts["near"]
     if kind not in parts:
         raise ValueError(f"kind must be 'far', 'near' or 'mixed', got {kind!r}")
@@ -354,6 +356,8 @@ def world_stream(world: SyntheticWorld, kind: str, seed: int = 0, batch_size: in
     for name, _, concept in parts[kind]:
         paths += [Path(f"{name}/{c}_{i}.png") for i, c in enumerate(concept)]
     order = stream_order(len(world.id_image_features), len(features) - len(world.id_image_features), seed)
-    batches = [StreamBatch(features[order[s : s + batch_size]], [paths[i] for i in order[s : s + batch_size]])
-               for s in range(0, len(order), batch_size)]
+    batches = [
+        StreamBatch(features[order[s : s + batch_size]], [paths[i] for i in order[s : s + batch_size]])
+        for s in range(0, len(order), batch_size)
+    ]
     return batches, order

@@ -53,8 +53,9 @@ def row_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, columns
 
 
-def grouped_log_sum_exp(x: torch.Tensor, groups: int, scale: float = 1.0,
-                        peak: torch.Tensor | None = None) -> torch.Tensor:
+def grouped_log_sum_exp(
+    x: torch.Tensor, groups: int, scale: float = 1.0, peak: torch.Tensor | None = None
+) -> torch.Tensor:
     """``(B, G)`` log-sum-exps of ``groups`` consecutive column blocks (see the NumPy kernel)."""
     batch, n = x.shape
     blocks = x.reshape(batch, groups, n // groups)
@@ -69,7 +70,9 @@ def grouped_log_sum_exp(x: torch.Tensor, groups: int, scale: float = 1.0,
     return totals.log() + scale * peak.double()[:, None]
 
 
-def id_mass(id_cos: torch.Tensor, neg_cos: torch.Tensor, tau: float, id_lse: torch.Tensor | None = None) -> torch.Tensor:
+def id_mass(
+    id_cos: torch.Tensor, neg_cos: torch.Tensor, tau: float, id_lse: torch.Tensor | None = None
+) -> torch.Tensor:
     """``S(v; T-) = sigmoid(LSE_ID − LSE_neg)``, float64; 1 when there are no negatives."""
     if id_lse is None:
         id_lse = log_sum_exp(id_cos, 1.0 / tau)
@@ -78,8 +81,14 @@ def id_mass(id_cos: torch.Tensor, neg_cos: torch.Tensor, tau: float, id_lse: tor
     return torch.sigmoid(id_lse - log_sum_exp(neg_cos, 1.0 / tau))
 
 
-def grouped_id_mass(id_cos: torch.Tensor, neg_cos: torch.Tensor, groups: int, tau: float,
-                    id_lse: torch.Tensor | None = None, neg_peak: torch.Tensor | None = None) -> torch.Tensor:
+def grouped_id_mass(
+    id_cos: torch.Tensor,
+    neg_cos: torch.Tensor,
+    groups: int,
+    tau: float,
+    id_lse: torch.Tensor | None = None,
+    neg_peak: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean over ``groups`` consecutive column blocks of the negative-label score, float64."""
     _, n_neg = neg_cos.shape
     if groups < 1 or n_neg % groups:
@@ -118,7 +127,9 @@ def prefix_log_sum_exp(x: torch.Tensor, scale: float, columns: torch.Tensor) -> 
     return terms[:, columns].log() + scale * peak
 
 
-def activation_aware_score(id_cos: torch.Tensor, ranked_neg_cos: torch.Tensor, tau: float, step: int = 1) -> torch.Tensor:
+def activation_aware_score(
+    id_cos: torch.Tensor, ranked_neg_cos: torch.Tensor, tau: float, step: int = 1
+) -> torch.Tensor:
     """TANL's ``S_aa``: mean over prefixes ``m = s, 2s, ..., β`` of the ID mass, float64."""
     beta = ranked_neg_cos.shape[1]
     if beta == 0:

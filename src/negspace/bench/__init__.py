@@ -7,8 +7,11 @@ import importlib
 
 # The runner loads the detectors and the model code: on first use, so that the suites' data
 # (`negspace bench --list`, the command line's choices) stays cheap to import.
-_LAZY = {"BenchConfig": "negspace.bench.runner", "SuiteResult": "negspace.bench.runner",
-         "run_suite": "negspace.bench.runner"}
+_LAZY = {
+    "BenchConfig": "negspace.bench.runner",
+    "SuiteResult": "negspace.bench.runner",
+    "run_suite": "negspace.bench.runner",
+}
 
 
 def __getattr__(name: str) -> object:

@@ -29,7 +29,9 @@ def run_classes(spec: ClassSpec, data_root: Path) -> ClassList:
     try:
         names = _read_names(file, spec.format)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, MatReadError) as err:
-        raise DatasetError(f"the class list {file} cannot be read as {spec.format} ({type(err).__name__}: {err})") from None
+        raise DatasetError(
+            f"the class list {file} cannot be read as {spec.format} ({type(err).__name__}: {err})"
+        ) from None
     if not names:
         raise DatasetError(f"the class list {file} names no class")
     return ClassList(tuple(names), source=str(file))

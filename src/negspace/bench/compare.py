@@ -37,8 +37,10 @@ from negspace.evaluation import Evaluation
 METRICS = ("FPR95", "AUROC")  # the tables' columns; FPR95 in the suite's convention
 LOWER_IS_BETTER = {"FPR95": True, "AUROC": False}
 UNIT = "%"  # every number of the tables is a percentage
-CONVENTIONS = {"fpr95_ood": "ID rejected at 95% OOD recall, OOD positive",
-               "fpr95": "OOD accepted at 95% ID recall, ID positive"}
+CONVENTIONS = {
+    "fpr95_ood": "ID rejected at 95% OOD recall, OOD positive",
+    "fpr95": "OOD accepted at 95% ID recall, ID positive",
+}
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class ModelRecord:
         """The spec, a model config file's path shortened to its name."""
         spec = self.spec
         if spec.startswith("openclip:") and ".json" in spec:
-            head, _, tag = spec[len("openclip:"):].rpartition(".json")
+            head, _, tag = spec[len("openclip:") :].rpartition(".json")
             spec = f"openclip:{Path(head + '.json').name}{tag}"
         return spec
 
@@ -98,10 +100,14 @@ def identify_backbone(model: ModelRecord) -> BackboneMatch:
             if digest.lower() in backbone.sha256:
                 if spec in backbone.file_specs:
                     return BackboneMatch(backbone.name, f"a local copy of {backbone.weights} (SHA-256 verified)")
-                return BackboneMatch(None, f"a local copy of {backbone.name}'s weights, but run as {model.spec}, "
-                                           f"not as published (one of {', '.join(backbone.file_specs)})")
-        return BackboneMatch(None, "local weights, unverified: their SHA-256 is not a known release of a "
-                                   "published backbone")
+                return BackboneMatch(
+                    None,
+                    f"a local copy of {backbone.name}'s weights, but run as {model.spec}, "
+                    f"not as published (one of {', '.join(backbone.file_specs)})",
+                )
+        return BackboneMatch(
+            None, "local weights, unverified: their SHA-256 is not a known release of a published backbone"
+        )
     if kind == "dir-sha256":
         return BackboneMatch(None, "a local folder of weights, unverified: negspace knows no checksum of a folder")
     return BackboneMatch(None, f"weights of unknown origin, unverified: {model.fingerprint or 'no fingerprint'}")
@@ -144,9 +150,12 @@ class Difference:
 
     def applies(self, method: str, cell: Cell, metric: str) -> bool:
         """Whether this difference stands between ``cell`` of ``method`` and its published value."""
-        return ((not self.methods or method in self.methods) and (not self.tables or cell.table in self.tables)
-                and (not self.metric or metric == self.metric)
-                and (self.backbones is None or cell.backbone in self.backbones))
+        return (
+            (not self.methods or method in self.methods)
+            and (not self.tables or cell.table in self.tables)
+            and (not self.metric or metric == self.metric)
+            and (self.backbones is None or cell.backbone in self.backbones)
+        )
 
     def text(self) -> str:
         """``what: ours …, published …`` and what it concerns, in one line."""
@@ -155,11 +164,20 @@ class Difference:
             scope.append(", ".join(self.methods))
         if self.tables:
             scope.append(", ".join(self.tables) + (f", {self.metric} only" if self.metric else ""))
-        return f"{self.what}: ours {self.ours}, published {self.published}" + (f" ({'; '.join(scope)})" if scope else "")
+        return f"{self.what}: ours {self.ours}, published {self.published}" + (
+            f" ({'; '.join(scope)})" if scope else ""
+        )
 
     def as_dict(self) -> dict[str, object]:
-        return {"what": self.what, "ours": self.ours, "published": self.published, "methods": list(self.methods),
-                "tables": list(self.tables), "metric": self.metric, "text": self.text()}
+        return {
+            "what": self.what,
+            "ours": self.ours,
+            "published": self.published,
+            "methods": list(self.methods),
+            "tables": list(self.tables),
+            "metric": self.metric,
+            "text": self.text(),
+        }
 
 
 def published_backbones(suite: Suite) -> dict[str, list[str]]:
@@ -183,10 +201,15 @@ def run_differences(suite: Suite, facts: RunFacts) -> list[Difference]:
     match = identify_backbone(facts.model)
     other = {name: tables for name, tables in published_backbones(suite).items() if not name or name != match.name}
     if other:
-        published = [f"{name} ({BACKBONES[name].weights})" if name in BACKBONES else
-                     name or f"not stated ({', '.join(tables)})" for name, tables in other.items()]
-        found.append(Difference("backbone", f"{facts.model.describe()} ({match.how})", "; ".join(published),
-                                backbones=tuple(other)))
+        published = [
+            f"{name} ({BACKBONES[name].weights})" if name in BACKBONES else name or f"not stated ({', '.join(tables)})"
+            for name, tables in other.items()
+        ]
+        found.append(
+            Difference(
+                "backbone", f"{facts.model.describe()} ({match.how})", "; ".join(published), backbones=tuple(other)
+            )
+        )
     test_time = tuple(sorted(facts.test_time))
     if test_time and facts.batch_size != protocol.batch_size:
         found.append(Difference("batch size", str(facts.batch_size), str(protocol.batch_size), methods=test_time))
@@ -199,8 +222,15 @@ def run_differences(suite: Suite, facts: RunFacts) -> list[Difference]:
         found.append(Difference("shots", f"{facts.shots} per class", f"{protocol.shots} per class", methods=few_shot))
     for table, convention in suite.table_fpr95:
         if convention != suite.fpr95:
-            found.append(Difference("FPR95 convention", f"{suite.fpr95} ({CONVENTIONS[suite.fpr95]})",
-                                    f"{convention} ({CONVENTIONS[convention]})", tables=(table,), metric="FPR95"))
+            found.append(
+                Difference(
+                    "FPR95 convention",
+                    f"{suite.fpr95} ({CONVENTIONS[suite.fpr95]})",
+                    f"{convention} ({CONVENTIONS[convention]})",
+                    tables=(table,),
+                    metric="FPR95",
+                )
+            )
     return found
 
 
@@ -238,10 +268,16 @@ class RunComparison:
 
     def applying(self) -> list[Difference]:
         """The differences that keep at least one of our cells from its published value."""
-        return [d for d in self.differences
-                if any(d.applies(method, cell, metric) for method in self.ours
-                       for (_, metric), cell in self.cells.get(method, {}).items()
-                       if cell.ours is not None and cell.published is not None)]
+        return [
+            d
+            for d in self.differences
+            if any(
+                d.applies(method, cell, metric)
+                for method in self.ours
+                for (_, metric), cell in self.cells.get(method, {}).items()
+                if cell.ours is not None and cell.published is not None
+            )
+        ]
 
     @property
     def comparable(self) -> bool:
@@ -284,8 +320,9 @@ def our_values(suite: Suite, run: RunSpec, evaluation: Evaluation) -> dict[tuple
     return values
 
 
-def compare_run(suite: Suite, run: RunSpec, evaluations: Mapping[str, Evaluation],
-                differences: Sequence[Difference] = ()) -> RunComparison:
+def compare_run(
+    suite: Suite, run: RunSpec, evaluations: Mapping[str, Evaluation], differences: Sequence[Difference] = ()
+) -> RunComparison:
     """The side-by-side table of one run; ``evaluations`` maps negspace method names to results;
     ``differences`` (from :func:`run_differences`) decide which cells are compared."""
     columns = [spec.published_as for spec in run.ood] + [average.name for average in run.averages]
@@ -299,9 +336,12 @@ def compare_run(suite: Suite, run: RunSpec, evaluations: Mapping[str, Evaluation
         for column in columns:
             for metric in METRICS:
                 value = lookup.get((method, column, metric))
-                cell = Cell(ours.get(method, {}).get((column, metric)), value.value if value else None,
-                            f"{value.source}/{value.table}" if value else "",
-                            value.backbone if value else "")
+                cell = Cell(
+                    ours.get(method, {}).get((column, metric)),
+                    value.value if value else None,
+                    f"{value.source}/{value.table}" if value else "",
+                    value.backbone if value else "",
+                )
                 blocked = any(d.applies(method, cell, metric) for d in differences)
                 both = cell.ours is not None and cell.published is not None
                 row[(column, metric)] = Cell(cell.ours, cell.published, cell.table, cell.backbone, both and not blocked)
@@ -317,25 +357,39 @@ def merged_differences(comparisons: Sequence[RunComparison]) -> list[Difference]
 def verdict_lines(differences: Sequence[Difference]) -> list[str]:
     """What a reader is told first: compared or a reference only, and every difference."""
     if not differences:
-        return [("Comparable with the published numbers: the papers' sets at their counts, the published backbone "
-                 "and protocol; Δ = ours − published.")]
-    return ["Not comparable with the published numbers, which are a reference only where these differ:",
-            *(f"  {d.text()}" for d in differences)]
+        return [
+            (
+                "Comparable with the published numbers: the papers' sets at their counts, the published backbone "
+                "and protocol; Δ = ours − published."
+            )
+        ]
+    return [
+        "Not comparable with the published numbers, which are a reference only where these differ:",
+        *(f"  {d.text()}" for d in differences),
+    ]
 
 
 def protocol_sentence(suite: Suite, facts: RunFacts) -> str:
     """The stream protocol and batch size the test-time methods ran with (results.md)."""
     published = f"the papers: batches of {suite.protocol.batch_size}"
     if not facts.test_time:
-        return (f"No test-time method ran: every method scored each image on its own (batch size "
-                f"{facts.batch_size} changes no score; {published} for test-time methods).")
-    few_shot = (f" {', '.join(sorted(facts.few_shot))}: {facts.shots} labelled ID images per class "
-                f"(the papers: {suite.protocol.shots})." if facts.few_shot else "")
+        return (
+            f"No test-time method ran: every method scored each image on its own (batch size "
+            f"{facts.batch_size} changes no score; {published} for test-time methods)."
+        )
+    few_shot = (
+        f" {', '.join(sorted(facts.few_shot))}: {facts.shots} labelled ID images per class "
+        f"(the papers: {suite.protocol.shots})."
+        if facts.few_shot
+        else ""
+    )
     departures = "".join(f" {method}: {text}." for method, text in sorted(facts.departures.items()))
-    return (f"Test-time methods ({', '.join(sorted(facts.test_time))}): stream protocol {facts.stream}, i.e. for each "
-            f"OOD set one stream of the ID set and that OOD set shuffled together (seed {facts.seed}), scored in "
-            f"batches of {facts.batch_size}, the detector's state reset between OOD sets ({published})."
-            f"{few_shot}{departures} The other methods score each image on its own.")
+    return (
+        f"Test-time methods ({', '.join(sorted(facts.test_time))}): stream protocol {facts.stream}, i.e. for each "
+        f"OOD set one stream of the ID set and that OOD set shuffled together (seed {facts.seed}), scored in "
+        f"batches of {facts.batch_size}, the detector's state reset between OOD sets ({published})."
+        f"{few_shot}{departures} The other methods score each image on its own."
+    )
 
 
 def _number(value: float | None, signed: bool = False) -> str:
@@ -349,15 +403,21 @@ def row_kinds(comparison: RunComparison, method: str) -> list[str]:
     (when none of its cells is compared), and ``Δ`` where some cell is compared."""
     ran = method in comparison.ours
     compared = comparison.compared(method)
-    return ((["ours"] if ran else []) + ["published" if compared else "published (reference)"]
-            + (["Δ"] if ran and compared else []))
+    return (
+        (["ours"] if ran else [])
+        + ["published" if compared else "published (reference)"]
+        + (["Δ"] if ran and compared else [])
+    )
 
 
 def markdown(comparison: RunComparison, our_backbone: str = "") -> str:
     """A Markdown table, values in percent: per method, rows ``ours``, ``published`` with its
     backbone and ``Δ`` (ours − published) where compared."""
-    header = ["method", "", "backbone"] + [f"{column} {metric} ({UNIT}){'↓' if LOWER_IS_BETTER[metric] else '↑'}"
-                                           for column in comparison.columns for metric in METRICS]
+    header = ["method", "", "backbone"] + [
+        f"{column} {metric} ({UNIT}){'↓' if LOWER_IS_BETTER[metric] else '↑'}"
+        for column in comparison.columns
+        for metric in METRICS
+    ]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---|" + "---:|" * (len(header) - 3)]
     keys = [(column, metric) for column in comparison.columns for metric in METRICS]
     for method in comparison.methods():
@@ -380,19 +440,29 @@ def csv_rows(comparison: RunComparison, backbone: str) -> list[dict[str, object]
         for (column, metric), cell in cells.items():
             if cell.ours is None and cell.published is None:
                 continue
-            rows.append({"suite": comparison.suite.name, "run": comparison.run.name,
-                         "id_set": comparison.run.id.published_as, "ood_set": column, "method": method,
-                         "metric": metric, "unit": "percent",
-                         "fpr95_convention": comparison.suite.fpr95 if metric == "FPR95" else "",
-                         "ours": "" if cell.ours is None else round(cell.ours, 4),
-                         "published": "" if cell.published is None else cell.published,
-                         "difference": "" if cell.difference is None else round(cell.difference, 4),
-                         "compared": cell.compared, "published_in": cell.table,
-                         "published_backbone": cell.backbone if cell.published is not None else "",
-                         "published_fpr95_convention": comparison.suite.fpr95_of(cell.table)
-                         if metric == "FPR95" and cell.published is not None else "",
-                         "our_backbone": backbone if cell.ours is not None else "",
-                         "subset": comparison.subset})
+            rows.append(
+                {
+                    "suite": comparison.suite.name,
+                    "run": comparison.run.name,
+                    "id_set": comparison.run.id.published_as,
+                    "ood_set": column,
+                    "method": method,
+                    "metric": metric,
+                    "unit": "percent",
+                    "fpr95_convention": comparison.suite.fpr95 if metric == "FPR95" else "",
+                    "ours": "" if cell.ours is None else round(cell.ours, 4),
+                    "published": "" if cell.published is None else cell.published,
+                    "difference": "" if cell.difference is None else round(cell.difference, 4),
+                    "compared": cell.compared,
+                    "published_in": cell.table,
+                    "published_backbone": cell.backbone if cell.published is not None else "",
+                    "published_fpr95_convention": comparison.suite.fpr95_of(cell.table)
+                    if metric == "FPR95" and cell.published is not None
+                    else "",
+                    "our_backbone": backbone if cell.ours is not None else "",
+                    "subset": comparison.subset,
+                }
+            )
     return rows
 
 
@@ -419,4 +489,3 @@ def console_summary(comparison: RunComparison) -> str:
                 parts.append(f"{column} {metric} {_number(cell.ours)}{published}")
         lines.append(f"  {method:<{width}}  " + "; ".join(parts))
     return "\n".join(lines)
-

@@ -101,9 +101,15 @@ def draw_lam(traces: Mapping[str, Sequence[tuple[int, float]]], titles: Mapping[
     ax.set_xlabel("images seen in the stream")
     ax.set_ylabel("lam (weight of ENS, 0 to 1)")
     note = coincide_note(coinciding_lines(lines), what="lines")
-    ax.legend(fontsize=LEGEND_FONTSIZE, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
-              title="stream" + ("\n" + textwrap.fill(note, 28) if note else ""), title_fontsize=LEGEND_FONTSIZE,
-              alignment="left")
+    ax.legend(
+        fontsize=LEGEND_FONTSIZE,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0,
+        title="stream" + ("\n" + textwrap.fill(note, 28) if note else ""),
+        title_fontsize=LEGEND_FONTSIZE,
+        alignment="left",
+    )
     fig.tight_layout()
     return fig
 

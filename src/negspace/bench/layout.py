@@ -97,8 +97,10 @@ def layout_report(suite: Suite, data_root: Path, checks: dict[str, SetCheck]) ->
     under = f"under {arg('data_root')} {data_root}"
     lines = [f"suite {suite.name}: {len(bad)} of {len(checks)} sets {under} are not as expected:"]
     lines += [f"  {c.spec.name} ({c.spec.published_as}): {c.problem}" for c in bad]
-    lines.append("See `negspace bench --list` for each set's layout and count; "
-                 f"{arg('check_counts=False', '--no-count-check')} runs with other counts.")
+    lines.append(
+        "See `negspace bench --list` for each set's layout and count; "
+        f"{arg('check_counts=False', '--no-count-check')} runs with other counts."
+    )
     return "\n".join(lines)
 
 
@@ -111,8 +113,11 @@ def sample_set(images: ImageSet, limit: int | None, seed: int) -> ImageSet:
     return ImageSet(images.name, [images.paths[i] for i in keep], labels)
 
 
-def run_sets(run: RunSpec, checks: dict[str, SetCheck], limit: int | None, seed: int) -> tuple[ImageSet, list[ImageSet]]:
+def run_sets(
+    run: RunSpec, checks: dict[str, SetCheck], limit: int | None, seed: int
+) -> tuple[ImageSet, list[ImageSet]]:
     """The ID set and OOD sets of one run, sampled to ``limit`` images each when given."""
+
     def pick(spec: SetSpec) -> ImageSet:
         images = checks[spec.name].images
         assert images is not None, f"set {spec.name} was not checked"

@@ -12,8 +12,9 @@ from negspace.bench.suites import ClassSpec, SetSpec, Suite
 _CLASS_NAMES = ("black footed albatross", "laysan albatross", "sooty albatross")
 
 
-def write_miniature(suite: Suite, root: Path, per_set: int | None = 3, seed: int = 0, shots: int = 1,
-                    progress: bool = False) -> Path:
+def write_miniature(
+    suite: Suite, root: Path, per_set: int | None = 3, seed: int = 0, shots: int = 1, progress: bool = False
+) -> Path:
     """Write ``per_set`` images for every set of ``suite`` under ``root`` (``None``: each set's
     real count, e.g. 85,640 for ``imagenet``), laid out as the suite expects, the class files its
     runs read and ``shots`` training images per class; returns ``root``."""

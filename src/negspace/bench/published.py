@@ -12,8 +12,17 @@ from importlib import resources
 from typing import Any
 
 # negspace's method names -> the tables' names
-PUBLISHED_NAMES = {"mcm": "MCM", "neglabel": "NegLabel", "csp": "CSP", "negrefine": "NegRefine", "tanl": "TANL",
-                   "adaneg": "AdaNeg", "ants": "ANTS", "interneg": "InterNeg", "tins": "TINS"}
+PUBLISHED_NAMES = {
+    "mcm": "MCM",
+    "neglabel": "NegLabel",
+    "csp": "CSP",
+    "negrefine": "NegRefine",
+    "tanl": "TANL",
+    "adaneg": "AdaNeg",
+    "ants": "ANTS",
+    "interneg": "InterNeg",
+    "tins": "TINS",
+}
 
 
 @dataclass(frozen=True)
@@ -36,15 +45,21 @@ class Backbone:
 
 BACKBONES = {
     "CLIP ViT-B/16": Backbone(
-        "CLIP ViT-B/16", "OpenAI's CLIP weights",
-        hub_specs=("openclip:vit-b-16/openai", "openclip:vit-b-16-quickgelu/openai",
-                   "openclip:hf-hub:timm/vit_base_patch16_clip_224.openai", "hf:openai/clip-vit-base-patch16"),
+        "CLIP ViT-B/16",
+        "OpenAI's CLIP weights",
+        hub_specs=(
+            "openclip:vit-b-16/openai",
+            "openclip:vit-b-16-quickgelu/openai",
+            "openclip:hf-hub:timm/vit_base_patch16_clip_224.openai",
+            "hf:openai/clip-vit-base-patch16",
+        ),
         file_specs=("openclip:vit-b-16/openai", "openclip:vit-b-16-quickgelu/openai", "openclip:vit-b-16-quickgelu"),
         sha256=("5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",),
         source="OpenAI's release ViT-B-16.pt: its download URL's folder is the file's SHA-256, which openai/CLIP "
-               "(clip/clip.py, _MODELS and _download) and open_clip (pretrained.py, the openai tag of ViT-B-16) "
-               "check after downloading; open_clip's hub copy (timm/vit_base_patch16_clip_224.openai) and "
-               "transformers' openai/clip-vit-base-patch16 are the same weights converted, known by name only"),
+        "(clip/clip.py, _MODELS and _download) and open_clip (pretrained.py, the openai tag of ViT-B-16) "
+        "check after downloading; open_clip's hub copy (timm/vit_base_patch16_clip_224.openai) and "
+        "transformers' openai/clip-vit-base-patch16 are the same weights converted, known by name only",
+    ),
 }
 
 
@@ -54,7 +69,7 @@ def normalise_spec(spec: str) -> str:
     spec = spec.strip()
     if not spec.lower().startswith("openclip:"):
         return spec.lower()
-    rest = spec[len("openclip:"):].strip()
+    rest = spec[len("openclip:") :].strip()
     # split as negspace.encoders reads the spec: ARCH/TAG, the tag after the last slash
     if rest.lower().startswith(("hf-hub:", "local-dir:")) or rest.lower().endswith(".json"):
         arch, tag = rest, ""

@@ -167,12 +167,28 @@ def parse_suite(doc: dict) -> Suite:
         spec = ClassSpec(builtin=classes) if isinstance(classes, str) else ClassSpec(**classes)
         if spec.format not in CLASS_FORMATS:
             raise ValueError(f"run {run['name']}: class list format must be one of {CLASS_FORMATS}")
-        runs.append(RunSpec(run["name"], resolve(run["id"]), spec, tuple(resolve(item) for item in run["ood"]),
-                            averages, run.get("train", "")))
+        runs.append(
+            RunSpec(
+                run["name"],
+                resolve(run["id"]),
+                spec,
+                tuple(resolve(item) for item in run["ood"]),
+                averages,
+                run.get("train", ""),
+            )
+        )
     protocol = Protocol(**doc.get("protocol", {}))
     table_fpr95 = tuple(doc.get("fpr95_of_tables", {}).items())
-    suite = Suite(doc["name"], doc["title"], tuple(doc["tables"]), doc["fpr95"], tuple(runs), doc.get("notes", ""),
-                  protocol, table_fpr95)
+    suite = Suite(
+        doc["name"],
+        doc["title"],
+        tuple(doc["tables"]),
+        doc["fpr95"],
+        tuple(runs),
+        doc.get("notes", ""),
+        protocol,
+        table_fpr95,
+    )
     for convention in (suite.fpr95, *(c for _, c in table_fpr95)):
         if convention not in FPR95_CONVENTIONS:
             raise ValueError(f"suite {suite.name}: fpr95 must be one of {FPR95_CONVENTIONS}, got {convention!r}")

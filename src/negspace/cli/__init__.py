@@ -59,8 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # -v / -q work before the command and after it (SUPPRESS: a sub-command never resets them).
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="warnings and errors only, no progress bars")
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="warnings and errors only, no progress bars",
+    )
     parser = Parser(prog="negspace", description="Zero-shot OOD detection with vision-language models.")
     parser.add_argument("--version", action="version", version=f"negspace {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -22,7 +22,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     stats.set_defaults(run=run_stats)
     clear = cache_commands.add_parser("clear", parents=[common], help="delete cached features and/or MLLM answers")
     clear.add_argument("--cache-dir", type=Path, help=CACHE_DIR_HELP)
-    clear.add_argument("--what", choices=("all", "features", "mllm"), default="all", help="which cache (default: %(default)s)")
+    clear.add_argument(
+        "--what", choices=("all", "features", "mllm"), default="all", help="which cache (default: %(default)s)"
+    )
     clear.add_argument("--yes", action="store_true", help="delete cached MLLM answers without asking")
     clear.set_defaults(run=run_clear)
 
@@ -43,8 +45,10 @@ def run_clear(args: argparse.Namespace) -> int:
         if paid:
             question = f"Delete {paid} cached MLLM answers (asking again costs MLLM calls)? [y/N] "
             if not sys.stdin.isatty():
-                raise NegspaceError(f"cache clear would delete {paid} cached MLLM answers; pass --yes to confirm "
-                                    "(or --what features to keep them).")
+                raise NegspaceError(
+                    f"cache clear would delete {paid} cached MLLM answers; pass --yes to confirm "
+                    "(or --what features to keep them)."
+                )
             if input(question).strip().lower() not in ("y", "yes"):
                 print("nothing cleared")
                 return 0

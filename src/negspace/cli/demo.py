@@ -10,7 +10,9 @@ from negspace.errors import NegspaceError
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    demo = commands.add_parser("demo-data", parents=[common], help="write a tiny ID/OOD image set (real photos vs. patterns)")
+    demo = commands.add_parser(
+        "demo-data", parents=[common], help="write a tiny ID/OOD image set (real photos vs. patterns)"
+    )
     demo.add_argument("folder", type=Path, help="where to write id/ and ood/")
     demo.set_defaults(run=run)
 

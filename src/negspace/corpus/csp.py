@@ -41,8 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Lexicographer files left out of the pool: the four of CSP's config, and the two its word files lack.
-CSP_EXCLUDED_FILES = frozenset({"noun.person", "noun.quantity", "noun.group", "adj.pert", "noun.animal",
-                                "noun.food"})
+CSP_EXCLUDED_FILES = frozenset({"noun.person", "noun.quantity", "noun.group", "adj.pert", "noun.animal", "noun.food"})
 WORDNET_POOL = "wordnet"  # the pool from the shipped WordNet; anything else is a corpus file
 
 
@@ -74,8 +73,9 @@ class PoolSelection:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
 
 
-def conjugated_pool(files: Mapping[str, Sequence[str]], seed: int = 0,
-                    superclass_words: Sequence[str] = CSP_SUPERCLASS_WORDS) -> Pool:
+def conjugated_pool(
+    files: Mapping[str, Sequence[str]], seed: int = 0, superclass_words: Sequence[str] = CSP_SUPERCLASS_WORDS
+) -> Pool:
     """The pool from word files named like WordNet's (``noun.*``, ``adj.*``; others ignored), read
     in sorted name order: each word once (the first file that has it decides whether it is a noun
     or an adjective), each adjective conjugated with a superclass word drawn with ``seed``."""
@@ -115,17 +115,22 @@ def load_pool(spec: str = WORDNET_POOL, seed: int = 0) -> Pool:
     return conjugated_pool(files, seed)
 
 
-def label_ratios(label_features: np.ndarray, id_features: np.ndarray, quantile: float = 0.95,
-                 saturate_above: float | None = 0.95, chunk: int = 4096) -> np.ndarray:
+def label_ratios(
+    label_features: np.ndarray,
+    id_features: np.ndarray,
+    quantile: float = 0.95,
+    saturate_above: float | None = 0.95,
+    chunk: int = 4096,
+) -> np.ndarray:
     """``r(n)``: the ``quantile`` (linear interpolation, as ``torch.quantile``) of each label's
     cosines to the ID classes, 1 where the largest cosine exceeds ``saturate_above``; float64."""
     ratios = np.empty(len(label_features), dtype=np.float64)
     for start in range(0, len(label_features), chunk):  # bounded memory: chunk x K cosines at a time
-        cosines = label_features[start:start + chunk] @ id_features.T
+        cosines = label_features[start : start + chunk] @ id_features.T
         part = np.quantile(cosines.astype(np.float64), quantile, axis=1)
         if saturate_above is not None:
             part[cosines.max(axis=1) > saturate_above] = 1.0
-        ratios[start:start + chunk] = part
+        ratios[start : start + chunk] = part
     return ratios
 
 
@@ -134,15 +139,23 @@ def lowest(ratios: np.ndarray, fraction: float) -> np.ndarray:
     return np.argsort(ratios, kind="stable")[: int(len(ratios) * fraction)]
 
 
-def select_from_pool(encoder: ClipEncoder, class_names: Sequence[str], id_features: np.ndarray,
-                     selection: PoolSelection = PoolSelection(), cache_dir: Path | None = None,
-                     progress: bool = True) -> MinedNegatives:
+def select_from_pool(
+    encoder: ClipEncoder,
+    class_names: Sequence[str],
+    id_features: np.ndarray,
+    selection: PoolSelection = PoolSelection(),
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> MinedNegatives:
     """The selected bank for ``class_names``: kept nouns by ascending ratio, then kept phrases;
     features averaged over the templates (nouns: 8 noun templates; phrases: 4 adjective
     templates). Every prompt's feature is cached, so an interrupted encoding resumes; the selected
     list is cached as JSON under ``cache_dir/mined``."""
-    settings = {**asdict(selection), "pool": corpus_fingerprint(selection.pool) if selection.pool != WORDNET_POOL
-                else WORDNET_POOL, "kind": "conjugated-pool"}
+    settings = {
+        **asdict(selection),
+        "pool": corpus_fingerprint(selection.pool) if selection.pool != WORDNET_POOL else WORDNET_POOL,
+        "kind": "conjugated-pool",
+    }
     cache_file = cache_dir / "mined" / f"{selection_key(encoder, class_names, settings)}.json" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         cached = json.loads(cache_file.read_text(encoding="utf-8"))
@@ -154,14 +167,19 @@ def select_from_pool(encoder: ClipEncoder, class_names: Sequence[str], id_featur
         if selection.remove_id_nouns:  # exact, as the authors' `line.strip() in class_name`
             names = set(class_names)
             pool_nouns = [word for word in pool_nouns if word not in names]
-        log.info("selecting from a pool of %d nouns and %d conjugated adjectives (%d prompts, encoded once, then "
-                 "read from the feature cache)", len(pool_nouns), len(pool.phrases),
-                 len(pool_nouns) * len(CSP_NOUN_TEMPLATES) + len(pool.phrases) * len(CSP_ADJECTIVE_TEMPLATES))
-        noun_features = encoder.encode_texts_averaged(pool_nouns, CSP_NOUN_TEMPLATES, progress=progress,
-                                                      description="Encoding pool nouns (once)")
-        phrase_features = encoder.encode_texts_averaged(list(pool.phrases), CSP_ADJECTIVE_TEMPLATES,
-                                                        progress=progress,
-                                                        description="Encoding pool phrases (once)")
+        log.info(
+            "selecting from a pool of %d nouns and %d conjugated adjectives (%d prompts, encoded once, then "
+            "read from the feature cache)",
+            len(pool_nouns),
+            len(pool.phrases),
+            len(pool_nouns) * len(CSP_NOUN_TEMPLATES) + len(pool.phrases) * len(CSP_ADJECTIVE_TEMPLATES),
+        )
+        noun_features = encoder.encode_texts_averaged(
+            pool_nouns, CSP_NOUN_TEMPLATES, progress=progress, description="Encoding pool nouns (once)"
+        )
+        phrase_features = encoder.encode_texts_averaged(
+            list(pool.phrases), CSP_ADJECTIVE_TEMPLATES, progress=progress, description="Encoding pool phrases (once)"
+        )
         rule = (selection.quantile, selection.saturate_above)
         noun_idx = lowest(label_ratios(noun_features, id_features, *rule), selection.fraction)
         phrase_idx = lowest(label_ratios(phrase_features, id_features, *rule), selection.fraction)
@@ -172,9 +190,14 @@ def select_from_pool(encoder: ClipEncoder, class_names: Sequence[str], id_featur
     return bank_of(encoder, nouns, phrases, progress=False)
 
 
-def bank_of(encoder: ClipEncoder, nouns: Sequence[str], phrases: Sequence[str], progress: bool = True) -> MinedNegatives:
+def bank_of(
+    encoder: ClipEncoder, nouns: Sequence[str], phrases: Sequence[str], progress: bool = True
+) -> MinedNegatives:
     """A bank of nouns then conjugated phrases, with their template-averaged features."""
-    features = [encoder.encode_texts_averaged(list(nouns), CSP_NOUN_TEMPLATES, progress=progress),
-                encoder.encode_texts_averaged(list(phrases), CSP_ADJECTIVE_TEMPLATES, progress=progress)]
-    return MinedNegatives(list(nouns) + list(phrases), np.concatenate(features).astype(np.float32),
-                          len(nouns), len(phrases))
+    features = [
+        encoder.encode_texts_averaged(list(nouns), CSP_NOUN_TEMPLATES, progress=progress),
+        encoder.encode_texts_averaged(list(phrases), CSP_ADJECTIVE_TEMPLATES, progress=progress),
+    ]
+    return MinedNegatives(
+        list(nouns) + list(phrases), np.concatenate(features).astype(np.float32), len(nouns), len(phrases)
+    )

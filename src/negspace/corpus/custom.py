@@ -67,8 +67,10 @@ def load_corpus(spec: str, exclude: Iterable[str] = ()) -> Corpus:
         return wordnet.load_wordnet_corpus(spec, exclude=exclude)
     corpus = read_corpus_file(spec)
     drop = {name.strip().lower() for name in ([exclude] if isinstance(exclude, str) else exclude)}
-    kept = Corpus(nouns=tuple(w for w in corpus.nouns if w.lower() not in drop),
-                  adjectives=tuple(w for w in corpus.adjectives if w.lower() not in drop))
+    kept = Corpus(
+        nouns=tuple(w for w in corpus.nouns if w.lower() not in drop),
+        adjectives=tuple(w for w in corpus.adjectives if w.lower() not in drop),
+    )
     if not len(kept):
         raise ValueError(f"the corpus file {spec} holds only ID class names")
     return kept

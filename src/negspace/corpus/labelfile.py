@@ -43,8 +43,9 @@ def read_label_file(path: Path) -> tuple[list[str], list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise NegspaceError(f"Negative-label file {path} is not UTF-8 text (one label per line, as "
-                            "'negspace mine -o' writes it).") from None
+        raise NegspaceError(
+            f"Negative-label file {path} is not UTF-8 text (one label per line, as 'negspace mine -o' writes it)."
+        ) from None
     nouns: list[str] = []
     adjectives: list[str] = []
     current = nouns

@@ -139,8 +139,10 @@ def mine_from_features(
     """Mining on precomputed features: ``corpus`` and its nouns' and adjectives' prompted text
     features (rows in corpus order), ``id_features`` of the ID names; no encoder needed."""
     if len(noun_features) != len(corpus.nouns) or len(adjective_features) != len(corpus.adjectives):
-        raise ValueError(f"{len(noun_features)} noun and {len(adjective_features)} adjective feature rows for "
-                         f"{len(corpus.nouns)} nouns and {len(corpus.adjectives)} adjectives")
+        raise ValueError(
+            f"{len(noun_features)} noun and {len(adjective_features)} adjective feature rows for "
+            f"{len(corpus.nouns)} nouns and {len(corpus.adjectives)} adjectives"
+        )
     noun_idx, adjective_idx = select_negatives(noun_features, adjective_features, id_features, config)
     labels = [corpus.nouns[i] for i in noun_idx] + [corpus.adjectives[i] for i in adjective_idx]
     features = np.concatenate([noun_features[noun_idx], adjective_features[adjective_idx]]).astype(np.float32)
@@ -195,13 +197,20 @@ def mine_negative_labels(
         log.info("reusing %d mined negative labels from %s", len(nouns) + len(adjectives), cache_file)
     else:
         corpus = load_corpus(config.corpus, exclude=class_names)
-        log.info("mining negatives from %d nouns and %d adjectives (their prompts are encoded once, then read "
-                 "from the feature cache)", len(corpus.nouns), len(corpus.adjectives))
-        noun_features = encoder.encode_texts(list(corpus.nouns), template=NOUN_TEMPLATE, progress=progress,
-                                             description="Encoding corpus nouns (once)")
+        log.info(
+            "mining negatives from %d nouns and %d adjectives (their prompts are encoded once, then read "
+            "from the feature cache)",
+            len(corpus.nouns),
+            len(corpus.adjectives),
+        )
+        noun_features = encoder.encode_texts(
+            list(corpus.nouns), template=NOUN_TEMPLATE, progress=progress, description="Encoding corpus nouns (once)"
+        )
         adjective_features = encoder.encode_texts(
-            list(corpus.adjectives), template=ADJECTIVE_TEMPLATE, progress=progress,
-            description="Encoding corpus adjectives (once)"
+            list(corpus.adjectives),
+            template=ADJECTIVE_TEMPLATE,
+            progress=progress,
+            description="Encoding corpus adjectives (once)",
         )
         noun_idx, adjective_idx = select_negatives(noun_features, adjective_features, id_features, config)
         nouns = [corpus.nouns[i] for i in noun_idx]

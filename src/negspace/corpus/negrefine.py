@@ -69,13 +69,19 @@ class FilterResult:
     """What the LLM filter kept, what it dropped and why, and how many requests failed."""
 
     kept: list[str]
-    dropped: dict[str, str] = field(default_factory=dict)  # label -> "proper noun" | "same as NAME" | "subcategory of NAME"
+    dropped: dict[str, str] = field(
+        default_factory=dict
+    )  # label -> "proper noun" | "same as NAME" | "subcategory of NAME"
     requests: int = 0
     failed: int = 0
 
 
-def filter_labels(labels: Sequence[str], nearest: Sequence[Sequence[str]],
-                  ask: Callable[[list[str]], list[str | None]], max_failures: float = 0.1) -> FilterResult:
+def filter_labels(
+    labels: Sequence[str],
+    nearest: Sequence[Sequence[str]],
+    ask: Callable[[list[str]], list[str | None]],
+    max_failures: float = 0.1,
+) -> FilterResult:
     """NegRefine's filter of ``labels``, ``nearest[i]`` holding label i's nearest ID names,
     nearest first; ``ask`` answers a batch of prompts (``None`` for a request that failed).
 
@@ -117,14 +123,18 @@ def filter_labels(labels: Sequence[str], nearest: Sequence[Sequence[str]],
                 result.dropped[labels[i]] = f"subcategory of {nearest[i][rank]}"
                 undecided.remove(i)
     if result.requests and result.failed / result.requests > max_failures:
-        raise NegspaceError(f"The LLM filter of NegRefine lost {result.failed} of its {result.requests} requests "
-                            f"(more than {max_failures:.0%}); check the server ({arg('mllm', '--llm')}) and run again.")
+        raise NegspaceError(
+            f"The LLM filter of NegRefine lost {result.failed} of its {result.requests} requests "
+            f"(more than {max_failures:.0%}); check the server ({arg('mllm', '--llm')}) and run again."
+        )
     dropped = set(result.dropped)
     result.kept = [label for label in labels if label not in dropped]
     return result
 
 
-def nearest_names(encoder: ClipEncoder, labels: Sequence[str], class_names: Sequence[str], k: int = 10) -> list[list[str]]:
+def nearest_names(
+    encoder: ClipEncoder, labels: Sequence[str], class_names: Sequence[str], k: int = 10
+) -> list[list[str]]:
     """The ``k`` ID names nearest to each label, nearest first: cosines of the bare strings' text
     features (no template), as the authors' filter ranks them."""
     if not labels:
@@ -135,7 +145,7 @@ def nearest_names(encoder: ClipEncoder, labels: Sequence[str], class_names: Sequ
     k = min(k, len(names))
     nearest = []
     for start in range(0, len(labels), 4096):
-        cosines = label_features[start:start + 4096] @ name_features.T
+        cosines = label_features[start : start + 4096] @ name_features.T
         top = np.argsort(-cosines, axis=1, kind="stable")[:, :k]
         nearest += [[names[j] for j in row] for row in top]
     return nearest
@@ -164,9 +174,16 @@ class RefinedBank:
     notes: dict[str, Any]
 
 
-def refine_bank(encoder: ClipEncoder, class_names: Sequence[str], id_features: np.ndarray, llm: Any = None,
-                selection: PoolSelection = NEGREFINE_SELECTION, nearest: int = 10, cache_dir: Path | None = None,
-                progress: bool = True) -> RefinedBank:
+def refine_bank(
+    encoder: ClipEncoder,
+    class_names: Sequence[str],
+    id_features: np.ndarray,
+    llm: Any = None,
+    selection: PoolSelection = NEGREFINE_SELECTION,
+    nearest: int = 10,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> RefinedBank:
     """The initial selection, cleaned, filtered by ``llm`` (skipped, and said, without one); the
     filtered list is cached as a label file under ``cache_dir/mined`` (keyed by model, classes,
     selection and the LLM's model id), so the filter runs once."""
@@ -174,8 +191,11 @@ def refine_bank(encoder: ClipEncoder, class_names: Sequence[str], id_features: n
     nouns, phrases = clean_labels(initial.nouns), clean_labels(initial.adjectives)
     notes: dict[str, Any] = {"initial_labels": len(initial.labels), "cleaned_labels": len(nouns) + len(phrases)}
     if llm is None:
-        log.warning("NegRefine: no LLM was given (--llm or --mllm), so its LLM filter was skipped: the bank is the "
-                    "initial selection, cleaned (%d labels)", len(nouns) + len(phrases))
+        log.warning(
+            "NegRefine: no LLM was given (--llm or --mllm), so its LLM filter was skipped: the bank is the "
+            "initial selection, cleaned (%d labels)",
+            len(nouns) + len(phrases),
+        )
         notes["llm_filter"] = "skipped: no LLM was given"
         return RefinedBank(bank_of(encoder, nouns, phrases, progress=False), notes)
     model_id = getattr(llm, "model_id", type(llm).__name__)
@@ -191,11 +211,19 @@ def refine_bank(encoder: ClipEncoder, class_names: Sequence[str], id_features: n
         notes.update({"llm_filter": f"reused {label_file}", "llm": describe_model(llm, sends_images=False)})
         return RefinedBank(bank_of(encoder, nouns, phrases, progress=False), notes)
     ask = llm_asker(llm)
-    log.info("NegRefine: asking %s about %d labels (a proper noun? a subcategory of one of the %d nearest ID "
-             "names?)", model_id, len(nouns) + len(phrases), nearest)
+    log.info(
+        "NegRefine: asking %s about %d labels (a proper noun? a subcategory of one of the %d nearest ID names?)",
+        model_id,
+        len(nouns) + len(phrases),
+        nearest,
+    )
     kept = []
-    summary: dict[str, Any] = {"llm": describe_model(llm, sends_images=False), "requests": 0, "failed_requests": 0,
-                               "dropped": {}}
+    summary: dict[str, Any] = {
+        "llm": describe_model(llm, sends_images=False),
+        "requests": 0,
+        "failed_requests": 0,
+        "dropped": {},
+    }
     for part in (nouns, phrases):
         result = filter_labels(part, nearest_names(encoder, part, class_names, nearest), ask)
         kept.append(result.kept)
@@ -206,12 +234,20 @@ def refine_bank(encoder: ClipEncoder, class_names: Sequence[str], id_features: n
             summary["dropped"][kind] = summary["dropped"].get(kind, 0) + 1
     notes.update({"llm_filter": summary, "filtered_labels": len(kept[0]) + len(kept[1])})
     if summary["failed_requests"]:
-        log.warning("NegRefine: %d of the LLM's %d requests failed (their labels were kept); the filtered list is not "
-                    "saved, so the next run asks them again", summary["failed_requests"], summary["requests"])
+        log.warning(
+            "NegRefine: %d of the LLM's %d requests failed (their labels were kept); the filtered list is not "
+            "saved, so the next run asks them again",
+            summary["failed_requests"],
+            summary["requests"],
+        )
     elif label_file is not None:
         label_file.parent.mkdir(parents=True, exist_ok=True)
-        write_label_file(label_file, kept[0], kept[1], comment=json.dumps(
-            {"method": "negrefine", "model": encoder.spec, "llm": model_id}))
+        write_label_file(
+            label_file,
+            kept[0],
+            kept[1],
+            comment=json.dumps({"method": "negrefine", "model": encoder.spec, "llm": model_id}),
+        )
         notes["filtered_list"] = str(label_file)
         log.info("NegRefine: the filtered list is saved as %s (pass it as --negatives to skip the filter)", label_file)
     return RefinedBank(bank_of(encoder, kept[0], kept[1], progress=False), notes)

@@ -138,9 +138,7 @@ def selection_counts(selection: str = "neglabel") -> dict[str, int]:
 
 def _check_selection(selection: str) -> str:
     if selection not in _SELECTIONS:
-        raise ValueError(
-            f"Unknown WordNet selection {selection!r}; choose one of: {', '.join(SELECTIONS)}."
-        )
+        raise ValueError(f"Unknown WordNet selection {selection!r}; choose one of: {', '.join(SELECTIONS)}.")
     return selection
 
 

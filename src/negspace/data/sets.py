@@ -68,9 +68,7 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.labels is not None and len(self.labels) != len(self.paths):
-            raise ValueError(
-                f"ImageSet {self.name!r} has {len(self.paths)} paths but {len(self.labels)} labels"
-            )
+            raise ValueError(f"ImageSet {self.name!r} has {len(self.paths)} paths but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -106,8 +104,7 @@ def open_image_set(spec: str | Path, name: str | None = None) -> ImageSet:
             return open_path_list(path, name=name)
         if is_feature_file(path):
             raise DatasetError(
-                f"{path} is a precomputed feature file, not an image set; "
-                "pass it where feature files are accepted."
+                f"{path} is a precomputed feature file, not an image set; pass it where feature files are accepted."
             )
         raise DatasetError(
             f"{path} is neither a folder of images, a .txt path list, nor LIST.txt:ROOT "
@@ -120,8 +117,10 @@ def open_image_set(spec: str | Path, name: str | None = None) -> ImageSet:
         return open_openood_list(Path(head).expanduser(), Path(tail).expanduser(), name=name)
     hint = ""
     if "=" in text:  # e.g. --ood ../a=b: a NAME cannot hold a path separator, so it was read as a path
-        hint = (" (it was read as one path: in NAME=PATH the NAME may hold only letters, digits and "
-                "_ . -, e.g. --ood a=../b)")
+        hint = (
+            " (it was read as one path: in NAME=PATH the NAME may hold only letters, digits and "
+            "_ . -, e.g. --ood a=../b)"
+        )
     raise DatasetError(f"The image set {text} does not exist{hint}.")
 
 
@@ -205,9 +204,7 @@ def open_openood_list(list_file: str | Path, root: str | Path, name: str | None 
         raise DatasetError(f"The OpenOOD list {list_file} names no images.")
     _check_listed(paths, list_file)
     set_name = name if name is not None else default_set_name(list_file)
-    logger.info(
-        "Image set %r: %d images listed in %s under %s", set_name, len(paths), list_file, root
-    )
+    logger.info("Image set %r: %d images listed in %s under %s", set_name, len(paths), list_file, root)
     return ImageSet(name=set_name, paths=paths, labels=labels)
 
 
@@ -231,9 +228,7 @@ def parse_named_set(arg: str) -> tuple[str, str]:
         if not name:
             raise DatasetError(f"The set name before '=' in {arg!r} is empty; expected NAME=PATH.")
         if not _NAME_RE.fullmatch(name):
-            raise DatasetError(
-                f"The set name {name!r} in {arg!r} may only use letters, digits, '_', '.' and '-'."
-            )
+            raise DatasetError(f"The set name {name!r} in {arg!r} may only use letters, digits, '_', '.' and '-'.")
         if not path:
             raise DatasetError(f"The path after '=' in {arg!r} is empty; expected NAME=PATH.")
         return name, path
@@ -349,9 +344,7 @@ def _check_listed(paths: Sequence[Path], source: Path) -> None:
         hint = ""
         if source.suffix.lower() in _LIST_SUFFIXES and _looks_like_openood(source):
             hint = "; it looks like an OpenOOD list, so give it as LIST.txt:ROOT"
-        raise DatasetError(
-            f"None of the {len(paths)} files listed in {source} exists (e.g. {examples}){hint}."
-        )
+        raise DatasetError(f"None of the {len(paths)} files listed in {source} exists (e.g. {examples}){hint}.")
     logger.warning(
         "%d of %d files listed in %s do not exist and will be reported as unreadable (e.g. %s)",
         len(missing),

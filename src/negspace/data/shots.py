@@ -50,9 +50,15 @@ class IDShots:
 
     def summary(self) -> dict[str, object]:
         """What ``metrics.json`` records of the shots."""
-        return {"k": self.k, "seed": self.seed, "images": len(self.paths), "classes": self.n_classes,
-                "classes_with_fewer": len(self.fewer), "fewer": dict(list(self.fewer.items())[:20]),
-                "duplicate_names": self.duplicates}
+        return {
+            "k": self.k,
+            "seed": self.seed,
+            "images": len(self.paths),
+            "classes": self.n_classes,
+            "classes_with_fewer": len(self.fewer),
+            "fewer": dict(list(self.fewer.items())[:20]),
+            "duplicate_names": self.duplicates,
+        }
 
     def __repr__(self) -> str:
         return fields_repr(self)
@@ -63,8 +69,11 @@ def _name_key(name: str) -> str:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def _from_folder(root: Path, class_names: Sequence[str]) -> dict[int, list[Path]]:
@@ -77,15 +86,22 @@ def _from_folder(root: Path, class_names: Sequence[str]) -> dict[int, list[Path]
     if by_name:
         unknown = [f.name for f in folders if _name_key(f.name) not in index]
         if unknown:
-            log.warning("--id-shots %s: %d folder(s) name no class and are ignored (e.g. %r)", root, len(unknown),
-                        unknown[0])
+            log.warning(
+                "--id-shots %s: %d folder(s) name no class and are ignored (e.g. %r)", root, len(unknown), unknown[0]
+            )
         return {c: _images_in(folder) for c, folder in by_name.items()}
     if len(folders) == len(class_names):
-        log.info("--id-shots %s: no folder is named after a class; the %d sorted folders are taken as the classes "
-                 "in order (ImageNet's WordNet-ID layout)", root, len(folders))
+        log.info(
+            "--id-shots %s: no folder is named after a class; the %d sorted folders are taken as the classes "
+            "in order (ImageNet's WordNet-ID layout)",
+            root,
+            len(folders),
+        )
         return {c: _images_in(folder) for c, folder in enumerate(folders)}
-    raise DatasetError(f"{arg('id_shots')} {root}: its {len(folders)} folders match none of the {len(class_names)} class "
-                       "names, and are not one per class.")
+    raise DatasetError(
+        f"{arg('id_shots')} {root}: its {len(folders)} folders match none of the {len(class_names)} class "
+        "names, and are not one per class."
+    )
 
 
 def _indices_by_name(class_names: Sequence[str]) -> dict[str, list[int]]:
@@ -130,19 +146,29 @@ def read_shots(source: str | Path, class_names: Sequence[str], k: int = DEFAULT_
     elif root.is_file():
         found = _from_list(root, class_names)
     else:
-        raise DatasetError(f"{arg('id_shots')} {root} does not exist (a folder of class folders, or a path<TAB>class list).")
+        raise DatasetError(
+            f"{arg('id_shots')} {root} does not exist (a folder of class folders, or a path<TAB>class list)."
+        )
     empty = [class_names[c] for c in range(len(class_names)) if not found.get(c)]
     if empty:
-        raise DatasetError(f"{arg('id_shots')} {root}: {len(empty)} class(es) have no image, e.g. {empty[0]!r}; every class "
-                           "needs at least one for its prototype.")
+        raise DatasetError(
+            f"{arg('id_shots')} {root}: {len(empty)} class(es) have no image, e.g. {empty[0]!r}; every class "
+            "needs at least one for its prototype."
+        )
     # a name listed twice (ImageNet's "crane", "maillot") is two classes that share its images
-    duplicates = {class_names[indices[0]]: indices for indices in _indices_by_name(class_names).values()
-                  if len(indices) > 1}
+    duplicates = {
+        class_names[indices[0]]: indices for indices in _indices_by_name(class_names).values() if len(indices) > 1
+    }
     if duplicates:
         name, indices = next(iter(duplicates.items()))
-        log.warning("--id-shots %s: %d class name(s) are listed more than once (e.g. %r: classes %s); those "
-                    "classes draw their shots from the same images", root, len(duplicates), name,
-                    ", ".join(map(str, indices)))
+        log.warning(
+            "--id-shots %s: %d class name(s) are listed more than once (e.g. %r: classes %s); those "
+            "classes draw their shots from the same images",
+            root,
+            len(duplicates),
+            name,
+            ", ".join(map(str, indices)),
+        )
     rng = np.random.default_rng(seed)
     paths: list[Path] = []
     labels: list[int] = []
@@ -158,8 +184,13 @@ def read_shots(source: str | Path, class_names: Sequence[str], k: int = DEFAULT_
         paths += images
         labels += [c] * len(images)
     if fewer:
-        log.warning("--id-shots %s: %d class(es) have fewer than %d images (e.g. %r: %d); all of theirs are used",
-                    root, len(fewer), k, *next(iter(fewer.items())))
+        log.warning(
+            "--id-shots %s: %d class(es) have fewer than %d images (e.g. %r: %d); all of theirs are used",
+            root,
+            len(fewer),
+            k,
+            *next(iter(fewer.items())),
+        )
     return IDShots(paths, np.asarray(labels, dtype=np.int64), len(class_names), k, seed, fewer, duplicates)
 
 

@@ -246,7 +246,12 @@ class AdaNeg(OnlineDetector):
             raise ValueError(f"{len(neg_labels)} negative labels for {n_neg} negative features")
         c = self.config
         self.tau, self.memory_length, self.gamma, self.g, self.groups = c.tau, c.memory_length, c.gamma, c.g, groups
-        self.proxy, self.sample_weight_scale, self.nl_weight, self.seed = c.proxy, c.sample_weight_scale, c.nl_weight, c.seed
+        self.proxy, self.sample_weight_scale, self.nl_weight, self.seed = (
+            c.proxy,
+            c.sample_weight_scale,
+            c.nl_weight,
+            c.seed,
+        )
         self.chunk_size = int(chunk_size)
         self.neg_labels = list(neg_labels) if neg_labels is not None else None
         self.group_index_ = group_order(n_neg, self.groups, self.seed)
@@ -255,7 +260,9 @@ class AdaNeg(OnlineDetector):
         # a batch's ID cosines and grouped negative cosines as column slices, with no gather.
         kept = len(self.group_index_)
         self._neg_order = np.concatenate([self.group_index_, np.arange(kept, n_neg)])
-        self._text = self.backend.asarray(np.concatenate([self.id_text_features, self.neg_text_features[self._neg_order]]))
+        self._text = self.backend.asarray(
+            np.concatenate([self.id_text_features, self.neg_text_features[self._neg_order]])
+        )
         self._scored_labels = np.concatenate([np.arange(self.n_classes), self.n_classes + self.group_index_])
         self._scoring_position = np.full(self.n_classes + n_neg, -1, dtype=np.int64)
         self._scoring_position[self._scored_labels] = np.arange(len(self._scored_labels))
@@ -366,7 +373,9 @@ class AdaNeg(OnlineDetector):
         position = self._scoring_position[labels]
         scored = position >= 0
         state = self.state_
-        state.scoring_proxies[self.backend.index(position[scored])] = self.backend.asarray(state.proxies[labels[scored]])
+        state.scoring_proxies[self.backend.index(position[scored])] = self.backend.asarray(
+            state.proxies[labels[scored]]
+        )
 
     def _proxy_cosines(self, features: Any, host_features: np.ndarray | None) -> Any:
         """Cosines to the proxies of the scored labels in scoring order: task-adaptive on the
@@ -451,16 +460,26 @@ class AdaNeg(OnlineDetector):
         params["chunk_size"] = self.chunk_size
         arrays = {"id_text_features": self.id_text_features, "neg_text_features": self.neg_text_features}
         arrays.update({name: getattr(state, name) for name in self._STATE_ARRAYS if getattr(state, name) is not None})
-        extra = {"neg_labels": self.neg_labels, "batches": state.batches, "cached": state.cached,
-                 "class_names": self.class_names}
+        extra = {
+            "neg_labels": self.neg_labels,
+            "batches": state.batches,
+            "cached": state.cached,
+            "class_names": self.class_names,
+        }
         return SavedDetector("adaneg", params, arrays, extra, frozen=self.frozen)
 
     @classmethod
     def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> AdaNeg:
         """The detector :meth:`save` wrote, with its memories, frozen (see :func:`negspace.load_detector`)."""
         a = saved.arrays
-        det = cls(a["id_text_features"], a["neg_text_features"], neg_labels=saved.extra.get("neg_labels"),
-                  backend=backend, device=device, **saved.params)
+        det = cls(
+            a["id_text_features"],
+            a["neg_text_features"],
+            neg_labels=saved.extra.get("neg_labels"),
+            backend=backend,
+            device=device,
+            **saved.params,
+        )
         state = det.state_
         for name in cls._STATE_ARRAYS:
             if name in a:

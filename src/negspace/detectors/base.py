@@ -61,8 +61,11 @@ def nearest_texts(blocks: Sequence[LabelledColumns], n_images: int) -> list[str]
     for k, block in enumerate(blocks):
         if block.cosines.shape[1] == 0:
             continue
-        values, columns = row_argmax(block.cosines) if block.best is None else (
-            to_numpy(block.best[0]), to_numpy(block.best[1], np.int64))
+        values, columns = (
+            row_argmax(block.cosines)
+            if block.best is None
+            else (to_numpy(block.best[0]), to_numpy(block.best[1], np.int64))
+        )
         better = values > best
         best[better] = values[better]
         block_of[better] = k
@@ -70,8 +73,14 @@ def nearest_texts(blocks: Sequence[LabelledColumns], n_images: int) -> list[str]
     return [blocks[k].labels[r] if k >= 0 else "" for k, r in zip(block_of.tolist(), row_of.tolist(), strict=True)]
 
 
-def check_ranges(config: Any, *, positive: Sequence[str] = (), at_least_one: Sequence[str] = (),
-                 non_negative: Sequence[str] = (), unit_interval: Sequence[str] = ()) -> None:
+def check_ranges(
+    config: Any,
+    *,
+    positive: Sequence[str] = (),
+    at_least_one: Sequence[str] = (),
+    non_negative: Sequence[str] = (),
+    unit_interval: Sequence[str] = (),
+) -> None:
     """Raise ``ValueError`` naming the first field of ``config`` outside its range (a config's
     ``__post_init__`` check)."""
     ranges: tuple[tuple[Sequence[str], Callable[[Any], bool], str], ...] = (
@@ -96,8 +105,9 @@ def resolve_config(config_type: type[ConfigT], config: ConfigT | None, overrides
     known = {f.name for f in fields(config_type)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise TypeError(f"{config_type.__name__} has no field {', '.join(map(repr, unknown))} "
-                        f"(fields: {', '.join(sorted(known))})")
+        raise TypeError(
+            f"{config_type.__name__} has no field {', '.join(map(repr, unknown))} (fields: {', '.join(sorted(known))})"
+        )
     base = config if config is not None else config_type()
     if not isinstance(base, config_type):
         raise TypeError(f"config must be a {config_type.__name__}, got {type(base).__name__}")
@@ -125,8 +135,11 @@ class Detector(ABC):
         if bank is None or len(bank[1]) == 0:
             return nearest_id, [""] * len(image)
         features, texts = bank
-        nearest = np.concatenate([np.argmax(image[s : s + chunk] @ features.T, axis=1)
-                                  for s in range(0, len(image), chunk)]) if len(image) else np.zeros(0, int)
+        nearest = (
+            np.concatenate([np.argmax(image[s : s + chunk] @ features.T, axis=1) for s in range(0, len(image), chunk)])
+            if len(image)
+            else np.zeros(0, int)
+        )
         return nearest_id, [texts[i] for i in nearest]
 
     def score_with_nearest(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:

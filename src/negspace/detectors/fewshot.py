@@ -31,11 +31,25 @@ class FewShotDetector(OnlineDetector):
     method_name: ClassVar[str]  # set by each method
 
     if TYPE_CHECKING:  # the constructor every subclass has (from_features and from_saved call it)
-        def __init__(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
-                     config: Any = None, *, neg_labels: Sequence[str] | None = None, **options: Any) -> None: ...
 
-    def _set_banks(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
-                   neg_labels: Sequence[str] | None) -> None:
+        def __init__(
+            self,
+            id_text_features: np.ndarray,
+            negative_features: np.ndarray,
+            prototypes: np.ndarray,
+            config: Any = None,
+            *,
+            neg_labels: Sequence[str] | None = None,
+            **options: Any,
+        ) -> None: ...
+
+    def _set_banks(
+        self,
+        id_text_features: np.ndarray,
+        negative_features: np.ndarray,
+        prototypes: np.ndarray,
+        neg_labels: Sequence[str] | None,
+    ) -> None:
         """The features as unit rows of one width, and ``baselines`` = ``cos(t_c, p_c)`` of the
         inter-modal test."""
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
@@ -55,17 +69,31 @@ class FewShotDetector(OnlineDetector):
         return [*self.neg_labels, *(LEARNED_LABEL.format(i) for i in range(1, n_learned + 1))]
 
     def to_saved(self) -> SavedDetector:
-        arrays = {"id_text_features": self.id_text_features, "negative_features": self.negative_features,
-                  "prototypes": self.prototypes, **{name: getattr(self, name) for name, _ in self.STATE_ARRAYS}}
-        return SavedDetector(self.method_name, asdict(self.config), arrays,
-                             {"neg_labels": self.neg_labels, "class_names": self.class_names})
+        arrays = {
+            "id_text_features": self.id_text_features,
+            "negative_features": self.negative_features,
+            "prototypes": self.prototypes,
+            **{name: getattr(self, name) for name, _ in self.STATE_ARRAYS},
+        }
+        return SavedDetector(
+            self.method_name,
+            asdict(self.config),
+            arrays,
+            {"neg_labels": self.neg_labels, "class_names": self.class_names},
+        )
 
     @classmethod
     def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> Any:
         """The detector :meth:`save` wrote, with its learned state, frozen."""
         a = saved.arrays
-        det = cls(a["id_text_features"], a["negative_features"], a["prototypes"], neg_labels=saved.extra.get("neg_labels"),
-                  **cls._backend_options(backend, device), **saved.params)
+        det = cls(
+            a["id_text_features"],
+            a["negative_features"],
+            a["prototypes"],
+            neg_labels=saved.extra.get("neg_labels"),
+            **cls._backend_options(backend, device),
+            **saved.params,
+        )
         det._initial = tuple(np.asarray(a[name], dtype) for name, dtype in cls.STATE_ARRAYS)
         det.reset()
         det.class_names = saved.extra.get("class_names")
@@ -86,8 +114,10 @@ class FewShotDetector(OnlineDetector):
         ``encoder``, which ``load_detector(folder, encoder=...)`` sets)."""
         if self.inverter is None:
             if self.encoder is None or (self.inversion_needs_words and self.neg_labels is None):
-                raise ValueError(f"{type(self).__name__} learns through the text tower: load it with "
-                                 "load_detector(folder, encoder=...) to unfreeze it")
+                raise ValueError(
+                    f"{type(self).__name__} learns through the text tower: load it with "
+                    "load_detector(folder, encoder=...) to unfreeze it"
+                )
             self.inverter = self.make_inverter()
         super().unfreeze()
 
@@ -96,8 +126,14 @@ class FewShotDetector(OnlineDetector):
         return not self.frozen and self.inverter is not None
 
     @classmethod
-    def from_features(cls, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
-                      config: Any = None, **options: Any) -> Any:
+    def from_features(
+        cls,
+        id_text_features: np.ndarray,
+        negative_features: np.ndarray,
+        prototypes: np.ndarray,
+        config: Any = None,
+        **options: Any,
+    ) -> Any:
         """Build from features (no encoder needed; pass ``inverter=`` to learn at test time)."""
         return cls(id_text_features, negative_features, prototypes, config, **options)
 

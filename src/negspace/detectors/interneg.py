@@ -55,8 +55,13 @@ class InterNegConfig:
     max_inverted: int = 0
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive=("tau",), at_least_one=("groups", "negatives", "steps"),
-                     non_negative=("learned", "max_inverted"), unit_interval=("beta",))
+        check_ranges(
+            self,
+            positive=("tau",),
+            at_least_one=("groups", "negatives", "steps"),
+            non_negative=("learned", "max_inverted"),
+            unit_interval=("beta",),
+        )
 
 
 class InterNeg(FewShotDetector):
@@ -67,9 +72,19 @@ class InterNeg(FewShotDetector):
     method_name = "interneg"
     STATE_ARRAYS = (("learned_features", np.float32), ("learned_deviation", np.float64))
 
-    def __init__(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
-                 config: InterNegConfig | None = None, *, neg_labels: Sequence[str] | None = None,
-                 inverter: Inverter | None = None, backend: str = "numpy", device: str = "auto", **params: Any) -> None:
+    def __init__(
+        self,
+        id_text_features: np.ndarray,
+        negative_features: np.ndarray,
+        prototypes: np.ndarray,
+        config: InterNegConfig | None = None,
+        *,
+        neg_labels: Sequence[str] | None = None,
+        inverter: Inverter | None = None,
+        backend: str = "numpy",
+        device: str = "auto",
+        **params: Any,
+    ) -> None:
         self.config = resolve_config(InterNegConfig, config, params)
         self._set_banks(id_text_features, negative_features, prototypes, neg_labels)
         self.inverter = inverter
@@ -99,9 +114,16 @@ class InterNeg(FewShotDetector):
         if self._scorer is None:
             config = self.config
             negatives = self.negatives_scored()
-            self._scorer = NegLabel(self.id_text_features, negatives, tau=config.tau, groups=config.groups,
-                                    seed=config.seed, neg_labels=self.bank_labels(len(negatives) - len(self.negative_features)),
-                                    backend=self.backend_options["backend"], device=self.backend_options["device"])
+            self._scorer = NegLabel(
+                self.id_text_features,
+                negatives,
+                tau=config.tau,
+                groups=config.groups,
+                seed=config.seed,
+                neg_labels=self.bank_labels(len(negatives) - len(self.negative_features)),
+                backend=self.backend_options["backend"],
+                device=self.backend_options["device"],
+            )
         return self._scorer
 
     def negative_bank(self) -> tuple[np.ndarray, list[str]] | None:
@@ -114,8 +136,14 @@ class InterNeg(FewShotDetector):
 
         config = self.config
         assert self.encoder is not None  # unfreeze() checked it
-        return PseudoTokenInverter(self.encoder, steps=config.steps, lr=config.lr, weight_decay=config.weight_decay,
-                                   init_std=config.init_std, seed=config.seed)
+        return PseudoTokenInverter(
+            self.encoder,
+            steps=config.steps,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            init_std=config.init_std,
+            seed=config.seed,
+        )
 
     # -- scoring ------------------------------------------------------------------------------------
 
@@ -153,6 +181,11 @@ class InterNeg(FewShotDetector):
         return int(passes.sum())
 
     def get_params(self) -> dict[str, Any]:
-        return {"n_classes": len(self.id_text_features), "n_negatives": len(self.negative_features),
-                "n_learned": len(self.learned_features), "inverted": self.inverted, **asdict(self.config),
-                **({"backend": self.backend_options["backend"]} if self.backend_options["backend"] != "numpy" else {})}
+        return {
+            "n_classes": len(self.id_text_features),
+            "n_negatives": len(self.negative_features),
+            "n_learned": len(self.learned_features),
+            "inverted": self.inverted,
+            **asdict(self.config),
+            **({"backend": self.backend_options["backend"]} if self.backend_options["backend"] != "numpy" else {}),
+        }

@@ -45,8 +45,15 @@ class MCM(Detector):
     Takes ``config=MCMConfig(...)`` or its fields as keywords (``temperature=0.5``).
     """
 
-    def __init__(self, id_text_features: np.ndarray, config: MCMConfig | None = None, *, backend: str = "numpy",
-                 device: str = "auto", **params: Any) -> None:
+    def __init__(
+        self,
+        id_text_features: np.ndarray,
+        config: MCMConfig | None = None,
+        *,
+        backend: str = "numpy",
+        device: str = "auto",
+        **params: Any,
+    ) -> None:
         self.config = resolve_config(MCMConfig, config, params)
         self.backend = resolve_backend(backend, device)
         self.id_text_features = as_unit_rows(id_text_features, "ID text features")
@@ -54,8 +61,15 @@ class MCM(Detector):
         self.temperature = self.config.temperature
 
     @classmethod
-    def from_features(cls, id_text_features: np.ndarray, config: MCMConfig | None = None, *, backend: str = "numpy",
-                      device: str = "auto", **params: Any) -> MCM:
+    def from_features(
+        cls,
+        id_text_features: np.ndarray,
+        config: MCMConfig | None = None,
+        *,
+        backend: str = "numpy",
+        device: str = "auto",
+        **params: Any,
+    ) -> MCM:
         """Build from ``(K, D)`` ID text features (no encoder needed)."""
         return cls(id_text_features, config, backend=backend, device=device, **params)
 
@@ -72,8 +86,9 @@ class MCM(Detector):
         **params: Any,
     ) -> MCM:
         """Encode ``class_names`` with ``template`` and keep the encoder for :meth:`score_images`."""
-        detector = cls(encoder.encode_texts(list(class_names), template=template), config, backend=backend,
-                       device=device, **params)
+        detector = cls(
+            encoder.encode_texts(list(class_names), template=template), config, backend=backend, device=device, **params
+        )
         detector.encoder = encoder
         detector.class_names = list(class_names)
         return detector
@@ -95,8 +110,9 @@ class MCM(Detector):
         return logits
 
     def to_saved(self) -> SavedDetector:
-        return SavedDetector("mcm", asdict(self.config), {"id_text_features": self.id_text_features},
-                             {"class_names": self.class_names})
+        return SavedDetector(
+            "mcm", asdict(self.config), {"id_text_features": self.id_text_features}, {"class_names": self.class_names}
+        )
 
     @classmethod
     def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> MCM:

@@ -148,8 +148,9 @@ class NegLabel(Detector):
     ) -> NegLabel:
         """Build from mined negatives; ID names are encoded as :meth:`encode_id_names` says."""
         id_features = cls.encode_id_names(encoder, class_names)
-        detector = cls(id_features, mined.features, config, neg_labels=mined.labels, backend=backend,
-                       device=device, **params)
+        detector = cls(
+            id_features, mined.features, config, neg_labels=mined.labels, backend=backend, device=device, **params
+        )
         detector.encoder = encoder
         detector.class_names = list(class_names)
         return detector
@@ -182,13 +183,20 @@ class NegLabel(Detector):
         ops = self.backend.ops
         nearest_id = row_argmax(id_cos)[1]
         if self.neg_labels is None:
-            return to_numpy(ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau)), nearest_id, [""] * len(nearest_id)
+            return (
+                to_numpy(ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau)),
+                nearest_id,
+                [""] * len(nearest_id),
+            )
         best = ops.row_max(neg_cos) if len(nearest_id) else None  # the shift of the log-sum-exps, and the nearest
-        scores = to_numpy(ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau,
-                                              neg_peak=best[0] if best is not None else None))
+        scores = to_numpy(
+            ops.grouped_id_mass(id_cos, neg_cos, self.groups, self.tau, neg_peak=best[0] if best is not None else None)
+        )
         return scores, nearest_id, nearest_texts(self.labelled_columns(image, neg_cos, best), len(nearest_id))
 
-    def labelled_columns(self, image: Any, grouped_cos: Any, best: tuple[Any, Any] | None = None) -> list[LabelledColumns]:
+    def labelled_columns(
+        self, image: Any, grouped_cos: Any, best: tuple[Any, Any] | None = None
+    ) -> list[LabelledColumns]:
         """The bank's labels over a product in group order, and over the tail the groups leave
         out (multiplied here: fewer than ``G`` labels); ``image``: the unit rows on the backend,
         ``best``: each row's largest grouped cosine and its column, when known."""
@@ -199,15 +207,24 @@ class NegLabel(Detector):
         return blocks
 
     def to_saved(self) -> SavedDetector:
-        return SavedDetector(self.method_name, asdict(self.config),
-                             {"id_text_features": self.id_text_features, "neg_text_features": self.neg_text_features},
-                             {"neg_labels": self.neg_labels, "class_names": self.class_names})
+        return SavedDetector(
+            self.method_name,
+            asdict(self.config),
+            {"id_text_features": self.id_text_features, "neg_text_features": self.neg_text_features},
+            {"neg_labels": self.neg_labels, "class_names": self.class_names},
+        )
 
     @classmethod
     def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> NegLabel:
         """The detector :meth:`save` wrote (see :func:`negspace.load_detector`)."""
-        det = cls(saved.arrays["id_text_features"], saved.arrays["neg_text_features"],
-                  neg_labels=saved.extra.get("neg_labels"), backend=backend, device=device, **saved.params)
+        det = cls(
+            saved.arrays["id_text_features"],
+            saved.arrays["neg_text_features"],
+            neg_labels=saved.extra.get("neg_labels"),
+            backend=backend,
+            device=device,
+            **saved.params,
+        )
         det.class_names = saved.extra.get("class_names")
         return det
 

@@ -65,14 +65,19 @@ class NegRefineConfig:
     nearest: int = 10
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive=("tau",), at_least_one=("groups", "top_id", "top_negatives", "nearest", "pair_cache"),
-                     non_negative=("match_weight",))
+        check_ranges(
+            self,
+            positive=("tau",),
+            at_least_one=("groups", "top_id", "top_negatives", "nearest", "pair_cache"),
+            non_negative=("match_weight",),
+        )
         self.selection()
 
     def selection(self) -> PoolSelection:
         """The initial selection: CSP's pool, ID nouns removed, ranked by the largest cosine."""
-        return PoolSelection(self.pool, self.pool_seed, quantile=1.0, saturate_above=0.95, fraction=self.fraction,
-                             remove_id_nouns=True)
+        return PoolSelection(
+            self.pool, self.pool_seed, quantile=1.0, saturate_above=0.95, fraction=self.fraction, remove_id_nouns=True
+        )
 
 
 def stable_sigmoid(x: np.ndarray) -> np.ndarray:
@@ -96,12 +101,22 @@ class NegRefine(NegLabel):
     class_names: list[str]  # required here (the pair texts are made of them)
     neg_labels: list[str]
 
-    def __init__(self, id_text_features: np.ndarray, neg_text_features: np.ndarray,
-                 config: GroupedConfig | None = None, *, class_names: Sequence[str] | None = None,
-                 neg_labels: Sequence[str] | None = None, pair_encoder: PairEncoder | None = None,
-                 backend: str = "numpy", device: str = "auto", **params: Any) -> None:
-        super().__init__(id_text_features, neg_text_features, config, neg_labels=neg_labels, backend=backend,
-                         device=device, **params)
+    def __init__(
+        self,
+        id_text_features: np.ndarray,
+        neg_text_features: np.ndarray,
+        config: GroupedConfig | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        neg_labels: Sequence[str] | None = None,
+        pair_encoder: PairEncoder | None = None,
+        backend: str = "numpy",
+        device: str = "auto",
+        **params: Any,
+    ) -> None:
+        super().__init__(
+            id_text_features, neg_text_features, config, neg_labels=neg_labels, backend=backend, device=device, **params
+        )
         if class_names is None or neg_labels is None:
             raise ValueError("NegRefine needs the ID class names and the negative labels: its pairs are their texts")
         if len(class_names) != len(self.id_text_features):
@@ -112,22 +127,56 @@ class NegRefine(NegLabel):
         self._kept = len(self.group_index_)  # the bank's first labels, those NegLabel's groups hold
 
     @classmethod
-    def from_features(cls, id_text_features: np.ndarray, neg_text_features: np.ndarray,
-                      config: GroupedConfig | None = None, *, class_names: Sequence[str] | None = None,
-                      neg_labels: Sequence[str] | None = None, pair_encoder: PairEncoder | None = None,
-                      backend: str = "numpy", device: str = "auto", **params: Any) -> NegRefine:
+    def from_features(
+        cls,
+        id_text_features: np.ndarray,
+        neg_text_features: np.ndarray,
+        config: GroupedConfig | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        neg_labels: Sequence[str] | None = None,
+        pair_encoder: PairEncoder | None = None,
+        backend: str = "numpy",
+        device: str = "auto",
+        **params: Any,
+    ) -> NegRefine:
         """Build from ID and negative text features, their names and a pair encoder."""
-        return cls(id_text_features, neg_text_features, config, class_names=class_names, neg_labels=neg_labels,
-                   pair_encoder=pair_encoder, backend=backend, device=device, **params)
+        return cls(
+            id_text_features,
+            neg_text_features,
+            config,
+            class_names=class_names,
+            neg_labels=neg_labels,
+            pair_encoder=pair_encoder,
+            backend=backend,
+            device=device,
+            **params,
+        )
 
     @classmethod
-    def from_mined(cls, encoder: ClipEncoder, class_names: Sequence[str], mined: MinedNegatives,
-                   config: GroupedConfig | None = None, *, backend: str = "numpy", device: str = "auto",
-                   **params: Any) -> NegRefine:
+    def from_mined(
+        cls,
+        encoder: ClipEncoder,
+        class_names: Sequence[str],
+        mined: MinedNegatives,
+        config: GroupedConfig | None = None,
+        *,
+        backend: str = "numpy",
+        device: str = "auto",
+        **params: Any,
+    ) -> NegRefine:
         """Build from a bank (e.g. :func:`negspace.corpus.negrefine.refine_bank`); ID names are
         encoded as :meth:`encode_id_names` says, pairs with ``encoder``."""
-        detector = cls(cls.encode_id_names(encoder, class_names), mined.features, config, class_names=class_names,
-                       neg_labels=mined.labels, backend=backend, device=device, **params)
+        detector = cls(
+            cls.encode_id_names(encoder, class_names),
+            mined.features,
+            config,
+            class_names=class_names,
+            neg_labels=mined.labels,
+            backend=backend,
+            device=device,
+            **params,
+        )
         detector.encoder = encoder
         return detector
 
@@ -173,7 +222,7 @@ class NegRefine(NegLabel):
         candidates = [self.group_index_[top]]
         cosines = [np.take_along_axis(grouped_cos, top, axis=1)]
         if self._kept < len(self.neg_text_features):
-            tail = image @ self.neg_text_features[self._kept:].T
+            tail = image @ self.neg_text_features[self._kept :].T
             top = _top(tail, k)
             candidates.append(top + self._kept)
             cosines.append(np.take_along_axis(tail, top, axis=1))
@@ -181,8 +230,9 @@ class NegRefine(NegLabel):
         best = _top(cosine, k)
         return np.take_along_axis(index, best, axis=1), np.take_along_axis(cosine, best, axis=1)
 
-    def multi_matching(self, image: np.ndarray, id_cos: np.ndarray, top_neg: np.ndarray,
-                       top_neg_cos: np.ndarray) -> np.ndarray:
+    def multi_matching(
+        self, image: np.ndarray, id_cos: np.ndarray, top_neg: np.ndarray, top_neg_cos: np.ndarray
+    ) -> np.ndarray:
         """``MM(v)`` per image: the best pair of the top ID names and top negatives (float64)."""
         top_id = _top(id_cos, self.config.top_id)
         p = np.repeat(top_id, top_neg.shape[1], axis=1)  # (B, 25): every ID name with every negative
@@ -204,8 +254,10 @@ class NegRefine(NegLabel):
         features[found] = self._pairs.features[rows[found]]
         missing, where = np.unique(keys[~found], return_inverse=True)
         n_neg = len(self.neg_text_features)
-        texts = [NEGREFINE_PAIR.format(self.class_names[key // n_neg], self.neg_labels[key % n_neg])
-                 for key in missing.tolist()]
+        texts = [
+            NEGREFINE_PAIR.format(self.class_names[key // n_neg], self.neg_labels[key % n_neg])
+            for key in missing.tolist()
+        ]
         encoded = np.asarray(self._encode_pairs(texts), dtype=np.float32)
         features[~found] = encoded[where]
         self._pairs.add(missing, encoded, keep=keys[found])
@@ -215,22 +267,33 @@ class NegRefine(NegLabel):
         if self.pair_encoder is not None:
             return np.asarray(self.pair_encoder(texts), dtype=np.float32)
         if self.encoder is None:
-            raise ValueError("NegRefine encodes its label pairs with the CLIP text encoder: build it with a model, "
-                             "or load it with load_detector(folder, encoder=...)")
+            raise ValueError(
+                "NegRefine encodes its label pairs with the CLIP text encoder: build it with a model, "
+                "or load it with load_detector(folder, encoder=...)"
+            )
         return self.encoder.encode_texts_averaged(texts, CSP_NOUN_TEMPLATES, progress=False)
 
     # -- saving -------------------------------------------------------------------------------------
 
     def to_saved(self) -> SavedDetector:
-        return SavedDetector(self.method_name, asdict(self.config),
-                             {"id_text_features": self.id_text_features, "neg_text_features": self.neg_text_features},
-                             {"neg_labels": self.neg_labels, "class_names": self.class_names})
+        return SavedDetector(
+            self.method_name,
+            asdict(self.config),
+            {"id_text_features": self.id_text_features, "neg_text_features": self.neg_text_features},
+            {"neg_labels": self.neg_labels, "class_names": self.class_names},
+        )
 
     @classmethod
     def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> NegRefine:
-        return cls(saved.arrays["id_text_features"], saved.arrays["neg_text_features"],
-                   class_names=saved.extra.get("class_names"), neg_labels=saved.extra.get("neg_labels"),
-                   backend=backend, device=device, **saved.params)
+        return cls(
+            saved.arrays["id_text_features"],
+            saved.arrays["neg_text_features"],
+            class_names=saved.extra.get("class_names"),
+            neg_labels=saved.extra.get("neg_labels"),
+            backend=backend,
+            device=device,
+            **saved.params,
+        )
 
     def get_params(self) -> dict[str, Any]:
         return {**super().get_params(), "pairs_in_memory": len(self._pairs)}
@@ -239,7 +302,7 @@ class NegRefine(NegLabel):
 def _top(values: np.ndarray, k: int) -> np.ndarray:
     """Column indices of each row's ``k`` largest values (in no order)."""
     k = min(k, values.shape[1])
-    return np.argpartition(values, values.shape[1] - k, axis=1)[:, values.shape[1] - k:]
+    return np.argpartition(values, values.shape[1] - k, axis=1)[:, values.shape[1] - k :]
 
 
 class PairTable:

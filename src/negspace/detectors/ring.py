@@ -28,8 +28,9 @@ class RingBuffer:
     sums, on its device.
     """
 
-    def __init__(self, capacity: int, width: int | None, dtype: Any, track_sum: bool = False,
-                 backend: Backend | None = None) -> None:
+    def __init__(
+        self, capacity: int, width: int | None, dtype: Any, track_sum: bool = False, backend: Backend | None = None
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.backend = backend or Backend()
@@ -82,7 +83,9 @@ class RingBuffer:
     def load(self, data: Any, count: int, head: int) -> None:
         """Replace the contents (a saved ring) and rebuild the running sums from them."""
         if tuple(data.shape) != tuple(self.data.shape):
-            raise ValueError(f"ring data of shape {tuple(data.shape)} does not fit a ring of shape {tuple(self.data.shape)}")
+            raise ValueError(
+                f"ring data of shape {tuple(data.shape)} does not fit a ring of shape {tuple(self.data.shape)}"
+            )
         self.data[...] = self.backend.asarray(data) if self.backend.name != "numpy" else data
         self.count, self.head = int(count), int(head)
         if self._sum is not None:

@@ -51,8 +51,15 @@ def write_saved(directory: str | Path, saved: SavedDetector) -> Path:
         tmp = out / f"{name}.tmp.npy"
         np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
         tmp.replace(out / f"{name}.npy")
-    doc = {"format": FORMAT, "method": saved.method, "negspace_version": __version__, "frozen": saved.frozen,
-           "params": saved.params, "arrays": sorted(saved.arrays), "extra": saved.extra}
+    doc = {
+        "format": FORMAT,
+        "method": saved.method,
+        "negspace_version": __version__,
+        "frozen": saved.frozen,
+        "params": saved.params,
+        "arrays": sorted(saved.arrays),
+        "extra": saved.extra,
+    }
     tmp = out / f"{FILE}.tmp"
     tmp.write_text(to_json(doc, indent=1), encoding="utf-8")
     tmp.replace(out / FILE)

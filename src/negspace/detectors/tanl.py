@@ -202,8 +202,9 @@ class TANL(OnlineDetector):
         ``backend="torch"`` keeps the pool, the queues and the batch on ``device`` (CUDA when
         present for ``"auto"``); the Otsu window and the scores returned are NumPy.
         """
-        return cls(id_text_features, pool_text_features, noise_image_features, config, backend=backend, device=device,
-                   **params)
+        return cls(
+            id_text_features, pool_text_features, noise_image_features, config, backend=backend, device=device, **params
+        )
 
     @classmethod
     def from_encoder(
@@ -339,7 +340,10 @@ class TANL(OnlineDetector):
         for start in range(0, len(confident), self.chunk_size):
             rows = self._rows(features[self.backend.index(confident[start : start + self.chunk_size])])
             split = min(max(len(id_index) - start, 0), len(rows))
-            for queue, total, picked in ((state.id_queue, sum_pos, rows[:split]), (state.ood_queue, sum_neg, rows[split:])):
+            for queue, total, picked in (
+                (state.id_queue, sum_pos, rows[:split]),
+                (state.ood_queue, sum_neg, rows[split:]),
+            ):
                 if len(picked):
                     picked_sum = column_sum(picked)
                     total[:] += picked_sum  # in place: total is sum_pos or sum_neg
@@ -362,22 +366,41 @@ class TANL(OnlineDetector):
         state = self.state_
         params = constructor_params(self.get_params())
         params["beta"], params["chunk_size"] = self.beta_requested, self.chunk_size
-        arrays = {"id_text_features": self.id_text_features, "pool_text_features": self.pool_text_features,
-                  "noise_image_features": self.noise_image_features}
-        arrays.update({name: to_numpy(getattr(state, name).data, np.float64 if name == "window" else np.float32)
-                       for name in self._RINGS})
+        arrays = {
+            "id_text_features": self.id_text_features,
+            "pool_text_features": self.pool_text_features,
+            "noise_image_features": self.noise_image_features,
+        }
+        arrays.update(
+            {
+                name: to_numpy(getattr(state, name).data, np.float64 if name == "window" else np.float32)
+                for name in self._RINGS
+            }
+        )
         rings = {name: [getattr(state, name).count, getattr(state, name).head] for name in self._RINGS}
         threshold = None if state.threshold != state.threshold else state.threshold  # NaN is not JSON
-        extra = {"pool_labels": self.pool_labels, "rings": rings, "threshold": threshold, "batches": state.batches,
-                 "class_names": self.class_names}
+        extra = {
+            "pool_labels": self.pool_labels,
+            "rings": rings,
+            "threshold": threshold,
+            "batches": state.batches,
+            "class_names": self.class_names,
+        }
         return SavedDetector("tanl", params, arrays, extra, frozen=self.frozen)
 
     @classmethod
     def from_saved(cls, saved: SavedDetector, backend: str = "numpy", device: str = "auto") -> TANL:
         """The detector :meth:`save` wrote, with its state, frozen (see :func:`negspace.load_detector`)."""
         a = saved.arrays
-        det = cls(a["id_text_features"], a["pool_text_features"], a["noise_image_features"],
-                  pool_labels=saved.extra.get("pool_labels"), backend=backend, device=device, **saved.params)
+        det = cls(
+            a["id_text_features"],
+            a["pool_text_features"],
+            a["noise_image_features"],
+            pool_labels=saved.extra.get("pool_labels"),
+            backend=backend,
+            device=device,
+            **saved.params,
+        )
         for name in cls._RINGS:
             count, head = saved.extra["rings"][name]
             getattr(det.state_, name).load(a[name], count, head)

@@ -55,18 +55,27 @@ class TINSConfig:
     max_inverted: int = 0
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive=("tau",), at_least_one=("groups", "negatives", "steps", "learned", "buffer"),
-                     non_negative=("max_inverted", "lam"), unit_interval=("beta",))
+        check_ranges(
+            self,
+            positive=("tau",),
+            at_least_one=("groups", "negatives", "steps", "learned", "buffer"),
+            non_negative=("max_inverted", "lam"),
+            unit_interval=("beta",),
+        )
 
 
-def scaled_group_score(id_cos: np.ndarray, grouped_cos: np.ndarray, groups: int, tau: float = DEFAULT_TAU) -> np.ndarray:
+def scaled_group_score(
+    id_cos: np.ndarray, grouped_cos: np.ndarray, groups: int, tau: float = DEFAULT_TAU
+) -> np.ndarray:
     """TINS's score in log-space: ``mean_g exp(log A − logaddexp(log A, LSE_g − log m + log C))``
     for ``grouped_cos`` of ``groups`` consecutive blocks of ``m`` columns (float64)."""
     n_classes = id_cos.shape[1]
     log_a = log_sum_exp(np.asarray(id_cos, np.float64) / tau)
     blocks = np.asarray(grouped_cos, np.float64).reshape(len(grouped_cos), groups, -1) / tau
     log_mean = log_sum_exp(blocks) - np.log(blocks.shape[2])
-    scores: np.ndarray = np.exp(log_a[:, None] - np.logaddexp(log_a[:, None], log_mean + np.log(n_classes))).mean(axis=1)
+    scores: np.ndarray = np.exp(log_a[:, None] - np.logaddexp(log_a[:, None], log_mean + np.log(n_classes))).mean(
+        axis=1
+    )
     return scores
 
 
@@ -90,9 +99,17 @@ class TINS(FewShotDetector):
     inversion_needs_words = True  # each token starts from a word of the bank
     STATE_ARRAYS = (("bank", np.float32), ("bank_d", np.float64), ("buffer", np.float32), ("buffer_d", np.float64))
 
-    def __init__(self, id_text_features: np.ndarray, negative_features: np.ndarray, prototypes: np.ndarray,
-                 config: TINSConfig | None = None, *, neg_labels: Sequence[str] | None = None,
-                 inverter: Inverter | None = None, **params: Any) -> None:
+    def __init__(
+        self,
+        id_text_features: np.ndarray,
+        negative_features: np.ndarray,
+        prototypes: np.ndarray,
+        config: TINSConfig | None = None,
+        *,
+        neg_labels: Sequence[str] | None = None,
+        inverter: Inverter | None = None,
+        **params: Any,
+    ) -> None:
         self.config = resolve_config(TINSConfig, config, params)
         self._set_banks(id_text_features, negative_features, prototypes, neg_labels)
         self.inverter = inverter
@@ -128,14 +145,23 @@ class TINS(FewShotDetector):
 
         config = self.config
         assert self.encoder is not None and self.neg_labels is not None  # unfreeze() checked both
-        return WordInitialisedInverter(self.encoder, self.neg_labels, self.prototypes, steps=config.steps, lr=config.lr,
-                                       weight_decay=config.weight_decay, lam=config.lam)
+        return WordInitialisedInverter(
+            self.encoder,
+            self.neg_labels,
+            self.prototypes,
+            steps=config.steps,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            lam=config.lam,
+        )
 
     def score_once(self, image_features: np.ndarray) -> np.ndarray:
         """The score with the banks as they are (no learning)."""
         return self._score_once_with_products(image_features)[0]
 
-    def _score_once_with_products(self, image_features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _score_once_with_products(
+        self, image_features: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`score_once`, the unit image rows and their cosines to the ID texts and to the
         bank in group order."""
         image = as_unit_rows(image_features, "image features", self.id_text_features.shape[1])
@@ -155,8 +181,10 @@ class TINS(FewShotDetector):
         if labels is None:
             return scores, id_cos.argmax(axis=1), [""] * len(scores)
         grouped = self._grouped_bank()
-        blocks = [LabelledColumns(grouped_cos, labels, grouped.rows),
-                  LabelledColumns(image @ grouped.tail.T, labels, grouped.tail_rows)]
+        blocks = [
+            LabelledColumns(grouped_cos, labels, grouped.rows),
+            LabelledColumns(image @ grouped.tail.T, labels, grouped.tail_rows),
+        ]
         return scores, id_cos.argmax(axis=1), nearest_texts(blocks, len(scores))
 
     def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
@@ -188,7 +216,7 @@ class TINS(FewShotDetector):
         merged_d = np.concatenate([self.bank_d, deviation[passes]])
         order = np.argsort(-merged_d, kind="stable")
         self.bank, self.bank_d = merged[order[: config.learned]], merged_d[order[: config.learned]]
-        overflow = order[config.learned:]
+        overflow = order[config.learned :]
         if len(overflow):
             self.buffer = np.concatenate([self.buffer, merged[overflow]])
             self.buffer_d = np.concatenate([self.buffer_d, merged_d[overflow]])
@@ -208,6 +236,11 @@ class TINS(FewShotDetector):
         return {}  # TINS scores with NumPy
 
     def get_params(self) -> dict[str, Any]:
-        return {"n_classes": len(self.id_text_features), "n_negatives": len(self.negative_features),
-                "n_learned": len(self.bank), "n_buffered": len(self.buffer), "inverted": self.inverted,
-                **asdict(self.config)}
+        return {
+            "n_classes": len(self.id_text_features),
+            "n_negatives": len(self.negative_features),
+            "n_learned": len(self.bank),
+            "n_buffered": len(self.buffer),
+            "inverted": self.inverted,
+            **asdict(self.config),
+        }

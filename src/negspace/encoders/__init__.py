@@ -1,8 +1,8 @@
 """CLIP encoders: one front end (:class:`ClipEncoder`) over open_clip and transformers models.
 
-    >>> enc = load_encoder("openclip:ViT-B-16/openai")                       # doctest: +SKIP
+    >>> enc = load_encoder("openclip:ViT-B-16/openai")  # doctest: +SKIP
     >>> text = enc.encode_texts(["cat", "dog"], template="a photo of a {}.")  # doctest: +SKIP
-    >>> imgs = enc.encode_image_files(paths)                                   # doctest: +SKIP
+    >>> imgs = enc.encode_image_files(paths)  # doctest: +SKIP
 
 Features are float32 numpy arrays with L2-normalised rows. Text and image-file features are
 cached on disk (see :mod:`negspace.cache`).
@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 # torch, open_clip and torchvision take seconds to import: the encoder classes load on first use,
 # so that parsing a command line (or `import negspace.encoders` for its choices) stays instant.
-_LAZY = dict.fromkeys(("SPEC_FORMS", "Backend", "ClipEncoder", "ImageEncoding", "SkippedFile", "resolve_device"), "negspace.encoders.base")
+_LAZY = dict.fromkeys(
+    ("SPEC_FORMS", "Backend", "ClipEncoder", "ImageEncoding", "SkippedFile", "resolve_device"), "negspace.encoders.base"
+)
 
 
 def __getattr__(name: str) -> object:

@@ -135,7 +135,9 @@ class _ImageFiles(torch.utils.data.Dataset):
             return j, None, exc.reason
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+def _collate(
+    items: list[tuple[int, torch.Tensor | None, str]],
+) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
     """A batch: the indices of the decoded images, their stacked tensors, the failures."""
     ok = [(j, t) for j, t, _ in items if t is not None]
     failed = [(j, reason) for j, t, reason in items if t is None]
@@ -163,8 +165,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise NegspaceError(
-                f"Device {device!r} does not exist: this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s)."
+                f"Device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)."
             )
     elif dev.type == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
@@ -207,10 +208,7 @@ def _check_template(template: str) -> None:
             "text goes, e.g. 'a photo of a {}.'."
         ) from exc
     if a == b:
-        raise NegspaceError(
-            f"Prompt template {template!r} has no {{}} slot for the text, "
-            "e.g. 'a photo of a {}.'."
-        )
+        raise NegspaceError(f"Prompt template {template!r} has no {{}} slot for the text, e.g. 'a photo of a {{}}.'.")
 
 
 class ClipEncoder:
@@ -248,10 +246,7 @@ class ClipEncoder:
 
     def __repr__(self) -> str:
         cache = None if self.store is None else str(self.store.path)
-        return (
-            f"ClipEncoder(spec={self.spec!r}, device={str(self.device)!r}, dim={self.dim}, "
-            f"cache={cache!r})"
-        )
+        return f"ClipEncoder(spec={self.spec!r}, device={str(self.device)!r}, dim={self.dim}, cache={cache!r})"
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -259,8 +254,11 @@ class ClipEncoder:
         """Cache key of one text under one template (``unit=False``: its raw, unnormalised
         feature, kept apart)."""
         return make_key(
-            kind="text" if unit else "text-raw", spec=self.spec, fingerprint=self.fingerprint,
-            template=template, text=text,
+            kind="text" if unit else "text-raw",
+            spec=self.spec,
+            fingerprint=self.fingerprint,
+            template=template,
+            text=text,
         )
 
     def image_key(self, content_sha256: str) -> str:
@@ -353,8 +351,14 @@ class ClipEncoder:
             raise NegspaceError("at least one prompt template is needed")
         total = np.zeros((len(texts), self.dim), dtype=np.float64)
         for k, template in enumerate(templates, 1):
-            total += self.encode_texts(texts, template, batch_size, progress, unit=False,
-                                       description=f"{description} (template {k} of {len(templates)})")
+            total += self.encode_texts(
+                texts,
+                template,
+                batch_size,
+                progress,
+                unit=False,
+                description=f"{description} (template {k} of {len(templates)})",
+            )
         return as_unit_float32(total)
 
     def _by_token_count(self, texts: list[str], template: str) -> list[str]:
@@ -484,9 +488,16 @@ class ClipEncoder:
             prefetch_factor=2 if workers else None,
         )
 
-    def _encode_misses(self, files: list[Path], pending: list[tuple[int, str]], features: np.ndarray,
-                       skipped: dict[int, SkippedFile], batch_size: int, bar: tqdm,
-                       seconds: dict[str, float]) -> None:
+    def _encode_misses(
+        self,
+        files: list[Path],
+        pending: list[tuple[int, str]],
+        features: np.ndarray,
+        skipped: dict[int, SkippedFile],
+        batch_size: int,
+        bar: tqdm,
+        seconds: dict[str, float],
+    ) -> None:
         """Decode, transform and encode the files not in the cache; cache each batch. Adds to
         ``seconds`` the time spent waiting for batches (decode) and in the model (encode)."""
         loader = iter(self.image_loader([files[i] for i, _ in pending], batch_size))

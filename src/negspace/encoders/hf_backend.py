@@ -46,8 +46,7 @@ def _import_transformers() -> Any:
         import transformers
     except ImportError as exc:
         raise NegspaceError(
-            "hf: model specs need Hugging Face transformers; install it with "
-            'pip install "negspace[hf]".'
+            'hf: model specs need Hugging Face transformers; install it with pip install "negspace[hf]".'
         ) from exc
     return transformers
 
@@ -83,9 +82,7 @@ class HFClipBackend:
         self.dim = int(model.config.projection_dim)
 
     def encode_text_batch(self, texts: list[str]) -> torch.Tensor:
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return _features(
             self.model.get_text_features(
                 input_ids=enc["input_ids"].to(self.device),
@@ -112,8 +109,9 @@ class HFClipBackend:
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Embed a ``(B, 3, H, W)`` batch of transformed images."""
-        return _features(self.model.get_image_features(
-            pixel_values=pixels.to(self.device, dtype=self.dtype, non_blocking=True)))
+        return _features(
+            self.model.get_image_features(pixel_values=pixels.to(self.device, dtype=self.dtype, non_blocking=True))
+        )
 
 
 def _processed_pixels(image_processor: Any, image: Image.Image) -> torch.Tensor:
@@ -184,7 +182,5 @@ def load_hf(
     else:
         params = {k: v for k, v in image_processor.to_dict().items() if not k.startswith("_")}
         preprocess_id = stable_id("hf", params)
-    backend = HFClipBackend(
-        model, tokenizer, image_processor, transform, preprocess_id, device, dtype
-    )
+    backend = HFClipBackend(model, tokenizer, image_processor, transform, preprocess_id, device, dtype)
     return backend, fingerprint

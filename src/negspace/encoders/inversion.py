@@ -81,16 +81,20 @@ class TokenInjection:
 
     # -- the forward ---------------------------------------------------------------------------------
 
-    def encode(self, ids: torch.Tensor, positions: torch.Tensor | int, vectors: torch.Tensor,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self, ids: torch.Tensor, positions: torch.Tensor | int, vectors: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Raw text features ``(B, D)`` of ``ids`` (``(B, L)``, or ``(1, L)`` shared by the batch)
         with ``vectors[i]`` at ``positions[i]``; differentiable in ``vectors`` only."""
         batch = len(vectors)
         if len(ids) == 1 and batch > 1:
             ids = ids.expand(batch, -1)
             mask = mask.expand(batch, -1) if mask is not None else None
-        positions = torch.as_tensor(positions, device=ids.device).expand(batch) if not torch.is_tensor(positions) \
-            or positions.dim() == 0 else positions.to(ids.device)
+        positions = (
+            torch.as_tensor(positions, device=ids.device).expand(batch)
+            if not torch.is_tensor(positions) or positions.dim() == 0
+            else positions.to(ids.device)
+        )
         rows = torch.arange(batch, device=ids.device)
 
         def inject(module: Any, inputs: Any, output: torch.Tensor) -> torch.Tensor:
@@ -99,8 +103,11 @@ class TokenInjection:
             return output
 
         handle = self.embedding.register_forward_hook(inject)
-        autocast = (torch.autocast("cuda", dtype=torch.float16) if ids.device.type == "cuda"
-                    else torch.autocast("cpu", enabled=False))
+        autocast = (
+            torch.autocast("cuda", dtype=torch.float16)
+            if ids.device.type == "cuda"
+            else torch.autocast("cpu", enabled=False)
+        )
         try:
             with _frozen(self.model), autocast:
                 if self.is_hf:
@@ -168,8 +175,16 @@ class PseudoTokenInverter:
     in one batch: ``steps + 1`` text-tower passes per batch.
     """
 
-    def __init__(self, encoder: ClipEncoder, templates: Sequence[str] | None = None, steps: int = 10,
-                 lr: float = 2e-2, weight_decay: float = 0.01, init_std: float = 0.02, seed: int = 0) -> None:
+    def __init__(
+        self,
+        encoder: ClipEncoder,
+        templates: Sequence[str] | None = None,
+        steps: int = 10,
+        lr: float = 2e-2,
+        weight_decay: float = 0.01,
+        init_std: float = 0.02,
+        seed: int = 0,
+    ) -> None:
         import random
 
         self.injection = TokenInjection(encoder)
@@ -177,9 +192,11 @@ class PseudoTokenInverter:
         prompts = [self.injection.placeholder_prompt(t) for t in self.templates]
         width = max(ids.shape[1] for ids, _, _ in prompts)
         self.ids = torch.cat([torch.nn.functional.pad(ids, (0, width - ids.shape[1])) for ids, _, _ in prompts])
-        self.masks = (torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m, _ in prompts
-                                 if m is not None])
-                      if prompts[0][1] is not None else None)
+        self.masks = (
+            torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m, _ in prompts if m is not None])
+            if prompts[0][1] is not None
+            else None
+        )
         self.positions = torch.tensor([position for _, _, position in prompts], device=self.ids.device)
         self.steps, self.lr, self.weight_decay, self.init_std, self.seed = steps, lr, weight_decay, init_std, seed
         self.random = random.Random(seed)
@@ -233,8 +250,16 @@ class WordInitialisedInverter:
 
     template = "a photo of a {}."
 
-    def __init__(self, encoder: ClipEncoder, words: Sequence[str], prototypes: Any, steps: int = 30,
-                 lr: float = 2e-2, weight_decay: float = 1e-2, lam: float = 0.3) -> None:
+    def __init__(
+        self,
+        encoder: ClipEncoder,
+        words: Sequence[str],
+        prototypes: Any,
+        steps: int = 30,
+        lr: float = 2e-2,
+        weight_decay: float = 1e-2,
+        lam: float = 0.3,
+    ) -> None:
         import numpy as np
 
         self.injection = TokenInjection(encoder)
@@ -259,8 +284,10 @@ class WordInitialisedInverter:
         chosen = self.best_words(targets).tolist()
         prompts = [self.template.format(self.words[i]) for i in chosen]
         ids, mask = self.injection.tokenize(prompts)
-        positions = torch.tensor([self.injection.last_token_position(p, self.words[i])
-                                  for p, i in zip(prompts, chosen, strict=True)], device=ids.device)
+        positions = torch.tensor(
+            [self.injection.last_token_position(p, self.words[i]) for p, i in zip(prompts, chosen, strict=True)],
+            device=ids.device,
+        )
         vectors = self.injection.token_vectors(ids, positions).requires_grad_(True)
         step = _Steps(torch.optim.AdamW([vectors], lr=self.lr, weight_decay=self.weight_decay), ids.device)
         for _ in range(self.steps):

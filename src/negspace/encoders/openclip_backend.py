@@ -69,9 +69,7 @@ def parse_openclip_spec(rest: str) -> tuple[str, str | None]:
     if tag is not None and tag.strip().lower() in _NO_TAG:
         tag = None
     if not arch.strip():
-        raise NegspaceError(
-            f"Model spec 'openclip:{rest}' names no architecture; use {SPEC_FORMS}."
-        )
+        raise NegspaceError(f"Model spec 'openclip:{rest}' names no architecture; use {SPEC_FORMS}.")
     return arch.strip(), tag.strip() if tag else None
 
 
@@ -98,8 +96,7 @@ def _register_config_file(path: Path) -> str:
         open_clip.add_model_config(path)
     elif known != cfg:
         raise NegspaceError(
-            f"Model config file {path} is named like a different open_clip architecture "
-            f"({name}); rename the file."
+            f"Model config file {path} is named like a different open_clip architecture ({name}); rename the file."
         )
     return name
 
@@ -134,9 +131,7 @@ def _hub_revision(local_file: str | Path) -> str:
 
 
 def _checkpoint_in_folder(folder: Path) -> Path | None:
-    found = sorted(
-        p for ext in ("*.safetensors", "*.bin", "*.pt", "*.pth") for p in folder.glob(ext)
-    )
+    found = sorted(p for ext in ("*.safetensors", "*.bin", "*.pt", "*.pth") for p in folder.glob(ext))
     return found[0] if len(found) == 1 else None
 
 
@@ -366,8 +361,9 @@ def load_openclip(
             tokenizer = open_clip.get_tokenizer(src.name)
         except LOAD_ERRORS as exc:
             if src.local is not None:  # the user's --weights: a checkpoint of another architecture
-                raise not_a_checkpoint_error(spec, src.local, "a state dict of this architecture",
-                                             short_reason(exc)) from exc
+                raise not_a_checkpoint_error(
+                    spec, src.local, "a state dict of this architecture", short_reason(exc)
+                ) from exc
             if src.checkpoint:
                 raise unreadable_weights_error(spec, Path(src.checkpoint), exc) from exc
             raise hub_error(spec, exc, hub) from exc
@@ -375,9 +371,12 @@ def load_openclip(
             # open_clip reads .npy/.npz as big_vision weights, which only its timm SigLIP towers have
             if src.local is None or Path(src.checkpoint or "").suffix.lower() not in (".npy", ".npz"):
                 raise
-            raise not_a_checkpoint_error(spec, src.local, STATE_DICT_EXPECTED,
-                                         "NumPy arrays are read only as the big_vision weights of a SigLIP "
-                                         "model") from exc
+            raise not_a_checkpoint_error(
+                spec,
+                src.local,
+                STATE_DICT_EXPECTED,
+                "NumPy arrays are read only as the big_vision weights of a SigLIP model",
+            ) from exc
 
     pp_cfg = dict(getattr(model.visual, "preprocess_cfg", {}))
     if preprocess == "openood":

@@ -27,9 +27,7 @@ PREPROCESS_CHOICES = ("model", "openood")
 def check_preprocess(preprocess: str) -> str:
     """Validate a preprocessing name."""
     if preprocess not in PREPROCESS_CHOICES:
-        raise NegspaceError(
-            f"Unknown preprocessing {preprocess!r}; choose one of {', '.join(PREPROCESS_CHOICES)}."
-        )
+        raise NegspaceError(f"Unknown preprocessing {preprocess!r}; choose one of {', '.join(PREPROCESS_CHOICES)}.")
     return preprocess
 
 

@@ -168,8 +168,7 @@ def hub_error(
         reason = f"downloading them failed ({short_reason(exc)}) and no local file was given"
     where = source or "them"
     return WeightsUnavailableError(
-        f"Could not load weights for {spec}: {reason}; download {where} elsewhere and pass "
-        f"{arg('weights')} PATH."
+        f"Could not load weights for {spec}: {reason}; download {where} elsewhere and pass {arg('weights')} PATH."
     )
 
 
@@ -182,20 +181,23 @@ def openclip_source(hf_hub: str) -> str:
     repo_id, file_name = (hf_hub.rstrip("/"), "") if hf_hub.endswith("/") else hf_hub.rsplit("/", 1)
     if file_name:
         return f"the file {file_name} of {HF_HUB}{repo_id}"
-    return (f"the file open_clip_model.safetensors (or open_clip_pytorch_model.bin) of "
-            f"{HF_HUB}{repo_id}")
+    return f"the file open_clip_model.safetensors (or open_clip_pytorch_model.bin) of {HF_HUB}{repo_id}"
 
 
 def openclip_hub_repo_source(repo: str) -> str:
     """What to download for an ``openclip:hf-hub:REPO`` spec: the repository's folder."""
-    return (f"the folder {HF_HUB}{repo} (open_clip_config.json and open_clip_model.safetensors; "
-            f"e.g. huggingface-cli download {repo} --local-dir DIR)")
+    return (
+        f"the folder {HF_HUB}{repo} (open_clip_config.json and open_clip_model.safetensors; "
+        f"e.g. huggingface-cli download {repo} --local-dir DIR)"
+    )
 
 
 def transformers_source(repo: str) -> str:
     """What to download for an ``hf:REPO`` spec: the model folder a transformers CLIP loads."""
-    return (f"the folder {HF_HUB}{repo} (config.json, model.safetensors or pytorch_model.bin, and "
-            f"the tokenizer and preprocessor files; e.g. huggingface-cli download {repo} --local-dir DIR)")
+    return (
+        f"the folder {HF_HUB}{repo} (config.json, model.safetensors or pytorch_model.bin, and "
+        f"the tokenizer and preprocessor files; e.g. huggingface-cli download {repo} --local-dir DIR)"
+    )
 
 
 def missing_path_error(spec: str, path: Path) -> WeightsUnavailableError:
@@ -233,16 +235,19 @@ def folder_error(spec: str, folder: Path) -> WeightsUnavailableError:
 #: What a ``--weights`` file of an open_clip model must be.
 STATE_DICT_EXPECTED = "a safetensors file or a PyTorch state dict saved with torch.save"
 #: What ``--weights`` of a transformers (``hf:``) model must be.
-HF_FOLDER_EXPECTED = ("a folder written by save_pretrained (config.json, model.safetensors or pytorch_model.bin, "
-                      "and the tokenizer and preprocessor files)")
+HF_FOLDER_EXPECTED = (
+    "a folder written by save_pretrained (config.json, model.safetensors or pytorch_model.bin, "
+    "and the tokenizer and preprocessor files)"
+)
 
 _ZIP, _NUMPY = b"PK\x03\x04", b"\x93NUMPY"
 
 
 def not_a_checkpoint_error(spec: str, path: Path, expected: str, reason: str) -> WeightsUnavailableError:
     """The error for a ``--weights`` path that is not a checkpoint of the model ``spec`` names."""
-    return WeightsUnavailableError(f"{arg('weights')} {path} is not a checkpoint of {spec}: expected {expected} "
-                                   f"({reason}).")
+    return WeightsUnavailableError(
+        f"{arg('weights')} {path} is not a checkpoint of {spec}: expected {expected} ({reason})."
+    )
 
 
 def check_state_dict_file(spec: str, given: Path, file: Path | None = None) -> None:

@@ -41,8 +41,9 @@ class ModelRecipe:
     def load(self) -> Any:
         from negspace.encoders import load_encoder
 
-        return load_encoder(self.spec, weights=self.weights, device=self.device, use_cache=False,
-                            preprocess=self.preprocess)
+        return load_encoder(
+            self.spec, weights=self.weights, device=self.device, use_cache=False, preprocess=self.preprocess
+        )
 
 
 def check_ray_address(address: str | None, timeout: float) -> None:
@@ -67,9 +68,11 @@ def check_ray_address(address: str | None, timeout: float) -> None:
             pass
     except OSError as err:
         reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
-        raise NegspaceError(f"{arg('ray_address')} {address}: no Ray cluster answers there within {timeout:g} s "
-                            f"({reason}); start one (`ray start --head`) or fix the address ({arg('ray_timeout')} "
-                            "sets the wait).") from None
+        raise NegspaceError(
+            f"{arg('ray_address')} {address}: no Ray cluster answers there within {timeout:g} s "
+            f"({reason}); start one (`ray start --head`) or fix the address ({arg('ray_timeout')} "
+            "sets the wait)."
+        ) from None
 
 
 def start_ray(address: str | None) -> Any:
@@ -102,8 +105,12 @@ def decode_batch(batch: dict[str, np.ndarray], transform: Callable[[Any], Any]) 
         pixels.append(tensor)
     shape = next((p.shape for p in pixels if p is not None), (3, 1, 1))
     stacked = np.stack([p if p is not None else np.zeros(shape, np.float32) for p in pixels])
-    return {"path": batch["path"], "sha256": np.array(hashes, dtype=object), "pixels": stacked,
-            "reason": np.array(reasons, dtype=object)}
+    return {
+        "path": batch["path"],
+        "sha256": np.array(hashes, dtype=object),
+        "pixels": stacked,
+        "reason": np.array(reasons, dtype=object),
+    }
 
 
 class EncodeActor:
@@ -126,7 +133,9 @@ class EncodeActor:
         features = np.zeros((len(ok), self.encoder.dim), np.float32)
         if ok.any():
             with self.torch.inference_mode():
-                features[ok] = unit_features(self.encoder.backend.encode_pixels(self.torch.from_numpy(batch["pixels"][ok])))
+                features[ok] = unit_features(
+                    self.encoder.backend.encode_pixels(self.torch.from_numpy(batch["pixels"][ok]))
+                )
         out = {"path": batch["path"], "sha256": batch["sha256"], "reason": batch["reason"]}
         if self.detector is None:
             out["feature"] = features
@@ -139,24 +148,42 @@ class EncodeActor:
             for k, text in zip(np.flatnonzero(ok), texts, strict=True):
                 negatives[k] = text
         names = self.detector.class_names or []
-        out.update(score=scores, ood=scores < self.threshold,
-                   id_class=np.array([names[i] if i < len(names) else str(i) for i in nearest_id], dtype=object),
-                   top_negative=np.array(negatives, dtype=object))
+        out.update(
+            score=scores,
+            ood=scores < self.threshold,
+            id_class=np.array([names[i] if i < len(names) else str(i) for i in nearest_id], dtype=object),
+            top_negative=np.array(negatives, dtype=object),
+        )
         return out
 
 
-def run_pipeline(paths: list[Path], recipe: ModelRecipe, transform: Callable[[Any], Any], *, batch_size: int,
-                 chunk_size: int, detector_dir: str | None = None, threshold: float | None = None,
-                 actors: int = 1, gpus_per_actor: float = 0.0, address: str | None = None) -> Iterator[dict[str, Any]]:
+def run_pipeline(
+    paths: list[Path],
+    recipe: ModelRecipe,
+    transform: Callable[[Any], Any],
+    *,
+    batch_size: int,
+    chunk_size: int,
+    detector_dir: str | None = None,
+    threshold: float | None = None,
+    actors: int = 1,
+    gpus_per_actor: float = 0.0,
+    address: str | None = None,
+) -> Iterator[dict[str, Any]]:
     """Rows of the Ray pipeline, ``chunk_size`` at a time, in no particular order."""
     ray = start_ray(address)
     dataset = ray.data.from_items([{"path": str(p)} for p in paths])
-    dataset = dataset.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy",
-                                  fn_kwargs={"transform": transform})
-    dataset = dataset.map_batches(EncodeActor, batch_size=batch_size, batch_format="numpy",
-                                  compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor,
-                                  fn_constructor_kwargs={"recipe": recipe, "detector_dir": detector_dir,
-                                                         "threshold": threshold})
+    dataset = dataset.map_batches(
+        decode_batch, batch_size=batch_size, batch_format="numpy", fn_kwargs={"transform": transform}
+    )
+    dataset = dataset.map_batches(
+        EncodeActor,
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=gpus_per_actor,
+        fn_constructor_kwargs={"recipe": recipe, "detector_dir": detector_dir, "threshold": threshold},
+    )
     yield from dataset.iter_batches(batch_size=chunk_size, batch_format="numpy")
 
 

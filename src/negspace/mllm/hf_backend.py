@@ -70,7 +70,9 @@ def build_hf_messages(
         if text_only:
             if any(isinstance(p, ImagePart) for p in msg.content):
                 raise ValueError("a text-only model cannot take image parts")
-            messages.append({"role": msg.role, "content": "".join(p.text for p in msg.content if isinstance(p, TextPart))})
+            messages.append(
+                {"role": msg.role, "content": "".join(p.text for p in msg.content if isinstance(p, TextPart))}
+            )
             continue
         content: list[dict[str, Any]] = []
         for part in msg.content:
@@ -109,9 +111,7 @@ def _source(name: str) -> tuple[str, bool]:
     local = Path(name).expanduser()
     if local.exists():
         if not local.is_dir():
-            raise NegspaceError(
-                f"The MLLM hf:{name} names {local}, which is a file, not a folder; {_FOLDER_HINT}."
-            )
+            raise NegspaceError(f"The MLLM hf:{name} names {local}, which is a file, not a folder; {_FOLDER_HINT}.")
         return str(local), True
     if _looks_like_path(name):
         raise NegspaceError(f"The MLLM folder {_folder_name(name, local.absolute())} does not exist; {_FOLDER_HINT}.")
@@ -159,8 +159,10 @@ def _hub_error(name: str, hub: Any, exc: BaseException | None = None) -> Weights
 def _folder_error(name: str, folder: Path, exc: BaseException) -> WeightsUnavailableError:
     """One sentence for a local folder that holds no loadable model."""
     logger.debug("Loading hf:%s from %s failed", name, folder, exc_info=exc)
-    why = "no config.json" if not (folder / "config.json").is_file() else (
-        f"no model transformers can load ({_first_sentence(exc)})"
+    why = (
+        "no config.json"
+        if not (folder / "config.json").is_file()
+        else (f"no model transformers can load ({_first_sentence(exc)})")
     )
     return WeightsUnavailableError(
         f"The MLLM folder {_folder_name(name, folder)} holds {why}; {_FOLDER_HINT} with the "
@@ -174,8 +176,9 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NegspaceError(f"{arg('device')} {device} was asked for but CUDA is not available; use "
-                            f"{arg('device')} cpu.")
+        raise NegspaceError(
+            f"{arg('device')} {device} was asked for but CUDA is not available; use {arg('device')} cpu."
+        )
     return device
 
 
@@ -223,17 +226,15 @@ class HFVisionChatBackend:
                 import transformers
                 from transformers import AutoProcessor
             except ImportError:
-                raise NegspaceError(
-                    'A local hf: MLLM needs transformers: pip install "negspace[hf]".'
-                ) from None
+                raise NegspaceError('A local hf: MLLM needs transformers: pip install "negspace[hf]".') from None
             try:
                 from transformers import AutoModelForImageTextToText as AutoVLM
             except ImportError:  # transformers < 4.46
                 # the name transformers < 4.46 has (removed in 5, the version mypy sees)
                 from transformers import AutoModelForVision2Seq as AutoVLM  # type: ignore[attr-defined,no-redef]
 
-            torch_dtype = getattr(torch, dtype) if dtype else (
-                torch.float16 if self.device.startswith("cuda") else torch.float32
+            torch_dtype = (
+                getattr(torch, dtype) if dtype else (torch.float16 if self.device.startswith("cuda") else torch.float32)
             )
             # transformers renamed torch_dtype to dtype in 4.56
             major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
@@ -286,14 +287,10 @@ class HFVisionChatBackend:
             if self.text_only and req.has_images:
                 raise ValueError(f"{self.name_or_path} is a text-only model and cannot see images")
             messages, imgs = build_hf_messages(req, self.image_size, text_only=self.text_only)
-            texts.append(
-                self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            )
+            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
             images.extend(imgs)
         if self.text_only:
-            inputs = self.processor(
-                texts, padding=True, return_tensors="pt", add_special_tokens=False
-            ).to(self.device)
+            inputs = self.processor(texts, padding=True, return_tensors="pt", add_special_tokens=False).to(self.device)
         else:
             kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
             if images:

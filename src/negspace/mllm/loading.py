@@ -115,9 +115,7 @@ def _load_one(
     if kind == "hf":
         from negspace.mllm.hf_backend import HFVisionChatBackend
 
-        return HFVisionChatBackend(
-            rest.strip(), device=device, batch_size=batch_size, image_size=image_size
-        )
+        return HFVisionChatBackend(rest.strip(), device=device, batch_size=batch_size, image_size=image_size)
     raise NegspaceError(f"The MLLM spec {redact_credentials(spec)!r} has an unknown kind {kind!r}; give {SPEC_FORMS}.")
 
 
@@ -162,9 +160,19 @@ def load_mllm(
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
     def build(s: str, option: str) -> MLLM:
-        backend = _load_one(s.strip(), option=option, image_size=image_size, max_concurrency=max_concurrency,
-                            timeout=timeout, retries=retries, max_wait=max_wait, api_key_env=api_key_env,
-                            device=device, batch_size=batch_size, check=check)
+        backend = _load_one(
+            s.strip(),
+            option=option,
+            image_size=image_size,
+            max_concurrency=max_concurrency,
+            timeout=timeout,
+            retries=retries,
+            max_wait=max_wait,
+            api_key_env=api_key_env,
+            device=device,
+            batch_size=batch_size,
+            check=check,
+        )
         return CachedMLLM(backend, folder / MLLM_DB) if cache else backend
 
     vision = build(spec, "--mllm")

@@ -229,8 +229,11 @@ class OpenAIChatBackend:
         netloc = f"[{host}]" if ":" in host else host
         if parts.port is not None:
             netloc += f":{parts.port}"
-        described: dict[str, Any] = {"backend": "openai", "endpoint": f"{parts.scheme}://{netloc}{parts.path}",
-                                     "model": self.served_name}
+        described: dict[str, Any] = {
+            "backend": "openai",
+            "endpoint": f"{parts.scheme}://{netloc}{parts.path}",
+            "model": self.served_name,
+        }
         if sends_images:
             described["image_size"] = self.image_size
         return described
@@ -252,7 +255,9 @@ class OpenAIChatBackend:
         data = None if body is None else json.dumps(body).encode("utf-8")
         req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=self._headers())
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # the URL is the --mllm endpoint the user gave
+            with urllib.request.urlopen(
+                req, timeout=self.timeout
+            ) as resp:  # the URL is the --mllm endpoint the user gave
                 return resp.status, resp.read(), resp.headers
         except urllib.error.HTTPError as err:
             try:
@@ -352,9 +357,7 @@ class OpenAIChatBackend:
                 break
             except _Retryable as err:
                 if attempt >= self.retries:
-                    logger.warning(
-                        "MLLM request to %s failed after %d attempts: %s", self.shown_url, attempt + 1, err
-                    )
+                    logger.warning("MLLM request to %s failed after %d attempts: %s", self.shown_url, attempt + 1, err)
                     break
                 delay = self._delay(attempt, err.retry_after)
                 logger.info("MLLM request %s; retrying in %.2f s", err, delay)

@@ -36,9 +36,7 @@ __all__ = [
 ]
 
 #: ENS prompt (the authors' code), docs/methods/ants.md, step 3.
-DESCRIBE_TEMPLATE = (
-    "Describe this image in fewer than eight words. Do not include the class name {id_class}."
-)
+DESCRIBE_TEMPLATE = "Describe this image in fewer than eight words. Do not include the class name {id_class}."
 #: VSNL prompt (the authors' code), docs/methods/ants.md, step 5. Text only: no image is needed.
 VSNL_TEMPLATE = (
     "Give five different class names that share visual features with {c}, excluding {c}. "
@@ -69,9 +67,7 @@ def vsnl_request(
     params: GenerationParams = GenerationParams(),  # noqa: B008  (frozen dataclass)
 ) -> ChatRequest:
     """The VSNL request: text only (the authors send a blank image; none is needed)."""
-    return ChatRequest(
-        messages=(Message.user(TextPart(VSNL_TEMPLATE.format(c=class_name))),), params=params
-    )
+    return ChatRequest(messages=(Message.user(TextPart(VSNL_TEMPLATE.format(c=class_name))),), params=params)
 
 
 # -- cleaning -------------------------------------------------------------------------------------
@@ -225,9 +221,7 @@ def _excluded_pattern(excluded: str) -> re.Pattern[str] | None:
 # -- descriptions ---------------------------------------------------------------------------------
 
 
-def parse_description(
-    answer: str | bytes | None, excluded: str, max_words: int | None = 8
-) -> str | None:
+def parse_description(answer: str | bytes | None, excluded: str, max_words: int | None = 8) -> str | None:
     """Clean an ENS description; ``None`` when the answer is unusable (see :func:`read_description`)."""
     read = read_description(answer, excluded, max_words)
     return None if read is None else read[0]
@@ -334,16 +328,12 @@ def _clean_item(item: str) -> str:
     return _squash(item).strip(_EDGE_PUNCT)
 
 
-def parse_class_list(
-    answer: str | bytes | None, excluded: Iterable[str], k: int = 5
-) -> list[str]:
+def parse_class_list(answer: str | bytes | None, excluded: Iterable[str], k: int = 5) -> list[str]:
     """Parse a VSNL answer into at most ``k`` class names (see :func:`read_class_list`)."""
     return read_class_list(answer, excluded, k)[0]
 
 
-def read_class_list(
-    answer: str | bytes | None, excluded: Iterable[str], k: int = 5
-) -> tuple[list[str], int]:
+def read_class_list(answer: str | bytes | None, excluded: Iterable[str], k: int = 5) -> tuple[list[str], int]:
     """Parse a VSNL answer: at most ``k`` class names (``[]`` when nothing is usable) and how many
     excluded names were dropped on the way.
 

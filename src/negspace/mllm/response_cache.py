@@ -101,8 +101,7 @@ class ResponseStore(SharedSQLiteStore):
         now = time.time()
         rows = [(k, model, v, now) for k, v in items.items()]
         with self._session() as conn:
-            write_rows(conn, "INSERT OR REPLACE INTO responses (key, model, answer, created) VALUES (?, ?, ?, ?)",
-                       rows)
+            write_rows(conn, "INSERT OR REPLACE INTO responses (key, model, answer, created) VALUES (?, ?, ?, ?)", rows)
 
     def count(self) -> int:
         with self._session() as conn:
@@ -119,9 +118,7 @@ class CachedMLLM:
     backend once.
     """
 
-    def __init__(
-        self, backend: MLLM, cache_path: Path | str | None = None, chunk_size: int = 64
-    ) -> None:
+    def __init__(self, backend: MLLM, cache_path: Path | str | None = None, chunk_size: int = 64) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.backend = backend
@@ -184,8 +181,9 @@ class CachedMLLM:
                 self.stats.failures += after.failures - before.failures
         return answers
 
-    def _answer_chunk(self, requests: list[ChatRequest], chunk: list[tuple[str | None, list[int]]],
-                      answers: list[str | None]) -> None:
+    def _answer_chunk(
+        self, requests: list[ChatRequest], chunk: list[tuple[str | None, list[int]]], answers: list[str | None]
+    ) -> None:
         def fresh(position: int, answer: str | None) -> dict[str, str]:
             key, idx = chunk[position]
             for i in idx:
@@ -257,8 +255,12 @@ def cache_stats(cache_dir: Path | str | None = None) -> dict[str, Any]:
                 info["error"] = str(exc)
         out[name] = info
     mined = sorted((folder / "mined").glob("*.json")) if (folder / "mined").is_dir() else []
-    out["mined"] = {"path": str(folder / "mined"), "exists": bool(mined), "entries": len(mined),
-                    "size_bytes": sum(p.stat().st_size for p in mined)}
+    out["mined"] = {
+        "path": str(folder / "mined"),
+        "exists": bool(mined),
+        "entries": len(mined),
+        "size_bytes": sum(p.stat().st_size for p in mined),
+    }
     return out
 
 
@@ -284,8 +286,9 @@ def clear_cache(cache_dir: Path | str | None = None, what: str = "all") -> dict[
             removed[name] = _clear_tables(path, tables)
         except sqlite3.DatabaseError as exc:
             if "locked" in str(exc):
-                raise NegspaceError(f"The cache file {path} is locked by another process ({exc}); "
-                                    "try again when it has finished.") from None
+                raise NegspaceError(
+                    f"The cache file {path} is locked by another process ({exc}); try again when it has finished."
+                ) from None
             # A damaged file holds nothing that can be trusted: remove it whole.
             for part in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
                 part.unlink(missing_ok=True)

@@ -58,8 +58,15 @@ class BankBuilder:
             return spread
         return order
 
-    def _describe(self, features: np.ndarray, preds: np.ndarray, scores: np.ndarray, halves: np.ndarray,
-                  images: Sequence[Any], k: int | None) -> None:
+    def _describe(
+        self,
+        features: np.ndarray,
+        preds: np.ndarray,
+        scores: np.ndarray,
+        halves: np.ndarray,
+        images: Sequence[Any],
+        k: int | None,
+    ) -> None:
         """ENS update (Eq. 7-8): describe the selected negatives; the parsed sentences join the bank
         when the answers are applied (at once, or ``mllm_lag`` batches later; see :meth:`_ask`)."""
         st = self.state
@@ -117,8 +124,9 @@ class BankBuilder:
                 new.append(text)
                 sources.append(bit)
         if new:
-            st.add_ens(new, self._encode(new, ENS_TEMPLATE), np.asarray(sources),
-                       prepend=self.config.ens_order == "prepend")
+            st.add_ens(
+                new, self._encode(new, ENS_TEMPLATE), np.asarray(sources), prepend=self.config.ens_order == "prepend"
+            )
 
     # -- VSNL -----------------------------------------------------------------------------------
 
@@ -156,8 +164,9 @@ class BankBuilder:
             encoded = dict(zip(to_encode, self._encode(to_encode, VSNL_TEMPLATE), strict=True)) if to_encode else {}
             for c, names in parsed.items():
                 st.vsnl_answers[c] = names
-                st.vsnl_answer_features[c] = (np.stack([encoded[n] for n in names]) if names
-                                              else np.zeros((0, st.dim), np.float32))
+                st.vsnl_answer_features[c] = (
+                    np.stack([encoded[n] for n in names]) if names else np.zeros((0, st.dim), np.float32)
+                )
             self._rebuild_vsnl(self._vsnl_wanted)
             st.vsnl_updates += 1
 
@@ -282,8 +291,12 @@ class BankBuilder:
     @staticmethod
     def _warn_rejected(rejected: int, answered: int, what: str) -> None:
         if rejected:
-            log.warning("ANTS: %d of %d MLLM %s were unusable (refusals, garbage, repeated words) and left out",
-                        rejected, answered, what)
+            log.warning(
+                "ANTS: %d of %d MLLM %s were unusable (refusals, garbage, repeated words) and left out",
+                rejected,
+                answered,
+                what,
+            )
 
     def _reject(self, answer: str) -> None:
         self.state.rejected_answers += 1

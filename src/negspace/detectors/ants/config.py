@@ -26,15 +26,38 @@ DESCRIBE_ORDERS = ("lowest", "stream")
 VSNL_CACHES = ("keep", "forget")
 
 _CHOICES = {
-    "mode": MODES, "threshold": THRESHOLDS, "similar_classes": SIMILAR_CLASS_RULES, "diversity": DIVERSITY,
-    "lam_rule": LAM_RULES, "ens_score": ENS_SCORES, "ens_trigger": ENS_TRIGGERS, "ens_order": ENS_ORDERS,
-    "ens_dedupe": ENS_DEDUPE, "describe_order": DESCRIBE_ORDERS, "vsnl_cache": VSNL_CACHES,
+    "mode": MODES,
+    "threshold": THRESHOLDS,
+    "similar_classes": SIMILAR_CLASS_RULES,
+    "diversity": DIVERSITY,
+    "lam_rule": LAM_RULES,
+    "ens_score": ENS_SCORES,
+    "ens_trigger": ENS_TRIGGERS,
+    "ens_order": ENS_ORDERS,
+    "ens_dedupe": ENS_DEDUPE,
+    "describe_order": DESCRIBE_ORDERS,
+    "vsnl_cache": VSNL_CACHES,
 }
 _AT_LEAST_ONE = (
-    "groups", "group_size", "ens_size", "min_candidates", "vsnl_every", "vsnl_start", "mllm_batch_size",
-    "diversity_size", "histogram_bins", "vsnl_per_class", "history_top", "max_tokens", "lam_sample",
-    "balanced_group_size", "vsnl_balance_repeats", "activation_negatives", "activation_step",
-    "activation_window", "score_history",
+    "groups",
+    "group_size",
+    "ens_size",
+    "min_candidates",
+    "vsnl_every",
+    "vsnl_start",
+    "mllm_batch_size",
+    "diversity_size",
+    "histogram_bins",
+    "vsnl_per_class",
+    "history_top",
+    "max_tokens",
+    "lam_sample",
+    "balanced_group_size",
+    "vsnl_balance_repeats",
+    "activation_negatives",
+    "activation_step",
+    "activation_window",
+    "score_history",
 )
 
 

@@ -126,8 +126,10 @@ def _schedule_advice(n_images: int, batch_size: int) -> str:
     """What to do about a stream too short for the schedule, in terms both the CLI and Python accept."""
     schedule = scaled_schedule(n_images, batch_size)
     fields = ", ".join(f"{k}={v}" for k, v in schedule.items())
-    return (f"use two-pass mode (--ants-mode two-pass; two_pass=True) or a schedule scaled to the stream "
-            f"(--ants-schedule scaled; in Python the ANTSConfig fields {fields})")
+    return (
+        f"use two-pass mode (--ants-mode two-pass; two_pass=True) or a schedule scaled to the stream "
+        f"(--ants-schedule scaled; in Python the ANTSConfig fields {fields})"
+    )
 
 
 class ANTS(BankBuilder, OnlineDetector):
@@ -221,18 +223,43 @@ class ANTS(BankBuilder, OnlineDetector):
         fields (``tau``, ``groups``, ``mode``, ``two_pass``, ...). ``backend="torch"`` runs the
         bank products and scores on ``device`` (:mod:`negspace.backend`); the state stays NumPy.
         """
-        return cls(id_text_features, neg_text_features, text_encoder, mllm, class_names,
-                   replace(config or ANTSConfig(), **fields), neg_labels=neg_labels, backend=backend, device=device)
+        return cls(
+            id_text_features,
+            neg_text_features,
+            text_encoder,
+            mllm,
+            class_names,
+            replace(config or ANTSConfig(), **fields),
+            neg_labels=neg_labels,
+            backend=backend,
+            device=device,
+        )
 
     @classmethod
     def from_encoder(
-        cls, encoder: Any, class_names: Sequence[str], mined: MinedNegatives, mllm: MLLM | None,
-        config: ANTSConfig | None = None, backend: str = "numpy", device: str = "auto", **fields: Any,
+        cls,
+        encoder: Any,
+        class_names: Sequence[str],
+        mined: MinedNegatives,
+        mllm: MLLM | None,
+        config: ANTSConfig | None = None,
+        backend: str = "numpy",
+        device: str = "auto",
+        **fields: Any,
     ) -> ANTS:
         """Build on a CLIP encoder: ID names as ``The nice {}.``, the mined NegLabel bank."""
         id_features = encoder.encode_texts(list(class_names), template=ID_TEMPLATE)
-        det = cls(id_features, mined.features, encoder, mllm, class_names,
-                  replace(config or ANTSConfig(), **fields), neg_labels=mined.labels, backend=backend, device=device)
+        det = cls(
+            id_features,
+            mined.features,
+            encoder,
+            mllm,
+            class_names,
+            replace(config or ANTSConfig(), **fields),
+            neg_labels=mined.labels,
+            backend=backend,
+            device=device,
+        )
         det.encoder = encoder
         return det
 
@@ -299,8 +326,7 @@ class ANTS(BankBuilder, OnlineDetector):
         ``"skip"``: no activation-aware score (``S_ens`` is the grouped one).
         """
         st, cfg = self.state, self.config
-        parts: dict[str, np.ndarray] = {"nl": base.s_nl, "ens_grouped": base.s_nl, "ens": base.s_nl,
-                                        "vsnl": base.s_nl}
+        parts: dict[str, np.ndarray] = {"nl": base.s_nl, "ens_grouped": base.s_nl, "ens": base.s_nl, "vsnl": base.s_nl}
         banks = self._stacked()
         if not banks.blocks:
             return parts
@@ -330,9 +356,16 @@ class ANTS(BankBuilder, OnlineDetector):
         else:
             past = ring.rows() if ring.count else grouped
         cfg = self.config
-        score = activation_ens_score(base.host_id_cos(), ens_cos, grouped, activation_threshold(past),
-                                     gap=cfg.activation_gap, negatives=cfg.activation_negatives,
-                                     step=cfg.activation_step, tau=cfg.tau)
+        score = activation_ens_score(
+            base.host_id_cos(),
+            ens_cos,
+            grouped,
+            activation_threshold(past),
+            gap=cfg.activation_gap,
+            negatives=cfg.activation_negatives,
+            step=cfg.activation_step,
+            tau=cfg.tau,
+        )
         return grouped if score is None else score
 
     def _fuse(self, parts: dict[str, np.ndarray]) -> np.ndarray:
@@ -358,13 +391,17 @@ class ANTS(BankBuilder, OnlineDetector):
         base = self._base(image_features)
         parts = self._bank_parts(base, "peek")
         corpus_labels = self._corpus_labels()
-        blocks = [LabelledColumns(base.corpus_cos, corpus_labels, self._corpus_rows),
-                  LabelledColumns(base.device_image @ self._corpus_tail.T, corpus_labels, self._corpus_tail_rows)]
+        blocks = [
+            LabelledColumns(base.corpus_cos, corpus_labels, self._corpus_rows),
+            LabelledColumns(base.device_image @ self._corpus_tail.T, corpus_labels, self._corpus_tail_rows),
+        ]
         if "stacked_cos" in parts:
             stack = self._stacked()
             texts = {"ens": self.state.ens_texts, "vsnl": self.state.vsnl_texts}
-            blocks += [LabelledColumns(stack.block_cosines(parts["stacked_cos"], name), texts[name], block.rows)
-                       for name, block in stack.blocks.items()]
+            blocks += [
+                LabelledColumns(stack.block_cosines(parts["stacked_cos"], name), texts[name], block.rows)
+                for name, block in stack.blocks.items()
+            ]
         return self._fuse(parts), base.pred, nearest_texts(blocks, len(base.pred))
 
     def score_features(self, image_features: np.ndarray, images: Sequence[Any] | None = None) -> np.ndarray:
@@ -535,8 +572,11 @@ class ANTS(BankBuilder, OnlineDetector):
             pending = st.pending_count
             if pending > cfg.min_candidates or (cfg.ens_trigger == "at_least" and pending == cfg.min_candidates):
                 self._flush_pool()
-        if (cfg.uses_vsnl and st.batches_seen >= cfg.vsnl_start
-                and (st.batches_seen - cfg.vsnl_start) % cfg.vsnl_every == 0):
+        if (
+            cfg.uses_vsnl
+            and st.batches_seen >= cfg.vsnl_start
+            and (st.batches_seen - cfg.vsnl_start) % cfg.vsnl_every == 0
+        ):
             self._update_vsnl(self.similar_classes())
         return negatives, halves
 
@@ -573,15 +613,18 @@ class ANTS(BankBuilder, OnlineDetector):
         st, cfg = self.state, self.config
         describable = cfg.uses_ens and not st.budget_exhausted and images is not None
         if cfg.uses_ens and images is None and len(index):
-            self._log_once("no-images", "ANTS got negatives without images; the ENS bank cannot grow "
-                           "(pass images= to score_features)")
+            self._log_once(
+                "no-images",
+                "ANTS got negatives without images; the ENS bank cannot grow (pass images= to score_features)",
+            )
         if cfg.uses_ens and st.budget_exhausted:
             st.negatives_undescribed_budget += len(index)
         if not (describable or cfg.threshold == "histogram") or not len(index):
             return
         st.pending_features.append(base.image[index])
-        st.pending_images.extend([images[i] for i in index] if describable and images is not None
-                                 else [None] * len(index))
+        st.pending_images.extend(
+            [images[i] for i in index] if describable and images is not None else [None] * len(index)
+        )
         st.pending_preds.append(base.pred[index])
         st.pending_scores.append(base.s_nl[index])
         st.pending_halves.append(halves)
@@ -609,8 +652,13 @@ class ANTS(BankBuilder, OnlineDetector):
         """End of a stream: describe the negatives still pooled (``describe_leftovers``), apply
         every answer still in the background."""
         st, cfg = self.state, self.config
-        if (self.learning and cfg.describe_leftovers and cfg.uses_ens and not self._ens_stopped
-                and any(img is not None for img in st.pending_images)):
+        if (
+            self.learning
+            and cfg.describe_leftovers
+            and cfg.uses_ens
+            and not self._ens_stopped
+            and any(img is not None for img in st.pending_images)
+        ):
             self._flush_pool()
         self.wait_for_mllm()
 
@@ -645,8 +693,12 @@ class ANTS(BankBuilder, OnlineDetector):
                 self.finish_stream()
                 self._warn_empty_banks(sum(len(b.features) for b in batches), len(batches))
             return per_batch
-        features = np.concatenate([as_unit_rows(to_numpy(b.features, np.float32), "image features", self.state.dim,
-                                                copy=False) for b in batches])
+        features = np.concatenate(
+            [
+                as_unit_rows(to_numpy(b.features, np.float32), "image features", self.state.dim, copy=False)
+                for b in batches
+            ]
+        )
         images: list[Any] = []
         for b in batches:
             images.extend(b.images if b.images is not None else [None] * len(b.features))
@@ -657,8 +709,12 @@ class ANTS(BankBuilder, OnlineDetector):
         if not self.frozen and self.config.mode != "neglabel":
             self._build_two_pass(feats_c, images_c)
         window = "fixed" if self.config.ens_score == "activation" else "peek"
-        scores_c = np.concatenate([self._fuse(self._bank_parts(self._base(feats_c[s : s + _CHUNK]), window))
-                                   for s in range(0, len(feats_c), _CHUNK)])
+        scores_c = np.concatenate(
+            [
+                self._fuse(self._bank_parts(self._base(feats_c[s : s + _CHUNK]), window))
+                for s in range(0, len(feats_c), _CHUNK)
+            ]
+        )
         scores = np.empty_like(scores_c)
         scores[canon] = scores_c
         self.kept_explanations.scored_by(self._space_stamp())
@@ -723,9 +779,12 @@ class ANTS(BankBuilder, OnlineDetector):
             return
         if cfg.uses_vsnl and len(batches) < cfg.vsnl_start and self.state.batches_seen == 0:
             n = sum(len(b.features) for b in batches)
-            log.warning("ANTS: the stream has %d batches but VSNL starts at batch %d, so the VSNL bank stays "
-                        "empty; %s", len(batches), cfg.vsnl_start,
-                        _schedule_advice(n, len(batches[0].features) if batches else 256))
+            log.warning(
+                "ANTS: the stream has %d batches but VSNL starts at batch %d, so the VSNL bank stays empty; %s",
+                len(batches),
+                cfg.vsnl_start,
+                _schedule_advice(n, len(batches[0].features) if batches else 256),
+            )
 
     def _warn_empty_banks(self, n_images: int, n_batches: int) -> None:
         st, cfg = self.state, self.config
@@ -733,9 +792,14 @@ class ANTS(BankBuilder, OnlineDetector):
             return
         if cfg.uses_ens and st.ens_updates == 0 and not st.budget_exhausted and not self._ens_stopped:
             batch = max(1, round(n_images / max(1, n_batches)))
-            log.warning("ANTS: only %d negatives were found in %d images, fewer than min_candidates=%d, so the "
-                        "ENS bank stayed empty; the stream is too short for the schedule: %s", st.negatives_mined,
-                        n_images, cfg.min_candidates, _schedule_advice(n_images, batch))
+            log.warning(
+                "ANTS: only %d negatives were found in %d images, fewer than min_candidates=%d, so the "
+                "ENS bank stayed empty; the stream is too short for the schedule: %s",
+                st.negatives_mined,
+                n_images,
+                cfg.min_candidates,
+                _schedule_advice(n_images, batch),
+            )
 
     # -- reporting ------------------------------------------------------------------------------
 
@@ -802,8 +866,11 @@ class ANTS(BankBuilder, OnlineDetector):
         return self._unnamed_corpus
 
     def get_params(self) -> dict[str, Any]:
-        return {"n_classes": len(self.id_text_features), "n_negatives": len(self.neg_text_features),
-                **self.config.as_dict()}
+        return {
+            "n_classes": len(self.id_text_features),
+            "n_negatives": len(self.neg_text_features),
+            **self.config.as_dict(),
+        }
 
     # -- explanations and persistence -------------------------------------------------------------
 
@@ -812,18 +879,33 @@ class ANTS(BankBuilder, OnlineDetector):
         (see :func:`negspace.detectors.ants.explain.explain`)."""
         return ants_explain.explain(self, features, top=top)
 
-    def explanation_rows(self, features: np.ndarray, sample_ids: Sequence[str], scores: np.ndarray | None = None,
-                         n_images: int = 100, top: int = 5) -> list[dict[str, Any]]:
+    def explanation_rows(
+        self,
+        features: np.ndarray,
+        sample_ids: Sequence[str],
+        scores: np.ndarray | None = None,
+        n_images: int = 100,
+        top: int = 5,
+    ) -> list[dict[str, Any]]:
         """Rows for ``explanations.csv``: the ``n_images`` lowest-scoring samples and their texts,
         each explained with the space that scored it when it was kept (see :meth:`keep_explanations`)
         or when the space has not changed since; otherwise with the current space, and its rows
         say ``space = final`` (see :func:`negspace.detectors.ants.explain.explanation_rows`)."""
         kept = self.kept_explanations
-        return ants_explain.explanation_rows(self, features, sample_ids, scores, n_images=n_images, top=top, kept=kept,
-                                             current_scored_all=kept.current_scored_all(self._space_stamp()))
+        return ants_explain.explanation_rows(
+            self,
+            features,
+            sample_ids,
+            scores,
+            n_images=n_images,
+            top=top,
+            kept=kept,
+            current_scored_all=kept.current_scored_all(self._space_stamp()),
+        )
 
-    def keep_explanations(self, images: int = ants_explain.EXPLAINED_IMAGES,
-                          top: int = ants_explain.EXPLAINED_TEXTS) -> None:
+    def keep_explanations(
+        self, images: int = ants_explain.EXPLAINED_IMAGES, top: int = ants_explain.EXPLAINED_TEXTS
+    ) -> None:
         """While it learns online, keep the ``top`` texts of the ``images`` lowest-scored images of
         each stream, computed as their batch is scored (an online space changes after it scores an
         image, so explaining it later would credit texts it was not scored with). The default keeps
@@ -842,17 +924,42 @@ class ANTS(BankBuilder, OnlineDetector):
         """Write the negative space as plain files (see :mod:`negspace.detectors.ants.io`)."""
         self.wait_for_mllm()
         self._refresh_sample()
-        return save_space(directory, SavedSpace(self.config, self.class_names, self.neg_labels,
-                                                self.id_text_features, self.neg_text_features, self.state,
-                                                self.frozen))
+        return save_space(
+            directory,
+            SavedSpace(
+                self.config,
+                self.class_names,
+                self.neg_labels,
+                self.id_text_features,
+                self.neg_text_features,
+                self.state,
+                self.frozen,
+            ),
+        )
 
     @classmethod
-    def load(cls, directory: str | Path, text_encoder: TextEncoder | None = None, mllm: MLLM | None = None,
-             frozen: bool | None = None, backend: str = "numpy", device: str = "auto") -> ANTS:
+    def load(
+        cls,
+        directory: str | Path,
+        text_encoder: TextEncoder | None = None,
+        mllm: MLLM | None = None,
+        frozen: bool | None = None,
+        backend: str = "numpy",
+        device: str = "auto",
+    ) -> ANTS:
         """Load a saved space; with no MLLM (default) it is frozen: it scores, never learns."""
         space = read_space(directory)
-        det = cls(space.id_text_features, space.neg_text_features, text_encoder, mllm, space.class_names,
-                  space.config, neg_labels=space.neg_labels, backend=backend, device=device)
+        det = cls(
+            space.id_text_features,
+            space.neg_text_features,
+            text_encoder,
+            mllm,
+            space.class_names,
+            space.config,
+            neg_labels=space.neg_labels,
+            backend=backend,
+            device=device,
+        )
         # as_unit_rows re-normalises (x / |x| with |x| ~ 1 +- 1 ulp): restore the saved rows exactly
         det.id_text_features = space.id_text_features
         det._set_corpus(space.neg_text_features)  # also the backend's copies of both

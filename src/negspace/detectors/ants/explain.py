@@ -91,16 +91,22 @@ def _explain_banks(det: ExplainableSpace) -> list[tuple[str, np.ndarray, list[st
     st, mode = det.state, det.config.mode
     corpus_texts = det.neg_labels or [f"corpus[{i}]" for i in range(len(det.neg_text_features))]
     coef = {"ens": 0.0, "vsnl": 0.0, "corpus": 0.0}
-    share = {"ada": {"ens": det.lam, "vsnl": 1.0 - det.lam}, "ens": {"ens": 1.0},
-             "vsnl": {"vsnl": 1.0}, "neglabel": {}}[mode]
+    share = {
+        "ada": {"ens": det.lam, "vsnl": 1.0 - det.lam},
+        "ens": {"ens": 1.0},
+        "vsnl": {"vsnl": 1.0},
+        "neglabel": {},
+    }[mode]
     if mode == "neglabel":
         coef["corpus"] = 1.0
     for name, weight in share.items():
         size = st.ens_count if name == "ens" else len(st.vsnl_texts)
         coef[name if size else "corpus"] += weight
-    return [("ens", st.ens_bank, st.ens_texts, coef["ens"]),
-            ("vsnl", st.vsnl_bank, st.vsnl_texts, coef["vsnl"]),
-            ("corpus", det.neg_text_features, corpus_texts, coef["corpus"])]
+    return [
+        ("ens", st.ens_bank, st.ens_texts, coef["ens"]),
+        ("vsnl", st.vsnl_bank, st.vsnl_texts, coef["vsnl"]),
+        ("corpus", det.neg_text_features, corpus_texts, coef["corpus"]),
+    ]
 
 
 class ExplanationKeeper:
@@ -181,12 +187,22 @@ class ExplanationKeeper:
 
     def lookup(self) -> dict[tuple[bytes, float], Explanation]:
         """The kept explanations by (float32 feature row bytes, score)."""
-        return {(key, float(score)): texts for key, score, texts in zip(self.keys, self.scores, self.explanations, strict=True)}
+        return {
+            (key, float(score)): texts
+            for key, score, texts in zip(self.keys, self.scores, self.explanations, strict=True)
+        }
 
 
-def explanation_rows(det: ExplainableSpace, features: np.ndarray, sample_ids: Sequence[str], scores: np.ndarray | None = None,
-                     n_images: int = 100, top: int = 5, kept: ExplanationKeeper | None = None,
-                     current_scored_all: bool = True) -> list[dict[str, Any]]:
+def explanation_rows(
+    det: ExplainableSpace,
+    features: np.ndarray,
+    sample_ids: Sequence[str],
+    scores: np.ndarray | None = None,
+    n_images: int = 100,
+    top: int = 5,
+    kept: ExplanationKeeper | None = None,
+    current_scored_all: bool = True,
+) -> list[dict[str, Any]]:
     """The ``n_images`` most OOD-looking samples (lowest score) with their top negative texts.
 
     ``scores`` are the scores the evaluation reported (online scores depend on when a sample was
@@ -219,8 +235,18 @@ def explanation_rows(det: ExplainableSpace, features: np.ndarray, sample_ids: Se
     for rank, i in enumerate(order, start=1):
         texts, space = explained[i]
         for text_rank, (text, source, weight) in enumerate(texts, start=1):
-            rows.append({"rank": rank, "sample": sample_ids[i], "score": float(scores[i]), "text_rank": text_rank,
-                         "text": text, "source": source, "weight": weight, "space": space})
+            rows.append(
+                {
+                    "rank": rank,
+                    "sample": sample_ids[i],
+                    "score": float(scores[i]),
+                    "text_rank": text_rank,
+                    "text": text,
+                    "source": source,
+                    "weight": weight,
+                    "space": space,
+                }
+            )
     return rows
 
 

@@ -59,25 +59,33 @@ def save_space(directory: str | Path, space: SavedSpace) -> Path:
     """Write ``space`` under ``directory`` (created); each file is replaced atomically."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", {
-        "format": FORMAT,
-        "config": space.config.as_dict(),
-        "class_names": space.class_names,
-        "neg_labels": space.neg_labels,
-        "frozen": space.frozen,
-    })
+    _write_json(
+        out / "config.json",
+        {
+            "format": FORMAT,
+            "config": space.config.as_dict(),
+            "class_names": space.class_names,
+            "neg_labels": space.neg_labels,
+            "frozen": space.frozen,
+        },
+    )
     _write_npy(out / "id_text_features.npy", space.id_text_features)
     _write_npy(out / "neg_text_features.npy", space.neg_text_features)
     doc, arrays = space.state.to_files()
     if doc["pending_dropped"]:
-        log.warning("ANTS: %d negatives awaiting description hold in-memory images and are not saved",
-                    doc["pending_dropped"])
+        log.warning(
+            "ANTS: %d negatives awaiting description hold in-memory images and are not saved", doc["pending_dropped"]
+        )
     _write_json(out / "state.json", doc)
     tmp = out / "state.tmp.npz"
     np.savez(tmp, **arrays)  # type: ignore[arg-type]  # stub: **arrays could fill allow_pickle (keys are state names)
     tmp.replace(out / "state.npz")
-    log.info("ANTS negative space saved to %s (%d ENS sentences, %d VSNL labels)",
-             out, space.state.ens_count, len(space.state.vsnl_texts))
+    log.info(
+        "ANTS negative space saved to %s (%d ENS sentences, %d VSNL labels)",
+        out,
+        space.state.ens_count,
+        len(space.state.vsnl_texts),
+    )
     return out
 
 

@@ -55,8 +55,12 @@ class StreamRecorder:
             self.stats_seen.clear()
             self.stats_seen.update(now)
             if info["mllm_stats"].get("cache_hits"):  # a repeated or resumed run says what it reused
-                log.info("ANTS stream %s: %d of %d MLLM answers from the cache", ood_name,
-                         info["mllm_stats"]["cache_hits"], info["mllm_requests"])
+                log.info(
+                    "ANTS stream %s: %d of %d MLLM answers from the cache",
+                    ood_name,
+                    info["mllm_stats"]["cache_hits"],
+                    info["mllm_requests"],
+                )
         asked, lost = info["mllm_requests"], info["mllm_failed_answers"] + info["mllm_rejected_answers"]
         info["mllm_answers_used"] = asked - lost
         info["banks_incomplete"] = lost > 0
@@ -66,8 +70,12 @@ class StreamRecorder:
         final = len({row["sample"] for row in rows if row["space"] == FINAL_SPACE})
         self.final_space_explained[ood_name] = final
         if final:
-            log.warning("ANTS stream %s: %d explained images are explained with the final negative space, not the "
-                        "one that scored them", ood_name, final)
+            log.warning(
+                "ANTS stream %s: %d explained images are explained with the final negative space, not the "
+                "one that scored them",
+                ood_name,
+                final,
+            )
         self.explanation_rows += [{"ood_set": ood_name, **row} for row in rows]
         if asked and lost / asked > self.max_failures:
             self.stopped = ood_name
@@ -78,19 +86,28 @@ class StreamRecorder:
         why, and the OOD sets of ``ood_names`` not in ``scored``."""
         if self.stopped is None:
             return None
-        return {"reason": f"more than {self.max_failures:.0%} of the MLLM requests of stream {self.stopped} "
-                          "failed or gave unusable answers",
-                "ood_sets_not_scored": [name for name in ood_names if name not in scored]}
+        return {
+            "reason": f"more than {self.max_failures:.0%} of the MLLM requests of stream {self.stopped} "
+            "failed or gave unusable answers",
+            "ood_sets_not_scored": [name for name in ood_names if name not in scored],
+        }
 
     def shortfalls(self) -> list[str]:
         """One line per stream whose banks were built from fewer MLLM answers than were asked for, and
         per stream whose explanations.csv explains images with the final space."""
-        lines = [f"ANTS stream {name}: banks built from {info['mllm_answers_used']} of {info['mllm_requests']} MLLM "
-                 f"answers ({info['mllm_failed_answers']} requests failed, {info['mllm_rejected_answers']} answers "
-                 f"unusable)" for name, info in self.run_info.items() if info["banks_incomplete"]]
-        return lines + [f"ANTS stream {name}: {count} images of explanations.csv are explained with the final "
-                        "negative space, not the one that scored them (column space = final)"
-                        for name, count in self.final_space_explained.items() if count]
+        lines = [
+            f"ANTS stream {name}: banks built from {info['mllm_answers_used']} of {info['mllm_requests']} MLLM "
+            f"answers ({info['mllm_failed_answers']} requests failed, {info['mllm_rejected_answers']} answers "
+            f"unusable)"
+            for name, info in self.run_info.items()
+            if info["banks_incomplete"]
+        ]
+        return lines + [
+            f"ANTS stream {name}: {count} images of explanations.csv are explained with the final "
+            "negative space, not the one that scored them (column space = final)"
+            for name, count in self.final_space_explained.items()
+            if count
+        ]
 
     def write(self, mllm: Any = None) -> dict[str, Any]:
         """Write ``explanations.csv``; return the accounting for ``metrics.json``.

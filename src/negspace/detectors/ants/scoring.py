@@ -95,4 +95,3 @@ class StackedBanks:
         if groups == 1:
             return to_numpy(ops.id_mass(id_cos, grouped, tau, id_lse=id_lse))
         return to_numpy(ops.grouped_id_mass(id_cos, grouped, groups, tau, id_lse=id_lse))
-

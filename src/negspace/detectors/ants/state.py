@@ -22,15 +22,39 @@ from negspace.detectors.ring import RingBuffer
 
 # Counters and scalars saved as JSON, restored as they were.
 SCALARS = (
-    "threshold", "batches_seen", "images_seen", "ens_updates", "vsnl_updates", "mllm_requests",
-    "failed_answers", "rejected_answers", "ens_names_removed", "vsnl_id_names_removed", "negatives_mined",
-    "negatives_described", "negatives_undescribed_budget", "negatives_not_selected", "budget_exhausted",
-    "ens_version", "vsnl_version", "sample_ens_version", "sample_vsnl_version", "balanced_sum_ens",
-    "balanced_sum_vsnl", "balanced_count",
+    "threshold",
+    "batches_seen",
+    "images_seen",
+    "ens_updates",
+    "vsnl_updates",
+    "mllm_requests",
+    "failed_answers",
+    "rejected_answers",
+    "ens_names_removed",
+    "vsnl_id_names_removed",
+    "negatives_mined",
+    "negatives_described",
+    "negatives_undescribed_budget",
+    "negatives_not_selected",
+    "budget_exhausted",
+    "ens_version",
+    "vsnl_version",
+    "sample_ens_version",
+    "sample_vsnl_version",
+    "balanced_sum_ens",
+    "balanced_sum_vsnl",
+    "balanced_count",
 )
 RINGS = ("score_history", "neg_sample", "neg_sample_scores", "neg_sample_half", "id_sample", "activation_window")
-ARRAYS = ("score_hist", "neg_pred_counts", "all_pred_counts", "first_seen", "ens_features", "ens_halves",
-          "vsnl_features")
+ARRAYS = (
+    "score_hist",
+    "neg_pred_counts",
+    "all_pred_counts",
+    "first_seen",
+    "ens_features",
+    "ens_halves",
+    "vsnl_features",
+)
 
 
 def _ring(capacity: int, width: int | None, dtype: Any) -> RingBuffer:
@@ -120,7 +144,8 @@ class ANTSState:
             neg_sample_half=_ring(config.lam_sample, None, np.int8),
             id_sample=_ring(config.lam_sample, dim, np.float32) if config.lam_rule == "crossfit" else None,
             activation_window=_ring(config.activation_window, None, np.float64)
-            if config.ens_score == "activation" else None,
+            if config.ens_score == "activation"
+            else None,
         )
 
     # -- banks ----------------------------------------------------------------------------------
@@ -163,20 +188,28 @@ class ANTSState:
 
     def pooled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Any]]:
         """The pooled negatives in stream order: features, predictions, S_nl, halves, images."""
+
         def joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
             return np.concatenate(parts) if parts else empty
 
-        return (joined(self.pending_features, np.zeros((0, self.dim), np.float32)),
-                joined(self.pending_preds, np.zeros(0, np.int64)),
-                joined(self.pending_scores, np.zeros(0)),
-                joined(self.pending_halves, np.zeros(0, np.int8)),
-                list(self.pending_images))
+        return (
+            joined(self.pending_features, np.zeros((0, self.dim), np.float32)),
+            joined(self.pending_preds, np.zeros(0, np.int64)),
+            joined(self.pending_scores, np.zeros(0)),
+            joined(self.pending_halves, np.zeros(0, np.int8)),
+            list(self.pending_images),
+        )
 
     def take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Any]]:
         """:meth:`pooled`, then an empty pool."""
         pooled = self.pooled()
-        for pool in (self.pending_features, self.pending_images, self.pending_preds, self.pending_scores,
-                     self.pending_halves):
+        for pool in (
+            self.pending_features,
+            self.pending_images,
+            self.pending_preds,
+            self.pending_scores,
+            self.pending_halves,
+        ):
             pool.clear()
         return pooled
 
@@ -190,9 +223,15 @@ class ANTSState:
         """
         doc: dict[str, Any] = {name: getattr(self, name) for name in SCALARS}
         doc["threshold"] = None if math.isnan(self.threshold) else self.threshold
-        doc.update(dim=self.dim, n_classes=self.n_classes, ens_capacity=self.ens_capacity,
-                   ens_texts=self.ens_texts, vsnl_classes=self.vsnl_classes, vsnl_texts=self.vsnl_texts,
-                   vsnl_answers=[[c, names] for c, names in self.vsnl_answers.items()])
+        doc.update(
+            dim=self.dim,
+            n_classes=self.n_classes,
+            ens_capacity=self.ens_capacity,
+            ens_texts=self.ens_texts,
+            vsnl_classes=self.vsnl_classes,
+            vsnl_texts=self.vsnl_texts,
+            vsnl_answers=[[c, names] for c, names in self.vsnl_answers.items()],
+        )
         arrays = {name: getattr(self, name) for name in ARRAYS}
         for c, rows in self.vsnl_answer_features.items():
             arrays[f"vsnl_answer.{c}"] = rows
@@ -214,8 +253,12 @@ class ANTSState:
     @classmethod
     def from_files(cls, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> ANTSState:
         """Rebuild a state written by :meth:`to_files`."""
-        state = cls(dim=int(doc["dim"]), n_classes=int(doc["n_classes"]), threshold=math.nan,
-                    ens_capacity=int(doc["ens_capacity"]))
+        state = cls(
+            dim=int(doc["dim"]),
+            n_classes=int(doc["n_classes"]),
+            threshold=math.nan,
+            ens_capacity=int(doc["ens_capacity"]),
+        )
         for name in SCALARS:
             setattr(state, name, doc[name])
         state.threshold = math.nan if doc["threshold"] is None else float(doc["threshold"])
@@ -228,7 +271,9 @@ class ANTSState:
         state.vsnl_texts = list(doc["vsnl_texts"])
         for c, names in doc["vsnl_answers"]:
             state.vsnl_answers[int(c)] = list(names)
-            state.vsnl_answer_features[int(c)] = np.asarray(arrays[f"vsnl_answer.{c}"], np.float32).reshape(-1, state.dim)
+            state.vsnl_answer_features[int(c)] = np.asarray(arrays[f"vsnl_answer.{c}"], np.float32).reshape(
+                -1, state.dim
+            )
         for name, meta in doc["rings"].items():
             rows = np.asarray(arrays[f"ring.{name}"])
             ring = RingBuffer(int(meta["capacity"]), rows.shape[1] if rows.ndim == 2 else None, rows.dtype)
