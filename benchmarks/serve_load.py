@@ -9,8 +9,8 @@ measures, each phase with a fixed amount of work (the script stops by itself):
 
 1. offline: ``score_collection`` (what ``negspace score`` runs, feature cache off) over the images:
    images/s, the model's loading time left out;
-2. the bare single-image cost: decode, transform, encode and score one image in this process
-   (median over 50 images);
+2. the bare single-image cost: decode, transform, encode and score one image, in a fresh process
+   as the server's (median over 50 images, after 5 of warm-up);
 3. ``negspace serve`` (a subprocess) at each concurrency: every image sent once, one image per
    request, by that many client threads: images/s as a fraction of offline (goal >= 0.85 at
    concurrency >= 8), p50/p99 latency; at concurrency 1 the p50 against the bare cost (goal
@@ -213,6 +213,20 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def bare_in_a_process(spec: str, weights: Path, detector: Path, images: list[Path], env: dict[str, str]) -> float:
+    """:func:`bare_single_image` in a fresh process, as the server runs (this one has run other
+    work whose thread pools and memory would weigh on a single image's time)."""
+    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); import serve_load as s; "
+            "from pathlib import Path; from negspace.encoders import load_encoder; "
+            "from negspace.methods import load_detector; "
+            "e = load_encoder(sys.argv[2], weights=sys.argv[3], device='cpu', use_cache=False); "
+            "p = [Path(x).read_bytes() for x in sys.argv[5:]]; "
+            "print(json.dumps(s.bare_single_image(e, load_detector(sys.argv[4]), p)))")
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), spec, str(weights), str(detector),
+                           *map(str, images[:55])], env=env, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def bare_single_image(encoder: Any, detector: Any, payloads: list[bytes]) -> float:
     """Median seconds to decode, transform, encode and score one image, in this process."""
     from negspace.serve.encode import decode_image, encode_pixels
@@ -335,7 +349,6 @@ def main() -> None:
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     from negspace.encoders import load_encoder
-    from negspace.methods import load_detector
 
     figures: dict[str, Any] = {"arch": args.arch, "images": args.images, "cpus": os.cpu_count(),
                                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
@@ -358,8 +371,7 @@ def main() -> None:
         encoder.show_progress = False
         detectors = save_detectors(encoder, folder, args.classes, args.negatives, images, mllm_spec)
 
-        figures["bare_single_image_ms"] = 1000 * bare_single_image(encoder, load_detector(detectors["neglabel"]),
-                                                                   payloads)
+        figures["bare_single_image_ms"] = 1000 * bare_in_a_process(spec, weights, detectors["neglabel"], images, env)
         print("offline score ...", flush=True)
         figures["offline_images_per_s"] = offline(images, detectors["neglabel"], spec, weights, folder, args.max_batch)
         common = ["--model", spec, "--weights", str(weights), "--device", "cpu", "--max-batch", str(args.max_batch),

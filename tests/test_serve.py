@@ -19,13 +19,13 @@ import pytest
 from PIL import Image
 
 import negspace
+from fixtures_models import TINY_DIM
 from negspace import load_detector
 from negspace.cli import main
 from negspace.encoders import load_encoder
 from negspace.runconfig import ModelConfig
 from negspace.serve import ServeConfig, build_app, create_app
 from negspace.serve.encode import encode_image_bytes
-from fixtures_models import TINY_DIM
 from numerics import FEATURE_ERROR, assert_scores_close
 from serve_support import metric, model_args, save_detector, thread_server, write_images
 
@@ -63,7 +63,7 @@ def test_concurrent_clients_each_get_every_image_once_with_the_score_of_negspace
     batches of several requests."""
     images, rows = world["images"], world["rows"]
     threshold = json.loads((world["detector"] / "provenance.json").read_text())["threshold_95_id_recall"]
-    before = httpx.get(f"{server}/metrics").text
+    before = httpx.get(f"{server}/metrics", timeout=60).text
 
     def client(seed: int) -> list[tuple[list[Path], dict]]:
         rng = random.Random(seed)
@@ -83,7 +83,7 @@ def test_concurrent_clients_each_get_every_image_once_with_the_score_of_negspace
     for sent, body in answered:
         results = body["results"]
         assert [r["name"] for r in results] == [p.name for p in sent]  # each image once, in order
-        for path, result in zip(sent, results):
+        for path, result in zip(sent, results, strict=True):
             row = rows[result["sha256"]]  # the image's bytes, hashed by the server
             assert Path(row["path"]).name == path.name
             assert result["ood"] == (result["score"] < threshold) and result["threshold"] == threshold
@@ -92,7 +92,7 @@ def test_concurrent_clients_each_get_every_image_once_with_the_score_of_negspace
             assert result["id_class"] == row["id_class"] and result["negative_label"] == row["top_negative"]
             assert -1 <= result["id_cosine"] <= 1 and -1 <= result["negative_cosine"] <= 1
     assert_scores_close(served, expected, dim=TINY_DIM, feature_error=FEATURE_ERROR)
-    after = httpx.get(f"{server}/metrics").text
+    after = httpx.get(f"{server}/metrics", timeout=60).text
     sent_images = sum(len(sent) for sent, _ in answered)
     count = "negspace_batch_size_count"
     batches = metric(after, count) - metric(before, count)
@@ -109,11 +109,12 @@ def test_the_bytes_of_one_image_and_feature_vectors_score_as_the_files(world, se
     path = world["images"][0]
     row = world["rows"][__import__("hashlib").sha256(path.read_bytes()).hexdigest()]
     raw = httpx.post(f"{server}/v1/score", content=path.read_bytes(), params={"name": "mine.jpg"},
-                     headers={"Content-Type": "image/jpeg"}).json()["results"][0]
+                     headers={"Content-Type": "image/jpeg"}, timeout=60).json()["results"][0]
     assert raw["name"] == "mine.jpg" and raw["sha256"] == row["sha256"]
     encoder = load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, device="cpu")
     features = encoder.encode_image_files(world["images"][:5], progress=False).features
-    body = httpx.post(f"{server}/v1/score/features", json={"features": (3 * features).tolist()}).json()["results"]
+    body = httpx.post(f"{server}/v1/score/features", json={"features": (3 * features).tolist()},
+                      timeout=60).json()["results"]
     assert [r["name"] for r in body] == [f"row-{i}" for i in range(5)] and all(r["sha256"] is None for r in body)
     detector = load_detector(world["detector"])
     # raw (unnormalised) features are normalised by the server, as the detectors do
@@ -150,8 +151,8 @@ BAD_REQUESTS = [
     ("wrong content type", lambda w: {"json": {"image": "x"}}, 415, ["application/json", "/v1/score/features"]),
     ("malformed multipart", lambda w: {"content": b"garbage, no part", "headers": {
         "Content-Type": "multipart/form-data; boundary=xx"}}, 400, ["multipart"]),
-    ("a URL instead of a file", lambda w: {"data": {"url": "http://example.com/a.jpg"}, "files": _files(w["images"][:1])},
-     422, ["'url'", "URL"]),
+    ("a URL instead of a file",
+     lambda w: {"data": {"url": "http://example.com/a.jpg"}, "files": _files(w["images"][:1])}, 422, ["'url'", "URL"]),
     ("a form without files", lambda w: {"data": {"images": "a.jpg"}}, 415, ["x-www-form-urlencoded"]),
     ("too many images", lambda w: {"files": _files(w["images"][:1] * 9)}, 413, ["--max-images"]),
 ]
@@ -182,21 +183,21 @@ def test_a_bad_image_request_is_a_4xx_naming_what_is_wrong_and_the_server_stays_
 def test_bad_features_are_a_4xx_naming_the_row(world, small_server, what, body, status, words):
     # NaN is not JSON: sent as Python's json writes it, as a client might
     response = httpx.post(f"{small_server}/v1/score/features", content=json.dumps(body),
-                          headers={"Content-Type": "application/json"})
+                          headers={"Content-Type": "application/json"}, timeout=60)
     _assert_refused(response, status, words)
     _assert_healthy(small_server, world)
 
 
 def test_unknown_routes_methods_and_a_json_body_that_is_not_json(world, small_server):
-    _assert_refused(httpx.get(f"{small_server}/v2/score"), 404, ["/v2/score", "/v1"])
-    _assert_refused(httpx.delete(f"{small_server}/v1/score"), 405, ["DELETE"])
+    _assert_refused(httpx.get(f"{small_server}/v2/score", timeout=60), 404, ["/v2/score", "/v1"])
+    _assert_refused(httpx.delete(f"{small_server}/v1/score", timeout=60), 405, ["DELETE"])
     _assert_refused(httpx.post(f"{small_server}/v1/score/features", content=b"{\"features\": [[1",
-                               headers={"Content-Type": "application/json"}), 422, ["JSON"])
-    _assert_refused(httpx.post(f"{small_server}/v1/state/reset"), 409, ["--adapt"])
-    _assert_refused(httpx.post(f"{small_server}/v1/score", params={"explain": 3}, files=_files(world["images"][:1])),
-                    422, ["ANTS"])
+                               headers={"Content-Type": "application/json"}, timeout=60), 422, ["JSON"])
+    _assert_refused(httpx.post(f"{small_server}/v1/state/reset", timeout=60), 409, ["--adapt"])
+    _assert_refused(httpx.post(f"{small_server}/v1/score", params={"explain": 3}, files=_files(world["images"][:1]),
+                               timeout=60), 422, ["ANTS"])
     _assert_healthy(small_server, world)
-    metrics = httpx.get(f"{small_server}/metrics").text
+    metrics = httpx.get(f"{small_server}/metrics", timeout=60).text
     assert metric(metrics, 'negspace_errors_total{kind="not_found"}') >= 1
     assert metric(metrics, 'negspace_requests_total{outcome="client_error",route="other"}') >= 1
 
@@ -210,9 +211,9 @@ def _assert_refused(response: httpx.Response, status: int, words: list[str]) -> 
 
 
 def _assert_healthy(url: str, world) -> None:
-    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{url}/readyz").status_code == 200
-    response = httpx.post(f"{url}/v1/score", files=_files(world["images"][:2]))
+    assert httpx.get(f"{url}/healthz", timeout=60).json() == {"status": "ok"}
+    assert httpx.get(f"{url}/readyz", timeout=60).status_code == 200
+    response = httpx.post(f"{url}/v1/score", files=_files(world["images"][:2]), timeout=60)
     assert response.status_code == 200 and len(response.json()["results"]) == 2
 
 
@@ -243,7 +244,7 @@ def test_a_full_queue_answers_503_with_retry_after(world):
         # one request held by the scorer, two more filling the queue's 4 rows
         waiting = [pool.submit(httpx.post, f"{url}/v1/score/features", json=row, timeout=60) for _ in range(3)]
         for _ in range(600):
-            if metric(httpx.get(f"{url}/metrics").text, "negspace_queue_rows") == 4:
+            if metric(httpx.get(f"{url}/metrics", timeout=60).text, "negspace_queue_rows") == 4:
                 break
             time.sleep(0.05)
         refused = httpx.post(f"{url}/v1/score/features", json=row, timeout=5)
@@ -264,15 +265,16 @@ def test_a_token_is_required_off_loopback_and_never_shown(world, tiny_openclip, 
     caplog.set_level(logging.DEBUG, logger="negspace")
     with thread_server(build_app(config, _model(tiny_openclip))) as url:
         files = _files(world["images"][:1])
-        _assert_refused(httpx.post(f"{url}/v1/score", files=files), 401, ["Authorization: Bearer"])
-        refused = httpx.post(f"{url}/v1/score", files=files, headers={"Authorization": "Bearer nope"})
+        _assert_refused(httpx.post(f"{url}/v1/score", files=files, timeout=60), 401, ["Authorization: Bearer"])
+        refused = httpx.post(f"{url}/v1/score", files=files, headers={"Authorization": "Bearer nope"}, timeout=60)
         _assert_refused(refused, 401, ["not this server's"])
         assert refused.headers["WWW-Authenticate"] == "Bearer"
-        _assert_refused(httpx.get(f"{url}/metrics"), 401, [])
+        _assert_refused(httpx.get(f"{url}/metrics", timeout=60), 401, [])
         good = {"Authorization": f"Bearer {token}"}
-        assert httpx.post(f"{url}/v1/score", files=files, headers=good).status_code == 200
-        assert httpx.get(f"{url}/healthz").status_code == 200  # health needs no token
-        shown = [httpx.get(f"{url}{path}", headers=good).text for path in ("/v1/detector", "/metrics", "/v1/stats", "/")]
+        assert httpx.post(f"{url}/v1/score", files=files, headers=good, timeout=60).status_code == 200
+        assert httpx.get(f"{url}/healthz", timeout=60).status_code == 200  # health needs no token
+        shown = [httpx.get(f"{url}{path}", headers=good, timeout=60).text
+                 for path in ("/v1/detector", "/metrics", "/v1/stats", "/")]
         with negspace.Client(url, token=token) as client:
             assert client.score(world["images"][:2])[1]["name"] == str(world["images"][1])
             assert token not in repr(client)
@@ -282,14 +284,14 @@ def test_a_token_is_required_off_loopback_and_never_shown(world, tiny_openclip, 
 
 
 def test_the_openapi_schema_and_the_detector_route_describe_the_api(world, server):
-    schema = httpx.get(f"{server}/openapi.json").json()
+    schema = httpx.get(f"{server}/openapi.json", timeout=60).json()
     for path in ("/v1/score", "/v1/score/features", "/v1/detector", "/v1/state/snapshot", "/v1/state/reset",
                  "/healthz", "/readyz", "/metrics"):
         assert path in schema["paths"], path
     score = schema["paths"]["/v1/score"]["post"]
     assert {"multipart/form-data", "image/*"} <= set(score["requestBody"]["content"])
     assert "422" in score["responses"] and "503" in score["responses"]
-    info = httpx.get(f"{server}/v1/detector").json()
+    info = httpx.get(f"{server}/v1/detector", timeout=60).json()
     provenance = json.loads((world["detector"] / "provenance.json").read_text())
     assert info["method"] == "neglabel" and info["digest"].startswith("sha256:") and info["adapts"] is False
     assert info["weights_fingerprint"] == provenance["weights_fingerprint"] and info["dim"] == TINY_DIM
@@ -318,9 +320,11 @@ def test_create_app_serves_a_detector_built_in_python_from_features(world):
     features = rng.normal(size=(6, TINY_DIM)).astype(np.float32)
     features /= np.linalg.norm(features, axis=1, keepdims=True)
     with thread_server(app) as url:
-        body = httpx.post(f"{url}/v1/score/features", json={"features": features.tolist(), "names": list("abcdef")})
+        body = httpx.post(f"{url}/v1/score/features", json={"features": features.tolist(), "names": list("abcdef")},
+                          timeout=60)
         results = body.json()["results"]
-        _assert_refused(httpx.post(f"{url}/v1/score", files=_files(world["images"][:1])), 409, ["/v1/score/features"])
+        _assert_refused(httpx.post(f"{url}/v1/score", files=_files(world["images"][:1]), timeout=60), 409,
+                        ["/v1/score/features"])
     assert [r["name"] for r in results] == list("abcdef")
     assert_scores_close([r["score"] for r in results], detector.score_features(features), dim=TINY_DIM)
     nearest_id, negatives = detector.nearest_labels(features)

@@ -96,8 +96,8 @@ def test_sync_serving_scores_the_stream_exactly_as_eval(world, method):
     app = create_app(_config(adapt="sync"), MAKERS[method](world))
     with thread_server(app) as url:
         served = _post_batches(url, features, batches)
-        state = httpx.get(f"{url}/v1/detector").json()["state"]
-        metrics = httpx.get(f"{url}/metrics").text
+        state = httpx.get(f"{url}/v1/detector", timeout=60).json()["state"]
+        metrics = httpx.get(f"{url}/metrics", timeout=60).text
     np.testing.assert_array_equal(served, expected)
     assert state["mode"] == "sync" and state["images_learned"] == len(features) and state["updates"] == len(batches)
     assert metric(metrics, "negspace_adaptive_images_learned") == len(features)
@@ -120,11 +120,11 @@ def test_async_serving_learns_the_same_state_beside_the_traffic(world, tmp_path,
         with thread_server(app) as url:
             served = _post_batches(url, features, batches)
             for _ in range(200):
-                state = httpx.get(f"{url}/v1/detector").json()["state"]
+                state = httpx.get(f"{url}/v1/detector", timeout=60).json()["state"]
                 if not state.get("pending_updates"):
                     break
                 time.sleep(0.05)
-            snapshot = httpx.post(f"{url}/v1/state/snapshot").json()
+            snapshot = httpx.post(f"{url}/v1/state/snapshot", timeout=60).json()
         ends[mode] = (served, state, tmp_path / mode / snapshot["snapshot"])
     initial = MAKERS[method](world)
     initial.freeze()
@@ -143,7 +143,7 @@ def test_reset_returns_to_the_saved_state_and_counts_from_zero(world):
     app = create_app(_config(adapt="sync"), _adaneg(world))
     with thread_server(app) as url:
         first = _post_batches(url, features, batches[:3])
-        reset = httpx.post(f"{url}/v1/state/reset").json()
+        reset = httpx.post(f"{url}/v1/state/reset", timeout=60).json()
         again = _post_batches(url, features, batches[:3])
     assert reset["reset"] is True and reset["state"]["images_learned"] == 0 and reset["state"]["resets"] == 1
     chunk = np.concatenate(batches[:3])
@@ -253,7 +253,7 @@ def test_kill_9_then_restart_resumes_the_last_snapshot_and_sigterm_answers_in_fl
     stop = threading.Event()
 
     def traffic() -> None:  # one client, batch after batch, until the server dies under it
-        with httpx.Client(base_url=url, timeout=10) as http:
+        with httpx.Client(base_url=url, timeout=60) as http:
             for k in range(10_000):
                 if stop.is_set():
                     return
@@ -266,7 +266,7 @@ def test_kill_9_then_restart_resumes_the_last_snapshot_and_sigterm_answers_in_fl
     sender.start()
     try:
         for _ in range(600):  # snapshots every batch: a kill lands while one is being written, often
-            if httpx.get(f"{url}/v1/detector").json()["state"]["snapshots_written"] >= 6:
+            if httpx.get(f"{url}/v1/detector", timeout=60).json()["state"]["snapshots_written"] >= 6:
                 break
             time.sleep(0.05)
         os.kill(process.pid, signal.SIGKILL)
@@ -284,10 +284,10 @@ def test_kill_9_then_restart_resumes_the_last_snapshot_and_sigterm_answers_in_fl
 
     process = start_process([*args, "--max-wait-ms", "5000"], port)  # requests wait in the queue
     try:
-        info = httpx.get(f"{url}/v1/detector").json()["state"]
+        info = httpx.get(f"{url}/v1/detector", timeout=60).json()["state"]
         assert info["images_learned"] == learned_then  # resumed where the last snapshot was
         assert len(list(state_dir.glob("snapshot-*"))) <= 2
-        resumed = httpx.post(f"{url}/v1/state/snapshot").json()["snapshot"]
+        resumed = httpx.post(f"{url}/v1/state/snapshot", timeout=60).json()["snapshot"]
         old, new = _snapshot_arrays(last), _snapshot_arrays(state_dir / resumed)
         assert old.keys() == new.keys()
         for name in old:

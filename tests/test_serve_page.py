@@ -53,7 +53,7 @@ def test_the_live_page_renders_the_traffic_and_the_adaptive_state_in_a_real_brow
     assert "http" not in PAGE.replace("http-equiv", "")  # no external asset: nothing fetched from elsewhere
     with thread_server(app) as url:
         for start in range(0, len(features), 16):
-            httpx.post(f"{url}/v1/score/features", json={"features": features[start : start + 16].tolist()})
+            httpx.post(f"{url}/v1/score/features", json={"features": features[start : start + 16].tolist()}, timeout=60)
         driver = _browser()
         try:
             driver.set_window_size(1200, 1000)

@@ -22,7 +22,7 @@ _LAZY = {
     "Client": "negspace.serve.client",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = ["Client", "ServeConfig", "build_app", "create_app", "load_service", "serve"]
 
 
 def __getattr__(name: str) -> object:

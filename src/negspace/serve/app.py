@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from negspace.errors import NegspaceError, arg
 from negspace.serve.batcher import Batcher, Job, QueueFull
 from negspace.serve.config import ServeConfig
-from negspace.serve.encode import RequestError, decode_image
+from negspace.serve.encode import RequestError, decode_image, decoding_thread
 from negspace.serve.metrics import ServeMetrics
 from negspace.serve.page import live_page
 from negspace.serve.service import build_scorer, describe
@@ -236,7 +236,8 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
                       max_queue=config.max_queue, on_batch=metrics.batch)
     metrics.queued = lambda: batcher.queued
     metrics.queue.set_function(lambda: batcher.queued)
-    decoders = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="negspace-decode")
+    decoders = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="negspace-decode",
+                                  initializer=decoding_thread)
     transform = encoder.backend.pixel_transform() if encoder is not None else None
     needs_images = bool(getattr(scorer, "needs_images", False))
     method = str(info.get("method", type(detector).__name__))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from negspace.serve.encode import RequestError, encode_pixels
+from negspace.serve.encode import RequestError, encode_pixels, model_thread, torch_threads
 
 log = logging.getLogger("negspace")
 
@@ -72,6 +72,7 @@ class Batcher:
         self.scorer = scorer
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
         self.on_batch = on_batch  # (rows, encode seconds, score seconds) after each batch: the metrics
+        self.threads = torch_threads() if encoder is not None else 0  # the model's cores, as where it was made
         self._rows: deque[tuple[Job, int]] = deque()
         self._ready = threading.Condition()
         self._closing = False
@@ -130,10 +131,12 @@ class Batcher:
             return [self._rows.popleft() for _ in range(take)]
 
     def _run(self) -> None:
+        if self.threads:
+            model_thread(self.threads)
         while (batch := self._take()) is not None:
             try:
                 self._process(batch)
-            except Exception as err:  # noqa: BLE001 - one failed batch fails its requests, not the server
+            except Exception as err:
                 if not isinstance(err, RequestError):
                     log.exception("a batch of %d failed", len(batch))
                     err = RequestError(503, "batch_failed", f"the model failed on this batch ({type(err).__name__}); "

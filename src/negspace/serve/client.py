@@ -70,7 +70,8 @@ class Client:
         return self._post("/v1/score", content=data, headers={"Content-Type": content_type},
                           params={"name": name, "explain": explain})["results"][0]
 
-    def score_features(self, features: Any, names: Sequence[str] | None = None, explain: int = 0) -> list[dict[str, Any]]:
+    def score_features(self, features: Any, names: Sequence[str] | None = None,
+                       explain: int = 0) -> list[dict[str, Any]]:
         """Results of feature vectors (rows of the model's dimension) computed elsewhere."""
         import numpy as np
 

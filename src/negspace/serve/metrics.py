@@ -30,7 +30,8 @@ class ServeMetrics:
     def __init__(self, max_batch: int, state: Callable[[], dict[str, Any]]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("negspace_requests", "HTTP requests by route and outcome", ["route", "outcome"], registry=r)
+        self.requests = Counter("negspace_requests", "HTTP requests by route and outcome", ["route", "outcome"],
+                                registry=r)
         self.images = Counter("negspace_images", "Images (or feature rows) by outcome", ["outcome"], registry=r)
         self.ood = Counter("negspace_ood_images", "Images flagged OOD (score below the threshold)", registry=r)
         self.errors = Counter("negspace_errors", "Refused or failed requests by kind", ["kind"], registry=r)
@@ -43,7 +44,8 @@ class ServeMetrics:
         self.score_seconds = Counter("negspace_score_seconds", "Seconds the worker spent scoring (and "
                                                                "learning, in sync mode)", registry=r)
         self.queue = Gauge("negspace_queue_rows", "Rows waiting for the model", registry=r)
-        self.ood_share = Gauge("negspace_ood_share_recent", f"Share of the last {RECENT} images flagged OOD", registry=r)
+        self.ood_share = Gauge("negspace_ood_share_recent", f"Share of the last {RECENT} images flagged OOD",
+                               registry=r)
         self._state = state
         r.register(_StateCollector(state))
         self._lock = threading.Lock()
@@ -94,9 +96,9 @@ class ServeMetrics:
             latencies = sorted(self._window.get("latencies", []))
             images = self._window.get("images", 0)
             self.history.append({
-                "t": self._second, "images": images, "ood_share": self._window.get("ood", 0) / images if images else None,
-                "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
-                "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None,
+                "t": self._second, "images": images,
+                "ood_share": self._window.get("ood", 0) / images if images else None,
+                "p50_ms": _quantile_ms(latencies, 0.5), "p99_ms": _quantile_ms(latencies, 0.99),
                 "state": self._state().get("state", {})})
         self._second, self._window = now, {}
 
@@ -111,11 +113,17 @@ class ServeMetrics:
         return {
             "images_scored": totals["scored"], "ood_images": totals["ood"],
             "ood_share_recent": sum(recent) / len(recent) if recent else None,
-            "latency_ms_p50": 1000 * latencies[len(latencies) // 2] if latencies else None,
-            "latency_ms_p99": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None,
+            "latency_ms_p50": _quantile_ms(latencies, 0.5), "latency_ms_p99": _quantile_ms(latencies, 0.99),
             "queue_rows": self.queued(),
             "adaptive": self._state(), "history": history,
         }
+
+
+def _quantile_ms(ordered: list[float], q: float) -> float | None:
+    """The ``q`` quantile of sorted seconds, in milliseconds (``None`` without any)."""
+    if not ordered:
+        return None
+    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class _StateCollector:

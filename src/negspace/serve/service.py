@@ -76,8 +76,8 @@ def check_learns(detector: Any, folder: Any, has_mllm: bool | None = None) -> No
                             f"{arg('adapt')}.")
     if isinstance(detector, ANTS):
         if detector.config.two_pass or detector.config.mode == "neglabel":
-            raise NegspaceError(f"{arg('adapt')}: this ANTS space ({'two-pass' if detector.config.two_pass else 'NegLabel mode'}) "
-                                "does not learn online; serve it without it.")
+            kind = "two-pass" if detector.config.two_pass else "NegLabel mode"
+            raise NegspaceError(f"{arg('adapt')}: this ANTS space ({kind}) does not learn online; serve it without it.")
         mllm = detector.mllm is not None if has_mllm is None else has_mllm
         if not mllm:
             raise NegspaceError(f"{arg('adapt')}: ANTS learns by asking a multimodal LLM; pass "
