@@ -31,7 +31,7 @@ FOREIGN_OPTIONS = {
 # lines of other programs shown beside negspace's (their options are theirs)
 OTHER_PROGRAMS = re.compile(
     r"^\s*(?:\$\s*)?(?:pip|pip3|pytest|python|python3|vllm|ollama|llama-server|hf|"
-    r"huggingface-cli|git|apt-get|mkdocs|OPENBLAS_CORETYPE=\S+|NEGSPACE_\w+=\S+|ray|docker)\b"
+    r"huggingface-cli|git|apt-get|mkdocs|ruff|mypy|OPENBLAS_CORETYPE=\S+|NEGSPACE_\w+=\S+|ray|docker)\b"
 )
 
 

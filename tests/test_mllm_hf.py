@@ -105,7 +105,9 @@ def test_unreachable_hub_fails_fast_without_hub_chatter(unreachable_hub, capfd, 
     from negspace.errors import WeightsUnavailableError
     from negspace.mllm.loading import load_mllm
 
-    # an earlier in-process `negspace` run gave its logger a handler of its own: read it here too
+    # an earlier in-process `negspace` run gave its logger a handler of its own, writing to that
+    # test's captured (now closed) stderr: drop it, and read the records here
+    monkeypatch.setattr(logging.getLogger("negspace"), "handlers", [])
     monkeypatch.setattr(logging.getLogger("negspace"), "propagate", True)
     with caplog.at_level("INFO", logger="negspace"), pytest.raises(WeightsUnavailableError) as info:
         load_mllm("hf:nosuch/model", cache=False, device="cpu")
