@@ -80,8 +80,9 @@ def save_model(arch: str, folder: Path) -> tuple[str, Path]:
     return spec, weights
 
 
-def save_detectors(encoder: Any, folder: Path, n_classes: int, n_negatives: int, images: list[Path],
-                   mllm_spec: str | None) -> dict[str, Path]:
+def save_detectors(
+    encoder: Any, folder: Path, n_classes: int, n_negatives: int, images: list[Path], mllm_spec: str | None
+) -> dict[str, Path]:
     """A NegLabel detector (and, with ``mllm_spec``, an ANTS space) of ImageNet classes and WordNet
     negatives, saved with their provenance as `negspace eval --save-detector` saves them."""
     from negspace import ANTS, NegLabel, load_class_names, load_wordnet_corpus
@@ -101,14 +102,22 @@ def save_detectors(encoder: Any, folder: Path, n_classes: int, n_negatives: int,
         from negspace import load_mllm
 
         schedule = {"min_candidates": 8, "vsnl_start": 2, "vsnl_every": 4}
-        detectors["ants"] = ANTS.from_features(id_text, negatives, encoder, load_mllm(mllm_spec), classes,
-                                               neg_labels=words, groups=10, **schedule)
+        detectors["ants"] = ANTS.from_features(
+            id_text, negatives, encoder, load_mllm(mllm_spec), classes, neg_labels=words, groups=10, **schedule
+        )
     for name, detector in detectors.items():
         out = folder / f"det-{name}"
         detector.save(out)
         scores = detector.score_fixed(sample) if name == "ants" else detector.score_features(sample)
-        write_provenance(out, {"method": name, "model": encoder.spec, "weights_fingerprint": encoder.fingerprint,
-                               "threshold_95_id_recall": threshold_at_id_recall(scores)})
+        write_provenance(
+            out,
+            {
+                "method": name,
+                "model": encoder.spec,
+                "weights_fingerprint": encoder.fingerprint,
+                "threshold_95_id_recall": threshold_at_id_recall(scores),
+            },
+        )
         made[name] = out
     return made
 
@@ -127,8 +136,13 @@ class FakeMLLM(http.server.BaseHTTPRequestHandler):
         content = payload["messages"][-1]["content"]
         text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
         answer = "1. tile\n2. mosaic\n3. glass\n4. brick\n5. ruby" if "five" in text.lower() else "A blurry field."
-        self._send({"id": "x", "object": "chat.completion",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
+        self._send(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}],
+            }
+        )
 
     def _send(self, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -155,8 +169,21 @@ def start_server(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen
     import httpx
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-c", "import sys; from negspace.cli import main; sys.exit(main())",
-                                "serve", *args, "--port", str(port), "-q"], env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from negspace.cli import main; sys.exit(main())",
+            "serve",
+            *args,
+            "--port",
+            str(port),
+            "-q",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -216,14 +243,30 @@ def quantile(values: list[float], q: float) -> float:
 def bare_in_a_process(spec: str, weights: Path, detector: Path, images: list[Path], env: dict[str, str]) -> float:
     """:func:`bare_single_image` in a fresh process, as the server runs (this one has run other
     work whose thread pools and memory would weigh on a single image's time)."""
-    code = ("import sys, json; sys.path.insert(0, sys.argv[1]); import serve_load as s; "
-            "from pathlib import Path; from negspace.encoders import load_encoder; "
-            "from negspace.methods import load_detector; "
-            "e = load_encoder(sys.argv[2], weights=sys.argv[3], device='cpu', use_cache=False); "
-            "p = [Path(x).read_bytes() for x in sys.argv[5:]]; "
-            "print(json.dumps(s.bare_single_image(e, load_detector(sys.argv[4]), p)))")
-    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), spec, str(weights), str(detector),
-                           *map(str, images[:55])], env=env, capture_output=True, text=True, check=True)
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]); import serve_load as s; "
+        "from pathlib import Path; from negspace.encoders import load_encoder; "
+        "from negspace.methods import load_detector; "
+        "e = load_encoder(sys.argv[2], weights=sys.argv[3], device='cpu', use_cache=False); "
+        "p = [Path(x).read_bytes() for x in sys.argv[5:]]; "
+        "print(json.dumps(s.bare_single_image(e, load_detector(sys.argv[4]), p)))"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(Path(__file__).parent),
+            spec,
+            str(weights),
+            str(detector),
+            *map(str, images[:55]),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -234,8 +277,9 @@ def bare_single_image(encoder: Any, detector: Any, payloads: list[bytes]) -> flo
     transform = encoder.backend.pixel_transform()
     times = []
     for data in payloads[:5]:  # warm-up: the first calls set up torch's kernels and thread pool
-        detector.score_with_nearest(encode_pixels(encoder, [decode_image(data, "x", transform, 40_000_000,
-                                                                         False).pixels]))
+        detector.score_with_nearest(
+            encode_pixels(encoder, [decode_image(data, "x", transform, 40_000_000, False).pixels])
+        )
     for data in payloads[:50]:
         started = time.perf_counter()
         decoded = decode_image(data, "x", transform, 40_000_000, False)
@@ -254,8 +298,13 @@ def offline(images: list[Path], detector: Path, spec: str, weights: Path, folder
     load_model(model)
     loading = time.perf_counter() - started
     started = time.perf_counter()
-    score_collection([str(images[0].parent)], folder / "scored", ScoreConfig(detector=detector), model=model,
-                     collection=CollectionConfig(batch_size=batch))
+    score_collection(
+        [str(images[0].parent)],
+        folder / "scored",
+        ScoreConfig(detector=detector),
+        model=model,
+        collection=CollectionConfig(batch_size=batch),
+    )
     return len(images) / (time.perf_counter() - started - loading)
 
 
@@ -288,10 +337,19 @@ def adapt_modes(delay: float) -> dict[str, Any]:
     makers = {
         "adaneg": lambda: AdaNeg.from_features(world.id_text_features, corpus, groups=10),
         "tanl": lambda: TANL.from_features(world.id_text_features, world.corpus_features, noise),
-        "ants": lambda: ANTS.from_features(world.id_text_features, corpus, WorldTextEncoder(world),
-                                           _SlowWorldMLLM(WorldMLLM(world), delay), world.class_names,
-                                           neg_labels=labels, min_candidates=20, vsnl_start=1, vsnl_every=2,
-                                           groups=10, delta=0.25),
+        "ants": lambda: ANTS.from_features(
+            world.id_text_features,
+            corpus,
+            WorldTextEncoder(world),
+            _SlowWorldMLLM(WorldMLLM(world), delay),
+            world.class_names,
+            neg_labels=labels,
+            min_candidates=20,
+            vsnl_start=1,
+            vsnl_every=2,
+            groups=10,
+            delta=0.25,
+        ),
     }
     batches, order = world_stream(world, "far", batch_size=50)
     n_id = len(world.id_image_features)
@@ -324,11 +382,15 @@ def adapt_modes(delay: float) -> dict[str, Any]:
         sync, asynchronous = scores["sync"], scores["async"]
         ranks = {m: np.argsort(np.argsort(v)) for m, v in scores.items()}
         out[method] = {
-            "auroc_sync": 100 * auroc(sync[:n_id], sync[n_id:]), "auroc_async": 100 * auroc(asynchronous[:n_id],
-                                                                                            asynchronous[n_id:]),
+            "auroc_sync": 100 * auroc(sync[:n_id], sync[n_id:]),
+            "auroc_async": 100 * auroc(asynchronous[:n_id], asynchronous[n_id:]),
             "changed_share": float(np.mean(sync != asynchronous)),
             "rank_shift_mean": float(np.mean(np.abs(ranks["sync"] - ranks["async"]))) / len(sync),
-            "p99_ms_sync": p99["sync"], "p99_ms_async": p99["async"], "batches": len(batches), "images": len(sync)}
+            "p99_ms_sync": p99["sync"],
+            "p99_ms_async": p99["async"],
+            "batches": len(batches),
+            "images": len(sync),
+        }
     return out
 
 
@@ -350,9 +412,13 @@ def main() -> None:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     from negspace.encoders import load_encoder
 
-    figures: dict[str, Any] = {"arch": args.arch, "images": args.images, "cpus": os.cpu_count(),
-                               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                               "torch": torch.__version__}
+    figures: dict[str, Any] = {
+        "arch": args.arch,
+        "images": args.images,
+        "cpus": os.cpu_count(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         env = {**os.environ, "NEGSPACE_CACHE_DIR": str(folder / "cache")}
@@ -374,17 +440,31 @@ def main() -> None:
         figures["bare_single_image_ms"] = 1000 * bare_in_a_process(spec, weights, detectors["neglabel"], images, env)
         print("offline score ...", flush=True)
         figures["offline_images_per_s"] = offline(images, detectors["neglabel"], spec, weights, folder, args.max_batch)
-        common = ["--model", spec, "--weights", str(weights), "--device", "cpu", "--max-batch", str(args.max_batch),
-                  "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"]
+        common = [
+            "--model",
+            spec,
+            "--weights",
+            str(weights),
+            "--device",
+            "cpu",
+            "--max-batch",
+            str(args.max_batch),
+            "--max-wait-ms",
+            str(args.max_wait_ms),
+            "--max-queue",
+            "4096",
+        ]
         process, url = start_server(["--detector", str(detectors["neglabel"]), *common], env)
         try:
             load(url, payloads[:20], 2)  # warm-up
             for c in concurrencies:
                 print(f"serve at concurrency {c} ...", flush=True)
                 seconds, latencies = load(url, payloads, c)
-                figures[f"c{c}"] = {"images_per_s": len(payloads) / seconds,
-                                    "p50_ms": 1000 * quantile(latencies, 0.5),
-                                    "p99_ms": 1000 * quantile(latencies, 0.99)}
+                figures[f"c{c}"] = {
+                    "images_per_s": len(payloads) / seconds,
+                    "p50_ms": 1000 * quantile(latencies, 0.5),
+                    "p99_ms": 1000 * quantile(latencies, 0.99),
+                }
             if args.memory_requests:
                 print(f"memory over {args.memory_requests} requests ...", flush=True)
                 stream = [payloads[k % len(payloads)] for k in range(args.memory_requests)]
@@ -393,15 +473,21 @@ def main() -> None:
                 start = rss_mb(process.pid)
                 load(url, stream[tenth:], 8)
                 end = rss_mb(process.pid)
-                figures["memory"] = {"requests": len(stream), "rss_mb_after_first_tenth": start, "rss_mb_end": end,
-                                     "growth_percent": 100 * (end - start) / start}
+                figures["memory"] = {
+                    "requests": len(stream),
+                    "rss_mb_after_first_tenth": start,
+                    "rss_mb_end": end,
+                    "growth_percent": 100 * (end - start) / start,
+                }
         finally:
             process.terminate()
             process.wait(60)
         if mllm is not None:
             ants = payloads[: args.ants_requests]
-            for mode, extra in (("frozen", []), ("adapting", ["--adapt", "async", "--mllm", mllm_spec,
-                                                              "--no-mllm-cache"])):
+            for mode, extra in (
+                ("frozen", []),
+                ("adapting", ["--adapt", "async", "--mllm", mllm_spec, "--no-mllm-cache"]),
+            ):
                 print(f"ANTS {mode} ...", flush=True)
                 process, url = start_server(["--detector", str(detectors["ants"]), *common, *extra], env)
                 try:
@@ -413,10 +499,12 @@ def main() -> None:
                 finally:
                     process.terminate()
                     process.wait(120)
-                figures[f"ants_{mode}"] = {"images_per_s": len(ants) / seconds,
-                                           "p50_ms": 1000 * quantile(latencies, 0.5),
-                                           "p99_ms": 1000 * quantile(latencies, 0.99),
-                                           "mllm_requests": state.get("state", {}).get("mllm_requests")}
+                figures[f"ants_{mode}"] = {
+                    "images_per_s": len(ants) / seconds,
+                    "p50_ms": 1000 * quantile(latencies, 0.5),
+                    "p99_ms": 1000 * quantile(latencies, 0.99),
+                    "mllm_requests": state.get("state", {}).get("mllm_requests"),
+                }
             mllm.shutdown()
     if not args.no_modes:
         print("sync against async on a stream ...", flush=True)
@@ -434,24 +522,32 @@ def report(f: dict[str, Any], concurrencies: list[int]) -> None:
     for c in concurrencies:
         row = f[f"c{c}"]
         goal = ">= 0.85" if c >= 8 else "-"
-        print(f"| serve, concurrency {c}: images/s (fraction of offline) | {row['images_per_s']:.1f} "
-              f"({row['images_per_s'] / offline_rate:.2f}) | {goal} |")
+        print(
+            f"| serve, concurrency {c}: images/s (fraction of offline) | {row['images_per_s']:.1f} "
+            f"({row['images_per_s'] / offline_rate:.2f}) | {goal} |"
+        )
         goal = f"p50 <= 1.2x bare ({1.2 * bare:.1f} ms): {row['p50_ms'] / bare:.2f}x" if c == 1 else "-"
         print(f"| serve, concurrency {c}: p50 / p99 latency | {row['p50_ms']:.1f} / {row['p99_ms']:.1f} ms | {goal} |")
     if "memory" in f:
         m = f["memory"]
-        print(f"| resident memory over {m['requests']:,} requests | {m['rss_mb_after_first_tenth']:.0f} -> "
-              f"{m['rss_mb_end']:.0f} MB ({m['growth_percent']:+.1f}%) | < 5% growth |")
+        print(
+            f"| resident memory over {m['requests']:,} requests | {m['rss_mb_after_first_tenth']:.0f} -> "
+            f"{m['rss_mb_end']:.0f} MB ({m['growth_percent']:+.1f}%) | < 5% growth |"
+        )
     if "ants_frozen" in f:
         frozen, adapting = f["ants_frozen"], f["ants_adapting"]
-        print(f"| ANTS p99 at concurrency 8: frozen / adapting (async, MLLM {adapting['mllm_requests']} requests) | "
-              f"{frozen['p99_ms']:.1f} / {adapting['p99_ms']:.1f} ms ({adapting['p99_ms'] / frozen['p99_ms']:.2f}x) | "
-              "<= 1.5x |")
+        print(
+            f"| ANTS p99 at concurrency 8: frozen / adapting (async, MLLM {adapting['mllm_requests']} requests) | "
+            f"{frozen['p99_ms']:.1f} / {adapting['p99_ms']:.1f} ms ({adapting['p99_ms'] / frozen['p99_ms']:.2f}x) | "
+            "<= 1.5x |"
+        )
     for method, m in f.get("modes", {}).items():
-        print(f"| {method} on a stream of {m['images']} ({m['batches']} batches): AUROC sync / async; scores changed; "
-              f"mean rank shift; p99 sync / async | {m['auroc_sync']:.2f} / {m['auroc_async']:.2f}; "
-              f"{100 * m['changed_share']:.0f}%; {100 * m['rank_shift_mean']:.2f}% of the stream; "
-              f"{m['p99_ms_sync']:.0f} / {m['p99_ms_async']:.0f} ms | measured |")
+        print(
+            f"| {method} on a stream of {m['images']} ({m['batches']} batches): AUROC sync / async; scores changed; "
+            f"mean rank shift; p99 sync / async | {m['auroc_sync']:.2f} / {m['auroc_async']:.2f}; "
+            f"{100 * m['changed_share']:.0f}%; {100 * m['rank_shift_mean']:.2f}% of the stream; "
+            f"{m['p99_ms_sync']:.0f} / {m['p99_ms_async']:.0f} ms | measured |"
+        )
 
 
 if __name__ == "__main__":

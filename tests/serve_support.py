@@ -40,10 +40,34 @@ def save_detector(root: Path, model, method: str = "neglabel", extra: list[str] 
     write_images(root / "ood", 6, seed=1)
     classes = root / "classes.txt"
     classes.write_text("red square\ngreen square\nblue square\n", encoding="utf-8")
-    assert main(["eval", "--method", method, "--classes", str(classes), "--id", str(root / "id"),
-                 "--ood", f"o={root / 'ood'}", "--num-negatives", "300", "--groups", "10", "--batch-size", "4",
-                 "--out", str(root / f"eval-{method}"), "--save-detector", str(root / f"det-{method}"),
-                 *extra, *model_args(model)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--method",
+                method,
+                "--classes",
+                str(classes),
+                "--id",
+                str(root / "id"),
+                "--ood",
+                f"o={root / 'ood'}",
+                "--num-negatives",
+                "300",
+                "--groups",
+                "10",
+                "--batch-size",
+                "4",
+                "--out",
+                str(root / f"eval-{method}"),
+                "--save-detector",
+                str(root / f"det-{method}"),
+                *extra,
+                *model_args(model),
+            ]
+        )
+        == 0
+    )
     return root / f"det-{method}"
 
 
@@ -91,9 +115,21 @@ def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None
 def start_process(args: list[str], port: int) -> subprocess.Popen:
     """`negspace serve ARGS --port PORT` in a subprocess, once it is ready."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-c", "import sys; from negspace.cli import main; sys.exit(main())",
-                                "serve", *args, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from negspace.cli import main; sys.exit(main())",
+            "serve",
+            *args,
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     wait_ready(f"http://127.0.0.1:{port}", process=process)
     return process
 

@@ -40,8 +40,20 @@ def world(tmp_path_factory, tiny_openclip):
     root = tmp_path_factory.mktemp("serve")
     detector = save_detector(root, tiny_openclip)
     images = write_images(root / "pool", 16, seed=7) + write_images(root / "pool", 8, seed=8, size=(50, 20), fmt="png")
-    assert main(["score", str(root / "pool"), "--detector", str(detector), "--out", str(root / "scored"),
-                 *model_args(tiny_openclip)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(root / "pool"),
+                "--detector",
+                str(detector),
+                "--out",
+                str(root / "scored"),
+                *model_args(tiny_openclip),
+            ]
+        )
+        == 0
+    )
     rows = ds.dataset(root / "scored", format="parquet").to_table().to_pylist()
     return {"root": root, "detector": detector, "images": images, "rows": {r["sha256"]: r for r in rows}}
 
@@ -108,13 +120,19 @@ def test_concurrent_clients_each_get_every_image_once_with_the_score_of_negspace
 def test_the_bytes_of_one_image_and_feature_vectors_score_as_the_files(world, server, tiny_openclip):
     path = world["images"][0]
     row = world["rows"][__import__("hashlib").sha256(path.read_bytes()).hexdigest()]
-    raw = httpx.post(f"{server}/v1/score", content=path.read_bytes(), params={"name": "mine.jpg"},
-                     headers={"Content-Type": "image/jpeg"}, timeout=60).json()["results"][0]
+    raw = httpx.post(
+        f"{server}/v1/score",
+        content=path.read_bytes(),
+        params={"name": "mine.jpg"},
+        headers={"Content-Type": "image/jpeg"},
+        timeout=60,
+    ).json()["results"][0]
     assert raw["name"] == "mine.jpg" and raw["sha256"] == row["sha256"]
     encoder = load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, device="cpu")
     features = encoder.encode_image_files(world["images"][:5], progress=False).features
-    body = httpx.post(f"{server}/v1/score/features", json={"features": (3 * features).tolist()},
-                      timeout=60).json()["results"]
+    body = httpx.post(f"{server}/v1/score/features", json={"features": (3 * features).tolist()}, timeout=60).json()[
+        "results"
+    ]
     assert [r["name"] for r in body] == [f"row-{i}" for i in range(5)] and all(r["sha256"] is None for r in body)
     detector = load_detector(world["detector"])
     # raw (unnormalised) features are normalised by the server, as the detectors do
@@ -139,20 +157,44 @@ def _png_of_pixels(width: int, height: int) -> bytes:
 
 BAD_REQUESTS = [
     # (what, request keywords, status, words the message must hold)
-    ("truncated", lambda w: {"files": [("images", ("cut.jpg", w["images"][0].read_bytes()[:600], "image/jpeg"))]},
-     422, ["cut.jpg"]),
+    (
+        "truncated",
+        lambda w: {"files": [("images", ("cut.jpg", w["images"][0].read_bytes()[:600], "image/jpeg"))]},
+        422,
+        ["cut.jpg"],
+    ),
     ("zero bytes", lambda w: {"files": [("images", ("empty.jpg", b"", "image/jpeg"))]}, 422, ["empty.jpg", "empty"]),
-    ("not an image", lambda w: {"files": [("images", ("notes.jpg", b"hello, world" * 20, "image/jpeg"))]}, 422,
-     ["notes.jpg"]),
-    ("pixel bomb", lambda w: {"files": [("images", ("bomb.png", _png_of_pixels(9000, 9000), "image/png"))]}, 413,
-     ["bomb.png", "81,000,000", "--max-pixels"]),
-    ("100 MB body", lambda w: {"content": b"\0" * 100_000_000, "headers": {"Content-Type": "image/jpeg"}}, 413,
-     ["--max-body-mb"]),
+    (
+        "not an image",
+        lambda w: {"files": [("images", ("notes.jpg", b"hello, world" * 20, "image/jpeg"))]},
+        422,
+        ["notes.jpg"],
+    ),
+    (
+        "pixel bomb",
+        lambda w: {"files": [("images", ("bomb.png", _png_of_pixels(9000, 9000), "image/png"))]},
+        413,
+        ["bomb.png", "81,000,000", "--max-pixels"],
+    ),
+    (
+        "100 MB body",
+        lambda w: {"content": b"\0" * 100_000_000, "headers": {"Content-Type": "image/jpeg"}},
+        413,
+        ["--max-body-mb"],
+    ),
     ("wrong content type", lambda w: {"json": {"image": "x"}}, 415, ["application/json", "/v1/score/features"]),
-    ("malformed multipart", lambda w: {"content": b"garbage, no part", "headers": {
-        "Content-Type": "multipart/form-data; boundary=xx"}}, 400, ["multipart"]),
-    ("a URL instead of a file",
-     lambda w: {"data": {"url": "http://example.com/a.jpg"}, "files": _files(w["images"][:1])}, 422, ["'url'", "URL"]),
+    (
+        "malformed multipart",
+        lambda w: {"content": b"garbage, no part", "headers": {"Content-Type": "multipart/form-data; boundary=xx"}},
+        400,
+        ["multipart"],
+    ),
+    (
+        "a URL instead of a file",
+        lambda w: {"data": {"url": "http://example.com/a.jpg"}, "files": _files(w["images"][:1])},
+        422,
+        ["'url'", "URL"],
+    ),
     ("a form without files", lambda w: {"data": {"images": "a.jpg"}}, 415, ["x-www-form-urlencoded"]),
     ("too many images", lambda w: {"files": _files(w["images"][:1] * 9)}, 413, ["--max-images"]),
 ]
@@ -173,7 +215,8 @@ def small_server(world, tiny_openclip):
 
 @pytest.mark.parametrize("what, request_of, status, words", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
 def test_a_bad_image_request_is_a_4xx_naming_what_is_wrong_and_the_server_stays_healthy(
-        world, small_server, what, request_of, status, words):
+    world, small_server, what, request_of, status, words
+):
     response = httpx.post(f"{small_server}/v1/score", timeout=60, **request_of(world))
     _assert_refused(response, status, words)
     _assert_healthy(small_server, world)
@@ -182,8 +225,12 @@ def test_a_bad_image_request_is_a_4xx_naming_what_is_wrong_and_the_server_stays_
 @pytest.mark.parametrize("what, body, status, words", BAD_FEATURES, ids=[b[0] for b in BAD_FEATURES])
 def test_bad_features_are_a_4xx_naming_the_row(world, small_server, what, body, status, words):
     # NaN is not JSON: sent as Python's json writes it, as a client might
-    response = httpx.post(f"{small_server}/v1/score/features", content=json.dumps(body),
-                          headers={"Content-Type": "application/json"}, timeout=60)
+    response = httpx.post(
+        f"{small_server}/v1/score/features",
+        content=json.dumps(body),
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
     _assert_refused(response, status, words)
     _assert_healthy(small_server, world)
 
@@ -191,11 +238,22 @@ def test_bad_features_are_a_4xx_naming_the_row(world, small_server, what, body, 
 def test_unknown_routes_methods_and_a_json_body_that_is_not_json(world, small_server):
     _assert_refused(httpx.get(f"{small_server}/v2/score", timeout=60), 404, ["/v2/score", "/v1"])
     _assert_refused(httpx.delete(f"{small_server}/v1/score", timeout=60), 405, ["DELETE"])
-    _assert_refused(httpx.post(f"{small_server}/v1/score/features", content=b"{\"features\": [[1",
-                               headers={"Content-Type": "application/json"}, timeout=60), 422, ["JSON"])
+    _assert_refused(
+        httpx.post(
+            f"{small_server}/v1/score/features",
+            content=b'{"features": [[1',
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        ),
+        422,
+        ["JSON"],
+    )
     _assert_refused(httpx.post(f"{small_server}/v1/state/reset", timeout=60), 409, ["--adapt"])
-    _assert_refused(httpx.post(f"{small_server}/v1/score", params={"explain": 3}, files=_files(world["images"][:1]),
-                               timeout=60), 422, ["ANTS"])
+    _assert_refused(
+        httpx.post(f"{small_server}/v1/score", params={"explain": 3}, files=_files(world["images"][:1]), timeout=60),
+        422,
+        ["ANTS"],
+    )
     _assert_healthy(small_server, world)
     metrics = httpx.get(f"{small_server}/metrics", timeout=60).text
     assert metric(metrics, 'negspace_errors_total{kind="not_found"}') >= 1
@@ -273,8 +331,10 @@ def test_a_token_is_required_off_loopback_and_never_shown(world, tiny_openclip, 
         good = {"Authorization": f"Bearer {token}"}
         assert httpx.post(f"{url}/v1/score", files=files, headers=good, timeout=60).status_code == 200
         assert httpx.get(f"{url}/healthz", timeout=60).status_code == 200  # health needs no token
-        shown = [httpx.get(f"{url}{path}", headers=good, timeout=60).text
-                 for path in ("/v1/detector", "/metrics", "/v1/stats", "/")]
+        shown = [
+            httpx.get(f"{url}{path}", headers=good, timeout=60).text
+            for path in ("/v1/detector", "/metrics", "/v1/stats", "/")
+        ]
         with negspace.Client(url, token=token) as client:
             assert client.score(world["images"][:2])[1]["name"] == str(world["images"][1])
             assert token not in repr(client)
@@ -285,8 +345,16 @@ def test_a_token_is_required_off_loopback_and_never_shown(world, tiny_openclip, 
 
 def test_the_openapi_schema_and_the_detector_route_describe_the_api(world, server):
     schema = httpx.get(f"{server}/openapi.json", timeout=60).json()
-    for path in ("/v1/score", "/v1/score/features", "/v1/detector", "/v1/state/snapshot", "/v1/state/reset",
-                 "/healthz", "/readyz", "/metrics"):
+    for path in (
+        "/v1/score",
+        "/v1/score/features",
+        "/v1/detector",
+        "/v1/state/snapshot",
+        "/v1/state/reset",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in schema["paths"], path
     score = schema["paths"]["/v1/score"]["post"]
     assert {"multipart/form-data", "image/*"} <= set(score["requestBody"]["content"])
@@ -320,11 +388,13 @@ def test_create_app_serves_a_detector_built_in_python_from_features(world):
     features = rng.normal(size=(6, TINY_DIM)).astype(np.float32)
     features /= np.linalg.norm(features, axis=1, keepdims=True)
     with thread_server(app) as url:
-        body = httpx.post(f"{url}/v1/score/features", json={"features": features.tolist(), "names": list("abcdef")},
-                          timeout=60)
+        body = httpx.post(
+            f"{url}/v1/score/features", json={"features": features.tolist(), "names": list("abcdef")}, timeout=60
+        )
         results = body.json()["results"]
-        _assert_refused(httpx.post(f"{url}/v1/score", files=_files(world["images"][:1]), timeout=60), 409,
-                        ["/v1/score/features"])
+        _assert_refused(
+            httpx.post(f"{url}/v1/score", files=_files(world["images"][:1]), timeout=60), 409, ["/v1/score/features"]
+        )
     assert [r["name"] for r in results] == list("abcdef")
     assert_scores_close([r["score"] for r in results], detector.score_features(features), dim=TINY_DIM)
     nearest_id, negatives = detector.nearest_labels(features)
@@ -333,15 +403,19 @@ def test_create_app_serves_a_detector_built_in_python_from_features(world):
     assert [r["ood"] for r in results] == [r["score"] < 0.25 for r in results]
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--adapt"], ["--adapt", "does not learn"]),
-    (["--state-dir", "STATE"], ["--state-dir", "--adapt"]),
-    (["--token-file", "MISSING"], ["--token-file", "cannot be read"]),
-    (["--threshold", "0.5", "--threshold-id", "ID"], ["--threshold", "--threshold-id"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--adapt"], ["--adapt", "does not learn"]),
+        (["--state-dir", "STATE"], ["--state-dir", "--adapt"]),
+        (["--token-file", "MISSING"], ["--token-file", "cannot be read"]),
+        (["--threshold", "0.5", "--threshold-id", "ID"], ["--threshold", "--threshold-id"]),
+    ],
+)
 def test_serve_refuses_what_it_cannot_do_in_one_sentence(world, tiny_openclip, tmp_path, capsys, extra, words):
-    extra = [str(tmp_path / a) if a in ("STATE", "MISSING") else str(world["root"] / "id") if a == "ID" else a
-             for a in extra]
+    extra = [
+        str(tmp_path / a) if a in ("STATE", "MISSING") else str(world["root"] / "id") if a == "ID" else a for a in extra
+    ]
     assert main(["serve", "--detector", str(world["detector"]), *extra, *model_args(tiny_openclip)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err

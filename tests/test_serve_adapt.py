@@ -46,18 +46,34 @@ def _adaneg(world) -> AdaNeg:
 
 def _tanl(world) -> TANL:
     noise = _unit(np.random.default_rng(1).standard_normal((15, world.dim)))
-    return TANL.from_features(world.id_text_features, world.corpus_features, noise, queue_length=20, beta=60,
-                              otsu_window=200)
+    return TANL.from_features(
+        world.id_text_features, world.corpus_features, noise, queue_length=20, beta=60, otsu_window=200
+    )
 
 
 def _interneg(world) -> InterNeg:
-    return InterNeg.from_features(world.id_text_features, world.corpus_features[:100], prototypes_of(world), beta=0.5,
-                                  learned=20, groups=4, inverter=rotating_inverter(world, seed=11, strength=0.3))
+    return InterNeg.from_features(
+        world.id_text_features,
+        world.corpus_features[:100],
+        prototypes_of(world),
+        beta=0.5,
+        learned=20,
+        groups=4,
+        inverter=rotating_inverter(world, seed=11, strength=0.3),
+    )
 
 
 def _tins(world) -> TINS:
-    return TINS.from_features(world.id_text_features, world.corpus_features[:100], prototypes_of(world), beta=0.5,
-                              learned=20, buffer=10, groups=4, inverter=rotating_inverter(world, seed=11, strength=0.3))
+    return TINS.from_features(
+        world.id_text_features,
+        world.corpus_features[:100],
+        prototypes_of(world),
+        beta=0.5,
+        learned=20,
+        buffer=10,
+        groups=4,
+        inverter=rotating_inverter(world, seed=11, strength=0.3),
+    )
 
 
 MAKERS = {"adaneg": _adaneg, "tanl": _tanl, "interneg": _interneg, "tins": _tins}
@@ -187,9 +203,19 @@ def test_ants_learns_beside_the_traffic_and_its_mllm_failures_are_counted(behavi
 
     ants_world = make_world(dim=128, n_corpus=600, n_per_class=10, n_per_concept=30, seed=0)
     labels, corpus = ants_world.negatives(500)
-    detector = ANTS.from_features(ants_world.id_text_features, corpus, WorldTextEncoder(ants_world),
-                                  WorldMLLM(ants_world, behaviour), ants_world.class_names, neg_labels=labels,
-                                  min_candidates=20, vsnl_start=1, vsnl_every=2, groups=10, delta=0.25)
+    detector = ANTS.from_features(
+        ants_world.id_text_features,
+        corpus,
+        WorldTextEncoder(ants_world),
+        WorldMLLM(ants_world, behaviour),
+        ants_world.class_names,
+        neg_labels=labels,
+        min_candidates=20,
+        vsnl_start=1,
+        vsnl_every=2,
+        groups=10,
+        delta=0.25,
+    )
     batches, _ = world_stream(ants_world, "far", batch_size=50)
     app = create_app(ServeConfig(threshold=0.5, max_batch=50, max_wait_ms=50, adapt="auto"), detector)
     with thread_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
@@ -200,8 +226,9 @@ def test_ants_learns_beside_the_traffic_and_its_mllm_failures_are_counted(behavi
             if not info["state"]["pending_updates"]:
                 break
             time.sleep(0.05)
-        explained = http.post("/v1/score/features", params={"explain": 3},
-                              json={"features": batches[0].features[:4].tolist()}).json()["results"]
+        explained = http.post(
+            "/v1/score/features", params={"explain": 3}, json={"features": batches[0].features[:4].tolist()}
+        ).json()["results"]
         metrics = http.get("/metrics").text
     state = info["state"]["state"]
     assert info["adapt_mode"] == "async" and info["state"]["updates"] == len(batches)
@@ -232,8 +259,15 @@ def saved_adaneg(world, tmp_path_factory, tiny_openclip):
     """An AdaNeg detector of the world's 32-dim features, saved with the tiny model as its model."""
     folder = tmp_path_factory.mktemp("served") / "det"
     _adaneg(world).save(folder)
-    write_provenance(folder, {"method": "adaneg", "model": tiny_openclip.spec, "weights": str(tiny_openclip.weights),
-                              "threshold_95_id_recall": 0.5})
+    write_provenance(
+        folder,
+        {
+            "method": "adaneg",
+            "model": tiny_openclip.spec,
+            "weights": str(tiny_openclip.weights),
+            "threshold_95_id_recall": 0.5,
+        },
+    )
     return folder
 
 
@@ -242,12 +276,25 @@ def _snapshot_arrays(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_kill_9_then_restart_resumes_the_last_snapshot_and_sigterm_answers_in_flight_then_snapshots(
-        world, saved_adaneg, tmp_path):
+    world, saved_adaneg, tmp_path
+):
     state_dir = tmp_path / "state"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = ["--detector", str(saved_adaneg), "--adapt", "sync", "--state-dir", str(state_dir), "--snapshot-every", "8",
-            "--max-batch", str(BATCH), "--device", "cpu"]
+    args = [
+        "--detector",
+        str(saved_adaneg),
+        "--adapt",
+        "sync",
+        "--state-dir",
+        str(state_dir),
+        "--snapshot-every",
+        "8",
+        "--max-batch",
+        str(BATCH),
+        "--device",
+        "cpu",
+    ]
     _, _, features, batches = _stream(world)
     process = start_process([*args, "--max-wait-ms", "5"], port)
     stop = threading.Event()
@@ -295,8 +342,9 @@ def test_kill_9_then_restart_resumes_the_last_snapshot_and_sigterm_answers_in_fl
         # SIGTERM while requests wait in the queue: they are answered, then the state is snapshotted
         with ThreadPoolExecutor(3) as pool:
             rows = [features[batches[k]][:2].tolist() for k in range(3)]  # 6 rows: less than a batch
-            waiting = [pool.submit(httpx.post, f"{url}/v1/score/features", json={"features": r}, timeout=60)
-                       for r in rows]
+            waiting = [
+                pool.submit(httpx.post, f"{url}/v1/score/features", json={"features": r}, timeout=60) for r in rows
+            ]
             time.sleep(0.5)
             process.send_signal(signal.SIGTERM)
             answers = [f.result() for f in waiting]

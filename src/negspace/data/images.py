@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -55,7 +54,7 @@ def load_rgb(path: Path | str) -> Image.Image:
     """
     path = Path(path)
     try:
-        size = os.stat(path).st_size
+        size = path.stat().st_size
     except OSError as exc:
         raise UnreadableImageError(path, _reason(exc)) from exc
     return _decode(path, path, size)
@@ -76,8 +75,9 @@ def _decode(source: Path | io.BytesIO, path: Path, size: int) -> Image.Image:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
             im = Image.open(source)
         if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
-            logger.warning("%s is very large (%d x %d pixels); decoding it reduced where its format allows",
-                           path, *im.size)
+            logger.warning(
+                "%s is very large (%d x %d pixels); decoding it reduced where its format allows", path, *im.size
+            )
         with im:
             # JPEG decodes at 1/2, 1/4 or 1/8 scale for free: huge photos stay small in memory,
             # and nothing below 2 x MAX_DECODE_SIDE changes.
@@ -88,7 +88,7 @@ def _decode(source: Path | io.BytesIO, path: Path, size: int) -> Image.Image:
             return _to_rgb(im, has_alpha)
     except UnreadableImageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - PIL plugins raise many types on corrupt data
+    except Exception as exc:
         raise UnreadableImageError(path, _reason(exc)) from exc
 
 
@@ -107,7 +107,7 @@ def _to_rgb(im: Image.Image, has_alpha: bool) -> Image.Image:
     """Convert a loaded image of any mode to a new RGB image."""
     mode = im.mode
     try:
-        if mode == "F" or mode == "I" or mode.startswith("I;"):
+        if mode in {"F", "I"} or mode.startswith("I;"):
             return _wide_gray_to_l(im).convert("RGB")
         if has_alpha:
             rgba = im.convert("RGBA")

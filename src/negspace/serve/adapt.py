@@ -52,8 +52,15 @@ class Scored:
     explanations: dict[int, Any]
 
 
-def scored_rows(detector: Any, features: np.ndarray, scores: Any, nearest_id: Any, negatives: Any,
-                explain: dict[int, int] | None, table: dict[str, np.ndarray] | None = None) -> Scored:
+def scored_rows(
+    detector: Any,
+    features: np.ndarray,
+    scores: Any,
+    nearest_id: Any,
+    negatives: Any,
+    explain: dict[int, int] | None,
+    table: dict[str, np.ndarray] | None = None,
+) -> Scored:
     """What a batch's rows say beside their scores, read off ``detector`` as it scored them:
     the cosine to the nearest ID class's text, to the nearest negative's (looked up in
     ``table``, text -> feature, default the detector's negative bank) and ANTS's explanations of
@@ -72,8 +79,9 @@ def scored_rows(detector: Any, features: np.ndarray, scores: Any, nearest_id: An
         rows = sorted(explain)
         found = detector.explain(features[rows], top=max(explain.values()))
         explanations = {k: texts[: explain[k]] for k, texts in zip(rows, found, strict=True)}
-    return Scored(np.asarray(scores, np.float64), nearest_id, negatives, id_cos.astype(np.float64), neg_cos,
-                  explanations)
+    return Scored(
+        np.asarray(scores, np.float64), nearest_id, negatives, id_cos.astype(np.float64), neg_cos, explanations
+    )
 
 
 def negative_features(detector: Any) -> dict[str, np.ndarray]:
@@ -133,16 +141,21 @@ class StaticScorer:
         self.detector = detector
         self.table = negative_features(detector)  # the bank never changes: made once
 
-    def score(self, features: np.ndarray, images: list[Any] | None = None,
-              explain: dict[int, int] | None = None) -> Scored:
-        return scored_rows(self.detector, features, *self.detector.score_with_nearest(features), explain, self.table)
+    def score(
+        self, features: np.ndarray, images: list[Any] | None = None, explain: dict[int, int] | None = None
+    ) -> Scored:
+        scores, nearest_id, negatives = self.detector.score_with_nearest(features)
+        return scored_rows(self.detector, features, scores, nearest_id, negatives, explain, self.table)
 
     def counters(self) -> dict[str, Any]:
         return {}
 
     def snapshot(self) -> Path | None:
-        raise RequestError(409, "not_adaptive", "this server's detector does not adapt (start it with --adapt); "
-                                                "there is no state to snapshot or reset.")
+        raise RequestError(
+            409,
+            "not_adaptive",
+            "this server's detector does not adapt (start it with --adapt); there is no state to snapshot or reset.",
+        )
 
     reset = snapshot
 
@@ -156,8 +169,16 @@ class _Adaptive:
     adapts = True
     mode = ""
 
-    def __init__(self, live: Any, *, needs_images: bool, fresh: Callable[[], Any], store: SnapshotStore | None,
-                 snapshot_every: int, resumed: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        live: Any,
+        *,
+        needs_images: bool,
+        fresh: Callable[[], Any],
+        store: SnapshotStore | None,
+        snapshot_every: int,
+        resumed: dict[str, Any] | None = None,
+    ) -> None:
         self.live = live
         self.needs_images = needs_images
         self.fresh = fresh  # the saved detector's state, unfrozen (what a reset returns to)
@@ -178,8 +199,13 @@ class _Adaptive:
 
     # -- learning ------------------------------------------------------------------------------
 
-    def _learn(self, features: np.ndarray, images: list[Any] | None, explain: dict[int, int] | None = None,
-               describe: bool = True) -> Scored | None:
+    def _learn(
+        self,
+        features: np.ndarray,
+        images: list[Any] | None,
+        explain: dict[int, int] | None = None,
+        describe: bool = True,
+    ) -> Scored | None:
         """The live detector scores and learns from one batch (caller holds the lock); the rows
         described (``describe``) with the state just after the update; ``None`` when the update
         failed (counted, logged)."""
@@ -193,15 +219,20 @@ class _Adaptive:
         except Exception as err:  # noqa: BLE001 - an inversion or MLLM failure must not stop the server
             kind = type(err).__name__
             self.failures[kind] = self.failures.get(kind, 0) + 1
-            log.error("the adaptive detector's update failed on a batch of %d (%s: %s); counted in /metrics",
-                      len(features), kind, err)
+            log.error(
+                "the adaptive detector's update failed on a batch of %d (%s: %s); counted in /metrics",
+                len(features),
+                kind,
+                err,
+            )
             return None
         self.images_learned += len(features)
         self.updates += 1
         self._state = state_counters(live)
         # described before a snapshot (saving ANTS applies its pending MLLM answers)
-        scored = (scored_rows(live, features, scores, nearest_id, negatives, explain, self.tables(live))
-                  if describe else None)
+        scored = (
+            scored_rows(live, features, scores, nearest_id, negatives, explain, self.tables(live)) if describe else None
+        )
         if self.store is not None and self.images_learned - self._snapshot_at >= self.snapshot_every:
             self._write_snapshot()
         return scored
@@ -222,8 +253,7 @@ class _Adaptive:
         return path
 
     def _record(self) -> dict[str, Any]:
-        return {"images_learned": self.images_learned, "updates": self.updates, "mode": self.mode,
-                "state": self._state}
+        return {"images_learned": self.images_learned, "updates": self.updates, "mode": self.mode, "state": self._state}
 
     def _reset_now(self) -> None:
         """Back to the saved detector's state (caller holds the lock); snapshotted at once, so a
@@ -235,10 +265,17 @@ class _Adaptive:
         self._write_snapshot()
 
     def counters(self) -> dict[str, Any]:
-        return {"mode": self.mode, "images_learned": self.images_learned, "updates": self.updates,
-                "update_failures": dict(self.failures), "snapshots_written": self.snapshots_written,
-                "snapshot_failures": self.snapshot_failures, "resets": self.resets,
-                "last_snapshot": self.last_snapshot, "state": dict(self._state)}
+        return {
+            "mode": self.mode,
+            "images_learned": self.images_learned,
+            "updates": self.updates,
+            "update_failures": dict(self.failures),
+            "snapshots_written": self.snapshots_written,
+            "snapshot_failures": self.snapshot_failures,
+            "resets": self.resets,
+            "last_snapshot": self.last_snapshot,
+            "state": dict(self._state),
+        }
 
 
 class SyncScorer(_Adaptive):
@@ -246,13 +283,18 @@ class SyncScorer(_Adaptive):
 
     mode = "sync"
 
-    def score(self, features: np.ndarray, images: list[Any] | None = None,
-              explain: dict[int, int] | None = None) -> Scored:
+    def score(
+        self, features: np.ndarray, images: list[Any] | None = None, explain: dict[int, int] | None = None
+    ) -> Scored:
         with self.lock:
             scored = self._learn(features, images, explain)
         if scored is None:
-            raise RequestError(503, "update_failed", "the adaptive detector's update failed on this batch (counted "
-                                                     "in /metrics and /v1/detector); try again.")
+            raise RequestError(
+                503,
+                "update_failed",
+                "the adaptive detector's update failed on this batch (counted "
+                "in /metrics and /v1/detector); try again.",
+            )
         return scored
 
     def snapshot(self) -> Path | None:
@@ -291,10 +333,12 @@ class AsyncScorer(SyncScorer):
         self._writer = threading.Thread(target=self._write_loop, name="negspace-state-writer", daemon=True)
         self._writer.start()
 
-    def score(self, features: np.ndarray, images: list[Any] | None = None,
-              explain: dict[int, int] | None = None) -> Scored:
+    def score(
+        self, features: np.ndarray, images: list[Any] | None = None, explain: dict[int, int] | None = None
+    ) -> Scored:
         copy = self.published  # swapped by the writer between batches: one reference, read once
-        scored = scored_rows(copy, features, *copy.score_with_nearest(features), explain, self.tables(copy))
+        scores, nearest_id, negatives = copy.score_with_nearest(features)
+        scored = scored_rows(copy, features, scores, nearest_id, negatives, explain, self.tables(copy))
         # a full queue (the writer far behind) holds the batch worker here: the traffic slows,
         # the request queue fills and new requests get 503, instead of memory growing
         with self._waiting_lock:
@@ -350,8 +394,7 @@ class AsyncScorer(SyncScorer):
             return command()
 
     def counters(self) -> dict[str, Any]:
-        return {**super().counters(), "pending_updates": self._waiting,
-                "published_updates": self.published_version}
+        return {**super().counters(), "pending_updates": self._waiting, "published_updates": self.published_version}
 
     def close(self) -> None:
         """Apply every queued update, stop the writer, snapshot."""

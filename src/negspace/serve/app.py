@@ -37,9 +37,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope, Send
 
 from negspace.errors import NegspaceError, arg
-from negspace.serve.batcher import Batcher, Job, QueueFull
+from negspace.serve.batcher import Arrival, Batcher, Job, QueueFull
 from negspace.serve.config import ServeConfig
 from negspace.serve.encode import RequestError, decode_image, decoding_thread
 from negspace.serve.metrics import ServeMetrics
@@ -50,8 +51,21 @@ log = logging.getLogger("negspace")
 
 API_VERSION = "v1"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/openapi.json"})  # no data behind them
-ROUTES = frozenset({"/v1/score", "/v1/score/features", "/v1/detector", "/v1/state/snapshot", "/v1/state/reset",
-                    "/healthz", "/readyz", "/metrics", "/", "/v1/stats", "/openapi.json"})
+ROUTES = frozenset(
+    {
+        "/v1/score",
+        "/v1/score/features",
+        "/v1/detector",
+        "/v1/state/snapshot",
+        "/v1/state/reset",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/",
+        "/v1/stats",
+        "/openapi.json",
+    }
+)
 MAX_EXPLAIN = 50
 
 
@@ -83,8 +97,9 @@ class ScoredImage(BaseModel):
     id_cosine: float = Field(description="cosine of the image to that class's text feature")
     negative_label: str | None = Field(description="the nearest negative label (null for a method without negatives)")
     negative_cosine: float | None
-    explanation: list[ExplainedText] | None = Field(None, description="ANTS, with ?explain=K: the K texts that pulled "
-                                                                      "the image toward OOD")
+    explanation: list[ExplainedText] | None = Field(
+        None, description="ANTS, with ?explain=K: the K texts that pulled the image toward OOD"
+    )
 
 
 class ScoreResponse(BaseModel):
@@ -98,13 +113,25 @@ class FeaturesRequest(BaseModel):
     names: list[str] | None = Field(None, description="a name per row (default row-0, row-1, ...)")
 
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 415, 422, 503)}
-SCORE_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "images": {"type": "array", "items": {"type": "string", "format": "binary"}}}},
-        "description": "one or more image files (any field name; each part a file)"},
-    "image/*": {"schema": {"type": "string", "format": "binary"}, "description": "the bytes of one image"},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 415, 422, 503)
+}
+SCORE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                },
+                "description": "one or more image files (any field name; each part a file)",
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}, "description": "the bytes of one image"},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
 # ------------------------------------------------------------------------------ middleware
@@ -126,7 +153,7 @@ class Guard:
     def __init__(self, app: Any, *, token: str | None, max_body: int, metrics: ServeMetrics) -> None:
         self.app, self.token, self.max_body, self.metrics = app, token, max_body, metrics
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -135,7 +162,7 @@ class Guard:
         route = path if path in ROUTES else "other"
         status = {"code": 500}
 
-        async def sending(message: dict[str, Any]) -> None:
+        async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)
@@ -148,11 +175,12 @@ class Guard:
                 await self.app(scope, self._limited(receive), sending)
         finally:
             code = status["code"]
-            outcome = ("ok" if code < 400 else "client_error" if code < 500
-                       else "unavailable" if code == 503 else "error")
+            outcome = (
+                "ok" if code < 400 else "client_error" if code < 500 else "unavailable" if code == 503 else "error"
+            )
             self.metrics.request(route, outcome, time.perf_counter() - started)
 
-    def _refusal(self, scope: dict[str, Any], path: str) -> JSONResponse | None:
+    def _refusal(self, scope: Scope, path: str) -> JSONResponse | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if self.token is not None and path not in OPEN_PATHS:
             given = headers.get("authorization", "")
@@ -161,8 +189,12 @@ class Guard:
             if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
                 self.metrics.errors.labels("unauthorized").inc()
                 what = "no bearer token was sent" if not given else "the bearer token is not this server's"
-                return _error_json(401, "unauthorized", f"{what}: send 'Authorization: Bearer TOKEN' with the token of "
-                                                        "the server's --token-file.", {"WWW-Authenticate": "Bearer"})
+                return _error_json(
+                    401,
+                    "unauthorized",
+                    f"{what}: send 'Authorization: Bearer TOKEN' with the token of the server's --token-file.",
+                    {"WWW-Authenticate": "Bearer"},
+                )
         length = headers.get("content-length")
         if length is not None:
             if not length.strip().isdigit():
@@ -173,10 +205,10 @@ class Guard:
                 return _error_json(413, "body_too_large", _too_large(int(length), self.max_body))
         return None
 
-    def _limited(self, receive: Any) -> Any:
+    def _limited(self, receive: Receive) -> Receive:
         read = 0
 
-        async def receiving() -> dict[str, Any]:
+        async def receiving() -> Message:
             nonlocal read
             message = await receive()
             if message["type"] == "http.request":
@@ -196,9 +228,17 @@ def _too_large(size: int | None, limit: int) -> str:
 # ------------------------------------------------------------------------------ the app
 
 
-def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, threshold: float | None = None,
-               threshold_source: str | None = None, info: dict[str, Any] | None = None, scorer: Any = None,
-               reload: Any = None) -> FastAPI:
+def create_app(
+    config: ServeConfig,
+    detector: Any,
+    encoder: Any = None,
+    *,
+    threshold: float | None = None,
+    threshold_source: str | None = None,
+    info: dict[str, Any] | None = None,
+    scorer: Any = None,
+    reload: Any = None,
+) -> FastAPI:
     """The ASGI app serving ``detector`` (already loaded; with ``encoder``, images are scored,
     without one only ``/v1/score/features``).
 
@@ -224,20 +264,29 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
     threshold_source = threshold_source or "given"
     dim = int(detector.id_text_features.shape[1])
     if encoder is not None and encoder.dim != dim:
-        raise NegspaceError(f"The detector scores {dim}-dimensional features, but the encoder {encoder.spec} gives "
-                            f"{encoder.dim}: give the detector's model.")
+        raise NegspaceError(
+            f"The detector scores {dim}-dimensional features, but the encoder {encoder.spec} gives "
+            f"{encoder.dim}: give the detector's model."
+        )
     info = dict(info) if info is not None else describe(detector, encoder)
     token = config.token()
     if scorer is None:  # last: an adaptive scorer starts its writer and locks its state folder
         scorer = build_scorer(config, detector, encoder, identity=info, reload=reload)
     class_names = list(detector.class_names or [])
     metrics = ServeMetrics(config.max_batch, scorer.counters)
-    batcher = Batcher(encoder, scorer, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                      max_queue=config.max_queue, on_batch=metrics.batch)
+    batcher = Batcher(
+        encoder,
+        scorer,
+        max_batch=config.max_batch,
+        max_wait_ms=config.max_wait_ms,
+        max_queue=config.max_queue,
+        on_batch=metrics.batch,
+    )
     metrics.queued = lambda: batcher.queued
     metrics.queue.set_function(lambda: batcher.queued)
-    decoders = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="negspace-decode",
-                                  initializer=decoding_thread)
+    decoders = ThreadPoolExecutor(
+        config.decode_workers, thread_name_prefix="negspace-decode", initializer=decoding_thread
+    )
     transform = encoder.backend.pixel_transform() if encoder is not None else None
     needs_images = bool(getattr(scorer, "needs_images", False))
     method = str(info.get("method", type(detector).__name__))
@@ -245,8 +294,14 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
         batcher.start()
-        log.info("serving %s: threshold %.6g (%s), batches of up to %d, %s", method, threshold, threshold_source,
-                 config.max_batch, f"adapting ({scorer.mode})" if scorer.adapts else "frozen")
+        log.info(
+            "serving %s: threshold %.6g (%s), batches of up to %d, %s",
+            method,
+            threshold,
+            threshold_source,
+            config.max_batch,
+            f"adapting ({scorer.mode})" if scorer.adapts else "frozen",
+        )
         try:
             yield
         finally:
@@ -259,10 +314,16 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
         decoders.shutdown(wait=True)
         log.info("stopped: %d images scored", metrics.totals["scored"])
 
-    app = FastAPI(title="negspace serve", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Zero-shot OOD detection of images (negspace). Scores are higher for in-distribution "
-                              "images; `ood` is `score < threshold`. Errors are "
-                              "`{\"error\": {\"kind\", \"message\"}}`.")
+    app = FastAPI(
+        title="negspace serve",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Zero-shot OOD detection of images (negspace). Scores are higher for in-distribution "
+        "images; `ood` is `score < threshold`. Errors are "
+        '`{"error": {"kind", "message"}}`.',
+    )
     app.state.negspace = {"config": config, "scorer": scorer, "batcher": batcher, "metrics": metrics, "info": info}
 
     # -- errors as JSON ----------------------------------------------------------------------------
@@ -313,24 +374,40 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
 
     # -- scoring -----------------------------------------------------------------------------------
 
-    async def run(job_rows: dict[str, Any], names: list[str], hashes: list[str | None], explain: int) -> ScoreResponse:
+    async def run(
+        job_rows: dict[str, Any], names: list[str], hashes: list[str | None], explain: int, arrival: Arrival
+    ) -> ScoreResponse:
         loop = asyncio.get_running_loop()
         job = Job(future=loop.create_future(), loop=loop, explain=explain, **job_rows)
         try:
-            outs = await batcher.submit(job)
+            outs = await batcher.submit(job, arrival)
         except QueueFull:
-            raise RequestError(503, "queue_full", f"the queue is full ({config.max_queue} images waiting, "
-                                                  "--max-queue); retry after a second.", {"Retry-After": "1"}) from None
+            raise RequestError(
+                503,
+                "queue_full",
+                f"the queue is full ({config.max_queue} images waiting, --max-queue); retry after a second.",
+                {"Retry-After": "1"},
+            ) from None
         flags = [out.score < threshold for out in outs]
         metrics.scored(flags)
         results = []
         for name, digest, out, flag in zip(names, hashes, outs, flags, strict=True):
-            results.append(ScoredImage(
-                name=name, sha256=digest, score=out.score, ood=flag, threshold=threshold,
-                id_class=class_names[out.nearest_id] if out.nearest_id < len(class_names) else str(out.nearest_id),
-                id_cosine=out.id_cosine, negative_label=out.negative or None, negative_cosine=out.negative_cosine,
-                explanation=[ExplainedText(text=t, source=s, weight=w) for t, s, w in out.explanation]
-                if out.explanation is not None else None))
+            results.append(
+                ScoredImage(
+                    name=name,
+                    sha256=digest,
+                    score=out.score,
+                    ood=flag,
+                    threshold=threshold,
+                    id_class=class_names[out.nearest_id] if out.nearest_id < len(class_names) else str(out.nearest_id),
+                    id_cosine=out.id_cosine,
+                    negative_label=out.negative or None,
+                    negative_cosine=out.negative_cosine,
+                    explanation=[ExplainedText(text=t, source=s, weight=w) for t, s, w in out.explanation]
+                    if out.explanation is not None
+                    else None,
+                )
+            )
         return ScoreResponse(results=results, method=method, model=info.get("model"))
 
     def check_explain(explain: int) -> int:
@@ -338,24 +415,43 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
             raise RequestError(422, "explain_unsupported", f"explain is for ANTS; this server's detector is {method}.")
         return explain
 
-    @app.post("/v1/score", response_model=ScoreResponse, responses=ERRORS, openapi_extra=SCORE_BODY,
-              summary="Score images (multipart files, or the bytes of one image)")
-    async def score(request: Request,
-                    explain: int = Query(0, ge=0, le=MAX_EXPLAIN, description="ANTS: explain each image by K texts"),
-                    name: str | None = Query(None, max_length=300, description="the image's name (raw bytes)"),
-                    ) -> ScoreResponse:
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        responses=ERRORS,
+        openapi_extra=SCORE_BODY,
+        summary="Score images (multipart files, or the bytes of one image)",
+    )
+    async def score(
+        request: Request,
+        explain: int = Query(0, ge=0, le=MAX_EXPLAIN, description="ANTS: explain each image by K texts"),
+        name: str | None = Query(None, max_length=300, description="the image's name (raw bytes)"),
+    ) -> ScoreResponse:
         check_explain(explain)
         if encoder is None:
-            raise RequestError(409, "no_encoder", "this server has no image encoder; send features to "
-                                                  "/v1/score/features.")
-        items = await _images_of(request, name)
-        loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(*(loop.run_in_executor(decoders, decode_image, data, image_name, transform,
-                                                              config.max_pixels, needs_images)
-                                         for image_name, data in items))
-        rows = {"pixels": [d.pixels for d in decoded], "features": None,
-                "images": [d.image for d in decoded] if needs_images else None}
-        return await run(rows, [d.name for d in decoded], [d.sha256 for d in decoded], explain)
+            raise RequestError(
+                409, "no_encoder", "this server has no image encoder; send features to /v1/score/features."
+            )
+        arrival = batcher.arrival()  # the batch worker waits for this request's rows, not longer
+        try:
+            items = await _images_of(request, name)
+            loop = asyncio.get_running_loop()
+            decoded = await asyncio.gather(
+                *(
+                    loop.run_in_executor(
+                        decoders, decode_image, data, image_name, transform, config.max_pixels, needs_images
+                    )
+                    for image_name, data in items
+                )
+            )
+            rows = {
+                "pixels": [d.pixels for d in decoded],
+                "features": None,
+                "images": [d.image for d in decoded] if needs_images else None,
+            }
+            return await run(rows, [d.name for d in decoded], [d.sha256 for d in decoded], explain, arrival)
+        finally:
+            arrival.close()
 
     async def _images_of(request: Request, name: str | None) -> list[tuple[str, bytes]]:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -366,41 +462,71 @@ def create_app(config: ServeConfig, detector: Any, encoder: Any = None, *, thres
                 for key, value in form.multi_items():
                     if isinstance(value, str):
                         hint = " (nothing is fetched from a URL)" if "://" in value else ""
-                        raise RequestError(422, "not_a_file", f"form field {key!r} is text, not a file{hint}: "
-                                                              "send each image's bytes as a file part.")
+                        raise RequestError(
+                            422,
+                            "not_a_file",
+                            f"form field {key!r} is text, not a file{hint}: send each image's bytes as a file part.",
+                        )
                     items.append((value.filename or f"image-{len(items)}", await value.read()))
             finally:
                 await form.close()
             if not items:
-                raise RequestError(422, "no_image", "the multipart body holds no file: send images as file parts "
-                                                    "(e.g. curl -F images=@photo.jpg).")
+                raise RequestError(
+                    422,
+                    "no_image",
+                    "the multipart body holds no file: send images as file parts (e.g. curl -F images=@photo.jpg).",
+                )
             return items
         if kind.startswith("image/") or kind == "application/octet-stream":
             return [(name or "image-0", await request.body())]
         said = f"Content-Type {kind!r}" if kind else "no Content-Type"
-        raise RequestError(415, "unsupported_media_type", f"{said}: POST /v1/score takes multipart/form-data (image "
-                                                          "files) or the bytes of one image (image/*); feature vectors "
-                                                          "go to /v1/score/features as JSON.")
+        raise RequestError(
+            415,
+            "unsupported_media_type",
+            f"{said}: POST /v1/score takes multipart/form-data (image "
+            "files) or the bytes of one image (image/*); feature vectors "
+            "go to /v1/score/features as JSON.",
+        )
 
-    @app.post("/v1/score/features", response_model=ScoreResponse, responses=ERRORS,
-              summary="Score feature vectors computed elsewhere (the model's dimension)")
-    async def score_features(body: FeaturesRequest,
-                             explain: int = Query(0, ge=0, le=MAX_EXPLAIN, description="ANTS: explain by K texts")
-                             ) -> ScoreResponse:
+    @app.post(
+        "/v1/score/features",
+        response_model=ScoreResponse,
+        responses=ERRORS,
+        summary="Score feature vectors computed elsewhere (the model's dimension)",
+    )
+    async def score_features(
+        body: FeaturesRequest, explain: int = Query(0, ge=0, le=MAX_EXPLAIN, description="ANTS: explain by K texts")
+    ) -> ScoreResponse:
         check_explain(explain)
-        features = _checked_features(body, dim, config.max_images)
-        names = body.names or [f"row-{i}" for i in range(len(features))]
-        return await run({"pixels": None, "features": features, "images": None}, names, [None] * len(names), explain)
+        arrival = batcher.arrival()
+        try:
+            features = _checked_features(body, dim, config.max_images)
+            names = body.names or [f"row-{i}" for i in range(len(features))]
+            rows = {"pixels": None, "features": features, "images": None}
+            return await run(rows, names, [None] * len(names), explain, arrival)
+        finally:
+            arrival.close()
 
     # -- the detector and its state ----------------------------------------------------------------
 
     @app.get("/v1/detector", summary="The detector, its model, threshold and adaptive state")
     async def detector_info() -> dict[str, Any]:
-        return {**info, "threshold": threshold, "threshold_source": threshold_source, "adapts": scorer.adapts,
-                "adapt_mode": scorer.mode, "state": scorer.counters(), "api_version": API_VERSION,
-                "limits": {"max_images": config.max_images, "max_body_bytes": config.max_body_bytes,
-                           "max_pixels": config.max_pixels, "max_queue": config.max_queue},
-                "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms}}
+        return {
+            **info,
+            "threshold": threshold,
+            "threshold_source": threshold_source,
+            "adapts": scorer.adapts,
+            "adapt_mode": scorer.mode,
+            "state": scorer.counters(),
+            "api_version": API_VERSION,
+            "limits": {
+                "max_images": config.max_images,
+                "max_body_bytes": config.max_body_bytes,
+                "max_pixels": config.max_pixels,
+                "max_queue": config.max_queue,
+            },
+            "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms},
+        }
 
     @app.post("/v1/state/snapshot", responses=ERRORS, summary="Write a snapshot of the adaptive state now")
     async def snapshot() -> dict[str, Any]:
@@ -456,8 +582,9 @@ def _checked_features(body: FeaturesRequest, dim: int, max_rows: int) -> np.ndar
         raise RequestError(422, "bad_names", f"{len(body.names)} names for {len(rows)} rows.")
     for i, row in enumerate(rows):
         if len(row) != dim:
-            raise RequestError(422, "wrong_dimension", f"features row {i} has {len(row)} values; this detector's model "
-                                                       f"gives {dim}.")
+            raise RequestError(
+                422, "wrong_dimension", f"features row {i} has {len(row)} values; this detector's model gives {dim}."
+            )
     array = np.asarray(rows, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
     if bad.size:
@@ -473,5 +600,3 @@ def _version() -> str:
     from negspace import __version__
 
     return __version__
-
-

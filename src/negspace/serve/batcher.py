@@ -47,7 +47,8 @@ class Job:
     failed: bool = False
 
     def __len__(self) -> int:
-        return len(self.pixels) if self.pixels is not None else len(self.features)
+        rows = self.pixels if self.pixels is not None else self.features
+        return 0 if rows is None else len(rows)
 
 
 @dataclass
@@ -66,8 +67,16 @@ class BatchOut:
 class Batcher:
     """The queue and the worker that owns the model (see the module docstring)."""
 
-    def __init__(self, encoder: Any, scorer: Any, *, max_batch: int, max_wait_ms: float, max_queue: int,
-                 on_batch: Callable[[int, float, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        scorer: Any,
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        max_queue: int,
+        on_batch: Callable[[int, float, float], None] | None = None,
+    ) -> None:
         self.encoder = encoder
         self.scorer = scorer
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
@@ -76,6 +85,7 @@ class Batcher:
         self._rows: deque[tuple[Job, int]] = deque()
         self._ready = threading.Condition()
         self._closing = False
+        self._arriving = 0  # requests being read and decoded, whose rows will come
         self._thread: threading.Thread | None = None
         self.alive = False
 
@@ -88,15 +98,37 @@ class Batcher:
         self.alive = True
         self._thread.start()
 
-    async def submit(self, job: Job) -> list[BatchOut]:
-        """Queue ``job``'s rows in arrival order and wait for them."""
+    def arrival(self) -> Arrival:
+        """Say that a request is on its way (being read and decoded): while one is, the worker
+        waits up to ``max_wait`` for its rows; with none on the way, a batch runs at once (one
+        request alone never waits for company that is not coming)."""
+        with self._ready:
+            self._arriving += 1
+        return Arrival(self)
+
+    def arrived(self) -> None:
+        """One request on its way is no longer (see :meth:`arrival`)."""
+        with self._ready:
+            self._arriving -= 1
+            self._ready.notify()
+
+    async def submit(self, job: Job, arrival: Arrival | None = None) -> list[BatchOut]:
+        """Queue ``job``'s rows in arrival order (its ``arrival`` ends as they are queued) and
+        wait for them."""
         n = len(job)
         job.results = [None] * n
         job.remaining = n
         with self._ready:
+            if arrival is not None and arrival.open:  # counted off with the rows queued: no gap between
+                arrival.open = False
+                self._arriving -= 1
             if self._closing:
-                raise RequestError(503, "shutting_down", "the server is shutting down; retry on another instance.",
-                                   {"Retry-After": "1"})
+                raise RequestError(
+                    503,
+                    "shutting_down",
+                    "the server is shutting down; retry on another instance.",
+                    {"Retry-After": "1"},
+                )
             if len(self._rows) + n > self.max_queue:
                 raise QueueFull
             self._rows.extend((job, i) for i in range(n))
@@ -115,14 +147,15 @@ class Batcher:
     # -- the worker ----------------------------------------------------------------------------
 
     def _take(self) -> list[tuple[Job, int]] | None:
-        """The next batch: up to ``max_batch`` rows, waiting ``max_wait`` after the first for more."""
+        """The next batch: up to ``max_batch`` rows, waiting ``max_wait`` after the first for more
+        while requests are on their way."""
         with self._ready:
             while not self._rows:
                 if self._closing:
                     return None
                 self._ready.wait()
             deadline = time.monotonic() + self.max_wait
-            while len(self._rows) < self.max_batch and not self._closing:
+            while len(self._rows) < self.max_batch and not self._closing and self._arriving > 0:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -139,8 +172,12 @@ class Batcher:
             except Exception as err:
                 if not isinstance(err, RequestError):
                     log.exception("a batch of %d failed", len(batch))
-                    err = RequestError(503, "batch_failed", f"the model failed on this batch ({type(err).__name__}); "
-                                                            "try again.", {"Retry-After": "1"})
+                    err = RequestError(
+                        503,
+                        "batch_failed",
+                        f"the model failed on this batch ({type(err).__name__}); try again.",
+                        {"Retry-After": "1"},
+                    )
                 for job in {id(job): job for job, _ in batch}.values():
                     if not job.failed:
                         job.failed = True
@@ -149,19 +186,15 @@ class Batcher:
 
     def _process(self, batch: list[tuple[Job, int]]) -> None:
         started = time.perf_counter()
-        to_encode = [k for k, (job, _) in enumerate(batch) if job.pixels is not None]
-        dim = None
-        encoded = None
-        if to_encode:
-            encoded = encode_pixels(self.encoder, [batch[k][0].pixels[batch[k][1]] for k in to_encode])
-            dim = encoded.shape[1]
-        dim = dim or batch[0][0].features.shape[1]
+        pixels = {k: job.pixels[i] for k, (job, i) in enumerate(batch) if job.pixels is not None}
+        given = {k: job.features[i] for k, (job, i) in enumerate(batch) if job.features is not None}
+        encoded = encode_pixels(self.encoder, list(pixels.values())) if pixels else None
+        dim = encoded.shape[1] if encoded is not None else len(next(iter(given.values())))
         features = np.empty((len(batch), dim), np.float32)
         if encoded is not None:
-            features[to_encode] = encoded
-        for k, (job, i) in enumerate(batch):
-            if job.features is not None:
-                features[k] = job.features[i]
+            features[list(pixels)] = encoded
+        for k, row in given.items():
+            features[k] = row
         images = [job.images[i] if job.images is not None else None for job, i in batch]
         explain = {k: job.explain for k, (job, _) in enumerate(batch) if job.explain}
         encoded_at = time.perf_counter()
@@ -170,9 +203,14 @@ class Batcher:
         finished = []
         for k, (job, i) in enumerate(batch):
             neg_cos = scored.negative_cosines[k]
-            job.results[i] = BatchOut(float(scored.scores[k]), int(scored.nearest_id[k]), scored.negatives[k],
-                                      float(scored.id_cosines[k]), None if np.isnan(neg_cos) else float(neg_cos),
-                                      scored.explanations.get(k))
+            job.results[i] = BatchOut(
+                float(scored.scores[k]),
+                int(scored.nearest_id[k]),
+                scored.negatives[k],
+                float(scored.id_cosines[k]),
+                None if np.isnan(neg_cos) else float(neg_cos),
+                scored.explanations.get(k),
+            )
             job.remaining -= 1
             if job.remaining == 0:
                 finished.append(job)
@@ -180,6 +218,20 @@ class Batcher:
             job.loop.call_soon_threadsafe(_set_result, job.future, job.results)
         if self.on_batch is not None:
             self.on_batch(len(batch), encoded_at - started, scored_at - encoded_at)
+
+
+class Arrival:
+    """A request on its way to the queue (see :meth:`Batcher.arrival`); :meth:`close` (or
+    queueing its rows) ends it, once."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+        self.open = True
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.batcher.arrived()
 
 
 def _set_result(future: asyncio.Future, value: Any) -> None:

@@ -26,8 +26,15 @@ from negspace.errors import NegspaceError
 class Client:
     """Speaks the API of ``negspace serve`` at ``url`` (with ``token``, the server's bearer token)."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8080", token: str | None = None, *, timeout: float = 120.0,
-                 batch: int = 16, retries: int = 5) -> None:
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        token: str | None = None,
+        *,
+        timeout: float = 120.0,
+        batch: int = 16,
+        retries: int = 5,
+    ) -> None:
         self.url = url.rstrip("/")
         self.batch, self.retries = batch, retries
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -64,14 +71,17 @@ class Client:
             results += self._post("/v1/score", files=files, params={"explain": explain})["results"]
         return results
 
-    def score_bytes(self, data: bytes, name: str = "image", content_type: str = "application/octet-stream",
-                    explain: int = 0) -> dict[str, Any]:
+    def score_bytes(
+        self, data: bytes, name: str = "image", content_type: str = "application/octet-stream", explain: int = 0
+    ) -> dict[str, Any]:
         """The result of one image given as bytes."""
-        return self._post("/v1/score", content=data, headers={"Content-Type": content_type},
-                          params={"name": name, "explain": explain})["results"][0]
+        return self._post(
+            "/v1/score", content=data, headers={"Content-Type": content_type}, params={"name": name, "explain": explain}
+        )["results"][0]
 
-    def score_features(self, features: Any, names: Sequence[str] | None = None,
-                       explain: int = 0) -> list[dict[str, Any]]:
+    def score_features(
+        self, features: Any, names: Sequence[str] | None = None, explain: int = 0
+    ) -> list[dict[str, Any]]:
         """Results of feature vectors (rows of the model's dimension) computed elsewhere."""
         import numpy as np
 

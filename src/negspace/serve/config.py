@@ -69,8 +69,9 @@ class ServeConfig:
     def check(self) -> None:
         """Refuse, in one sentence, what cannot work, before any model loads."""
         if self.detector is None:
-            raise NegspaceError(f"Give {arg('detector')} DIR: a detector saved by `negspace eval --save-detector` "
-                                "or det.save(DIR).")
+            raise NegspaceError(
+                f"Give {arg('detector')} DIR: a detector saved by `negspace eval --save-detector` or det.save(DIR)."
+            )
         if not Path(self.detector).is_dir():
             raise NegspaceError(f"{arg('detector')} {self.detector} is not a folder.")
         self.check_settings()
@@ -84,9 +85,14 @@ class ServeConfig:
             raise NegspaceError(f"Give {arg('threshold')} or {arg('threshold_id')}, not both.")
         if not 0 <= self.port <= 65535:
             raise NegspaceError(f"{arg('port')} must be between 0 and 65535, got {self.port}.")
-        for name, value in (("max_batch", self.max_batch), ("max_queue", self.max_queue),
-                            ("max_images", self.max_images), ("max_pixels", self.max_pixels),
-                            ("decode_workers", self.decode_workers), ("snapshot_every", self.snapshot_every)):
+        for name, value in (
+            ("max_batch", self.max_batch),
+            ("max_queue", self.max_queue),
+            ("max_images", self.max_images),
+            ("max_pixels", self.max_pixels),
+            ("decode_workers", self.decode_workers),
+            ("snapshot_every", self.snapshot_every),
+        ):
             if value < 1:
                 raise NegspaceError(f"{arg(name)} must be a positive integer, got {value}.")
         if not (self.max_wait_ms >= 0 and math.isfinite(self.max_wait_ms)):
@@ -94,8 +100,10 @@ class ServeConfig:
         if not (self.max_body_mb > 0 and math.isfinite(self.max_body_mb)):
             raise NegspaceError(f"{arg('max_body_mb')} must be a positive number, got {self.max_body_mb}.")
         if self.max_images > self.max_queue:
-            raise NegspaceError(f"{arg('max_images')} {self.max_images} is larger than {arg('max_queue')} "
-                                f"{self.max_queue}: a request that large could never be queued.")
+            raise NegspaceError(
+                f"{arg('max_images')} {self.max_images} is larger than {arg('max_queue')} "
+                f"{self.max_queue}: a request that large could never be queued."
+            )
         if self.adapt is not None and self.adapt not in ADAPT_MODES:
             raise NegspaceError(f"{arg('adapt')} must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}.")
         if self.state_dir is not None and self.adapt is None:
@@ -105,9 +113,11 @@ class ServeConfig:
         if self.token_file is not None and self.no_auth:
             raise NegspaceError(f"Give {arg('token_file')} or {arg('no_auth')}, not both.")
         if not is_loopback(self.host) and self.token_file is None and not self.no_auth:
-            raise NegspaceError(f"{arg('host')} {self.host} lets other machines reach the server: give "
-                                f"{arg('token_file')} FILE (clients send its token as 'Authorization: Bearer ...') "
-                                f"or, on a network you trust, {arg('no_auth')}.")
+            raise NegspaceError(
+                f"{arg('host')} {self.host} lets other machines reach the server: give "
+                f"{arg('token_file')} FILE (clients send its token as 'Authorization: Bearer ...') "
+                f"or, on a network you trust, {arg('no_auth')}."
+            )
         if self.token_file is not None:
             read_token(self.token_file)
 
@@ -125,7 +135,9 @@ def read_token(path: Path) -> str:
         reason = getattr(err, "strerror", None) or type(err).__name__
         raise NegspaceError(f"{option} {path} cannot be read ({reason}).") from None
     if len(token) < 16:
-        raise NegspaceError(f"{option} {path} holds {'no' if not token else 'a too short'} token: write at least 16 "
-                            "random characters into it (e.g. "
-                            "`python -c 'import secrets; print(secrets.token_urlsafe())'`).")
+        raise NegspaceError(
+            f"{option} {path} holds {'no' if not token else 'a too short'} token: write at least 16 "
+            "random characters into it (e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe())'`)."
+        )
     return token

@@ -51,12 +51,20 @@ def image_pixels(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
         raise RequestError(413, "too_many_pixels", f"image {name!r} is too large to decode ({err}).") from None
     except Exception as err:  # noqa: BLE001 - PIL's plugins raise many types on garbage
         kind = type(err).__name__
-        raise RequestError(422, "unreadable_image", f"image {name!r} is not an image PIL can read ({kind}); send "
-                                                    "the bytes of a JPEG, PNG, WebP, GIF, BMP or TIFF file.") from None
+        raise RequestError(
+            422,
+            "unreadable_image",
+            f"image {name!r} is not an image PIL can read ({kind}); send "
+            "the bytes of a JPEG, PNG, WebP, GIF, BMP or TIFF file.",
+        ) from None
     if width * height > max_pixels:
-        raise RequestError(413, "too_many_pixels", f"image {name!r} has {width} x {height} = {width * height:,} "
-                                                   f"pixels, more than this server accepts ({max_pixels:,}, "
-                                                   "--max-pixels).")
+        raise RequestError(
+            413,
+            "too_many_pixels",
+            f"image {name!r} has {width} x {height} = {width * height:,} "
+            f"pixels, more than this server accepts ({max_pixels:,}, "
+            "--max-pixels).",
+        )
     return width, height
 
 

@@ -30,22 +30,31 @@ class ServeMetrics:
     def __init__(self, max_batch: int, state: Callable[[], dict[str, Any]]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("negspace_requests", "HTTP requests by route and outcome", ["route", "outcome"],
-                                registry=r)
+        self.requests = Counter(
+            "negspace_requests", "HTTP requests by route and outcome", ["route", "outcome"], registry=r
+        )
         self.images = Counter("negspace_images", "Images (or feature rows) by outcome", ["outcome"], registry=r)
         self.ood = Counter("negspace_ood_images", "Images flagged OOD (score below the threshold)", registry=r)
         self.errors = Counter("negspace_errors", "Refused or failed requests by kind", ["kind"], registry=r)
-        self.latency = Histogram("negspace_request_latency_seconds", "Request latency by route", ["route"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "negspace_request_latency_seconds",
+            "Request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         buckets = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, max_batch})
-        self.batch_size = Histogram("negspace_batch_size", "Rows per model batch",
-                                    buckets=[b for b in buckets if b <= max_batch], registry=r)
+        self.batch_size = Histogram(
+            "negspace_batch_size", "Rows per model batch", buckets=[b for b in buckets if b <= max_batch], registry=r
+        )
         self.encode_seconds = Counter("negspace_encode_seconds", "Seconds the worker spent encoding", registry=r)
-        self.score_seconds = Counter("negspace_score_seconds", "Seconds the worker spent scoring (and "
-                                                               "learning, in sync mode)", registry=r)
+        self.score_seconds = Counter(
+            "negspace_score_seconds", "Seconds the worker spent scoring (and learning, in sync mode)", registry=r
+        )
         self.queue = Gauge("negspace_queue_rows", "Rows waiting for the model", registry=r)
-        self.ood_share = Gauge("negspace_ood_share_recent", f"Share of the last {RECENT} images flagged OOD",
-                               registry=r)
+        self.ood_share = Gauge(
+            "negspace_ood_share_recent", f"Share of the last {RECENT} images flagged OOD", registry=r
+        )
         self._state = state
         r.register(_StateCollector(state))
         self._lock = threading.Lock()
@@ -95,11 +104,16 @@ class ServeMetrics:
         if self._window:
             latencies = sorted(self._window.get("latencies", []))
             images = self._window.get("images", 0)
-            self.history.append({
-                "t": self._second, "images": images,
-                "ood_share": self._window.get("ood", 0) / images if images else None,
-                "p50_ms": _quantile_ms(latencies, 0.5), "p99_ms": _quantile_ms(latencies, 0.99),
-                "state": self._state().get("state", {})})
+            self.history.append(
+                {
+                    "t": self._second,
+                    "images": images,
+                    "ood_share": self._window.get("ood", 0) / images if images else None,
+                    "p50_ms": _quantile_ms(latencies, 0.5),
+                    "p99_ms": _quantile_ms(latencies, 0.99),
+                    "state": self._state().get("state", {}),
+                }
+            )
         self._second, self._window = now, {}
 
     def summary(self) -> dict[str, Any]:
@@ -111,11 +125,14 @@ class ServeMetrics:
             history = list(self.history)
             totals = dict(self.totals)
         return {
-            "images_scored": totals["scored"], "ood_images": totals["ood"],
+            "images_scored": totals["scored"],
+            "ood_images": totals["ood"],
             "ood_share_recent": sum(recent) / len(recent) if recent else None,
-            "latency_ms_p50": _quantile_ms(latencies, 0.5), "latency_ms_p99": _quantile_ms(latencies, 0.99),
+            "latency_ms_p50": _quantile_ms(latencies, 0.5),
+            "latency_ms_p99": _quantile_ms(latencies, 0.99),
             "queue_rows": self.queued(),
-            "adaptive": self._state(), "history": history,
+            "adaptive": self._state(),
+            "history": history,
         }
 
 
@@ -140,11 +157,13 @@ class _StateCollector:
         for name, value in sorted(counters.get("state", {}).items()):
             gauge.add_metric([name], value)
         yield gauge
-        for name, help_text in (("images_learned", "Images the adaptive detector learned from"),
-                                ("updates", "Batches the adaptive detector learned from"),
-                                ("snapshots_written", "Snapshots of the adaptive state written"),
-                                ("snapshot_failures", "Snapshots that failed"),
-                                ("pending_updates", "Batches waiting for the writer (async)")):
+        for name, help_text in (
+            ("images_learned", "Images the adaptive detector learned from"),
+            ("updates", "Batches the adaptive detector learned from"),
+            ("snapshots_written", "Snapshots of the adaptive state written"),
+            ("snapshot_failures", "Snapshots that failed"),
+            ("pending_updates", "Batches waiting for the writer (async)"),
+        ):
             if name in counters:
                 family = GaugeMetricFamily(f"negspace_adaptive_{name}", help_text)
                 family.add_metric([], float(counters[name]))

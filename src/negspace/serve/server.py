@@ -17,19 +17,38 @@ log = logging.getLogger("negspace")
 def build_app(config: ServeConfig, model: ModelConfig | None = None, mllm: MLLMConfig | Any = None) -> Any:
     """The app of ``config``: :func:`load_service`, then :func:`negspace.serve.create_app`."""
     loaded = load_service(config, model, mllm)
-    return create_app(config, loaded.detector, loaded.encoder, threshold=loaded.threshold,
-                      threshold_source=loaded.threshold_source, info=loaded.info, reload=loaded.reload)
+    return create_app(
+        config,
+        loaded.detector,
+        loaded.encoder,
+        threshold=loaded.threshold,
+        threshold_source=loaded.threshold_source,
+        info=loaded.info,
+        reload=loaded.reload,
+    )
 
 
-def serve(config: ServeConfig, model: ModelConfig | None = None, mllm: MLLMConfig | Any = None,
-          log_level: str = "warning") -> None:
+def serve(
+    config: ServeConfig, model: ModelConfig | None = None, mllm: MLLMConfig | Any = None, log_level: str = "warning"
+) -> None:
     """Load, then serve under uvicorn until SIGTERM or SIGINT (which answer the requests in
     flight and snapshot an adaptive state before the process ends)."""
     import uvicorn
 
     app = build_app(config, model, mllm)
     host = f"[{config.host}]" if ":" in config.host else config.host
-    log.info("listening on http://%s:%d (the live page at /, the schema at /openapi.json)%s", host, config.port,
-             "" if config.token_file is None else ", bearer token required")
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, access_log=False,
-                server_header=False, timeout_graceful_shutdown=None)
+    log.info(
+        "listening on http://%s:%d (the live page at /, the schema at /openapi.json)%s",
+        host,
+        config.port,
+        "" if config.token_file is None else ", bearer token required",
+    )
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=None,
+    )

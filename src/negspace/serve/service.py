@@ -29,6 +29,7 @@ from negspace.serve.state import SnapshotStore, frozen_copy
 
 log = logging.getLogger("negspace")
 
+
 @dataclass
 class Loaded:
     """What :func:`load_service` found: the detector to serve (live when adapting), the encoder,
@@ -42,16 +43,18 @@ class Loaded:
     reload: Callable[[Path, bool], Any]
 
 
-def open_detector(folder: Path, encoder: Any = None, *, learn: bool = False, scoring_backend: str = "numpy",
-                  mllm: Any = None) -> Any:
+def open_detector(
+    folder: Path, encoder: Any = None, *, learn: bool = False, scoring_backend: str = "numpy", mllm: Any = None
+) -> Any:
     """The detector saved in ``folder`` (a saved detector or a snapshot), frozen, or unfrozen to
     learn on (``learn``); a folder that cannot be loaded is one sentence."""
     from negspace.methods import backend_keywords, load_detector
 
     backend = backend_keywords(scoring_backend, encoder) if encoder is not None else {}
     try:
-        detector = load_detector(folder, encoder=encoder, text_encoder=encoder, mllm=mllm if learn else None,
-                                 frozen=not learn, **backend)
+        detector = load_detector(
+            folder, encoder=encoder, text_encoder=encoder, mllm=mllm if learn else None, frozen=not learn, **backend
+        )
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:
         raise NegspaceError(f"{arg('detector')} {folder} cannot be loaded: {err}.") from None
     if encoder is not None:
@@ -71,17 +74,21 @@ def check_learns(detector: Any, folder: Any, has_mllm: bool | None = None) -> No
 
     method = type(detector).__name__
     if not isinstance(detector, OnlineDetector):
-        raise NegspaceError(f"{arg('adapt')}: the {method} detector in {folder} does not learn at test time (the "
-                            "test-time methods are TANL, AdaNeg, ANTS, InterNeg and TINS); serve it without "
-                            f"{arg('adapt')}.")
+        raise NegspaceError(
+            f"{arg('adapt')}: the {method} detector in {folder} does not learn at test time (the "
+            "test-time methods are TANL, AdaNeg, ANTS, InterNeg and TINS); serve it without "
+            f"{arg('adapt')}."
+        )
     if isinstance(detector, ANTS):
         if detector.config.two_pass or detector.config.mode == "neglabel":
             kind = "two-pass" if detector.config.two_pass else "NegLabel mode"
             raise NegspaceError(f"{arg('adapt')}: this ANTS space ({kind}) does not learn online; serve it without it.")
         mllm = detector.mllm is not None if has_mllm is None else has_mllm
         if not mllm:
-            raise NegspaceError(f"{arg('adapt')}: ANTS learns by asking a multimodal LLM; pass "
-                                f"{arg('mllm', '--mllm SPEC')} (see 'Using an MLLM' in the README).")
+            raise NegspaceError(
+                f"{arg('adapt')}: ANTS learns by asking a multimodal LLM; pass "
+                f"{arg('mllm', '--mllm SPEC')} (see 'Using an MLLM' in the README)."
+            )
 
 
 def describe(detector: Any, encoder: Any = None) -> dict[str, Any]:
@@ -90,11 +97,14 @@ def describe(detector: Any, encoder: Any = None) -> dict[str, Any]:
     from negspace import __version__
 
     identity = detector_identity(detector)
-    info = {**identity, "n_classes": len(detector.id_text_features),
-            "dim": int(detector.id_text_features.shape[1]), "negspace_version": __version__}
+    info = {
+        **identity,
+        "n_classes": len(detector.id_text_features),
+        "dim": int(detector.id_text_features.shape[1]),
+        "negspace_version": __version__,
+    }
     if encoder is not None:
-        info.update({"model": encoder.spec, "weights_fingerprint": encoder.fingerprint,
-                     "device": str(encoder.device)})
+        info.update({"model": encoder.spec, "weights_fingerprint": encoder.fingerprint, "device": str(encoder.device)})
     return info
 
 
@@ -109,8 +119,14 @@ def resolve_adapt(mode: str | None, detector: Any) -> str | None:
     return "async" if isinstance(detector, (ANTS, FewShotDetector)) else "sync"
 
 
-def build_scorer(config: ServeConfig, detector: Any, encoder: Any, *, identity: dict[str, Any],
-                 reload: Callable[[Path, bool], Any] | None = None) -> Any:
+def build_scorer(
+    config: ServeConfig,
+    detector: Any,
+    encoder: Any,
+    *,
+    identity: dict[str, Any],
+    reload: Callable[[Path, bool], Any] | None = None,
+) -> Any:
     """How batches are scored: frozen, or learned from in ``config.adapt``'s mode, resuming from
     the newest snapshot in ``config.state_dir`` (see :mod:`negspace.serve.adapt`)."""
     from negspace.detectors.ants import ANTS
@@ -120,8 +136,9 @@ def build_scorer(config: ServeConfig, detector: Any, encoder: Any, *, identity: 
         learning = isinstance(detector, OnlineDetector) and not detector.frozen
         return StaticScorer(frozen_copy(detector) if learning else detector)
     check_learns(detector, config.detector or "the given detector")
-    reload = reload or partial(_reload, encoder=encoder, scoring_backend=config.scoring_backend,
-                               mllm=getattr(detector, "mllm", None))
+    reload = reload or partial(
+        _reload, encoder=encoder, scoring_backend=config.scoring_backend, mllm=getattr(detector, "mllm", None)
+    )
     if config.detector is not None:
         folder = Path(config.detector)
         fresh: Callable[[], Any] = lambda: reload(folder, True)  # noqa: E731
@@ -130,8 +147,10 @@ def build_scorer(config: ServeConfig, detector: Any, encoder: Any, *, identity: 
         fresh = lambda: _unfrozen(frozen_copy(initial))  # noqa: E731
     store, resumed, live = None, None, detector
     if config.state_dir is not None:
-        store = SnapshotStore(Path(config.state_dir), {"digest": identity.get("digest"),
-                                                       "weights_fingerprint": identity.get("weights_fingerprint")})
+        store = SnapshotStore(
+            Path(config.state_dir),
+            {"digest": identity.get("digest"), "weights_fingerprint": identity.get("weights_fingerprint")},
+        )
         latest = store.latest()
         if latest is not None:
             path, resumed = latest
@@ -139,9 +158,15 @@ def build_scorer(config: ServeConfig, detector: Any, encoder: Any, *, identity: 
             log.info("resuming the adaptive state of %s (%d images learned)", path, resumed.get("images_learned", 0))
     if live.frozen:
         live.unfreeze()
-    options = {"needs_images": isinstance(live, ANTS), "fresh": fresh, "store": store,
-               "snapshot_every": config.snapshot_every, "resumed": resumed}
-    return SyncScorer(live, **options) if mode == "sync" else AsyncScorer(live, **options)
+    scorer = SyncScorer if mode == "sync" else AsyncScorer
+    return scorer(
+        live,
+        needs_images=isinstance(live, ANTS),
+        fresh=fresh,
+        store=store,
+        snapshot_every=config.snapshot_every,
+        resumed=resumed,
+    )
 
 
 def _reload(folder: Path, learn: bool, *, encoder: Any, scoring_backend: str, mllm: Any) -> Any:
@@ -162,7 +187,7 @@ def load_service(config: ServeConfig, model: ModelConfig | None = None, mllm: ML
     from negspace.detectors.ants import ANTS
 
     config.check()
-    folder = Path(config.detector)
+    folder = Path(str(config.detector))  # check() refused None
     provenance = detector_provenance(folder)
     saved = open_detector(folder)  # NumPy, no model: a damaged folder fails in a second
     wants_mllm = config.adapt is not None and isinstance(saved, ANTS)
@@ -178,8 +203,9 @@ def load_service(config: ServeConfig, model: ModelConfig | None = None, mllm: ML
 
     encoder = load_model(model)
     _check_model(folder, provenance, saved, encoder)
-    reload = partial(_reload, encoder=encoder, scoring_backend=config.scoring_backend,
-                     mllm=mllm if wants_mllm else None)
+    reload = partial(
+        _reload, encoder=encoder, scoring_backend=config.scoring_backend, mllm=mllm if wants_mllm else None
+    )
     frozen = reload(folder, False)
     threshold, source = _threshold(config, frozen, encoder, provenance, id_images)
     detector = reload(folder, True) if config.adapt is not None else frozen
@@ -206,18 +232,23 @@ def _check_model(folder: Path, provenance: dict[str, Any], detector: Any, encode
     """The model is the detector's (its weights' fingerprint, its dimension)."""
     saved = provenance.get("weights_fingerprint")
     if saved and saved != encoder.fingerprint:
-        raise NegspaceError(f"The detector in {folder} was built with model {provenance.get('model')} (weights "
-                            f"{saved}); this server loads {encoder.spec} (weights {encoder.fingerprint}): pass the "
-                            f"detector's {arg('model')} and {arg('weights')}.")
+        raise NegspaceError(
+            f"The detector in {folder} was built with model {provenance.get('model')} (weights "
+            f"{saved}); this server loads {encoder.spec} (weights {encoder.fingerprint}): pass the "
+            f"detector's {arg('model')} and {arg('weights')}."
+        )
     dim = detector.id_text_features.shape[1]
     if dim != encoder.dim:
-        raise NegspaceError(f"{arg('detector')} {folder} scores {dim}-dimensional features, but the model "
-                            f"{encoder.spec} gives {encoder.dim}: pass the detector's {arg('model')} and "
-                            f"{arg('weights')}.")
+        raise NegspaceError(
+            f"{arg('detector')} {folder} scores {dim}-dimensional features, but the model "
+            f"{encoder.spec} gives {encoder.dim}: pass the detector's {arg('model')} and "
+            f"{arg('weights')}."
+        )
 
 
-def _threshold(config: ServeConfig, frozen: Any, encoder: Any, provenance: dict[str, Any],
-               id_images: Any) -> tuple[float, str]:
+def _threshold(
+    config: ServeConfig, frozen: Any, encoder: Any, provenance: dict[str, Any], id_images: Any
+) -> tuple[float, str]:
     """The flag threshold and where it came from (as ``negspace score`` chooses it)."""
     from negspace.evaluation import score_in_batches
     from negspace.metrics import threshold_at_id_recall
@@ -229,11 +260,14 @@ def _threshold(config: ServeConfig, frozen: Any, encoder: Any, provenance: dict[
         if len(encoding.features) == 0:
             raise NegspaceError(f"{arg('threshold_id')} {config.threshold_id}: none of its images could be read.")
         scores = score_in_batches(frozen.score_features, encoding.features, config.max_batch)
-        return float(threshold_at_id_recall(scores)), (f"95% recall of the {len(scores)} ID images of "
-                                                       f"{config.threshold_id}")
+        return float(threshold_at_id_recall(scores)), (
+            f"95% recall of the {len(scores)} ID images of {config.threshold_id}"
+        )
     saved = provenance.get("threshold_95_id_recall")
     if isinstance(saved, (int, float)) and math.isfinite(saved):
         return float(saved), f"saved with the detector ({provenance.get('id_set', 'its ID set')})"
-    raise NegspaceError(f"No threshold for the OOD flag: give {arg('threshold')} T, or {arg('threshold_id')} ID_IMAGES "
-                        f"to choose the one that keeps 95% of them, or a {arg('detector')} saved by "
-                        "`negspace eval --save-detector`.")
+    raise NegspaceError(
+        f"No threshold for the OOD flag: give {arg('threshold')} T, or {arg('threshold_id')} ID_IMAGES "
+        f"to choose the one that keeps 95% of them, or a {arg('detector')} saved by "
+        "`negspace eval --save-detector`."
+    )

@@ -87,12 +87,26 @@ def state_counters(detector: Any) -> dict[str, float]:
                 found[f"{ring}_rows"] = getattr(state, ring).count
     if hasattr(detector, "run_info"):  # ANTS
         info = detector.run_info()
-        for key in ("ens_size", "vsnl_size", "lam", "ens_updates", "vsnl_updates", "negatives_mined",
-                    "negatives_described", "negatives_pooled", "mllm_requests", "mllm_failed_answers",
-                    "mllm_rejected_answers", "mllm_budget_exhausted"):
+        for key in (
+            "ens_size",
+            "vsnl_size",
+            "lam",
+            "ens_updates",
+            "vsnl_updates",
+            "negatives_mined",
+            "negatives_described",
+            "negatives_pooled",
+            "mllm_requests",
+            "mllm_failed_answers",
+            "mllm_rejected_answers",
+            "mllm_budget_exhausted",
+        ):
             found[key] = info.get(key)
-    return {key: float(value) for key, value in found.items()
-            if isinstance(value, (int, float, np.number)) and np.isfinite(value)}
+    return {
+        key: float(value)
+        for key, value in found.items()
+        if isinstance(value, (int, float, np.number)) and np.isfinite(value)
+    }
 
 
 # ------------------------------------------------------------------------------ snapshots
@@ -130,8 +144,9 @@ class SnapshotStore:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
-            raise NegspaceError(f"{arg('state_dir')} {self.folder} is in use by another server; give each server "
-                                "its own folder.") from None
+            raise NegspaceError(
+                f"{arg('state_dir')} {self.folder} is in use by another server; give each server its own folder."
+            ) from None
         return handle
 
     def close(self) -> None:
@@ -141,8 +156,8 @@ class SnapshotStore:
 
     def snapshots(self) -> list[Path]:
         """Complete snapshots, newest first."""
-        found = [p for p in self.folder.glob(PREFIX + "*") if p.is_dir() and p.name[len(PREFIX):].isdigit()]
-        return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+        found = [p for p in self.folder.glob(PREFIX + "*") if p.is_dir() and p.name[len(PREFIX) :].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]), reverse=True)
 
     def latest(self) -> tuple[Path, dict[str, Any]] | None:
         """The newest snapshot and its record, or ``None``; one of another detector or model is refused."""
@@ -154,16 +169,18 @@ class SnapshotStore:
             theirs = meta.get("identity", {})
             differs = [key for key in self.identity if theirs.get(key) != self.identity[key]]
             if differs:
-                raise NegspaceError(f"{arg('state_dir')} {self.folder} holds the state of another detector or model "
-                                    f"({', '.join(differs)} differ); choose another folder, or remove it to start "
-                                    "from the saved detector.")
+                raise NegspaceError(
+                    f"{arg('state_dir')} {self.folder} holds the state of another detector or model "
+                    f"({', '.join(differs)} differ); choose another folder, or remove it to start "
+                    "from the saved detector."
+                )
             return path, meta
         return None
 
     def write(self, detector: Any, counters: dict[str, Any]) -> Path:
         """Save ``detector`` (its live state) as the newest snapshot, atomically; prune older ones."""
         newest = self.snapshots()
-        seq = int(newest[0].name[len(PREFIX):]) + 1 if newest else 1
+        seq = int(newest[0].name[len(PREFIX) :]) + 1 if newest else 1
         tmp = self.folder / f"{TMP_PREFIX}{seq:08d}-{os.getpid()}"
         final = self.folder / f"{PREFIX}{seq:08d}"
         shutil.rmtree(tmp, ignore_errors=True)
