@@ -138,7 +138,7 @@ def score_collection(
     config.check()
     provenance = detector_provenance(config.detector)
     saved = _saved_detector(config.detector) if config.detector is not None else None
-    threshold_images = _threshold_images(config.threshold_id) if config.threshold is None else None
+    threshold_images = open_threshold_images(config.threshold_id) if config.threshold is None else None
     is_table = {s: is_feature_table(s) for s in specs}
     if collection.engine == "ray" and (any(is_table.values()) or config.detector is None):
         raise NegspaceError(
@@ -176,8 +176,8 @@ def score_collection(
             raise NegspaceError(
                 "The detector learns from the stream; freeze it first (negspace.load_detector gives it frozen)."
             )
-        _check_model(provenance, encoder)
-        _check_dimension(config, detector, encoder)
+        named = f"{arg('detector')} {config.detector}" if config.detector else f"{arg('method')} {config.method}"
+        check_detector_model(provenance, detector, encoder, named)
         identity = {
             **detector_identity(saved if saved is not None else detector),
             "model": encoder.spec,
@@ -186,8 +186,15 @@ def score_collection(
         }
         if recorded is not None:
             _refuse_another_detector(out, recorded, identity)
-        threshold, threshold_source = _threshold(
-            config, detector, encoder, provenance, threshold_images, collection.batch_size, model.progress
+        threshold, threshold_source = resolve_threshold(
+            config.threshold,
+            config.threshold_id,
+            detector,
+            encoder,
+            provenance,
+            threshold_images,
+            collection.batch_size,
+            model.progress,
         )
         if recorded is not None:
             _refuse_another_threshold(out, recorded, threshold, threshold_source)
@@ -508,7 +515,7 @@ def _saved_detector(folder: Path) -> Any:
         raise NegspaceError(f"{arg('detector')} {folder} cannot be loaded: {err}.") from None
 
 
-def _threshold_images(spec: str | None) -> Any:
+def open_threshold_images(spec: str | None) -> Any:
     """The ID images ``threshold_id`` names, opened (not read) before any model loads."""
     if spec is None:
         return None
@@ -522,16 +529,6 @@ def _threshold_images(spec: str | None) -> Any:
         return open_image_set(spec)
     except DatasetError as err:
         raise DatasetError(f"{option} {spec}: {err.message}") from None
-
-
-def _check_dimension(config: ScoreConfig, detector: Any, encoder: Any) -> None:
-    dim = detector.id_text_features.shape[1]
-    if dim != encoder.dim:
-        what = f"{arg('detector')} {config.detector}" if config.detector else f"{arg('method')} {config.method}"
-        raise NegspaceError(
-            f"{what} scores {dim}-dimensional features, but the model {encoder.spec} gives "
-            f"{encoder.dim}: pass the detector's {arg('model')} and {arg('weights')}."
-        )
 
 
 def _check_table_model(out: Path, writer: PartWriter, meta: dict[str, Any]) -> None:
@@ -571,28 +568,30 @@ def _detector(config: ScoreConfig, saved: Any, encoder: Any, model: ModelConfig)
     return build_detector(build_inputs(eval_config, encoder, class_list(config.classes), model, model.spec))
 
 
-def _threshold(
-    config: ScoreConfig,
+def resolve_threshold(
+    threshold: float | None,
+    threshold_id: str | None,
     detector: Any,
     encoder: Any,
     provenance: dict[str, Any],
     id_images: Any,
     batch_size: int,
-    progress: bool,
+    progress: bool = True,
 ) -> tuple[float, str]:
-    """The flag threshold and where it came from."""
+    """The OOD flag's threshold and where it came from: ``threshold`` as given, else the one that
+    keeps 95% of the ``id_images`` (opened by :func:`open_threshold_images`), else the one saved
+    with the detector; what ``negspace score`` and ``negspace serve`` flag with."""
+    from negspace.evaluation import score_in_batches
     from negspace.metrics import threshold_at_id_recall
 
-    if config.threshold is not None:
-        return config.threshold, "--threshold"
+    if threshold is not None:
+        return float(threshold), "--threshold"
     if id_images is not None:
         encoding = encoder.encode_image_files(id_images.paths, batch_size=batch_size, progress=progress)
         if len(encoding.features) == 0:
-            raise NegspaceError(f"{arg('threshold_id')} {config.threshold_id}: none of its images could be read.")
-        scores = detector.score_features(encoding.features)
-        return float(
-            threshold_at_id_recall(scores)
-        ), f"95% recall of the {len(scores)} ID images of {config.threshold_id}"
+            raise NegspaceError(f"{arg('threshold_id')} {threshold_id}: none of its images could be read.")
+        scores = score_in_batches(detector.score_features, encoding.features, batch_size)
+        return float(threshold_at_id_recall(scores)), f"95% recall of the {len(scores)} ID images of {threshold_id}"
     saved = provenance.get("threshold_95_id_recall")
     if isinstance(saved, (int, float)) and math.isfinite(saved):
         return float(saved), f"saved with the detector ({provenance.get('id_set', 'its ID set')})"
@@ -813,11 +812,19 @@ def _existing(path: str | None) -> Path | None:
     return Path(path) if path and Path(path).exists() else None
 
 
-def _check_model(provenance: dict[str, Any], encoder: Any) -> None:
+def check_detector_model(provenance: dict[str, Any], detector: Any, encoder: Any, named: str) -> None:
+    """The model is the detector's: the weights it was saved with (their fingerprint in its
+    provenance) and its feature dimension; ``named`` says which detector, for the sentence."""
     saved = provenance.get("weights_fingerprint")
     if saved and saved != encoder.fingerprint:
         raise NegspaceError(
             f"The detector was built with model {provenance.get('model')} (weights {saved}); this run "
             f"loads {encoder.spec} (weights {encoder.fingerprint}): pass the detector's {arg('model')} "
             f"and {arg('weights')}."
+        )
+    dim = detector.id_text_features.shape[1]
+    if dim != encoder.dim:
+        raise NegspaceError(
+            f"{named} scores {dim}-dimensional features, but the model {encoder.spec} gives "
+            f"{encoder.dim}: pass the detector's {arg('model')} and {arg('weights')}."
         )

@@ -12,16 +12,22 @@ detector with its scorer and snapshots.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from negspace.collections_api import detector_identity, detector_provenance, model_of_detector
+from negspace.collections_api import (
+    check_detector_model,
+    detector_identity,
+    detector_provenance,
+    model_of_detector,
+    open_threshold_images,
+    resolve_threshold,
+)
 from negspace.detectors.base import OnlineDetector
-from negspace.errors import DatasetError, NegspaceError, arg
+from negspace.errors import NegspaceError, arg
 from negspace.runconfig import MLLMConfig, ModelConfig
 from negspace.serve.adapt import AsyncScorer, StaticScorer, SyncScorer
 from negspace.serve.config import ServeConfig
@@ -193,7 +199,7 @@ def load_service(config: ServeConfig, model: ModelConfig | None = None, mllm: ML
     wants_mllm = config.adapt is not None and isinstance(saved, ANTS)
     if config.adapt is not None:
         check_learns(saved, folder, has_mllm=mllm is not None if wants_mllm else None)
-    id_images = _threshold_images(config.threshold_id) if config.threshold is None else None
+    id_images = open_threshold_images(config.threshold_id) if config.threshold is None else None
     model = model if model is not None else model_of_detector(folder, ModelConfig())
     if wants_mllm and isinstance(mllm, MLLMConfig):
         from negspace.runs import load_mllm
@@ -202,72 +208,14 @@ def load_service(config: ServeConfig, model: ModelConfig | None = None, mllm: ML
     from negspace.runs import load_model
 
     encoder = load_model(model)
-    _check_model(folder, provenance, saved, encoder)
+    check_detector_model(provenance, saved, encoder, f"{arg('detector')} {folder}")
     reload = partial(
         _reload, encoder=encoder, scoring_backend=config.scoring_backend, mllm=mllm if wants_mllm else None
     )
     frozen = reload(folder, False)
-    threshold, source = _threshold(config, frozen, encoder, provenance, id_images)
+    threshold, source = resolve_threshold(
+        config.threshold, config.threshold_id, frozen, encoder, provenance, id_images, config.max_batch, False
+    )
     detector = reload(folder, True) if config.adapt is not None else frozen
     info = {**describe(saved, encoder), "preprocess": model.preprocess, "source": folder.name}
     return Loaded(detector, encoder, threshold, source, info, reload)
-
-
-def _threshold_images(spec: str | None) -> Any:
-    """The ID images ``threshold_id`` names, opened (not read) before any model loads."""
-    if spec is None:
-        return None
-    from negspace.data import open_image_set
-
-    option = arg("threshold_id")
-    if not Path(spec).expanduser().exists():
-        raise DatasetError(f"{option} {spec} does not exist (give a folder of ID images or a .txt list of them).")
-    try:
-        return open_image_set(spec)
-    except DatasetError as err:
-        raise DatasetError(f"{option} {spec}: {err.message}") from None
-
-
-def _check_model(folder: Path, provenance: dict[str, Any], detector: Any, encoder: Any) -> None:
-    """The model is the detector's (its weights' fingerprint, its dimension)."""
-    saved = provenance.get("weights_fingerprint")
-    if saved and saved != encoder.fingerprint:
-        raise NegspaceError(
-            f"The detector in {folder} was built with model {provenance.get('model')} (weights "
-            f"{saved}); this server loads {encoder.spec} (weights {encoder.fingerprint}): pass the "
-            f"detector's {arg('model')} and {arg('weights')}."
-        )
-    dim = detector.id_text_features.shape[1]
-    if dim != encoder.dim:
-        raise NegspaceError(
-            f"{arg('detector')} {folder} scores {dim}-dimensional features, but the model "
-            f"{encoder.spec} gives {encoder.dim}: pass the detector's {arg('model')} and "
-            f"{arg('weights')}."
-        )
-
-
-def _threshold(
-    config: ServeConfig, frozen: Any, encoder: Any, provenance: dict[str, Any], id_images: Any
-) -> tuple[float, str]:
-    """The flag threshold and where it came from (as ``negspace score`` chooses it)."""
-    from negspace.evaluation import score_in_batches
-    from negspace.metrics import threshold_at_id_recall
-
-    if config.threshold is not None:
-        return float(config.threshold), "--threshold"
-    if id_images is not None:
-        encoding = encoder.encode_image_files(id_images.paths, batch_size=config.max_batch)
-        if len(encoding.features) == 0:
-            raise NegspaceError(f"{arg('threshold_id')} {config.threshold_id}: none of its images could be read.")
-        scores = score_in_batches(frozen.score_features, encoding.features, config.max_batch)
-        return float(threshold_at_id_recall(scores)), (
-            f"95% recall of the {len(scores)} ID images of {config.threshold_id}"
-        )
-    saved = provenance.get("threshold_95_id_recall")
-    if isinstance(saved, (int, float)) and math.isfinite(saved):
-        return float(saved), f"saved with the detector ({provenance.get('id_set', 'its ID set')})"
-    raise NegspaceError(
-        f"No threshold for the OOD flag: give {arg('threshold')} T, or {arg('threshold_id')} ID_IMAGES "
-        f"to choose the one that keeps 95% of them, or a {arg('detector')} saved by "
-        "`negspace eval --save-detector`."
-    )
