@@ -23,7 +23,7 @@ from negspace import TANL, TINS, AdaNeg, InterNeg, load_detector
 from negspace.detectors.saved import write_provenance
 from negspace.evaluation import EncodedSet, evaluate_stream, stream_order
 from negspace.serve import ServeConfig, create_app
-from negspace.serve.state import frozen_copy, read_meta
+from negspace.serve.state import SnapshotStore, frozen_copy, read_meta
 from negspace.testing import make_world
 from serve_support import free_port, metric, start_process, thread_server
 
@@ -183,6 +183,40 @@ def test_a_frozen_copy_scores_with_the_state_it_was_taken_with(world):
             live.score_features(features[chunk])  # the live state moves on...
         np.testing.assert_array_equal(copy.score_features(probe), before)  # ...the copy does not
         assert copy.frozen and not live.frozen and copy.id_text_features is live.id_text_features
+
+
+def test_a_removal_cut_short_never_leaves_a_snapshot_with_files_missing(world, tmp_path, monkeypatch):
+    """Pruning removes an old snapshot file by file; a process killed midway must not leave a
+    folder that still looks like a snapshot (its record there, its arrays gone)."""
+    import shutil
+
+    from negspace.serve import state as state_module
+
+    identity = {"detector": "d", "model": "m"}
+    store = SnapshotStore(tmp_path, identity)
+    detector = _adaneg(world)
+    for _ in range(2):
+        store.write(detector, {})
+    real_rmtree = shutil.rmtree
+
+    def killed_after_one_file(path, ignore_errors=False):  # the process dies while removing a snapshot
+        arrays = sorted(Path(path).glob("*.npy"))
+        if not arrays:
+            return real_rmtree(path, ignore_errors=ignore_errors)
+        arrays[0].unlink()
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(state_module.shutil, "rmtree", killed_after_one_file)
+    with pytest.raises(SystemExit):
+        store.write(detector, {})  # the third: the first is pruned, and the kill lands
+    monkeypatch.setattr(state_module.shutil, "rmtree", real_rmtree)
+    store.close()
+    left = sorted(p.name for p in tmp_path.glob("snapshot-*"))
+    assert left == ["snapshot-00000002", "snapshot-00000003"]
+    for name in left:  # what a reader sees right after the kill: whole snapshots only
+        load_detector(tmp_path / name)
+    SnapshotStore(tmp_path, identity).close()
+    assert not list(tmp_path.glob(".tmp-*"))  # the half-removed folder is cleared on the next start
 
 
 def test_adapt_is_refused_for_a_detector_that_does_not_learn(world, tmp_path):

@@ -5,7 +5,9 @@ temporary folder, every file and the folder synced to disk, then renamed to
 ``snapshot-NNNNNNNN`` in one step: a reader (a restart, after a crash or a ``kill -9``) sees a
 whole snapshot or none, never a half-written one. Beside the detector's files,
 ``serve_state.json`` records the counters and which detector and model the state belongs to, so
-that a state folder is never resumed with another detector. The two newest snapshots are kept.
+that a state folder is never resumed with another detector. The two newest snapshots are kept;
+an older one is renamed away before it is removed, so a kill during the removal never leaves a
+snapshot with files missing.
 """
 
 from __future__ import annotations
@@ -133,8 +135,16 @@ class SnapshotStore:
         self._prune()  # a crash between a rename and the pruning leaves one more
 
     def _prune(self) -> None:
+        # Renamed out of the snapshot names first, in one step, then removed: a kill during the
+        # removal (file by file) leaves a ``.tmp-`` folder the next start clears, never a
+        # snapshot whose record remains while its arrays are gone.
         for old in self.snapshots()[KEEP:]:
-            shutil.rmtree(old, ignore_errors=True)
+            doomed = self.folder / f"{TMP_PREFIX}drop-{old.name}-{os.getpid()}"
+            try:
+                old.rename(doomed)
+            except OSError:
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def _lock(self) -> Any:
         import fcntl
