@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import shutil
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -40,3 +42,21 @@ def require_module(name: str, extra: str) -> ModuleType:
     if importlib.util.find_spec(name) is None:
         missing_tool(f"{name} is not installed (pip install -e '.[{extra}]', which '.[test]' includes)")
     return importlib.import_module(name)
+
+
+def headless_chromium() -> Any:
+    """A selenium driver of headless Chromium that keeps the page's console log (every browser
+    test reads it); skipped (or failed, in CI) where selenium or Chromium is missing. The caller
+    quits it."""
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing_tool("selenium is not installed (pip install -e '.[test]')")
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None or (shutil.which("chromium") or shutil.which("chromium-browser")) is None:
+        missing_tool("headless Chromium is not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from external_tools import missing_tool
+from external_tools import headless_chromium
 from negspace.bench import BenchConfig, run_suite
 from negspace.bench.layout import check_sets
 from negspace.bench.miniature import write_miniature
@@ -292,23 +292,6 @@ def test_bench_ants_with_a_real_http_mllm_shows_images_texts_and_lam(tmp_path, m
     assert "schedule scaled" in stream[0]["ours"] and stream[0]["text"] in (out / "results.md").read_text()
 
 
-def _browser():
-    try:
-        from selenium import webdriver
-    except ImportError:
-        missing_tool("selenium is not installed (pip install -e '.[test]')")
-    if shutil.which("chromedriver") is None or (
-        shutil.which("chromium") is None and shutil.which("chromium-browser") is None
-    ):
-        missing_tool("headless Chromium is not installed (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
-    return webdriver.Chrome(options=options, service=service)
-
-
 # Per figure: its size and the share of its pixels in colour (data: curves, bars, markers); axes,
 # text and grid are grey, so an empty chart has none.
 _FIGURE_INK = """
@@ -373,7 +356,7 @@ def test_report_reads_well_in_a_real_browser(tmp_path, miniatures, tiny_openclip
     )
     warnings = json.loads((out / "metrics.json").read_text())["warnings"]
     assert any("broken" in text for text in warnings)
-    driver = _browser()
+    driver = headless_chromium()
     try:
         driver.set_window_size(1400, 1000)
         driver.get((out / "report.html").resolve().as_uri())

@@ -13,7 +13,6 @@ import ast
 import functools
 import os
 import re
-import shutil
 import subprocess
 import sys
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +21,7 @@ from threading import Thread
 
 import pytest
 
-from external_tools import missing_tool
+from external_tools import headless_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 API = ROOT / "docs" / "reference" / "api"
@@ -95,24 +94,6 @@ def test_every_public_name_of_negspace_is_in_the_api_reference():
     assert not unlisted, f"docs/reference/api/index.md does not list {unlisted}"
 
 
-def _browser():
-    try:
-        from selenium import webdriver
-    except ImportError:
-        missing_tool("selenium is not installed (pip install -e '.[test]')")
-    if shutil.which("chromedriver") is None or (
-        shutil.which("chromium") is None and shutil.which("chromium-browser") is None
-    ):
-        missing_tool("headless Chromium is not installed (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(
-        options=options, service=webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
-    )
-
-
 # Every resource the page loaded (scripts, styles, images, fonts), by its URL.
 _RESOURCES = "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href]);"
 
@@ -138,7 +119,7 @@ def served(site):
 def test_the_start_page_opens_offline_with_no_console_error(served):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = _browser()
+    driver = headless_chromium()
     try:
         driver.set_window_size(1280, 900)
         driver.get(served + "index.html")

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from external_tools import missing_tool
+from external_tools import headless_chromium
 from negspace.bench import figures
 from negspace.bench.miniature import write_miniature
 from negspace.bench.suites import load_suite
@@ -219,23 +218,6 @@ def test_every_axis_says_its_unit():
         assert ax.get_ylabel() == "images"
 
 
-def _browser():
-    try:
-        from selenium import webdriver
-    except ImportError:
-        missing_tool("selenium is not installed (pip install -e '.[test]')")
-    if shutil.which("chromedriver") is None or (
-        shutil.which("chromium") is None and shutil.which("chromium-browser") is None
-    ):
-        missing_tool("headless Chromium is not installed (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
-    return webdriver.Chrome(options=options, service=service)
-
-
 # Per <img>: its alt text, natural size and the size it is shown at on the page.
 _IMAGES = """
 return Array.from(document.querySelectorAll('img')).map(img => {
@@ -284,7 +266,7 @@ def test_every_chart_of_the_miniature_bench_shows_in_a_real_browser(tmp_path, ti
         == 0
     )
     keep = os.environ.get("NEGSPACE_TEST_SCREENSHOTS")
-    driver = _browser()
+    driver = headless_chromium()
     try:
         driver.set_window_size(1400, 1000)
         driver.get((out / "report.html").resolve().as_uri())

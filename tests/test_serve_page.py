@@ -3,35 +3,17 @@ server's data, shows the adaptive state, loads nothing from outside and logs no 
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import httpx
 import numpy as np
 
-from external_tools import missing_tool
+from external_tools import headless_chromium
 from negspace import AdaNeg
 from negspace.serve import ServeConfig, create_app
 from negspace.serve.page import PAGE
 from negspace.testing import make_world
 from serve_support import thread_server
-
-
-def _browser():
-    try:
-        from selenium import webdriver
-    except ImportError:
-        missing_tool("selenium is not installed (pip install -e '.[test]')")
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if shutil.which("chromedriver") is None or browser is None:
-        missing_tool("headless Chromium is not installed (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
-    return webdriver.Chrome(options=options, service=service)
-
 
 # How much ink each canvas holds (non-transparent pixels), and what the page says.
 _INKED = """
@@ -44,7 +26,7 @@ return Array.from(document.querySelectorAll('canvas')).map(c => {
 """
 
 
-def test_the_live_page_renders_the_traffic_and_the_adaptive_state_in_a_real_browser():
+def test_the_live_page_renders_the_traffic_and_the_adaptive_state_in_a_realheadless_chromium():
     world = make_world(dim=32, n_classes=6, n_corpus=300, n_per_class=8, n_per_concept=12, seed=3)
     _, negatives = world.negatives(120)
     detector = AdaNeg.from_features(world.id_text_features, negatives, groups=4)
@@ -54,7 +36,7 @@ def test_the_live_page_renders_the_traffic_and_the_adaptive_state_in_a_real_brow
     with thread_server(app) as url:
         for start in range(0, len(features), 16):
             httpx.post(f"{url}/v1/score/features", json={"features": features[start : start + 16].tolist()}, timeout=60)
-        driver = _browser()
+        driver = headless_chromium()
         try:
             driver.set_window_size(1200, 1000)
             driver.get(url + "/")
