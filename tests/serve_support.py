@@ -1,5 +1,6 @@
-"""Helpers of the `negspace serve` tests: a saved detector, images, a real uvicorn server on
-127.0.0.1 (in a thread of this process, or a `negspace serve` subprocess), a free port."""
+"""Helpers of the tests of `negspace serve` and `negspace score`: a saved detector, images, a real
+uvicorn server on 127.0.0.1 (in a thread of this process, or a `negspace serve` subprocess), a
+free port."""
 
 from __future__ import annotations
 

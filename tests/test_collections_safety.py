@@ -59,7 +59,7 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_both_sets_end_u
                 _score(
                     str(tmp_path / "b"),
                     "--detector",
-                    str(saved / "det"),
+                    str(saved / "det-neglabel"),
                     "--out",
                     str(out),
                     *_model_args(tiny_openclip),
@@ -74,7 +74,7 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_both_sets_end_u
                 _score(
                     str(tmp_path / source),
                     "--detector",
-                    str(saved / "det"),
+                    str(saved / "det-neglabel"),
                     "--out",
                     str(out),
                     *_model_args(tiny_openclip),
@@ -97,7 +97,7 @@ def test_two_score_processes_into_one_folder_keep_every_row_exactly_once(tmp_pat
             "score",
             str(tmp_path / name),
             "--detector",
-            str(saved / "det"),
+            str(saved / "det-neglabel"),
             "--out",
             str(out),
             "--chunk-size",
@@ -131,7 +131,7 @@ def test_a_killed_run_leaves_only_whole_parts_and_no_lock(tmp_path, saved, tiny_
         "score",
         str(tmp_path / "many"),
         "--detector",
-        str(saved / "det"),
+        str(saved / "det-neglabel"),
         "--out",
         str(out),
         "--chunk-size",
@@ -170,7 +170,12 @@ def test_features_without_model_metadata_never_enter_the_cache(tmp_path, saved, 
     digest = hashlib.sha256(image.read_bytes()).hexdigest()
     foreign = _feature_table(tmp_path / "foreign.parquet", [(str(image), digest, np.ones(32) / np.sqrt(32))])
     args = _score(
-        str(tmp_path / "imgs"), "--detector", str(saved / "det"), "--threshold", "0.5", *_model_args(tiny_openclip)
+        str(tmp_path / "imgs"),
+        "--detector",
+        str(saved / "det-neglabel"),
+        "--threshold",
+        "0.5",
+        *_model_args(tiny_openclip),
     )
     assert main([*args, "--out", str(tmp_path / "o1"), "--features", str(foreign)]) == 2
     assert "does not say which model made it" in _error(capsys)
@@ -196,7 +201,12 @@ def test_a_feature_table_with_two_features_for_one_image_is_refused_naming_the_h
     assert (
         main(
             _score(
-                str(table), "--detector", str(saved / "det"), "--out", str(tmp_path / "o"), *_model_args(tiny_openclip)
+                str(table),
+                "--detector",
+                str(saved / "det-neglabel"),
+                "--out",
+                str(tmp_path / "o"),
+                *_model_args(tiny_openclip),
             )
         )
         == 2
@@ -222,7 +232,12 @@ def test_bad_feature_tables_are_one_sentence(tmp_path, saved, tiny_openclip, cap
     assert (
         main(
             _score(
-                str(path), "--detector", str(saved / "det"), "--out", str(tmp_path / "o"), *_model_args(tiny_openclip)
+                str(path),
+                "--detector",
+                str(saved / "det-neglabel"),
+                "--out",
+                str(tmp_path / "o"),
+                *_model_args(tiny_openclip),
             )
         )
         == 2
@@ -250,7 +265,7 @@ def test_every_json_written_is_strict_json(tmp_path, saved, tiny_openclip):
             _score(
                 str(saved / "ood"),
                 "--detector",
-                str(saved / "det"),
+                str(saved / "det-neglabel"),
                 "--out",
                 str(tmp_path / "o"),
                 *_model_args(tiny_openclip),
@@ -260,9 +275,9 @@ def test_every_json_written_is_strict_json(tmp_path, saved, tiny_openclip):
     )
     for path in [
         tmp_path / "o" / "_summary.json",
-        saved / "eval" / "metrics.json",
-        saved / "det" / "provenance.json",
-        saved / "det" / "detector.json",
+        saved / "eval-neglabel" / "metrics.json",
+        saved / "det-neglabel" / "provenance.json",
+        saved / "det-neglabel" / "detector.json",
     ]:
         assert isinstance(_strict_json(path), dict), path
 
@@ -307,7 +322,7 @@ def test_an_unreachable_ray_address_fails_in_bounded_time_before_the_model(tmp_p
             _score(
                 str(tmp_path / "imgs"),
                 "--detector",
-                str(saved / "det"),
+                str(saved / "det-neglabel"),
                 "--out",
                 str(tmp_path / "o"),
                 "--engine",
@@ -333,7 +348,7 @@ def test_an_unreachable_ray_address_fails_in_bounded_time_before_the_model(tmp_p
 def test_a_corrupt_parquet_source_is_one_sentence_for_score_and_embed(tmp_path, saved, tiny_openclip, capsys):
     table = tmp_path / "paths.parquet"
     table.write_bytes(b"not parquet at all")
-    for command in (_score(str(table), "--detector", str(saved / "det")), ["embed", str(table)]):
+    for command in (_score(str(table), "--detector", str(saved / "det-neglabel")), ["embed", str(table)]):
         assert main([*command, "--out", str(tmp_path / "o"), *_model_args(tiny_openclip)]) == 2
         assert str(table) in _error(capsys)
 
@@ -344,7 +359,7 @@ def test_file_names_that_are_not_utf8_are_listed_not_fatal(tmp_path, saved, tiny
     good = _images(folder, 3, seed=81)
     strange = os.fsdecode(bytes(folder) + b"/caf\xe9.jpg")  # Latin-1 bytes: not UTF-8
     shutil.copy(good[0], strange)
-    for command in (_score(str(folder), "--detector", str(saved / "det")), ["embed", str(folder)]):
+    for command in (_score(str(folder), "--detector", str(saved / "det-neglabel")), ["embed", str(folder)]):
         out = tmp_path / command[0]
         for _ in range(2):  # the re-run finishes too, and lists the file once
             assert main([*command, "--out", str(out), *_model_args(tiny_openclip)]) == 0
@@ -362,7 +377,7 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_model(tmp_path, sav
             _score(
                 str(tmp_path / "imgs"),
                 "--detector",
-                str(saved / "det"),
+                str(saved / "det-neglabel"),
                 "--out",
                 str(blocker / "sub"),
                 "--model",
@@ -377,7 +392,7 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_model(tmp_path, sav
 @pytest.mark.parametrize("damage", ["provenance-not-json", "no-arrays", "not-an-object", "newer-parameter"])
 def test_a_damaged_saved_detector_is_found_before_the_model_loads(tmp_path, saved, capsys, damage):
     det = tmp_path / "det"
-    shutil.copytree(saved / "det", det)
+    shutil.copytree(saved / "det-neglabel", det)
     doc = json.loads((det / "detector.json").read_text())
     if damage == "provenance-not-json":
         (det / "provenance.json").write_text("{not json")
@@ -441,7 +456,7 @@ def test_an_empty_threshold_id_set_is_found_before_the_model(tmp_path, saved, ca
             _score(
                 str(tmp_path / "imgs"),
                 "--detector",
-                str(saved / "det"),
+                str(saved / "det-neglabel"),
                 "--threshold-id",
                 str(tmp_path / "empty"),
                 "--out",
@@ -466,7 +481,7 @@ def test_a_resumed_run_summary_still_counts_the_rows_in_the_folder(tmp_path, sav
     args = _score(
         str(tmp_path / "imgs"),
         "--detector",
-        str(saved / "det"),
+        str(saved / "det-neglabel"),
         "--out",
         str(tmp_path / "o"),
         *_model_args(tiny_openclip),
@@ -495,7 +510,12 @@ def test_another_detector_into_the_same_out_is_refused_and_overwrite_starts_afre
     assert (
         main(
             _score(
-                str(tmp_path / "imgs"), "--detector", str(saved / "det"), "--out", str(out), *_model_args(tiny_openclip)
+                str(tmp_path / "imgs"),
+                "--detector",
+                str(saved / "det-neglabel"),
+                "--out",
+                str(out),
+                *_model_args(tiny_openclip),
             )
         )
         == 0
@@ -523,7 +543,12 @@ def test_another_detector_into_the_same_out_is_refused_and_overwrite_starts_afre
     assert (
         main(
             _score(
-                str(tmp_path / "imgs"), "--detector", str(saved / "det"), "--out", str(out), *_model_args(tiny_openclip)
+                str(tmp_path / "imgs"),
+                "--detector",
+                str(saved / "det-neglabel"),
+                "--out",
+                str(out),
+                *_model_args(tiny_openclip),
             )
         )
         == 0
@@ -580,8 +605,10 @@ def test_other_params_arrays_or_model_are_refused_naming_both(tmp_path, saved, t
         )
     # the same arrays but one changed: the digest tells them apart, before the model loads
     det = tmp_path / "det"
-    shutil.copytree(saved / "det", det)
-    negspace.score_collection([tmp_path / "imgs"], tmp_path / "neg", ScoreConfig(detector=saved / "det"), model=model)
+    shutil.copytree(saved / "det-neglabel", det)
+    negspace.score_collection(
+        [tmp_path / "imgs"], tmp_path / "neg", ScoreConfig(detector=saved / "det-neglabel"), model=model
+    )
     negatives = np.load(det / "neg_text_features.npy")
     np.save(det / "neg_text_features.npy", negatives[::-1].copy())
     with pytest.raises(negspace.NegspaceError) as info:
@@ -611,7 +638,7 @@ def test_one_file_under_several_spellings_is_one_row_also_on_a_re_run(
     (tmp_path / "data" / "l.txt").write_text(f"imgs/{images[2].name}\n{images[2]}\n")
     (tmp_path / "link").symlink_to(tmp_path / "data" / "imgs")
     out = tmp_path / "rows"
-    args = ["--detector", str(saved / "det"), "--out", str(out), *_model_args(tiny_openclip)]
+    args = ["--detector", str(saved / "det-neglabel"), "--out", str(out), *_model_args(tiny_openclip)]
     assert main(_score("data/imgs", "data/t.parquet", "data/l.txt", "link", *args)) == 0
     # the table's 2, the list's 2 and the link's 3 name files of data/imgs
     assert "7 paths named a file already listed" in capsys.readouterr().out
@@ -638,7 +665,7 @@ def test_a_path_column_that_is_not_text_is_one_sentence_naming_it_before_the_mod
             _score(
                 str(table),
                 "--detector",
-                str(saved / "det"),
+                str(saved / "det-neglabel"),
                 "--out",
                 str(tmp_path / "o"),
                 "--model",
@@ -663,7 +690,7 @@ def test_a_missing_threshold_id_set_names_its_option_or_argument(tmp_path, saved
             _score(
                 str(tmp_path / "imgs"),
                 "--detector",
-                str(saved / "det"),
+                str(saved / "det-neglabel"),
                 "--threshold-id",
                 str(missing),
                 "--out",
@@ -677,7 +704,7 @@ def test_a_missing_threshold_id_set_names_its_option_or_argument(tmp_path, saved
     assert f"--threshold-id {missing} does not exist" in _error(capsys)
     with pytest.raises(negspace.NegspaceError) as info:
         negspace.score_collection(
-            [tmp_path / "imgs"], tmp_path / "o", ScoreConfig(detector=saved / "det", threshold_id=str(missing))
+            [tmp_path / "imgs"], tmp_path / "o", ScoreConfig(detector=saved / "det-neglabel", threshold_id=str(missing))
         )
     assert str(info.value).startswith(f"threshold_id {missing} does not exist")
     assert not (tmp_path / "o").exists()

@@ -35,7 +35,7 @@ def test_ray_and_local_engines_score_the_same_files_the_same(tmp_path, saved, ti
         "score",
         str(tmp_path / "collection"),
         "--detector",
-        str(saved / "det"),
+        str(saved / "det-neglabel"),
         "--chunk-size",
         "5",
         "--batch-size",

@@ -10,68 +10,25 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.dataset as ds
 import pytest
-from PIL import Image
 
 from fixtures_models import TINY_DIM
 from negspace import load_detector
 from negspace.cli import main
 from negspace.encoders import load_encoder
 from numerics import FEATURE_ERROR, assert_features_close, assert_scores_close
-
-
-def _model_args(model) -> list[str]:
-    return ["--model", model.spec, "--weights", str(model.weights), "--device", "cpu", "-q"]
-
-
-def _images(folder: Path, n: int, seed: int, size=(30, 40)) -> list[Path]:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"img_{i:04d}.jpg"
-        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
+from serve_support import model_args as _model_args
+from serve_support import save_detector
+from serve_support import write_images as _images
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, tiny_openclip):
-    """A NegLabel detector saved by `negspace eval --save-detector`, with its ID images."""
+    """A NegLabel detector saved by `negspace eval --save-detector` (``det-neglabel``), with its ID
+    images (``id``)."""
     root = tmp_path_factory.mktemp("score")
-    _images(root / "id", 6, seed=0)
-    _images(root / "ood", 6, seed=1)
-    classes = root / "classes.txt"
-    classes.write_text("red square\ngreen square\nblue square\n", encoding="utf-8")
-    assert (
-        main(
-            [
-                "eval",
-                "--method",
-                "neglabel",
-                "--classes",
-                str(classes),
-                "--id",
-                str(root / "id"),
-                "--ood",
-                f"o={root / 'ood'}",
-                "--num-negatives",
-                "300",
-                "--groups",
-                "10",
-                "--batch-size",
-                "4",
-                "--out",
-                str(root / "eval"),
-                "--save-detector",
-                str(root / "det"),
-                *_model_args(tiny_openclip),
-            ]
-        )
-        == 0
-    )
+    save_detector(root, tiny_openclip)
     return root
 
 
@@ -105,7 +62,7 @@ def test_score_writes_one_row_per_image_with_its_score_flag_and_labels(tmp_path,
             f"{listed}:file",
             str(tmp_path / "list.txt"),
             "--detector",
-            str(saved / "det"),
+            str(saved / "det-neglabel"),
             "--out",
             str(out),
             "--chunk-size",
@@ -123,11 +80,11 @@ def test_score_writes_one_row_per_image_with_its_score_flag_and_labels(tmp_path,
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["duplicate_paths"] == 4 and summary["images"] == 9 + 1 + 2
     assert summary["skipped_unreadable"] == 1 and "broken.jpg" in (out / "_skipped.csv").read_text()
-    provenance = json.loads((saved / "det" / "provenance.json").read_text())
+    provenance = json.loads((saved / "det-neglabel" / "provenance.json").read_text())
     assert summary["threshold"] == provenance["threshold_95_id_recall"]
     # the scores are the saved detector's, the flags its threshold's, the labels its banks'
     encoder = load_encoder(tiny_openclip.spec, weights=tiny_openclip.weights, device="cpu")
-    detector = load_detector(saved / "det")
+    detector = load_detector(saved / "det-neglabel")
     paths = [Path(r["path"]) for r in rows]
     features = encoder.encode_image_files(paths, progress=False).features
     # images encoded and scored in batches of other sizes: equal within the float32 bound
@@ -150,7 +107,7 @@ def test_score_resumes_after_kill_9(tmp_path, saved, tiny_openclip):
         "score",
         str(tmp_path / "many"),
         "--detector",
-        str(saved / "det"),
+        str(saved / "det-neglabel"),
         "--chunk-size",
         "8",
         "--batch-size",
@@ -292,7 +249,7 @@ def test_embed_then_eval_and_score_from_the_features(tmp_path, saved, tiny_openc
                 "score",
                 str(table),
                 "--detector",
-                str(saved / "det"),
+                str(saved / "det-neglabel"),
                 "--out",
                 str(from_table),
                 *_model_args(tiny_openclip),
@@ -307,7 +264,7 @@ def test_embed_then_eval_and_score_from_the_features(tmp_path, saved, tiny_openc
                 str(saved / "id"),
                 str(saved / "ood"),
                 "--detector",
-                str(saved / "det"),
+                str(saved / "det-neglabel"),
                 "--out",
                 str(from_images),
                 *_model_args(tiny_openclip),
