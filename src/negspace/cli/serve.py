@@ -15,7 +15,7 @@ from negspace.backend import BACKENDS
 from negspace.cli import options
 from negspace.encoders import PREPROCESS_CHOICES
 from negspace.runconfig import DEFAULT_MODEL, MLLMConfig
-from negspace.serve.config import ADAPT_MODES, ServeConfig
+from negspace.serve.config import ADAPT_MODES, ENGINES, ServeConfig
 
 _DEFAULTS = ServeConfig()
 
@@ -124,6 +124,39 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         default=_DEFAULTS.snapshot_every,
         help="images learned between snapshots (also one at shutdown) (default: %(default)s)",
     )
+    replicas = sv.add_argument_group("replicas on Ray Serve (static and frozen detectors)")
+    replicas.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=_DEFAULTS.engine,
+        help="local: one process under uvicorn; ray: --replicas copies on Ray Serve, each with its own "
+        "model, behind one address (pip install 'negspace[ray]') (default: %(default)s)",
+    )
+    replicas.add_argument(
+        "--replicas",
+        type=options.positive_int,
+        default=_DEFAULTS.replicas,
+        help="with --engine ray: replicas of the app (not with --adapt: one state, one writer) (default: %(default)s)",
+    )
+    replicas.add_argument("--ray-address", help="with --engine ray: an existing cluster (default: start a local Ray)")
+    replicas.add_argument(
+        "--ray-timeout",
+        type=options.positive_float,
+        default=_DEFAULTS.ray_timeout,
+        help="with --ray-address: seconds to wait for the cluster before giving up (default: %(default)s)",
+    )
+    replicas.add_argument(
+        "--replica-cpus",
+        type=options.non_negative_float,
+        default=_DEFAULTS.replica_cpus,
+        help="with --engine ray: CPUs Ray reserves for each replica, fractions allowed (default: %(default)s)",
+    )
+    replicas.add_argument(
+        "--replica-gpus",
+        type=options.non_negative_float,
+        default=_DEFAULTS.replica_gpus,
+        help="with --engine ray: GPUs Ray reserves for each replica (give 1 with --device cuda) (default: %(default)s)",
+    )
     model = sv.add_argument_group("model")
     model.add_argument(
         "--model",
@@ -214,6 +247,12 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         adapt=args.adapt,
         state_dir=args.state_dir,
         snapshot_every=args.snapshot_every,
+        engine=args.engine,
+        replicas=args.replicas,
+        ray_address=args.ray_address,
+        ray_timeout=args.ray_timeout,
+        replica_cpus=args.replica_cpus,
+        replica_gpus=args.replica_gpus,
         scoring_backend=args.scoring_backend,
     )
 
@@ -227,6 +266,11 @@ def run_serve(args: argparse.Namespace) -> int:
     model = options.model_config(args)
     if not any(a == "--model" or a.startswith("--model=") for a in args.command_line):
         model = model_of_detector(args.detector, model)  # the detector's own model
+    if config.engine == "ray":
+        from negspace.serve.ray_serve import serve_replicas
+
+        serve_replicas(config, model, options.mllm_config(args))
+        return 0
     from negspace.serve.server import serve
 
     serve(config, model, options.mllm_config(args), log_level="info" if args.verbose else "warning")

@@ -15,7 +15,9 @@ from negspace.errors import NegspaceError, arg
 from negspace.reprs import with_config_repr
 
 ADAPT_MODES = ("auto", "sync", "async")
+ENGINES = ("local", "ray")
 LOOPBACK_NAMES = ("localhost",)
+ENGINE_RAY = arg("engine=" + repr("ray"), "--engine ray")  # how the caller chose Ray Serve
 
 
 def is_loopback(host: str) -> bool:
@@ -41,6 +43,11 @@ class ServeConfig:
     traffic) or ``"auto"`` (async where an update asks an MLLM or runs an inversion: ANTS,
     InterNeg, TINS; sync otherwise). ``state_dir`` keeps snapshots of that state every
     ``snapshot_every`` images and at shutdown; a restart resumes from the newest.
+
+    ``engine`` ``"ray"`` serves ``replicas`` copies of the app on Ray Serve (each loads its own
+    model, with ``replica_cpus`` and ``replica_gpus`` reserved), on the cluster at ``ray_address``
+    (waiting at most ``ray_timeout`` seconds for it) or a local Ray; ``"local"`` is one uvicorn
+    process. An adaptive detector has one state with one writer: it is served by one replica.
     """
 
     detector: Path | None = None
@@ -61,6 +68,12 @@ class ServeConfig:
     state_dir: Path | None = None
     snapshot_every: int = 1000
     scoring_backend: str = "numpy"
+    engine: str = "local"
+    replicas: int = 1
+    ray_address: str | None = None
+    ray_timeout: float = 30.0
+    replica_cpus: float = 1.0
+    replica_gpus: float = 0.0
 
     @property
     def max_body_bytes(self) -> int:
@@ -110,6 +123,7 @@ class ServeConfig:
             raise NegspaceError(f"{arg('state_dir')} keeps the state of an adaptive detector: add {arg('adapt')}.")
         if self.state_dir is not None and Path(self.state_dir).exists() and not Path(self.state_dir).is_dir():
             raise NegspaceError(f"{arg('state_dir')} {self.state_dir} is a file, not a folder.")
+        self.check_engine()
         if self.token_file is not None and self.no_auth:
             raise NegspaceError(f"Give {arg('token_file')} or {arg('no_auth')}, not both.")
         if not is_loopback(self.host) and self.token_file is None and not self.no_auth:
@@ -120,6 +134,36 @@ class ServeConfig:
             )
         if self.token_file is not None:
             read_token(self.token_file)
+
+    def check_engine(self) -> None:
+        """Where the app runs: one process, or replicas on Ray Serve (one writer for an adaptive state)."""
+        if self.engine not in ENGINES:
+            raise NegspaceError(f"{arg('engine')} must be one of {', '.join(ENGINES)}, got {self.engine!r}.")
+        if self.replicas < 1:
+            raise NegspaceError(f"{arg('replicas')} must be a positive integer, got {self.replicas}.")
+        if self.adapt is not None and self.replicas > 1:
+            raise NegspaceError(
+                f"{arg('adapt')} with {arg('replicas')} {self.replicas} is refused: an adaptive state has one "
+                f"writer, and {self.replicas} replicas would each learn from their own share of the traffic; "
+                f"serve an adaptive detector with one replica, or serve it frozen (without {arg('adapt')})."
+            )
+        if self.engine == "ray":
+            if self.port == 0:
+                raise NegspaceError(f"{arg('port')} 0 (any free port) cannot be used with {ENGINE_RAY}: give a port.")
+            for name, value in (("replica_cpus", self.replica_cpus), ("replica_gpus", self.replica_gpus)):
+                if not (value >= 0 and math.isfinite(value)):
+                    raise NegspaceError(f"{arg(name)} must be a number >= 0, got {value}.")
+            if not (self.ray_timeout > 0 and math.isfinite(self.ray_timeout)):
+                raise NegspaceError(f"{arg('ray_timeout')} must be a positive number, got {self.ray_timeout}.")
+            return
+        if self.replicas > 1:
+            raise NegspaceError(
+                f"{arg('replicas')} {self.replicas} needs {ENGINE_RAY}: one local process serves one replica."
+            )
+        defaults = ServeConfig()
+        for name in ("ray_address", "ray_timeout", "replica_cpus", "replica_gpus"):
+            if getattr(self, name) != getattr(defaults, name):
+                raise NegspaceError(f"{arg(name)} applies to replicas on Ray Serve: add {ENGINE_RAY}.")
 
     def token(self) -> str | None:
         """The bearer token clients must send (``None``: no token asked)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from negspace.errors import NegspaceError, arg
 from negspace.runconfig import MLLMConfig, ModelConfig
 from negspace.serve.app import create_app
 from negspace.serve.config import ServeConfig
@@ -32,7 +33,13 @@ def serve(
     config: ServeConfig, model: ModelConfig | None = None, mllm: MLLMConfig | Any = None, log_level: str = "warning"
 ) -> None:
     """Load, then serve under uvicorn until SIGTERM or SIGINT (which answer the requests in
-    flight and snapshot an adaptive state before the process ends)."""
+    flight and snapshot an adaptive state before the process ends). Replicas on Ray Serve
+    (``config.engine`` ``"ray"``) are :func:`negspace.serve.ray_serve.serve_replicas`'s."""
+    if config.engine != "local":
+        raise NegspaceError(
+            f"serve() runs one local process; {arg('engine')} {config.engine!r} is served by "
+            "negspace.serve.ray_serve.serve_replicas()."
+        )
     import uvicorn
 
     app = build_app(config, model, mllm)

@@ -1,0 +1,202 @@
+"""Replicas of the serving app on Ray Serve: ``negspace serve --engine ray --replicas N``
+(``pip install 'negspace[ray]'``).
+
+Each replica is a Ray actor that builds the very app of ``negspace serve``
+(:func:`~negspace.serve.server.build_app`: its own model, batcher, limits, token and metrics) and
+answers behind Ray Serve's HTTP proxy, which listens on the config's host and port and spreads
+the requests over the replicas. Every answer names the replica that gave it in the
+``X-Negspace-Replica`` header. Only static and frozen detectors run on several replicas: an
+adaptive state has one writer (:meth:`~negspace.serve.config.ServeConfig.check_engine` refuses
+more than one replica with ``adapt``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from negspace.errors import NegspaceError, arg
+from negspace.runconfig import MLLMConfig, ModelConfig
+from negspace.serve.config import ENGINE_RAY, ServeConfig
+
+log = logging.getLogger("negspace")
+
+APP_NAME = "negspace"
+DEPLOYMENT_NAME = "negspace-detector"
+REPLICA_HEADER = "X-Negspace-Replica"
+MIN_RAY = (2, 47)  # serve.ingress builds the app on each replica from a function
+
+
+class ReplicaHeader:
+    """ASGI middleware: every HTTP answer carries ``X-Negspace-Replica: NAME``."""
+
+    def __init__(self, app: Any, replica: str) -> None:
+        self.app = app
+        self.header = (REPLICA_HEADER.lower().encode("latin-1"), replica.encode("latin-1"))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_named(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_named)
+
+
+def replica_app(config: ServeConfig, model: ModelConfig | None, mllm: MLLMConfig | Any, replica: str) -> Any:
+    """The app one replica serves: :func:`~negspace.serve.server.build_app`, its answers named."""
+    from negspace.serve.server import build_app
+
+    app = build_app(config, model, mllm)
+    app.add_middleware(ReplicaHeader, replica=replica)
+    return app
+
+
+def _absolute(config: ServeConfig, model: ModelConfig | None) -> tuple[ServeConfig, ModelConfig | None]:
+    """The paths a replica reads, made absolute: a replica's working folder is not the caller's."""
+
+    def resolved(path: Any) -> Any:
+        return Path(path).expanduser().resolve() if path is not None else None
+
+    threshold_id = config.threshold_id
+    if threshold_id is not None and Path(threshold_id).exists():
+        threshold_id = str(resolved(threshold_id))
+    config = dataclasses.replace(
+        config,
+        detector=resolved(config.detector),
+        token_file=resolved(config.token_file),
+        state_dir=resolved(config.state_dir),
+        threshold_id=threshold_id,
+    )
+    if model is not None:
+        weights = (
+            model.weights if model.weights is None or not Path(model.weights).exists() else resolved(model.weights)
+        )
+        model = dataclasses.replace(model, weights=weights, cache_dir=resolved(model.cache_dir), progress=False)
+    return config, model
+
+
+def import_serve() -> Any:
+    """``ray.serve``, or one sentence saying how to install it."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise NegspaceError(f"{ENGINE_RAY} needs Ray Serve: pip install 'negspace[ray]'.") from None
+    version = tuple(int(part) for part in ray.__version__.split(".")[:2] if part.isdigit())
+    if version < MIN_RAY:
+        raise NegspaceError(
+            f"{ENGINE_RAY} needs Ray {MIN_RAY[0]}.{MIN_RAY[1]} or newer, found {ray.__version__}: "
+            "pip install -U 'negspace[ray]'."
+        )
+    return serve
+
+
+def application(config: ServeConfig, model: ModelConfig | None = None, mllm: MLLMConfig | Any = None) -> Any:
+    """The Ray Serve application of ``config``: ``config.replicas`` replicas, each building the app
+    itself (nothing but the configs is shipped to them)."""
+    serve = import_serve()
+    config, model = _absolute(config, model)
+
+    def build() -> Any:  # runs in each replica, when it starts
+        from ray import serve
+
+        return replica_app(config, model, mllm, serve.get_replica_context().replica_id.unique_id)
+
+    resources = {"num_cpus": config.replica_cpus, "num_gpus": config.replica_gpus}
+    deployment = serve.deployment(
+        serve.ingress(build)(),
+        name=DEPLOYMENT_NAME,
+        num_replicas=config.replicas,
+        ray_actor_options=resources,
+        # requests a replica takes at once: its own queue (--max-queue) answers 503 beyond
+        max_ongoing_requests=config.max_queue,
+    )
+    return deployment.bind()
+
+
+def deploy(config: ServeConfig, model: ModelConfig | None = None, mllm: MLLMConfig | Any = None) -> str:
+    """Start Ray (``config.ray_address``, or a local Ray), Serve's HTTP proxy on the config's host
+    and port, and the replicas; returns once every replica answers, with the URL."""
+    from negspace.engines.ray_engine import check_ray_address, start_ray
+
+    config.check_settings()
+    serve = import_serve()
+    check_ray_address(config.ray_address, config.ray_timeout)
+    start_ray(config.ray_address)
+    serve.start(http_options={"host": config.host, "port": config.port})
+    try:
+        serve.run(application(config, model, mllm), name=APP_NAME, route_prefix="/", blocking=False)
+    except RuntimeError as err:  # a replica that cannot start: its own error, in one sentence
+        reason = replica_failure(serve) or str(err).strip() or type(err).__name__
+        serve.delete(APP_NAME)  # not left failing on a cluster
+        raise NegspaceError(
+            f"The replicas of {arg('detector')} {config.detector} did not start on Ray Serve: {reason}"
+        ) from None
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"http://{host}:{config.port}"
+
+
+def replica_failure(serve: Any) -> str | None:
+    """The error that stopped a replica, from Serve's status (the last line of its traceback)."""
+    try:
+        message = serve.status().applications[APP_NAME].deployments[DEPLOYMENT_NAME].message
+    except (KeyError, AttributeError):
+        return None
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    if not lines:
+        return None
+    name, sep, text = lines[-1].partition(": ")
+    return text if sep and name.rsplit(".", 1)[-1].endswith(("Error", "Exception")) else lines[-1]
+
+
+def undeploy(shutdown: bool) -> None:
+    """Remove the application (its replicas answer what they hold first); with ``shutdown``,
+    stop Serve as well (the Ray this process started)."""
+    from ray import serve
+
+    serve.delete(APP_NAME)
+    if shutdown:
+        serve.shutdown()
+
+
+def serve_replicas(config: ServeConfig, model: ModelConfig | None = None, mllm: MLLMConfig | Any = None) -> None:
+    """Deploy, then serve until SIGTERM or SIGINT; then remove the replicas (and, on a local Ray
+    this process started, Serve and Ray)."""
+    import ray
+
+    local = config.ray_address is None and not ray.is_initialized()
+    try:
+        url = deploy(config, model, mllm)
+    except NegspaceError:
+        if local:
+            ray.shutdown()
+        raise
+    log.info(
+        "listening on %s: %d replica%s on Ray Serve (%s)%s",
+        url,
+        config.replicas,
+        "" if config.replicas == 1 else "s",
+        "a local Ray" if local else f"the cluster at {config.ray_address or 'this process'}",
+        "" if config.token_file is None else ", bearer token required",
+    )
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(1.0):
+            pass
+        log.info("stopping the replicas")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        undeploy(shutdown=local)
+        if local:
+            ray.shutdown()
