@@ -693,7 +693,11 @@ def _ray_rows(todo: list[Path], encoder: Any, model: ModelConfig, collection: Co
     gpus = ray_engine.cluster_gpus()
     actors = collection.ray_actors or max(1, gpus)
     recipe = ray_engine.ModelRecipe(
-        model.spec, str(model.weights) if model.weights else None, "cuda" if gpus else "cpu", model.preprocess
+        model.spec,
+        str(model.weights) if model.weights else None,
+        "cuda" if gpus and model.runtime == "torch" else "cpu",  # ONNX Runtime runs on the CPUs
+        model.preprocess,
+        model.runtime,
     )
     log.info("Ray engine: %d model actor(s)%s", actors, f" on {gpus} GPU(s)" if gpus else " on CPUs")
     return ray_engine.run_pipeline(

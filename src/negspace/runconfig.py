@@ -15,6 +15,7 @@ from typing import Any
 from negspace.backend import BACKENDS
 from negspace.corpus.mining import MiningConfig
 from negspace.detectors.tanl import DEFAULT_CORPUS
+from negspace.encoders.runtimes import check_runtime
 from negspace.evaluation import STREAM_MODES
 from negspace.reprs import with_config_repr
 
@@ -28,7 +29,9 @@ class ModelConfig:
 
     ``spec`` is ``openclip:ARCH/PRETRAINED`` or ``hf:NAME_OR_PATH``; ``weights`` a local
     checkpoint file or folder used instead of the hub; ``features`` a feature table (from
-    ``negspace embed``) whose rows are reused by content hash instead of encoding those images.
+    ``negspace embed``) whose rows are reused by content hash instead of encoding those images;
+    ``runtime`` what runs the towers: ``"torch"`` or ``"onnxruntime"`` (CPU only, see
+    :func:`negspace.encoders.load_encoder`).
     """
 
     spec: str = DEFAULT_MODEL
@@ -40,6 +43,10 @@ class ModelConfig:
     workers: int | None = None  # decoding processes (None: the usable cores, at most 8)
     features: Path | None = None
     progress: bool = True
+    runtime: str = "torch"
+
+    def __post_init__(self) -> None:
+        check_runtime(self.runtime)
 
 
 @with_config_repr

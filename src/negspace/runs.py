@@ -71,6 +71,7 @@ def load_model(config: ModelConfig) -> ClipEncoder:
         cache_dir=config.cache_dir,
         use_cache=config.use_cache,
         preprocess=config.preprocess,
+        runtime=config.runtime,
     )
     encoder.show_progress = config.progress  # every bar, whoever asks for the encoding
     if config.workers is not None:
@@ -455,6 +456,7 @@ def _evaluate(
         "model": model_spec,
         "weights_fingerprint": encoder.fingerprint,
         "preprocess": model.preprocess,
+        **({"runtime": model.runtime} if model.runtime != "torch" else {}),  # torch's records stay as they were
         "classes": classes.source,
         "n_classes": len(classes),
         "class_list_problems": list(classes.problems),

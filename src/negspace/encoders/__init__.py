@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from negspace.encoders.preprocess import PREPROCESS_CHOICES, check_preprocess
-from negspace.errors import NegspaceError
+from negspace.encoders.runtimes import RUNTIMES, check_runtime
+from negspace.errors import NegspaceError, arg
 
 if TYPE_CHECKING:
     from negspace.encoders.base import Backend, ClipEncoder, ImageEncoding, SkippedFile, resolve_device
@@ -36,6 +37,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "PREPROCESS_CHOICES",
+    "RUNTIMES",
     "ClipEncoder",
     "ImageEncoding",
     "SkippedFile",
@@ -53,6 +55,7 @@ def load_encoder(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     preprocess: str = "model",
+    runtime: str = "torch",
 ) -> ClipEncoder:
     """Load a CLIP model and wrap it as a :class:`ClipEncoder`.
 
@@ -68,6 +71,11 @@ def load_encoder(
         use_cache: False encodes everything afresh and writes nothing to disk.
         preprocess: ``"model"`` (the library's eval transform) or ``"openood"`` (resize 256
             bicubic, centre crop 224, for a 224-pixel model).
+        runtime: ``"torch"`` (eager PyTorch) or ``"onnxruntime"``: the towers exported to ONNX
+            once (cached under ``cache_dir``, keyed by the weights' fingerprint) and run by ONNX
+            Runtime on the CPU (``device`` must be ``"auto"`` or ``"cpu"``; needs
+            ``pip install "negspace[onnx]"``). Features agree with torch's within float32
+            rounding and share its feature cache.
 
     Raises:
         NegspaceError: malformed spec, unknown architecture, unavailable device.
@@ -81,20 +89,35 @@ def load_encoder(
     kind, rest = spec.split(":", 1)
     kind = kind.strip().lower()
     check_preprocess(preprocess)
-    dev = resolve_device(device)
+    check_runtime(runtime)
+    dev = resolve_device("cpu" if runtime == "onnxruntime" and str(device).strip().lower() == "auto" else device)
+    if runtime == "onnxruntime" and dev.type != "cpu":
+        raise NegspaceError(
+            f"{arg('runtime')} onnxruntime runs on the CPU; use {arg('device')} cpu, "
+            f"or {arg('runtime')} torch on {dev}."
+        )
     weights_path = Path(weights).expanduser() if weights is not None else None
     store = FeatureStore.in_dir(cache_dir) if use_cache else None
 
-    backend: Backend
-    if kind == "openclip":
-        from negspace.encoders.openclip_backend import load_openclip
+    if kind not in ("openclip", "hf"):
+        raise NegspaceError(f"Unknown model kind {kind!r} in {spec!r}; use {SPEC_FORMS}.")
 
-        backend, fingerprint = load_openclip(spec, rest, weights_path, dev, store, preprocess)
-    elif kind == "hf":
+    def load_torch() -> tuple[Backend, str]:
+        if kind == "openclip":
+            from negspace.encoders.openclip_backend import load_openclip
+
+            return load_openclip(spec, rest, weights_path, dev, store, preprocess)
         from negspace.encoders.hf_backend import load_hf
 
-        backend, fingerprint = load_hf(spec, rest, weights_path, dev, store, preprocess)
+        return load_hf(spec, rest, weights_path, dev, store, preprocess)
+
+    backend: Backend
+    if runtime == "onnxruntime":
+        from negspace.encoders.onnx_backend import load_onnx
+
+        cache_root = store.path.parent if store is not None else None
+        backend, fingerprint = load_onnx(load_torch, spec, cache_root)
     else:
-        raise NegspaceError(f"Unknown model kind {kind!r} in {spec!r}; use {SPEC_FORMS}.")
-    logger.info("Loaded %s on %s (weights %s)", spec, dev, fingerprint)
+        backend, fingerprint = load_torch()
+    logger.info("Loaded %s on %s with %s (weights %s)", spec, dev, runtime, fingerprint)
     return ClipEncoder(backend, spec=spec, fingerprint=fingerprint, device=dev, store=store)

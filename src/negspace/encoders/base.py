@@ -223,6 +223,7 @@ class ClipEncoder:
         dim: embedding width ``D``.
         preprocess_id: identifies the image preprocessing (part of image cache keys).
         store: the feature cache, or None when caching is off.
+        runtime: what runs the towers: ``"torch"`` or ``"onnxruntime"`` (the backend's ``runtime``).
     """
 
     def __init__(
@@ -242,6 +243,7 @@ class ClipEncoder:
         self.store = store
         self.dim = int(backend.dim)
         self.preprocess_id = backend.preprocess_id
+        self.runtime = str(getattr(backend, "runtime", "torch"))
         self.workers = default_workers()  # decoding processes of encode_image_files (0: in this process)
 
     def __repr__(self) -> str:

@@ -34,7 +34,7 @@ from negspace.encoders.weights import (
 )
 from negspace.errors import NegspaceError
 
-__all__ = ["HFClipBackend", "load_hf"]
+__all__ = ["HFClipBackend", "load_hf", "pooled_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ def _import_transformers() -> Any:
     return transformers
 
 
-def _features(output: Any) -> torch.Tensor:
+def pooled_features(output: Any) -> torch.Tensor:
+    """The projected features of a ``get_text_features``/``get_image_features`` call."""
     # transformers 4.x returns the projected tensor; 5.x a model output whose pooler_output is it.
     if isinstance(output, torch.Tensor):
         return output
@@ -83,7 +84,7 @@ class HFClipBackend:
 
     def encode_text_batch(self, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        return _features(
+        return pooled_features(
             self.model.get_text_features(
                 input_ids=enc["input_ids"].to(self.device),
                 attention_mask=enc["attention_mask"].to(self.device),
@@ -109,7 +110,7 @@ class HFClipBackend:
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Embed a ``(B, 3, H, W)`` batch of transformed images."""
-        return _features(
+        return pooled_features(
             self.model.get_image_features(pixel_values=pixels.to(self.device, dtype=self.dtype, non_blocking=True))
         )
 

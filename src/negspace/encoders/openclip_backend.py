@@ -48,7 +48,7 @@ from negspace.encoders.weights import (
 )
 from negspace.errors import NegspaceError
 
-__all__ = ["OpenClipBackend", "load_openclip", "parse_openclip_spec"]
+__all__ = ["OpenClipBackend", "encode_text_prefix", "load_openclip", "parse_openclip_spec"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,10 +158,17 @@ def encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     tokens while a WordNet prompt needs about 8, so this makes corpus encoding several times
     faster on a CPU; the result equals the full forward (tested).
     """
+    length = int((tokens != 0).any(dim=0).nonzero().max()) + 1
+    return encode_text_prefix(model, tokens[:, :length])
+
+
+def encode_text_prefix(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` of tokens cut to their first ``L = tokens.shape[1]`` positions (the
+    causal mask and positional embedding cut to match); ``L`` is read from the shape, so a traced
+    export of this function takes any length."""
     from open_clip.transformer import text_global_pool
 
-    length = int((tokens != 0).any(dim=0).nonzero().max()) + 1
-    tokens = tokens[:, :length]
+    length = tokens.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])

@@ -37,12 +37,19 @@ class ModelRecipe:
     weights: str | None
     device: str
     preprocess: str
+    runtime: str = "torch"
 
     def load(self) -> Any:
         from negspace.encoders import load_encoder
 
+        # use_cache=False: an onnxruntime actor exports the towers into a temporary folder of its own
         return load_encoder(
-            self.spec, weights=self.weights, device=self.device, use_cache=False, preprocess=self.preprocess
+            self.spec,
+            weights=self.weights,
+            device=self.device,
+            use_cache=False,
+            preprocess=self.preprocess,
+            runtime=self.runtime,
         )
 
 
