@@ -78,18 +78,9 @@ def decode_image(data: bytes, name: str, transform: Any, max_pixels: int, keep_i
     return DecodedImage(name, hashlib.sha256(data).hexdigest(), transform(rgb), rgb if keep_image else None)
 
 
-def decoding_thread() -> None:
-    """A decoding thread's torch ops (the transform's normalisation) run on one core, as in a
-    DataLoader worker: several decoding threads each with a pool of the machine's size would
-    oversubscribe the cores the model needs."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def model_thread(threads: int) -> None:
-    """The model's thread (the batch worker, the adaptive writer) uses ``threads`` cores: set
-    explicitly, since a thread inherits what the last thread set (the decoders' one)."""
+    """The model's thread (the batch worker, the adaptive writer) uses ``threads`` cores, the
+    number torch had where the model was loaded: set explicitly in the thread that runs it."""
     import torch
 
     torch.set_num_threads(threads)
