@@ -113,6 +113,17 @@ CACHE_DIR_HELP = (
 )
 
 
+def add_runtime_option(group: argparse._ArgumentGroup) -> None:
+    """``--runtime``, the library that runs the model (every command that loads one)."""
+    group.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="what runs the model: torch, or onnxruntime (the towers exported to ONNX once, cached, "
+        "run by ONNX Runtime on the CPU; pip install 'negspace[onnx]') (default: %(default)s)",
+    )
+
+
 def add_model_options(parser: argparse.ArgumentParser, images: bool = True) -> None:
     """The model's options; ``images=False`` leaves out those only image encoding uses."""
     group = parser.add_argument_group("model")
@@ -121,14 +132,7 @@ def add_model_options(parser: argparse.ArgumentParser, images: bool = True) -> N
     )
     group.add_argument("--weights", type=Path, help="local weights file or folder, used instead of downloading")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    group.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default="torch",
-        help="what runs the model: torch, or onnxruntime (the towers exported to ONNX once, cached, "
-        "run by ONNX Runtime on the CPU: faster and half the memory there; pip install "
-        "'negspace[onnx]') (default: %(default)s)",
-    )
+    add_runtime_option(group)
     if not images:
         group.add_argument("--cache-dir", type=Path, help=CACHE_DIR_HELP)
         group.add_argument("--no-cache", action="store_true", help="encode everything afresh, write no cache")

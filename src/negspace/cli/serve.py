@@ -13,7 +13,7 @@ from typing import Any
 
 from negspace.backend import BACKENDS
 from negspace.cli import options
-from negspace.encoders import PREPROCESS_CHOICES, RUNTIMES
+from negspace.encoders import PREPROCESS_CHOICES
 from negspace.runconfig import DEFAULT_MODEL, MLLMConfig
 from negspace.serve.config import ADAPT_MODES, ENGINES, ServeConfig
 
@@ -165,13 +165,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--weights", type=Path, help="local weights file or folder, used instead of downloading")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    model.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default="torch",
-        help="what runs the model: torch, or onnxruntime (exported to ONNX once, cached; CPU only; "
-        "pip install 'negspace[onnx]') (default: %(default)s)",
-    )
+    options.add_runtime_option(model)
     model.add_argument(
         "--scoring-backend",
         choices=BACKENDS,

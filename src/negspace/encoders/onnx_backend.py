@@ -6,7 +6,8 @@ padding is trimmed as the torch backend trims it) into ``CACHE_DIR/onnx/KEY/``, 
 hashes the model spec, the weights' fingerprint, the architecture, the exporter, the opset and the
 torch version. The export is written to a temporary folder renamed into place when complete, so
 an interrupted export never leaves a half file. The torch backend's tokenizer and image transform
-stay; its model is dropped once the sessions are open, which is where the memory saving comes from.
+stay; its model is dropped once the sessions are open (the sessions hold about as much memory as
+the torch weights did, so the process is no smaller than eager torch's).
 
 Every load checks the sessions against the torch model on a probe (two images, two texts): a
 damaged or stale cached export is exported again, and a fresh export that does not reproduce the
@@ -110,7 +111,9 @@ def _openclip_tokens(tokenizer: Callable[[list[str]], torch.Tensor], texts: list
     """Tokens of ``texts`` (CLIP pads with 0), cut after the batch's last non-padding one if ``trim``."""
     tokens = tokenizer(texts)
     if trim:
-        tokens = tokens[:, : int((tokens != 0).any(dim=0).nonzero().max()) + 1]
+        from negspace.encoders.openclip_backend import padded_length
+
+        tokens = tokens[:, : padded_length(tokens)]
     return np.ascontiguousarray(tokens.numpy().astype(np.int64, copy=False))
 
 
@@ -432,24 +435,20 @@ def load_onnx(load_torch: Callable[[], tuple[Any, str]], spec: str, cache_root: 
         root = cache_root if cache_root is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         folder = onnx_folder(root, spec, fingerprint, backend.model)
         fresh = not _complete(folder)
-        parts = _parts(backend, folder, spec, fingerprint, export=fresh)
-        del backend  # the torch weights go: the sessions hold their own copy
-        _release_memory()
-        try:
-            image, text = _open(ort, folder, parts.probe)
-        except _Unusable as exc:
-            if fresh:
-                raise _refusal(spec, exc) from None
-            logger.warning("The cached ONNX export %s is unusable (%s); exporting it again", folder, exc)
-            shutil.rmtree(folder, ignore_errors=True)
-            backend, _ = load_torch()
-            parts = _parts(backend, folder, spec, fingerprint, export=True)
-            del backend
+        while True:  # a cached export that proves unusable is exported once again; a fresh one is final
+            parts = _parts(backend, folder, spec, fingerprint, export=fresh)
+            del backend  # the torch weights go: the sessions hold their own copy
             _release_memory()
             try:
                 image, text = _open(ort, folder, parts.probe)
-            except _Unusable as again:
-                raise _refusal(spec, again) from None
+                break
+            except _Unusable as exc:
+                if fresh:
+                    raise _refusal(spec, exc) from None
+                logger.warning("The cached ONNX export %s is unusable (%s); exporting it again", folder, exc)
+                shutil.rmtree(folder, ignore_errors=True)
+                backend, _ = load_torch()
+                fresh = True
         _release_memory()  # and what reading the ONNX files left
         if cache_root is not None:
             logger.info("ONNX Runtime runs %s from %s", spec, folder)

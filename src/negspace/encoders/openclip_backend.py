@@ -48,7 +48,7 @@ from negspace.encoders.weights import (
 )
 from negspace.errors import NegspaceError
 
-__all__ = ["OpenClipBackend", "encode_text_prefix", "load_openclip", "parse_openclip_spec"]
+__all__ = ["OpenClipBackend", "encode_text_prefix", "load_openclip", "padded_length", "parse_openclip_spec"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,11 @@ def can_trim_padding(model: Any) -> bool:
     )
 
 
+def padded_length(tokens: torch.Tensor) -> int:
+    """One past the last non-padding token of the batch (CLIP pads with 0)."""
+    return int((tokens != 0).any(dim=0).nonzero().max()) + 1
+
+
 def encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """``model.encode_text(tokens)`` computed on the first ``L`` positions only.
 
@@ -158,8 +163,7 @@ def encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     tokens while a WordNet prompt needs about 8, so this makes corpus encoding several times
     faster on a CPU; the result equals the full forward (tested).
     """
-    length = int((tokens != 0).any(dim=0).nonzero().max()) + 1
-    return encode_text_prefix(model, tokens[:, :length])
+    return encode_text_prefix(model, tokens[:, : padded_length(tokens)])
 
 
 def encode_text_prefix(model: Any, tokens: torch.Tensor) -> torch.Tensor:
