@@ -9,7 +9,15 @@ resident memory is its own: it loads the model (the ONNX one from the cached exp
 run after the first), encodes ``--images`` ready-transformed images in batches of ``--batch``
 after one warm-up batch, and reports images per second of the model and its peak resident
 memory (``VmHWM``: the whole process, loading included) and its resident memory after encoding
-(``VmRSS``). The features of the two runtimes are compared row by row. Printed beside the goals:
+(``VmRSS``). Three runtimes:
+
+- ``torch``: eager PyTorch, both towers (what every command runs by default);
+- ``onnxruntime``: both towers exported, torch still imported for the tokenizer and transform
+  (what ``eval``, ``score`` and ``embed`` run with ``--runtime onnxruntime``);
+- ``onnxruntime-images``: the image tower alone, in a process that never imports torch (what
+  ``negspace serve --runtime onnxruntime`` runs for a detector whose text features are saved).
+
+The features of each ONNX runtime are compared with torch's row by row. Printed beside the goals:
 ONNX Runtime >= 1.15x torch's images/s, <= 0.5x its memory, features within the float32 bound
 the tests use (``FEATURE_ERROR`` of tests/numerics.py: 1e-5 relative distance).
 
@@ -31,10 +39,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 FEATURE_ERROR = 1e-5  # tests/numerics.py: how far features of two float32 computations may lie
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime-images")
+ONNX_RUNTIMES = RUNTIMES[1:]
 
 
 def save_model(arch: str, folder: Path) -> tuple[str, Path]:
@@ -55,28 +64,58 @@ def memory_mb() -> dict[str, float]:
 
 
 def child(args: argparse.Namespace) -> None:
-    """One runtime in this fresh process: load, warm up, encode, report."""
-    from negspace.encoders import load_encoder
-
+    """One runtime in this fresh process: load, warm up, encode, report (``onnxruntime-images``
+    never imports torch: the import would cost the memory it is measured without)."""
     started = time.perf_counter()
-    encoder = load_encoder(args.spec, weights=args.weights, device="cpu", cache_dir=args.cache_dir, runtime=args.child)
+    if args.child == "onnxruntime-images":
+        from negspace.runconfig import ModelConfig
+        from negspace.runs import load_model
+
+        config = ModelConfig(
+            spec=args.spec, weights=args.weights, device="cpu", cache_dir=args.cache_dir, runtime="onnxruntime"
+        )
+        encoder = load_model(config, images_only=True)
+        if type(encoder).__name__ != "OnnxImageEncoder":
+            raise SystemExit("the torch-free image encoder did not load (no checked export in the cache?)")
+
+        def encode(pixels: np.ndarray) -> np.ndarray:
+            return encoder.backend.encode_pixels(pixels)
+
+        def stack(arrays: list) -> np.ndarray:
+            return np.stack(arrays)
+    else:
+        import torch
+
+        from negspace.encoders import load_encoder
+
+        encoder = load_encoder(
+            args.spec, weights=args.weights, device="cpu", cache_dir=args.cache_dir, runtime=args.child
+        )
+
+        def encode(pixels: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return encoder.backend.encode_pixels(pixels).float().numpy()
+
+        stack = torch.stack
     load_s = time.perf_counter() - started
     transform = encoder.backend.pixel_transform()
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)) for _ in range(args.batch)]
-    pixels = torch.stack([transform(im) for im in images])  # one batch of real-size inputs, reused
+    pixels = stack([transform(im) for im in images])  # one batch of real-size inputs, reused
     n_batches = max(1, args.images // args.batch)
-    with torch.inference_mode():
-        encoder.backend.encode_pixels(pixels)  # warm-up
-        outputs = []
-        started = time.perf_counter()
-        for _ in range(n_batches):
-            outputs.append(encoder.backend.encode_pixels(pixels).float().numpy())
-        seconds = time.perf_counter() - started
+    encode(pixels)  # warm-up
+    outputs = []
+    started = time.perf_counter()
+    for _ in range(n_batches):
+        outputs.append(encode(pixels))
+    seconds = time.perf_counter() - started
     features = np.concatenate(outputs)
     features /= np.linalg.norm(features, axis=1, keepdims=True)
     np.save(args.features, features[: args.batch])
-    result = {"images_per_s": n_batches * args.batch / seconds, "load_s": load_s, "threads": torch.get_num_threads()}
+    torch_loaded = "torch" in sys.modules
+    result = {"images_per_s": n_batches * args.batch / seconds, "load_s": load_s, "torch_imported": torch_loaded}
+    if torch_loaded:
+        result["threads"] = sys.modules["torch"].get_num_threads()
     print(json.dumps(result | memory_mb()))
 
 
@@ -96,7 +135,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--child", choices=("torch", "onnxruntime"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=RUNTIMES, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
@@ -105,6 +144,8 @@ def main() -> None:
     if args.child:
         child(args)
         return
+
+    import torch
 
     from negspace.encoders import load_encoder
 
@@ -121,44 +162,50 @@ def main() -> None:
             rounds.append(
                 {
                     runtime: run_child(runtime, spec, weights, cache, folder / f"{runtime}.npy", args)
-                    for runtime in ("torch", "onnxruntime")
+                    for runtime in RUNTIMES
                 }
             )
-        a, b = np.load(folder / "torch.npy"), np.load(folder / "onnxruntime.npy")
-    distance = float(np.max(np.linalg.norm(a.astype(np.float64) - b, axis=1)))
+        reference = np.load(folder / "torch.npy").astype(np.float64)
+        distances = {
+            runtime: float(np.max(np.linalg.norm(reference - np.load(folder / f"{runtime}.npy"), axis=1)))
+            for runtime in ONNX_RUNTIMES
+        }
     load_after = os.getloadavg()
 
     def median(runtime: str, key: str) -> float:
         return statistics.median(r[runtime][key] for r in rounds)
 
-    speed = statistics.median(r["onnxruntime"]["images_per_s"] / r["torch"]["images_per_s"] for r in rounds)
-    peak = statistics.median(r["onnxruntime"]["VmHWM"] / r["torch"]["VmHWM"] for r in rounds)
-    after = statistics.median(r["onnxruntime"]["VmRSS"] / r["torch"]["VmRSS"] for r in rounds)
+    def ratio(runtime: str, key: str) -> float:
+        return statistics.median(r[runtime][key] / r["torch"][key] for r in rounds)
+
     print(
         f"\n{args.arch}, random weights, batch {args.batch}, {args.images} images, {len(rounds)} round(s), "
         f"{platform.processor() or platform.machine()}, {rounds[0]['torch']['threads']} threads, "
         f"torch {torch.__version__}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
     print(f"ONNX export (once per weights, then cached): {export_s:.1f} s including the torch load")
-    print("| measure | torch | onnxruntime | ratio | goal |\n|---|---|---|---|---|")
-    print(
-        f"| images/s | {median('torch', 'images_per_s'):.2f} | {median('onnxruntime', 'images_per_s'):.2f} "
-        f"| {speed:.2f}x | >= 1.15x: {'met' if speed >= 1.15 else 'NOT met'} |"
-    )
-    print(
-        f"| peak resident memory (VmHWM, loading included), MB | {median('torch', 'VmHWM'):.0f} "
-        f"| {median('onnxruntime', 'VmHWM'):.0f} | {peak:.2f}x | <= 0.5x: {'met' if peak <= 0.5 else 'NOT met'} |"
-    )
-    print(
-        f"| resident memory after encoding (VmRSS), MB | {median('torch', 'VmRSS'):.0f} "
-        f"| {median('onnxruntime', 'VmRSS'):.0f} | {after:.2f}x | <= 0.5x: {'met' if after <= 0.5 else 'NOT met'} |"
-    )
-    print(
-        f"| load, s (ONNX: from the cached export) | {median('torch', 'load_s'):.1f} "
-        f"| {median('onnxruntime', 'load_s'):.1f} | | |"
-    )
-    verdict = "met" if distance <= FEATURE_ERROR else "NOT met"
-    print(f"| max distance of unit features | | {distance:.2g} | | <= {FEATURE_ERROR:g}: {verdict} |")
+    torch_free = [r["onnxruntime-images"]["torch_imported"] for r in rounds]
+    print(f"onnxruntime-images imported torch: {'yes' if any(torch_free) else 'no'}")
+    print("| measure | torch | " + " | ".join(f"{r} | ratio" for r in ONNX_RUNTIMES) + " | goal |")
+    print("|---" * (3 + 2 * len(ONNX_RUNTIMES)) + "|")
+    rows = [
+        ("images/s", "images_per_s", ">= 1.15x", lambda x: x >= 1.15, "{:.2f}"),
+        ("peak resident memory (VmHWM, loading included), MB", "VmHWM", "<= 0.5x", lambda x: x <= 0.5, "{:.0f}"),
+        ("resident memory after encoding (VmRSS), MB", "VmRSS", "<= 0.5x", lambda x: x <= 0.5, "{:.0f}"),
+    ]
+    for label, key, goal, met, fmt in rows:
+        cells = [fmt.format(median("torch", key))]
+        verdicts = []
+        for runtime in ONNX_RUNTIMES:
+            x = ratio(runtime, key)
+            cells += [fmt.format(median(runtime, key)), f"{x:.2f}x"]
+            verdicts.append(f"{runtime}: {'met' if met(x) else 'NOT met'}")
+        print(f"| {label} | " + " | ".join(cells) + f" | {goal} ({'; '.join(verdicts)}) |")
+    loads = " | ".join(f"{median(r, 'load_s'):.1f} | " for r in ONNX_RUNTIMES)
+    print(f"| load, s (ONNX: from the cached export) | {median('torch', 'load_s'):.1f} | {loads} |")
+    cells = " | ".join(f"{distances[r]:.2g} | " for r in ONNX_RUNTIMES)
+    verdict = "met" if max(distances.values()) <= FEATURE_ERROR else "NOT met"
+    print(f"| max distance of unit features from torch's | | {cells} | <= {FEATURE_ERROR:g}: {verdict} |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from negspace.scoring import group_order, grouped_id_mass, id_mass, log_sum_exp, max_softmax
+from negspace.scoring import group_order, grouped_id_mass, id_mass, log_sum_exp, max_softmax, torch_randperm
 
 pytestmark = pytest.mark.numerics  # run again under other BLAS kernels in CI (.ci/run)
 
@@ -40,6 +40,19 @@ def test_group_order_reproduces_torch_randperm_and_leaves_global_rng_alone():
     assert torch.equal(before, after)
     expected = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).numpy()
     np.testing.assert_array_equal(order, expected)
+    np.random.seed(7)
+    state = np.random.get_state()[1].copy()
+    group_order(1005, 100, seed=3)
+    np.testing.assert_array_equal(np.random.get_state()[1], state)  # nor NumPy's global generator
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 10, 1000, 70_001])
+@pytest.mark.parametrize("seed", [0, 1, 42, 2**31 - 1, 2**32 - 1, 2**32 + 5, -1])
+def test_torch_randperm_is_torch_s_permutation_without_torch(n, seed):
+    expected = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    got = torch_randperm(n, seed)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_ungrouped_score_is_id_softmax_mass():

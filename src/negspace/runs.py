@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,8 +61,17 @@ log = logging.getLogger("negspace")
 SetSource = str | Path | ImageSet | FeatureFile | FeatureTable
 
 
-def load_model(config: ModelConfig) -> ClipEncoder:
-    """The CLIP encoder of ``config`` (with its feature cache), a feature table's rows put in it."""
+def load_model(config: ModelConfig, images_only: bool = False) -> ClipEncoder:
+    """The CLIP encoder of ``config`` (with its feature cache), a feature table's rows put in it.
+
+    ``images_only`` (for what encodes images alone, like ``negspace serve`` of a detector whose
+    text features are saved): with ``runtime="onnxruntime"`` and local weights, the image tower
+    runs without torch (:mod:`negspace.encoders.onnx_images`), far lighter; where its export is not
+    cached yet, the model loads with torch once, which caches it, and is then dropped.
+    """
+    light = _image_encoder(config) if images_only else None
+    if light is not None:
+        return light  # type: ignore[no-any-return]
     from negspace.encoders import load_encoder
 
     encoder = load_encoder(
@@ -73,6 +83,14 @@ def load_model(config: ModelConfig) -> ClipEncoder:
         preprocess=config.preprocess,
         runtime=config.runtime,
     )
+    if images_only and config.runtime == "onnxruntime":
+        from negspace.encoders.onnx_images import release_memory
+
+        light = _image_encoder(config)  # the load just wrote its index entry
+        if light is not None:
+            del encoder
+            release_memory()
+            return light  # type: ignore[no-any-return]
     encoder.show_progress = config.progress  # every bar, whoever asks for the encoding
     if config.workers is not None:
         encoder.workers = config.workers
@@ -81,6 +99,22 @@ def load_model(config: ModelConfig) -> ClipEncoder:
 
         added = import_into_cache(read_feature_table(config.features), encoder)
         log.info("--features %s: %d image features ready in the cache", config.features, added)
+    return encoder
+
+
+def _image_encoder(config: ModelConfig) -> Any:
+    """The torch-free image encoder of ``config``, where it can be had (see :func:`load_model`)."""
+    if config.runtime != "onnxruntime" or not config.use_cache or config.features is not None:
+        return None
+    if str(config.device).strip().lower() not in ("auto", "cpu"):
+        return None  # load_encoder refuses it in one sentence
+    from negspace.encoders.onnx_images import load_image_encoder
+
+    encoder = load_image_encoder(
+        config.spec, config.weights, config.cache_dir, config.preprocess, load_full=partial(load_model, config)
+    )
+    if encoder is not None:
+        encoder.show_progress = config.progress
     return encoder
 
 

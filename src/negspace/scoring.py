@@ -165,19 +165,43 @@ def grouped_id_mass(
 def group_order(n_neg: int, groups: int, seed: int = 0) -> np.ndarray:
     """Indices that put a bank of ``n_neg`` negatives into NegLabel's group order.
 
-    The last ``n_neg mod groups`` negatives are dropped, the rest permuted with
-    ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))``; consecutive blocks of
+    The last ``n_neg mod groups`` negatives are dropped, the rest permuted as
+    ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))`` permutes them (the
+    authors' code; :func:`torch_randperm` gives the same without torch); consecutive blocks of
     the result are the groups. A local generator keeps the global RNG untouched.
     """
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
     if n_neg < groups:
         raise ValueError(f"cannot form {groups} groups from {n_neg} negative labels")
-    import torch  # only for its randperm stream; keeps `import negspace` light
+    return torch_randperm(n_neg - n_neg % groups, seed)
 
-    kept = n_neg - n_neg % groups
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(kept, generator=generator).numpy()
+
+# torch.randperm on the CPU shuffles as below up to this length and otherwise differently
+_RANDPERM_SHUFFLE_LIMIT = (2**32 - 1) // 20
+
+
+def torch_randperm(n: int, seed: int) -> np.ndarray:
+    """``torch.randperm(n, generator=torch.Generator().manual_seed(seed))`` as int64, without torch
+    (serving a saved detector need not import it).
+
+    torch's CPU generator is the standard MT19937 seeded with the seed's low 32 bits (NumPy's
+    ``RandomState`` is the same generator, seeded the same way), and ``randperm`` swaps element
+    ``i`` with element ``i + u_i mod (n - i)`` for ``i < n - 1``, ``u_i`` its successive 32-bit
+    outputs. Lengths past torch's shuffle limit (about 2e8) ask torch itself.
+    """
+    if n >= _RANDPERM_SHUFFLE_LIMIT:
+        import torch
+
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    order = list(range(n))
+    if n > 1:
+        draws = np.random.RandomState(seed & 0xFFFFFFFF).randint(0, 2**32, size=n - 1, dtype=np.uint32)
+        remaining = np.arange(n, 1, -1, dtype=np.uint64)
+        swaps = ((draws.astype(np.uint64) % remaining).astype(np.int64) + np.arange(n - 1)).tolist()
+        for i, j in enumerate(swaps):  # sequential: each swap sees the ones before it
+            order[i], order[j] = order[j], order[i]
+    return np.asarray(order, dtype=np.int64)
 
 
 def max_softmax(logits: np.ndarray) -> np.ndarray:

@@ -116,7 +116,7 @@ def load_encoder(
         from negspace.encoders.onnx_backend import load_onnx
 
         cache_root = store.path.parent if store is not None else None
-        backend, fingerprint = load_onnx(load_torch, spec, cache_root)
+        backend, fingerprint = load_onnx(load_torch, spec, cache_root, preprocess)
     else:
         backend, fingerprint = load_torch()
     logger.info("Loaded %s on %s with %s (weights %s)", spec, dev, runtime, fingerprint)

@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -24,8 +23,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from negspace.cache import FeatureStore, make_key
+from negspace.encoders.results import ImageEncoding, SkippedFile, as_unit_float32
 from negspace.errors import NegspaceError, UnreadableImageError, arg
-from negspace.reprs import fields_repr
 
 __all__ = ["SPEC_FORMS", "Backend", "ClipEncoder", "ImageEncoding", "SkippedFile", "resolve_device"]
 
@@ -42,38 +41,6 @@ SPEC_FORMS = (
     "openclip:ARCH/PRETRAINED (e.g. openclip:ViT-B-16/openai), openclip:CONFIG.json/none with "
     f"{arg('weights')}, openclip:hf-hub:ORG/REPO, or hf:NAME_OR_PATH"
 )
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """An input file that could not be encoded, and why."""
-
-    path: Path
-    reason: str
-
-
-@dataclass
-class ImageEncoding:
-    """Features of the readable files among the inputs.
-
-    Attributes:
-        features: ``(n_kept, D)`` float32, rows L2-normalised.
-        paths: the kept files, in input order (the input minus ``skipped``).
-        skipped: files that could not be read, with the reason.
-        seconds: wall time per stage: ``hash`` (stat, hash, cache lookup), ``decode`` (waiting
-            for decoded, transformed batches: the part the workers did not hide), ``encode``
-            (the model and the cache writes).
-    """
-
-    features: np.ndarray
-    paths: list[Path]
-    skipped: list[SkippedFile] = field(default_factory=list)
-    hashes: list[str] = field(default_factory=list)  # SHA-256 of each kept file's bytes, in order
-    seconds: dict[str, float] = field(default_factory=dict)
-    from_cache: int = 0  # how many of the kept files' features were read from the cache
-
-    def __repr__(self) -> str:
-        return fields_repr(self)
 
 
 class Backend(Protocol):
@@ -183,12 +150,6 @@ def _batches(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
 def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise NegspaceError(f"batch size must be a positive integer, got {batch_size}.")
-
-
-def as_unit_float32(features: np.ndarray) -> np.ndarray:
-    """Rows to unit L2 norm (norms taken in the input's precision), as float32."""
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return (features / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def unit_features(features: torch.Tensor) -> np.ndarray:
@@ -385,6 +346,12 @@ class ClipEncoder:
         if not chunks:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def encode_transformed(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+        """Unit float32 features of transformed images (``backend.pixel_transform()``'s outputs),
+        as :meth:`encode_image_files` makes them."""
+        with torch.inference_mode():
+            return unit_features(self.backend.encode_pixels(torch.stack(list(pixels))))
 
     def _encode_pil(self, images: list[Image.Image]) -> np.ndarray:
         rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]

@@ -18,8 +18,6 @@ threads as torch uses (``torch.set_num_threads``, ``OMP_NUM_THREADS``).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import hashlib
 import json
 import logging
@@ -39,6 +37,7 @@ import torch
 from PIL import Image
 
 from negspace.cache import make_key
+from negspace.encoders.onnx_images import release_memory
 from negspace.errors import NegspaceError, arg
 
 __all__ = ["EXPORT_FORMAT", "OPSET", "OnnxBackend", "load_onnx", "onnx_folder"]
@@ -384,6 +383,15 @@ def _open(ort: Any, folder: Path, probe: _Probe) -> tuple[Any, Any]:
 
 
 @dataclass
+class _ImageIndex:
+    """What the torch-free image encoder needs of the model (see :mod:`negspace.encoders.onnx_images`)."""
+
+    recipe: Any  # ImageRecipe
+    probe_size: tuple[int, int]
+    probe_features: np.ndarray
+
+
+@dataclass
 class _TorchParts:
     """What the ONNX backend keeps of the torch backend (never its model), and the probe."""
 
@@ -393,6 +401,32 @@ class _TorchParts:
     preprocess_id: str
     dim: int
     probe: _Probe
+    image_index: _ImageIndex | None
+
+
+def _image_index(backend: Any) -> _ImageIndex | None:
+    """The image transform as a recipe, where it gives the torch transform's inputs exactly (on
+    images larger, smaller, wider and taller than the model's input), and the torch model's
+    features of the seeded probe input; ``None`` where the transform has no recipe."""
+    from negspace.encoders.image_recipe import recipe_of
+    from negspace.encoders.onnx_images import probe_pixels
+
+    transform = backend.pixel_transform()
+    recipe = recipe_of(transform)
+    if recipe is None:
+        return None
+    rng = np.random.default_rng(1)
+    for height, width in ((375, 500), (500, 375), (17, 9), (301, 223)):
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        want = transform(image).numpy()
+        got = recipe(image)
+        if got.shape != want.shape or not np.array_equal(got, want):
+            logger.info("The image transform of this model has no exact recipe: images need torch")
+            return None
+    size = (int(want.shape[1]), int(want.shape[2]))
+    with torch.inference_mode():
+        features = backend.encode_pixels(torch.from_numpy(probe_pixels(size))).float().cpu().numpy()
+    return _ImageIndex(recipe, size, features)
 
 
 def _parts(backend: Any, folder: Path, spec: str, fingerprint: str, export: bool) -> _TorchParts:
@@ -402,16 +436,33 @@ def _parts(backend: Any, folder: Path, spec: str, fingerprint: str, export: bool
         _export(backend, towers, folder, spec, fingerprint)
     probe = _Probe.of(backend, towers)
     return _TorchParts(
-        towers.feed, towers.token_counts, backend.pixel_transform(), backend.preprocess_id, int(backend.dim), probe
+        towers.feed,
+        towers.token_counts,
+        backend.pixel_transform(),
+        backend.preprocess_id,
+        int(backend.dim),
+        probe,
+        _image_index(backend),
     )
 
 
-def _release_memory() -> None:
-    """Hand the dropped torch weights' memory back to the system: glibc keeps freed heap blocks
-    for reuse (about 400 MB of ViT-B/16's 600 MB), ``malloc_trim`` returns them."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+def _write_image_index(
+    parts: _TorchParts, root: Path, folder: Path, spec: str, fingerprint: str, preprocess: str
+) -> None:
+    from negspace.encoders.onnx_images import image_index_path, write_image_index
+
+    index = parts.image_index
+    if index is None:
+        return
+    write_image_index(
+        image_index_path(root, spec, fingerprint, preprocess),
+        export=folder,
+        recipe=index.recipe,
+        preprocess_id=parts.preprocess_id,
+        dim=parts.dim,
+        probe_size=index.probe_size,
+        probe_features=index.probe_features,
+    )
 
 
 def _refusal(spec: str, reason: _Unusable) -> NegspaceError:
@@ -420,7 +471,9 @@ def _refusal(spec: str, reason: _Unusable) -> NegspaceError:
     )
 
 
-def load_onnx(load_torch: Callable[[], tuple[Any, str]], spec: str, cache_root: Path | None) -> tuple[OnnxBackend, str]:
+def load_onnx(
+    load_torch: Callable[[], tuple[Any, str]], spec: str, cache_root: Path | None, preprocess: str = "model"
+) -> tuple[OnnxBackend, str]:
     """The ONNX Runtime backend of the model ``load_torch`` loads, and its weights fingerprint.
 
     Args:
@@ -428,6 +481,9 @@ def load_onnx(load_torch: Callable[[], tuple[Any, str]], spec: str, cache_root: 
         spec: the model spec (part of the export's key, named in messages).
         cache_root: the cache folder; ``None`` exports into a temporary folder removed once the
             sessions are open (``use_cache=False`` writes nothing that stays).
+        preprocess: the preprocessing's name, under which the image index entry is written
+            (what lets :func:`negspace.encoders.onnx_images.load_image_encoder` serve images
+            without torch next time).
     """
     ort = _import_onnxruntime()
     backend, fingerprint = load_torch()
@@ -438,7 +494,7 @@ def load_onnx(load_torch: Callable[[], tuple[Any, str]], spec: str, cache_root: 
         while True:  # a cached export that proves unusable is exported once again; a fresh one is final
             parts = _parts(backend, folder, spec, fingerprint, export=fresh)
             del backend  # the torch weights go: the sessions hold their own copy
-            _release_memory()
+            release_memory()
             try:
                 image, text = _open(ort, folder, parts.probe)
                 break
@@ -449,7 +505,8 @@ def load_onnx(load_torch: Callable[[], tuple[Any, str]], spec: str, cache_root: 
                 shutil.rmtree(folder, ignore_errors=True)
                 backend, _ = load_torch()
                 fresh = True
-        _release_memory()  # and what reading the ONNX files left
+        release_memory()  # and what reading the ONNX files left
         if cache_root is not None:
+            _write_image_index(parts, root, folder, spec, fingerprint, preprocess)
             logger.info("ONNX Runtime runs %s from %s", spec, folder)
     return OnnxBackend(image, text, parts, folder if cache_root is not None else Path("<temporary>")), fingerprint

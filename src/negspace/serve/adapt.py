@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from negspace.serve.encode import RequestError, model_thread, torch_threads
+from negspace.serve.encode import RequestError, model_thread, model_threads
 from negspace.serve.state import SnapshotStore, frozen_copy, state_counters
 
 log = logging.getLogger("negspace")
@@ -329,7 +329,8 @@ class AsyncScorer(SyncScorer):
         self._waiting = 0  # batches queued or being learned (qsize leaves out the one in hand)
         self._waiting_lock = threading.Lock()  # not self.lock: the writer holds that while it learns
         self._since_publish = 0
-        self._threads = torch_threads()  # an inversion runs the text tower: the model's cores
+        # an inversion runs the text tower: the model's cores
+        self._threads = model_threads(getattr(live, "encoder", None))
         self._writer = threading.Thread(target=self._write_loop, name="negspace-state-writer", daemon=True)
         self._writer.start()
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from negspace.serve.encode import RequestError, encode_pixels, model_thread, torch_threads
+from negspace.serve.encode import RequestError, encode_pixels, model_thread, model_threads
 
 log = logging.getLogger("negspace")
 
@@ -81,7 +81,7 @@ class Batcher:
         self.scorer = scorer
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
         self.on_batch = on_batch  # (rows, encode seconds, score seconds) after each batch: the metrics
-        self.threads = torch_threads() if encoder is not None else 0  # the model's cores, as where it was made
+        self.threads = model_threads(encoder)  # the model's cores, as where it was made
         self._rows: deque[tuple[Job, int]] = deque()
         self._ready = threading.Condition()
         self._closing = False

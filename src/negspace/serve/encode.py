@@ -34,7 +34,7 @@ class DecodedImage:
 
     name: str
     sha256: str
-    pixels: Any  # a (3, H, W) torch tensor
+    pixels: Any  # (3, H, W): a torch tensor, or a NumPy array for the torch-free encoder
     image: Image.Image | None = None
 
 
@@ -80,14 +80,21 @@ def decode_image(data: bytes, name: str, transform: Any, max_pixels: int, keep_i
 
 def model_thread(threads: int) -> None:
     """The model's thread (the batch worker, the adaptive writer) uses ``threads`` cores, the
-    number torch had where the model was loaded: set explicitly in the thread that runs it."""
-    import torch
+    number torch had where the model was loaded: set explicitly in the thread that runs it
+    (0: nothing to set, the model does not run on torch)."""
+    if threads:
+        import torch
 
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
 
 
-def torch_threads() -> int:
-    """How many cores torch uses in this thread (what the model threads are given)."""
+def model_threads(encoder: Any) -> int:
+    """How many cores torch uses in this thread (what the model threads are given), or 0 for an
+    encoder that runs without torch (its ONNX Runtime session has its threads from the start)."""
+    from negspace.encoders.onnx_images import OnnxImageEncoder
+
+    if encoder is None or isinstance(encoder, OnnxImageEncoder):
+        return 0
     import torch
 
     return torch.get_num_threads()
@@ -95,12 +102,7 @@ def torch_threads() -> int:
 
 def encode_pixels(encoder: Any, pixels: list[Any]) -> np.ndarray:
     """Unit float32 features of a batch of transformed images, as ``encode_image_files`` makes them."""
-    import torch
-
-    from negspace.encoders.base import unit_features
-
-    with torch.inference_mode():
-        return unit_features(encoder.backend.encode_pixels(torch.stack(pixels)))
+    return np.asarray(encoder.encode_transformed(pixels))
 
 
 def encode_image_bytes(encoder: Any, images: list[bytes], max_pixels: int = 40_000_000) -> np.ndarray:

@@ -114,6 +114,19 @@ def describe(detector: Any, encoder: Any = None) -> dict[str, Any]:
     return info
 
 
+def images_only(detector: Any, adapt: str | None) -> bool:
+    """Whether serving ``detector`` encodes images alone (its text features are saved): not
+    NegRefine, which encodes label pairs as it scores, nor, learning, ANTS (it encodes the MLLM's
+    words), InterNeg and TINS (they invert through the text tower)."""
+    from negspace.detectors.ants import ANTS
+    from negspace.detectors.fewshot import FewShotDetector
+    from negspace.detectors.negrefine import NegRefine
+
+    if isinstance(detector, NegRefine):
+        return False
+    return adapt is None or not isinstance(detector, (ANTS, FewShotDetector))
+
+
 def resolve_adapt(mode: str | None, detector: Any) -> str | None:
     """The adaptive mode: ``auto`` is async where an update asks an MLLM or runs an inversion
     (ANTS, InterNeg, TINS), sync otherwise."""
@@ -207,7 +220,7 @@ def load_service(config: ServeConfig, model: ModelConfig | None = None, mllm: ML
         mllm = load_mllm(mllm)  # a server that is down fails before the model loads
     from negspace.runs import load_model
 
-    encoder = load_model(model)
+    encoder = load_model(model, images_only=images_only(saved, config.adapt))
     check_detector_model(provenance, saved, encoder, f"{arg('detector')} {folder}")
     reload = partial(
         _reload, encoder=encoder, scoring_backend=config.scoring_backend, mllm=mllm if wants_mllm else None
