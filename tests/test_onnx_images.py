@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -87,7 +89,7 @@ def test_transforms_without_an_exact_recipe_are_not_read(tiny_hf_clip):
 def test_the_image_encoder_gives_torch_s_features_and_texts_through_the_full_encoder(tiny_openclip, tmp_path):
     config = _config(tiny_openclip, tmp_path / "cache")
     assert load_image_encoder(config.spec, config.weights, config.cache_dir, "model", lambda: None) is None
-    encoder = load_model(config, images_only=True)  # no entry yet: loads with torch, which writes it
+    encoder = load_model(config, images_only=True)  # no entry yet: a child process exports and writes it
     assert isinstance(encoder, OnnxImageEncoder) and encoder.dim == TINY_DIM
     entry = image_index_path(tmp_path / "cache", tiny_openclip.spec, encoder.fingerprint, "model")
     assert entry.is_file()
@@ -152,11 +154,38 @@ def test_a_damaged_export_or_entry_loads_with_torch_and_is_mended(tiny_openclip,
         entry.write_text("{not json", encoding="utf-8")
     with caplog.at_level(logging.INFO):
         assert load_image_encoder(config.spec, config.weights, cache, "model", lambda: None) is None
-        mended = load_model(config, images_only=True)
+        mended = load_model(config, images_only=True)  # the entry exists: no child, a load with torch here
     if damage != "entry":
         assert any("loading" in r.getMessage() and "with torch" in r.getMessage() for r in caplog.records)
-    assert isinstance(mended, OnnxImageEncoder)  # the torch load exported again and rewrote the entry
+    assert type(mended).__name__ == "ClipEncoder" and mended.runtime == "onnxruntime"
     assert_features_close(mended.encode_images(_images()), _torch(tiny_openclip).encode_images(_images()))
+    again = load_model(config, images_only=True)  # that load exported again and rewrote the entry
+    assert isinstance(again, OnnxImageEncoder)
+    assert_features_close(again.encode_images(_images()), _torch(tiny_openclip).encode_images(_images()))
+
+
+def test_a_model_without_a_recipe_is_exported_in_a_child_once_and_then_loads_with_torch(tiny_hf_clip, tmp_path, caplog):
+    config = replace(_config(tiny_hf_clip, tmp_path / "cache"), weights=tiny_hf_clip.folder)  # --weights FOLDER
+    with caplog.at_level(logging.INFO, logger="negspace.encoders.onnx_images"):
+        first = load_model(config, images_only=True)
+        second = load_model(config, images_only=True)
+    exports = [r for r in caplog.records if "in a separate process" in r.getMessage()]
+    assert len(exports) == 1  # the entry records that images need torch: no second child
+    for encoder in (first, second):
+        assert type(encoder).__name__ == "ClipEncoder" and encoder.runtime == "onnxruntime"
+
+
+def test_weights_that_do_not_load_are_one_sentence_after_the_child_fails(tiny_openclip, tmp_path, caplog):
+    from negspace.errors import WeightsUnavailableError
+
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    config = ModelConfig(
+        spec=tiny_openclip.spec, weights=bad, device="cpu", cache_dir=tmp_path / "c", runtime="onnxruntime"
+    )
+    with caplog.at_level(logging.WARNING), pytest.raises(WeightsUnavailableError, match=re.escape(str(bad))):
+        load_model(config, images_only=True)
+    assert any("export process failed" in r.getMessage() for r in caplog.records)
 
 
 def test_without_the_cache_or_local_weights_the_model_loads_as_usual(tiny_openclip, tmp_path):
@@ -179,7 +208,8 @@ def _torch_pages(pid: int) -> list[str]:
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the server's memory map in /proc")
 def test_serve_runs_without_torch_and_answers_with_torch_s_scores(tiny_openclip, tmp_path):
-    """The second start finds the export: the server process maps no torch library at all."""
+    """Neither the first start (the export is made in a child process) nor the second maps a
+    torch library in the server process."""
     detector = save_detector(tmp_path, tiny_openclip, method="mcm")
     pool = write_images(tmp_path / "pool", 6, seed=3) + write_images(tmp_path / "pool", 2, seed=4, size=(50, 20))
     model = ["--model", tiny_openclip.spec, "--weights", str(tiny_openclip.weights), "--device", "cpu", "-q"]
@@ -200,8 +230,7 @@ def test_serve_runs_without_torch_and_answers_with_torch_s_scores(tiny_openclip,
         finally:
             process.terminate()
             process.wait(60)
-        if start == 1:
-            assert torch_pages == [], torch_pages[:3]
+        assert torch_pages == [], (start, torch_pages[:3])
     for results in served:
         assert len(results) == len(pool) and set(expected) == {r["sha256"] for r in results}
         assert_scores_close(

@@ -13,6 +13,10 @@ Every load checks the sessions against the torch model on a probe (two images, t
 damaged or stale cached export is exported again, and a fresh export that does not reproduce the
 torch features is refused with one sentence. ONNX Runtime runs on the CPU here, with as many
 threads as torch uses (``torch.set_num_threads``, ``OMP_NUM_THREADS``).
+
+Each load with a cache folder also writes the image index entry that lets
+:func:`negspace.encoders.onnx_images.load_image_encoder` serve images without torch next time
+(the transform as a recipe, where one reproduces it exactly, and the probe's torch features).
 """
 
 from __future__ import annotations
@@ -451,11 +455,12 @@ def _write_image_index(
 ) -> None:
     from negspace.encoders.onnx_images import image_index_path, write_image_index
 
-    index = parts.image_index
-    if index is None:
+    index, entry = parts.image_index, image_index_path(root, spec, fingerprint, preprocess)
+    if index is None:  # recorded, so that no later start exports in a child for nothing
+        write_image_index(entry, export=folder, recipe=None, preprocess_id=parts.preprocess_id, dim=parts.dim)
         return
     write_image_index(
-        image_index_path(root, spec, fingerprint, preprocess),
+        entry,
         export=folder,
         recipe=index.recipe,
         preprocess_id=parts.preprocess_id,

@@ -1,9 +1,11 @@
 """Which library runs a model's towers: ``torch`` (eager PyTorch) or ``onnxruntime``.
 
 ``"onnxruntime"`` exports the image and text towers to ONNX once (cached beside the feature
-cache, keyed by the weights' fingerprint) and runs them with ONNX Runtime on the CPU: on ViT-B/16
-with 2 cores 1.01-1.21x the images per second of eager PyTorch, and no less memory (torch stays
-imported for the tokenizer and the image transform; see ``benchmarks/onnx_runtime.py``).
+cache, keyed by the weights' fingerprint) and runs them with ONNX Runtime on the CPU. With both
+towers torch stays imported (for the tokenizer) and the process is no smaller; serving a
+detector whose text features are saved runs the image tower alone without torch
+(:mod:`negspace.encoders.onnx_images`), in a third of eager torch's memory on ViT-B/16 (see
+``benchmarks/onnx_runtime.py``).
 This module stays free of heavy imports: the command line validates with it.
 """
 
