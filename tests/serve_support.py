@@ -113,8 +113,8 @@ def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None
     raise AssertionError(f"{url} not ready after {timeout} s")
 
 
-def start_process(args: list[str], port: int) -> subprocess.Popen:
-    """`negspace serve ARGS --port PORT` in a subprocess, once it is ready."""
+def start_process(args: list[str], port: int, timeout: float = 60.0) -> subprocess.Popen:
+    """`negspace serve ARGS --port PORT` in a subprocess, once it is ready (within ``timeout`` s)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [
@@ -131,7 +131,7 @@ def start_process(args: list[str], port: int) -> subprocess.Popen:
         text=True,
         env=env,
     )
-    wait_ready(f"http://127.0.0.1:{port}", process=process)
+    wait_ready(f"http://127.0.0.1:{port}", timeout=timeout, process=process)
     return process
 
 

@@ -69,7 +69,7 @@ def load_model(config: ModelConfig, images_only: bool = False) -> ClipEncoder:
     runs without torch (:mod:`negspace.encoders.onnx_images`), far lighter; where its export is not
     cached yet, a child process makes it first. Should that fail, the model loads here as usual.
     """
-    light = _image_encoder(config, export=True) if images_only else None
+    light = _image_encoder(config) if images_only else None
     if light is not None:
         return light  # type: ignore[no-any-return]
     from negspace.encoders import load_encoder
@@ -94,19 +94,17 @@ def load_model(config: ModelConfig, images_only: bool = False) -> ClipEncoder:
     return encoder
 
 
-def _image_encoder(config: ModelConfig, export: bool) -> Any:
-    """The torch-free image encoder of ``config``, where it can be had (see :func:`load_model`);
-    ``export``: make the export in a child process where none is cached."""
+def _image_encoder(config: ModelConfig) -> Any:
+    """The torch-free image encoder of ``config``, where it can be had (see :func:`load_model`)."""
     if config.runtime != "onnxruntime" or not config.use_cache or config.features is not None:
         return None
-    if config.weights is None or str(config.device).strip().lower() not in ("auto", "cpu"):
-        return None  # hub weights need the model to be named; load_encoder refuses a GPU in one sentence
-    from negspace.encoders.onnx_images import export_in_subprocess, image_index_written, load_image_encoder
+    if str(config.device).strip().lower() not in ("auto", "cpu"):
+        return None  # load_encoder refuses it in one sentence
+    from negspace.encoders.onnx_images import open_image_encoder
 
-    where = (config.spec, config.weights, config.cache_dir, config.preprocess)
-    encoder = load_image_encoder(*where, load_full=partial(load_model, config))
-    if encoder is None and export and not image_index_written(*where) and export_in_subprocess(*where):
-        encoder = load_image_encoder(*where, load_full=partial(load_model, config))
+    encoder = open_image_encoder(
+        config.spec, config.weights, config.cache_dir, config.preprocess, load_full=partial(load_model, config)
+    )
     if encoder is not None:
         encoder.show_progress = config.progress
     return encoder

@@ -42,6 +42,7 @@ from PIL import Image
 
 from negspace.cache import make_key
 from negspace.encoders.onnx_images import release_memory
+from negspace.encoders.onnx_index import EXPORTS_FOLDER, IMAGE_FILE, PROBE_TOLERANCE, relative_distance
 from negspace.errors import NegspaceError, arg
 
 __all__ = ["EXPORT_FORMAT", "OPSET", "OnnxBackend", "load_onnx", "onnx_folder"]
@@ -53,10 +54,7 @@ EXPORT_FORMAT = 1
 #: ONNX opset of the exports.
 OPSET = 17
 EXPORTER = "torchscript"
-IMAGE_FILE, TEXT_FILE, INFO_FILE = "image.onnx", "text.onnx", "export.json"
-# Relative distance between the torch and ONNX features of the probe beyond which an export is
-# not the model's: float32 rounding gives about 1e-6, a wrong or damaged graph gives order 1.
-PROBE_TOLERANCE = 1e-4
+TEXT_FILE, INFO_FILE = "text.onnx", "export.json"
 _PROBE_TEXTS = ["a photo of a cat.", "a blurry photo of a small red house by the sea."]
 INSTALL = "pip install 'negspace[onnx]'"
 
@@ -213,7 +211,7 @@ def onnx_folder(root: Path, spec: str, fingerprint: str, model: torch.nn.Module)
         torch=torch.__version__,
         format=EXPORT_FORMAT,
     )
-    return root / "onnx" / key[:32]
+    return root / EXPORTS_FOLDER / key[:32]
 
 
 def _complete(folder: Path) -> bool:
@@ -361,8 +359,7 @@ class _Probe:
         except Exception as exc:  # onnxruntime's own types: a graph with other inputs, a failing kernel
             raise _Unusable(f"it does not run ({str(exc).splitlines()[0][:160]})") from exc
         for what, got, want in zip(("image", "text"), outputs, (self.image_features, self.text_features), strict=True):
-            scale = np.maximum(np.linalg.norm(want, axis=1), 1e-30)
-            distance = float(np.max(np.linalg.norm(np.asarray(got) - want, axis=1) / scale))
+            distance = relative_distance(got, want)
             if not distance <= PROBE_TOLERANCE:  # NaN fails too
                 raise _Unusable(f"its {what} features lie {distance:.3g} from torch's")
 
@@ -413,7 +410,7 @@ def _image_index(backend: Any) -> _ImageIndex | None:
     images larger, smaller, wider and taller than the model's input), and the torch model's
     features of the seeded probe input; ``None`` where the transform has no recipe."""
     from negspace.encoders.image_recipe import recipe_of
-    from negspace.encoders.onnx_images import probe_pixels
+    from negspace.encoders.onnx_index import probe_input
 
     transform = backend.pixel_transform()
     recipe = recipe_of(transform)
@@ -429,12 +426,13 @@ def _image_index(backend: Any) -> _ImageIndex | None:
             return None
     size = (int(want.shape[1]), int(want.shape[2]))
     with torch.inference_mode():
-        features = backend.encode_pixels(torch.from_numpy(probe_pixels(size))).float().cpu().numpy()
+        features = backend.encode_pixels(torch.from_numpy(probe_input(size))).float().cpu().numpy()
     return _ImageIndex(recipe, size, features)
 
 
-def _parts(backend: Any, folder: Path, spec: str, fingerprint: str, export: bool) -> _TorchParts:
-    """Export ``backend``'s towers into ``folder`` if ``export``, and keep what outlives its model."""
+def _parts(backend: Any, folder: Path, spec: str, fingerprint: str, export: bool, index: bool) -> _TorchParts:
+    """Export ``backend``'s towers into ``folder`` if ``export``, and keep what outlives its model
+    (with ``index``, what the image index entry needs)."""
     towers = _towers(backend)
     if export:
         _export(backend, towers, folder, spec, fingerprint)
@@ -446,28 +444,23 @@ def _parts(backend: Any, folder: Path, spec: str, fingerprint: str, export: bool
         backend.preprocess_id,
         int(backend.dim),
         probe,
-        _image_index(backend),
+        _image_index(backend) if index else None,
     )
 
 
 def _write_image_index(
     parts: _TorchParts, root: Path, folder: Path, spec: str, fingerprint: str, preprocess: str
 ) -> None:
-    from negspace.encoders.onnx_images import image_index_path, write_image_index
+    from negspace.encoders.onnx_index import ImageIndexEntry, image_index_path, write_image_index
 
-    index, entry = parts.image_index, image_index_path(root, spec, fingerprint, preprocess)
-    if index is None:  # recorded, so that no later start exports in a child for nothing
-        write_image_index(entry, export=folder, recipe=None, preprocess_id=parts.preprocess_id, dim=parts.dim)
-        return
-    write_image_index(
-        entry,
-        export=folder,
-        recipe=index.recipe,
-        preprocess_id=parts.preprocess_id,
-        dim=parts.dim,
-        probe_size=index.probe_size,
-        probe_features=index.probe_features,
-    )
+    index = parts.image_index
+    entry = ImageIndexEntry(folder.name, None, parts.preprocess_id, parts.dim)
+    if index is not None:
+        entry = ImageIndexEntry(
+            folder.name, index.recipe, parts.preprocess_id, parts.dim, index.probe_size, index.probe_features
+        )
+    # a model without a recipe is recorded too: no later start exports in a child for nothing
+    write_image_index(image_index_path(root, spec, fingerprint, preprocess), entry)
 
 
 def _refusal(spec: str, reason: _Unusable) -> NegspaceError:
@@ -497,7 +490,7 @@ def load_onnx(
         folder = onnx_folder(root, spec, fingerprint, backend.model)
         fresh = not _complete(folder)
         while True:  # a cached export that proves unusable is exported once again; a fresh one is final
-            parts = _parts(backend, folder, spec, fingerprint, export=fresh)
+            parts = _parts(backend, folder, spec, fingerprint, export=fresh, index=cache_root is not None)
             del backend  # the torch weights go: the sessions hold their own copy
             release_memory()
             try:

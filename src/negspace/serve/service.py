@@ -101,6 +101,7 @@ def describe(detector: Any, encoder: Any = None) -> dict[str, Any]:
     """What ``/v1/detector`` says of a detector and its model: method, parameters, the digest
     of its saved form, the model and its weights' fingerprint (never a credential)."""
     from negspace import __version__
+    from negspace.encoders.onnx_images import OnnxImageEncoder
 
     identity = detector_identity(detector)
     info = {
@@ -110,7 +111,15 @@ def describe(detector: Any, encoder: Any = None) -> dict[str, Any]:
         "negspace_version": __version__,
     }
     if encoder is not None:
-        info.update({"model": encoder.spec, "weights_fingerprint": encoder.fingerprint, "device": str(encoder.device)})
+        info.update(
+            {
+                "model": encoder.spec,
+                "weights_fingerprint": encoder.fingerprint,
+                "device": str(encoder.device),
+                "runtime": str(getattr(encoder, "runtime", "torch")),
+                "images_without_torch": isinstance(encoder, OnnxImageEncoder),
+            }
+        )
     return info
 
 
