@@ -48,8 +48,8 @@ def _config(world, **changes) -> ServeConfig:
 
 @pytest.fixture(scope="module")
 def replicas(world, tiny_openclip):
-    """`negspace serve --engine ray --replicas 2` in a subprocess (its own local Ray, half a CPU
-    per replica): one deployment for the module, stopped with SIGTERM afterwards."""
+    """`negspace serve --engine ray --replicas 2 --threshold-id ID` in a subprocess (its own local
+    Ray, half a CPU per replica): one deployment for the module, stopped with SIGTERM afterwards."""
     require_module("grpc", extra="ray")  # of ray[serve]: absent where only Ray Data was installed
     require_module("ray", extra="ray")
     port, log_path = free_port(), world["root"] / "serve-ray.log"
@@ -63,6 +63,8 @@ def replicas(world, tiny_openclip):
                 str(world["root"] / "token"),
                 "--max-images",
                 "4",
+                "--threshold-id",
+                str(world["root"] / "id"),
                 "--engine",
                 "ray",
                 "--replicas",
@@ -93,6 +95,7 @@ def replicas(world, tiny_openclip):
         text = log_path.read_text(encoding="utf-8")
         assert returncode == 0, text[-4000:]
         assert f"listening on {url}: 2 replicas on Ray Serve" in text and "Traceback" not in text, text[-4000:]
+        assert text.count("worked out once for the 2 replicas") == 1, text[-4000:]
 
 
 def _wait_ready(url: str, process: subprocess.Popen, log_path) -> None:
@@ -152,7 +155,7 @@ def test_two_replicas_both_answer_with_the_scores_of_the_local_app(world, replic
     """Concurrent requests through Serve's proxy reach both replicas (two distinct
     X-Negspace-Replica names) and get the local app's scores, within the float32 bound."""
     images = world["images"]
-    with thread_server(build_app(_config(world), _model(tiny_openclip))) as local_url:
+    with thread_server(build_app(_local_config(world), _model(tiny_openclip))) as local_url:
         local = {r["name"]: r for r in _score(local_url, images[:4]).json()["results"]}
         for start in range(4, len(images), 4):
             local.update({r["name"]: r for r in _score(local_url, images[start : start + 4]).json()["results"]})
@@ -189,6 +192,31 @@ def test_replicas_keep_the_token_and_the_limits_of_the_app(world, replicas):
     detector = httpx.get(f"{replicas}/v1/detector", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     assert detector.status_code == 200 and detector.json()["method"] == "neglabel"
     assert httpx.get(f"{replicas}/readyz", timeout=60).status_code == 200
+
+
+def _local_config(world) -> ServeConfig:
+    return _config(world, threshold_id=str(world["root"] / "id"))
+
+
+def test_the_threshold_id_threshold_is_worked_out_once_and_every_replica_flags_with_it(world, replicas, tiny_openclip):
+    """One Ray task encodes the ID images before the replicas start: both replicas say the same
+    threshold, the local app's, and where it came from."""
+    with thread_server(build_app(_local_config(world), _model(tiny_openclip))) as local_url:
+        local = httpx.get(f"{local_url}/v1/detector", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60).json()
+    seen = {}
+    for _ in range(40):
+        answer = httpx.get(f"{replicas}/v1/detector", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        seen[answer.headers["X-Negspace-Replica"]] = answer.json()
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, sorted(seen)
+    for described in seen.values():
+        assert described["threshold_source"] == local["threshold_source"]
+        assert "95% recall of the 6 ID images" in described["threshold_source"]
+        assert_scores_close(described["threshold"], local["threshold"], dim=TINY_DIM, feature_error=FEATURE_ERROR)
+    (first, second) = seen.values()
+    assert first["threshold"] == second["threshold"]  # one number, given to both
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

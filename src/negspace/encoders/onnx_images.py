@@ -5,10 +5,10 @@ that never imports torch nor loads the text tower holds far less memory (ViT-B/1
 third of eager torch's; see ``benchmarks/onnx_runtime.py``). :func:`open_image_encoder` finds the
 model's entry in the image index (:mod:`negspace.encoders.onnx_index`) from the model spec, the
 weights' fingerprint (a file hash: no model is built) and the preprocessing, opens the image
-tower with ONNX Runtime's low-memory settings and checks it on the probe. Where no usable entry
-exists, a child process loads the model with torch, exports it and writes the entry (one process
-at a time per model: concurrent starts wait for the first), so that even a first start never
-imports torch. A model whose transform has no exact recipe is recorded so, and loads with torch.
+tower with ONNX Runtime (a few images at a time: bounded activations) and checks it on the probe.
+Where no usable entry exists, a child process loads the model with torch, exports it and writes
+the entry (one process at a time per model: concurrent starts wait for the first), so that even a
+first start never imports torch. A model whose transform has no exact recipe is recorded so, and loads with torch.
 
 What the image-only encoder cannot do itself (encode texts) it hands to a full encoder loaded on
 first use, so a detector that encodes texts while scoring still works, with torch's memory.
@@ -52,10 +52,10 @@ __all__ = [
     "OnnxImageEncoder",
     "export_in_subprocess",
     "load_image_encoder",
-    "low_memory_session",
     "onnx_threads",
     "open_image_encoder",
     "release_memory",
+    "serving_session",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def onnx_threads() -> int:
     return 0
 
 
-def low_memory_session(path: Path, threads: int) -> Any:
+def serving_session(path: Path, threads: int) -> Any:
     """An ONNX Runtime session of ``path`` on the CPU for a server: no memory pattern planner
     (:class:`OnnxImageBackend` bounds the activations instead), and threads that sleep between
     batches instead of spinning (spinning took 1.2 ms of CPU per request from the server's image
@@ -104,13 +104,14 @@ def _check_batch_size(batch_size: int) -> None:
 class OnnxImageBackend:
     """The image tower's session and transform (the part of :class:`~negspace.encoders.base.Backend`
     that serving uses): ``pixel_transform`` gives ``(3, H, W)`` float32 arrays, ``encode_pixels``
-    raw embeddings of a ``(B, 3, H, W)`` batch, run ``CHUNK`` images at a time: ONNX Runtime's
-    arena keeps the largest run's activations for good (ViT-B/16: about 12 MB an image, so a
-    batch of 32 would hold 400 MB), and on a CPU the images per second do not grow with the batch
-    beyond a few (ViT-B/16, 2 cores: within 5% from 4 to 16)."""
+    raw embeddings of a ``(B, 3, H, W)`` batch, run at most ``CHUNK_PIXELS`` input pixels at a
+    time (4 images of 224 x 224): ONNX Runtime's arena keeps the largest run's activations for
+    good (ViT-B/16: about 12 MB an image, so a batch of 32 would hold 400 MB), and on a CPU the
+    images per second do not grow with the batch beyond a few (ViT-B/16, 2 cores: within 5% from
+    4 to 16). A small model's images run in one go (each run has a fixed cost)."""
 
     runtime = "onnxruntime"
-    CHUNK = 4
+    CHUNK_PIXELS = 4 * 224 * 224
 
     def __init__(self, session: Any, recipe: ImageRecipe, preprocess_id: str, dim: int, folder: Path) -> None:
         self.session = session
@@ -127,9 +128,10 @@ class OnnxImageBackend:
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         batch = np.asarray(pixels, dtype=np.float32)
+        chunk = max(1, self.CHUNK_PIXELS // max(1, batch.shape[-1] * batch.shape[-2]))
         parts = [
-            self.session.run(None, {"pixels": np.ascontiguousarray(batch[start : start + self.CHUNK])})[0]
-            for start in range(0, len(batch), self.CHUNK)
+            self.session.run(None, {"pixels": np.ascontiguousarray(batch[start : start + chunk])})[0]
+            for start in range(0, len(batch), chunk)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
@@ -278,7 +280,7 @@ def load_image_encoder(
         return None
     folder = store.path.parent / EXPORTS_FOLDER / entry.export
     try:
-        session = low_memory_session(folder / IMAGE_FILE, onnx_threads())
+        session = serving_session(folder / IMAGE_FILE, onnx_threads())
         got = np.asarray(session.run(None, {"pixels": probe_input(entry.probe_size)})[0])
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for a damaged file
         logger.warning("The ONNX export %s cannot be opened (%s); it is made again", folder, str(err)[:200])

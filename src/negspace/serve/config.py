@@ -53,6 +53,7 @@ class ServeConfig:
     detector: Path | None = None
     threshold: float | None = None
     threshold_id: str | None = None
+    threshold_source: str | None = None  # where a given threshold came from, when not the user (/v1/detector)
     host: str = "127.0.0.1"
     port: int = 8080
     token_file: Path | None = None

@@ -123,6 +123,37 @@ def application(config: ServeConfig, model: ModelConfig | None = None, mllm: MLL
     return deployment.bind()
 
 
+def _threshold_task(config: ServeConfig, model: ModelConfig | None) -> tuple[float, str]:
+    """The threshold the app of ``config`` would flag with, and where it came from (a Ray task)."""
+    from negspace.serve.service import load_service
+
+    loaded = load_service(config, model)
+    return loaded.threshold, loaded.threshold_source
+
+
+def threshold_once(config: ServeConfig, model: ModelConfig | None) -> ServeConfig:
+    """``config`` with ``threshold_id``'s threshold worked out once, in a Ray task, before the
+    replicas start: each would otherwise encode the ID images itself (``replicas`` times the
+    work), and replicas on machines with other CPUs could flag an image at the margin apart."""
+    if config.threshold is not None or config.threshold_id is None or config.replicas < 2:
+        return config
+    import ray
+
+    task = ray.remote(num_cpus=config.replica_cpus, num_gpus=config.replica_gpus)(_threshold_task)
+    try:
+        threshold, source = ray.get(task.remote(config, model))
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, NegspaceError):  # a refusal in one sentence (unreadable images, another model)
+            raise cause from None
+        reason = str(cause or err).strip().splitlines()[-1]
+        raise NegspaceError(
+            f"{arg('threshold_id')} {config.threshold_id}: the threshold could not be worked out ({reason})."
+        ) from None
+    log.info("threshold %.6g (%s), worked out once for the %d replicas", threshold, source, config.replicas)
+    return dataclasses.replace(config, threshold=threshold, threshold_id=None, threshold_source=source)
+
+
 def deploy(config: ServeConfig, model: ModelConfig | None = None, mllm: MLLMConfig | Any = None) -> str:
     """Start Ray (``config.ray_address``, or a local Ray), Serve's HTTP proxy on the config's host
     and port, and the replicas; returns once every replica answers, with the URL."""
@@ -132,6 +163,7 @@ def deploy(config: ServeConfig, model: ModelConfig | None = None, mllm: MLLMConf
     serve = import_serve()
     check_ray_address(config.ray_address, config.ray_timeout)
     start_ray(config.ray_address)
+    config = threshold_once(*_absolute(config, model))
     serve.start(http_options={"host": config.host, "port": config.port})
     try:
         serve.run(application(config, model, mllm), name=APP_NAME, route_prefix="/", blocking=False)

@@ -239,5 +239,7 @@ def load_service(config: ServeConfig, model: ModelConfig | None = None, mllm: ML
         config.threshold, config.threshold_id, frozen, encoder, provenance, id_images, config.max_batch, False
     )
     detector = reload(folder, True) if config.adapt is not None else frozen
+    if config.threshold is not None and config.threshold_source:
+        source = config.threshold_source  # worked out once for every replica (ray_serve.threshold_once)
     info = {**describe(saved, encoder), "preprocess": model.preprocess, "source": folder.name}
     return Loaded(detector, encoder, threshold, source, info, reload)
