@@ -27,7 +27,7 @@ from negspace.corpus.interneg import intermodal_test
 from negspace.detectors.base import LabelledColumns, check_ranges, nearest_texts, resolve_config
 from negspace.detectors.fewshot import FewShotDetector, images_to_invert
 from negspace.reprs import with_config_repr
-from negspace.scoring import DEFAULT_TAU, as_unit_rows, group_order, log_sum_exp
+from negspace.scoring import DEFAULT_TAU, as_unit_rows, group_order, log_sum_exp, torch_randperm
 
 Inverter = Callable[[np.ndarray], np.ndarray]
 
@@ -209,8 +209,6 @@ class TINS(FewShotDetector):
         passes, deviation = intermodal_test(features, self.prototypes, self.baselines)
         if not passes.any():
             return 0
-        import torch  # its randperm stream, as the authors draw it
-
         config = self.config
         merged = np.concatenate([self.bank, features[passes]])
         merged_d = np.concatenate([self.bank_d, deviation[passes]])
@@ -224,7 +222,7 @@ class TINS(FewShotDetector):
             best = np.argsort(-self.buffer_d, kind="stable")[: len(self.buffer) // 2]
             pool = np.concatenate([self.bank, self.buffer[best]])
             pool_d = np.concatenate([self.bank_d, self.buffer_d[best]])
-            keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(config.seed)).numpy()
+            keep = torch_randperm(len(pool), config.seed)  # the authors' torch.randperm stream
             keep = keep[: min(config.learned, len(pool))]
             self.bank, self.bank_d = pool[keep], pool_d[keep]  # unsorted until the next update, as the authors'
             self.buffer, self.buffer_d = self.buffer[:0], self.buffer_d[:0]

@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from negspace.cache import FeatureStore, make_key
-from negspace.encoders.results import ImageEncoding, SkippedFile, as_unit_float32
+from negspace.encoders.results import ImageEncoding, SkippedFile, as_unit_float32, check_batch_size
 from negspace.errors import NegspaceError, UnreadableImageError, arg
 
 __all__ = ["SPEC_FORMS", "Backend", "ClipEncoder", "ImageEncoding", "SkippedFile", "resolve_device"]
@@ -147,11 +147,6 @@ def _batches(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
         yield items[start : start + size]
 
 
-def _check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise NegspaceError(f"batch size must be a positive integer, got {batch_size}.")
-
-
 def unit_features(features: torch.Tensor) -> np.ndarray:
     """Rows to unit L2 norm, computed in float32 (fp16 features would lose precision)."""
     feats = features.detach().float()
@@ -259,7 +254,7 @@ class ClipEncoder:
         Returns:
             ``(len(texts), D)`` float32, rows L2-normalised, in input order.
         """
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         _check_template(template)
         texts = [str(t) for t in texts]
         unique = list(dict.fromkeys(texts))
@@ -341,7 +336,7 @@ class ClipEncoder:
         Returns:
             ``(len(images), D)`` float32, rows L2-normalised.
         """
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         chunks = [self._encode_pil(list(batch)) for batch in _batches(images, batch_size)]
         if not chunks:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -375,7 +370,7 @@ class ClipEncoder:
         batch. Files that cannot be read or decoded are skipped, logged and listed in the result;
         they never stop the run. The order of the result is the order of ``paths``.
         """
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         files = [Path(p) for p in paths]
         features = np.zeros((len(files), self.dim), dtype=np.float32)
         skipped: dict[int, SkippedFile] = {}

@@ -17,8 +17,6 @@ first use, so a detector that encodes texts while scoring still works, with torc
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import json
 import logging
 import os
@@ -44,32 +42,23 @@ from negspace.encoders.onnx_index import (
     read_image_index,
     relative_distance,
 )
-from negspace.encoders.results import ImageEncoding, SkippedFile, as_unit_float32
-from negspace.errors import NegspaceError, UnreadableImageError
+from negspace.encoders.results import ImageEncoding, SkippedFile, as_unit_float32, check_batch_size
+from negspace.errors import UnreadableImageError
 
 __all__ = [
     "OnnxImageBackend",
     "OnnxImageEncoder",
+    "cpu_session",
     "export_in_subprocess",
     "load_image_encoder",
     "onnx_threads",
     "open_image_encoder",
-    "release_memory",
-    "serving_session",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: How long a child process may take to export (ViT-B/16: about 10 s on 2 cores; ViT-L more).
 EXPORT_TIMEOUT_S = 3600.0
-
-
-def release_memory() -> None:
-    """Hand dropped weights' memory back to the system: glibc keeps freed heap blocks for reuse
-    (about 400 MB of ViT-B/16's 600 MB), ``malloc_trim`` returns them."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def onnx_threads() -> int:
@@ -80,25 +69,22 @@ def onnx_threads() -> int:
     return 0
 
 
-def serving_session(path: Path, threads: int) -> Any:
-    """An ONNX Runtime session of ``path`` on the CPU for a server: no memory pattern planner
-    (:class:`OnnxImageBackend` bounds the activations instead), and threads that sleep between
-    batches instead of spinning (spinning took 1.2 ms of CPU per request from the server's image
-    decoders with the tiny model; no speed lost on ViT-B/16)."""
+def cpu_session(path: Path, threads: int, serving: bool = False) -> Any:
+    """An ONNX Runtime session of ``path`` on the CPU with ``threads`` intra-op threads (0: one per
+    physical core). ``serving``: no memory pattern planner (:class:`OnnxImageBackend` bounds the
+    activations instead), and threads that sleep between batches instead of spinning (spinning
+    took 1.2 ms of CPU per request from the server's image decoders with the tiny model; no speed
+    lost on ViT-B/16)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
-    options.enable_mem_pattern = False
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if serving:
+        options.enable_mem_pattern = False
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if batch_size < 1:
-        raise NegspaceError(f"The batch size must be at least 1, got {batch_size}.")
 
 
 class OnnxImageBackend:
@@ -179,7 +165,7 @@ class OnnxImageEncoder:
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
         """Unit float32 features of in-memory images, ``(len(images), D)``."""
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         transform = self.backend.pixel_transform()
         chunks = [
             self.encode_transformed([transform(im) for im in images[start : start + batch_size]])
@@ -193,7 +179,7 @@ class OnnxImageEncoder:
         """Features of the readable files; an unreadable one is skipped, counted and logged."""
         from negspace.data.images import load_rgb
 
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         transform = self.backend.pixel_transform()
         kept: list[Path] = []
         skipped: list[SkippedFile] = []
@@ -280,7 +266,7 @@ def load_image_encoder(
         return None
     folder = store.path.parent / EXPORTS_FOLDER / entry.export
     try:
-        session = serving_session(folder / IMAGE_FILE, onnx_threads())
+        session = cpu_session(folder / IMAGE_FILE, onnx_threads(), serving=True)
         got = np.asarray(session.run(None, {"pixels": probe_input(entry.probe_size)})[0])
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for a damaged file
         logger.warning("The ONNX export %s cannot be opened (%s); it is made again", folder, str(err)[:200])

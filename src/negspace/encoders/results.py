@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from negspace.errors import NegspaceError
 from negspace.reprs import fields_repr
 
-__all__ = ["ImageEncoding", "SkippedFile", "as_unit_float32"]
+__all__ = ["ImageEncoding", "SkippedFile", "as_unit_float32", "check_batch_size"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +51,9 @@ def as_unit_float32(features: np.ndarray) -> np.ndarray:
     """Rows to unit L2 norm (norms taken in the input's precision), as float32."""
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Refuse a batch size below 1 in one sentence."""
+    if batch_size < 1:
+        raise NegspaceError(f"batch size must be a positive integer, got {batch_size}.")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from negspace.serve.encode import RequestError, encode_pixels, model_thread, model_threads
+from negspace.serve.encode import RequestError, model_thread, model_threads
 
 log = logging.getLogger("negspace")
 
@@ -188,7 +188,7 @@ class Batcher:
         started = time.perf_counter()
         pixels = {k: job.pixels[i] for k, (job, i) in enumerate(batch) if job.pixels is not None}
         given = {k: job.features[i] for k, (job, i) in enumerate(batch) if job.features is not None}
-        encoded = encode_pixels(self.encoder, list(pixels.values())) if pixels else None
+        encoded = self.encoder.encode_transformed(list(pixels.values())) if pixels else None
         dim = encoded.shape[1] if encoded is not None else len(next(iter(given.values())))
         features = np.empty((len(batch), dim), np.float32)
         if encoded is not None:

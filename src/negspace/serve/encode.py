@@ -100,15 +100,10 @@ def model_threads(encoder: Any) -> int:
     return torch.get_num_threads()
 
 
-def encode_pixels(encoder: Any, pixels: list[Any]) -> np.ndarray:
-    """Unit float32 features of a batch of transformed images, as ``encode_image_files`` makes them."""
-    return np.asarray(encoder.encode_transformed(pixels))
-
-
 def encode_image_bytes(encoder: Any, images: list[bytes], max_pixels: int = 40_000_000) -> np.ndarray:
     """Features of images given as bytes, in memory (one batch): what the server encodes."""
     transform = encoder.backend.pixel_transform()
     decoded = [decode_image(data, f"image {i}", transform, max_pixels, False) for i, data in enumerate(images)]
     if not decoded:
         return np.zeros((0, encoder.dim), np.float32)
-    return encode_pixels(encoder, [d.pixels for d in decoded])
+    return encoder.encode_transformed([d.pixels for d in decoded])
