@@ -659,3 +659,26 @@ def test_scoring_backend_torch_gives_the_numpy_scores(tmp_path, image_sets, tiny
     params = json.loads((on_torch / "metrics.json").read_text())["params"]
     assert (params["backend"], params["device"]) == ("torch", "cpu")
     assert "backend" not in json.loads((on_numpy / "metrics.json").read_text())["params"]
+
+
+def test_log_lines_go_to_the_stderr_of_the_moment_not_a_closed_earlier_one(monkeypatch):
+    """A server thread from an earlier ``main`` must not write into the stderr that was swapped
+    out and closed since (pytest does this between tests; CI once logged tracebacks so)."""
+    import io
+    import logging
+
+    from negspace.cli import _configure_logging
+
+    logger = logging.getLogger("negspace")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        earlier = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", earlier)
+        _configure_logging(verbose=False, quiet=False)
+        earlier.close()
+        now = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", now)
+        logging.getLogger("negspace.serve.app").info("stopped: %d images scored", 7)
+        assert now.getvalue() == "negspace: INFO: stopped: 7 images scored\n"
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved

@@ -11,6 +11,7 @@ import numpy as np
 from external_tools import headless_chromium
 from negspace import AdaNeg
 from negspace.serve import ServeConfig, create_app
+from negspace.serve.metrics import ServeMetrics
 from negspace.serve.page import PAGE
 from negspace.testing import make_world
 from serve_support import thread_server
@@ -58,3 +59,17 @@ def test_the_live_page_renders_the_traffic_and_the_adaptive_state_in_a_realheadl
     assert {c[0] for c in canvases} == {"c_share", "c_lat", "c_state"}
     assert all(inked > 500 and width > 0 for _, inked, width in canvases), canvases  # lines and axes drawn
     assert images == 0  # the page shows no image, let alone a request's
+
+
+def test_the_pages_history_shows_the_open_second_at_once_and_keeps_it_once_closed():
+    metrics = ServeMetrics(max_batch=4, state=dict)
+    metrics.scored([True, False, False, False])
+    point = metrics.summary()["history"][-1]
+    assert (point["images"], point["ood_share"]) == (4, 0.25)  # no second's wait before the page shows it
+    second = point["t"]
+    while int(time.time()) == second:  # into the next second: the first point closes
+        time.sleep(0.02)
+    metrics.scored([True])
+    history = metrics.summary()["history"]
+    assert len(history) == 2 and history[1]["t"] > second
+    assert [(p["images"], p["ood_share"]) for p in history] == [(4, 0.25), (1, 1.0)] and history[0]["t"] == second

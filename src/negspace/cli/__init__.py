@@ -82,21 +82,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _TqdmHandler(logging.StreamHandler):
-    """Log lines written through tqdm, so they never share a line with a progress bar."""
+class _TqdmHandler(logging.Handler):
+    """Log lines written through tqdm, so they never share a line with a progress bar.
+
+    Each line goes to ``sys.stderr`` as it is when written, not the stream of when the handler
+    was made: a caller that swaps stderr (pytest, a notebook) and closes the old one later must
+    not leave a server thread of an earlier ``main`` writing into a closed file."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             from tqdm import tqdm
 
-            tqdm.write(self.format(record), file=self.stream)
+            tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = _TqdmHandler(sys.stderr)
+    handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("negspace: %(levelname)s: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(level)

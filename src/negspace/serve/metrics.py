@@ -102,19 +102,21 @@ class ServeMetrics:
         if now == self._second:
             return
         if self._window:
-            latencies = sorted(self._window.get("latencies", []))
-            images = self._window.get("images", 0)
-            self.history.append(
-                {
-                    "t": self._second,
-                    "images": images,
-                    "ood_share": self._window.get("ood", 0) / images if images else None,
-                    "p50_ms": _quantile_ms(latencies, 0.5),
-                    "p99_ms": _quantile_ms(latencies, 0.99),
-                    "state": self._state().get("state", {}),
-                }
-            )
+            self.history.append(self._point())
         self._second, self._window = now, {}
+
+    def _point(self) -> dict[str, Any]:
+        """The history's point of the current second's window (caller holds the lock)."""
+        latencies = sorted(self._window.get("latencies", []))
+        images = self._window.get("images", 0)
+        return {
+            "t": self._second,
+            "images": images,
+            "ood_share": self._window.get("ood", 0) / images if images else None,
+            "p50_ms": _quantile_ms(latencies, 0.5),
+            "p99_ms": _quantile_ms(latencies, 0.99),
+            "state": self._state().get("state", {}),
+        }
 
     def summary(self) -> dict[str, Any]:
         """The live page's data: totals, the recent OOD share and latency, the history."""
@@ -122,7 +124,8 @@ class ServeMetrics:
             self._tick()
             latencies = sorted(self._latencies)
             recent = list(self._recent)
-            history = list(self.history)
+            # the second still open counts too: the page shows traffic at once, not a second late
+            history = list(self.history) + ([self._point()] if self._window else [])
             totals = dict(self.totals)
         return {
             "images_scored": totals["scored"],

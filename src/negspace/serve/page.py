@@ -76,11 +76,17 @@ function draw(id, series, opts) {
   series.forEach((s, k) => {
     g.strokeStyle = s.color || COLORS[k % COLORS.length]; g.setLineDash(s.dash || []); g.beginPath();
     let first = true;
-    for (const [t, v] of s.points) {
-      if (v === null) { first = true; continue; }
+    s.points.forEach(([t, v]) => {
+      if (v === null) { first = true; return; }
       if (first) { g.moveTo(x(t), y(v)); first = false; } else { g.lineTo(x(t), y(v)); }
-    }
+    });
     g.stroke(); g.setLineDash([]);
+    // a point with no neighbour draws no line: a dot instead, so one second of traffic shows
+    g.fillStyle = g.strokeStyle;
+    s.points.forEach(([t, v], i) => {
+      const alone = [s.points[i - 1], s.points[i + 1]].every(q => q === undefined || q[1] === null);
+      if (v !== null && alone) { g.fillRect(x(t) - 2, y(v) - 2, 5, 5); }
+    });
     if (s.name) { g.fillStyle = g.strokeStyle; g.fillText(s.name, P + 70 + 150 * k, 12); }
   });
 }
