@@ -379,7 +379,12 @@ def test_kill_9_then_restart_resumes_the_last_snapshot_and_sigterm_answers_in_fl
             waiting = [
                 pool.submit(httpx.post, f"{url}/v1/score/features", json={"features": r}, timeout=60) for r in rows
             ]
-            time.sleep(0.5)
+            deadline = time.monotonic() + 60  # all 6 rows at the server, queued or scored (not a fixed sleep)
+            while time.monotonic() < deadline:
+                page = httpx.get(f"{url}/metrics", timeout=60).text
+                if metric(page, "negspace_queue_rows") + metric(page, "negspace_images_total", 'outcome="scored"') == 6:
+                    break
+                time.sleep(0.05)
             process.send_signal(signal.SIGTERM)
             answers = [f.result() for f in waiting]
         # uvicorn re-raises the signal once shut down: the exit says "ended by SIGTERM", as it was
