@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -29,6 +30,16 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's feature cache; the workers of one run share one (SQLite, safe for
     several processes), so the tiny model's corpus is encoded once per run."""
     monkeypatch.setenv("NEGSPACE_CACHE_DIR", str(_session_root(tmp_path_factory) / "negspace-cache"))
+
+
+@pytest.fixture(autouse=True)
+def restored_negspace_logger():
+    """An in-process ``negspace.cli.main`` sets the ``negspace`` logger's handler, level and
+    propagation: put them back, so that no later test (in whatever order) inherits them."""
+    logger = logging.getLogger("negspace")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="session")

@@ -669,16 +669,11 @@ def test_log_lines_go_to_the_stderr_of_the_moment_not_a_closed_earlier_one(monke
 
     from negspace.cli import _configure_logging
 
-    logger = logging.getLogger("negspace")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    try:
-        earlier = io.StringIO()
-        monkeypatch.setattr(sys, "stderr", earlier)
-        _configure_logging(verbose=False, quiet=False)
-        earlier.close()
-        now = io.StringIO()
-        monkeypatch.setattr(sys, "stderr", now)
-        logging.getLogger("negspace.serve.app").info("stopped: %d images scored", 7)
-        assert now.getvalue() == "negspace: INFO: stopped: 7 images scored\n"
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
+    earlier = io.StringIO()  # (conftest puts the logger back afterwards)
+    monkeypatch.setattr(sys, "stderr", earlier)
+    _configure_logging(verbose=False, quiet=False)
+    earlier.close()
+    now = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", now)
+    logging.getLogger("negspace.serve.app").info("stopped: %d images scored", 7)
+    assert now.getvalue() == "negspace: INFO: stopped: 7 images scored\n"

@@ -201,31 +201,32 @@ def test_backoff_is_exponential_and_seeded(server):
 
 class Slow:
     """A handler that answers after ``delay`` seconds, unless released earlier; ``finish``
-    releases it and waits until no call is in flight (so no late log entry leaks into the next
-    test)."""
+    releases it and waits until the server has logged every request it held (the server logs a
+    request after its handler returns: a late entry would leak into the next test's count)."""
 
     def __init__(self, delay: float):
         self.delay = delay
         self.release = threading.Event()
-        self.active = 0
+        self.held: list = []
         self.lock = threading.Lock()
 
     def __call__(self, request):
         with self.lock:
-            self.active += 1
-        try:
-            self.release.wait(self.delay)
-            return echo(request)
-        finally:
-            with self.lock:
-                self.active -= 1
+            self.held.append(request)
+        self.release.wait(self.delay)
+        return echo(request)
 
-    def finish(self):
+    def finish(self, srv: HTTPServer) -> None:
         self.release.set()
-        deadline = time.monotonic() + 5
-        while self.active and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while not self._all_logged(srv):
+            assert time.monotonic() < deadline, "the server never logged the requests it held"
             time.sleep(0.01)
-        time.sleep(0.02)
+
+    def _all_logged(self, srv: HTTPServer) -> bool:
+        logged = {id(request) for request, _ in list(srv.log)}
+        with self.lock:
+            return all(id(request) in logged for request in self.held)
 
 
 def test_slower_than_timeout_is_retried_then_fails(server):
@@ -238,7 +239,7 @@ def test_slower_than_timeout_is_retried_then_fails(server):
         assert b.generate([text_req("hi")]) == [None]
         assert b.stats.retries == 1 and b.stats.failures == 1
     finally:
-        slow.finish()
+        slow.finish(server)
 
 
 def test_timeout_then_success(server):
@@ -250,7 +251,7 @@ def test_timeout_then_success(server):
         assert b.generate([text_req("hi")]) == ["echo: hi"]
         assert b.stats.retries == 1 and b.stats.failures == 0
     finally:
-        slow.finish()
+        slow.finish(server)
 
 
 def test_a_body_that_is_not_json_is_retried_then_none(server):

@@ -225,6 +225,7 @@ def test_serve_with_onnxruntime_answers_with_torch_s_scores(world, tiny_openclip
     process = start_process(
         ["--detector", str(world["detector"]), *_model_args(tiny_openclip, "onnxruntime", tmp_path / "cache-onnx")],
         port,
+        timeout=180,  # the first start exports the towers
     )
     try:
         paths = sorted(world["pool"].iterdir())

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -97,6 +96,22 @@ def test_score_writes_one_row_per_image_with_its_score_flag_and_labels(tmp_path,
     assert [r["top_negative"] for r in rows] == nearest_negative and all(nearest_negative)
 
 
+# `negspace ARGS` whose third part written is its last: it then SIGKILLs itself.
+_KILLED_AFTER_THREE_PARTS = """
+import os, signal, sys
+from negspace.cli import main
+from negspace.collection import PartWriter
+write_table, parts = PartWriter.write_table, []
+def write_then_maybe_die(writer, table):
+    parts.append(write_table(writer, table))
+    if len(parts) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return parts[-1]
+PartWriter.write_table = write_then_maybe_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.numerics
 def test_score_resumes_after_kill_9(tmp_path, saved, tiny_openclip):
     _images(tmp_path / "many", 160, seed=9, size=(64, 80))
@@ -116,14 +131,16 @@ def test_score_resumes_after_kill_9(tmp_path, saved, tiny_openclip):
         *_model_args(tiny_openclip),
     ]
     out = tmp_path / "resumed"
-    process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("part-*.parquet"))) < 3 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # the run kills itself (SIGKILL) once its third part is in place: midway on any machine's speed
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_THREE_PARTS, *command[3:], "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     written = len(_table(out))
-    assert 0 < written < 160, "the run was not stopped midway"
+    assert written == 3 * 8, "three parts of 8 rows, then killed"
     again = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"({written:,} already written" in again.stdout

@@ -320,6 +320,7 @@ def test_a_token_is_required_off_loopback_and_never_shown(world, tiny_openclip, 
     assert main(["serve", "--detector", str(world["detector"]), "--host", "0.0.0.0", *model_args(tiny_openclip)]) == 2
     assert "--token-file" in capsys.readouterr().err
     config = ServeConfig(detector=world["detector"], token_file=token_file)
+    logging.getLogger("negspace").propagate = True  # main() stopped it: caplog listens at the root
     caplog.set_level(logging.DEBUG, logger="negspace")
     with thread_server(build_app(config, _model(tiny_openclip))) as url:
         files = _files(world["images"][:1])
@@ -340,6 +341,7 @@ def test_a_token_is_required_off_loopback_and_never_shown(world, tiny_openclip, 
             assert token not in repr(client)
     assert metric(shown[1], 'negspace_errors_total{kind="unauthorized"}') == 3
     assert all(token not in text for text in shown)
+    assert "serving neglabel" in caplog.text  # the server's log was captured: the next check has a text to read
     assert token not in caplog.text and token not in capsys.readouterr().err
 
 

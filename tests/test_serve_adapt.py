@@ -135,10 +135,9 @@ def test_async_serving_learns_the_same_state_beside_the_traffic(world, tmp_path,
         app = create_app(_config(adapt=mode, state_dir=tmp_path / mode, snapshot_every=10_000), MAKERS[method](world))
         with thread_server(app) as url:
             served = _post_batches(url, features, batches)
-            for _ in range(200):
-                state = httpx.get(f"{url}/v1/detector", timeout=60).json()["state"]
-                if not state.get("pending_updates"):
-                    break
+            deadline = time.monotonic() + 120
+            while (state := httpx.get(f"{url}/v1/detector", timeout=60).json()["state"]).get("pending_updates"):
+                assert time.monotonic() < deadline, f"the writer never caught up: {state}"
                 time.sleep(0.05)
             snapshot = httpx.post(f"{url}/v1/state/snapshot", timeout=60).json()
         ends[mode] = (served, state, tmp_path / mode / snapshot["snapshot"])
@@ -255,10 +254,9 @@ def test_ants_learns_beside_the_traffic_and_its_mllm_failures_are_counted(behavi
     with thread_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         for batch in batches:
             assert http.post("/v1/score/features", json={"features": batch.features.tolist()}).status_code == 200
-        for _ in range(400):
-            info = http.get("/v1/detector").json()
-            if not info["state"]["pending_updates"]:
-                break
+        deadline = time.monotonic() + 120
+        while (info := http.get("/v1/detector").json())["state"]["pending_updates"]:
+            assert time.monotonic() < deadline, f"the writer never caught up: {info['state']}"
             time.sleep(0.05)
         explained = http.post(
             "/v1/score/features", params={"explain": 3}, json={"features": batches[0].features[:4].tolist()}
@@ -330,7 +328,7 @@ def test_kill_9_then_restart_resumes_the_last_snapshot_and_sigterm_answers_in_fl
         "cpu",
     ]
     _, _, features, batches = _stream(world)
-    process = start_process([*args, "--max-wait-ms", "5"], port)
+    process = start_process([*args, "--max-wait-ms", "5"], port, timeout=180)
     stop = threading.Event()
 
     def traffic() -> None:  # one client, batch after batch, until the server dies under it
@@ -363,7 +361,7 @@ def test_kill_9_then_restart_resumes_the_last_snapshot_and_sigterm_answers_in_fl
     last = snapshots[-1]
     learned_then = read_meta(last)["images_learned"]
 
-    process = start_process([*args, "--max-wait-ms", "5000"], port)  # requests wait in the queue
+    process = start_process([*args, "--max-wait-ms", "5000"], port, timeout=180)
     try:
         info = httpx.get(f"{url}/v1/detector", timeout=60).json()["state"]
         assert info["images_learned"] == learned_then  # resumed where the last snapshot was
