@@ -194,6 +194,47 @@ def test_replicas_keep_the_token_and_the_limits_of_the_app(world, replicas):
     assert httpx.get(f"{replicas}/readyz", timeout=60).status_code == 200
 
 
+def _scored_by_replica(url: str) -> tuple[dict[str, float], str]:
+    """The deployment's /metrics through the proxy: images scored per replica, and the page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    page = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    assert page.status_code == 200, page.text
+    scored = {
+        sample.labels["replica"]: sample.value
+        for family in text_string_to_metric_families(page.text)
+        for sample in family.samples
+        if sample.name == "negspace_images_total" and sample.labels.get("outcome") == "scored"
+    }
+    return scored, page.text
+
+
+def test_metrics_through_the_proxy_count_every_replica_each_under_its_name(world, replicas):
+    """Whichever replica answers the scrape, /metrics gives both replicas' counters, labelled, and
+    after traffic each replica's count has grown by exactly the images it answered (the other
+    replica's figures reach the page within a couple of seconds: polled, with a deadline)."""
+    deadline = time.monotonic() + 120
+    while True:  # settled: both replicas on the page, unchanged over more than one push
+        before, _ = _scored_by_replica(replicas)
+        time.sleep(3)
+        again, page = _scored_by_replica(replicas)
+        if len(before) == 2 and again == before:
+            break
+        assert time.monotonic() < deadline, (before, again)
+    assert page.count("# TYPE negspace_images_total counter") == 1
+    sent: dict[str, int] = dict.fromkeys(before, 0)
+    requests = [world["images"][i % 12 : i % 12 + 2] for i in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        for paths, answer in zip(requests, pool.map(lambda paths: _score(replicas, paths), requests), strict=True):
+            assert answer.status_code == 200, answer.text
+            sent[answer.headers["X-Negspace-Replica"]] += len(paths)
+    expected = {replica: before[replica] + n for replica, n in sent.items()}
+    deadline = time.monotonic() + 60
+    while (now := _scored_by_replica(replicas)[0]) != expected:
+        assert time.monotonic() < deadline, f"scored per replica {now}, expected {expected} (sent {sent})"
+        time.sleep(0.5)
+
+
 def _local_config(world) -> ServeConfig:
     return _config(world, threshold_id=str(world["root"] / "id"))
 

@@ -555,7 +555,9 @@ def create_app(
     async def prometheus() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # a replica on Ray Serve gives every replica's samples (negspace.serve.deployment_metrics)
+        page = await metrics.deployment.page() if metrics.deployment is not None else generate_latest(metrics.registry)
+        return Response(page, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/stats", summary="What the live page draws")
     async def stats() -> dict[str, Any]:

@@ -65,6 +65,7 @@ class ServeMetrics:
         self._window: dict[str, Any] = {}
         self.totals = {"scored": 0, "ood": 0}
         self.queued = lambda: 0  # rows waiting (the app points it at its batcher)
+        self.deployment: Any = None  # on Ray Serve: the ReplicaMetrics that makes /metrics the deployment's
 
     def scored(self, flags: list[bool]) -> None:
         """Count a request's images and their OOD flags."""

@@ -5,7 +5,8 @@ Each replica is a Ray actor that builds the very app of ``negspace serve``
 (:func:`~negspace.serve.server.build_app`: its own model, batcher, limits, token and metrics) and
 answers behind Ray Serve's HTTP proxy, which listens on the config's host and port and spreads
 the requests over the replicas. Every answer names the replica that gave it in the
-``X-Negspace-Replica`` header. Only static and frozen detectors run on several replicas: an
+``X-Negspace-Replica`` header, and ``/metrics`` gives every replica's samples, labelled
+(:mod:`negspace.serve.deployment_metrics`). Only static and frozen detectors run on several replicas: an
 adaptive state has one writer (:meth:`~negspace.serve.config.ServeConfig.check_engine` refuses
 more than one replica with ``adapt``).
 """
@@ -22,6 +23,7 @@ from typing import Any
 from negspace.errors import NegspaceError, arg
 from negspace.runconfig import MLLMConfig, ModelConfig
 from negspace.serve.config import ENGINE_RAY, ServeConfig
+from negspace.serve.deployment_metrics import ReplicaMetrics, find_hub, start_hub, stop_hub
 
 log = logging.getLogger("negspace")
 
@@ -51,12 +53,23 @@ class ReplicaHeader:
         await self.app(scope, receive, send_named)
 
 
-def replica_app(config: ServeConfig, model: ModelConfig | None, mllm: MLLMConfig | Any, replica: str) -> Any:
-    """The app one replica serves: :func:`~negspace.serve.server.build_app`, its answers named."""
+def replica_app(
+    config: ServeConfig, model: ModelConfig | None, mllm: MLLMConfig | Any, replica: str, hub: Any = None
+) -> Any:
+    """The app one replica serves: :func:`~negspace.serve.server.build_app`, its answers named;
+    with the deployment's metrics ``hub``, its ``/metrics`` gives every replica's samples."""
     from negspace.serve.server import build_app
 
     app = build_app(config, model, mllm)
     app.add_middleware(ReplicaHeader, replica=replica)
+    if hub is None:
+        log.warning("replica %s found no metrics hub: its /metrics shows itself alone", replica)
+    else:
+        metrics = app.state.negspace["metrics"]
+        metrics.deployment = ReplicaMetrics(
+            hub, replica, metrics.registry, on_failure=metrics.errors.labels("metrics_hub").inc
+        )
+        metrics.deployment.start()
     return app
 
 
@@ -109,7 +122,7 @@ def application(config: ServeConfig, model: ModelConfig | None = None, mllm: MLL
     def build() -> Any:  # runs in each replica, when it starts
         from ray import serve
 
-        return replica_app(config, model, mllm, serve.get_replica_context().replica_id.unique_id)
+        return replica_app(config, model, mllm, serve.get_replica_context().replica_id.unique_id, find_hub())
 
     resources = {"num_cpus": config.replica_cpus, "num_gpus": config.replica_gpus}
     deployment = serve.deployment(
@@ -165,11 +178,13 @@ def deploy(config: ServeConfig, model: ModelConfig | None = None, mllm: MLLMConf
     start_ray(config.ray_address)
     config = threshold_once(*_absolute(config, model))
     serve.start(http_options={"host": config.host, "port": config.port})
+    start_hub()  # before the replicas, which look for it as they start
     try:
         serve.run(application(config, model, mllm), name=APP_NAME, route_prefix="/", blocking=False)
     except RuntimeError as err:  # a replica that cannot start: its own error, in one sentence
         reason = replica_failure(serve) or str(err).strip() or type(err).__name__
         serve.delete(APP_NAME)  # not left failing on a cluster
+        stop_hub()
         raise NegspaceError(
             f"The replicas of {arg('detector')} {config.detector} did not start on Ray Serve: {reason}"
         ) from None
@@ -196,6 +211,7 @@ def undeploy(shutdown: bool) -> None:
     from ray import serve
 
     serve.delete(APP_NAME)
+    stop_hub()
     if shutdown:
         serve.shutdown()
 
