@@ -147,19 +147,27 @@ def start_hub() -> Any:
 
 
 def find_hub() -> Any | None:
-    """The deployment's hub, or ``None`` where none runs."""
+    """The deployment's hub, or ``None`` where none runs or Ray cannot say (metrics never stop
+    a replica from serving)."""
     import ray
 
     try:
         return ray.get_actor(HUB_NAME, namespace=HUB_NAMESPACE)
-    except ValueError:
+    except ValueError:  # no actor of that name
+        return None
+    except Exception as err:  # noqa: BLE001 - logged; the replica serves with its own page
+        log.warning("the metrics hub could not be looked up (%s)", err)
         return None
 
 
 def stop_hub() -> None:
-    """End the hub (the replicas are gone already)."""
+    """End the hub (the replicas are gone already); a failure is logged, never raised, so that
+    the replicas' removal and Ray's shutdown go on (a hub left on a cluster is reused)."""
     import ray
 
-    hub = find_hub()
-    if hub is not None:
-        ray.kill(hub)
+    try:
+        hub = find_hub()
+        if hub is not None:
+            ray.kill(hub)
+    except Exception as err:  # noqa: BLE001
+        log.warning("the metrics hub could not be removed (%s)", err)
