@@ -82,8 +82,8 @@ def test_a_replicas_share_merges_through_a_real_hub_and_falls_back_to_its_own_wh
         _, other = _page(7, [0.2])
         ray.get(hub.put.remote("other", other))
         registry, _ = _page(2, [0.01])
-        failures = []
-        share = ReplicaMetrics(hub, "me", registry, on_failure=lambda: failures.append(1), push_seconds=0.05)
+        errors = Counter("negspace_errors", "Refused or failed requests by kind", ["kind"], registry=registry)
+        share = ReplicaMetrics(hub, "me", registry, on_failure=errors.labels("metrics_hub").inc, push_seconds=0.05)
         stops.append(share.stop)
         share.start()
         _wait_for(ray, hub, "me")  # its pushes reach the hub
@@ -92,12 +92,13 @@ def test_a_replicas_share_merges_through_a_real_hub_and_falls_back_to_its_own_wh
         assert samples[("negspace_requests_total", (("replica", "other"), ("route", "/v1/score")))] == 7
         assert samples[("negspace_requests_total", (("replica", "me"), ("route", "/v1/score")))] == 2
         assert samples[("negspace_extra_total", (("replica", "me"),))] == 4  # its own page as of the scrape
-        assert failures == []
+        failed = ("negspace_errors_total", (("kind", "metrics_hub"), ("replica", "me")))
+        assert samples[failed] == 0
         stop_hub()
         alone = _samples(asyncio.run(share.page()))
         assert {dict(labels)["replica"] for _, labels in alone} == {"me"}  # its own, still labelled
         assert alone[("negspace_extra_total", (("replica", "me"),))] == 4
-        assert failures == [1]
+        assert alone[failed] == 1  # the failure counted, on the page it made
     finally:
         for stop in stops:
             stop()

@@ -131,7 +131,7 @@ class ReplicaMetrics:
             if not self._warned:
                 log.warning("the metrics hub did not answer (%s): /metrics shows this replica alone", err)
                 self._warned = True
-            return merged_page({self.replica: own})
+            return merged_page({self.replica: generate_latest(self.registry)})  # with this failure counted
         return merged_page({**pages, self.replica: own})
 
 
