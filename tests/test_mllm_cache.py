@@ -264,7 +264,7 @@ def test_ctrl_c_keeps_every_answer_that_arrived(tmp_path):
                 "class2, excluding class2. Put each numbered class on a separate line.",
             )
         ):
-            release.wait(20)  # hangs until the test ends
+            release.wait(300)  # hangs until the test ends
         body = {"choices": [{"message": {"role": "assistant", "content": "re:" + text}}]}
         return Response(json.dumps(body), content_type="application/json")
 
