@@ -258,8 +258,13 @@ def load_image_encoder(
     features of the probe (logged).
     """
     located = _located(spec, weights, cache_dir, preprocess)
-    if located is None:
-        return None
+    return None if located is None else _indexed(spec, located, load_full)
+
+
+def _indexed(
+    spec: str, located: tuple[FeatureStore, str, Path], load_full: Callable[[], Any]
+) -> OnnxImageEncoder | None:
+    """:func:`load_image_encoder` of a model already located (its cache, fingerprint, entry path)."""
     store, fingerprint, path = located
     entry = read_image_index(path)
     if entry is None or entry.recipe is None or entry.probe_features is None:
@@ -315,20 +320,22 @@ def open_image_encoder(
     """:func:`load_image_encoder`, with the export made in a child process where none usable is
     indexed yet; ``None`` where the torch-free path cannot be had (the caller loads the model
     with torch, whose sentence says what is wrong where something is)."""
-    encoder = load_image_encoder(spec, weights, cache_dir, preprocess, load_full)
     located = _located(spec, weights, cache_dir, preprocess)
-    if encoder is not None or located is None or _needs_torch(located[2]):
+    if located is None:
+        return None
+    encoder = _indexed(spec, located, load_full)
+    if encoder is not None or _needs_torch(located[2]):
         return encoder
     if not os.access(located[0].path.parent, os.W_OK):
         return None  # a read-only cache: a child could not write the export either
     with _export_lock(located[2]):
-        encoder = load_image_encoder(spec, weights, cache_dir, preprocess, load_full)  # another's export
+        encoder = _indexed(spec, located, load_full)  # another's export
         if (
             encoder is None
             and not _needs_torch(located[2])
             and export_in_subprocess(spec, weights, cache_dir, preprocess)
         ):
-            encoder = load_image_encoder(spec, weights, cache_dir, preprocess, load_full)
+            encoder = _indexed(spec, located, load_full)
     return encoder
 
 
