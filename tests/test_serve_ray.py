@@ -189,7 +189,7 @@ def test_replicas_keep_the_token_and_the_limits_of_the_app(world, replicas):
     assert no_token.headers["X-Negspace-Replica"]
     too_many = _score(replicas, world["images"][:5])
     assert too_many.status_code == 413 and too_many.json()["error"]["kind"] == "too_many_images"
-    detector = httpx.get(f"{replicas}/v1/detector", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    detector = _describe(replicas)
     assert detector.status_code == 200 and detector.json()["method"] == "neglabel"
     assert httpx.get(f"{replicas}/readyz", timeout=60).status_code == 200
 
@@ -243,7 +243,7 @@ def test_the_threshold_id_threshold_is_worked_out_once_and_every_replica_flags_w
     """One Ray task encodes the ID images before the replicas start: both replicas say the same
     threshold, the local app's, and where it came from."""
     with thread_server(build_app(_local_config(world), _model(tiny_openclip))) as local_url:
-        local = httpx.get(f"{local_url}/v1/detector", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60).json()
+        local = _describe(local_url).json()
     seen = {}
     # concurrent: one request at a time can go to the same idle replica every time (CI saw 40 in a row)
     with ThreadPoolExecutor(8) as pool:
